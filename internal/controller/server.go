@@ -1,0 +1,155 @@
+// Package controller is the trellis control plane's HTTP API: the Cloud
+// Foundry-compatible networking (policy) API, the v3-shaped apps, spaces,
+// domains and routes API, token management, health and Prometheus metrics,
+// all behind bearer-token authentication and space-scoped authorization.
+package controller
+
+import (
+	"context"
+	"encoding/json"
+	"log/slog"
+	"net/http"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/trellis-c2c/trellis/internal/store"
+)
+
+// Server serves the controller API from a store. It keeps no state of its
+// own: several Servers may share one PostgreSQL store.
+type Server struct {
+	store   *store.Store
+	log     *slog.Logger
+	reg     *prometheus.Registry
+	metrics *httpMetrics
+	mux     *http.ServeMux
+}
+
+// NewServer returns a Server for st. Metrics are registered in a registry of
+// the Server's own, served at /metrics.
+func NewServer(st *store.Store, log *slog.Logger) *Server {
+	s := &Server{store: st, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
+	s.metrics = newHTTPMetrics(s.reg)
+	s.reg.MustRegister(&storeCollector{store: st, log: log})
+	s.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	s.routes()
+	return s
+}
+
+func (s *Server) routes() {
+	m := s.mux
+	m.HandleFunc("GET /health", s.health)
+	m.Handle("GET /metrics", s.requireAuth(writeNetError, anyScope,
+		promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}).ServeHTTP))
+
+	// Cloud Foundry networking API.
+	m.HandleFunc("GET /networking/{version}/external/policies", s.requireAuth(writeNetError, anyScope, s.listPolicies))
+	m.HandleFunc("POST /networking/{version}/external/policies", s.requireAuth(writeNetError, anyScope, s.createPolicies))
+	m.HandleFunc("POST /networking/{version}/external/policies/delete", s.requireAuth(writeNetError, anyScope, s.deletePolicies))
+	m.HandleFunc("GET /networking/{version}/external/tags", s.requireAuth(writeNetError, adminScope, s.listTags))
+
+	// v3-shaped platform resources.
+	m.HandleFunc("GET /v3/organizations", s.requireAuth(writeV3Error, anyScope, s.listOrgs))
+	m.HandleFunc("POST /v3/organizations", s.requireAuth(writeV3Error, adminScope, s.createOrg))
+	m.HandleFunc("GET /v3/spaces", s.requireAuth(writeV3Error, anyScope, s.listSpaces))
+	m.HandleFunc("POST /v3/spaces", s.requireAuth(writeV3Error, adminScope, s.createSpace))
+	m.HandleFunc("GET /v3/apps", s.requireAuth(writeV3Error, anyScope, s.listApps))
+	m.HandleFunc("GET /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.getApp))
+	m.HandleFunc("POST /v3/apps", s.requireAuth(writeV3Error, anyScope, s.createApp))
+	m.HandleFunc("DELETE /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.deleteApp))
+	m.HandleFunc("GET /v3/domains", s.requireAuth(writeV3Error, anyScope, s.listDomains))
+	m.HandleFunc("POST /v3/domains", s.requireAuth(writeV3Error, adminScope, s.createDomain))
+	m.HandleFunc("GET /v3/routes", s.requireAuth(writeV3Error, anyScope, s.listRoutes))
+	m.HandleFunc("POST /v3/routes", s.requireAuth(writeV3Error, anyScope, s.createRoute))
+	m.HandleFunc("DELETE /v3/routes/{guid}", s.requireAuth(writeV3Error, adminScope, s.deleteRoute))
+	m.HandleFunc("POST /v3/routes/{guid}/destinations", s.requireAuth(writeV3Error, anyScope, s.addRouteDestinations))
+	m.HandleFunc("DELETE /v3/routes/{guid}/destinations/{app}", s.requireAuth(writeV3Error, anyScope, s.removeRouteDestination))
+
+	m.HandleFunc("POST /trellis/v1/tokens", s.requireAuth(writeNetError, adminScope, s.createToken))
+}
+
+// ServeHTTP serves the API with security headers, a recovered panic
+// turned into a 500, and request metrics.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	h := w.Header()
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Strict-Transport-Security", "max-age=31536000")
+	h.Set("Cache-Control", "no-store")
+	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	defer func() {
+		if v := recover(); v != nil {
+			if v == http.ErrAbortHandler {
+				panic(v)
+			}
+			s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
+			if !rec.wrote {
+				writeNetError(rec, http.StatusInternalServerError, "internal error")
+			}
+		}
+		route := r.Pattern
+		if route == "" {
+			route = "unmatched"
+		}
+		s.metrics.observe(route, rec.status, time.Since(start))
+	}()
+	s.mux.ServeHTTP(rec, r)
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+	wrote  bool
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	if !r.wrote {
+		r.status, r.wrote = code, true
+	}
+	r.ResponseWriter.WriteHeader(code)
+}
+
+func (r *statusRecorder) Write(b []byte) (int, error) {
+	r.wrote = true
+	return r.ResponseWriter.Write(b)
+}
+
+func (s *Server) health(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	rev, err := s.store.Revision(ctx)
+	if err != nil {
+		s.log.Warn("health: store unavailable", "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "store unavailable"})
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "revision": rev})
+}
+
+// writeJSON writes v as the JSON body with status.
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		status, b = http.StatusInternalServerError, []byte(`{"error":"encode response"}`)
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	w.Write(b)
+}
+
+// writeNetError writes the networking API's error shape: {"error":"..."}.
+func writeNetError(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, map[string]string{"error": msg})
+}
+
+// checkContentType accepts a JSON body (or none declared, as curl -d
+// without -H would not be JSON and is refused).
+func checkContentType(r *http.Request) (string, bool) {
+	ct := r.Header.Get("Content-Type")
+	mt, _, _ := strings.Cut(ct, ";")
+	mt = strings.TrimSpace(strings.ToLower(mt))
+	return ct, mt == "application/json" || mt == ""
+}

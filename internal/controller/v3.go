@@ -1,0 +1,506 @@
+package controller
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/store"
+)
+
+// maxV3Body bounds v3 request bodies; none needs more than a few hundred bytes.
+const maxV3Body = 1 << 20
+
+var v3Titles = map[int]struct {
+	title string
+	code  int
+}{
+	http.StatusBadRequest:            {"CF-MessageParseError", 1001},
+	http.StatusUnauthorized:          {"CF-NotAuthenticated", 10002},
+	http.StatusForbidden:             {"CF-NotAuthorized", 10003},
+	http.StatusNotFound:              {"CF-ResourceNotFound", 10010},
+	http.StatusUnsupportedMediaType:  {"CF-MessageParseError", 1001},
+	http.StatusRequestEntityTooLarge: {"CF-MessageParseError", 1001},
+	http.StatusUnprocessableEntity:   {"CF-UnprocessableEntity", 10008},
+	http.StatusConflict:              {"CF-UnprocessableEntity", 10008},
+}
+
+// writeV3Error writes the v3 API's error shape.
+func writeV3Error(w http.ResponseWriter, status int, msg string) {
+	t, ok := v3Titles[status]
+	if !ok {
+		t.title, t.code = "UnknownError", 10001
+	}
+	writeJSON(w, status, api.V3Errors{Errors: []api.V3Error{{Detail: msg, Title: t.title, Code: t.code}}})
+}
+
+// readV3 decodes a v3 JSON body strictly into v; on failure it has answered.
+func readV3(w http.ResponseWriter, r *http.Request, v any) bool {
+	if ct, ok := checkContentType(r); !ok {
+		writeV3Error(w, http.StatusUnsupportedMediaType, fmt.Sprintf("unsupported content type %q: use application/json", ct))
+		return false
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxV3Body))
+	if err != nil {
+		writeV3Error(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body too large: limit is %d bytes", maxV3Body))
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		if errors.Is(err, io.EOF) {
+			err = errors.New("empty body")
+		}
+		writeV3Error(w, http.StatusBadRequest, "Request invalid due to parse error: "+err.Error())
+		return false
+	}
+	if dec.More() {
+		writeV3Error(w, http.StatusBadRequest, "Request invalid due to parse error: data after the JSON value")
+		return false
+	}
+	return true
+}
+
+// storeError maps a store error onto a v3 answer.
+func (s *Server) storeError(w http.ResponseWriter, op string, err error) {
+	switch {
+	case errors.Is(err, store.ErrConflict):
+		writeV3Error(w, http.StatusUnprocessableEntity, err.Error())
+	case errors.Is(err, store.ErrNotFound):
+		writeV3Error(w, http.StatusNotFound, err.Error())
+	default:
+		s.log.Error(op, "err", err)
+		writeV3Error(w, http.StatusInternalServerError, op+" failed")
+	}
+}
+
+func list[T any](r *http.Request, items []T) api.List[T] {
+	if items == nil {
+		items = []T{}
+	}
+	u := url.URL{Scheme: "https", Host: r.Host, Path: r.URL.Path}
+	q := r.URL.Query()
+	q.Set("page", "1")
+	q.Set("per_page", fmt.Sprint(max(len(items), 1)))
+	u.RawQuery = q.Encode()
+	return api.List[T]{
+		Pagination: api.Pagination{TotalResults: len(items), TotalPages: 1, First: api.Link{Href: u.String()}, Last: api.Link{Href: u.String()}},
+		Resources:  items,
+	}
+}
+
+func query(r *http.Request, key string) []string { return splitList(r.URL.Query().Get(key)) }
+
+// restrict narrows a GUID filter to the caller's spaces for network.write.
+// It returns false when the caller can see nothing.
+func restrict(p *principal, filter []string) ([]string, bool) {
+	if p.admin() {
+		return filter, true
+	}
+	if len(filter) == 0 {
+		return p.Spaces, len(p.Spaces) > 0
+	}
+	var out []string
+	for _, g := range filter {
+		if slices.Contains(p.Spaces, g) {
+			out = append(out, g)
+		}
+	}
+	return out, len(out) > 0
+}
+
+func orgJSON(o store.Org) api.Organization {
+	return api.Organization{GUID: o.GUID, Name: o.Name, CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt}
+}
+
+func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request) {
+	orgs, err := s.store.Orgs(r.Context(), store.OrgFilter{GUIDs: query(r, "guids"), Names: query(r, "names")})
+	if err != nil {
+		s.storeError(w, "list organizations", err)
+		return
+	}
+	out := make([]api.Organization, len(orgs))
+	for i, o := range orgs {
+		out[i] = orgJSON(o)
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name string `json:"name"`
+	}
+	if !readV3(w, r, &req) {
+		return
+	}
+	if err := validateName("organization", req.Name); err != nil {
+		writeV3Error(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	o, err := s.store.CreateOrg(r.Context(), req.Name)
+	if err != nil {
+		s.storeError(w, "create organization", err)
+		return
+	}
+	s.log.Info("created organization", "name", o.Name, "guid", o.GUID, "user", principalFrom(r.Context()).user())
+	writeJSON(w, http.StatusCreated, orgJSON(o))
+}
+
+func spaceJSON(sp store.Space) api.Space {
+	return api.Space{GUID: sp.GUID, Name: sp.Name, CreatedAt: sp.CreatedAt, UpdatedAt: sp.UpdatedAt,
+		Relationships: api.SpaceRelationships{Organization: api.ToOne{Data: api.Ref{GUID: sp.OrgGUID}}}}
+}
+
+func (s *Server) listSpaces(w http.ResponseWriter, r *http.Request) {
+	guids, ok := restrict(principalFrom(r.Context()), query(r, "guids"))
+	if !ok {
+		writeJSON(w, http.StatusOK, list[api.Space](r, nil))
+		return
+	}
+	spaces, err := s.store.Spaces(r.Context(), store.SpaceFilter{GUIDs: guids, Names: query(r, "names"), OrgGUIDs: query(r, "organization_guids")})
+	if err != nil {
+		s.storeError(w, "list spaces", err)
+		return
+	}
+	out := make([]api.Space, len(spaces))
+	for i, sp := range spaces {
+		out[i] = spaceJSON(sp)
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+func (s *Server) createSpace(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name          string                 `json:"name"`
+		Relationships api.SpaceRelationships `json:"relationships"`
+	}
+	if !readV3(w, r, &req) {
+		return
+	}
+	if err := validateName("space", req.Name); err != nil {
+		writeV3Error(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	org := req.Relationships.Organization.Data.GUID
+	if org == "" {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Relationships Organization must be given")
+		return
+	}
+	sp, err := s.store.CreateSpace(r.Context(), org, req.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Invalid organization. Ensure the organization exists and you have access to it.")
+		return
+	}
+	if err != nil {
+		s.storeError(w, "create space", err)
+		return
+	}
+	s.log.Info("created space", "name", sp.Name, "guid", sp.GUID, "org", org, "user", principalFrom(r.Context()).user())
+	writeJSON(w, http.StatusCreated, spaceJSON(sp))
+}
+
+func appJSON(a store.App) api.App {
+	return api.App{GUID: a.GUID, Name: a.Name, State: a.State, CreatedAt: a.CreatedAt, UpdatedAt: a.UpdatedAt,
+		Relationships: api.AppRelationships{Space: api.ToOne{Data: api.Ref{GUID: a.SpaceGUID}}}}
+}
+
+func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
+	spaces, ok := restrict(principalFrom(r.Context()), query(r, "space_guids"))
+	if !ok {
+		writeJSON(w, http.StatusOK, list[api.App](r, nil))
+		return
+	}
+	apps, err := s.store.Apps(r.Context(), store.AppFilter{GUIDs: query(r, "guids"), Names: query(r, "names"), SpaceGUIDs: spaces})
+	if err != nil {
+		s.storeError(w, "list apps", err)
+		return
+	}
+	out := make([]api.App, len(apps))
+	for i, a := range apps {
+		out[i] = appJSON(a)
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+// visibleApp loads one app the caller may see, or answers 404.
+func (s *Server) visibleApp(w http.ResponseWriter, r *http.Request, guid string) (store.App, bool) {
+	apps, err := s.store.Apps(r.Context(), store.AppFilter{GUIDs: []string{guid}})
+	if err != nil {
+		s.storeError(w, "get app", err)
+		return store.App{}, false
+	}
+	if len(apps) == 0 || !principalFrom(r.Context()).inSpace(apps[0].SpaceGUID) {
+		writeV3Error(w, http.StatusNotFound, "App not found")
+		return store.App{}, false
+	}
+	return apps[0], true
+}
+
+func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
+	if a, ok := s.visibleApp(w, r, r.PathValue("guid")); ok {
+		writeJSON(w, http.StatusOK, appJSON(a))
+	}
+}
+
+func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name          string               `json:"name"`
+		Relationships api.AppRelationships `json:"relationships"`
+	}
+	if !readV3(w, r, &req) {
+		return
+	}
+	if err := validateName("app", req.Name); err != nil {
+		writeV3Error(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	space := req.Relationships.Space.Data.GUID
+	const invalidSpace = "Invalid space. Ensure that the space exists and you have access to it."
+	p := principalFrom(r.Context())
+	if space == "" || !p.inSpace(space) {
+		writeV3Error(w, http.StatusUnprocessableEntity, invalidSpace)
+		return
+	}
+	a, err := s.store.CreateApp(r.Context(), space, req.Name)
+	if errors.Is(err, store.ErrNotFound) {
+		writeV3Error(w, http.StatusUnprocessableEntity, invalidSpace)
+		return
+	}
+	if errors.Is(err, store.ErrConflict) {
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("App with the name '%s' already exists.", req.Name))
+		return
+	}
+	if err != nil {
+		s.storeError(w, "create app", err)
+		return
+	}
+	s.log.Info("created app", "name", a.Name, "guid", a.GUID, "space", space, "user", p.user())
+	writeJSON(w, http.StatusCreated, appJSON(a))
+}
+
+func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
+	a, ok := s.visibleApp(w, r, r.PathValue("guid"))
+	if !ok {
+		return
+	}
+	if err := s.store.DeleteApp(r.Context(), a.GUID); err != nil {
+		s.storeError(w, "delete app", err)
+		return
+	}
+	s.log.Info("deleted app", "name", a.Name, "guid", a.GUID, "user", principalFrom(r.Context()).user())
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func domainJSON(d store.Domain) api.Domain {
+	return api.Domain{GUID: d.GUID, Name: d.Name, Internal: d.Internal, CreatedAt: d.CreatedAt, UpdatedAt: d.UpdatedAt}
+}
+
+func (s *Server) listDomains(w http.ResponseWriter, r *http.Request) {
+	ds, err := s.store.Domains(r.Context(), store.DomainFilter{GUIDs: query(r, "guids"), Names: query(r, "names")})
+	if err != nil {
+		s.storeError(w, "list domains", err)
+		return
+	}
+	out := make([]api.Domain, len(ds))
+	for i, d := range ds {
+		out[i] = domainJSON(d)
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+func (s *Server) createDomain(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Name     string `json:"name"`
+		Internal bool   `json:"internal"`
+	}
+	if !readV3(w, r, &req) {
+		return
+	}
+	name := strings.ToLower(req.Name)
+	if err := validateDomain(name); err != nil {
+		writeV3Error(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	if !req.Internal {
+		writeV3Error(w, http.StatusUnprocessableEntity, "only internal domains are supported: set \"internal\": true")
+		return
+	}
+	d, err := s.store.CreateDomain(r.Context(), name, true)
+	if errors.Is(err, store.ErrConflict) {
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("The domain name \"%s\" is already in use", name))
+		return
+	}
+	if err != nil {
+		s.storeError(w, "create domain", err)
+		return
+	}
+	s.log.Info("created domain", "name", d.Name, "guid", d.GUID, "user", principalFrom(r.Context()).user())
+	writeJSON(w, http.StatusCreated, domainJSON(d))
+}
+
+func routeJSON(rt store.Route) api.Route {
+	out := api.Route{GUID: rt.GUID, Host: rt.Host, URL: rt.Host + "." + rt.DomainName,
+		CreatedAt: rt.CreatedAt, UpdatedAt: rt.UpdatedAt, Destinations: []api.RouteDestination{},
+		Relationships: api.RouteRelationships{Domain: api.ToOne{Data: api.Ref{GUID: rt.DomainGUID}}}}
+	for _, a := range rt.AppGUIDs {
+		out.Destinations = append(out.Destinations, api.RouteDestination{GUID: a, App: api.Ref{GUID: a}})
+	}
+	return out
+}
+
+// appsOfCaller lists the GUIDs of the apps in a network.write caller's spaces.
+func (s *Server) appsOfCaller(r *http.Request, p *principal) ([]string, error) {
+	if len(p.Spaces) == 0 {
+		return nil, nil
+	}
+	apps, err := s.store.Apps(r.Context(), store.AppFilter{SpaceGUIDs: p.Spaces})
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(apps))
+	for i, a := range apps {
+		out[i] = a.GUID
+	}
+	return out, nil
+}
+
+func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
+	f := store.RouteFilter{GUIDs: query(r, "guids"), Hosts: query(r, "hosts"), DomainGUIDs: query(r, "domain_guids"), AppGUIDs: query(r, "app_guids")}
+	for i := range f.Hosts {
+		f.Hosts[i] = strings.ToLower(f.Hosts[i])
+	}
+	rts, err := s.store.Routes(r.Context(), f)
+	if err != nil {
+		s.storeError(w, "list routes", err)
+		return
+	}
+	p := principalFrom(r.Context())
+	if !p.admin() {
+		// A network.write caller sees routes that lead to its apps, and
+		// routes that lead nowhere yet.
+		mine, err := s.appsOfCaller(r, p)
+		if err != nil {
+			s.storeError(w, "list routes", err)
+			return
+		}
+		rts = slices.DeleteFunc(rts, func(rt store.Route) bool {
+			if len(rt.AppGUIDs) == 0 {
+				return false
+			}
+			for _, a := range rt.AppGUIDs {
+				if slices.Contains(mine, a) {
+					return false
+				}
+			}
+			return true
+		})
+	}
+	out := make([]api.Route, len(rts))
+	for i, rt := range rts {
+		out[i] = routeJSON(rt)
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) {
+	var req struct {
+		Host          string                 `json:"host"`
+		Relationships api.RouteRelationships `json:"relationships"`
+	}
+	if !readV3(w, r, &req) {
+		return
+	}
+	host := strings.ToLower(req.Host)
+	if err := validateHost(host); err != nil {
+		writeV3Error(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	domain := req.Relationships.Domain.Data.GUID
+	rt, err := s.store.CreateRoute(r.Context(), domain, host)
+	if errors.Is(err, store.ErrNotFound) {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Invalid domain. Ensure that the domain exists and you have access to it.")
+		return
+	}
+	if errors.Is(err, store.ErrConflict) {
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Route already exists with host '%s' for domain %s.", host, domain))
+		return
+	}
+	if err != nil {
+		s.storeError(w, "create route", err)
+		return
+	}
+	s.log.Info("created route", "url", rt.Host+"."+rt.DomainName, "guid", rt.GUID, "user", principalFrom(r.Context()).user())
+	writeJSON(w, http.StatusCreated, routeJSON(rt))
+}
+
+func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) {
+	if err := s.store.DeleteRoute(r.Context(), r.PathValue("guid")); err != nil {
+		s.storeError(w, "delete route", err)
+		return
+	}
+	s.log.Info("deleted route", "guid", r.PathValue("guid"), "user", principalFrom(r.Context()).user())
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) addRouteDestinations(w http.ResponseWriter, r *http.Request) {
+	var req api.RouteDestinations
+	if !readV3(w, r, &req) {
+		return
+	}
+	if len(req.Destinations) == 0 {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Destinations must have at least 1 destination")
+		return
+	}
+	guids := make([]string, len(req.Destinations))
+	for i, d := range req.Destinations {
+		if d.App.GUID == "" {
+			writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Destinations[%d]: app guid must be given", i))
+			return
+		}
+		guids[i] = d.App.GUID
+	}
+	p := principalFrom(r.Context())
+	if !p.admin() {
+		apps, err := s.store.Apps(r.Context(), store.AppFilter{GUIDs: guids, SpaceGUIDs: p.Spaces})
+		if err != nil {
+			s.storeError(w, "add route destinations", err)
+			return
+		}
+		for _, g := range guids {
+			if !slices.ContainsFunc(apps, func(a store.App) bool { return a.GUID == g }) {
+				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("App(s) with guid(s) \"%s\" do not exist or you do not have access.", g))
+				return
+			}
+		}
+	}
+	rt, err := s.store.AddRouteDestinations(r.Context(), r.PathValue("guid"), guids)
+	if err != nil {
+		s.storeError(w, "add route destinations", err)
+		return
+	}
+	s.log.Info("mapped route", "url", rt.Host+"."+rt.DomainName, "apps", guids, "user", p.user())
+	writeJSON(w, http.StatusOK, api.RouteDestinations{Destinations: routeJSON(rt).Destinations})
+}
+
+func (s *Server) removeRouteDestination(w http.ResponseWriter, r *http.Request) {
+	app := r.PathValue("app")
+	p := principalFrom(r.Context())
+	if !p.admin() {
+		if _, ok := s.visibleApp(w, r, app); !ok {
+			return
+		}
+	}
+	if err := s.store.RemoveRouteDestination(r.Context(), r.PathValue("guid"), app); err != nil {
+		s.storeError(w, "remove route destination", err)
+		return
+	}
+	s.log.Info("unmapped route", "route", r.PathValue("guid"), "app", app, "user", p.user())
+	w.WriteHeader(http.StatusNoContent)
+}

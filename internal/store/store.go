@@ -1,0 +1,117 @@
+// Package store keeps trellis's desired state — orgs, spaces, apps, domains,
+// routes, policies, tags and API tokens — in SQL: embedded SQLite (pure Go,
+// WAL) by default, PostgreSQL for controllers that share one database. Both
+// run the same embedded migrations. Every mutation bumps one store-wide
+// revision number, kept in the database, in the same transaction as the
+// change: agents watch it, and any controller sharing the database can serve it.
+package store
+
+import (
+	"errors"
+	"time"
+)
+
+// Errors callers branch on. Wrapped errors carry detail; test with errors.Is.
+var (
+	ErrNotFound      = errors.New("not found")
+	ErrConflict      = errors.New("already exists")
+	ErrAppNotFound   = errors.New("one or more applications cannot be found")
+	ErrQuotaExceeded = errors.New("policy quota exceeded")
+	ErrTagsExhausted = errors.New("tags exhausted: all 65535 policy tags are in use")
+)
+
+// MaxTag is the highest 16-bit policy tag. Tag 0 is never issued: it is the
+// "no mark" of the dataplane.
+const MaxTag = 65535
+
+// Default names created by the first migration.
+const (
+	DefaultOrg    = "default"
+	DefaultSpace  = "default"
+	DefaultDomain = "apps.internal"
+)
+
+// Org is an organization.
+type Org struct {
+	GUID, Name           string
+	CreatedAt, UpdatedAt time.Time
+}
+
+// Space belongs to an org and holds apps.
+type Space struct {
+	GUID, Name, OrgGUID  string
+	CreatedAt, UpdatedAt time.Time
+}
+
+// App is an application; its GUID is the policy group.
+type App struct {
+	GUID, Name, SpaceGUID string
+	State                 string // "STOPPED" until instances exist (later issues)
+	CreatedAt, UpdatedAt  time.Time
+}
+
+// Domain is a DNS domain for routes.
+type Domain struct {
+	GUID, Name           string
+	Internal             bool
+	CreatedAt, UpdatedAt time.Time
+}
+
+// Route is Host.Domain mapped to apps.
+type Route struct {
+	GUID, Host, DomainGUID string
+	DomainName             string   // filled by reads
+	AppGUIDs               []string // destinations, sorted
+	CreatedAt, UpdatedAt   time.Time
+}
+
+// Policy allows SourceApp to connect to DestApp on Protocol, ports
+// StartPort..EndPort inclusive. Tags are filled by reads.
+type Policy struct {
+	SourceApp, DestApp string
+	Protocol           string
+	StartPort, EndPort int
+	SourceTag, DestTag uint16
+}
+
+// Tag is the 16-bit policy tag of an app that takes part in a policy.
+type Tag struct {
+	AppGUID string
+	Tag     uint16
+}
+
+// Token is an API credential. Only the SHA-256 of its value is stored.
+type Token struct {
+	GUID, Name, Scope string
+	SpaceGUIDs        []string
+	CreatedAt         time.Time
+}
+
+// Filters select rows; empty fields do not filter. Several fields are ANDed;
+// the values of one field are ORed.
+type (
+	OrgFilter    struct{ GUIDs, Names []string }
+	SpaceFilter  struct{ GUIDs, Names, OrgGUIDs []string }
+	AppFilter    struct{ GUIDs, Names, SpaceGUIDs []string }
+	DomainFilter struct{ GUIDs, Names []string }
+	RouteFilter  struct{ GUIDs, Hosts, DomainGUIDs, AppGUIDs []string }
+	// PolicyFilter: IDs matches source OR destination; SourceIDs and DestIDs
+	// match their side. SpaceGUIDs, when set, keeps only policies whose source
+	// and destination apps are both in those spaces (a network.write caller).
+	PolicyFilter struct{ IDs, SourceIDs, DestIDs, SpaceGUIDs []string }
+)
+
+// CreatePoliciesOptions tune CreatePolicies.
+type CreatePoliciesOptions struct {
+	// MaxPerSource, when > 0, fails the whole batch with ErrQuotaExceeded if
+	// any source app would have more than this many policies afterwards.
+	MaxPerSource int
+	// SpaceGUIDs, when set, fails with ErrAppNotFound unless every source and
+	// destination app is in one of these spaces.
+	SpaceGUIDs []string
+}
+
+// Counts is the number of stored objects by kind, for metrics.
+type Counts struct {
+	Orgs, Spaces, Apps, Domains, Routes, Policies, Tags, Tokens int64
+}
