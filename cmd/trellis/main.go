@@ -1,11 +1,20 @@
+// Command trellis is container-to-container networking in the model of
+// Cloud Foundry: the controller, the agent and the CLI in one binary. See
+// `trellis help`.
 package main
 
 import (
-	_ "github.com/google/go-cmp/cmp"
-	_ "github.com/google/uuid"
-	_ "github.com/jackc/pgx/v5/stdlib"
-	_ "github.com/prometheus/client_golang/prometheus"
-	_ "modernc.org/sqlite"
+	"context"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/trellis-c2c/trellis/internal/cli"
 )
 
-func main() {}
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := cli.Main(ctx, os.Args[1:], os.Stdin, os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
+}

@@ -1,0 +1,424 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+	"unicode/utf8"
+)
+
+// Health is the body of GET /health.
+type Health struct {
+	Status   string `json:"status"`
+	Revision int64  `json:"revision"`
+}
+
+// TokenRequest is the body of POST /trellis/v1/tokens.
+type TokenRequest struct {
+	Name   string   `json:"name,omitempty"`
+	Scope  string   `json:"scope"`
+	Spaces []string `json:"space_guids,omitempty"`
+}
+
+// Filters select what a list call returns; they become the query parameters
+// of docs/api.md. Empty fields do not filter; several fields are ANDed; the
+// values of one field are ORed.
+type (
+	OrgFilter    struct{ Names, GUIDs []string }
+	SpaceFilter  struct{ Names, GUIDs, OrgGUIDs []string }
+	AppFilter    struct{ Names, GUIDs, SpaceGUIDs []string }
+	DomainFilter struct{ Names, GUIDs []string }
+	RouteFilter  struct{ Hosts, DomainGUIDs, AppGUIDs, GUIDs []string }
+	// PolicyFilter: IDs matches source OR destination; SourceIDs and DestIDs
+	// match their side and are ANDed when both are given.
+	PolicyFilter struct{ IDs, SourceIDs, DestIDs []string }
+)
+
+// HTTPError is a non-2xx answer of the controller. Its Error is the
+// server's own message — the "error" field of the networking API or the
+// first errors[].detail of the v3 API — so that a CLI can print the
+// server's words.
+type HTTPError struct {
+	Status  int    // HTTP status code
+	Message string // the server's message, or the status text if it sent none
+	Title   string // v3 error title such as "CF-ResourceNotFound"; empty for the networking API
+}
+
+func (e *HTTPError) Error() string { return e.Message }
+
+// IsNotFound reports whether err is an HTTPError with status 404.
+func IsNotFound(err error) bool {
+	var he *HTTPError
+	return errors.As(err, &he) && he.Status == http.StatusNotFound
+}
+
+// Client calls a trellis controller over HTTPS, trusting only the
+// controller's CA, and authenticates every request with a bearer token. It
+// is safe for concurrent use.
+type Client struct {
+	base  *url.URL
+	token string
+	http  *http.Client
+}
+
+// clientTimeout bounds a whole request, answer included.
+const clientTimeout = 30 * time.Second
+
+// maxErrorBody bounds how much of an error answer is read.
+const maxErrorBody = 64 << 10
+
+// NewClient returns a Client for cfg. The connection trusts only the CA in
+// cfg.CACert and speaks TLS 1.2 or later. It does not use HTTP(S)_PROXY: a
+// controller is reached directly, as agents on the same network reach it.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	u, err := url.Parse(cfg.APIURL)
+	if err != nil {
+		return nil, fmt.Errorf("invalid api_url %q: %w", cfg.APIURL, err)
+	}
+	if u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+		return nil, fmt.Errorf("invalid api_url %q: must be https://HOST[:PORT]", cfg.APIURL)
+	}
+	if cfg.Token == "" {
+		return nil, errors.New("invalid config: token is empty")
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(cfg.CACert)) {
+		return nil, errors.New("invalid ca_cert: no PEM certificate found")
+	}
+	tr := &http.Transport{
+		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
+		ForceAttemptHTTP2:   true,
+		TLSHandshakeTimeout: 10 * time.Second,
+		IdleConnTimeout:     90 * time.Second,
+		MaxIdleConnsPerHost: 4,
+	}
+	return &Client{
+		base:  u,
+		token: cfg.Token,
+		http:  &http.Client{Transport: tr, Timeout: clientTimeout},
+	}, nil
+}
+
+// Health asks GET /health whether the controller and its store answer.
+func (c *Client) Health(ctx context.Context) (Health, error) {
+	var h Health
+	err := c.do(ctx, http.MethodGet, "health", nil, nil, &h)
+	return h, err
+}
+
+// Orgs lists organizations.
+func (c *Client) Orgs(ctx context.Context, f OrgFilter) ([]Organization, error) {
+	q := query("names", f.Names, "guids", f.GUIDs)
+	var l List[Organization]
+	err := c.do(ctx, http.MethodGet, "v3/organizations", q, nil, &l)
+	return l.Resources, err
+}
+
+// CreateOrg creates an organization.
+func (c *Client) CreateOrg(ctx context.Context, name string) (Organization, error) {
+	var o Organization
+	err := c.do(ctx, http.MethodPost, "v3/organizations", nil, struct {
+		Name string `json:"name"`
+	}{name}, &o)
+	return o, err
+}
+
+// Spaces lists spaces.
+func (c *Client) Spaces(ctx context.Context, f SpaceFilter) ([]Space, error) {
+	q := query("names", f.Names, "guids", f.GUIDs, "organization_guids", f.OrgGUIDs)
+	var l List[Space]
+	err := c.do(ctx, http.MethodGet, "v3/spaces", q, nil, &l)
+	return l.Resources, err
+}
+
+// CreateSpace creates a space in an org.
+func (c *Client) CreateSpace(ctx context.Context, orgGUID, name string) (Space, error) {
+	var s Space
+	err := c.do(ctx, http.MethodPost, "v3/spaces", nil, struct {
+		Name          string             `json:"name"`
+		Relationships SpaceRelationships `json:"relationships"`
+	}{name, SpaceRelationships{Organization: ToOne{Data: Ref{GUID: orgGUID}}}}, &s)
+	return s, err
+}
+
+// Apps lists apps.
+func (c *Client) Apps(ctx context.Context, f AppFilter) ([]App, error) {
+	q := query("names", f.Names, "guids", f.GUIDs, "space_guids", f.SpaceGUIDs)
+	var l List[App]
+	err := c.do(ctx, http.MethodGet, "v3/apps", q, nil, &l)
+	return l.Resources, err
+}
+
+// App gets one app by GUID.
+func (c *Client) App(ctx context.Context, guid string) (App, error) {
+	var a App
+	p, err := itemPath("v3/apps", guid)
+	if err != nil {
+		return a, err
+	}
+	err = c.do(ctx, http.MethodGet, p, nil, nil, &a)
+	return a, err
+}
+
+// CreateApp creates an app in a space.
+func (c *Client) CreateApp(ctx context.Context, spaceGUID, name string) (App, error) {
+	var a App
+	err := c.do(ctx, http.MethodPost, "v3/apps", nil, struct {
+		Name          string           `json:"name"`
+		Relationships AppRelationships `json:"relationships"`
+	}{name, AppRelationships{Space: ToOne{Data: Ref{GUID: spaceGUID}}}}, &a)
+	return a, err
+}
+
+// DeleteApp deletes an app, its route mappings, the routes left with no
+// app, and every policy naming it.
+func (c *Client) DeleteApp(ctx context.Context, guid string) error {
+	p, err := itemPath("v3/apps", guid)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil, nil)
+}
+
+// Domains lists domains.
+func (c *Client) Domains(ctx context.Context, f DomainFilter) ([]Domain, error) {
+	q := query("names", f.Names, "guids", f.GUIDs)
+	var l List[Domain]
+	err := c.do(ctx, http.MethodGet, "v3/domains", q, nil, &l)
+	return l.Resources, err
+}
+
+// CreateDomain creates a domain.
+func (c *Client) CreateDomain(ctx context.Context, name string, internal bool) (Domain, error) {
+	var d Domain
+	err := c.do(ctx, http.MethodPost, "v3/domains", nil, struct {
+		Name     string `json:"name"`
+		Internal bool   `json:"internal"`
+	}{name, internal}, &d)
+	return d, err
+}
+
+// Routes lists routes.
+func (c *Client) Routes(ctx context.Context, f RouteFilter) ([]Route, error) {
+	q := query("hosts", f.Hosts, "domain_guids", f.DomainGUIDs, "app_guids", f.AppGUIDs, "guids", f.GUIDs)
+	var l List[Route]
+	err := c.do(ctx, http.MethodGet, "v3/routes", q, nil, &l)
+	return l.Resources, err
+}
+
+// CreateRoute creates the route HOST.DOMAIN with no destinations.
+func (c *Client) CreateRoute(ctx context.Context, domainGUID, host string) (Route, error) {
+	var r Route
+	err := c.do(ctx, http.MethodPost, "v3/routes", nil, struct {
+		Host          string             `json:"host"`
+		Relationships RouteRelationships `json:"relationships"`
+	}{host, RouteRelationships{Domain: ToOne{Data: Ref{GUID: domainGUID}}}}, &r)
+	return r, err
+}
+
+// DeleteRoute deletes a route and its mappings.
+func (c *Client) DeleteRoute(ctx context.Context, guid string) error {
+	p, err := itemPath("v3/routes", guid)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil, nil)
+}
+
+// AddRouteDestinations maps apps to a route and returns all of the route's
+// destinations afterwards.
+func (c *Client) AddRouteDestinations(ctx context.Context, routeGUID string, appGUIDs ...string) ([]RouteDestination, error) {
+	p, err := itemPath("v3/routes", routeGUID)
+	if err != nil {
+		return nil, err
+	}
+	in := RouteDestinations{Destinations: make([]RouteDestination, 0, len(appGUIDs))}
+	for _, g := range appGUIDs {
+		in.Destinations = append(in.Destinations, RouteDestination{App: Ref{GUID: g}})
+	}
+	var out RouteDestinations
+	err = c.do(ctx, http.MethodPost, p+"/destinations", nil, in, &out)
+	return out.Destinations, err
+}
+
+// RemoveRouteDestination unmaps an app from a route.
+func (c *Client) RemoveRouteDestination(ctx context.Context, routeGUID, appGUID string) error {
+	p, err := itemPath("v3/routes", routeGUID)
+	if err != nil {
+		return err
+	}
+	if p, err = itemPath(p+"/destinations", appGUID); err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil, nil)
+}
+
+const policiesPath = "networking/v1/external/policies"
+
+// Policies lists the policies that match f and that the caller may see.
+func (c *Client) Policies(ctx context.Context, f PolicyFilter) ([]Policy, error) {
+	q := query("id", f.IDs, "source_id", f.SourceIDs, "dest_id", f.DestIDs)
+	var r PoliciesResponse
+	err := c.do(ctx, http.MethodGet, policiesPath, q, nil, &r)
+	return r.Policies, err
+}
+
+// CreatePolicies creates policies; existing ones are left as they are. The
+// batch is all or nothing.
+func (c *Client) CreatePolicies(ctx context.Context, ps []Policy) error {
+	return c.do(ctx, http.MethodPost, policiesPath, nil, PoliciesRequest{Policies: ps}, nil)
+}
+
+// DeletePolicies deletes policies; unknown ones are skipped.
+func (c *Client) DeletePolicies(ctx context.Context, ps []Policy) error {
+	return c.do(ctx, http.MethodPost, policiesPath+"/delete", nil, PoliciesRequest{Policies: ps}, nil)
+}
+
+// Tags lists the policy tag of every app that takes part in a policy
+// (admin only).
+func (c *Client) Tags(ctx context.Context) ([]Tag, error) {
+	var r TagsResponse
+	err := c.do(ctx, http.MethodGet, "networking/v1/external/tags", nil, nil, &r)
+	return r.Tags, err
+}
+
+// CreateToken creates an API token (admin only). The returned Token's Value
+// is the only copy of the secret.
+func (c *Client) CreateToken(ctx context.Context, r TokenRequest) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodPost, "trellis/v1/tokens", nil, r, &t)
+	return t, err
+}
+
+// Raw sends one request to path (which may carry a query, "/v3/apps?names=a")
+// with body, if not nil, as JSON, and returns the answer's status and body
+// whatever the status: for tests and debugging, to see what the typed
+// methods interpret. err is only a failure to send or to read.
+func (c *Client) Raw(ctx context.Context, method, path string, body io.Reader) (status int, out []byte, err error) {
+	ref, err := url.Parse(path)
+	if err != nil {
+		return 0, nil, fmt.Errorf("invalid path %q: %w", path, err)
+	}
+	u := c.base.JoinPath(ref.EscapedPath())
+	u.RawQuery = ref.RawQuery
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return 0, nil, err
+	}
+	c.setHeaders(req, body != nil)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return 0, nil, err
+	}
+	defer resp.Body.Close()
+	out, err = io.ReadAll(resp.Body)
+	return resp.StatusCode, out, err
+}
+
+func (c *Client) setHeaders(req *http.Request, hasBody bool) {
+	req.Header.Set("Authorization", "Bearer "+c.token)
+	req.Header.Set("Accept", "application/json")
+	req.Header.Set("User-Agent", "trellis")
+	if hasBody {
+		req.Header.Set("Content-Type", "application/json")
+	}
+}
+
+// query builds URL query parameters from name, values pairs, joining each
+// field's values with commas and leaving out empty fields.
+func query(pairs ...any) url.Values {
+	q := url.Values{}
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if vs := pairs[i+1].([]string); len(vs) > 0 {
+			q.Set(pairs[i].(string), strings.Join(vs, ","))
+		}
+	}
+	return q
+}
+
+// itemPath is collection/GUID, refusing an empty GUID, which would name
+// the collection itself.
+func itemPath(collection, guid string) (string, error) {
+	if guid == "" {
+		return "", fmt.Errorf("%s: empty guid", collection)
+	}
+	return collection + "/" + url.PathEscape(guid), nil
+}
+
+// do sends one request: in, when not nil, as a JSON body; a 2xx answer's
+// body decoded into out when out is not nil; any other answer returned as
+// an *HTTPError.
+func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
+	u := c.base.JoinPath(path)
+	u.RawQuery = q.Encode()
+	var body io.Reader
+	if in != nil {
+		b, err := json.Marshal(in)
+		if err != nil {
+			return fmt.Errorf("%s %s: encode request: %w", method, u.Path, err)
+		}
+		body = bytes.NewReader(b)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	if err != nil {
+		return err
+	}
+	c.setHeaders(req, in != nil)
+	resp, err := c.http.Do(req)
+	if err != nil {
+		return err // a *url.Error: it names the method and URL
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return decodeError(resp)
+	}
+	if out == nil || resp.StatusCode == http.StatusNoContent {
+		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+		return nil
+	}
+	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
+		return fmt.Errorf("%s %s: decode answer: %w", method, u.Path, err)
+	}
+	return nil
+}
+
+// decodeError turns a non-2xx answer into an *HTTPError, taking the
+// message from either error shape of docs/api.md.
+func decodeError(resp *http.Response) error {
+	b, _ := io.ReadAll(io.LimitReader(resp.Body, maxErrorBody))
+	e := &HTTPError{Status: resp.StatusCode}
+	var body struct {
+		Error  string    `json:"error"`
+		Errors []V3Error `json:"errors"`
+	}
+	if json.Unmarshal(b, &body) == nil {
+		switch {
+		case body.Error != "":
+			e.Message = body.Error
+		case len(body.Errors) > 0 && body.Errors[0].Detail != "":
+			e.Message = body.Errors[0].Detail
+			e.Title = body.Errors[0].Title
+		}
+	}
+	if e.Message == "" {
+		e.Message = fmt.Sprintf("%d %s", resp.StatusCode, http.StatusText(resp.StatusCode))
+		// A plain-text body (from a proxy, say): its first line, shortened.
+		s, _, _ := strings.Cut(strings.TrimSpace(string(b)), "\n")
+		if s = strings.TrimSpace(s); s != "" && utf8.ValidString(s) && !strings.HasPrefix(s, "{") {
+			if r := []rune(s); len(r) > 200 {
+				s = string(r[:200]) + "..."
+			}
+			e.Message += ": " + s
+		}
+	}
+	return e
+}

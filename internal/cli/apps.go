@@ -1,0 +1,487 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"net/http"
+	"slices"
+	"strings"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+)
+
+// App, domain and route commands.
+
+var appsCommand = &command{
+	name:    "apps",
+	group:   groupApps,
+	summary: "List all apps in the target space",
+	usage:   "apps [--json]",
+	example: "trellis apps\ntrellis apps --json",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		asJSON := jsonFlag(fs)
+		return func(ctx context.Context, args []string) error {
+			if err := wantArgs(args); err != nil {
+				return err
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			t, err := s.target(ctx)
+			if err != nil {
+				return err
+			}
+			if !*asJSON {
+				s.printf("Getting apps in org %s / space %s as %s...\n\n", t.org.Name, t.space.Name, s.user())
+			}
+			apps, err := s.client.Apps(ctx, api.AppFilter{SpaceGUIDs: []string{t.space.GUID}})
+			if err != nil {
+				return err
+			}
+			slices.SortFunc(apps, func(a, b api.App) int { return strings.Compare(a.Name, b.Name) })
+			if *asJSON {
+				return s.printJSON(nonNil(apps))
+			}
+			if len(apps) == 0 {
+				s.printf("No apps found.\n")
+				return nil
+			}
+			guids := make([]string, len(apps))
+			for i, a := range apps {
+				guids[i] = a.GUID
+			}
+			urls := map[string][]string{} // app GUID → route URLs
+			err = inChunks(guids, func(c []string) error {
+				routes, err := s.client.Routes(ctx, api.RouteFilter{AppGUIDs: c})
+				for _, r := range routes {
+					for _, d := range r.Destinations {
+						urls[d.App.GUID] = append(urls[d.App.GUID], orDefault(r.URL, r.Host))
+					}
+				}
+				return err
+			})
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, a := range apps {
+				rows = append(rows, []string{a.Name, strings.ToLower(a.State), strings.Join(uniq(urls[a.GUID]), ", ")})
+			}
+			s.printTable([]string{"name", "requested state", "routes"}, rows)
+			return nil
+		}
+	},
+}
+
+var createAppCommand = &command{
+	name:    "create-app",
+	group:   groupApps,
+	summary: "Create an app in the target space",
+	usage:   "create-app APP [-s SPACE] [-o ORG]",
+	example: "trellis create-app backend\ntrellis create-app backend -s other-space",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		spaceFlag := fs.String("s", "", "Create the app in `SPACE` (default: the targeted space)")
+		orgFlag := fs.String("o", "", "The `ORG` of the space (default: the targeted org)")
+		return func(ctx context.Context, args []string) error {
+			if err := wantArgs(args, "APP"); err != nil {
+				return err
+			}
+			name := args[0]
+			if err := checkName("app", name); err != nil {
+				return err
+			}
+			if err := checkSpaceFlags(*orgFlag, *spaceFlag); err != nil {
+				return err
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			t, err := s.targetIn(ctx, *orgFlag, *spaceFlag)
+			if err != nil {
+				return err
+			}
+			s.printf("Creating app %s in org %s / space %s as %s...\n", name, t.org.Name, t.space.Name, s.user())
+			_, err = s.app(ctx, t.space, name)
+			switch {
+			case err == nil:
+				s.printf("App %s already exists.\n", name)
+			case isNotFound(err):
+				if _, err := s.client.CreateApp(ctx, t.space.GUID, name); err != nil {
+					return err
+				}
+			default:
+				return err
+			}
+			s.ok()
+			return nil
+		}
+	},
+}
+
+var deleteAppCommand = &command{
+	name:    "delete-app",
+	group:   groupApps,
+	summary: "Delete an app, its route mappings and every policy naming it",
+	usage:   "delete-app APP [-f]",
+	example: "trellis delete-app backend -f",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		fs.Bool("f", false, "Force deletion without confirmation (trellis never asks)")
+		return func(ctx context.Context, args []string) error {
+			if err := wantArgs(args, "APP"); err != nil {
+				return err
+			}
+			name := args[0]
+			if err := checkName("app", name); err != nil {
+				return err
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			t, err := s.target(ctx)
+			if err != nil {
+				return err
+			}
+			s.printf("Deleting app %s in org %s / space %s as %s...\n", name, t.org.Name, t.space.Name, s.user())
+			a, err := s.app(ctx, t.space, name)
+			if err == nil {
+				err = s.client.DeleteApp(ctx, a.GUID)
+				if api.IsNotFound(err) { // deleted meanwhile
+					err = &notFoundError{"App " + name + " not found"}
+				}
+			}
+			switch {
+			case isNotFound(err):
+				s.printf("App %s not found\n", name)
+			case err != nil:
+				return err
+			}
+			s.ok()
+			return nil
+		}
+	},
+}
+
+var domainsCommand = &command{
+	name:    "domains",
+	group:   groupApps,
+	summary: "List domains",
+	usage:   "domains [--json]",
+	example: "trellis domains",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		asJSON := jsonFlag(fs)
+		return func(ctx context.Context, args []string) error {
+			if err := wantArgs(args); err != nil {
+				return err
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			if !*asJSON {
+				s.printf("Getting domains as %s...\n\n", s.user())
+			}
+			domains, err := s.client.Domains(ctx, api.DomainFilter{})
+			if err != nil {
+				return err
+			}
+			slices.SortFunc(domains, func(a, b api.Domain) int { return strings.Compare(a.Name, b.Name) })
+			if *asJSON {
+				return s.printJSON(nonNil(domains))
+			}
+			if len(domains) == 0 {
+				s.printf("No domains found.\n")
+				return nil
+			}
+			var rows [][]string
+			for _, d := range domains {
+				internal := ""
+				if d.Internal {
+					internal = "true"
+				}
+				rows = append(rows, []string{d.Name, "shared", internal})
+			}
+			s.printTable([]string{"name", "availability", "internal"}, rows)
+			return nil
+		}
+	},
+}
+
+var createDomainCommand = &command{
+	name:    "create-domain",
+	group:   groupApps,
+	summary: "Create an internal domain (admin only)",
+	usage:   "create-domain DOMAIN --internal",
+	example: "trellis create-domain apps.example --internal",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		internal := fs.Bool("internal", false, "Serve the domain only to containers on the overlay (required: the only kind trellis supports)")
+		return func(ctx context.Context, args []string) error {
+			if err := wantArgs(args, "DOMAIN"); err != nil {
+				return err
+			}
+			name := args[0]
+			if err := checkDomain(name); err != nil {
+				return err
+			}
+			if !*internal {
+				return badInput("only internal domains are supported: pass --internal")
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			s.printf("Creating domain %s as %s...\n", name, s.user())
+			_, err = s.domain(ctx, name)
+			switch {
+			case err == nil:
+				s.printf("Domain %s already exists.\n", name)
+			case isNotFound(err):
+				if _, err := s.client.CreateDomain(ctx, name, true); err != nil {
+					return err
+				}
+			default:
+				return err
+			}
+			s.ok()
+			return nil
+		}
+	},
+}
+
+var routesCommand = &command{
+	name:    "routes",
+	group:   groupApps,
+	summary: "List routes and the apps they send to",
+	usage:   "routes [--json]",
+	example: "trellis routes",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		asJSON := jsonFlag(fs)
+		return func(ctx context.Context, args []string) error {
+			if err := wantArgs(args); err != nil {
+				return err
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			if !*asJSON {
+				s.printf("Getting routes as %s...\n\n", s.user())
+			}
+			routes, err := s.client.Routes(ctx, api.RouteFilter{})
+			if err != nil {
+				return err
+			}
+			slices.SortFunc(routes, func(a, b api.Route) int { return strings.Compare(a.URL, b.URL) })
+			if *asJSON {
+				return s.printJSON(nonNil(routes))
+			}
+			if len(routes) == 0 {
+				s.printf("No routes found.\n")
+				return nil
+			}
+			domains, err := s.client.Domains(ctx, api.DomainFilter{})
+			if err != nil {
+				return err
+			}
+			domainNames := map[string]string{}
+			for _, d := range domains {
+				domainNames[d.GUID] = d.Name
+			}
+			var appGUIDs []string
+			for _, r := range routes {
+				for _, d := range r.Destinations {
+					appGUIDs = append(appGUIDs, d.App.GUID)
+				}
+			}
+			apps, err := s.appsByGUID(ctx, appGUIDs)
+			if err != nil {
+				return err
+			}
+			var rows [][]string
+			for _, r := range routes {
+				var names []string
+				for _, d := range r.Destinations {
+					names = append(names, orDefault(apps[d.App.GUID].Name, d.App.GUID))
+				}
+				domain := r.Relationships.Domain.Data.GUID
+				rows = append(rows, []string{r.Host, orDefault(domainNames[domain], domain), strings.Join(uniq(names), ", ")})
+			}
+			s.printTable([]string{"host", "domain", "apps"}, rows)
+			return nil
+		}
+	},
+}
+
+// routeArgs are the checked arguments of map-route and unmap-route.
+type routeArgs struct{ app, domain, host string }
+
+func parseRouteArgs(fs *flag.FlagSet, args []string, host string) (routeArgs, error) {
+	if err := wantArgs(args, "APP_NAME", "DOMAIN"); err != nil {
+		return routeArgs{}, err
+	}
+	if err := requireFlags(fs, "hostname"); err != nil && !setFlags(fs)["n"] {
+		return routeArgs{}, err
+	}
+	r := routeArgs{app: args[0], domain: args[1], host: host}
+	if err := checkName("app", r.app); err != nil {
+		return r, err
+	}
+	if err := checkDomain(r.domain); err != nil {
+		return r, err
+	}
+	return r, checkHost(r.host)
+}
+
+func (r routeArgs) url() string { return r.host + "." + r.domain }
+
+// hostnameFlag defines --hostname and its cf short form -n.
+func hostnameFlag(fs *flag.FlagSet) *string {
+	var host string
+	fs.StringVar(&host, "hostname", "", "`HOST` of the route: the route is HOST.DOMAIN")
+	fs.StringVar(&host, "n", "", "Short for --hostname `HOST`")
+	return &host
+}
+
+var mapRouteCommand = &command{
+	name:    "map-route",
+	group:   groupApps,
+	summary: "Map a route to an app, creating the route if needed",
+	usage:   "map-route APP_NAME DOMAIN --hostname HOST",
+	example: "trellis map-route backend apps.internal --hostname backend",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		host := hostnameFlag(fs)
+		return func(ctx context.Context, args []string) error {
+			r, err := parseRouteArgs(fs, args, *host)
+			if err != nil {
+				return err
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			t, err := s.target(ctx)
+			if err != nil {
+				return err
+			}
+			app, err := s.app(ctx, t.space, r.app)
+			if err != nil {
+				return err
+			}
+			domain, err := s.domain(ctx, r.domain)
+			if err != nil {
+				return err
+			}
+			route, found, err := s.route(ctx, domain, r.host)
+			if err != nil {
+				return err
+			}
+			if !found {
+				s.printf("Creating route %s for org %s / space %s as %s...\n", r.url(), t.org.Name, t.space.Name, s.user())
+				route, err = s.client.CreateRoute(ctx, domain.GUID, r.host)
+				if he := (*api.HTTPError)(nil); errors.As(err, &he) && he.Status == http.StatusUnprocessableEntity {
+					// Created meanwhile, or invalid: look again.
+					if r2, found, err2 := s.route(ctx, domain, r.host); err2 == nil && found {
+						route, err = r2, nil
+					}
+				}
+				if err != nil {
+					return err
+				}
+			}
+			s.printf("Mapping route %s to app %s in org %s / space %s as %s...\n", r.url(), app.Name, t.org.Name, t.space.Name, s.user())
+			if slices.ContainsFunc(route.Destinations, func(d api.RouteDestination) bool { return d.App.GUID == app.GUID }) {
+				s.printf("App %s is already mapped to route %s.\n", app.Name, r.url())
+			} else if _, err := s.client.AddRouteDestinations(ctx, route.GUID, app.GUID); err != nil {
+				return err
+			}
+			s.ok()
+			return nil
+		}
+	},
+}
+
+var unmapRouteCommand = &command{
+	name:    "unmap-route",
+	group:   groupApps,
+	summary: "Remove a route from an app",
+	usage:   "unmap-route APP_NAME DOMAIN --hostname HOST",
+	example: "trellis unmap-route backend apps.internal --hostname backend",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		host := hostnameFlag(fs)
+		return func(ctx context.Context, args []string) error {
+			r, err := parseRouteArgs(fs, args, *host)
+			if err != nil {
+				return err
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			t, err := s.target(ctx)
+			if err != nil {
+				return err
+			}
+			s.printf("Removing route %s from app %s in org %s / space %s as %s...\n", r.url(), r.app, t.org.Name, t.space.Name, s.user())
+			app, err := s.app(ctx, t.space, r.app)
+			if err != nil {
+				return err
+			}
+			domain, err := s.domain(ctx, r.domain)
+			if err != nil {
+				return err
+			}
+			route, found, err := s.route(ctx, domain, r.host)
+			if err != nil {
+				return err
+			}
+			if !found {
+				return &notFoundError{"Route " + r.url() + " not found"}
+			}
+			if !slices.ContainsFunc(route.Destinations, func(d api.RouteDestination) bool { return d.App.GUID == app.GUID }) {
+				s.printf("Route to be unmapped is not currently mapped to the application.\n")
+			} else if err := s.client.RemoveRouteDestination(ctx, route.GUID, app.GUID); err != nil && !api.IsNotFound(err) {
+				return err
+			}
+			s.ok()
+			return nil
+		}
+	},
+}
+
+// route finds HOST.DOMAIN.
+func (s *session) route(ctx context.Context, domain api.Domain, host string) (api.Route, bool, error) {
+	routes, err := s.client.Routes(ctx, api.RouteFilter{Hosts: []string{host}, DomainGUIDs: []string{domain.GUID}})
+	if err != nil {
+		return api.Route{}, false, err
+	}
+	// The query filtered by domain; match the host exactly.
+	i := slices.IndexFunc(routes, func(r api.Route) bool { return r.Host == host })
+	if i < 0 {
+		return api.Route{}, false, nil
+	}
+	return routes[i], true, nil
+}
+
+// checkSpaceFlags checks -o ORG and -s SPACE.
+func checkSpaceFlags(org, space string) error {
+	if org != "" {
+		if err := checkName("org", org); err != nil {
+			return err
+		}
+	}
+	if space != "" {
+		return checkName("space", space)
+	}
+	return nil
+}

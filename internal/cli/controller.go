@@ -1,0 +1,47 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"log/slog"
+	"strings"
+
+	"github.com/trellis-c2c/trellis/internal/controller"
+)
+
+func init() { register(controllerCommand) }
+
+var controllerCommand = &command{
+	name:    "controller",
+	group:   groupControlPlane,
+	summary: "Run the control plane: policy API, apps and routes, CA, store",
+	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL]",
+	example: "trellis controller --state-dir /var/lib/trellis\n" +
+		"trellis controller --state-dir /var/lib/trellis --listen 0.0.0.0:4002 --database-url 'postgres://trellis:secret@db:5432/trellis?sslmode=require'",
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		var cfg controller.Config
+		var logLevel string
+		fs.StringVar(&cfg.StateDir, "state-dir", "", "Keep the CA, the SQLite store and admin.json in `DIR` (created 0700; required)")
+		fs.StringVar(&cfg.Listen, "listen", controller.DefaultListen, "Serve HTTPS on `ADDR` (host:port)")
+		fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Use PostgreSQL at `URL` (postgres://...) instead of SQLite in the state dir; several controllers may share it")
+		fs.StringVar(&cfg.AdvertiseURL, "advertise-url", "", "API `URL` written to admin.json (default https://ADDR, loopback for a wildcard address)")
+		fs.StringVar(&logLevel, "log-level", "info", "Log `LEVEL`: debug, info, warn or error")
+		return func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return badUsage("controller takes no arguments, got %q", strings.Join(args, " "))
+			}
+			if cfg.StateDir == "" {
+				return badUsage("--state-dir is required")
+			}
+			if cfg.DatabaseURL != "" && !strings.HasPrefix(cfg.DatabaseURL, "postgres://") && !strings.HasPrefix(cfg.DatabaseURL, "postgresql://") {
+				return badInput("invalid --database-url: must start with postgres:// or postgresql:// (leave it out for SQLite in the state dir)")
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return badInput("invalid --log-level %q: use debug, info, warn or error", logLevel)
+			}
+			cfg.Log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+			return controller.Run(ctx, cfg)
+		}
+	},
+}
