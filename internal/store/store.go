@@ -24,7 +24,8 @@ var (
 // "no mark" of the dataplane.
 const MaxTag = 65535
 
-// Default names created by the first migration.
+// Default names: Open creates this org, its space and this internal domain
+// if missing.
 const (
 	DefaultOrg    = "default"
 	DefaultSpace  = "default"

@@ -1,0 +1,316 @@
+package store
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	_ "github.com/jackc/pgx/v5/stdlib" // registers "pgx"
+	_ "modernc.org/sqlite"             // registers "sqlite"
+)
+
+// Store is the SQL store. It is safe for concurrent use, and several Stores
+// (in one process or in several controllers) may share one PostgreSQL
+// database.
+type Store struct {
+	db *sql.DB
+	pg bool // PostgreSQL; SQLite otherwise
+
+	// maxTag bounds tag allocation; MaxTag except in tests of exhaustion.
+	maxTag int
+}
+
+// sqliteParams open every SQLite connection waiting up to 10 s for a lock
+// (set first: switching a new file to WAL takes one), in WAL mode (readers
+// do not block the writer), with foreign keys enforced and a page cache of
+// up to 64 MiB (the default 2 MiB holds a fraction of 60,000 policies).
+// BEGIN IMMEDIATE makes every write transaction take the write lock up
+// front, as PostgreSQL writers take the revision row lock.
+const sqliteParams = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pragma=foreign_keys(1)&_pragma=cache_size(-65536)&_txlock=immediate"
+
+// Open opens (and migrates) the store. url is "postgres://…" or
+// "postgresql://…" for PostgreSQL; anything else is a SQLite file path
+// (optionally prefixed "sqlite:"). It creates the default org, space and
+// apps.internal domain if missing.
+func Open(ctx context.Context, url string) (*Store, error) {
+	s := &Store{maxTag: MaxTag}
+	var err error
+	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
+		s.pg = true
+		s.db, err = sql.Open("pgx", url)
+	} else {
+		path := strings.TrimPrefix(url, "sqlite:")
+		sep := "?"
+		if strings.Contains(path, "?") {
+			sep = "&"
+		}
+		s.db, err = sql.Open("sqlite", path+sep+sqliteParams)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	if err := s.migrate(ctx); err != nil {
+		s.db.Close()
+		return nil, fmt.Errorf("open store: %w", err)
+	}
+	return s, nil
+}
+
+// Close releases the database.
+func (s *Store) Close() error { return s.db.Close() }
+
+// Ping checks the database answers.
+func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
+
+// Revision is the current store-wide revision (0 for a new store).
+func (s *Store) Revision(ctx context.Context) (int64, error) {
+	var rev int64
+	if err := s.r().queryRow(ctx, "SELECT value FROM revision WHERE id = 1").Scan(&rev); err != nil {
+		return 0, fmt.Errorf("read revision: %w", err)
+	}
+	return rev, nil
+}
+
+// write runs fn in a transaction whose first statement bumps the revision.
+// On PostgreSQL (READ COMMITTED) the bump's row lock serializes all writers
+// of all controllers until commit; on SQLite the transaction is IMMEDIATE.
+// So fn may read, decide and write without races. fn reports whether it
+// changed anything: if not, or if it fails, the transaction rolls back and
+// the revision stays, so watchers do not wake for nothing.
+func (s *Store) write(ctx context.Context, fn func(r runner) (changed bool, err error)) error {
+	tx, err := s.begin(ctx)
+	if err != nil {
+		return err
+	}
+	defer tx.Rollback() // no-op after Commit
+	r := runner{q: tx, pg: s.pg}
+	if _, err := r.exec(ctx, "UPDATE revision SET value = value + 1 WHERE id = 1"); err != nil {
+		return fmt.Errorf("bump revision: %w", err)
+	}
+	changed, err := fn(r)
+	if err != nil || !changed {
+		return err
+	}
+	return tx.Commit()
+}
+
+// begin starts a write transaction: IMMEDIATE on SQLite (see
+// sqliteParams), READ COMMITTED on PostgreSQL whatever the server's default,
+// so that each statement sees what the writers before it committed.
+func (s *Store) begin(ctx context.Context) (*sql.Tx, error) {
+	if s.pg {
+		return s.db.BeginTx(ctx, &sql.TxOptions{Isolation: sql.LevelReadCommitted})
+	}
+	return s.db.BeginTx(ctx, nil)
+}
+
+// r is a runner on the database outside any transaction, for reads.
+func (s *Store) r() runner { return runner{q: s.db, pg: s.pg} }
+
+// querier is what *sql.DB and *sql.Tx have in common.
+type querier interface {
+	ExecContext(ctx context.Context, query string, args ...any) (sql.Result, error)
+	QueryContext(ctx context.Context, query string, args ...any) (*sql.Rows, error)
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+	PrepareContext(ctx context.Context, query string) (*sql.Stmt, error)
+}
+
+// runner runs queries written for both engines: placeholders are "?" (never
+// used inside string literals), rewritten to $N for PostgreSQL.
+type runner struct {
+	q  querier
+	pg bool
+}
+
+func (r runner) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	return r.q.ExecContext(ctx, r.rebind(query), args...)
+}
+
+func (r runner) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	return r.q.QueryContext(ctx, r.rebind(query), args...)
+}
+
+func (r runner) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	return r.q.QueryRowContext(ctx, r.rebind(query), args...)
+}
+
+// prepare returns a statement to run many times. On SQLite it is prepared
+// once, which saves parsing it each time. On PostgreSQL, pgx already keeps
+// a prepared statement per query text on each connection, and preparing
+// explicitly would cost two more round trips.
+func (r runner) prepare(ctx context.Context, query string) (*stmt, error) {
+	if r.pg {
+		return &stmt{q: r.q, query: r.rebind(query)}, nil
+	}
+	st, err := r.q.PrepareContext(ctx, query)
+	if err != nil {
+		return nil, err
+	}
+	return &stmt{st: st}, nil
+}
+
+// stmt is a statement from runner.prepare: prepared (st), or a query to
+// pass to q each time.
+type stmt struct {
+	st    *sql.Stmt
+	q     querier
+	query string
+}
+
+func (s *stmt) ExecContext(ctx context.Context, args ...any) (sql.Result, error) {
+	if s.st != nil {
+		return s.st.ExecContext(ctx, args...)
+	}
+	return s.q.ExecContext(ctx, s.query, args...)
+}
+
+func (s *stmt) QueryRowContext(ctx context.Context, args ...any) *sql.Row {
+	if s.st != nil {
+		return s.st.QueryRowContext(ctx, args...)
+	}
+	return s.q.QueryRowContext(ctx, s.query, args...)
+}
+
+func (s *stmt) Close() error {
+	if s.st != nil {
+		return s.st.Close()
+	}
+	return nil
+}
+
+// execCount runs an exec and returns the number of rows it affected.
+func (r runner) execCount(ctx context.Context, query string, args ...any) (int64, error) {
+	res, err := r.exec(ctx, query, args...)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
+}
+
+// exists reports whether query returns a row.
+func (r runner) exists(ctx context.Context, query string, args ...any) (bool, error) {
+	var one int
+	err := r.queryRow(ctx, query, args...).Scan(&one)
+	if errors.Is(err, sql.ErrNoRows) {
+		return false, nil
+	}
+	return err == nil, err
+}
+
+func (r runner) rebind(query string) string {
+	if !r.pg || !strings.Contains(query, "?") {
+		return query
+	}
+	var b strings.Builder
+	b.Grow(len(query) + 16)
+	n := 0
+	for i := 0; i < len(query); i++ {
+		if query[i] != '?' {
+			b.WriteByte(query[i])
+			continue
+		}
+		n++
+		b.WriteByte('$')
+		b.WriteString(strconv.Itoa(n))
+	}
+	return b.String()
+}
+
+// in is the condition "col is one of vals" with a single bound parameter,
+// however long the list: SQLite's and PostgreSQL's limits on the number of
+// parameters (32766, 65535) never apply. PostgreSQL binds a text array;
+// SQLite a JSON array, read back with json_each.
+func (r runner) in(col string, vals []string) (string, any) {
+	if r.pg {
+		return col + " = ANY(?)", vals
+	}
+	b, _ := json.Marshal(vals) // cannot fail for strings
+	return col + " IN (SELECT value FROM json_each(?))", string(b)
+}
+
+// where collects ANDed conditions and their arguments.
+type where struct {
+	r     runner
+	conds []string
+	args  []any
+}
+
+// add adds a condition with "?" placeholders for args.
+func (w *where) add(cond string, args ...any) {
+	w.conds = append(w.conds, cond)
+	w.args = append(w.args, args...)
+}
+
+// in adds "col is one of vals", unless vals is empty (no filter).
+func (w *where) in(col string, vals []string) {
+	if len(vals) == 0 {
+		return
+	}
+	cond, arg := w.r.in(col, vals)
+	w.add(cond, arg)
+}
+
+func (w *where) String() string {
+	if len(w.conds) == 0 {
+		return ""
+	}
+	return " WHERE " + strings.Join(w.conds, " AND ")
+}
+
+// now is the current time as stored: UTC, microsecond precision.
+func now() time.Time { return time.UnixMicro(time.Now().UnixMicro()).UTC() }
+
+func micros(t time.Time) int64 { return t.UnixMicro() }
+
+func fromMicros(us int64) time.Time { return time.UnixMicro(us).UTC() }
+
+func newGUID() string { return uuid.NewString() }
+
+// distinct returns vals without duplicates, in first-seen order.
+func distinct(vals []string) []string {
+	seen := make(map[string]bool, len(vals))
+	out := make([]string, 0, len(vals))
+	for _, v := range vals {
+		if !seen[v] {
+			seen[v] = true
+			out = append(out, v)
+		}
+	}
+	return out
+}
+
+// lower returns vals in lowercase, for columns stored lowercase.
+func lower(vals []string) []string {
+	if len(vals) == 0 {
+		return nil
+	}
+	out := make([]string, len(vals))
+	for i, v := range vals {
+		out[i] = strings.ToLower(v)
+	}
+	return out
+}
+
+// stringSet reads a one-column query of strings into a set.
+func (r runner) stringSet(ctx context.Context, query string, args ...any) (map[string]bool, error) {
+	rows, err := r.query(ctx, query, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	set := make(map[string]bool)
+	for rows.Next() {
+		var v string
+		if err := rows.Scan(&v); err != nil {
+			return nil, err
+		}
+		set[v] = true
+	}
+	return set, rows.Err()
+}
