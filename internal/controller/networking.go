@@ -1,10 +1,12 @@
 package controller
 
 import (
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
+	"strconv"
 	"strings"
 
 	"github.com/trellis-c2c/trellis/internal/api"
@@ -82,14 +84,49 @@ func (s *Server) listPolicies(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, out)
 		return
 	}
-	out := api.PoliciesResponse{TotalPolicies: len(ps), Policies: make([]api.Policy, len(ps))}
-	for i, sp := range ps {
-		out.Policies[i] = api.Policy{
-			Source:      api.Source{ID: sp.SourceApp},
-			Destination: api.Destination{ID: sp.DestApp, Protocol: sp.Protocol, Ports: api.Ports{Start: sp.StartPort, End: sp.EndPort}},
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(http.StatusOK)
+	w.Write(appendPolicies(make([]byte, 0, 64+len(ps)*160), ps))
+}
+
+// appendPolicies renders a v1 list body exactly as encoding/json renders an
+// api.PoliciesResponse, several times faster: listing all of a large
+// foundation's policies is the API's heaviest call.
+func appendPolicies(b []byte, ps []store.Policy) []byte {
+	b = append(b, `{"total_policies":`...)
+	b = strconv.AppendInt(b, int64(len(ps)), 10)
+	b = append(b, `,"policies":[`...)
+	for i, p := range ps {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"source":{"id":`...)
+		b = appendJSONString(b, p.SourceApp)
+		b = append(b, `},"destination":{"id":`...)
+		b = appendJSONString(b, p.DestApp)
+		b = append(b, `,"protocol":`...)
+		b = appendJSONString(b, p.Protocol)
+		b = append(b, `,"ports":{"start":`...)
+		b = strconv.AppendInt(b, int64(p.StartPort), 10)
+		b = append(b, `,"end":`...)
+		b = strconv.AppendInt(b, int64(p.EndPort), 10)
+		b = append(b, `}}}`...)
+	}
+	return append(b, `]}`...)
+}
+
+// appendJSONString appends s as a JSON string; the store's GUIDs and
+// protocols need no escaping, anything else goes through encoding/json.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c == '"' || c == '\\' || c >= 0x7f || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
 		}
 	}
-	writeJSON(w, http.StatusOK, out)
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // readPolicies reads, decodes and validates a policies body. On failure it

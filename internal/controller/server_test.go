@@ -510,3 +510,21 @@ func TestTokens(t *testing.T) {
 		t.Error("HashToken is not deterministic")
 	}
 }
+
+func TestAppendPoliciesMatchesEncodingJSON(t *testing.T) {
+	ps := []store.Policy{
+		{SourceApp: "a", DestApp: "b", Protocol: "tcp", StartPort: 1, EndPort: 65535},
+		{SourceApp: `we"ird<>&\` + "\x01é", DestApp: "c", Protocol: "udp", StartPort: 8080, EndPort: 8080},
+	}
+	for _, in := range [][]store.Policy{nil, ps[:1], ps} {
+		want := api.PoliciesResponse{TotalPolicies: len(in), Policies: []api.Policy{}}
+		for _, p := range in {
+			want.Policies = append(want.Policies, api.Policy{Source: api.Source{ID: p.SourceApp},
+				Destination: api.Destination{ID: p.DestApp, Protocol: p.Protocol, Ports: api.Ports{Start: p.StartPort, End: p.EndPort}}})
+		}
+		wantJSON, _ := json.Marshal(want)
+		if got := appendPolicies(nil, in); string(got) != string(wantJSON) {
+			t.Errorf("appendPolicies(%v) =\n%s\nwant\n%s", in, got, wantJSON)
+		}
+	}
+}

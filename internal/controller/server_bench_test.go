@@ -1,0 +1,95 @@
+package controller
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/store"
+)
+
+// BenchmarkAPI measures the policy API end to end — HTTPS, auth, JSON and a
+// SQLite store at Cloud Foundry's validated scale (20,000 apps, 60,000
+// policies):
+//
+//	go test -run '^$' -bench API ./internal/controller/
+//
+// The store's own benchmarks (both engines) are in internal/store.
+func BenchmarkAPI(b *testing.B) {
+	ctx := context.Background()
+	st, err := store.Open(ctx, filepath.Join(b.TempDir(), "trellis.db"))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer st.Close()
+	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
+	const nApps, nPolicies = 20000, 60000
+	apps := make([]string, nApps)
+	for i := range apps {
+		a, err := st.CreateApp(ctx, spaces[0].GUID, fmt.Sprintf("app-%05d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		apps[i] = a.GUID
+	}
+	// 3 policies per app: to the next three apps.
+	var batch []store.Policy
+	for i := 0; i < nPolicies; i++ {
+		batch = append(batch, store.Policy{SourceApp: apps[i/3], DestApp: apps[(i/3+1+i%3)%nApps], Protocol: "tcp", StartPort: 8080, EndPort: 8080})
+		if len(batch) == 1000 {
+			if err := st.CreatePolicies(ctx, batch, store.CreatePoliciesOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	srv := httptest.NewUnstartedServer(NewServer(st, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv.StartTLS()
+	defer srv.Close()
+	value, hash := NewToken()
+	if _, err := st.CreateToken(ctx, store.Token{Scope: ScopeAdmin}, hash); err != nil {
+		b.Fatal(err)
+	}
+	client := srv.Client()
+	call := func(b *testing.B, method, path, body string) {
+		var rd io.Reader
+		if body != "" {
+			rd = strings.NewReader(body)
+		}
+		req, _ := http.NewRequest(method, srv.URL+path, rd)
+		req.Header.Set("Authorization", "Bearer "+value)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
+			b.Fatal(err)
+		}
+		n, _ := io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			b.Fatalf("%s %s = %d", method, path, resp.StatusCode)
+		}
+		b.SetBytes(n)
+	}
+
+	b.Run("CreatePolicy", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			call(b, "POST", policiesPath, policyBody([5]any{apps[i%nApps], apps[(i+7)%nApps], "udp", 1000 + i/nApps, 1000 + i/nApps}))
+		}
+	})
+	b.Run("ListAllPolicies", func(b *testing.B) {
+		for b.Loop() {
+			call(b, "GET", policiesPath, "")
+		}
+	})
+	b.Run("ListAppPolicies", func(b *testing.B) {
+		for i := 0; b.Loop(); i++ {
+			call(b, "GET", policiesPath+"?id="+apps[i%nApps], "")
+		}
+	})
+}
