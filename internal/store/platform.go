@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -117,7 +118,7 @@ func (s *Store) Spaces(ctx context.Context, f SpaceFilter) ([]Space, error) {
 // missing, ErrConflict if the space has an app of that name.
 func (s *Store) CreateApp(ctx context.Context, spaceGUID, name string) (App, error) {
 	t := now()
-	a := App{GUID: newGUID(), Name: name, SpaceGUID: spaceGUID, State: "STOPPED", CreatedAt: t, UpdatedAt: t}
+	a := App{GUID: newGUID(), Name: name, SpaceGUID: spaceGUID, State: AppStopped, Instances: 1, CreatedAt: t, UpdatedAt: t}
 	err := s.write(ctx, func(r runner) (bool, error) {
 		ok, err := r.exists(ctx, "SELECT 1 FROM spaces WHERE guid = ?", spaceGUID)
 		if err != nil {
@@ -148,7 +149,7 @@ func (s *Store) Apps(ctx context.Context, f AppFilter) ([]App, error) {
 	w.in("guid", f.GUIDs)
 	w.in("name", f.Names)
 	w.in("space_guid", f.SpaceGUIDs)
-	rows, err := w.r.query(ctx, "SELECT guid, name, space_guid, state, created_at, updated_at FROM apps"+w.String()+" ORDER BY name, guid", w.args...)
+	rows, err := w.r.query(ctx, "SELECT guid, name, space_guid, state, instances, command, env, COALESCE(cell_guid, ''), created_at, updated_at FROM apps"+w.String()+" ORDER BY name, guid", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", err)
 	}
@@ -157,8 +158,21 @@ func (s *Store) Apps(ctx context.Context, f AppFilter) ([]App, error) {
 	for rows.Next() {
 		var a App
 		var created, updated int64
-		if err := rows.Scan(&a.GUID, &a.Name, &a.SpaceGUID, &a.State, &created, &updated); err != nil {
+		var command, env string
+		if err := rows.Scan(&a.GUID, &a.Name, &a.SpaceGUID, &a.State, &a.Instances, &command, &env, &a.CellGUID, &created, &updated); err != nil {
 			return nil, fmt.Errorf("list apps: %w", err)
+		}
+		if err := json.Unmarshal([]byte(command), &a.Command); err != nil {
+			return nil, fmt.Errorf("list apps: app %s command: %w", a.GUID, err)
+		}
+		if err := json.Unmarshal([]byte(env), &a.Env); err != nil {
+			return nil, fmt.Errorf("list apps: app %s env: %w", a.GUID, err)
+		}
+		if len(a.Command) == 0 {
+			a.Command = nil
+		}
+		if len(a.Env) == 0 {
+			a.Env = nil
 		}
 		a.CreatedAt, a.UpdatedAt = fromMicros(created), fromMicros(updated)
 		out = append(out, a)
@@ -211,6 +225,9 @@ func (s *Store) DeleteApp(ctx context.Context, guid string) error {
 		}
 		delete(peers, guid)
 		if err := recycleTags(ctx, r, keys(peers)); err != nil {
+			return false, err
+		}
+		if _, err := r.exec(ctx, "DELETE FROM instances WHERE app_guid = ?", guid); err != nil {
 			return false, err
 		}
 		if _, err := r.exec(ctx, "DELETE FROM apps WHERE guid = ?", guid); err != nil {

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/google/uuid"
@@ -24,6 +25,12 @@ type Store struct {
 
 	// maxTag bounds tag allocation; MaxTag except in tests of exhaustion.
 	maxTag int
+
+	// changed is closed (and replaced) after every commit of this Store, to
+	// wake WaitRevision at once; changes by other controllers sharing the
+	// database are seen by polling.
+	mu      sync.Mutex
+	changed chan struct{}
 }
 
 // sqliteParams open every SQLite connection waiting up to 10 s for a lock
@@ -39,7 +46,7 @@ const sqliteParams = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pra
 // (optionally prefixed "sqlite:"). It creates the default org, space and
 // apps.internal domain if missing.
 func Open(ctx context.Context, url string) (*Store, error) {
-	s := &Store{maxTag: MaxTag}
+	s := &Store{maxTag: MaxTag, changed: make(chan struct{})}
 	var err error
 	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
 		s.pg = true
@@ -97,7 +104,43 @@ func (s *Store) write(ctx context.Context, fn func(r runner) (changed bool, err 
 	if err != nil || !changed {
 		return err
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	close(s.changed)
+	s.changed = make(chan struct{})
+	s.mu.Unlock()
+	return nil
+}
+
+// RevisionPoll is how often WaitRevision looks at the database for changes
+// made by other controllers sharing it.
+var RevisionPoll = 250 * time.Millisecond
+
+// WaitRevision returns the store's revision as soon as it is greater than
+// after, or when ctx is done (then with ctx's error and the revision last
+// read). Changes committed through this Store wake it at once; others within
+// RevisionPoll.
+func (s *Store) WaitRevision(ctx context.Context, after int64) (int64, error) {
+	for {
+		s.mu.Lock()
+		ch := s.changed
+		s.mu.Unlock()
+		rev, err := s.Revision(ctx)
+		if err != nil || rev > after {
+			return rev, err
+		}
+		t := time.NewTimer(RevisionPoll)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return rev, ctx.Err()
+		}
+		t.Stop()
+	}
 }
 
 // begin starts a write transaction: IMMEDIATE on SQLite (see

@@ -47,9 +47,23 @@ type Space struct {
 // App is an application; its GUID is the policy group.
 type App struct {
 	GUID, Name, SpaceGUID string
-	State                 string // "STOPPED" until instances exist (later issues)
-	CreatedAt, UpdatedAt  time.Time
+	State                 string // STOPPED or STARTED
+	// Instances is how many instances run while STARTED.
+	Instances int
+	// Command is what an instance runs; empty means the built-in sample app.
+	Command []string
+	// Env is the app's environment, added to the platform's.
+	Env map[string]string
+	// CellGUID, if set, pins every instance to that cell.
+	CellGUID             string
+	CreatedAt, UpdatedAt time.Time
 }
+
+// App states.
+const (
+	AppStopped = "STOPPED"
+	AppStarted = "STARTED"
+)
 
 // Domain is a DNS domain for routes.
 type Domain struct {

@@ -407,7 +407,7 @@ func TestListFilters(t *testing.T) {
 			}
 		}
 		got := must(s.Apps(ctx, AppFilter{GUIDs: []string{a["a"]}}))(t)
-		want := []App{{GUID: a["a"], Name: "a", SpaceGUID: f.space.GUID, State: "STOPPED"}}
+		want := []App{{GUID: a["a"], Name: "a", SpaceGUID: f.space.GUID, State: "STOPPED", Instances: 1}}
 		if diff := cmp.Diff(want, got, cmpopts.IgnoreFields(App{}, "CreatedAt", "UpdatedAt")); diff != "" {
 			t.Errorf("Apps(a) (-want +got):\n%s", diff)
 		}

@@ -1,0 +1,174 @@
+// Package dataplanetest builds throwaway topologies for tests that program
+// the real kernel: an underlay bridge in its own network namespace and cells
+// (namespaces) attached to it by veths. Every namespace is named with a
+// per-process random Prefix and deleted when the test ends, also when it
+// fails, so tests can run on a shared machine, side by side, without touching
+// its root namespace.
+package dataplanetest
+
+import (
+	"crypto/rand"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/netns"
+	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
+)
+
+// Prefix starts the name of every namespace this process creates:
+// "trtest-" and six random hex digits.
+var Prefix = func() string {
+	b := make([]byte, 3)
+	rand.Read(b)
+	return "trtest-" + hex.EncodeToString(b) + "-"
+}()
+
+// RequireRoot skips the test unless it runs as root. With CI=true it fails
+// instead, so that a CI job without privileges cannot pass by skipping.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test programs the kernel and needs root (CI=true)")
+	}
+	t.Skip("this test programs the kernel and needs root")
+}
+
+// Leftovers lists namespaces in /run/netns that carry Prefix. Call it from
+// TestMain after the tests ran: anything listed was not cleaned up.
+func Leftovers() []string {
+	entries, _ := os.ReadDir(netns.Dir)
+	var left []string
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), Prefix) {
+			left = append(left, e.Name())
+		}
+	}
+	return left
+}
+
+// Namespace creates the network namespace Prefix+name, with lo up, deletes
+// it when the test ends, and returns its path.
+func Namespace(t testing.TB, name string) string {
+	t.Helper()
+	full := Prefix + name
+	path, err := netns.Create(full)
+	if err != nil {
+		t.Fatalf("create test netns: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := netns.Delete(full); err != nil {
+			t.Errorf("delete test netns: %v", err)
+		}
+	})
+	return path
+}
+
+// Handle returns a netlink handle in the namespace at path, closed when the
+// test ends.
+func Handle(t testing.TB, path string) *netlink.Handle {
+	t.Helper()
+	h, err := netns.Handle(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(h.Close)
+	return h
+}
+
+// Underlay is a private layer-2 network: a bridge in its own namespace and
+// cells attached to it.
+type Underlay struct {
+	NetNS  string // path of the underlay namespace
+	Bridge string // the bridge in it
+	Cells  []Cell
+}
+
+// Cell is a namespace attached to the underlay.
+type Cell struct {
+	Name   string     // "cell1", "cell2", ...
+	NetNS  string     // path of its namespace
+	Device string     // its underlay device, "eth0"
+	IP     netip.Addr // 198.51.100.(10+i) for cell i
+	Port   string     // the bridge port of its veth in the underlay namespace
+}
+
+// UnderlayPrefix is the documentation network the underlay uses.
+var UnderlayPrefix = netip.MustParsePrefix("198.51.100.0/24")
+
+// NewUnderlay makes an underlay namespace with bridge br0 and n cell
+// namespaces cell1..cellN. Cell i has eth0 with 198.51.100.(10+i)/24 and
+// MTU 1500, a veth whose other end "cellI" is a port of br0. Everything is
+// removed when the test ends.
+func NewUnderlay(t testing.TB, n int) *Underlay {
+	t.Helper()
+	RequireRoot(t)
+	u := &Underlay{NetNS: Namespace(t, "underlay"), Bridge: "br0"}
+	uh := Handle(t, u.NetNS)
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: u.Bridge, MTU: 1500}}
+	if err := uh.LinkAdd(br); err != nil {
+		t.Fatalf("add bridge in %s: %v", u.NetNS, err)
+	}
+	if err := uh.LinkSetUp(br); err != nil {
+		t.Fatalf("set bridge up in %s: %v", u.NetNS, err)
+	}
+	for i := 1; i <= n; i++ {
+		c := Cell{
+			Name:   fmt.Sprintf("cell%d", i),
+			Device: "eth0",
+			IP:     netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}),
+		}
+		c.Port = c.Name
+		c.NetNS = Namespace(t, c.Name)
+		if err := attach(uh, br, c); err != nil {
+			t.Fatalf("attach %s to the underlay: %v", c.Name, err)
+		}
+		u.Cells = append(u.Cells, c)
+	}
+	return u
+}
+
+func attach(uh *netlink.Handle, br *netlink.Bridge, c Cell) error {
+	fd, err := vnetns.GetFromPath(c.NetNS)
+	if err != nil {
+		return err
+	}
+	defer fd.Close()
+	veth := &netlink.Veth{
+		LinkAttrs:     netlink.LinkAttrs{Name: c.Port, MTU: 1500, MasterIndex: br.Attrs().Index},
+		PeerName:      c.Device,
+		PeerMTU:       1500,
+		PeerNamespace: netlink.NsFd(fd),
+	}
+	if err := uh.LinkAdd(veth); err != nil {
+		return fmt.Errorf("add veth %s: %w", c.Port, err)
+	}
+	if err := uh.LinkSetUp(veth); err != nil {
+		return fmt.Errorf("set %s up: %w", c.Port, err)
+	}
+	ch, err := netns.Handle(c.NetNS)
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	dev, err := ch.LinkByName(c.Device)
+	if err != nil {
+		return err
+	}
+	a := &netlink.Addr{IPNet: &net.IPNet{IP: c.IP.AsSlice(), Mask: net.CIDRMask(UnderlayPrefix.Bits(), 32)}}
+	if err := ch.AddrAdd(dev, a); err != nil {
+		return fmt.Errorf("add %s to %s: %w", c.IP, c.Device, err)
+	}
+	if err := ch.LinkSetUp(dev); err != nil {
+		return fmt.Errorf("set %s up: %w", c.Device, err)
+	}
+	return nil
+}

@@ -1,0 +1,17 @@
+// Package dataplane programs a cell's kernel for the overlay: the VXLAN
+// device and the routes, ARP and FDB entries that reach other cells
+// (SetOverlay), and the veth pairs that connect containers to the cell
+// (AddContainer, DelContainer, CheckContainer).
+//
+// Every entry point is given the network namespace that plays the cell and
+// acts only there, through netlink handles bound to it. The package follows
+// Cloud Foundry silk's wiring (VTEP address .0 of the cell's subnet, MACs
+// derived from IPs, /32 point-to-point veths with ARP off) so that every
+// cell can compute every other cell's entries from the list of leases.
+//
+// Planning is pure and kernel calls are separate: the overlay is converged
+// by reading the kernel's state, planning the ops that turn it into the
+// desired state (planOverlay), and executing only those. An op prints as
+// the iproute2 command with the same effect, which is what the golden tests
+// compare. The kernel side is in *_linux.go.
+package dataplane
