@@ -69,6 +69,9 @@ type App struct {
 	GUID          string           `json:"guid"`
 	Name          string           `json:"name"`
 	State         string           `json:"state"`
+	Instances     int              `json:"instances"`         // trellis: desired while STARTED
+	Command       []string         `json:"command,omitempty"` // trellis: empty = sample app
+	CellGUID      string           `json:"cell_guid,omitempty"`
 	CreatedAt     time.Time        `json:"created_at"`
 	UpdatedAt     time.Time        `json:"updated_at"`
 	Relationships AppRelationships `json:"relationships"`

@@ -2,7 +2,6 @@ package controller
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -16,6 +15,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/ipam"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
 
@@ -35,7 +35,10 @@ type Config struct {
 	// AdvertiseURL is the API URL written to admin.json; default derived
 	// from the listening address.
 	AdvertiseURL string
-	Log          *slog.Logger
+	// Overlay is the overlay network and its division into cell subnets;
+	// zero means 10.255.0.0/16 in /24s.
+	Overlay ipam.Pool
+	Log     *slog.Logger
 	// Ready, if set, is called once the controller is serving, with its URL.
 	Ready func(url string)
 }
@@ -66,6 +69,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	defer st.Close()
 
+	if !cfg.Overlay.Overlay.IsValid() {
+		cfg.Overlay, _ = ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
+	}
+	if err := st.OverlaySettings(ctx, cfg.Overlay); err != nil {
+		return err
+	}
 	ca, err := identity.LoadOrCreateCA(cfg.StateDir, "trellis CA")
 	if err != nil {
 		return err
@@ -88,8 +97,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 
 	srv := &http.Server{
-		Handler:           NewServer(st, log),
-		TLSConfig:         &tls.Config{MinVersion: tls.VersionTLS12, Certificates: []tls.Certificate{cert}},
+		Handler:           NewServer(st, ca, cfg.Overlay, log),
+		TLSConfig:         TLSConfig(cert, ca),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
 		IdleTimeout:       120 * time.Second,

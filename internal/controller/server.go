@@ -6,6 +6,8 @@ package controller
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"log/slog"
 	"net/http"
@@ -15,6 +17,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/ipam"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
 
@@ -22,16 +26,19 @@ import (
 // own: several Servers may share one PostgreSQL store.
 type Server struct {
 	store   *store.Store
+	ca      *identity.CA
+	pool    ipam.Pool
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *httpMetrics
 	mux     *http.ServeMux
 }
 
-// NewServer returns a Server for st. Metrics are registered in a registry of
+// NewServer returns a Server for st that signs cell certificates with ca
+// and leases cell subnets from pool. Metrics are registered in a registry of
 // the Server's own, served at /metrics.
-func NewServer(st *store.Store, log *slog.Logger) *Server {
-	s := &Server{store: st, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
+func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, log *slog.Logger) *Server {
+	s := &Server{store: st, ca: ca, pool: pool, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.reg.MustRegister(&storeCollector{store: st, log: log})
 	s.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
@@ -68,7 +75,36 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v3/routes/{guid}/destinations", s.requireAuth(writeV3Error, anyScope, s.addRouteDestinations))
 	m.HandleFunc("DELETE /v3/routes/{guid}/destinations/{app}", s.requireAuth(writeV3Error, anyScope, s.removeRouteDestination))
 
+	m.HandleFunc("PATCH /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.updateApp))
+	m.HandleFunc("POST /v3/apps/{guid}/actions/{action}", s.requireAuth(writeV3Error, anyScope, s.appAction))
+	m.HandleFunc("POST /v3/apps/{guid}/processes/web/actions/scale", s.requireAuth(writeV3Error, anyScope, s.scaleApp))
+
 	m.HandleFunc("POST /trellis/v1/tokens", s.requireAuth(writeNetError, adminScope, s.createToken))
+	m.HandleFunc("GET /trellis/v1/instances", s.requireAuth(writeNetError, anyScope, s.listInstances))
+
+	// Cells: joining with a one-time token, then mutual TLS.
+	m.HandleFunc("POST /trellis/v1/join-tokens", s.requireAuth(writeNetError, adminScope, s.createJoinToken))
+	m.HandleFunc("GET /trellis/v1/cells", s.requireAuth(writeNetError, adminScope, s.listCells))
+	m.HandleFunc("DELETE /trellis/v1/cells/{guid}", s.requireAuth(writeNetError, adminScope, s.deleteCell))
+	m.HandleFunc("POST /trellis/v1/cells/join", s.joinCell)
+	m.HandleFunc("GET /trellis/v1/cell/state", s.requireCell(s.cellState))
+	m.HandleFunc("PUT /trellis/v1/cell/instances/{guid}", s.requireCell(s.registerInstance))
+	m.HandleFunc("DELETE /trellis/v1/cell/instances/{guid}", s.requireCell(s.deregisterInstance))
+	m.HandleFunc("DELETE /trellis/v1/cell", s.requireCell(s.leaveCell))
+}
+
+// TLSConfig is the controller's server TLS: TLS 1.2+, its certificate, and
+// client certificates from its CA accepted (and verified) when offered,
+// which is how cells authenticate.
+func TLSConfig(cert tls.Certificate, ca *identity.CA) *tls.Config {
+	pool := x509.NewCertPool()
+	pool.AddCert(ca.Cert)
+	return &tls.Config{
+		MinVersion:   tls.VersionTLS12,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.VerifyClientCertIfGiven,
+		ClientCAs:    pool,
+	}
 }
 
 // ServeHTTP serves the API with security headers, a recovered panic

@@ -11,6 +11,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/ipam"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
 
@@ -49,7 +51,12 @@ func BenchmarkAPI(b *testing.B) {
 			batch = batch[:0]
 		}
 	}
-	srv := httptest.NewUnstartedServer(NewServer(st, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	ca, err := identity.LoadOrCreateCA(b.TempDir(), "bench CA")
+	if err != nil {
+		b.Fatal(err)
+	}
+	pool, _ := ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
+	srv := httptest.NewUnstartedServer(NewServer(st, ca, pool, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	srv.StartTLS()
 	defer srv.Close()
 	value, hash := NewToken()

@@ -3,6 +3,7 @@ package controller
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,6 +16,8 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/ipam"
 	"github.com/trellis-c2c/trellis/internal/store"
 	"github.com/trellis-c2c/trellis/internal/store/storetest"
 )
@@ -24,6 +27,7 @@ type env struct {
 	t     *testing.T
 	srv   *httptest.Server
 	store *store.Store
+	ca    *identity.CA
 	admin string
 }
 
@@ -31,10 +35,20 @@ func newEnv(t *testing.T, engine string) *env {
 	t.Helper()
 	st := storetest.Open(t, engine)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
-	srv := httptest.NewUnstartedServer(NewServer(st, log))
+	ca, err := identity.LoadOrCreateCA(t.TempDir(), "test CA")
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, _ := ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
+	if err := st.OverlaySettings(context.Background(), pool); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(NewServer(st, ca, pool, log))
+	srv.TLS = TLSConfig(tls.Certificate{}, ca)
+	srv.TLS.Certificates = nil
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	e := &env{t: t, srv: srv, store: st}
+	e := &env{t: t, srv: srv, store: st, ca: ca}
 	e.admin = e.token(ScopeAdmin, nil)
 	return e
 }

@@ -207,7 +207,7 @@ func (s *Server) createSpace(w http.ResponseWriter, r *http.Request) {
 }
 
 func appJSON(a store.App) api.App {
-	return api.App{GUID: a.GUID, Name: a.Name, State: a.State, CreatedAt: a.CreatedAt, UpdatedAt: a.UpdatedAt,
+	return api.App{GUID: a.GUID, Name: a.Name, State: a.State, Instances: a.Instances, Command: a.Command, CellGUID: a.CellGUID, CreatedAt: a.CreatedAt, UpdatedAt: a.UpdatedAt,
 		Relationships: api.AppRelationships{Space: api.ToOne{Data: api.Ref{GUID: a.SpaceGUID}}}}
 }
 

@@ -6,8 +6,10 @@ package identity
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/sha1"
 	"crypto/tls"
 	"crypto/x509"
@@ -18,8 +20,10 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -189,4 +193,108 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		return err
 	}
 	return os.Rename(tmp.Name(), path)
+}
+
+// MinRSABits is the smallest RSA key the CA signs for.
+const MinRSABits = 2048
+
+// CellURI is the URI SAN that names a cell in its client certificate.
+func CellURI(guid string) string { return "spiffe://trellis/cell/" + guid }
+
+// SignCellCSR issues a client certificate for a cell from a PEM CSR: the
+// subject is the cell's name, the URI SAN its GUID. The CSR's own subject
+// and extensions are ignored: the CA decides what the cell is.
+func (ca *CA) SignCellCSR(csrPEM []byte, guid, name string, validity time.Duration) ([]byte, error) {
+	csr, err := ParseCSR(csrPEM)
+	if err != nil {
+		return nil, err
+	}
+	u, err := url.Parse(CellURI(guid))
+	if err != nil {
+		return nil, err
+	}
+	now := time.Now()
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: name, OrganizationalUnit: []string{"cell:" + guid}, Organization: []string{"trellis"}},
+		NotBefore:    now.Add(-time.Minute),
+		NotAfter:     now.Add(validity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+		URIs:         []*url.URL{u},
+	}
+	if tmpl.NotAfter.After(ca.Cert.NotAfter) {
+		tmpl.NotAfter = ca.Cert.NotAfter
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, csr.PublicKey, ca.key)
+	if err != nil {
+		return nil, fmt.Errorf("sign cell certificate: %w", err)
+	}
+	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), ca.CertPEM...), nil
+}
+
+// ParseCSR decodes a PEM certificate request, checks its signature, and
+// refuses keys too weak to trust: RSA under MinRSABits, EC curves under P-256.
+func ParseCSR(csrPEM []byte) (*x509.CertificateRequest, error) {
+	block, _ := pem.Decode(csrPEM)
+	if block == nil || block.Type != "CERTIFICATE REQUEST" {
+		return nil, errors.New("csr: not a PEM CERTIFICATE REQUEST")
+	}
+	csr, err := x509.ParseCertificateRequest(block.Bytes)
+	if err != nil {
+		return nil, fmt.Errorf("csr: %w", err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		return nil, fmt.Errorf("csr: bad signature: %w", err)
+	}
+	switch k := csr.PublicKey.(type) {
+	case *rsa.PublicKey:
+		if k.N.BitLen() < MinRSABits {
+			return nil, fmt.Errorf("csr: RSA key of %d bits is too weak: at least %d needed", k.N.BitLen(), MinRSABits)
+		}
+	case *ecdsa.PublicKey:
+		if k.Curve.Params().BitSize < 256 {
+			return nil, fmt.Errorf("csr: EC key on %s is too weak: P-256 or stronger needed", k.Curve.Params().Name)
+		}
+	case ed25519.PublicKey:
+	default:
+		return nil, fmt.Errorf("csr: unsupported key type %T", k)
+	}
+	return csr, nil
+}
+
+// NewKeyAndCSR generates an ECDSA P-256 key and a CSR for it with the given
+// common name. The key is returned as PEM for the caller to keep (0600).
+func NewKeyAndCSR(commonName string) (keyPEM, csrPEM []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, err
+	}
+	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: commonName}}, key)
+	if err != nil {
+		return nil, nil, err
+	}
+	keyDER, err := x509.MarshalECPrivateKey(key)
+	if err != nil {
+		return nil, nil, err
+	}
+	return pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
+		pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}), nil
+}
+
+// CellGUIDFromCert returns the cell GUID of a verified client certificate,
+// or "" if it names no cell.
+func CellGUIDFromCert(cert *x509.Certificate) string {
+	for _, u := range cert.URIs {
+		if u.Scheme == "spiffe" && u.Host == "trellis" && strings.HasPrefix(u.Path, "/cell/") {
+			return strings.TrimPrefix(u.Path, "/cell/")
+		}
+	}
+	return ""
+}
+
+// WriteFileAtomic writes data to path through a temporary file and a rename,
+// with mode, so readers never see half a file.
+func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return writeFileAtomic(path, data, mode)
 }

@@ -1,0 +1,59 @@
+package api
+
+// The agent's unix-socket API, spoken by the CNI plugin on the same cell.
+// Base path /v1; JSON bodies; errors as {"error":"..."} with an HTTP status.
+//
+//	POST   /v1/containers              Allocate: reserve an address for a container (idempotent per container ID)
+//	POST   /v1/containers/{id}/commit  Commit: the plugin has wired it; register the instance with the controller
+//	GET    /v1/containers/{id}         the record (CNI CHECK)
+//	DELETE /v1/containers/{id}         release the address and deregister (idempotent: CNI DEL)
+//	POST   /v1/gc                      release every container not in the list (CNI GC)
+//	GET    /v1/status                  200 when the agent can serve ADDs (CNI STATUS)
+
+// Identity is who a container is: the app instance it runs.
+type Identity struct {
+	AppGUID      string `json:"app_guid"`
+	AppName      string `json:"app_name,omitempty"`
+	SpaceGUID    string `json:"space_guid,omitempty"`
+	OrgGUID      string `json:"org_guid,omitempty"`
+	InstanceGUID string `json:"instance_guid"`
+	Index        int    `json:"index"`
+}
+
+// AllocateRequest asks the agent for an address.
+type AllocateRequest struct {
+	ContainerID string   `json:"container_id"`
+	NetNS       string   `json:"netns"`
+	IfName      string   `json:"ifname"`
+	Identity    Identity `json:"identity"`
+}
+
+// Allocation is the agent's answer: how to wire the container.
+type Allocation struct {
+	ContainerID string   `json:"container_id"`
+	IP          string   `json:"ip"`      // the container's overlay address
+	Subnet      string   `json:"subnet"`  // the cell's subnet, e.g. 10.255.3.0/24
+	Gateway     string   `json:"gateway"` // 169.254.0.1
+	MTU         int      `json:"mtu"`
+	DNS         []string `json:"dns"`
+	Committed   bool     `json:"committed"`
+}
+
+// CommitRequest reports the wiring done.
+type CommitRequest struct {
+	HostVeth string `json:"host_veth"`
+}
+
+// GCRequest lists the containers the runtime still has on this network.
+type GCRequest struct {
+	Valid []string `json:"valid_container_ids"`
+}
+
+// AgentStatus is the agent's health for CNI STATUS and `trellis status`.
+type AgentStatus struct {
+	Cell     string `json:"cell"`
+	Subnet   string `json:"subnet"`
+	Revision int64  `json:"revision"`
+	Ready    bool   `json:"ready"`
+	Reason   string `json:"reason,omitempty"`
+}

@@ -1,0 +1,107 @@
+package api
+
+import "time"
+
+// Cells: the hosts running an agent, how they join, and the desired state
+// the controller computes for each.
+
+// JoinTokenRequest is the body of POST /trellis/v1/join-tokens (admin).
+type JoinTokenRequest struct {
+	TTLSeconds int `json:"ttl_seconds,omitempty"` // default 3600
+}
+
+// JoinToken is a one-time secret an agent joins with.
+type JoinToken struct {
+	Token     string    `json:"token"`
+	ExpiresAt time.Time `json:"expires_at"`
+}
+
+// JoinRequest is the body of POST /trellis/v1/cells/join, authorized by a
+// join token. The agent sends a CSR; its private key never leaves the cell.
+type JoinRequest struct {
+	Name       string `json:"name"`
+	UnderlayIP string `json:"underlay_ip"`
+	CSR        string `json:"csr"` // PEM
+}
+
+// JoinResponse carries the cell's identity: its record with the overlay
+// lease, and a client certificate for mutual TLS from then on.
+type JoinResponse struct {
+	Cell        Cell   `json:"cell"`
+	Certificate string `json:"certificate"` // PEM: leaf then CA
+	CA          string `json:"ca"`          // PEM
+}
+
+// Cell is a host of the foundation.
+type Cell struct {
+	GUID       string    `json:"guid"`
+	Name       string    `json:"name"`
+	UnderlayIP string    `json:"underlay_ip"`
+	Subnet     string    `json:"subnet"`
+	LastSeen   time.Time `json:"last_seen"`
+	Healthy    bool      `json:"healthy"`
+}
+
+// Overlay is the foundation-wide overlay network.
+type Overlay struct {
+	CIDR         string `json:"cidr"`
+	SubnetPrefix int    `json:"subnet_prefix"`
+	VNI          int    `json:"vni"`
+	Port         int    `json:"port"`
+}
+
+// CellState is what one cell's agent must make true, at a revision of the
+// store. GET /trellis/v1/cell/state?after=N answers as soon as the revision
+// exceeds N (long poll), or with the current state after the wait.
+type CellState struct {
+	Revision  int64             `json:"revision"`
+	Cell      Cell              `json:"cell"`
+	Overlay   Overlay           `json:"overlay"`
+	Peers     []Cell            `json:"peers"`
+	Instances []DesiredInstance `json:"instances"`
+}
+
+// DesiredInstance is an app instance the cell's agent should run.
+type DesiredInstance struct {
+	GUID      string            `json:"guid"`
+	AppGUID   string            `json:"app_guid"`
+	AppName   string            `json:"app_name"`
+	SpaceGUID string            `json:"space_guid"`
+	OrgGUID   string            `json:"org_guid"`
+	Index     int               `json:"index"`
+	Command   []string          `json:"command,omitempty"`
+	Env       map[string]string `json:"env,omitempty"`
+}
+
+// InstanceRegistration is the body of PUT /trellis/v1/cell/instances/{guid}:
+// an instance's container is attached to the overlay on this cell.
+type InstanceRegistration struct {
+	AppGUID     string `json:"app_guid"`
+	Index       int    `json:"index"`
+	IP          string `json:"ip"`
+	ContainerID string `json:"container_id"`
+}
+
+// Instance is an app instance as the platform API lists it.
+type Instance struct {
+	GUID     string `json:"guid"`
+	AppGUID  string `json:"app_guid"`
+	Index    int    `json:"index"`
+	Managed  bool   `json:"managed"`
+	CellGUID string `json:"cell_guid,omitempty"`
+	CellName string `json:"cell,omitempty"`
+	IP       string `json:"ip,omitempty"`
+	State    string `json:"state"`
+}
+
+// AppUpdate is the body of PATCH /v3/apps/{guid}: what the app runs.
+type AppUpdate struct {
+	Command  *[]string          `json:"command,omitempty"`
+	Env      *map[string]string `json:"environment_variables,omitempty"`
+	CellGUID *string            `json:"cell_guid,omitempty"`
+}
+
+// ScaleRequest is the body of POST /v3/apps/{guid}/processes/web/actions/scale.
+type ScaleRequest struct {
+	Instances int `json:"instances"`
+}

@@ -1,0 +1,484 @@
+package controller
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/store"
+)
+
+// Cell-facing constants.
+const (
+	joinTokenPrefix  = "trlsj_"
+	defaultJoinTTL   = time.Hour
+	maxJoinTTL       = 7 * 24 * time.Hour
+	cellCertValidity = 365 * 24 * time.Hour
+	// HealthyWithin is how recently a cell must have been heard from (each
+	// state request counts) to be called healthy.
+	HealthyWithin = 45 * time.Second
+	// maxStateWait bounds a long poll of the cell state.
+	maxStateWait = 30 * time.Second
+	// VNI and VXLANPort are the overlay's VXLAN parameters, as Cloud Foundry's.
+	VNI       = 1
+	VXLANPort = 4789
+)
+
+type cellKey struct{}
+
+func cellFrom(ctx context.Context) store.Cell {
+	c, _ := ctx.Value(cellKey{}).(store.Cell)
+	return c
+}
+
+// requireCell wraps h so that it runs only for a request with a client
+// certificate this controller's CA issued to a cell that still exists.
+func (s *Server) requireCell(h http.HandlerFunc) http.HandlerFunc {
+	return func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.VerifiedChains) == 0 {
+			writeNetError(w, http.StatusUnauthorized, "a cell client certificate is required")
+			return
+		}
+		guid := identity.CellGUIDFromCert(r.TLS.VerifiedChains[0][0])
+		if guid == "" {
+			writeNetError(w, http.StatusUnauthorized, "the client certificate names no cell")
+			return
+		}
+		cells, err := s.store.Cells(r.Context(), store.CellFilter{GUIDs: []string{guid}})
+		if err != nil {
+			s.log.Error("authenticate cell", "err", err)
+			writeNetError(w, http.StatusInternalServerError, "database read failed")
+			return
+		}
+		if len(cells) == 0 {
+			writeNetError(w, http.StatusUnauthorized, fmt.Sprintf("cell %s is not registered (it was deleted): join again with a new join token", guid))
+			return
+		}
+		h(w, r.WithContext(context.WithValue(r.Context(), cellKey{}, cells[0])))
+	}
+}
+
+func (s *Server) createJoinToken(w http.ResponseWriter, r *http.Request) {
+	var req api.JoinTokenRequest
+	if r.ContentLength != 0 && !readV3(w, r, &req) {
+		return
+	}
+	ttl := defaultJoinTTL
+	if req.TTLSeconds != 0 {
+		ttl = time.Duration(req.TTLSeconds) * time.Second
+	}
+	if ttl <= 0 || ttl > maxJoinTTL {
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid ttl_seconds %d: must be 1 to %d", req.TTLSeconds, int(maxJoinTTL.Seconds())))
+		return
+	}
+	value, _ := NewToken()
+	value = joinTokenPrefix + strings.TrimPrefix(value, tokenPrefix)
+	expires := time.Now().Add(ttl).UTC().Truncate(time.Second)
+	if err := s.store.CreateJoinToken(r.Context(), HashToken(value), expires); err != nil {
+		s.log.Error("create join token", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database create failed")
+		return
+	}
+	s.log.Info("created join token", "expires", expires, "user", principalFrom(r.Context()).user())
+	writeJSON(w, http.StatusCreated, api.JoinToken{Token: value, ExpiresAt: expires})
+}
+
+func (s *Server) joinCell(w http.ResponseWriter, r *http.Request) {
+	scheme, token, _ := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !strings.EqualFold(scheme, "bearer") || !strings.HasPrefix(token, joinTokenPrefix) {
+		w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+		writeNetError(w, http.StatusUnauthorized, "a join token is required: create one with `trellis create-join-token`")
+		return
+	}
+	var req api.JoinRequest
+	if !readV3(w, r, &req) {
+		return
+	}
+	if err := validateLabel(req.Name); err != nil {
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid cell name %q: %v", req.Name, err))
+		return
+	}
+	ip, err := netip.ParseAddr(req.UnderlayIP)
+	if err != nil || !ip.Is4() || ip.IsUnspecified() || ip.IsMulticast() {
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid underlay_ip %q: must be the cell's IPv4 unicast address", req.UnderlayIP))
+		return
+	}
+	if _, err := identity.ParseCSR([]byte(req.CSR)); err != nil {
+		writeNetError(w, http.StatusBadRequest, err.Error())
+		return
+	}
+	c, err := s.store.JoinCell(r.Context(), HashToken(token), req.Name, ip, s.pool)
+	switch {
+	case errors.Is(err, store.ErrBadJoinToken):
+		w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
+		writeNetError(w, http.StatusUnauthorized, "join token is unknown, used or expired: create a new one with `trellis create-join-token`")
+		return
+	case errors.Is(err, store.ErrConflict):
+		writeNetError(w, http.StatusConflict, strings.TrimPrefix(err.Error(), "join cell: ")+": delete the old cell first with `trellis delete-cell`")
+		return
+	case errors.Is(err, store.ErrOverlayFull):
+		writeNetError(w, http.StatusConflict, strings.TrimPrefix(err.Error(), "join cell: "))
+		return
+	case err != nil:
+		s.log.Error("join cell", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database create failed")
+		return
+	}
+	certPEM, err := s.ca.SignCellCSR([]byte(req.CSR), c.GUID, c.Name, cellCertValidity)
+	if err != nil {
+		s.store.DeleteCell(context.WithoutCancel(r.Context()), c.GUID)
+		s.log.Error("sign cell certificate", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "sign cell certificate failed")
+		return
+	}
+	s.log.Info("cell joined", "cell", c.Name, "guid", c.GUID, "underlay_ip", ip, "subnet", c.Subnet)
+	writeJSON(w, http.StatusCreated, api.JoinResponse{Cell: cellJSON(c), Certificate: string(certPEM), CA: string(s.ca.CertPEM)})
+}
+
+func cellJSON(c store.Cell) api.Cell {
+	return api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP.String(), Subnet: c.Subnet.String(),
+		LastSeen: c.LastSeen, Healthy: time.Since(c.LastSeen) < HealthyWithin}
+}
+
+func (s *Server) listCells(w http.ResponseWriter, r *http.Request) {
+	cells, err := s.store.Cells(r.Context(), store.CellFilter{Names: query(r, "names")})
+	if err != nil {
+		s.log.Error("list cells", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database read failed")
+		return
+	}
+	out := make([]api.Cell, len(cells))
+	for i, c := range cells {
+		out[i] = cellJSON(c)
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+func (s *Server) deleteCell(w http.ResponseWriter, r *http.Request) {
+	if err := s.store.DeleteCell(r.Context(), r.PathValue("guid")); err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeNetError(w, http.StatusNotFound, "cell not found")
+			return
+		}
+		s.log.Error("delete cell", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database delete failed")
+		return
+	}
+	s.log.Info("deleted cell", "guid", r.PathValue("guid"), "user", principalFrom(r.Context()).user())
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// leaveCell removes the calling cell: its peers drop it at their next state.
+func (s *Server) leaveCell(w http.ResponseWriter, r *http.Request) {
+	c := cellFrom(r.Context())
+	if err := s.store.DeleteCell(r.Context(), c.GUID); err != nil && !errors.Is(err, store.ErrNotFound) {
+		s.log.Error("cell leave", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database delete failed")
+		return
+	}
+	s.log.Info("cell left", "cell", c.Name, "guid", c.GUID)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// cellState answers a cell's long poll: its desired state as soon as the
+// revision exceeds ?after (or at once without it), or after ?wait seconds
+// (default and at most 30) with the current state.
+func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
+	c := cellFrom(r.Context())
+	if err := s.store.TouchCell(r.Context(), c.GUID); err != nil {
+		s.log.Warn("touch cell", "cell", c.Name, "err", err)
+	}
+	q := r.URL.Query()
+	after := int64(-1)
+	if v := q.Get("after"); v != "" {
+		if _, err := fmt.Sscan(v, &after); err != nil || after < 0 {
+			writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid after %q: must be a revision number", v))
+			return
+		}
+	}
+	wait := maxStateWait
+	if v := q.Get("wait"); v != "" {
+		var secs float64
+		if _, err := fmt.Sscan(v, &secs); err != nil || secs < 0 || secs > maxStateWait.Seconds() {
+			writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid wait %q: must be 0 to %d seconds", v, int(maxStateWait.Seconds())))
+			return
+		}
+		wait = time.Duration(secs * float64(time.Second))
+	}
+	if after >= 0 {
+		ctx, cancel := context.WithTimeout(r.Context(), wait)
+		_, err := s.store.WaitRevision(ctx, after)
+		cancel()
+		if err != nil && r.Context().Err() != nil {
+			return // the cell went away
+		}
+	}
+	st, err := s.computeCellState(r.Context(), c.GUID)
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			writeNetError(w, http.StatusUnauthorized, "this cell was deleted: join again with a new join token")
+			return
+		}
+		s.log.Error("compute cell state", "cell", c.Name, "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database read failed")
+		return
+	}
+	writeJSON(w, http.StatusOK, st)
+}
+
+// computeCellState assembles one cell's desired state. The revision is read
+// first, so the state is at least that new: a change racing with the read
+// shows again at the next poll.
+func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellState, error) {
+	rev, err := s.store.Revision(ctx)
+	if err != nil {
+		return api.CellState{}, err
+	}
+	st := api.CellState{Revision: rev, Peers: []api.Cell{}, Instances: []api.DesiredInstance{},
+		Overlay: api.Overlay{CIDR: s.pool.Overlay.String(), SubnetPrefix: s.pool.SubnetLen, VNI: VNI, Port: VXLANPort}}
+	cells, err := s.store.Cells(ctx, store.CellFilter{})
+	if err != nil {
+		return st, err
+	}
+	found := false
+	for _, c := range cells {
+		if c.GUID == cell {
+			st.Cell, found = cellJSON(c), true
+		} else {
+			st.Peers = append(st.Peers, cellJSON(c))
+		}
+	}
+	if !found {
+		return st, fmt.Errorf("cell %s: %w", cell, store.ErrNotFound)
+	}
+	ins, err := s.store.Instances(ctx, store.InstanceFilter{CellGUIDs: []string{cell}})
+	if err != nil {
+		return st, err
+	}
+	var appGUIDs []string
+	for _, in := range ins {
+		if in.Managed {
+			appGUIDs = append(appGUIDs, in.AppGUID)
+		}
+	}
+	if len(appGUIDs) == 0 {
+		return st, nil
+	}
+	apps, err := s.store.Apps(ctx, store.AppFilter{GUIDs: appGUIDs})
+	if err != nil {
+		return st, err
+	}
+	spaces, err := s.store.Spaces(ctx, store.SpaceFilter{})
+	if err != nil {
+		return st, err
+	}
+	orgOf := map[string]string{}
+	for _, sp := range spaces {
+		orgOf[sp.GUID] = sp.OrgGUID
+	}
+	byGUID := map[string]store.App{}
+	for _, a := range apps {
+		byGUID[a.GUID] = a
+	}
+	for _, in := range ins {
+		a, ok := byGUID[in.AppGUID]
+		if !in.Managed || !ok {
+			continue
+		}
+		st.Instances = append(st.Instances, api.DesiredInstance{GUID: in.GUID, AppGUID: a.GUID, AppName: a.Name,
+			SpaceGUID: a.SpaceGUID, OrgGUID: orgOf[a.SpaceGUID], Index: in.Index, Command: a.Command, Env: a.Env})
+	}
+	return st, nil
+}
+
+func (s *Server) registerInstance(w http.ResponseWriter, r *http.Request) {
+	c := cellFrom(r.Context())
+	var req api.InstanceRegistration
+	if !readV3(w, r, &req) {
+		return
+	}
+	ip, err := netip.ParseAddr(req.IP)
+	if err != nil || !c.Subnet.Contains(ip) {
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid ip %q: must be in this cell's subnet %s", req.IP, c.Subnet))
+		return
+	}
+	guid := r.PathValue("guid")
+	if req.AppGUID == "" || guid == "" || req.Index < 0 {
+		writeNetError(w, http.StatusBadRequest, "app_guid, instance guid and a non-negative index are required")
+		return
+	}
+	err = s.store.RegisterInstance(r.Context(), c.GUID, store.Instance{GUID: guid, AppGUID: req.AppGUID, Index: req.Index, IP: ip, ContainerID: req.ContainerID})
+	switch {
+	case errors.Is(err, store.ErrAppNotFound):
+		writeNetError(w, http.StatusUnprocessableEntity, fmt.Sprintf("app %s does not exist: create it first (trellis create-app)", req.AppGUID))
+		return
+	case errors.Is(err, store.ErrConflict):
+		writeNetError(w, http.StatusConflict, strings.TrimPrefix(err.Error(), "register instance: "))
+		return
+	case err != nil:
+		s.log.Error("register instance", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database write failed")
+		return
+	}
+	s.log.Info("instance attached", "cell", c.Name, "instance", guid, "app", req.AppGUID, "index", req.Index, "ip", ip)
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *Server) deregisterInstance(w http.ResponseWriter, r *http.Request) {
+	c := cellFrom(r.Context())
+	if err := s.store.DeregisterInstance(r.Context(), c.GUID, r.PathValue("guid")); err != nil {
+		s.log.Error("deregister instance", "err", err)
+		writeNetError(w, http.StatusInternalServerError, "database write failed")
+		return
+	}
+	s.log.Info("instance detached", "cell", c.Name, "instance", r.PathValue("guid"))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// listInstances answers GET /trellis/v1/instances?app_guids=...: the
+// instances of the apps the caller may see.
+func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
+	p := principalFrom(r.Context())
+	f := store.InstanceFilter{AppGUIDs: query(r, "app_guids")}
+	if !p.admin() {
+		apps, err := s.appsOfCaller(r, p)
+		if err != nil {
+			s.storeError(w, "list instances", err)
+			return
+		}
+		if len(f.AppGUIDs) == 0 {
+			f.AppGUIDs = apps
+		} else {
+			f.AppGUIDs = intersect(f.AppGUIDs, apps)
+		}
+		if len(f.AppGUIDs) == 0 {
+			writeJSON(w, http.StatusOK, list[api.Instance](r, nil))
+			return
+		}
+	}
+	ins, err := s.store.Instances(r.Context(), f)
+	if err != nil {
+		s.storeError(w, "list instances", err)
+		return
+	}
+	cells, err := s.store.Cells(r.Context(), store.CellFilter{})
+	if err != nil {
+		s.storeError(w, "list instances", err)
+		return
+	}
+	names := map[string]string{}
+	for _, c := range cells {
+		names[c.GUID] = c.Name
+	}
+	out := make([]api.Instance, len(ins))
+	for i, in := range ins {
+		out[i] = api.Instance{GUID: in.GUID, AppGUID: in.AppGUID, Index: in.Index, Managed: in.Managed,
+			CellGUID: in.CellGUID, CellName: names[in.CellGUID], State: in.State}
+		if in.IP.IsValid() {
+			out[i].IP = in.IP.String()
+		}
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+func intersect(a, b []string) []string {
+	in := map[string]bool{}
+	for _, x := range b {
+		in[x] = true
+	}
+	var out []string
+	for _, x := range a {
+		if in[x] {
+			out = append(out, x)
+		}
+	}
+	return out
+}
+
+// updateApp answers PATCH /v3/apps/{guid}: command, environment, cell.
+func (s *Server) updateApp(w http.ResponseWriter, r *http.Request) {
+	a, ok := s.visibleApp(w, r, r.PathValue("guid"))
+	if !ok {
+		return
+	}
+	var req api.AppUpdate
+	if !readV3(w, r, &req) {
+		return
+	}
+	u := store.AppUpdate{Command: req.Command, Env: req.Env, CellGUID: req.CellGUID}
+	if req.Env != nil {
+		for k := range *req.Env {
+			if k == "" || strings.ContainsAny(k, "=\x00") {
+				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("invalid environment variable name %q", k))
+				return
+			}
+			if strings.HasPrefix(k, "CF_INSTANCE_") || k == "PORT" {
+				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("environment variable %s is set by the platform", k))
+				return
+			}
+		}
+	}
+	if req.CellGUID != nil && *req.CellGUID != "" && !principalFrom(r.Context()).admin() {
+		writeV3Error(w, http.StatusForbidden, "only network.admin may pin an app to a cell")
+		return
+	}
+	s.applyAppUpdate(w, r, a, u, "updated app")
+}
+
+func (s *Server) applyAppUpdate(w http.ResponseWriter, r *http.Request, a store.App, u store.AppUpdate, what string) {
+	got, err := s.store.UpdateApp(r.Context(), a.GUID, u)
+	if errors.Is(err, store.ErrNotFound) {
+		writeV3Error(w, http.StatusUnprocessableEntity, strings.TrimPrefix(err.Error(), "update app: "))
+		return
+	}
+	if err != nil {
+		s.storeError(w, "update app", err)
+		return
+	}
+	s.log.Info(what, "app", a.Name, "guid", a.GUID, "state", got.State, "instances", got.Instances, "user", principalFrom(r.Context()).user())
+	writeJSON(w, http.StatusOK, appJSON(got))
+}
+
+func (s *Server) appAction(w http.ResponseWriter, r *http.Request) {
+	a, ok := s.visibleApp(w, r, r.PathValue("guid"))
+	if !ok {
+		return
+	}
+	started, stopped := store.AppStarted, store.AppStopped
+	switch r.PathValue("action") {
+	case "start":
+		s.applyAppUpdate(w, r, a, store.AppUpdate{State: &started}, "started app")
+	case "stop":
+		s.applyAppUpdate(w, r, a, store.AppUpdate{State: &stopped}, "stopped app")
+	case "restart":
+		if _, err := s.store.UpdateApp(r.Context(), a.GUID, store.AppUpdate{State: &stopped}); err != nil {
+			s.storeError(w, "restart app", err)
+			return
+		}
+		s.applyAppUpdate(w, r, a, store.AppUpdate{State: &started}, "restarted app")
+	default:
+		writeV3Error(w, http.StatusNotFound, "unknown action: use start, stop or restart")
+	}
+}
+
+func (s *Server) scaleApp(w http.ResponseWriter, r *http.Request) {
+	a, ok := s.visibleApp(w, r, r.PathValue("guid"))
+	if !ok {
+		return
+	}
+	var req api.ScaleRequest
+	if !readV3(w, r, &req) {
+		return
+	}
+	if req.Instances < 0 || req.Instances > 1000 {
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("invalid instances %d: must be 0 to 1000", req.Instances))
+		return
+	}
+	s.applyAppUpdate(w, r, a, store.AppUpdate{Instances: &req.Instances}, "scaled app")
+}
