@@ -11,9 +11,15 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/cli"
 	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/executor"
 )
 
 func main() {
+	// The executor re-executes trellis as instance-init to enter an
+	// instance's namespaces before it runs the instance's command.
+	if len(os.Args) > 1 && os.Args[1] == executor.InitCommand {
+		os.Exit(executor.InitMain(os.Args[2:]))
+	}
 	// Runtimes run the plugin as trellis-cni with CNI_COMMAND set.
 	if os.Getenv("CNI_COMMAND") != "" {
 		os.Exit(cni.Main())

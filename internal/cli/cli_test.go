@@ -382,11 +382,11 @@ func TestRegisteredCommandRuns(t *testing.T) {
 	saved := commands
 	t.Cleanup(func() { commands = saved })
 	register(&command{
-		name:    "up",
+		name:    "frobnicate",
 		group:   groupLocal,
-		summary: "Start a local foundation",
-		usage:   "up [--cells N]",
-		example: "trellis up --cells 2",
+		summary: "Frobnicate a local foundation",
+		usage:   "frobnicate [--cells N]",
+		example: "trellis frobnicate --cells 2",
 		setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 			cells := fs.Int("cells", 1, "Run `N` cells")
 			return func(ctx context.Context, args []string) error {
@@ -395,14 +395,14 @@ func TestRegisteredCommandRuns(t *testing.T) {
 			}
 		},
 	})
-	if got := runCLI(nil, "help"); !strings.Contains(got.Stdout, "\nLocal foundation:\n   up ") {
+	if got := runCLI(nil, "help"); !strings.Contains(got.Stdout, "   frobnicate ") {
 		t.Errorf("help does not list the registered command:\n%s", got.Stdout)
 	}
-	if got, want := runCLI(nil, "up", "--cells", "3"), (result{Stdout: "starting 3 cells\n"}); got != want {
-		t.Errorf("trellis up --cells 3 = %+v, want %+v", got, want)
+	if got, want := runCLI(nil, "frobnicate", "--cells", "3"), (result{Stdout: "starting 3 cells\n"}); got != want {
+		t.Errorf("trellis frobnicate --cells 3 = %+v, want %+v", got, want)
 	}
-	if got := runCLI(nil, "up", "--config", "x"); got.Code != 2 {
-		t.Errorf("trellis up --config x = %+v, want exit 2: up takes no config", got)
+	if got := runCLI(nil, "frobnicate", "--config", "x"); got.Code != 2 {
+		t.Errorf("trellis frobnicate --config x = %+v, want exit 2: it takes no config", got)
 	}
 }
 

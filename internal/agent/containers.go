@@ -1,0 +1,367 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/dataplane"
+	"github.com/trellis-c2c/trellis/internal/ipam"
+)
+
+// DNSAddr is where containers find the cell's DNS server.
+var DNSAddr = "169.254.0.2"
+
+// record is what the agent keeps on disk of one container attachment, so
+// that a restarted agent adopts its containers without touching them.
+type record struct {
+	ContainerID string       `json:"container_id"`
+	IP          netip.Addr   `json:"ip"`
+	NetNS       string       `json:"netns"`
+	IfName      string       `json:"ifname"`
+	Identity    api.Identity `json:"identity"`
+	HostVeth    string       `json:"host_veth,omitempty"`
+	Committed   bool         `json:"committed"`
+	// Deleting: the runtime deleted it, the controller has not been told yet;
+	// the address stays reserved until it has.
+	Deleting  bool      `json:"deleting,omitempty"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+// containers is the agent's table of attachments, persisted one file each.
+type containers struct {
+	dir    string
+	subnet netip.Prefix
+	mtu    int
+
+	mu      sync.Mutex
+	records map[string]*record
+	last    netip.Addr // last address handed out
+}
+
+var containerIDRe = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}$`)
+
+func loadContainers(dir string, subnet netip.Prefix, mtu int) (*containers, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	cs := &containers{dir: dir, subnet: subnet, mtu: mtu, records: map[string]*record{}}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range entries {
+		if !strings.HasSuffix(e.Name(), ".json") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			return nil, err
+		}
+		var r record
+		if err := json.Unmarshal(b, &r); err != nil {
+			return nil, fmt.Errorf("container record %s: %w", e.Name(), err)
+		}
+		cs.records[r.ContainerID] = &r
+	}
+	if b, err := os.ReadFile(filepath.Join(dir, "last-ip")); err == nil {
+		cs.last, _ = netip.ParseAddr(strings.TrimSpace(string(b)))
+	}
+	return cs, nil
+}
+
+func (cs *containers) save(r *record) error {
+	return saveJSON(filepath.Join(cs.dir, r.ContainerID+".json"), r)
+}
+
+func (cs *containers) remove(id string) error {
+	delete(cs.records, id)
+	err := os.Remove(filepath.Join(cs.dir, id+".json"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	return err
+}
+
+func (cs *containers) allocation(r *record) api.Allocation {
+	return api.Allocation{ContainerID: r.ContainerID, IP: r.IP.String(), Subnet: cs.subnet.String(),
+		Gateway: dataplane.HostGateway.String(), MTU: cs.mtu, DNS: []string{DNSAddr}, Committed: r.Committed}
+}
+
+// list returns a copy of the records, ordered by container ID.
+func (cs *containers) list() []record {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	out := make([]record, 0, len(cs.records))
+	for _, r := range cs.records {
+		out = append(out, *r)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].ContainerID < out[j].ContainerID })
+	return out
+}
+
+// socketServer serves the CNI plugin's API (internal/api/agent.go).
+type socketServer struct {
+	a *Agent
+}
+
+func (s *socketServer) handler() http.Handler {
+	m := http.NewServeMux()
+	m.HandleFunc("POST /v1/containers", s.allocate)
+	m.HandleFunc("POST /v1/containers/{id}/commit", s.commit)
+	m.HandleFunc("GET /v1/containers/{id}", s.get)
+	m.HandleFunc("DELETE /v1/containers/{id}", s.del)
+	m.HandleFunc("POST /v1/gc", s.gc)
+	m.HandleFunc("GET /v1/status", s.status)
+	m.HandleFunc("GET /v1/instances", s.instances)
+	return m
+}
+
+func writeErr(w http.ResponseWriter, status int, msg string) {
+	writeJSON(w, status, api.Error{Error: msg})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(v)
+}
+
+func readJSON(w http.ResponseWriter, r *http.Request, v any) bool {
+	dec := json.NewDecoder(io.LimitReader(r.Body, 1<<20))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		writeErr(w, http.StatusBadRequest, "decode request: "+err.Error())
+		return false
+	}
+	return true
+}
+
+func (s *socketServer) allocate(w http.ResponseWriter, r *http.Request) {
+	var req api.AllocateRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	if !containerIDRe.MatchString(req.ContainerID) {
+		writeErr(w, http.StatusBadRequest, fmt.Sprintf("invalid container ID %q: 1-128 of [A-Za-z0-9_.-]", req.ContainerID))
+		return
+	}
+	if req.Identity.AppGUID == "" || req.Identity.InstanceGUID == "" {
+		writeErr(w, http.StatusBadRequest, "identity needs app_guid and instance_guid")
+		return
+	}
+	cs := s.a.containers
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if rec, ok := cs.records[req.ContainerID]; ok {
+		if rec.Deleting {
+			writeErr(w, http.StatusConflict, fmt.Sprintf("container %s is being deleted: retry after its DEL completes", req.ContainerID))
+			return
+		}
+		if rec.NetNS != req.NetNS || rec.IfName != req.IfName {
+			writeErr(w, http.StatusConflict, fmt.Sprintf("container %s is already attached (netns %s, %s): a container ID may be added once", req.ContainerID, rec.NetNS, rec.IfName))
+			return
+		}
+		writeJSON(w, http.StatusOK, cs.allocation(rec))
+		return
+	}
+	for _, rec := range cs.records {
+		if rec.Identity.InstanceGUID == req.Identity.InstanceGUID {
+			writeErr(w, http.StatusConflict, fmt.Sprintf("instance %s is already attached as container %s", req.Identity.InstanceGUID, rec.ContainerID))
+			return
+		}
+	}
+	used := map[netip.Addr]bool{}
+	for _, rec := range cs.records {
+		used[rec.IP] = true
+	}
+	ip, err := ipam.NextAddr(cs.subnet, used, cs.last)
+	if err != nil {
+		writeErr(w, http.StatusConflict, err.Error())
+		return
+	}
+	rec := &record{ContainerID: req.ContainerID, IP: ip, NetNS: req.NetNS, IfName: req.IfName, Identity: req.Identity, CreatedAt: time.Now().UTC()}
+	if err := cs.save(rec); err != nil {
+		writeErr(w, http.StatusInternalServerError, "save container record: "+err.Error())
+		return
+	}
+	cs.records[rec.ContainerID] = rec
+	cs.last = ip
+	os.WriteFile(filepath.Join(cs.dir, "last-ip"), []byte(ip.String()), 0o600)
+	s.a.log.Info("allocated", "container", rec.ContainerID, "ip", ip, "app", req.Identity.AppGUID, "instance", req.Identity.InstanceGUID)
+	writeJSON(w, http.StatusOK, cs.allocation(rec))
+}
+
+func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
+	var req api.CommitRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	cs := s.a.containers
+	cs.mu.Lock()
+	rec, ok := cs.records[r.PathValue("id")]
+	var snapshot record
+	if ok {
+		snapshot = *rec
+	}
+	cs.mu.Unlock()
+	if !ok {
+		writeErr(w, http.StatusNotFound, "no allocation for container "+r.PathValue("id"))
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
+	defer cancel()
+	err := s.a.controller.register(ctx, snapshot.Identity.InstanceGUID, api.InstanceRegistration{
+		AppGUID: snapshot.Identity.AppGUID, Index: snapshot.Identity.Index, IP: snapshot.IP.String(), ContainerID: snapshot.ContainerID})
+	if err != nil {
+		status := http.StatusUnprocessableEntity
+		if errors.Is(err, errController) {
+			status = http.StatusServiceUnavailable
+		}
+		s.a.log.Warn("register instance", "container", snapshot.ContainerID, "err", err)
+		writeErr(w, status, "register instance with the controller: "+err.Error())
+		return
+	}
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	if rec, ok = cs.records[snapshot.ContainerID]; !ok {
+		writeErr(w, http.StatusNotFound, "container "+snapshot.ContainerID+" was deleted meanwhile")
+		return
+	}
+	rec.Committed, rec.HostVeth = true, req.HostVeth
+	if err := cs.save(rec); err != nil {
+		writeErr(w, http.StatusInternalServerError, "save container record: "+err.Error())
+		return
+	}
+	s.a.log.Info("attached", "container", rec.ContainerID, "ip", rec.IP, "instance", rec.Identity.InstanceGUID)
+	writeJSON(w, http.StatusOK, cs.allocation(rec))
+}
+
+func (s *socketServer) get(w http.ResponseWriter, r *http.Request) {
+	cs := s.a.containers
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	rec, ok := cs.records[r.PathValue("id")]
+	if !ok || rec.Deleting {
+		writeErr(w, http.StatusNotFound, "no container "+r.PathValue("id"))
+		return
+	}
+	writeJSON(w, http.StatusOK, cs.allocation(rec))
+}
+
+func (s *socketServer) del(w http.ResponseWriter, r *http.Request) {
+	if !s.a.release(r.Context(), r.PathValue("id")) {
+		writeErr(w, http.StatusNotFound, "no container "+r.PathValue("id"))
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *socketServer) gc(w http.ResponseWriter, r *http.Request) {
+	var req api.GCRequest
+	if !readJSON(w, r, &req) {
+		return
+	}
+	valid := map[string]bool{}
+	for _, id := range req.Valid {
+		valid[id] = true
+	}
+	n := 0
+	for _, rec := range s.a.containers.list() {
+		if !valid[rec.ContainerID] && s.a.release(r.Context(), rec.ContainerID) {
+			n++
+		}
+	}
+	s.a.log.Info("cni gc", "released", n, "valid", len(req.Valid))
+	w.WriteHeader(http.StatusNoContent)
+}
+
+func (s *socketServer) status(w http.ResponseWriter, r *http.Request) {
+	st := s.a.status()
+	code := http.StatusOK
+	if !st.Ready {
+		code = http.StatusServiceUnavailable
+	}
+	writeJSON(w, code, st)
+}
+
+// release forgets a container: the controller is told (now, or by the
+// retry loop if it is unreachable, keeping the address reserved until
+// then). It reports whether the container was known.
+func (a *Agent) release(ctx context.Context, id string) bool {
+	cs := a.containers
+	cs.mu.Lock()
+	rec, ok := cs.records[id]
+	if !ok {
+		cs.mu.Unlock()
+		return false
+	}
+	rec.Deleting = true
+	cs.save(rec)
+	snapshot := *rec
+	cs.mu.Unlock()
+	a.deregister(ctx, snapshot)
+	return true
+}
+
+// deregister tells the controller a container is gone and then drops its
+// record; on failure the record stays (Deleting) for the retry loop.
+func (a *Agent) deregister(ctx context.Context, rec record) {
+	if rec.Committed {
+		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := a.controller.deregister(ctx, rec.Identity.InstanceGUID)
+		cancel()
+		if err != nil {
+			a.log.Warn("deregister instance: will retry", "container", rec.ContainerID, "err", err)
+			return
+		}
+	}
+	cs := a.containers
+	cs.mu.Lock()
+	cs.remove(rec.ContainerID)
+	cs.mu.Unlock()
+	a.log.Info("released", "container", rec.ContainerID, "ip", rec.IP)
+}
+
+// retryReleases finishes deregistrations that failed while the controller
+// was unreachable.
+func (a *Agent) retryReleases(ctx context.Context) {
+	for _, rec := range a.containers.list() {
+		if rec.Deleting {
+			a.deregister(ctx, rec)
+		}
+	}
+}
+
+// listenUnix serves h on a unix socket at path, owner-only.
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.Chmod(path, 0o600); err != nil {
+		ln.Close()
+		return nil, err
+	}
+	return ln, nil
+}

@@ -1,0 +1,388 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/executor"
+	"github.com/trellis-c2c/trellis/internal/netns"
+)
+
+// AppPort is the port every instance's app listens on (PORT).
+const AppPort = 8080
+
+// instances is the local foundation's executor: it runs the instances the
+// controller places on this cell, each a process in its own network
+// namespace (wired through the CNI plugin by libcni, as any runtime would)
+// and its own mount namespace.
+type instances struct {
+	a       *Agent
+	dir     string
+	cni     *libcni.CNIConfig
+	list    *libcni.NetworkConfigList
+	wake    chan struct{}
+	mu      sync.Mutex
+	running map[string]*instance
+}
+
+// instance is one instance the agent runs. Its meta is saved next to the
+// executor's record so a restarted agent can adopt or clean it up.
+type instance struct {
+	Desired api.DesiredInstance `json:"desired"`
+	NetNS   string              `json:"netns"` // namespace name
+	IP      netip.Addr          `json:"ip"`
+	Spec    executor.Spec       `json:"spec"`
+
+	proc      *executor.Process
+	restarts  int
+	nextStart time.Time
+}
+
+const instanceMetaFile = "instance.json"
+
+func newInstances(a *Agent) (*instances, error) {
+	dir := filepath.Join(a.cfg.StateDir, "instances")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	bin := a.cfg.CNIBinDir
+	if bin == "" {
+		bin = filepath.Join(a.cfg.StateDir, "bin")
+		if err := linkPlugin(bin); err != nil {
+			return nil, err
+		}
+	}
+	sock := a.cfg.Socket
+	if sock == "" {
+		sock = filepath.Join(a.cfg.StateDir, "agent.sock")
+	}
+	list, err := libcni.ConfListFromBytes(cni.ConfList("trellis", a.id.Cell.Name, sock))
+	if err != nil {
+		return nil, fmt.Errorf("load CNI config: %w", err)
+	}
+	in := &instances{a: a, dir: dir, list: list, wake: make(chan struct{}, 1), running: map[string]*instance{},
+		cni: libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(a.cfg.StateDir, "cni-cache"), nil)}
+	in.adopt()
+	return in, nil
+}
+
+// linkPlugin puts trellis-cni (this binary) into dir.
+func linkPlugin(dir string) error {
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	link := filepath.Join(dir, cni.PluginType)
+	os.Remove(link)
+	return os.Symlink(self, link)
+}
+
+// adopt finds the instances a previous run of the agent started.
+func (in *instances) adopt() {
+	entries, _ := os.ReadDir(in.dir)
+	for _, e := range entries {
+		dir := filepath.Join(in.dir, e.Name())
+		b, err := os.ReadFile(filepath.Join(dir, instanceMetaFile))
+		if err != nil {
+			continue
+		}
+		var inst instance
+		if err := json.Unmarshal(b, &inst); err != nil {
+			in.a.log.Warn("skip unreadable instance", "dir", dir, "err", err)
+			continue
+		}
+		if p, err := executor.Adopt(dir); err == nil {
+			inst.proc = p
+			in.a.log.Info("adopted instance", "instance", inst.Desired.GUID, "app", inst.Desired.AppName, "pid", p.PID())
+		}
+		in.running[inst.Desired.GUID] = &inst
+	}
+}
+
+func (in *instances) poke() {
+	select {
+	case in.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (in *instances) loop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		in.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-in.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// reconcile starts what is desired and not running, restarts what exited
+// (with backoff), and stops what is no longer desired.
+func (in *instances) reconcile(ctx context.Context) {
+	if !in.a.ready() {
+		return
+	}
+	want := map[string]api.DesiredInstance{}
+	for _, d := range in.a.desired().Instances {
+		want[d.GUID] = d
+	}
+	in.mu.Lock()
+	var stop []*instance
+	for guid, inst := range in.running {
+		if _, ok := want[guid]; !ok {
+			stop = append(stop, inst)
+			delete(in.running, guid)
+		}
+	}
+	in.mu.Unlock()
+	for _, inst := range stop {
+		in.stop(ctx, inst)
+	}
+	for guid, d := range want {
+		in.mu.Lock()
+		inst := in.running[guid]
+		in.mu.Unlock()
+		switch {
+		case inst == nil:
+			inst = &instance{Desired: d}
+			in.mu.Lock()
+			in.running[guid] = inst
+			in.mu.Unlock()
+			in.start(ctx, inst)
+		case inst.proc == nil || exited(inst.proc):
+			if time.Now().After(inst.nextStart) {
+				in.start(ctx, inst)
+			}
+		}
+	}
+}
+
+func exited(p *executor.Process) bool {
+	select {
+	case <-p.Done():
+		return true
+	default:
+		return false
+	}
+}
+
+// start attaches the instance to the overlay (once) and starts its process.
+func (in *instances) start(ctx context.Context, inst *instance) {
+	d := inst.Desired
+	log := in.a.log.With("instance", d.GUID, "app", d.AppName, "index", d.Index)
+	if inst.proc != nil {
+		log.Warn("instance exited: restarting", "exit_code", inst.proc.ExitCode(), "restarts", inst.restarts)
+	}
+	dir := filepath.Join(in.dir, d.GUID)
+	if !inst.IP.IsValid() {
+		if err := in.attach(ctx, inst, dir); err != nil {
+			inst.restarts++
+			inst.nextStart = time.Now().Add(backoff(inst.restarts))
+			log.Error("attach instance to the overlay", "err", err, "retry_in", backoff(inst.restarts))
+			return
+		}
+	}
+	inst.Spec = in.spec(inst, dir)
+	if err := saveJSON(filepath.Join(dir, instanceMetaFile), inst); err != nil {
+		log.Error("save instance", "err", err)
+	}
+	p, err := executor.Start(inst.Spec)
+	if err != nil {
+		inst.restarts++
+		inst.nextStart = time.Now().Add(backoff(inst.restarts))
+		log.Error("start instance", "err", err, "retry_in", backoff(inst.restarts))
+		return
+	}
+	if inst.proc != nil {
+		inst.restarts++
+		inst.nextStart = time.Now().Add(backoff(inst.restarts))
+	}
+	inst.proc = p
+	log.Info("instance started", "pid", p.PID(), "ip", inst.IP)
+}
+
+func backoff(n int) time.Duration {
+	return min(time.Duration(1<<min(n, 5))*time.Second/2, 30*time.Second)
+}
+
+// attach creates the instance's namespace and runs CNI ADD for it, from
+// the cell's namespace as a runtime on the cell would.
+func (in *instances) attach(ctx context.Context, inst *instance, dir string) error {
+	d := inst.Desired
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	inst.NetNS = in.a.cfg.InstanceNetNSPrefix + d.GUID[:min(len(d.GUID), 13)]
+	nsPath, err := netns.Create(inst.NetNS)
+	if err != nil {
+		return err
+	}
+	if err := saveJSON(filepath.Join(dir, instanceMetaFile), inst); err != nil {
+		netns.Delete(inst.NetNS)
+		return err
+	}
+	var res *types100.Result
+	err = netns.Do(in.a.nsPath, func() error {
+		r, err := in.cni.AddNetworkList(ctx, in.list, in.runtimeConf(inst, nsPath))
+		if err != nil {
+			return err
+		}
+		res, err = types100.NewResultFromResult(r)
+		return err
+	})
+	if err == nil && len(res.IPs) == 0 {
+		err = errors.New("CNI result has no address")
+	}
+	if err != nil {
+		netns.Delete(inst.NetNS)
+		return fmt.Errorf("CNI ADD: %w", err)
+	}
+	inst.IP, _ = netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	return nil
+}
+
+func (in *instances) runtimeConf(inst *instance, nsPath string) *libcni.RuntimeConf {
+	d := inst.Desired
+	return &libcni.RuntimeConf{
+		ContainerID: d.GUID,
+		NetNS:       nsPath,
+		IfName:      "eth0",
+		Args: [][2]string{
+			{"IgnoreUnknown", "1"},
+			{"TRELLIS_APP_GUID", d.AppGUID},
+			{"TRELLIS_SPACE_GUID", d.SpaceGUID},
+			{"TRELLIS_ORG_GUID", d.OrgGUID},
+			{"TRELLIS_INSTANCE_GUID", d.GUID},
+			{"TRELLIS_INDEX", strconv.Itoa(d.Index)},
+		},
+	}
+}
+
+// spec is how the instance's process runs: the app's command (or the
+// sample app) with the platform's environment, as Cloud Foundry sets it.
+func (in *instances) spec(inst *instance, dir string) executor.Spec {
+	d := inst.Desired
+	command := d.Command
+	if len(command) == 0 {
+		self, _ := os.Executable()
+		command = []string{self, "sample-app"}
+	}
+	port := strconv.Itoa(AppPort)
+	env := map[string]string{
+		"PATH":                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+		"HOME":                    "/root",
+		"LANG":                    "C.UTF-8",
+		"PORT":                    port,
+		"CF_INSTANCE_GUID":        d.GUID,
+		"CF_INSTANCE_INDEX":       strconv.Itoa(d.Index),
+		"CF_INSTANCE_IP":          in.a.cell.UnderlayIP.String(),
+		"CF_INSTANCE_INTERNAL_IP": inst.IP.String(),
+		"CF_INSTANCE_PORT":        port,
+		"CF_INSTANCE_ADDR":        net.JoinHostPort(inst.IP.String(), port),
+		"CF_INSTANCE_PORTS":       fmt.Sprintf(`[{"internal":%s}]`, port),
+		"TRELLIS_APP_NAME":        d.AppName,
+		"TRELLIS_APP_GUID":        d.AppGUID,
+	}
+	for k, v := range d.Env {
+		if _, platform := env[k]; !platform || k == "PATH" || k == "HOME" || k == "LANG" {
+			env[k] = v
+		}
+	}
+	keys := make([]string, 0, len(env))
+	for k := range env {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var envList []string
+	for _, k := range keys {
+		envList = append(envList, k+"="+env[k])
+	}
+	return executor.Spec{
+		ID: d.GUID, NetNS: netns.Path(inst.NetNS), Command: command, Env: envList,
+		ResolvConf: []byte("nameserver " + DNSAddr + "\n"),
+		LogPath:    filepath.Join(dir, "app.log"), StateDir: dir,
+	}
+}
+
+// stop ends the instance's process, detaches it and removes its namespace.
+func (in *instances) stop(ctx context.Context, inst *instance) {
+	d := inst.Desired
+	log := in.a.log.With("instance", d.GUID, "app", d.AppName, "index", d.Index)
+	if inst.proc != nil {
+		if err := inst.proc.Stop(ctx, 5*time.Second); err != nil {
+			log.Warn("stop instance", "err", err)
+		}
+	}
+	if inst.NetNS != "" {
+		nsPath := netns.Path(inst.NetNS)
+		err := netns.Do(in.a.nsPath, func() error {
+			return in.cni.DelNetworkList(ctx, in.list, in.runtimeConf(inst, nsPath))
+		})
+		if err != nil {
+			log.Warn("CNI DEL", "err", err)
+		}
+		if err := netns.Delete(inst.NetNS); err != nil {
+			log.Warn("delete instance namespace", "err", err)
+		}
+	}
+	os.Remove(filepath.Join(in.dir, d.GUID, instanceMetaFile))
+	log.Info("instance stopped")
+}
+
+// InstanceInfo is what `trellis exec` and `trellis logs` need of a local
+// instance, from GET /v1/instances on the agent's socket.
+type InstanceInfo struct {
+	GUID       string        `json:"guid"`
+	AppGUID    string        `json:"app_guid"`
+	AppName    string        `json:"app_name"`
+	Index      int           `json:"index"`
+	IP         string        `json:"ip"`
+	PID        int           `json:"pid"`
+	Running    bool          `json:"running"`
+	Spec       executor.Spec `json:"spec"`
+	ResolvConf string        `json:"resolv_conf"`
+}
+
+func (s *socketServer) instances(w http.ResponseWriter, r *http.Request) {
+	out := []InstanceInfo{}
+	if in := s.a.instances; in != nil {
+		in.mu.Lock()
+		for _, inst := range in.running {
+			info := InstanceInfo{GUID: inst.Desired.GUID, AppGUID: inst.Desired.AppGUID, AppName: inst.Desired.AppName,
+				Index: inst.Desired.Index, Spec: inst.Spec, ResolvConf: "nameserver " + DNSAddr + "\n"}
+			if inst.IP.IsValid() {
+				info.IP = inst.IP.String()
+			}
+			if inst.proc != nil {
+				info.PID, info.Running = inst.proc.PID(), !exited(inst.proc)
+			}
+			out = append(out, info)
+		}
+		in.mu.Unlock()
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].AppName+strconv.Itoa(out[i].Index) < out[j].AppName+strconv.Itoa(out[j].Index) })
+	writeJSON(w, http.StatusOK, out)
+}

@@ -1,0 +1,212 @@
+package cli
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"log/slog"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/trellis-c2c/trellis/internal/agent"
+	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/sampleapp"
+)
+
+func init() {
+	register(agentCommand)
+	register(createJoinTokenCommand)
+	register(cellsCommand)
+	register(deleteCellCommand)
+	register(cniConfigCommand)
+	register(sampleAppCommand)
+}
+
+var agentCommand = &command{
+	name:    "agent",
+	group:   groupControlPlane,
+	summary: "Run a cell's agent: overlay lease, VXLAN, CNI socket, instances",
+	usage:   "agent --controller URL --join-token T --ca-cert FILE --state-dir DIR [--netns NAME] [--underlay-interface IF] [--name CELL]",
+	example: "trellis agent --controller https://10.0.0.5:4002 --join-token trlsj_... --ca-cert ca.crt --state-dir /var/lib/trellis-agent\n" +
+		"trellis agent --state-dir /var/lib/trellis-agent",
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		var cfg agent.Config
+		var logLevel string
+		fs.StringVar(&cfg.ControllerURL, "controller", "", "The controller's API `URL` (needed to join; remembered)")
+		fs.StringVar(&cfg.JoinToken, "join-token", "", "One-time `TOKEN` from `trellis create-join-token` (first start only)")
+		fs.StringVar(&cfg.CACertFile, "ca-cert", "", "The controller's CA certificate `FILE` (its state dir's ca.crt; first start only)")
+		fs.StringVar(&cfg.StateDir, "state-dir", "", "Keep the cell's identity, key and container records in `DIR` (required)")
+		fs.StringVar(&cfg.NetNS, "netns", "", "Program the network namespace `NAME` (or path) as this host; default: the agent's own (real hosts only)")
+		fs.StringVar(&cfg.UnderlayInterface, "underlay-interface", "", "Run VXLAN over `IF`; default: the device of the default route")
+		fs.StringVar(&cfg.Name, "name", "", "Cell `NAME` ([a-z0-9-]); default: the netns name, else the host name")
+		fs.StringVar(&cfg.Socket, "socket", "", "Serve the CNI plugin on unix socket `PATH` (default STATE/agent.sock)")
+		fs.BoolVar(&cfg.RunInstances, "run-instances", false, "Run the instances the controller places here (local foundation)")
+		fs.StringVar(&cfg.InstanceNetNSPrefix, "instance-netns-prefix", "trellis-i-", "Name instance namespaces with `PREFIX` (with --run-instances)")
+		fs.BoolVar(&cfg.LeaveOnExit, "leave-on-exit", false, "Leave the foundation (free the lease) when stopped")
+		fs.StringVar(&logLevel, "log-level", "info", "Log `LEVEL`: debug, info, warn or error")
+		return func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return badUsage("agent takes no arguments, got %q", strings.Join(args, " "))
+			}
+			if cfg.StateDir == "" {
+				return badUsage("--state-dir is required")
+			}
+			if cfg.JoinToken != "" && (cfg.ControllerURL == "" || cfg.CACertFile == "") {
+				return badUsage("--join-token needs --controller and --ca-cert")
+			}
+			if cfg.ControllerURL != "" && !strings.HasPrefix(cfg.ControllerURL, "https://") {
+				return badInput("invalid --controller %q: must be an https:// URL", cfg.ControllerURL)
+			}
+			var level slog.Level
+			if err := level.UnmarshalText([]byte(logLevel)); err != nil {
+				return badInput("invalid --log-level %q: use debug, info, warn or error", logLevel)
+			}
+			cfg.Log = slog.New(slog.NewTextHandler(e.stderr, &slog.HandlerOptions{Level: level}))
+			return agent.Run(ctx, cfg)
+		}
+	},
+}
+
+var createJoinTokenCommand = &command{
+	name:    "create-join-token",
+	group:   groupControlPlane,
+	summary: "Make a one-time token for a cell's agent to join with (admin only)",
+	usage:   "create-join-token [--ttl DURATION]",
+	example: "trellis create-join-token\ntrellis create-join-token --ttl 10m",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		ttl := fs.Duration("ttl", time.Hour, "How long the token stays valid (at most 168h)")
+		return func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return badUsage("create-join-token takes no arguments")
+			}
+			if *ttl < time.Second || *ttl > 7*24*time.Hour {
+				return badInput("invalid --ttl %s: must be between 1s and 168h", *ttl)
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			tok, err := s.client.CreateJoinToken(ctx, int(ttl.Seconds()))
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(e.stdout, tok.Token)
+			fmt.Fprintf(e.stderr, "valid until %s; use it once:\n  trellis agent --controller %s --join-token %s --ca-cert CA.crt --state-dir DIR\n",
+				tok.ExpiresAt.Format(time.RFC3339), s.cfg.APIURL, tok.Token)
+			return nil
+		}
+	},
+}
+
+var cellsCommand = &command{
+	name:    "cells",
+	group:   groupControlPlane,
+	summary: "List the foundation's cells and their overlay leases (admin only)",
+	usage:   "cells [--json]",
+	example: "trellis cells",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		asJSON := fs.Bool("json", false, "Print JSON")
+		return func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return badUsage("cells takes no arguments")
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			cells, err := s.client.Cells(ctx)
+			if err != nil {
+				return err
+			}
+			if *asJSON {
+				return e.printJSON(cells)
+			}
+			tw := tabwriter.NewWriter(e.stdout, 0, 0, 3, ' ', 0)
+			fmt.Fprintln(tw, "name\tunderlay ip\tsubnet\thealthy\tlast seen")
+			for _, c := range cells {
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", c.Name, c.UnderlayIP, c.Subnet, c.Healthy, c.LastSeen.Format(time.RFC3339))
+			}
+			return tw.Flush()
+		}
+	},
+}
+
+var deleteCellCommand = &command{
+	name:    "delete-cell",
+	group:   groupControlPlane,
+	summary: "Remove a cell and free its overlay lease (admin only)",
+	usage:   "delete-cell CELL",
+	example: "trellis delete-cell cell3",
+	config:  true,
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		return func(ctx context.Context, args []string) error {
+			if len(args) != 1 {
+				return badUsage("the required argument `CELL` was not provided")
+			}
+			s, err := e.session()
+			if err != nil {
+				return err
+			}
+			cells, err := s.client.Cells(ctx)
+			if err != nil {
+				return err
+			}
+			for _, c := range cells {
+				if c.Name == args[0] {
+					if err := s.client.DeleteCell(ctx, c.GUID); err != nil {
+						return err
+					}
+					fmt.Fprintf(e.stdout, "Deleted cell %s (subnet %s)\nOK\n", c.Name, c.Subnet)
+					return nil
+				}
+			}
+			return fmt.Errorf("cell %s not found", args[0])
+		}
+	},
+}
+
+var cniConfigCommand = &command{
+	name:    "cni-config",
+	group:   groupControlPlane,
+	summary: "Print the CNI network configuration list for a cell's runtime",
+	usage:   "cni-config [--cell CELL] [--socket PATH] [--name NETWORK]",
+	example: "trellis cni-config --cell cell1 --socket /var/lib/trellis-agent/agent.sock > /etc/cni/net.d/10-trellis.conflist",
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		cell := fs.String("cell", "", "The cell's `NAME` (informative in the config)")
+		socket := fs.String("socket", "/var/lib/trellis-agent/agent.sock", "The agent's CNI socket `PATH` on that cell")
+		name := fs.String("name", "trellis", "The network `NAME` runtimes refer to")
+		return func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return badUsage("cni-config takes no arguments")
+			}
+			if *socket == "" || !strings.HasPrefix(*socket, "/") {
+				return badInput("invalid --socket %q: must be an absolute path", *socket)
+			}
+			_, err := e.stdout.Write(cni.ConfList(*name, *cell, *socket))
+			return err
+		}
+	},
+}
+
+var sampleAppCommand = &command{
+	name:    "sample-app",
+	group:   groupLocal,
+	summary: "Run the sample app: HTTP on $PORT with /proxy/HOST:PORT/PATH, and a UDP echo",
+	usage:   "sample-app   (listens on $PORT, default 8080)",
+	example: "trellis sample-app",
+	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		return func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return badUsage("sample-app takes no arguments")
+			}
+			cfg, err := sampleapp.ConfigFromEnv(e.getenv)
+			if err != nil {
+				return err
+			}
+			return sampleapp.Run(ctx, cfg)
+		}
+	},
+}
