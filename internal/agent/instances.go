@@ -383,6 +383,8 @@ func (s *socketServer) instances(w http.ResponseWriter, r *http.Request) {
 		}
 		in.mu.Unlock()
 	}
-	sort.Slice(out, func(i, j int) bool { return out[i].AppName+strconv.Itoa(out[i].Index) < out[j].AppName+strconv.Itoa(out[j].Index) })
+	sort.Slice(out, func(i, j int) bool {
+		return out[i].AppName+strconv.Itoa(out[i].Index) < out[j].AppName+strconv.Itoa(out[j].Index)
+	})
 	writeJSON(w, http.StatusOK, out)
 }
