@@ -127,7 +127,6 @@ func (s *socketServer) handler() http.Handler {
 	m.HandleFunc("DELETE /v1/containers/{id}", s.del)
 	m.HandleFunc("POST /v1/gc", s.gc)
 	m.HandleFunc("GET /v1/status", s.status)
-	m.HandleFunc("GET /v1/instances", s.instances)
 	return m
 }
 

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -352,39 +351,22 @@ func (in *instances) stop(ctx context.Context, inst *instance) {
 	log.Info("instance stopped")
 }
 
-// InstanceInfo is what `trellis exec` and `trellis logs` need of a local
-// instance, from GET /v1/instances on the agent's socket.
-type InstanceInfo struct {
-	GUID       string        `json:"guid"`
-	AppGUID    string        `json:"app_guid"`
-	AppName    string        `json:"app_name"`
-	Index      int           `json:"index"`
-	IP         string        `json:"ip"`
-	PID        int           `json:"pid"`
-	Running    bool          `json:"running"`
-	Spec       executor.Spec `json:"spec"`
-	ResolvConf string        `json:"resolv_conf"`
-}
-
-func (s *socketServer) instances(w http.ResponseWriter, r *http.Request) {
-	out := []InstanceInfo{}
-	if in := s.a.instances; in != nil {
-		in.mu.Lock()
-		for _, inst := range in.running {
-			info := InstanceInfo{GUID: inst.Desired.GUID, AppGUID: inst.Desired.AppGUID, AppName: inst.Desired.AppName,
-				Index: inst.Desired.Index, Spec: inst.Spec, ResolvConf: "nameserver " + DNSAddr + "\n"}
-			if inst.IP.IsValid() {
-				info.IP = inst.IP.String()
-			}
-			if inst.proc != nil {
-				info.PID, info.Running = inst.proc.PID(), !exited(inst.proc)
-			}
-			out = append(out, info)
-		}
-		in.mu.Unlock()
+// InstanceSpec reads how a local instance runs from the state dir of the
+// agent that runs it — what `trellis exec` needs to enter it, even while
+// that agent is down.
+func InstanceSpec(agentStateDir, guid string) (executor.Spec, error) {
+	dir := filepath.Join(agentStateDir, "instances", guid)
+	b, err := os.ReadFile(filepath.Join(dir, instanceMetaFile))
+	if err != nil {
+		return executor.Spec{}, fmt.Errorf("instance %s is not running on this cell: %w", guid, err)
 	}
-	sort.Slice(out, func(i, j int) bool {
-		return out[i].AppName+strconv.Itoa(out[i].Index) < out[j].AppName+strconv.Itoa(out[j].Index)
-	})
-	writeJSON(w, http.StatusOK, out)
+	var inst instance
+	if err := json.Unmarshal(b, &inst); err != nil {
+		return executor.Spec{}, fmt.Errorf("instance %s: %w", guid, err)
+	}
+	if inst.Spec.NetNS == "" {
+		return executor.Spec{}, fmt.Errorf("instance %s has not started yet", guid)
+	}
+	inst.Spec.ResolvConf = []byte("nameserver " + DNSAddr + "\n")
+	return inst.Spec, nil
 }

@@ -132,7 +132,10 @@ func (e *env) report(ctx context.Context, err error) int {
 	}
 	msg := strings.NewReplacer("\r\n", " ", "\n", " ", "\r", " ").Replace(err.Error()) // one line
 	var ue *usageError
+	var ec *exitCodeError
 	switch {
+	case errors.As(err, &ec):
+		return ec.code // the command ran; it said what it had to say
 	case errors.As(err, &ue) && ue.incorrect:
 		fmt.Fprintf(e.stderr, "Incorrect Usage: %s\n", msg)
 		return exitBadArgs

@@ -1,0 +1,372 @@
+// Package launcher runs a complete local foundation on one machine: an
+// underlay and cells as network namespaces, the controller on loopback and
+// one agent per cell as processes, the CNI plugin and its configuration for
+// every cell — and takes it all down again, leaving nothing behind.
+package launcher
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/underlay"
+)
+
+// FoundationFile describes a running foundation inside its state dir.
+const FoundationFile = "foundation.json"
+
+// DefaultStateDir is where `trellis up` keeps its foundation by default.
+const DefaultStateDir = "/var/lib/trellis/local"
+
+// Foundation is what `trellis up` started, as tools (and `down`) find it.
+type Foundation struct {
+	Prefix     string    `json:"prefix"` // every namespace's name starts with it
+	StateDir   string    `json:"state_dir"`
+	Underlay   string    `json:"underlay_netns"`
+	Controller Process   `json:"controller"`
+	APIURL     string    `json:"api_url"`
+	Admin      string    `json:"admin_config"`
+	CNIPlugin  string    `json:"cni_plugin"`
+	Cells      []Cell    `json:"cells"`
+	StartedAt  time.Time `json:"started_at"`
+}
+
+// Cell is one cell of the foundation.
+type Cell struct {
+	Name        string  `json:"name"`
+	NetNS       string  `json:"netns"`
+	UnderlayIP  string  `json:"underlay_ip"`
+	StateDir    string  `json:"state_dir"`
+	Socket      string  `json:"agent_socket"`
+	CNIConfList string  `json:"cni_conflist"`
+	Agent       Process `json:"agent"`
+}
+
+// Process is a process the launcher started.
+type Process struct {
+	PID int    `json:"pid"`
+	Log string `json:"log"`
+}
+
+// Options configure Up.
+type Options struct {
+	StateDir string
+	Cells    int
+	// Exe is the trellis binary to run; default the running one.
+	Exe string
+	// Progress receives one line per step.
+	Progress io.Writer
+}
+
+// Load reads the foundation of stateDir.
+func Load(stateDir string) (*Foundation, error) {
+	b, err := os.ReadFile(filepath.Join(stateDir, FoundationFile))
+	if err != nil {
+		return nil, err
+	}
+	var f Foundation
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("read %s: %w", FoundationFile, err)
+	}
+	return &f, nil
+}
+
+// ErrAlreadyUp is returned by Up for a state dir whose foundation runs.
+var ErrAlreadyUp = errors.New("already up")
+
+// Up builds and starts a foundation, and returns once every cell's agent
+// is ready. On failure (or when ctx ends first) it takes down what it made.
+func Up(ctx context.Context, o Options) (f *Foundation, err error) {
+	if os.Geteuid() != 0 {
+		return nil, errors.New("trellis up needs root: it creates network namespaces (run it with sudo)")
+	}
+	if o.Cells < 1 || o.Cells > 50 {
+		return nil, fmt.Errorf("--cells %d: must be 1 to 50", o.Cells)
+	}
+	progress := o.Progress
+	if progress == nil {
+		progress = io.Discard
+	}
+	step := func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) }
+	if o.Exe == "" {
+		if o.Exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := filepath.Abs(o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if old, err := Load(dir); err == nil {
+		if old.Controller.alive("controller") {
+			return nil, fmt.Errorf("state dir %s: a foundation is %w (controller pid %d): `trellis down --state-dir %s` first", dir, ErrAlreadyUp, old.Controller.PID, dir)
+		}
+		step("cleaning up a stale foundation in %s (its controller is gone)", dir)
+		if err := Down(context.WithoutCancel(ctx), dir, false, progress); err != nil {
+			return nil, fmt.Errorf("clean up the stale foundation: %w", err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Join(dir, "logs"), 0o700); err != nil {
+		return nil, err
+	}
+	var b [3]byte
+	rand.Read(b[:])
+	f = &Foundation{Prefix: "trellis-" + hex.EncodeToString(b[:]), StateDir: dir, StartedAt: time.Now().UTC()}
+	defer func() {
+		if err != nil {
+			step("setup failed: taking down what was made")
+			f.save()
+			Down(context.WithoutCancel(ctx), dir, false, io.Discard)
+		}
+	}()
+
+	step("creating the underlay and %d cells (namespaces %s-*)", o.Cells, f.Prefix)
+	u, err := underlay.Build(f.Prefix, o.Cells)
+	if err != nil {
+		return f, err
+	}
+	f.Underlay = u.NetNS
+	for _, c := range u.Cells {
+		cd := filepath.Join(dir, "cells", c.Name)
+		f.Cells = append(f.Cells, Cell{Name: c.Name, NetNS: c.NetNS, UnderlayIP: c.IP.String(), StateDir: cd,
+			Socket: filepath.Join(cd, "agent.sock"), CNIConfList: filepath.Join(dir, "cni", c.Name, "10-trellis.conflist")})
+	}
+	if err := f.save(); err != nil {
+		return f, err
+	}
+
+	step("starting the controller")
+	port, err := freePort()
+	if err != nil {
+		return f, err
+	}
+	ctrlDir := filepath.Join(dir, "controller")
+	f.Controller, err = start(o.Exe, filepath.Join(dir, "logs", "controller.log"),
+		"controller", "--state-dir", ctrlDir, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		return f, err
+	}
+	f.APIURL = fmt.Sprintf("https://127.0.0.1:%d", port)
+	f.Admin = filepath.Join(ctrlDir, "admin.json")
+	f.save()
+	client, err := waitController(ctx, f)
+	if err != nil {
+		return f, err
+	}
+
+	step("installing the CNI plugin and configuration for each cell")
+	f.CNIPlugin = filepath.Join(dir, "bin", cni.PluginType)
+	if err := copyFile(o.Exe, f.CNIPlugin, 0o755); err != nil {
+		return f, fmt.Errorf("install the CNI plugin: %w", err)
+	}
+	for _, c := range f.Cells {
+		if err := os.MkdirAll(filepath.Dir(c.CNIConfList), 0o755); err != nil {
+			return f, err
+		}
+		if err := identity.WriteFileAtomic(c.CNIConfList, cni.ConfList("trellis", c.Name, c.Socket), 0o644); err != nil {
+			return f, err
+		}
+	}
+
+	for i := range f.Cells {
+		c := &f.Cells[i]
+		step("starting the agent of %s (%s, %s)", c.Name, c.NetNS, c.UnderlayIP)
+		args := []string{"agent", "--state-dir", c.StateDir, "--netns", c.NetNS, "--underlay-interface", underlay.Device,
+			"--name", c.Name, "--run-instances", "--instance-netns-prefix", f.Prefix + "-" + c.Name + "-i-"}
+		if _, err := os.Stat(filepath.Join(c.StateDir, "cell.json")); err != nil {
+			tok, err := client.CreateJoinToken(ctx, 600)
+			if err != nil {
+				return f, fmt.Errorf("join token for %s: %w", c.Name, err)
+			}
+			args = append(args, "--controller", f.APIURL, "--join-token", tok.Token, "--ca-cert", filepath.Join(ctrlDir, identity.CACertFile))
+		} else {
+			args = append(args, "--controller", f.APIURL)
+		}
+		c.Agent, err = start(o.Exe, filepath.Join(dir, "logs", c.Name+".log"), args...)
+		if err != nil {
+			return f, err
+		}
+		f.save()
+	}
+	for _, c := range f.Cells {
+		if err := waitAgent(ctx, c); err != nil {
+			return f, err
+		}
+	}
+	step("foundation up: %d cells", len(f.Cells))
+	return f, f.save()
+}
+
+func (f *Foundation) save() error {
+	b, _ := json.MarshalIndent(f, "", "  ")
+	return identity.WriteFileAtomic(filepath.Join(f.StateDir, FoundationFile), append(b, '\n'), 0o600)
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// start runs the trellis binary with args as a daemon of its own session,
+// logging to logPath, so it outlives the CLI that started it.
+func start(exe, logPath string, args ...string) (Process, error) {
+	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return Process{}, err
+	}
+	defer logf.Close()
+	cmd := exec.Command(exe, args...)
+	cmd.Stdout, cmd.Stderr = logf, logf
+	cmd.Env = append(os.Environ(), "TRELLIS_CONFIG=/dev/null")
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+	if err := cmd.Start(); err != nil {
+		return Process{}, fmt.Errorf("start trellis %s: %w", args[0], err)
+	}
+	go cmd.Wait() // reap it if it dies while we run
+	return Process{PID: cmd.Process.Pid, Log: logPath}, nil
+}
+
+// alive reports whether p still runs as `trellis role` (not some other
+// process that reused its PID).
+func (p Process) alive(role string) bool {
+	if p.PID <= 0 {
+		return false
+	}
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", p.PID))
+	if err != nil {
+		return false
+	}
+	args := strings.Split(strings.TrimRight(string(b), "\x00"), "\x00")
+	if len(args) < 2 || args[1] != role {
+		return false
+	}
+	st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.PID))
+	if err != nil {
+		return false
+	}
+	// A zombie (state Z) has exited.
+	if i := strings.LastIndexByte(string(st), ')'); i > 0 && i+2 < len(st) && st[i+2] == 'Z' {
+		return false
+	}
+	return true
+}
+
+// lastLines returns the end of a log file, for error messages.
+func lastLines(path string, n int) string {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func waitController(ctx context.Context, f *Foundation) (*api.Client, error) {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		if cfg, err := api.LoadClientConfig(f.Admin); err == nil && cfg.APIURL == f.APIURL {
+			c, err := api.NewClient(cfg)
+			if err == nil {
+				if _, err := c.Health(ctx); err == nil {
+					return c, nil
+				}
+			}
+		}
+		if !f.Controller.alive("controller") {
+			return nil, fmt.Errorf("the controller exited; its log (%s) ends:\n%s", f.Controller.Log, lastLines(f.Controller.Log, 10))
+		}
+		if time.Now().After(deadline) {
+			return nil, fmt.Errorf("the controller did not answer within 60s; see %s", f.Controller.Log)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+// AgentStatus asks a cell's agent for its status over its socket.
+func AgentStatus(ctx context.Context, socket string) (api.AgentStatus, error) {
+	var st api.AgentStatus
+	err := AgentGet(ctx, socket, "/v1/status", &st)
+	return st, err
+}
+
+// AgentGet GETs path from the agent at socket into out. A 503 status still
+// decodes (the agent's status says why it is not ready).
+func AgentGet(ctx context.Context, socket, path string, out any) error {
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
+		}}}
+	req, err := http.NewRequestWithContext(ctx, "GET", "http://agent"+path, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := hc.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	return json.NewDecoder(resp.Body).Decode(out)
+}
+
+func waitAgent(ctx context.Context, c Cell) error {
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		st, err := AgentStatus(ctx, c.Socket)
+		if err == nil && st.Ready {
+			return nil
+		}
+		if !c.Agent.alive("agent") {
+			return fmt.Errorf("the agent of %s exited; its log (%s) ends:\n%s", c.Name, c.Agent.Log, lastLines(c.Agent.Log, 10))
+		}
+		if time.Now().After(deadline) {
+			reason := st.Reason
+			if err != nil {
+				reason = err.Error()
+			}
+			return fmt.Errorf("the agent of %s is not ready after 60s (%s); see %s", c.Name, reason, c.Agent.Log)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	b, err := os.ReadFile(src)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return err
+	}
+	return identity.WriteFileAtomic(dst, b, mode)
+}
