@@ -185,24 +185,10 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	}
 
 	for i := range f.Cells {
-		c := &f.Cells[i]
-		step("starting the agent of %s (%s, %s)", c.Name, c.NetNS, c.UnderlayIP)
-		args := []string{"agent", "--state-dir", c.StateDir, "--netns", c.NetNS, "--underlay-interface", underlay.Device,
-			"--name", c.Name, "--run-instances", "--instance-netns-prefix", f.Prefix + "-" + c.Name + "-i-"}
-		if _, err := os.Stat(filepath.Join(c.StateDir, "cell.json")); err != nil {
-			tok, err := client.CreateJoinToken(ctx, 600)
-			if err != nil {
-				return f, fmt.Errorf("join token for %s: %w", c.Name, err)
-			}
-			args = append(args, "--controller", f.APIURL, "--join-token", tok.Token, "--ca-cert", filepath.Join(ctrlDir, identity.CACertFile))
-		} else {
-			args = append(args, "--controller", f.APIURL)
-		}
-		c.Agent, err = start(o.Exe, filepath.Join(dir, "logs", c.Name+".log"), args...)
-		if err != nil {
+		step("starting the agent of %s (%s, %s)", f.Cells[i].Name, f.Cells[i].NetNS, f.Cells[i].UnderlayIP)
+		if err := f.StartAgent(ctx, client, i, o.Exe); err != nil {
 			return f, err
 		}
-		f.save()
 	}
 	for _, c := range f.Cells {
 		if err := waitAgent(ctx, c); err != nil {
@@ -212,6 +198,31 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	step("foundation up: %d cells", len(f.Cells))
 	return f, f.save()
 }
+
+// StartAgent starts the agent of cell i (again): with a join token the
+// first time, on its kept identity afterwards. client is an admin client.
+func (f *Foundation) StartAgent(ctx context.Context, client *api.Client, i int, exe string) error {
+	c := &f.Cells[i]
+	ctrlDir := filepath.Join(f.StateDir, "controller")
+	args := []string{"agent", "--state-dir", c.StateDir, "--netns", c.NetNS, "--underlay-interface", underlay.Device,
+		"--name", c.Name, "--run-instances", "--instance-netns-prefix", f.Prefix + "-" + c.Name + "-i-", "--controller", f.APIURL}
+	if _, err := os.Stat(filepath.Join(c.StateDir, "cell.json")); err != nil {
+		tok, err := client.CreateJoinToken(ctx, 600)
+		if err != nil {
+			return fmt.Errorf("join token for %s: %w", c.Name, err)
+		}
+		args = append(args, "--join-token", tok.Token, "--ca-cert", filepath.Join(ctrlDir, identity.CACertFile))
+	}
+	p, err := start(exe, filepath.Join(f.StateDir, "logs", c.Name+".log"), args...)
+	if err != nil {
+		return err
+	}
+	c.Agent = p
+	return f.save()
+}
+
+// WaitAgent waits until the agent of cell i serves with its state applied.
+func (f *Foundation) WaitAgent(ctx context.Context, i int) error { return waitAgent(ctx, f.Cells[i]) }
 
 func (f *Foundation) save() error {
 	b, _ := json.MarshalIndent(f, "", "  ")

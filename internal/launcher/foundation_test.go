@@ -1,0 +1,387 @@
+package launcher
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/trellis-c2c/trellis/internal/agent"
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/netns"
+)
+
+// trellisBin is the trellis binary the foundation tests run, built once.
+var trellisBin string
+
+func TestMain(m *testing.M) {
+	code := func() int {
+		if os.Geteuid() != 0 {
+			return m.Run() // the tests skip (or fail under CI)
+		}
+		dir, err := os.MkdirTemp("", "trellis-bin-")
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer os.RemoveAll(dir)
+		trellisBin = filepath.Join(dir, "trellis")
+		out, err := exec.Command("go", "build", "-o", trellisBin, "github.com/trellis-c2c/trellis/cmd/trellis").CombinedOutput()
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
+			return 1
+		}
+		return m.Run()
+	}()
+	os.Exit(code)
+}
+
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("this test builds namespaces and needs root (CI=true)")
+	}
+	t.Skip("needs root")
+}
+
+// foundation is a running local foundation for one test.
+type foundation struct {
+	t *testing.T
+	f *Foundation
+}
+
+func upFoundation(t *testing.T, cells int) *foundation {
+	t.Helper()
+	requireRoot(t)
+	dir := t.TempDir()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	f, err := Up(ctx, Options{StateDir: dir, Cells: cells, Exe: trellisBin, Progress: testWriter{t}})
+	if err != nil {
+		t.Fatalf("Up = %v", err)
+	}
+	t.Cleanup(func() {
+		if err := Down(context.Background(), dir, true, testWriter{t}); err != nil {
+			t.Errorf("Down = %v", err)
+		}
+		if left := ownNamespaces(f.Prefix); len(left) > 0 {
+			t.Errorf("namespaces left after Down: %v", left)
+		}
+		if left := daemons("agent", filepath.Join(dir, "cells", "cell1")); len(left) > 0 {
+			t.Errorf("agents left after Down: %v", left)
+		}
+	})
+	return &foundation{t: t, f: f}
+}
+
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(b), "\n"))
+	return len(b), nil
+}
+
+// cli runs the trellis CLI against the foundation; it must exit with want.
+func (fd *foundation) cli(want int, args ...string) string {
+	fd.t.Helper()
+	cmd := exec.Command(trellisBin, args...)
+	cmd.Env = append(os.Environ(), "TRELLIS_CONFIG="+fd.f.Admin, "TRELLIS_STATE_DIR="+fd.f.StateDir)
+	out, err := cmd.CombinedOutput()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		fd.t.Fatalf("trellis %v: %v", args, err)
+	}
+	if code != want {
+		fd.t.Fatalf("trellis %s = exit %d, want %d:\n%s", strings.Join(args, " "), code, want, out)
+	}
+	return string(out)
+}
+
+func (fd *foundation) client() *api.Client {
+	cfg, err := api.LoadClientConfig(fd.f.Admin)
+	if err != nil {
+		fd.t.Fatal(err)
+	}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		fd.t.Fatal(err)
+	}
+	return c
+}
+
+// instance is one running instance as the test reaches it.
+type instance struct {
+	api.Instance
+	netns string // path
+}
+
+func (fd *foundation) instances(app string) []instance {
+	fd.t.Helper()
+	c := fd.client()
+	apps, err := c.Apps(context.Background(), api.AppFilter{Names: []string{app}})
+	if err != nil || len(apps) != 1 {
+		fd.t.Fatalf("app %s: %v %v", app, apps, err)
+	}
+	ins, err := c.Instances(context.Background(), apps[0].GUID)
+	if err != nil {
+		fd.t.Fatal(err)
+	}
+	var out []instance
+	for _, in := range ins {
+		for _, cell := range fd.f.Cells {
+			if cell.Name == in.CellName {
+				spec, err := agent.InstanceSpec(cell.StateDir, in.GUID)
+				if err != nil {
+					fd.t.Fatal(err)
+				}
+				out = append(out, instance{Instance: in, netns: spec.NetNS})
+			}
+		}
+	}
+	return out
+}
+
+// dial opens a connection from inside the network namespace at ns.
+func dial(t *testing.T, ns, network, addr string) net.Conn {
+	t.Helper()
+	var c net.Conn
+	err := netns.Do(ns, func() (err error) {
+		c, err = net.DialTimeout(network, addr, 3*time.Second)
+		return err
+	})
+	if err != nil {
+		t.Fatalf("dial %s %s from %s: %v", network, addr, ns, err)
+	}
+	return c
+}
+
+// get fetches http://addr/path from inside ns.
+func get(t *testing.T, ns, addr, path string) (int, string) {
+	t.Helper()
+	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, network, a string) (net.Conn, error) { return dial(t, ns, network, a), nil }}}
+	resp, err := hc.Get("http://" + addr + path)
+	if err != nil {
+		t.Fatalf("GET %s%s from %s: %v", addr, path, ns, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestLocalFoundation(t *testing.T) {
+	fd := upFoundation(t, 2)
+	// Running up twice on one state dir says it is already up.
+	if _, err := Up(context.Background(), Options{StateDir: fd.f.StateDir, Cells: 2, Exe: trellisBin}); err == nil || !strings.Contains(err.Error(), "already up") {
+		t.Errorf("second Up = %v, want already up", err)
+	}
+	fd.cli(0, "push", "backend", "-i", "2")
+	fd.cli(0, "push", "frontend", "--cell", "cell1")
+	be, fe := fd.instances("backend"), fd.instances("frontend")
+	if len(be) != 2 || be[0].CellName == be[1].CellName {
+		t.Fatalf("backend instances = %+v, want one on each cell", be)
+	}
+	if len(fe) != 1 || fe[0].CellName != "cell1" {
+		t.Fatalf("frontend instances = %+v, want one on cell1", fe)
+	}
+	out := fd.cli(0, "apps")
+	if !strings.Contains(out, "backend") {
+		t.Errorf("apps = %s", out)
+	}
+
+	// TCP and UDP, same cell and across cells.
+	for _, b := range be {
+		code, body := get(t, fe[0].netns, b.IP+":8080", "/")
+		if code != 200 || !strings.Contains(body, `"ip":"`+b.IP+`"`) {
+			t.Errorf("GET backend on %s (%s) from frontend = %d %s", b.CellName, b.IP, code, body)
+		}
+		c := dial(t, fe[0].netns, "udp", b.IP+":8080")
+		c.SetDeadline(time.Now().Add(3 * time.Second))
+		c.Write([]byte("ping " + b.CellName))
+		buf := make([]byte, 64)
+		n, err := c.Read(buf)
+		if err != nil || string(buf[:n]) != "ping "+b.CellName {
+			t.Errorf("UDP echo from backend on %s = %q, %v", b.CellName, buf[:n], err)
+		}
+		c.Close()
+	}
+
+	// MTU: underlay 1500 - 50.
+	h, err := netns.Handle(fe[0].netns)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l, err := h.LinkByName("eth0"); err != nil || l.Attrs().MTU != 1450 {
+		t.Errorf("container eth0 MTU = %v, %v; want 1450", l.Attrs().MTU, err)
+	}
+	h.Close()
+
+	// Cross-cell traffic is VXLAN (UDP 4789, VNI 1) on the underlay.
+	remote := be[0]
+	if remote.CellName == "cell1" {
+		remote = be[1]
+	}
+	seen := captureVXLAN(t, netns.Path(fd.f.Underlay), "cell1", func() { get(t, fe[0].netns, remote.IP+":8080", "/") })
+	if seen == 0 {
+		t.Error("no VXLAN packet with VNI 1 seen on the underlay during cross-cell traffic")
+	}
+
+	// exec: namespaces, resolv.conf and exit code.
+	if out := fd.cli(0, "exec", "frontend", "--", "cat", "/etc/resolv.conf"); !strings.Contains(out, "nameserver 169.254.0.2") {
+		t.Errorf("exec cat /etc/resolv.conf = %q", out)
+	}
+	fd.cli(3, "exec", "frontend", "--", "sh", "-c", "exit 3")
+	if out := fd.cli(0, "logs", "backend"); !strings.Contains(out, "[backend/0]") {
+		t.Errorf("logs backend = %q", out)
+	}
+
+	// kill -9 of the agent of cell1 and a restart: a long-lived TCP stream
+	// across cells does not break, and the instances are adopted.
+	conn := dial(t, fe[0].netns, "tcp", remote.IP+":8080")
+	defer conn.Close()
+	var ok, failed atomic.Int64
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		rd := bufio.NewReader(conn)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			conn.SetDeadline(time.Now().Add(3 * time.Second))
+			if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+				failed.Add(1)
+				return
+			}
+			resp, err := http.ReadResponse(rd, nil)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			ok.Add(1)
+			time.Sleep(20 * time.Millisecond)
+		}
+	}()
+	waitFor(t, "requests on the stream", func() bool { return ok.Load() > 5 })
+	if err := syscall.Kill(fd.f.Cells[0].Agent.PID, syscall.SIGKILL); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "agent of cell1 to die", func() bool { return !fd.f.Cells[0].Agent.alive("agent") })
+	before := ok.Load()
+	waitFor(t, "requests with the agent dead", func() bool { return ok.Load() > before+5 })
+	if err := fd.f.StartAgent(context.Background(), fd.client(), 0, trellisBin); err != nil {
+		t.Fatal(err)
+	}
+	if err := fd.f.WaitAgent(context.Background(), 0); err != nil {
+		t.Fatal(err)
+	}
+	before = ok.Load()
+	waitFor(t, "requests after the agent restarted", func() bool { return ok.Load() > before+5 })
+	close(stop)
+	<-done
+	if failed.Load() != 0 {
+		t.Errorf("the long-lived stream broke across kill -9 and restart of the agent (%d requests ok)", ok.Load())
+	}
+	if got := fd.instances("frontend"); got[0].netns != fe[0].netns || got[0].IP != fe[0].IP {
+		t.Errorf("frontend after agent restart = %+v, want the same instance %+v", got[0], fe[0])
+	}
+
+	// Scale down and stop: instances and their namespaces go.
+	fd.cli(0, "scale", "backend", "-i", "1")
+	if got := fd.instances("backend"); len(got) != 1 {
+		t.Errorf("backend after scale to 1 = %d instances", len(got))
+	}
+	fd.cli(0, "stop", "frontend")
+	waitFor(t, "frontend's namespace to go", func() bool {
+		_, err := os.Stat(fe[0].netns)
+		return os.IsNotExist(err)
+	})
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// captureVXLAN counts VXLAN frames (UDP 4789, VNI 1, I flag) seen on dev in
+// namespace ns while traffic runs.
+func captureVXLAN(t *testing.T, ns, dev string, traffic func()) int {
+	t.Helper()
+	var fd int
+	err := netns.Do(ns, func() error {
+		var err error
+		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
+		if err != nil {
+			return err
+		}
+		ifi, err := net.InterfaceByName(dev)
+		if err != nil {
+			return err
+		}
+		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
+	})
+	if err != nil {
+		t.Fatalf("capture on %s: %v", dev, err)
+	}
+	defer unix.Close(fd)
+	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})
+	go traffic()
+	seen := 0
+	buf := make([]byte, 65536)
+	deadline := time.Now().Add(3 * time.Second)
+	for time.Now().Before(deadline) && seen == 0 {
+		n, _, err := unix.Recvfrom(fd, buf, 0)
+		if err != nil || n < 14+20+8+8 {
+			continue
+		}
+		if binary.BigEndian.Uint16(buf[12:14]) != unix.ETH_P_IP {
+			continue
+		}
+		ip := buf[14:]
+		ihl := int(ip[0]&0xf) * 4
+		if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
+			continue
+		}
+		udp := ip[ihl:]
+		if binary.BigEndian.Uint16(udp[2:4]) != 4789 {
+			continue
+		}
+		vx := udp[8:]
+		if vx[0]&0x08 != 0 && binary.BigEndian.Uint32(vx[4:8])>>8 == 1 {
+			seen++
+		}
+	}
+	return seen
+}
+
+func htons(v uint16) uint16 { return v<<8 | v>>8 }
