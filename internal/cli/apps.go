@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"fmt"
 	"context"
 	"errors"
 	"flag"
@@ -66,11 +67,28 @@ var appsCommand = &command{
 			if err != nil {
 				return err
 			}
+			running := map[string]int{} // app GUID → running instances
+			err = inChunks(guids, func(c []string) error {
+				ins, err := s.client.Instances(ctx, c...)
+				for _, in := range ins {
+					if in.State == "RUNNING" {
+						running[in.AppGUID]++
+					}
+				}
+				return err
+			})
+			if err != nil {
+				return err
+			}
 			var rows [][]string
 			for _, a := range apps {
-				rows = append(rows, []string{a.Name, strings.ToLower(a.State), strings.Join(uniq(urls[a.GUID]), ", ")})
+				desired := a.Instances
+				if a.State != "STARTED" {
+					desired = 0
+				}
+				rows = append(rows, []string{a.Name, strings.ToLower(a.State), fmt.Sprintf("%d/%d", running[a.GUID], desired), strings.Join(uniq(urls[a.GUID]), ", ")})
 			}
-			s.printTable([]string{"name", "requested state", "routes"}, rows)
+			s.printTable([]string{"name", "requested state", "instances", "routes"}, rows)
 			return nil
 		}
 	},

@@ -63,6 +63,10 @@ func newFakeController(t *testing.T) *fakeController {
 	mux.HandleFunc("POST /networking/v1/external/policies", f.createPolicies)
 	mux.HandleFunc("POST /networking/v1/external/policies/delete", f.deletePolicies)
 	mux.HandleFunc("POST /trellis/v1/tokens", f.createToken)
+	mux.HandleFunc("GET /trellis/v1/instances", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		w.Write([]byte(`{"pagination":{"total_results":0,"total_pages":1},"resources":[]}`))
+	})
 	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/health" && r.Header.Get("Authorization") != "Bearer "+fakeToken {
 			writeJSON(w, 401, api.Error{Error: "failed to verify token"})

@@ -63,9 +63,9 @@ OK
 		{args: "apps", stdout: `
 Getting apps in org default / space default as admin...
 
-name       requested state   routes
-backend    stopped           backend.apps.internal
-frontend   stopped
+name       requested state   instances   routes
+backend    stopped           0/0         backend.apps.internal
+frontend   stopped           0/0
 `},
 		{args: "add-network-policy frontend backend", stdout: `
 Adding network policy from app frontend to app backend in org default / space default as admin...
@@ -231,8 +231,8 @@ space:          other-space
 		{args: "apps", stdout: `
 Getting apps in org other / space other-space as admin...
 
-name   requested state   routes
-db     stopped
+name   requested state   instances   routes
+db     stopped           0/0
 `},
 		{args: "target -s nope", code: 1, stderr: "trellis: Space nope not found in org other\n"},
 		{args: "target -o default -s default", stdout: `

@@ -385,3 +385,61 @@ func captureVXLAN(t *testing.T, ns, dev string, traffic func()) int {
 }
 
 func htons(v uint16) uint16 { return v<<8 | v>>8 }
+
+// TestUpForegroundCtrlC runs `trellis up` in the foreground as a user would
+// and presses Ctrl-C: everything it made is gone.
+func TestUpForegroundCtrlC(t *testing.T) {
+	requireRoot(t)
+	dir := t.TempDir()
+	cmd := exec.Command(trellisBin, "up", "--cells", "1", "--state-dir", dir, "--config", filepath.Join(dir, "config.json"))
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Kill()
+		Down(context.Background(), dir, true, io.Discard)
+	})
+	sc := bufio.NewScanner(stdout)
+	up := false
+	for sc.Scan() {
+		if strings.Contains(sc.Text(), "Press Ctrl-C") {
+			up = true
+			break
+		}
+	}
+	if !up {
+		cmd.Wait()
+		t.Fatalf("trellis up did not come up:\n%s", stderr.String())
+	}
+	go io.Copy(io.Discard, stdout)
+	f, err := Load(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ownNamespaces(f.Prefix)) != 2 {
+		t.Errorf("namespaces while up = %v, want underlay and cell1", ownNamespaces(f.Prefix))
+	}
+	cmd.Process.Signal(os.Interrupt)
+	errc := make(chan error, 1)
+	go func() { errc <- cmd.Wait() }()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Errorf("trellis up after Ctrl-C = %v\n%s", err, stderr.String())
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("trellis up did not exit within 60s of Ctrl-C")
+	}
+	if left := ownNamespaces(f.Prefix); len(left) > 0 {
+		t.Errorf("namespaces left after Ctrl-C: %v", left)
+	}
+	if left := daemons("controller", filepath.Join(dir, "controller")); len(left) > 0 {
+		t.Errorf("controller left after Ctrl-C: %v", left)
+	}
+}
