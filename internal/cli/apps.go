@@ -1,10 +1,10 @@
 package cli
 
 import (
-	"fmt"
 	"context"
 	"errors"
 	"flag"
+	"fmt"
 	"net/http"
 	"slices"
 	"strings"
