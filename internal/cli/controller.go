@@ -4,9 +4,11 @@ import (
 	"context"
 	"flag"
 	"log/slog"
+	"net/netip"
 	"strings"
 
 	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/ipam"
 )
 
 func init() { register(controllerCommand) }
@@ -15,7 +17,7 @@ var controllerCommand = &command{
 	name:    "controller",
 	group:   groupControlPlane,
 	summary: "Run the control plane: policy API, apps and routes, CA, store",
-	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL]",
+	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL] [--overlay-cidr CIDR --cell-subnet-prefix N]",
 	example: "trellis controller --state-dir /var/lib/trellis\n" +
 		"trellis controller --state-dir /var/lib/trellis --listen 0.0.0.0:4002 --database-url 'postgres://trellis:secret@db:5432/trellis?sslmode=require'",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
@@ -26,7 +28,16 @@ var controllerCommand = &command{
 		fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Use PostgreSQL at `URL` (postgres://...) instead of SQLite in the state dir; several controllers may share it")
 		fs.StringVar(&cfg.AdvertiseURL, "advertise-url", "", "API `URL` written to admin.json (default https://ADDR, loopback for a wildcard address)")
 		fs.StringVar(&logLevel, "log-level", "info", "Log `LEVEL`: debug, info, warn or error")
+		overlay := fs.String("overlay-cidr", ipam.DefaultOverlay.String(), "The overlay network `CIDR` (fixed at the first start)")
+		subnetLen := fs.Int("cell-subnet-prefix", ipam.DefaultSubnetPrefix, "Lease each cell a subnet of prefix length `N`")
 		return func(ctx context.Context, args []string) error {
+			prefix, err := netip.ParsePrefix(*overlay)
+			if err != nil {
+				return badInput("invalid --overlay-cidr %q: %v", *overlay, err)
+			}
+			if cfg.Overlay, err = ipam.NewPool(prefix, *subnetLen); err != nil {
+				return badInput("invalid --overlay-cidr/--cell-subnet-prefix: %v", err)
+			}
 			if len(args) > 0 {
 				return badUsage("controller takes no arguments, got %q", strings.Join(args, " "))
 			}
