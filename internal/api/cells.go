@@ -59,6 +59,44 @@ type CellState struct {
 	Overlay   Overlay           `json:"overlay"`
 	Peers     []Cell            `json:"peers"`
 	Instances []DesiredInstance `json:"instances"`
+
+	// Enforce is false when an operator turned policy enforcement off for
+	// the foundation (Cloud Foundry's disable_container_network_policy).
+	Enforce bool `json:"enforce"`
+	// Allows are the (source tag, local destination, protocol, ports)
+	// tuples that policies allow to reach this cell's instances.
+	Allows []Allow `json:"allows"`
+	// Apps names every app with a tag, and Endpoints every attached
+	// instance of the foundation: what a cell needs to mark its instances'
+	// packets and to say who a logged packet came from and went to.
+	Apps      []TaggedApp `json:"apps"`
+	Endpoints []Endpoint  `json:"endpoints"`
+}
+
+// Allow is one allowed tuple at a destination instance.
+type Allow struct {
+	DestIP    string `json:"dest_ip"`
+	SrcTag    uint16 `json:"src_tag"`
+	Protocol  string `json:"protocol"`
+	StartPort int    `json:"start_port"`
+	EndPort   int    `json:"end_port"`
+}
+
+// TaggedApp is an app's identity on the wire.
+type TaggedApp struct {
+	GUID string `json:"guid"`
+	Name string `json:"name"`
+	Tag  uint16 `json:"tag"`
+}
+
+// Endpoint is an attached instance: who owns an overlay address.
+type Endpoint struct {
+	IP       string `json:"ip"`
+	Instance string `json:"instance"`
+	AppGUID  string `json:"app_guid"`
+	AppName  string `json:"app_name"`
+	Index    int    `json:"index"`
+	CellGUID string `json:"cell_guid"`
 }
 
 // DesiredInstance is an app instance the cell's agent should run.

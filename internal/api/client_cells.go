@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/url"
+	"strconv"
 	"strings"
 )
 
@@ -55,4 +56,46 @@ func (c *Client) ScaleApp(ctx context.Context, guid string, instances int) (App,
 	var a App
 	err := c.do(ctx, "POST", "/v3/apps/"+url.PathEscape(guid)+"/processes/web/actions/scale", nil, ScaleRequest{Instances: instances}, &a)
 	return a, err
+}
+
+// Flows lists logged connection attempts: of apps (all visible if none),
+// verdict "" or allowed or denied, after the flow ID after; wait > 0 long
+// polls up to that many seconds for new ones.
+func (c *Client) Flows(ctx context.Context, appGUIDs []string, verdict string, after int64, wait int) ([]FlowEvent, error) {
+	q := url.Values{}
+	if len(appGUIDs) > 0 {
+		q.Set("app_guids", strings.Join(appGUIDs, ","))
+	}
+	if verdict != "" {
+		q.Set("verdict", verdict)
+	}
+	if after > 0 {
+		q.Set("after", strconv.FormatInt(after, 10))
+	}
+	if wait > 0 {
+		q.Set("wait", strconv.Itoa(wait))
+	}
+	var l List[FlowEvent]
+	err := c.do(ctx, "GET", "/trellis/v1/flows", q, nil, &l)
+	return l.Resources, err
+}
+
+// Explain says whether source may reach destination on protocol/port.
+func (c *Client) Explain(ctx context.Context, source, destination, protocol string, port int) (Explanation, error) {
+	q := url.Values{"source": {source}, "destination": {destination}, "protocol": {protocol}, "port": {strconv.Itoa(port)}}
+	var e Explanation
+	err := c.do(ctx, "GET", "/trellis/v1/explain", q, nil, &e)
+	return e, err
+}
+
+// SetEnforcement turns policy enforcement on or off for the foundation.
+func (c *Client) SetEnforcement(ctx context.Context, on bool) error {
+	return c.do(ctx, "PUT", "/trellis/v1/enforcement", nil, Enforcement{Enabled: on}, nil)
+}
+
+// Enforcement reports whether policies are enforced.
+func (c *Client) Enforcement(ctx context.Context) (bool, error) {
+	var e Enforcement
+	err := c.do(ctx, "GET", "/trellis/v1/enforcement", nil, nil, &e)
+	return e.Enabled, err
 }

@@ -257,24 +257,24 @@ func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellSta
 	if !found {
 		return st, fmt.Errorf("cell %s: %w", cell, store.ErrNotFound)
 	}
-	ins, err := s.store.Instances(ctx, store.InstanceFilter{CellGUIDs: []string{cell}})
+	enforce, err := s.enforcement(ctx)
 	if err != nil {
 		return st, err
 	}
-	var appGUIDs []string
-	for _, in := range ins {
-		if in.Managed {
-			appGUIDs = append(appGUIDs, in.AppGUID)
-		}
+	st.Enforce = enforce
+	all, err := s.store.Instances(ctx, store.InstanceFilter{})
+	if err != nil {
+		return st, err
 	}
-	if len(appGUIDs) == 0 {
-		return st, nil
-	}
-	apps, err := s.store.Apps(ctx, store.AppFilter{GUIDs: appGUIDs})
+	apps, err := s.store.Apps(ctx, store.AppFilter{})
 	if err != nil {
 		return st, err
 	}
 	spaces, err := s.store.Spaces(ctx, store.SpaceFilter{})
+	if err != nil {
+		return st, err
+	}
+	tags, err := s.store.Tags(ctx)
 	if err != nil {
 		return st, err
 	}
@@ -286,15 +286,57 @@ func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellSta
 	for _, a := range apps {
 		byGUID[a.GUID] = a
 	}
-	for _, in := range ins {
+	st.Apps = make([]api.TaggedApp, 0, len(tags))
+	for _, t := range tags {
+		st.Apps = append(st.Apps, api.TaggedApp{GUID: t.AppGUID, Name: byGUID[t.AppGUID].Name, Tag: t.Tag})
+	}
+	st.Endpoints = []api.Endpoint{}
+	localIPs := map[string][]string{} // app GUID → addresses of its instances attached here
+	var localApps []string
+	for _, in := range all {
 		a, ok := byGUID[in.AppGUID]
-		if !in.Managed || !ok {
+		if !ok {
 			continue
 		}
-		st.Instances = append(st.Instances, api.DesiredInstance{GUID: in.GUID, AppGUID: a.GUID, AppName: a.Name,
-			SpaceGUID: a.SpaceGUID, OrgGUID: orgOf[a.SpaceGUID], Index: in.Index, Command: a.Command, Env: a.Env})
+		if in.Managed && in.CellGUID == cell {
+			st.Instances = append(st.Instances, api.DesiredInstance{GUID: in.GUID, AppGUID: a.GUID, AppName: a.Name,
+				SpaceGUID: a.SpaceGUID, OrgGUID: orgOf[a.SpaceGUID], Index: in.Index, Command: a.Command, Env: a.Env})
+		}
+		if in.State != store.InstanceRunning || !in.IP.IsValid() {
+			continue
+		}
+		st.Endpoints = append(st.Endpoints, api.Endpoint{IP: in.IP.String(), Instance: in.GUID, AppGUID: a.GUID,
+			AppName: a.Name, Index: in.Index, CellGUID: in.CellGUID})
+		if in.CellGUID == cell {
+			if localIPs[a.GUID] == nil {
+				localApps = append(localApps, a.GUID)
+			}
+			localIPs[a.GUID] = append(localIPs[a.GUID], in.IP.String())
+		}
+	}
+	st.Allows = []api.Allow{}
+	if len(localApps) == 0 {
+		return st, nil
+	}
+	ps, err := s.store.Policies(ctx, store.PolicyFilter{DestIDs: localApps})
+	if err != nil {
+		return st, err
+	}
+	for _, p := range ps {
+		for _, ip := range localIPs[p.DestApp] {
+			st.Allows = append(st.Allows, api.Allow{DestIP: ip, SrcTag: p.SourceTag, Protocol: p.Protocol, StartPort: p.StartPort, EndPort: p.EndPort})
+		}
 	}
 	return st, nil
+}
+
+// enforcementKey is the setting that turns policy enforcement off.
+const enforcementKey = "enforce_policy"
+
+// enforcement reports whether policies are enforced (the default).
+func (s *Server) enforcement(ctx context.Context) (bool, error) {
+	v, ok, err := s.store.Setting(ctx, enforcementKey)
+	return !ok || v != "false", err
 }
 
 func (s *Server) registerInstance(w http.ResponseWriter, r *http.Request) {

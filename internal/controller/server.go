@@ -91,6 +91,13 @@ func (s *Server) routes() {
 	m.HandleFunc("PUT /trellis/v1/cell/instances/{guid}", s.requireCell(s.registerInstance))
 	m.HandleFunc("DELETE /trellis/v1/cell/instances/{guid}", s.requireCell(s.deregisterInstance))
 	m.HandleFunc("DELETE /trellis/v1/cell", s.requireCell(s.leaveCell))
+	m.HandleFunc("POST /trellis/v1/cell/flows", s.requireCell(s.reportFlows))
+
+	// Policy tools: why was it denied, would it be allowed, the switch.
+	m.HandleFunc("GET /trellis/v1/flows", s.requireAuth(writeNetError, anyScope, s.listFlows))
+	m.HandleFunc("GET /trellis/v1/explain", s.requireAuth(writeNetError, anyScope, s.explain))
+	m.HandleFunc("GET /trellis/v1/enforcement", s.requireAuth(writeNetError, anyScope, s.getEnforcement))
+	m.HandleFunc("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
 }
 
 // TLSConfig is the controller's server TLS: TLS 1.2+, its certificate, and

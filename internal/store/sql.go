@@ -29,8 +29,9 @@ type Store struct {
 	// changed is closed (and replaced) after every commit of this Store, to
 	// wake WaitRevision at once; changes by other controllers sharing the
 	// database are seen by polling.
-	mu      sync.Mutex
-	changed chan struct{}
+	mu         sync.Mutex
+	changed    chan struct{}
+	flowsAdded chan struct{} // closed (and replaced) when flows are added
 }
 
 // sqliteParams open every SQLite connection waiting up to 10 s for a lock
@@ -46,7 +47,7 @@ const sqliteParams = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pra
 // (optionally prefixed "sqlite:"). It creates the default org, space and
 // apps.internal domain if missing.
 func Open(ctx context.Context, url string) (*Store, error) {
-	s := &Store{maxTag: MaxTag, changed: make(chan struct{})}
+	s := &Store{maxTag: MaxTag, changed: make(chan struct{}), flowsAdded: make(chan struct{})}
 	var err error
 	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
 		s.pg = true
