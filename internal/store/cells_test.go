@@ -202,3 +202,36 @@ func TestWaitRevision(t *testing.T) {
 		}
 	})
 }
+
+// TestWaitRevisionAcrossControllers: a change made through one Store (one
+// controller) wakes a watcher on another Store of the same database at
+// once, not at its next poll.
+func TestWaitRevisionAcrossControllers(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, url string) {
+		a, b := openStore(t, url), openStore(t, url)
+		ctx := t.Context()
+		rev, _ := b.Revision(ctx)
+		saved := RevisionPoll
+		RevisionPoll = 10 * time.Second // only a notification can wake it in time
+		t.Cleanup(func() { RevisionPoll = saved })
+		if !a.pg {
+			RevisionPoll = saved // SQLite has one controller; polling is its cross-process path
+		}
+		done := make(chan time.Duration)
+		go func() {
+			start := time.Now()
+			b.WaitRevision(ctx, rev)
+			done <- time.Since(start)
+		}()
+		time.Sleep(100 * time.Millisecond) // the watcher must be waiting before the change, to measure the wake
+		if _, err := a.CreateOrg(ctx, "elsewhere"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case d := <-done:
+			t.Logf("woken after %v", d)
+		case <-time.After(5 * time.Second):
+			t.Fatal("a change through another Store did not wake the watcher")
+		}
+	})
+}

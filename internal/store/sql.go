@@ -32,6 +32,7 @@ type Store struct {
 	mu         sync.Mutex
 	changed    chan struct{}
 	flowsAdded chan struct{} // closed (and replaced) when flows are added
+	stopListen context.CancelFunc
 }
 
 // sqliteParams open every SQLite connection waiting up to 10 s for a lock
@@ -67,11 +68,21 @@ func Open(ctx context.Context, url string) (*Store, error) {
 		s.db.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	if s.pg {
+		var lctx context.Context
+		lctx, s.stopListen = context.WithCancel(context.Background())
+		go s.listen(lctx, url)
+	}
 	return s, nil
 }
 
 // Close releases the database.
-func (s *Store) Close() error { return s.db.Close() }
+func (s *Store) Close() error {
+	if s.stopListen != nil {
+		s.stopListen()
+	}
+	return s.db.Close()
+}
 
 // Ping checks the database answers.
 func (s *Store) Ping(ctx context.Context) error { return s.db.PingContext(ctx) }
@@ -105,13 +116,16 @@ func (s *Store) write(ctx context.Context, fn func(r runner) (changed bool, err 
 	if err != nil || !changed {
 		return err
 	}
+	if s.pg {
+		// Delivered to every listener when (and only if) the commit succeeds.
+		if _, err := r.exec(ctx, "SELECT pg_notify('"+notifyChannel+"', '')"); err != nil {
+			return fmt.Errorf("notify watchers: %w", err)
+		}
+	}
 	if err := tx.Commit(); err != nil {
 		return err
 	}
-	s.mu.Lock()
-	close(s.changed)
-	s.changed = make(chan struct{})
-	s.mu.Unlock()
+	s.wake()
 	return nil
 }
 
