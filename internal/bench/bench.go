@@ -50,6 +50,9 @@ type Report struct {
 	LoadEnd   [3]float64 `json:"load_end"`   // /proc/loadavg when it ended
 	Figures   []Figure   `json:"figures"`
 	Notes     []string   `json:"notes,omitempty"` // how the figures were measured
+	// Samples are the raw measurements behind the figures, in run order,
+	// for charts: "tcp-1/trellis" (Gbit/s), "setup/trellis" (ms), ...
+	Samples map[string][]float64 `json:"samples,omitempty"`
 }
 
 // goal is what a figure is held to: its value (or, with ratio, its ratio)

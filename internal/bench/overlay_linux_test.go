@@ -1,0 +1,183 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+)
+
+// requireRoot skips the test unless it runs as root; with CI=true it fails
+// instead, so that a CI job without privileges cannot pass by skipping.
+func requireRoot(t *testing.T) {
+	t.Helper()
+	if os.Geteuid() == 0 {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal("the overlay bench builds network namespaces and needs root (CI=true)")
+	}
+	t.Skip("the overlay bench builds network namespaces and needs root")
+}
+
+// requireIPerf3 skips the test when iperf3 is not installed; with CI=true
+// it fails with the install hint.
+func requireIPerf3(t *testing.T) {
+	t.Helper()
+	if _, err := exec.LookPath("iperf3"); err == nil {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatal(ErrNoIPerf3)
+	}
+	t.Skip(ErrNoIPerf3)
+}
+
+// logWriter passes progress lines to t.Log and calls onLine for each.
+type logWriter struct {
+	t      *testing.T
+	mu     sync.Mutex
+	onLine func(string)
+}
+
+func (w *logWriter) Write(b []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	line := strings.TrimRight(string(b), "\n")
+	w.t.Log(line)
+	if w.onLine != nil {
+		w.onLine(line)
+	}
+	return len(b), nil
+}
+
+// children lists the processes whose parent is this test process and whose
+// command is iperf3.
+func iperf3Children(t *testing.T) []string {
+	t.Helper()
+	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
+	var found []string
+	for _, p := range stats {
+		b, err := os.ReadFile(p)
+		if err != nil {
+			continue
+		}
+		// pid (comm) state ppid ...
+		s := string(b)
+		i := strings.LastIndexByte(s, ')')
+		if i < 0 || !strings.Contains(s[:i], "(iperf3") {
+			continue
+		}
+		fields := strings.Fields(s[i+1:])
+		if len(fields) > 1 && fields[1] == strconv.Itoa(os.Getpid()) {
+			found = append(found, strings.Fields(s)[0])
+		}
+	}
+	return found
+}
+
+func TestOverlayQuick(t *testing.T) {
+	requireRoot(t)
+	requireIPerf3(t)
+	prefix := NewPrefix()
+	rep, err := Overlay(context.Background(), OverlayOptions{Quick: true, Progress: &logWriter{t: t}, Prefix: prefix})
+	if left := Leftovers(prefix); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+	if kids := iperf3Children(t); len(kids) > 0 {
+		t.Errorf("iperf3 processes left running: %v", kids)
+	}
+	if err != nil {
+		t.Fatalf("Overlay(quick) = %v", err)
+	}
+	if rep.Prefix != prefix {
+		t.Errorf("report prefix = %q, want %q", rep.Prefix, prefix)
+	}
+	wantIDs := []string{
+		"overlay/tcp-1-vs-vxlan", "overlay/tcp-1-vs-veth", "overlay/tcp-4-vs-vxlan", "overlay/tcp-4-vs-veth",
+		"overlay/setup-p50", "overlay/setup-p99", "overlay/setup-growth",
+	}
+	var ids []string
+	for _, f := range rep.Figures {
+		ids = append(ids, f.ID)
+		if !(f.Value > 0 && f.Baseline > 0 && f.Ratio > 0) {
+			t.Errorf("figure %s: value %v, baseline %v, ratio %v; want all positive", f.ID, f.Value, f.Baseline, f.Ratio)
+		}
+		if (f.Goal == "") != (f.Pass == nil) {
+			t.Errorf("figure %s: goal %q with pass %v", f.ID, f.Goal, f.Pass)
+		}
+	}
+	if strings.Join(ids, " ") != strings.Join(wantIDs, " ") {
+		t.Errorf("figures %v, want %v", ids, wantIDs)
+	}
+
+	var b bytes.Buffer
+	if err := rep.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var parsed struct {
+		Figures []struct {
+			Name     string  `json:"name"`
+			Value    float64 `json:"value"`
+			Unit     string  `json:"unit"`
+			Baseline float64 `json:"baseline"`
+			Ratio    float64 `json:"ratio"`
+			Goal     string  `json:"goal"`
+			Pass     *bool   `json:"pass"`
+		} `json:"figures"`
+	}
+	if err := json.Unmarshal(b.Bytes(), &parsed); err != nil {
+		t.Fatalf("report JSON does not parse: %v\n%s", err, b.String())
+	}
+	if len(parsed.Figures) != len(wantIDs) {
+		t.Errorf("report JSON has %d figures, want %d", len(parsed.Figures), len(wantIDs))
+	}
+	var table bytes.Buffer
+	if err := rep.WriteTable(&table); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("\n%s", table.String())
+}
+
+// TestOverlayCancelled cancels a run while iperf3 measures and checks that
+// it stops with the context's error and leaves no namespace or process.
+func TestOverlayCancelled(t *testing.T) {
+	requireRoot(t)
+	requireIPerf3(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	prefix := NewPrefix()
+	progress := &logWriter{t: t, onLine: func(line string) {
+		if strings.Contains(line, "throughput run") {
+			cancel() // during the measurement that follows the first
+		}
+	}}
+	_, err := Overlay(ctx, OverlayOptions{Quick: true, Progress: progress, Prefix: prefix})
+	if !errors.Is(err, context.Canceled) {
+		t.Errorf("Overlay(cancelled) = %v, want context.Canceled", err)
+	}
+	if left := Leftovers(prefix); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+	if kids := iperf3Children(t); len(kids) > 0 {
+		t.Errorf("iperf3 processes left running: %v", kids)
+	}
+}
+
+func TestOverlayWithoutIPerf3(t *testing.T) {
+	t.Setenv("PATH", t.TempDir())
+	_, err := Overlay(context.Background(), OverlayOptions{Quick: true})
+	if !errors.Is(err, ErrNoIPerf3) {
+		t.Fatalf("Overlay without iperf3 in PATH = %v, want %v", err, ErrNoIPerf3)
+	}
+	if got, want := err.Error(), "iperf3 is missing: apt-get install iperf3"; got != want {
+		t.Errorf("error = %q, want %q", got, want)
+	}
+}
