@@ -35,10 +35,6 @@ type Result struct {
 // nothing but the IP, and a second container with the same IP fails.
 func HostVethName(ip netip.Addr) string { return octetName("s-", ip) }
 
-// tempVethName is the container end's name while it is still in the host
-// namespace, where IfName could already be taken.
-func tempVethName(ip netip.Addr) string { return octetName("c-", ip) }
-
 func octetName(prefix string, ip netip.Addr) string {
 	b := ip.As4()
 	return fmt.Sprintf("%s%03d%03d%03d%03d", prefix, b[0], b[1], b[2], b[3])
@@ -81,15 +77,13 @@ func confKey(family, dev, name string) string {
 // the veth pair; every later op changes only that pair, so deleting the
 // host end undoes all of them.
 func planContainer(c Container) []op {
-	host, temp := HostVethName(c.IP), tempVethName(c.IP)
+	host := HostVethName(c.IP)
 	ifName := c.IfName
 	self := netip.PrefixFrom(c.IP, 32)
 	gw := netip.PrefixFrom(HostGateway, 32)
 	return []op{
-		vethAdd{Name: host, MAC: hostMAC(c.IP), PeerName: temp, PeerMAC: containerMAC(c.IP), MTU: c.MTU},
-		linkSetNetNS{temp, c.NetNS},
+		vethAdd{Name: host, MAC: hostMAC(c.IP), PeerName: ifName, PeerMAC: containerMAC(c.IP), PeerNetNS: c.NetNS, MTU: c.MTU},
 
-		inContainer{linkRename{temp, ifName}},
 		// IPv6 off before the link is up, so it never gets an address.
 		inContainer{sysctlSet{confKey("ipv6", ifName, "disable_ipv6"), "1"}},
 		inContainer{linkSetARPOff{ifName}},

@@ -82,11 +82,6 @@ func addContainer(c Container, hook func(op) error) (res Result, err error) {
 	} else if found {
 		return res, fmt.Errorf("interface %s already exists in container netns %s", c.IfName, c.NetNS)
 	}
-	// A temporary end left in the host namespace by an ADD that crashed.
-	if err := k.host.apply(linkDel{tempVethName(c.IP)}); err != nil {
-		return res, fmt.Errorf("remove leftover %s: %w", tempVethName(c.IP), err)
-	}
-
 	made := false
 	for _, o := range planContainer(c) {
 		err := k.apply(o)
@@ -127,7 +122,7 @@ func DelContainer(c Container) error {
 		return fmt.Errorf("delete container %s: host %w", c.IP, err)
 	}
 	defer k.close()
-	for _, name := range []string{host, tempVethName(c.IP)} {
+	for _, name := range []string{host} {
 		l, found, err := k.link(name)
 		if err == nil && found {
 			if l.Type() != "veth" {

@@ -516,9 +516,6 @@ func TestAddContainerFailureLeavesNothing(t *testing.T) {
 		if got := links(t, c.NetNS); len(got) != 1 {
 			t.Errorf("container netns after failed ADD has links %v, want only lo", got)
 		}
-		if hasLink(t, cell.NetNS, tempVethName(c.IP)) {
-			t.Errorf("failed ADD left %s behind", tempVethName(c.IP))
-		}
 		if err := CheckContainer(first); err != nil {
 			t.Errorf("the first container was disturbed: %v", err)
 		}
@@ -564,7 +561,7 @@ func TestAddContainerFailureLeavesNothing(t *testing.T) {
 		if !errors.Is(err, boom) {
 			t.Fatalf("addContainer failing at %q = %v, want the injected failure", plan[i], err)
 		}
-		for _, name := range []string{HostVethName(c.IP), tempVethName(c.IP)} {
+		for _, name := range []string{HostVethName(c.IP)} {
 			if hasLink(t, cell.NetNS, name) {
 				t.Errorf("failure at %q left %s in the cell", plan[i], name)
 			}

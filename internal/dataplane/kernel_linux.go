@@ -136,12 +136,21 @@ func (k nsKernel) apply(o op) error {
 			Learning:     v.Learning,
 		})
 	case vethAdd:
-		return k.h.LinkAdd(&netlink.Veth{
+		v := &netlink.Veth{
 			LinkAttrs:        netlink.LinkAttrs{Name: o.Name, MTU: o.MTU, HardwareAddr: o.MAC.hw()},
 			PeerName:         o.PeerName,
 			PeerHardwareAddr: o.PeerMAC.hw(),
 			PeerMTU:          uint32(o.MTU),
-		})
+		}
+		if o.PeerNetNS != "" {
+			ns, err := vnetns.GetFromPath(o.PeerNetNS)
+			if err != nil {
+				return fmt.Errorf("container netns %s: %w", o.PeerNetNS, err)
+			}
+			defer ns.Close()
+			v.PeerNamespace = netlink.NsFd(ns)
+		}
+		return k.h.LinkAdd(v)
 	case linkDel:
 		l, found, err := k.link(o.Name)
 		if err != nil || !found {
