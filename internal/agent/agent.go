@@ -52,7 +52,8 @@ type Config struct {
 	CNIBinDir string
 	// LeaveOnExit makes the cell leave the foundation when ctx ends.
 	LeaveOnExit bool
-	// Resync is the period of a full re-apply without changes; default 30s.
+	// Resync is the period of a full re-apply without changes; default and
+	// at most 30s (the controller's longest poll).
 	Resync time.Duration
 	Log    *slog.Logger
 	// Ready, if set, is called once the agent serves its socket with the
@@ -80,6 +81,9 @@ type Agent struct {
 // lastStateFile keeps the last desired state, so that a restarted agent can
 // apply it while the controller is down.
 const lastStateFile = "state.json"
+
+// maxStateWait is the longest the controller holds a poll of the cell state.
+const maxStateWait = 30 * time.Second
 
 // Run runs the agent until ctx is done.
 func Run(ctx context.Context, cfg Config) error {
@@ -125,7 +129,8 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	a.id, a.controller, err = loadOrJoin(ctx, a.cfg, ip.String())
+	var rejoined bool
+	a.id, a.controller, rejoined, err = loadOrJoin(ctx, a.cfg, ip.String())
 	if err != nil {
 		return nil, err
 	}
@@ -141,6 +146,9 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	if rejoined {
+		a.registerAgain(ctx)
+	}
 	if cfg.RunInstances {
 		a.instances, err = newInstances(a)
 		if err != nil {
@@ -148,6 +156,29 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 		}
 	}
 	return a, nil
+}
+
+// registerAgain tells the controller, after the cell joined again, about
+// the containers attached before: deleting the old cell deregistered them.
+// A container whose address is outside the new lease cannot be reached any
+// more; it is only reported.
+func (a *Agent) registerAgain(ctx context.Context) {
+	for _, rec := range a.containers.list() {
+		switch {
+		case rec.Deleting || !rec.Committed:
+		case !a.cell.Subnet.Contains(rec.IP):
+			a.log.Warn("container keeps an address of the cell's old lease, which is not routed: run CNI DEL and ADD for it",
+				"container", rec.ContainerID, "ip", rec.IP, "subnet", a.cell.Subnet)
+		default:
+			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+			err := a.controller.register(rctx, rec.Identity.InstanceGUID, api.InstanceRegistration{
+				AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID})
+			cancel()
+			if err != nil {
+				a.log.Warn("register instance again", "container", rec.ContainerID, "instance", rec.Identity.InstanceGUID, "err", err)
+			}
+		}
+	}
 }
 
 // underlay finds the underlay device, its IPv4 address and MTU in ns.
@@ -215,11 +246,12 @@ func (a *Agent) run(ctx context.Context) error {
 	a.log.Info("agent running", "cell", a.id.Cell.Name, "guid", a.id.Cell.GUID, "netns", a.nsPath, "underlay", a.cell.UnderlayDevice,
 		"underlay_ip", a.cell.UnderlayIP, "subnet", a.cell.Subnet, "socket", sock)
 
+	// The controller answers a long poll after at most maxStateWait.
+	wait := min(a.cfg.Resync, maxStateWait)
 	ready := a.cfg.Ready
 	after := int64(-1)
 	backoff := time.Second
 	for ctx.Err() == nil {
-		wait := a.cfg.Resync
 		pollCtx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
 		st, err := a.controller.state(pollCtx, after, wait)
 		cancel()
@@ -227,9 +259,8 @@ func (a *Agent) run(ctx context.Context) error {
 			if ctx.Err() != nil {
 				break
 			}
-			var refused *refusedError
-			if errors.As(err, &refused) && refused.status == http.StatusUnauthorized {
-				return fmt.Errorf("the controller no longer knows this cell: %w", err)
+			if isForgotten(err) {
+				return fmt.Errorf("the controller no longer knows cell %s: %w; to join again, start the agent with the same --state-dir and a new --join-token", a.id.Cell.Name, err)
 			}
 			a.log.Warn("watch desired state: keeping the last one", "err", err, "retry_in", backoff)
 			select {

@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -36,30 +37,66 @@ type cellIdentity struct {
 
 // loadOrJoin returns the cell's identity and a controller client that
 // authenticates with the cell certificate, joining with cfg.JoinToken if the
-// state dir holds no identity yet.
-func loadOrJoin(ctx context.Context, cfg Config, underlayIP string) (cellIdentity, *controllerClient, error) {
+// state dir holds no identity yet — or if it holds one the controller no
+// longer knows (the cell was deleted, or left) and a join token is given.
+// rejoined reports the latter.
+func loadOrJoin(ctx context.Context, cfg Config, underlayIP string) (id cellIdentity, c *controllerClient, rejoined bool, err error) {
+	dir := cfg.StateDir
+	id, c, found, err := loadIdentity(cfg)
+	switch {
+	case err != nil:
+		return id, nil, false, err
+	case found && cfg.JoinToken == "":
+		return id, c, false, nil
+	case found:
+		if !c.forgotten(ctx) {
+			return id, c, false, nil // known, or unknowable now: keep it, and the token unused
+		}
+		cfg.Log.Warn("the controller no longer knows this cell: joining again with the join token",
+			"cell", id.Cell.Name, "old_guid", id.Cell.GUID, "old_subnet", id.Cell.Subnet)
+		if cfg.ControllerURL == "" {
+			cfg.ControllerURL = id.ControllerURL
+		}
+		if cfg.CACertFile == "" {
+			cfg.CACertFile = filepath.Join(dir, caFile)
+		}
+		rejoined = true
+	case cfg.JoinToken == "":
+		return id, nil, false, fmt.Errorf("state dir %s holds no cell identity: give --join-token (make one with `trellis create-join-token`)", dir)
+	}
+	id, c, err = join(ctx, cfg, underlayIP)
+	return id, c, rejoined, err
+}
+
+// loadIdentity reads the cell's identity from the state dir, if it holds
+// one, and makes its client.
+func loadIdentity(cfg Config) (id cellIdentity, c *controllerClient, found bool, err error) {
+	dir := cfg.StateDir
+	b, err := os.ReadFile(filepath.Join(dir, cellFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return id, nil, false, nil
+	}
+	if err != nil {
+		return id, nil, false, err
+	}
+	if err := json.Unmarshal(b, &id); err != nil {
+		return id, nil, false, fmt.Errorf("read %s: %w", cellFile, err)
+	}
+	if cfg.ControllerURL != "" && cfg.ControllerURL != id.ControllerURL {
+		id.ControllerURL = cfg.ControllerURL
+		if err := saveJSON(filepath.Join(dir, cellFile), id); err != nil {
+			return id, nil, false, err
+		}
+	}
+	c, err = newControllerClient(id.ControllerURL, filepath.Join(dir, caFile), filepath.Join(dir, cellCertFile), filepath.Join(dir, cellKeyFile))
+	return id, c, true, err
+}
+
+// join joins the foundation with cfg.JoinToken and keeps the identity it
+// gets in the state dir.
+func join(ctx context.Context, cfg Config, underlayIP string) (cellIdentity, *controllerClient, error) {
 	dir := cfg.StateDir
 	var id cellIdentity
-	b, err := os.ReadFile(filepath.Join(dir, cellFile))
-	switch {
-	case err == nil:
-		if err := json.Unmarshal(b, &id); err != nil {
-			return id, nil, fmt.Errorf("read %s: %w", cellFile, err)
-		}
-		if cfg.ControllerURL != "" && cfg.ControllerURL != id.ControllerURL {
-			id.ControllerURL = cfg.ControllerURL
-			if err := saveJSON(filepath.Join(dir, cellFile), id); err != nil {
-				return id, nil, err
-			}
-		}
-		c, err := newControllerClient(id.ControllerURL, filepath.Join(dir, caFile), filepath.Join(dir, cellCertFile), filepath.Join(dir, cellKeyFile))
-		return id, c, err
-	case !errors.Is(err, fs.ErrNotExist):
-		return id, nil, err
-	}
-	if cfg.JoinToken == "" {
-		return id, nil, fmt.Errorf("state dir %s holds no cell identity: give --join-token (make one with `trellis create-join-token`)", dir)
-	}
 	if cfg.ControllerURL == "" {
 		return id, nil, errors.New("--controller is required to join")
 	}
@@ -218,10 +255,26 @@ func (c *controllerClient) state(ctx context.Context, after int64, wait time.Dur
 	var st api.CellState
 	path := "/trellis/v1/cell/state"
 	if after >= 0 {
-		path += fmt.Sprintf("?after=%d&wait=%d", after, int(wait.Seconds()))
+		path += fmt.Sprintf("?after=%d&wait=%s", after, strconv.FormatFloat(wait.Seconds(), 'f', -1, 64))
 	}
 	err := c.do(ctx, "GET", path, nil, &st)
 	return st, err
+}
+
+// forgotten reports whether the controller says it does not know the cell
+// (any other answer, or none, is not taken as forgotten).
+func (c *controllerClient) forgotten(ctx context.Context) bool {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	_, err := c.state(ctx, -1, 0)
+	return isForgotten(err)
+}
+
+// isForgotten reports whether err is the controller refusing the cell's
+// certificate because the cell is no longer registered.
+func isForgotten(err error) bool {
+	var refused *refusedError
+	return errors.As(err, &refused) && refused.status == http.StatusUnauthorized
 }
 
 func (c *controllerClient) register(ctx context.Context, guid string, reg api.InstanceRegistration) error {

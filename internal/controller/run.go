@@ -96,7 +96,13 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 
+	// Long polls (cells watching their state, users following flows) end
+	// when the server shuts down, instead of holding Shutdown for their
+	// whole wait.
+	baseCtx, cancelBase := context.WithCancel(context.Background())
+	defer cancelBase()
 	srv := &http.Server{
+		BaseContext:       func(net.Listener) context.Context { return baseCtx },
 		Handler:           NewServer(st, ca, cfg.Overlay, log),
 		TLSConfig:         TLSConfig(cert, ca),
 		ReadHeaderTimeout: 10 * time.Second,
@@ -116,6 +122,7 @@ func Run(ctx context.Context, cfg Config) error {
 	case <-ctx.Done():
 	}
 	log.Info("controller shutting down")
+	cancelBase()
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutCtx)

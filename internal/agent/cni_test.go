@@ -1,0 +1,350 @@
+package agent_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	"github.com/google/go-cmp/cmp"
+	"github.com/vishvananda/netlink"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/ipam"
+)
+
+const echoPort = 8080
+
+// freePort returns a loopback TCP port that was free a moment ago, so a
+// controller can be restarted on the port it had.
+func freePort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	return ln.Addr().String()
+}
+
+func createApp(t *testing.T, c *ctrl, name string) api.App {
+	t.Helper()
+	ctx := context.Background()
+	org, err := c.admin.CreateOrg(ctx, "org-"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	space, err := c.admin.CreateSpace(ctx, org.GUID, "space-"+name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := c.admin.CreateApp(ctx, space.GUID, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return app
+}
+
+// instances returns the app's instances as "GUID STATE IP", sorted.
+func instances(t *testing.T, c *ctrl, app string) []string {
+	t.Helper()
+	ins, err := c.admin.Instances(context.Background(), app)
+	if err != nil {
+		t.Fatalf("Instances: %v", err)
+	}
+	var out []string
+	for _, in := range ins {
+		out = append(out, fmt.Sprintf("%s %s %s", in.GUID, in.State, in.IP))
+	}
+	slices.Sort(out)
+	return out
+}
+
+func runningAs(guid string, c *container) string { return fmt.Sprintf("%s RUNNING %s", guid, c.ip) }
+
+func wantInstances(t *testing.T, c *ctrl, app string, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	if diff := cmp.Diff(want, instances(t, c, app)); diff != "" {
+		t.Errorf("instances of the app (-want +got):\n%s", diff)
+	}
+}
+
+func wantLinks(t *testing.T, what, ns string, want []string) {
+	t.Helper()
+	if diff := cmp.Diff(want, linkNames(t, ns)); diff != "" {
+		t.Errorf("links in %s (-want +got):\n%s", what, diff)
+	}
+}
+
+func wantNoRecord(t *testing.T, r *running, c *container) {
+	t.Helper()
+	if code, _, err := getContainer(r.cfg.Socket, c.id); err != nil || code != http.StatusNotFound {
+		t.Errorf("GET /v1/containers/%s = %d, %v; want 404", c.id, code, err)
+	}
+	if _, err := os.Stat(filepath.Join(r.cfg.StateDir, "containers", c.id+".json")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("record file of %s: %v, want none", c.id, err)
+	}
+}
+
+func TestCNISocketAPI(t *testing.T) {
+	w := newWorld(t, "cni", 2)
+	c := startController(t, w, controller.Config{StateDir: t.TempDir(), Listen: freePort(t)})
+	a1 := w.startAgent(t, w.agentCfg(t, c, 1))
+	a2 := w.startAgent(t, w.agentCfg(t, c, 2))
+	cells := cellsByName(t, c)
+	waitProgrammed(t, w.cellPath(1), peerOf(t, cells["cell2"]))
+	waitProgrammed(t, w.cellPath(2), peerOf(t, cells["cell1"]))
+	p := installPlugin(t)
+	l1, l2 := cniList(t, a1), cniList(t, a2)
+	app := createApp(t, c, "web").GUID
+
+	// ADD into namespaces trellis did not make, one on each cell.
+	ctrA := w.newContainer("ctr-a", 1, app, "inst-a")
+	ctrB := w.newContainer("ctr-b", 2, app, "inst-b")
+	if err := w.add(p, l1, ctrA, ctrA.rt); err != nil {
+		t.Fatalf("ADD a: %v", err)
+	}
+	if err := w.add(p, l2, ctrB, ctrB.rt); err != nil {
+		t.Fatalf("ADD b: %v", err)
+	}
+	for _, x := range []struct {
+		c      *container
+		subnet string
+	}{{ctrA, "10.255.1.0/24"}, {ctrB, "10.255.2.0/24"}} {
+		if !netip.MustParsePrefix(x.subnet).Contains(x.c.ip) {
+			t.Errorf("%s got %s, want an address in %s", x.c.id, x.c.ip, x.subnet)
+		}
+	}
+	echoServer(t, ctrB.ns, echoPort)
+	conn, err := dial(t, ctrA.ns, netip.AddrPortFrom(ctrB.ip, echoPort))
+	if err != nil {
+		t.Fatalf("TCP from a (cell1) to b (cell2): %v", err)
+	}
+	if err := roundTrip(conn, "a to b"); err != nil {
+		t.Fatalf("TCP from a (cell1) to b (cell2): %v", err)
+	}
+	wantInstances(t, c, app, runningAs("inst-a", ctrA), runningAs("inst-b", ctrB))
+	if err := w.inCell(1, func(ctx context.Context) error { return p.cni.CheckNetworkList(ctx, l1, ctrA.rt) }); err != nil {
+		t.Errorf("CHECK a: %v", err)
+	}
+	for i, l := range map[int]*libcni.NetworkConfigList{1: l1, 2: l2} {
+		if err := w.inCell(i, func(ctx context.Context) error { return p.cni.GetStatusNetworkList(ctx, l) }); err != nil {
+			t.Errorf("STATUS on cell%d: %v", i, err)
+		}
+	}
+
+	t.Log("duplicate container ID")
+	cell1Links := linkNames(t, w.cellPath(1))
+	dup := &container{id: ctrA.id, ns: w.namespace("ctr-dup"), cell: 1}
+	rt := *ctrA.rt
+	rt.NetNS = dup.ns
+	err = w.add(p, l1, dup, &rt)
+	wantErrorSays(t, "ADD of a container ID already attached", err, ctrA.id, "already attached")
+	wantLinks(t, "cell1 after a duplicate ADD", w.cellPath(1), cell1Links)
+	wantLinks(t, "the namespace of the duplicate", dup.ns, []string{"lo"})
+	if code, rec, err := getContainer(a1.cfg.Socket, ctrA.id); err != nil || code != http.StatusOK || rec.IP != ctrA.ip.String() || !rec.Committed {
+		t.Errorf("GET /v1/containers/%s after a duplicate ADD = %d %+v %v, want 200 with %s committed", ctrA.id, code, rec, err, ctrA.ip)
+	}
+	if err := roundTrip(conn, "still a to b"); err != nil {
+		t.Errorf("TCP from a to b after a duplicate ADD: %v", err)
+	}
+	wantInstances(t, c, app, runningAs("inst-a", ctrA), runningAs("inst-b", ctrB))
+
+	t.Log("DEL, twice")
+	ctrC := w.newContainer("ctr-c", 1, app, "inst-c")
+	if err := w.add(p, l1, ctrC, ctrC.rt); err != nil {
+		t.Fatalf("ADD c: %v", err)
+	}
+	wantInstances(t, c, app, runningAs("inst-a", ctrA), runningAs("inst-b", ctrB), runningAs("inst-c", ctrC))
+	if err := talk(t, ctrC, ctrB, echoPort); err != nil {
+		t.Errorf("TCP from c to b: %v", err)
+	}
+	if err := w.del(p, l1, ctrC); err != nil {
+		t.Fatalf("DEL c: %v", err)
+	}
+	wantInstances(t, c, app, runningAs("inst-a", ctrA), runningAs("inst-b", ctrB))
+	wantNoRecord(t, a1, ctrC)
+	wantLinks(t, "cell1 after DEL", w.cellPath(1), cell1Links)
+	wantLinks(t, "c after DEL", ctrC.ns, []string{"lo"})
+	if err := w.del(p, l1, ctrC); err != nil {
+		t.Errorf("second DEL c: %v", err)
+	}
+
+	ctrE := w.newContainer("ctr-e", 1, app, "inst-e")
+	if err := w.add(p, l1, ctrE, ctrE.rt); err != nil {
+		t.Fatalf("ADD e: %v", err)
+	}
+
+	t.Log("controller down")
+	took := c.stop()
+	t.Logf("controller.Run returned %v after its cancellation", took)
+	if err := roundTrip(conn, "a to b, controller down"); err != nil {
+		t.Errorf("open TCP connection from a to b with the controller down: %v", err)
+	}
+	if err := talk(t, ctrA, ctrB, echoPort); err != nil {
+		t.Errorf("new TCP connection from a to b with the controller down: %v", err)
+	}
+	// DEL works, and the agent tells the controller when it is back.
+	if err := w.del(p, l1, ctrE); err != nil {
+		t.Errorf("DEL e with the controller down: %v", err)
+	}
+	wantLinks(t, "cell1 after DEL with the controller down", w.cellPath(1), cell1Links)
+	wantLinks(t, "e after DEL", ctrE.ns, []string{"lo"})
+	ctrD := w.newContainer("ctr-d", 1, app, "inst-d")
+	err = w.add(p, l1, ctrD, ctrD.rt)
+	wantErrorSays(t, "ADD with the controller down", err, "controller")
+	var cniErr *types.Error
+	if errors.As(err, &cniErr) && cniErr.Code != types.ErrTryAgainLater {
+		t.Errorf("ADD with the controller down: CNI error code %d, want %d (try again later)", cniErr.Code, types.ErrTryAgainLater)
+	}
+	wantLinks(t, "cell1 after a failed ADD", w.cellPath(1), cell1Links)
+	wantLinks(t, "d after a failed ADD", ctrD.ns, []string{"lo"})
+	wantNoRecord(t, a1, ctrD)
+
+	t.Log("controller back")
+	c.start()
+	if err := w.add(p, l1, ctrD, ctrD.rt); err != nil {
+		t.Fatalf("ADD d with the controller back: %v", err)
+	}
+	want := []string{runningAs("inst-a", ctrA), runningAs("inst-b", ctrB), runningAs("inst-d", ctrD)}
+	took = poll(t, 30*time.Second, "deregistration of e, deleted while the controller was down", func() (bool, error) {
+		return slices.Equal(instances(t, c, app), want), nil
+	})
+	t.Logf("e deregistered %v after the controller came back", took)
+	wantNoRecord(t, a1, ctrE)
+	if err := talk(t, ctrD, ctrB, echoPort); err != nil {
+		t.Errorf("TCP from d to b: %v", err)
+	}
+	if err := roundTrip(conn, "a to b, controller back"); err != nil {
+		t.Errorf("open TCP connection from a to b with the controller back: %v", err)
+	}
+}
+
+func TestRestartAdoption(t *testing.T) {
+	w := newWorld(t, "adopt", 2)
+	c := startController(t, w, controller.Config{StateDir: t.TempDir()})
+	a1 := w.startAgent(t, w.agentCfg(t, c, 1))
+	a2 := w.startAgent(t, w.agentCfg(t, c, 2))
+	cells := cellsByName(t, c)
+	waitProgrammed(t, w.cellPath(1), peerOf(t, cells["cell2"]))
+	waitProgrammed(t, w.cellPath(2), peerOf(t, cells["cell1"]))
+	p := installPlugin(t)
+	l1, l2 := cniList(t, a1), cniList(t, a2)
+	app := createApp(t, c, "web").GUID
+
+	ctrA := w.newContainer("ctr-a", 1, app, "inst-a")
+	ctrB := w.newContainer("ctr-b", 2, app, "inst-b")
+	if err := w.add(p, l1, ctrA, ctrA.rt); err != nil {
+		t.Fatalf("ADD a: %v", err)
+	}
+	if err := w.add(p, l2, ctrB, ctrB.rt); err != nil {
+		t.Fatalf("ADD b: %v", err)
+	}
+	echoServer(t, ctrB.ns, echoPort)
+	conn, err := dial(t, ctrA.ns, netip.AddrPortFrom(ctrB.ip, echoPort))
+	if err != nil {
+		t.Fatalf("TCP from a to b: %v", err)
+	}
+	if err := roundTrip(conn, "before the restart"); err != nil {
+		t.Fatalf("TCP from a to b: %v", err)
+	}
+	h1 := handle(t, w.cellPath(1))
+	before, err := h1.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	cfg := a1.cfg
+	if err := a1.stop(); err != nil {
+		t.Fatalf("agent.Run(cell1) = %v after cancel, want nil", err)
+	}
+	if err := roundTrip(conn, "while the agent is down"); err != nil {
+		t.Errorf("TCP from a to b while cell1's agent is down: %v", err)
+	}
+	cfg.JoinToken = ""
+	a1 = w.startAgent(t, cfg)
+
+	code, rec, err := getContainer(a1.cfg.Socket, ctrA.id)
+	if err != nil || code != http.StatusOK || rec.IP != ctrA.ip.String() || !rec.Committed {
+		t.Errorf("GET /v1/containers/%s after the restart = %d %+v %v, want 200 with %s committed", ctrA.id, code, rec, err, ctrA.ip)
+	}
+	if err := roundTrip(conn, "after the restart"); err != nil {
+		t.Errorf("TCP connection from a to b opened before the restart: %v", err)
+	}
+	after, err := h1.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	linkIDs := func(ls []netlink.Link) []string {
+		var out []string
+		for _, l := range ls {
+			out = append(out, fmt.Sprintf("%d %s", l.Attrs().Index, l.Attrs().Name))
+		}
+		return out
+	}
+	if diff := cmp.Diff(linkIDs(before), linkIDs(after)); diff != "" {
+		t.Errorf("links of cell1 across the restart (-before +after):\n%s", diff)
+	}
+	wantInstances(t, c, app, runningAs("inst-a", ctrA), runningAs("inst-b", ctrB))
+
+	// The adopted container is the agent's to release.
+	if err := w.del(p, l1, ctrA); err != nil {
+		t.Fatalf("DEL a after the restart: %v", err)
+	}
+	wantNoRecord(t, a1, ctrA)
+	wantInstances(t, c, app, runningAs("inst-b", ctrB))
+}
+
+func TestCellSubnetFull(t *testing.T) {
+	w := newWorld(t, "full", 1)
+	// One cell of /30: room for one container (.0 is the VTEP, .1 kept
+	// back, .3 broadcast).
+	pool, err := ipam.NewPool(netip.MustParsePrefix("10.10.0.0/29"), 30)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startController(t, w, controller.Config{StateDir: t.TempDir(), Overlay: pool})
+	a := w.startAgent(t, w.agentCfg(t, c, 1))
+	p := installPlugin(t)
+	l := cniList(t, a)
+	app := createApp(t, c, "web").GUID
+	cellLinks := linkNames(t, w.cellPath(1))
+
+	one := w.newContainer("ctr-1", 1, app, "inst-1")
+	if err := w.add(p, l, one, one.rt); err != nil {
+		t.Fatalf("ADD 1: %v", err)
+	}
+	if one.ip != netip.MustParseAddr("10.10.0.6") {
+		t.Errorf("ADD 1 got %s, want 10.10.0.6", one.ip)
+	}
+	two := w.newContainer("ctr-2", 1, app, "inst-2")
+	err = w.add(p, l, two, two.rt)
+	wantErrorSays(t, "ADD into a full cell subnet", err, "10.10.0.4/30", "in use")
+	wantLinks(t, "two after a failed ADD", two.ns, []string{"lo"})
+	wantNoRecord(t, a, two)
+	wantInstances(t, c, app, runningAs("inst-1", one))
+
+	// DEL frees the address for the next container.
+	if err := w.del(p, l, one); err != nil {
+		t.Fatalf("DEL 1: %v", err)
+	}
+	wantLinks(t, "the cell after DEL", w.cellPath(1), cellLinks)
+	if err := w.add(p, l, two, two.rt); err != nil {
+		t.Fatalf("ADD 2 after DEL 1: %v", err)
+	}
+	if two.ip != one.ip {
+		t.Errorf("ADD 2 after DEL 1 got %s, want the freed %s", two.ip, one.ip)
+	}
+	wantInstances(t, c, app, runningAs("inst-2", two))
+}

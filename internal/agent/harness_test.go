@@ -1,0 +1,610 @@
+package agent_test
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containernetworking/cni/libcni"
+	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/vishvananda/netlink"
+
+	"github.com/trellis-c2c/trellis/internal/agent"
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
+	"github.com/trellis-c2c/trellis/internal/netns"
+	"github.com/trellis-c2c/trellis/internal/underlay"
+)
+
+// The tests of this package run real parts in one process: a controller
+// (SQLite in a temporary state dir, serving on loopback), agents on cell
+// namespaces of an underlay built per test, and the CNI plugin (this test
+// binary, see TestMain) run by libcni inside a cell namespace. Every
+// namespace carries dataplanetest.Prefix and is deleted when the test ends.
+
+// world is one test's topology: an underlay with cells, and the namespaces
+// the test makes for containers.
+type world struct {
+	t      *testing.T
+	prefix string // namespace names start with it
+	u      *underlay.Underlay
+	log    *slog.Logger
+}
+
+// newWorld builds an underlay with n cells whose namespaces are named
+// Prefix+tag+"-…", removed (and checked to be gone) when the test ends.
+func newWorld(t *testing.T, tag string, n int) *world {
+	t.Helper()
+	dataplanetest.RequireRoot(t)
+	w := &world{t: t, prefix: dataplanetest.Prefix + tag, log: testLogger(t)}
+	u, err := underlay.Build(w.prefix, n)
+	if err != nil {
+		t.Fatalf("underlay.Build: %v", err)
+	}
+	w.u = u
+	t.Cleanup(func() {
+		if err := u.Destroy(); err != nil {
+			t.Errorf("destroy underlay: %v", err)
+		}
+		if left := w.leftovers(); len(left) > 0 {
+			t.Errorf("namespaces left behind: %v", left)
+		}
+	})
+	return w
+}
+
+func (w *world) leftovers() []string {
+	var left []string
+	for _, n := range dataplanetest.Leftovers() {
+		if strings.HasPrefix(n, w.prefix+"-") {
+			left = append(left, n)
+		}
+	}
+	return left
+}
+
+// cell returns cell i (1-based) of the underlay.
+func (w *world) cell(i int) underlay.Cell { return w.u.Cells[i-1] }
+
+// cellPath is the path of cell i's namespace.
+func (w *world) cellPath(i int) string { return netns.Path(w.cell(i).NetNS) }
+
+// namespace creates the namespace PREFIX-suffix, deleted when the test ends.
+func (w *world) namespace(suffix string) string {
+	w.t.Helper()
+	name := w.prefix + "-" + suffix
+	path, err := netns.Create(name)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	w.t.Cleanup(func() {
+		if err := netns.Delete(name); err != nil {
+			w.t.Errorf("delete namespace: %v", err)
+		}
+	})
+	return path
+}
+
+// testLogger logs to the test (shown when it fails or with -v) and drops
+// whatever is logged after the test's last cleanup, when goroutines of a
+// component that was shut down may still be finishing.
+func testLogger(t *testing.T) *slog.Logger {
+	tw := &testWriter{t: t}
+	t.Cleanup(tw.close)
+	return slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+type testWriter struct {
+	mu     sync.Mutex
+	t      *testing.T
+	closed bool
+}
+
+func (w *testWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+	}
+	return len(p), nil
+}
+
+func (w *testWriter) close() {
+	w.mu.Lock()
+	w.closed = true
+	w.mu.Unlock()
+}
+
+// ctrl is a controller running in this process.
+type ctrl struct {
+	t      *testing.T
+	cfg    controller.Config
+	url    string
+	cancel context.CancelFunc
+	done   chan error
+	admin  *api.Client
+}
+
+// startController runs controller.Run with cfg until the test ends (or
+// stop). cfg.Listen defaults to 127.0.0.1:0.
+func startController(t *testing.T, w *world, cfg controller.Config) *ctrl {
+	t.Helper()
+	if cfg.Listen == "" {
+		cfg.Listen = "127.0.0.1:0"
+	}
+	cfg.Log = w.log.With("component", "controller")
+	c := &ctrl{t: t, cfg: cfg}
+	c.start()
+	t.Cleanup(func() { c.stop() })
+	cc, err := api.LoadClientConfig(filepath.Join(cfg.StateDir, controller.AdminConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.admin, err = api.NewClient(cc); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+func (c *ctrl) start() {
+	c.t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	cfg := c.cfg
+	cfg.Ready = func(url string) { ready <- url }
+	c.cancel, c.done = cancel, make(chan error, 1)
+	go func() { c.done <- controller.Run(ctx, cfg) }()
+	select {
+	case c.url = <-ready:
+	case err := <-c.done:
+		c.done <- err
+		c.t.Fatalf("controller.Run: %v", err)
+	case <-time.After(30 * time.Second):
+		c.t.Fatal("controller not ready after 30s")
+	}
+}
+
+// stop cancels the controller and waits for Run to return; it reports how
+// long that took.
+func (c *ctrl) stop() time.Duration {
+	if c.cancel == nil {
+		return 0
+	}
+	start := time.Now()
+	c.cancel()
+	c.cancel = nil
+	select {
+	case err := <-c.done:
+		// Shutdown ends the agents' long polls: it must be quick and clean.
+		if err != nil {
+			c.t.Errorf("controller.Run returned %v %v after its cancellation", err, time.Since(start))
+		} else if d := time.Since(start); d > 5*time.Second {
+			c.t.Errorf("controller.Run took %v to shut down", d)
+		}
+	case <-time.After(30 * time.Second):
+		c.t.Error("controller.Run did not return within 30s of its cancellation")
+	}
+	return time.Since(start)
+}
+
+func (c *ctrl) caFile() string { return filepath.Join(c.cfg.StateDir, "ca.crt") }
+
+func (c *ctrl) joinToken(t *testing.T) string {
+	t.Helper()
+	tok, err := c.admin.CreateJoinToken(context.Background(), 0)
+	if err != nil {
+		t.Fatalf("CreateJoinToken: %v", err)
+	}
+	return tok.Token
+}
+
+// agentCfg is the configuration of a first start of an agent on cell i of w
+// joining c; Name is "cellI".
+func (w *world) agentCfg(t *testing.T, c *ctrl, i int) agent.Config {
+	dir := t.TempDir()
+	return agent.Config{
+		ControllerURL:     c.url,
+		JoinToken:         c.joinToken(t),
+		CACertFile:        c.caFile(),
+		StateDir:          dir,
+		NetNS:             w.cell(i).NetNS,
+		UnderlayInterface: underlay.Device,
+		Name:              w.cell(i).Name,
+		Socket:            filepath.Join(dir, "agent.sock"),
+	}
+}
+
+// running is an agent running in this process.
+type running struct {
+	t      *testing.T
+	cfg    agent.Config
+	cancel context.CancelFunc
+	done   chan error
+	readyc chan struct{}
+	err    error // what Run returned, once done
+}
+
+// startAgent runs agent.Run with cfg until the test ends (or stop) and
+// waits until it is ready.
+func (w *world) startAgent(t *testing.T, cfg agent.Config) *running {
+	t.Helper()
+	r := w.goAgent(t, cfg)
+	select {
+	case <-r.ready():
+	case err := <-r.done:
+		r.done <- err
+		t.Fatalf("agent.Run(%s): %v", cfg.Name, err)
+	case <-time.After(30 * time.Second):
+		t.Fatalf("agent %s not ready after 30s", cfg.Name)
+	}
+	return r
+}
+
+// goAgent starts agent.Run without waiting.
+func (w *world) goAgent(t *testing.T, cfg agent.Config) *running {
+	ctx, cancel := context.WithCancel(context.Background())
+	readyc := make(chan struct{})
+	cfg.Log = w.log.With("component", "agent", "cell", cfg.Name)
+	cfg.Ready = func() { close(readyc) }
+	r := &running{t: t, cfg: cfg, cancel: cancel, done: make(chan error, 1)}
+	r.readyc = readyc
+	go func() { r.done <- agent.Run(ctx, cfg) }()
+	t.Cleanup(func() { r.stop() })
+	return r
+}
+
+func (r *running) ready() <-chan struct{} { return r.readyc }
+
+// stop cancels the agent and waits for Run to return, and returns what it
+// returned.
+func (r *running) stop() error {
+	if r.cancel != nil {
+		r.cancel()
+		r.cancel = nil
+		select {
+		case r.err = <-r.done:
+		case <-time.After(30 * time.Second):
+			r.t.Errorf("agent.Run(%s) did not return within 30s of its cancellation", r.cfg.Name)
+		}
+	}
+	return r.err
+}
+
+// exits waits up to timeout for Run to return by itself, and reports
+// whether it did; r.err is what it returned.
+func (r *running) exits(timeout time.Duration) bool {
+	select {
+	case r.err = <-r.done:
+		r.cancel()
+		r.cancel = nil
+		return true
+	case <-time.After(timeout):
+		return false
+	}
+}
+
+// runAgentFails runs an agent that must fail before it is ready and returns
+// its error.
+func (w *world) runAgentFails(t *testing.T, cfg agent.Config) error {
+	t.Helper()
+	r := w.goAgent(t, cfg)
+	select {
+	case <-r.ready():
+		t.Fatalf("agent.Run(%s) became ready, want an error", cfg.Name)
+	case err := <-r.done:
+		r.cancel()
+		r.cancel = nil
+		if err == nil {
+			t.Fatalf("agent.Run(%s) = nil, want an error", cfg.Name)
+		}
+		return err
+	case <-time.After(30 * time.Second):
+		t.Fatalf("agent.Run(%s) neither failed nor became ready in 30s", cfg.Name)
+	}
+	return nil
+}
+
+// poll calls cond every few milliseconds until it returns true or timeout
+// passes, and returns how long it took.
+func poll(t *testing.T, timeout time.Duration, what string, cond func() (bool, error)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var last error
+	for {
+		ok, err := cond()
+		if ok {
+			return time.Since(start)
+		}
+		last = err
+		if time.Since(start) > timeout {
+			t.Fatalf("%s: not within %v (last error: %v)", what, timeout, last)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// handle is a netlink handle in the namespace at path, closed when the test
+// ends.
+func handle(t *testing.T, path string) *netlink.Handle {
+	t.Helper()
+	return dataplanetest.Handle(t, path)
+}
+
+// linkNames lists the links of the namespace at path, sorted.
+func linkNames(t *testing.T, path string) []string {
+	t.Helper()
+	h, err := netns.Handle(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ls, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names
+}
+
+// routeTo reports whether the namespace of h has a route to exactly dst.
+func routeTo(h *netlink.Handle, dst netip.Prefix) (bool, error) {
+	routes, err := h.RouteList(nil, netlink.FAMILY_V4)
+	if err != nil {
+		return false, err
+	}
+	for _, r := range routes {
+		if r.Dst != nil && r.Dst.String() == dst.String() {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// socketClient speaks HTTP to an agent's unix socket.
+func socketClient(sock string) *http.Client {
+	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+			var d net.Dialer
+			return d.DialContext(ctx, "unix", sock)
+		},
+		DisableKeepAlives: true,
+	}}
+}
+
+// getContainer asks the agent at sock for a container's record.
+func getContainer(sock, id string) (int, api.Allocation, error) {
+	var a api.Allocation
+	resp, err := socketClient(sock).Get("http://agent/v1/containers/" + id)
+	if err != nil {
+		return 0, a, err
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode == http.StatusOK {
+		err = json.Unmarshal(b, &a)
+	}
+	return resp.StatusCode, a, err
+}
+
+func agentStatus(t *testing.T, sock string) api.AgentStatus {
+	t.Helper()
+	resp, err := socketClient(sock).Get("http://agent/v1/status")
+	if err != nil {
+		t.Fatalf("GET /v1/status: %v", err)
+	}
+	defer resp.Body.Close()
+	var st api.AgentStatus
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatalf("GET /v1/status: %v", err)
+	}
+	return st
+}
+
+// plugin is trellis-cni (this test binary) installed for libcni.
+type plugin struct {
+	cni *libcni.CNIConfig
+}
+
+func installPlugin(t *testing.T) *plugin {
+	t.Helper()
+	bin := t.TempDir()
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(exe, filepath.Join(bin, cni.PluginType)); err != nil {
+		t.Fatal(err)
+	}
+	return &plugin{cni: libcni.NewCNIConfigWithCacheDir([]string{bin}, t.TempDir(), nil)}
+}
+
+// container is a namespace the test made, wired (or not) by the plugin.
+type container struct {
+	id   string
+	ns   string // path
+	cell int
+	rt   *libcni.RuntimeConf
+	ip   netip.Addr
+}
+
+// newContainer makes the namespace of a container on cell for instance
+// guid of app.
+func (w *world) newContainer(id string, cell int, app, guid string) *container {
+	w.t.Helper()
+	c := &container{id: w.prefix + "-" + id, ns: w.namespace(id), cell: cell}
+	c.rt = &libcni.RuntimeConf{ContainerID: c.id, NetNS: c.ns, IfName: "eth0", Args: [][2]string{
+		{"TRELLIS_APP_GUID", app}, {"TRELLIS_INSTANCE_GUID", guid}}}
+	return c
+}
+
+// cniList is the conflist a runtime on the agent's cell uses.
+func cniList(t *testing.T, r *running) *libcni.NetworkConfigList {
+	t.Helper()
+	l, err := libcni.ConfListFromBytes(cni.ConfList("trellis", r.cfg.Name, r.cfg.Socket))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l
+}
+
+// add runs CNI ADD for c from the cell's namespace, as a runtime on the
+// cell would, and records the address.
+func (w *world) add(p *plugin, list *libcni.NetworkConfigList, c *container, rt *libcni.RuntimeConf) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var res *current.Result
+	err := netns.Do(w.cellPath(c.cell), func() error {
+		r, err := p.cni.AddNetworkList(ctx, list, rt)
+		if err != nil {
+			return err
+		}
+		res, err = current.NewResultFromResult(r)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	if len(res.IPs) != 1 {
+		return fmt.Errorf("ADD result has %d addresses, want 1", len(res.IPs))
+	}
+	ip, _ := netip.AddrFromSlice(res.IPs[0].Address.IP.To4())
+	if ones, bits := res.IPs[0].Address.Mask.Size(); ones != 32 || bits != 32 {
+		return fmt.Errorf("ADD result address %v, want a /32", res.IPs[0].Address)
+	}
+	c.ip = ip
+	return nil
+}
+
+// inCell runs fn on a thread in cell i's namespace, where a runtime on the
+// cell runs the plugin.
+func (w *world) inCell(i int, fn func(ctx context.Context) error) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return netns.Do(w.cellPath(i), func() error { return fn(ctx) })
+}
+
+func (w *world) del(p *plugin, list *libcni.NetworkConfigList, c *container) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return netns.Do(w.cellPath(c.cell), func() error { return p.cni.DelNetworkList(ctx, list, c.rt) })
+}
+
+// echoServer serves TCP echo on port in the namespace at ns until the test
+// ends.
+func echoServer(t *testing.T, ns string, port int) {
+	t.Helper()
+	var ln net.Listener
+	err := netns.Do(ns, func() (err error) {
+		ln, err = net.Listen("tcp", fmt.Sprintf(":%d", port))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	var conns []net.Conn
+	t.Cleanup(func() {
+		ln.Close()
+		mu.Lock()
+		for _, c := range conns {
+			c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			mu.Lock()
+			conns = append(conns, c)
+			mu.Unlock()
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+}
+
+// dial opens a TCP connection from inside the namespace at ns, closed when
+// the test ends.
+func dial(t *testing.T, ns string, to netip.AddrPort) (net.Conn, error) {
+	t.Helper()
+	var c net.Conn
+	err := netns.Do(ns, func() (err error) {
+		c, err = net.DialTimeout("tcp", to.String(), 3*time.Second)
+		return err
+	})
+	if err == nil {
+		t.Cleanup(func() { c.Close() })
+	}
+	return c, err
+}
+
+// roundTrip sends msg on c and reads the echo.
+func roundTrip(c net.Conn, msg string) error {
+	c.SetDeadline(time.Now().Add(3 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := io.WriteString(c, msg); err != nil {
+		return fmt.Errorf("write: %w", err)
+	}
+	buf := make([]byte, len(msg))
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return fmt.Errorf("read echo: %w", err)
+	}
+	if !bytes.Equal(buf, []byte(msg)) {
+		return fmt.Errorf("echo %q, want %q", buf, msg)
+	}
+	return nil
+}
+
+// talk opens a new connection from one container to another's echo server
+// and exchanges a message.
+func talk(t *testing.T, from, to *container, port int) error {
+	t.Helper()
+	c, err := dial(t, from.ns, netip.AddrPortFrom(to.ip, uint16(port)))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	return roundTrip(c, "hello from "+from.id)
+}
+
+func wantErrorSays(t *testing.T, what string, err error, says ...string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s: no error, want one saying %q", what, says)
+	}
+	t.Logf("%s: %v", what, err)
+	for _, s := range says {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("%s: error %q does not say %q", what, err, s)
+		}
+	}
+}

@@ -1,0 +1,25 @@
+package agent_test
+
+import (
+	"fmt"
+	"os"
+	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
+)
+
+// TestMain makes the test binary the CNI plugin when libcni runs it with
+// CNI_COMMAND set (the tests install it as trellis-cni), and fails the run
+// when a namespace of this process is left in /run/netns.
+func TestMain(m *testing.M) {
+	if os.Getenv("CNI_COMMAND") != "" {
+		os.Exit(cni.Main())
+	}
+	code := m.Run()
+	if left := dataplanetest.Leftovers(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "network namespaces left behind: %v\n", left)
+		code = 1
+	}
+	os.Exit(code)
+}
