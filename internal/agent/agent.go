@@ -21,6 +21,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/vishvananda/netlink"
 
 	"github.com/trellis-c2c/trellis/internal/api"
@@ -71,6 +72,8 @@ type Agent struct {
 	controller *controllerClient
 	containers *containers
 	instances  *instances
+	enforcer   *enforcer
+	metrics    *prometheus.Registry
 
 	mu       sync.Mutex
 	state    api.CellState
@@ -149,6 +152,8 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if rejoined {
 		a.registerAgain(ctx)
 	}
+	a.metrics = prometheus.NewRegistry()
+	a.enforcer = newEnforcer(a, a.metrics)
 	if cfg.RunInstances {
 		a.instances, err = newInstances(a)
 		if err != nil {
@@ -243,6 +248,7 @@ func (a *Agent) run(ctx context.Context) error {
 	if a.instances != nil {
 		go a.instances.loop(ctx)
 	}
+	go a.enforcer.watchFlows(ctx)
 	a.log.Info("agent running", "cell", a.id.Cell.Name, "guid", a.id.Cell.GUID, "netns", a.nsPath, "underlay", a.cell.UnderlayDevice,
 		"underlay_ip", a.cell.UnderlayIP, "subnet", a.cell.Subnet, "socket", sock)
 
@@ -318,6 +324,8 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	}
 	if err != nil {
 		a.log.Error("apply overlay", "revision", st.Revision, "err", err)
+	} else if err = a.enforcer.apply(ctx, st); err != nil {
+		a.log.Error("apply policy", "revision", st.Revision, "err", err)
 	}
 	a.mu.Lock()
 	a.state, a.applied, a.applyErr = st, err == nil, err
@@ -348,9 +356,21 @@ func (a *Agent) status() api.AgentStatus {
 	st := api.AgentStatus{Cell: a.id.Cell.Name, Subnet: a.cell.Subnet.String(), Revision: a.state.Revision, Ready: a.applied}
 	switch {
 	case a.applyErr != nil:
-		st.Reason = "overlay not applied: " + a.applyErr.Error()
+		st.Reason = "desired state not applied: " + a.applyErr.Error()
 	case !a.applied:
 		st.Reason = "waiting for the first desired state from the controller"
 	}
 	return st
+}
+
+// applyPolicy re-applies the cell's policy for the current desired state,
+// after a container was attached or detached here: a new instance's packets
+// are marked (and its address protected) before its ADD returns.
+func (a *Agent) applyPolicy(ctx context.Context) {
+	if !a.ready() {
+		return // the first desired state will do it
+	}
+	if err := a.enforcer.apply(ctx, a.desired()); err != nil {
+		a.log.Error("apply policy", "err", err)
+	}
 }

@@ -18,6 +18,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"github.com/trellis-c2c/trellis/internal/ipam"
@@ -127,6 +129,7 @@ func (s *socketServer) handler() http.Handler {
 	m.HandleFunc("DELETE /v1/containers/{id}", s.del)
 	m.HandleFunc("POST /v1/gc", s.gc)
 	m.HandleFunc("GET /v1/status", s.status)
+	m.Handle("GET /metrics", promhttp.HandlerFor(s.a.metrics, promhttp.HandlerOpts{}))
 	return m
 }
 
@@ -246,8 +249,12 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusInternalServerError, "save container record: "+err.Error())
 		return
 	}
-	s.a.log.Info("attached", "container", rec.ContainerID, "ip", rec.IP, "instance", rec.Identity.InstanceGUID)
-	writeJSON(w, http.StatusOK, cs.allocation(rec))
+	alloc := cs.allocation(rec)
+	cs.mu.Unlock()
+	s.a.applyPolicy(r.Context())
+	cs.mu.Lock() // the deferred Unlock
+	s.a.log.Info("attached", "container", snapshot.ContainerID, "ip", snapshot.IP, "instance", snapshot.Identity.InstanceGUID)
+	writeJSON(w, http.StatusOK, alloc)
 }
 
 func (s *socketServer) get(w http.ResponseWriter, r *http.Request) {
@@ -313,6 +320,7 @@ func (a *Agent) release(ctx context.Context, id string) bool {
 	cs.save(rec)
 	snapshot := *rec
 	cs.mu.Unlock()
+	a.applyPolicy(ctx) // its address is no longer a local instance's
 	a.deregister(ctx, snapshot)
 	return true
 }

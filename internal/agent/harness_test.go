@@ -158,6 +158,12 @@ func startController(t *testing.T, w *world, cfg controller.Config) *ctrl {
 	if c.admin, err = api.NewClient(cc); err != nil {
 		t.Fatal(err)
 	}
+	// These tests are about joining, attaching and surviving faults, not
+	// about policy (internal/launcher tests that): let every instance
+	// reach every other.
+	if err := c.admin.SetEnforcement(context.Background(), false); err != nil {
+		t.Fatal(err)
+	}
 	return c
 }
 

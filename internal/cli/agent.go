@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -195,9 +196,11 @@ var sampleAppCommand = &command{
 	name:    "sample-app",
 	group:   groupLocal,
 	summary: "Run the sample app: HTTP on $PORT with /proxy/HOST:PORT/PATH, and a UDP echo",
-	usage:   "sample-app   (listens on $PORT, default 8080)",
-	example: "trellis sample-app",
+	usage:   "sample-app [--also-port P]...   (listens on $PORT, default 8080)",
+	example: "trellis sample-app\ntrellis sample-app --also-port 9000",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		var also portFlags
+		fs.Var(&also, "also-port", "Serve the same on `PORT` too, TCP and UDP (repeatable)")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return badUsage("sample-app takes no arguments")
@@ -206,7 +209,38 @@ var sampleAppCommand = &command{
 			if err != nil {
 				return err
 			}
-			return sampleapp.Run(ctx, cfg)
+			servers := []sampleapp.Config{cfg}
+			for _, p := range also {
+				c := cfg
+				c.Port = p
+				servers = append(servers, c)
+			}
+			errc := make(chan error, len(servers))
+			for _, c := range servers {
+				go func() { errc <- sampleapp.Run(ctx, c) }()
+			}
+			for range servers {
+				if err := <-errc; err != nil {
+					return err
+				}
+			}
+			return nil
 		}
 	},
+}
+
+// portFlags is a repeatable port flag.
+type portFlags []int
+
+func (p *portFlags) String() string { return fmt.Sprint(*p) }
+func (p *portFlags) Set(v string) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > 65535 {
+		return fmt.Errorf("invalid port %q: 1-65535", v)
+	}
+	if n == sampleapp.ReservedPort {
+		return fmt.Errorf("port %d is reserved for container networking", n)
+	}
+	*p = append(*p, n)
+	return nil
 }

@@ -14,4 +14,13 @@
 // desired state (planOverlay), and executing only those. An op prints as
 // the iproute2 command with the same effect, which is what the golden tests
 // compare. The kernel side is in *_linux.go.
+//
+// SetPolicy enforces network policy in the cell with one nftables table
+// (inet "trellis"): packets from local instances are checked against their
+// interface, address and MAC and marked with their app's tag, which
+// VXLAN-GBP carries to other cells; new connections to local instances are
+// accepted only for the (tag, destination, protocol, port) tuples allowed,
+// and rejected otherwise. planPolicy renders the table as nft text for the
+// golden tests; CutFlows and CutDisallowed remove the conntrack entries of
+// revoked connections.
 package dataplane

@@ -163,15 +163,19 @@ func (fd *foundation) instances(app string) []instance {
 // dial opens a connection from inside the network namespace at ns.
 func dial(t *testing.T, ns, network, addr string) net.Conn {
 	t.Helper()
-	var c net.Conn
-	err := netns.Do(ns, func() (err error) {
-		c, err = net.DialTimeout(network, addr, 3*time.Second)
-		return err
-	})
+	c, err := dialErr(ns, network, addr)
 	if err != nil {
 		t.Fatalf("dial %s %s from %s: %v", network, addr, ns, err)
 	}
 	return c
+}
+
+func dialErr(ns, network, addr string) (c net.Conn, err error) {
+	err = netns.Do(ns, func() (err error) {
+		c, err = net.DialTimeout(network, addr, 3*time.Second)
+		return err
+	})
+	return c, err
 }
 
 // get fetches http://addr/path from inside ns.
@@ -196,6 +200,8 @@ func TestLocalFoundation(t *testing.T) {
 	}
 	fd.cli(0, "push", "backend", "-i", "2")
 	fd.cli(0, "push", "frontend", "--cell", "cell1")
+	fd.cli(0, "add-network-policy", "frontend", "backend", "--protocol", "tcp", "--port", "8080")
+	fd.cli(0, "add-network-policy", "frontend", "backend", "--protocol", "udp", "--port", "8080")
 	be, fe := fd.instances("backend"), fd.instances("frontend")
 	if len(be) != 2 || be[0].CellName == be[1].CellName {
 		t.Fatalf("backend instances = %+v, want one on each cell", be)
@@ -208,7 +214,17 @@ func TestLocalFoundation(t *testing.T) {
 		t.Errorf("apps = %s", out)
 	}
 
-	// TCP and UDP, same cell and across cells.
+	// TCP and UDP, same cell and across cells, once the policies are in force.
+	waitFor(t, "the policies to reach the cells", func() bool {
+		for _, b := range be {
+			c, err := dialErr(fe[0].netns, "tcp", b.IP+":8080")
+			if err != nil {
+				return false
+			}
+			c.Close()
+		}
+		return true
+	})
 	for _, b := range be {
 		code, body := get(t, fe[0].netns, b.IP+":8080", "/")
 		if code != 200 || !strings.Contains(body, `"ip":"`+b.IP+`"`) {
@@ -240,9 +256,20 @@ func TestLocalFoundation(t *testing.T) {
 	if remote.CellName == "cell1" {
 		remote = be[1]
 	}
-	seen := captureVXLAN(t, netns.Path(fd.f.Underlay), "cell1", func() { get(t, fe[0].netns, remote.IP+":8080", "/") })
+	// The frontend's packets carry its policy tag in the VXLAN-GBP header.
+	tags, err := fd.client().Tags(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var feTag uint16
+	for _, tg := range tags {
+		if tg.ID == fe[0].AppGUID {
+			fmt.Sscanf(tg.Tag, "%x", &feTag)
+		}
+	}
+	seen := captureVXLAN(t, netns.Path(fd.f.Underlay), "cell1", feTag, func() { get(t, fe[0].netns, remote.IP+":8080", "/") })
 	if seen == 0 {
-		t.Error("no VXLAN packet with VNI 1 seen on the underlay during cross-cell traffic")
+		t.Errorf("no VXLAN packet with VNI 1, flags I+G and policy ID %#04x (frontend's tag) seen on the underlay", feTag)
 	}
 
 	// exec: namespaces, resolv.conf and exit code.
@@ -333,9 +360,9 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-// captureVXLAN counts VXLAN frames (UDP 4789, VNI 1, I flag) seen on dev in
-// namespace ns while traffic runs.
-func captureVXLAN(t *testing.T, ns, dev string, traffic func()) int {
+// captureVXLAN counts VXLAN-GBP frames (UDP 4789, VNI 1, flags I and G,
+// group policy ID tag) seen on dev in namespace ns while traffic runs.
+func captureVXLAN(t *testing.T, ns, dev string, tag uint16, traffic func()) int {
 	t.Helper()
 	var fd int
 	err := netns.Do(ns, func() error {
@@ -377,7 +404,7 @@ func captureVXLAN(t *testing.T, ns, dev string, traffic func()) int {
 			continue
 		}
 		vx := udp[8:]
-		if vx[0]&0x08 != 0 && binary.BigEndian.Uint32(vx[4:8])>>8 == 1 {
+		if vx[0] == 0x88 && binary.BigEndian.Uint16(vx[2:4]) == tag && binary.BigEndian.Uint32(vx[4:8])>>8 == 1 {
 			seen++
 		}
 	}

@@ -78,6 +78,12 @@ func Build(prefix string, n int) (u *Underlay, err error) {
 			return u, err
 		}
 		u.Cells = append(u.Cells, c)
+		// Denied UDP is answered with ICMP port unreachable, which the
+		// kernel rate-limits per peer (about 1/s after a burst of 6): in
+		// the cells of a local foundation every denial is answered.
+		if err := netns.Sysctl(netns.Path(c.NetNS), "net/ipv4/icmp_ratelimit", "0"); err != nil {
+			return u, err
+		}
 		if err := attach(uh, br, c); err != nil {
 			return u, fmt.Errorf("attach %s to the underlay: %w", c.Name, err)
 		}

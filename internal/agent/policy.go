@@ -1,0 +1,264 @@
+package agent
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/dataplane"
+	"github.com/trellis-c2c/trellis/internal/flowlog"
+)
+
+// NFLOG groups the cell's policy rules log to. Each cell is its own
+// network namespace, so every cell can use the same numbers.
+const (
+	denyLogGroup  = 41
+	allowLogGroup = 42
+	logRate       = 100 // per second per group
+)
+
+// enforcer keeps the cell's nftables policy in step with the desired state
+// and the containers attached here, and cuts the flows of revoked pairs.
+type enforcer struct {
+	a *Agent
+
+	mu      sync.Mutex
+	last    map[dataplane.Allow]bool // allows applied last time
+	lastRev int64                    // revision applied last time
+	enforce bool                     // enforcement applied last time
+	warned  bool                     // logged that enforcement is off
+
+	applySeconds prometheus.Histogram
+	applied      prometheus.Gauge
+	desired      prometheus.Gauge
+	flows        *prometheus.CounterVec
+	suppressed   prometheus.Counter
+}
+
+func newEnforcer(a *Agent, reg prometheus.Registerer) *enforcer {
+	e := &enforcer{a: a,
+		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "trellis_agent_policy_apply_seconds",
+			Help: "Time to apply the cell's policy to the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
+		applied: prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_agent_applied_revision",
+			Help: "Store revision of the desired state last applied."}),
+		desired: prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_agent_desired_revision",
+			Help: "Store revision of the newest desired state received; minus applied, the revision lag."}),
+		flows: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_agent_flows_total",
+			Help: "Logged connection attempts by verdict and app pair (rate-limited at 100/s per verdict)."},
+			[]string{"verdict", "source_app", "destination_app"}),
+		suppressed: prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_agent_flow_log_suppressed_total",
+			Help: "Denied attempts the log rate limit kept out of the flow log."}),
+	}
+	reg.MustRegister(e.applySeconds, e.applied, e.desired, e.flows, e.suppressed)
+	return e
+}
+
+// policy computes the cell's dataplane policy from st and the attached
+// containers. An allow applies to an address only while the controller and
+// this agent agree on which instance holds it, so an address reused by
+// another app never inherits the old app's allowances.
+func (e *enforcer) policy(st api.CellState) dataplane.Policy {
+	p := dataplane.Policy{Enforce: st.Enforce, DenyLogGroup: denyLogGroup, AllowLogGroup: allowLogGroup, LogRate: logRate}
+	tags := map[string]uint16{}
+	for _, app := range st.Apps {
+		tags[app.GUID] = app.Tag
+	}
+	owner := map[string]string{} // local address → instance GUID, from our records
+	for _, rec := range e.a.containers.list() {
+		if rec.Deleting {
+			continue
+		}
+		owner[rec.IP.String()] = rec.Identity.InstanceGUID
+		p.Locals = append(p.Locals, dataplane.Local{IP: rec.IP, Tag: tags[rec.Identity.AppGUID], HostVeth: rec.HostVeth})
+	}
+	agreed := map[string]bool{}
+	for _, ep := range st.Endpoints {
+		if ep.CellGUID == st.Cell.GUID && owner[ep.IP] == ep.Instance {
+			agreed[ep.IP] = true
+		}
+	}
+	for _, al := range st.Allows {
+		ip, err := netip.ParseAddr(al.DestIP)
+		if err != nil || !agreed[al.DestIP] || al.StartPort < 1 || al.EndPort > 65535 || al.StartPort > al.EndPort {
+			continue
+		}
+		p.Allows = append(p.Allows, dataplane.Allow{DestIP: ip, SrcTag: al.SrcTag, Protocol: al.Protocol,
+			StartPort: uint16(al.StartPort), EndPort: uint16(al.EndPort)})
+	}
+	// A stable order lets the dataplane compile only what changed.
+	slices.SortFunc(p.Allows, func(x, y dataplane.Allow) int {
+		return cmp.Or(x.DestIP.Compare(y.DestIP), cmp.Compare(x.SrcTag, y.SrcTag), strings.Compare(x.Protocol, y.Protocol),
+			cmp.Compare(x.StartPort, y.StartPort), cmp.Compare(x.EndPort, y.EndPort))
+	})
+	return p
+}
+
+// apply programs the policy for st, then cuts established flows that it no
+// longer allows. A state of the revision already applied is a resync: the
+// kernel's table is read back in full and repaired if anything differs.
+func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.desired.Set(float64(st.Revision))
+	p := e.policy(st)
+	if !p.Enforce && !e.warned {
+		e.a.log.Warn("NETWORK POLICY ENFORCEMENT IS OFF for this foundation: every instance can reach every other")
+		e.warned = true
+	} else if p.Enforce {
+		e.warned = false
+	}
+	start := time.Now()
+	set := dataplane.SetPolicy
+	if st.Revision == e.lastRev && e.last != nil {
+		set = dataplane.VerifyPolicy
+	}
+	changed, err := set(ctx, e.a.nsPath, p)
+	if err != nil {
+		return fmt.Errorf("apply policy: %w", err)
+	}
+	e.lastRev = st.Revision
+	if changed {
+		e.applySeconds.Observe(time.Since(start).Seconds())
+		e.a.log.Debug("policy applied", "revision", st.Revision, "locals", len(p.Locals), "allows", len(p.Allows), "took", time.Since(start))
+	}
+	e.applied.Set(float64(st.Revision))
+
+	now := map[dataplane.Allow]bool{}
+	for _, al := range p.Allows {
+		now[al] = true
+	}
+	revoked := p.Enforce && !e.enforce
+	for al := range e.last {
+		revoked = revoked || !now[al]
+	}
+	e.last, e.enforce = now, p.Enforce
+	if revoked && p.Enforce {
+		// Established connections that the policy no longer allows are cut,
+		// as a user revoking access expects.
+		if n, err := dataplane.CutDisallowed(e.a.nsPath, p); err != nil {
+			e.a.log.Warn("cut revoked flows", "err", err)
+		} else if n > 0 {
+			e.a.log.Info("cut established flows the policy no longer allows", "flows", n)
+		}
+	}
+	return nil
+}
+
+// watchFlows reads the policy rules' log and reports each logged attempt,
+// named and explained, to the controller in batches.
+func (e *enforcer) watchFlows(ctx context.Context) {
+	events := make(chan api.FlowEvent, 4096)
+	go e.reportFlows(ctx, events)
+	for ctx.Err() == nil {
+		err := flowlog.Listen(ctx, e.a.nsPath, []uint16{denyLogGroup, allowLogGroup}, func(pk flowlog.Packet) {
+			ev := e.event(pk)
+			e.flows.WithLabelValues(ev.Verdict, ev.SrcAppName, ev.DstAppName).Inc()
+			select {
+			case events <- ev:
+			default: // the controller is slow: drop rather than block the reader
+			}
+		})
+		if err != nil && ctx.Err() == nil {
+			e.a.log.Warn("read the flow log: retrying", "err", err)
+			select {
+			case <-ctx.Done():
+			case <-time.After(time.Second):
+			}
+		}
+	}
+}
+
+// event names the endpoints of a logged packet from the desired state, and
+// says why it was denied or allowed.
+func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
+	st := e.a.desired()
+	ev := api.FlowEvent{Time: pk.Time.UTC(), Protocol: pk.Protocol, SrcIP: pk.SrcIP.String(), SrcPort: int(pk.SrcPort),
+		DstIP: pk.DstIP.String(), DstPort: int(pk.DstPort), Verdict: "denied"}
+	if pk.Group == allowLogGroup {
+		ev.Verdict = "allowed"
+	}
+	for _, ep := range st.Endpoints {
+		switch ep.IP {
+		case ev.SrcIP:
+			ev.SrcApp, ev.SrcAppName, ev.SrcInstance = ep.AppGUID, ep.AppName, ep.Instance
+		case ev.DstIP:
+			ev.DstApp, ev.DstAppName, ev.DstInstance = ep.AppGUID, ep.AppName, ep.Instance
+		}
+	}
+	tag := uint16(pk.Mark & 0xffff)
+	var tagApp string
+	for _, app := range st.Apps {
+		if app.Tag == tag && tag != 0 {
+			tagApp = app.Name
+			if ev.SrcApp == "" {
+				ev.SrcApp, ev.SrcAppName = app.GUID, app.Name
+			}
+		}
+	}
+	src, dst := nameOr(ev.SrcAppName, ev.SrcIP), nameOr(ev.DstAppName, ev.DstIP)
+	switch {
+	case ev.Verdict == "allowed":
+		ev.Reason = fmt.Sprintf("allowed: a policy from %s to %s covers %s/%d", nameOr(tagApp, src), dst, ev.Protocol, ev.DstPort)
+	case tag == 0 && ev.SrcAppName != "":
+		ev.Reason = fmt.Sprintf("no policy from %s to %s on %s/%d (%s is in no policy, so its packets carry no identity)", src, dst, ev.Protocol, ev.DstPort, src)
+	case tag == 0:
+		ev.Reason = fmt.Sprintf("no identity: %s is not an instance of this foundation (no policy can allow it)", ev.SrcIP)
+	default:
+		ev.Reason = fmt.Sprintf("no policy from %s to %s on %s/%d", nameOr(tagApp, src), dst, ev.Protocol, ev.DstPort)
+	}
+	return ev
+}
+
+func nameOr(name, ip string) string {
+	if name != "" {
+		return name
+	}
+	return ip
+}
+
+// reportFlows sends events to the controller every half second.
+func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent) {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	var batch []api.FlowEvent
+	var lastDenied, lastLogged uint64
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case ev := <-events:
+			if len(batch) < 2000 {
+				batch = append(batch, ev)
+			}
+			continue
+		case <-t.C:
+		}
+		var suppressed int64
+		if c, err := dataplane.PolicyCounters(e.a.nsPath); err == nil {
+			if c.Denied >= lastDenied && c.DeniedLogged >= lastLogged {
+				suppressed = int64((c.Denied - lastDenied) - (c.DeniedLogged - lastLogged))
+				e.suppressed.Add(float64(max(suppressed, 0)))
+			}
+			lastDenied, lastLogged = c.Denied, c.DeniedLogged
+		}
+		if len(batch) == 0 && suppressed <= 0 {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := e.a.controller.do(rctx, "POST", "/trellis/v1/cell/flows", api.FlowEvents{Events: batch, Suppressed: max(suppressed, 0)}, nil)
+		cancel()
+		if err != nil {
+			e.a.log.Debug("report flows: will retry", "err", err, "events", len(batch))
+			continue // keep the batch (bounded) for the next tick
+		}
+		batch = batch[:0]
+	}
+}

@@ -1,0 +1,54 @@
+package agent
+
+import (
+	"net/netip"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/dataplane"
+)
+
+// TestPolicyAddressReuse: an allow reaches the kernel only while the
+// controller and the agent agree on which instance holds its address, so a
+// new app's instance on a reused address never inherits the old app's
+// allowances — even while the controller's state still lists them.
+func TestPolicyAddressReuse(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.255.1.0/24")
+	a := &Agent{containers: &containers{subnet: subnet, records: map[string]*record{}}}
+	e := &enforcer{a: a}
+	x := netip.MustParseAddr("10.255.1.5")
+	st := api.CellState{
+		Cell:    api.Cell{GUID: "cell1"},
+		Enforce: true,
+		Apps:    []api.TaggedApp{{GUID: "old-app", Tag: 7}, {GUID: "client", Tag: 3}},
+		// The controller still believes the old instance holds x.
+		Endpoints: []api.Endpoint{{IP: x.String(), Instance: "old-1", AppGUID: "old-app", CellGUID: "cell1"}},
+		Allows:    []api.Allow{{DestIP: x.String(), SrcTag: 3, Protocol: "tcp", StartPort: 8080, EndPort: 8080}},
+	}
+	a.containers.records["ctr-old"] = &record{ContainerID: "ctr-old", IP: x, Identity: api.Identity{AppGUID: "old-app", InstanceGUID: "old-1"}}
+	want := []dataplane.Allow{{DestIP: x, SrcTag: 3, Protocol: "tcp", StartPort: 8080, EndPort: 8080}}
+	if got := e.policy(st).Allows; !cmp.Equal(got, want, cmp.Comparer(func(a, b netip.Addr) bool { return a == b })) {
+		t.Fatalf("allows for the old instance = %v, want %v", got, want)
+	}
+
+	// The old instance is gone; a new app's instance got x before the
+	// controller's state caught up.
+	delete(a.containers.records, "ctr-old")
+	a.containers.records["ctr-new"] = &record{ContainerID: "ctr-new", IP: x, Identity: api.Identity{AppGUID: "new-app", InstanceGUID: "new-1"}}
+	p := e.policy(st)
+	if len(p.Allows) != 0 {
+		t.Errorf("allows for the new instance on the reused address = %v, want none", p.Allows)
+	}
+	if len(p.Locals) != 1 || p.Locals[0].Tag != 0 {
+		t.Errorf("locals = %+v, want the new instance, untagged (its app is in no policy)", p.Locals)
+	}
+	// Once the controller knows x belongs to the new instance, only the new
+	// app's own allows would apply (here: none).
+	st.Endpoints[0] = api.Endpoint{IP: x.String(), Instance: "new-1", AppGUID: "new-app", CellGUID: "cell1"}
+	st.Allows = nil
+	if got := e.policy(st).Allows; len(got) != 0 {
+		t.Errorf("allows after the controller caught up = %v, want none", got)
+	}
+}

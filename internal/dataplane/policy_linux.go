@@ -1,0 +1,722 @@
+package dataplane
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	"github.com/google/nftables/userdata"
+	mdnetlink "github.com/mdlayher/netlink"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// policyTable is the table every policy call works on.
+var policyTable = &nftables.Table{Name: PolicyTable, Family: nftables.TableFamilyINet}
+
+// Set declarations, the kernel side of renderTable's.
+var (
+	localIDsType = nftables.MustConcatSetType(nftables.TypeIFName, nftables.TypeIPAddr, nftables.TypeEtherAddr)
+	allowsType   = nftables.MustConcatSetType(nftables.TypeIPAddr, nftables.TypeMark, nftables.TypeInetProto, nftables.TypeInetService)
+)
+
+func newPolicySets() map[string]*nftables.Set {
+	return map[string]*nftables.Set{
+		setLocalIDs:   {Table: policyTable, Name: setLocalIDs, KeyType: localIDsType, Concatenation: true},
+		setSrcTag:     {Table: policyTable, Name: setSrcTag, KeyType: nftables.TypeIPAddr, DataType: nftables.TypeMark, IsMap: true},
+		setAllowPorts: {Table: policyTable, Name: setAllowPorts, KeyType: allowsType, Concatenation: true, Counter: true},
+		setAllowRanges: {Table: policyTable, Name: setAllowRanges, KeyType: allowsType, Concatenation: true,
+			Interval: true, Counter: true},
+	}
+}
+
+// policySocketBuffer is the netlink socket buffer size for policy
+// batches: google/nftables sends a whole batch in one sendmsg, and 10,000
+// allows are about 600 KiB.
+const policySocketBuffer = 16 << 20
+
+// elemChunk bounds the elements per message: a message's element list is
+// one netlink attribute, whose length is 16 bits.
+const elemChunk = 512
+
+// openPolicyConn opens an nftables connection in the namespace at path.
+func openPolicyConn(path string) (*nftables.Conn, func(), error) {
+	if path == "" {
+		path = selfNetNS
+	}
+	fd, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netns %s: %w", path, err)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(fd)), nftables.AsLasting(), nftables.WithSockOptions(bigBuffers))
+	if err != nil {
+		fd.Close()
+		return nil, nil, fmt.Errorf("nftables in netns %s: %w", path, err)
+	}
+	return c, func() { c.CloseLasting(); fd.Close() }, nil
+}
+
+// bigBuffers raises the socket's buffers past net.core.[rw]mem_max, which
+// root may do, and falls back to the capped size.
+func bigBuffers(c *mdnetlink.Conn) error {
+	rc, err := c.SyscallConn()
+	if err != nil {
+		return err
+	}
+	var serr error
+	err = rc.Control(func(fd uintptr) {
+		for _, o := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+			if e := unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o, policySocketBuffer); e != nil {
+				serr = e
+			}
+		}
+	})
+	if err == nil && serr != nil {
+		err = c.SetWriteBuffer(policySocketBuffer)
+		if err == nil {
+			err = c.SetReadBuffer(policySocketBuffer)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("raise netlink socket buffers: %w", err)
+	}
+	return nil
+}
+
+// nsID identifies a network namespace independently of the path used to
+// name it.
+type nsID struct{ dev, ino uint64 }
+
+func nsIDOf(path string) (nsID, error) {
+	var st syscall.Stat_t
+	if err := syscall.Stat(path, &st); err != nil {
+		return nsID{}, fmt.Errorf("netns %s: %w", path, err)
+	}
+	return nsID{uint64(st.Dev), st.Ino}, nil
+}
+
+// policyState remembers, per namespace, the plan this process last
+// applied, so that a change can be applied as a difference of set
+// elements. It is trusted only while the table's fingerprint still names
+// that plan.
+type policyState struct {
+	mu       sync.Mutex
+	plan     *policyPlan // applied; see fingerprint
+	compiler planCache
+}
+
+// policyApplies counts how SetPolicy applied changes, for tests.
+var policyApplies struct{ updates, replaces atomic.Int64 }
+
+var policyStates struct {
+	sync.Mutex
+	m map[nsID]*policyState
+}
+
+func policyStateOf(id nsID) *policyState {
+	policyStates.Lock()
+	defer policyStates.Unlock()
+	if policyStates.m == nil {
+		policyStates.m = map[nsID]*policyState{}
+	}
+	s := policyStates.m[id]
+	if s == nil {
+		s = &policyState{}
+		policyStates.m[id] = s
+	}
+	return s
+}
+
+// SetPolicy makes the trellis table in the cell namespace at nsPath ("" is
+// the process's own) enforce p, and reports whether it changed anything.
+//
+// It reads the fingerprint the table holds and writes nothing when it is
+// p's. Otherwise it sends one netlink batch, which the kernel applies
+// atomically: packets see the old rules or the new, never a mix. When the
+// rules are unchanged and this process applied the table's current state,
+// the batch holds only the set elements that differ; otherwise it deletes
+// and recreates the whole table (which resets its counters).
+//
+// A change of a few allows costs about the same with 100 or 10,000
+// present, provided the rest of p.Allows keeps its order from the
+// previous call; single-port allows change in constant time in the
+// kernel, while every change of port ranges costs time in proportion to
+// the number of ranges (the kernel's concatenated-range sets rebuild
+// their lookup tables on every commit).
+func SetPolicy(ctx context.Context, nsPath string, p Policy) (changed bool, err error) {
+	return applyPolicy(ctx, nsPath, p, false)
+}
+
+// VerifyPolicy is SetPolicy for the periodic full resync: it reads back
+// the whole table (every set element, the number of rules in every
+// chain, the fingerprint) instead of trusting the fingerprint, and if
+// anything differs from p it replaces the table in one batch. It catches
+// changes made to the table behind trellis's back, which SetPolicy does
+// not look for. Its cost grows with the number of elements.
+func VerifyPolicy(ctx context.Context, nsPath string, p Policy) (changed bool, err error) {
+	return applyPolicy(ctx, nsPath, p, true)
+}
+
+func applyPolicy(ctx context.Context, nsPath string, p Policy, verify bool) (changed bool, err error) {
+	verb := "set policy"
+	if verify {
+		verb = "verify policy"
+	}
+	if nsPath == "" {
+		nsPath = selfNetNS
+	}
+	defer func() {
+		if err != nil {
+			err = fmt.Errorf("%s in %s: %w", verb, nsPath, err)
+		}
+	}()
+	id, err := nsIDOf(nsPath)
+	if err != nil {
+		return false, err
+	}
+	st := policyStateOf(id)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	plan, err := st.compiler.compile(p)
+	if err != nil {
+		return false, err
+	}
+
+	c, done, err := openPolicyConn(nsPath)
+	if err != nil {
+		return false, err
+	}
+	defer done()
+	have, handle, found := readFingerprint(c)
+	if verify {
+		k, err := readPolicy(c)
+		found = err == nil && k.matches(plan)
+		have = plan.fingerprint()
+		if !found {
+			st.plan = nil // the table is not what this process made
+		}
+	}
+	if found && have == plan.fingerprint() {
+		st.plan = plan
+		return false, nil
+	}
+	if err := ctx.Err(); err != nil {
+		return false, err
+	}
+	if found && st.plan != nil && have == st.plan.fingerprint() && st.plan.rulesHash == plan.rulesHash {
+		policyApplies.updates.Add(1)
+		err = updatePolicySets(c, st.plan, plan, handle)
+	} else {
+		policyApplies.replaces.Add(1)
+		err = replacePolicyTable(c, plan)
+	}
+	if err == nil {
+		err = c.Flush()
+	}
+	if err != nil {
+		// A failed batch changes nothing, but start afresh anyway.
+		st.plan = nil
+		return false, err
+	}
+	st.plan = plan
+	return true, nil
+}
+
+// kernelPolicy is what readPolicy finds in the kernel.
+type kernelPolicy struct {
+	sets        policyPlan     // only the element slices are filled
+	rules       map[string]int // rules per chain
+	fingerprint string
+}
+
+// matches reports whether the kernel holds exactly plan.
+func (k *kernelPolicy) matches(plan *policyPlan) bool {
+	if k.fingerprint != plan.fingerprint() || len(k.rules) != len(plan.chains) {
+		return false
+	}
+	for _, cs := range plan.chains {
+		if n, ok := k.rules[cs.name]; !ok || n != len(cs.rules) {
+			return false
+		}
+	}
+	return slices.Equal(k.sets.localIDs, plan.localIDs) && slices.Equal(k.sets.srcTags, plan.srcTags) &&
+		slices.Equal(k.sets.allows, plan.allows)
+}
+
+// readPolicy reads back the trellis table: set elements (sorted), rules
+// per chain and the fingerprint.
+func readPolicy(c *nftables.Conn) (*kernelPolicy, error) {
+	k := &kernelPolicy{rules: map[string]int{}}
+	sets := newPolicySets()
+	read := func(name string) ([]nftables.SetElement, error) {
+		es, err := c.GetSetElements(sets[name])
+		if err != nil {
+			return nil, fmt.Errorf("read set %s: %w", name, err)
+		}
+		return es, nil
+	}
+	es, err := read(setLocalIDs)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range es {
+		if len(e.Key) != 28 {
+			return nil, fmt.Errorf("malformed %s element %x", setLocalIDs, e.Key)
+		}
+		ip := netip.AddrFrom4([4]byte(e.Key[16:20]))
+		id := localID{strings.TrimRight(string(e.Key[:16]), "\x00"), ip}
+		if !bytes.Equal(localIDElement(id).Key, e.Key) {
+			return nil, fmt.Errorf("%s element %x: MAC is not %s", setLocalIDs, e.Key, containerMAC(ip))
+		}
+		k.sets.localIDs = append(k.sets.localIDs, id)
+	}
+	if es, err = read(setSrcTag); err != nil {
+		return nil, err
+	}
+	for _, e := range es {
+		if len(e.Key) != 4 || len(e.Val) != 4 {
+			return nil, fmt.Errorf("malformed %s element %x : %x", setSrcTag, e.Key, e.Val)
+		}
+		tag := binary.NativeEndian.Uint32(e.Val)
+		if tag > TagMask {
+			return nil, fmt.Errorf("%s element %x : %x: tag above %#x", setSrcTag, e.Key, e.Val, TagMask)
+		}
+		k.sets.srcTags = append(k.sets.srcTags, srcTag{netip.AddrFrom4([4]byte(e.Key)), uint16(tag)})
+	}
+	for _, x := range []struct {
+		name   string
+		ranges bool
+	}{{setAllowPorts, false}, {setAllowRanges, true}} {
+		if es, err = read(x.name); err != nil {
+			return nil, err
+		}
+		for _, e := range es {
+			a, ok := allowFromElement(e)
+			if !ok || a.isRange() != x.ranges {
+				return nil, fmt.Errorf("malformed %s element %x", x.name, e.Key)
+			}
+			k.sets.allows = append(k.sets.allows, a)
+		}
+	}
+	slices.SortFunc(k.sets.localIDs, compareLocalID)
+	slices.SortFunc(k.sets.srcTags, compareSrcTag)
+	slices.SortFunc(k.sets.allows, compareAllowElem)
+
+	chains, err := c.ListChainsOfTableFamily(policyTable.Family)
+	if err != nil {
+		return nil, fmt.Errorf("list chains: %w", err)
+	}
+	for _, ch := range chains {
+		if ch.Table.Name != PolicyTable {
+			continue
+		}
+		rs, err := c.GetRules(policyTable, ch)
+		if err != nil {
+			return nil, fmt.Errorf("list rules of chain %s: %w", ch.Name, err)
+		}
+		k.rules[ch.Name] = len(rs)
+	}
+	k.fingerprint, _, _ = readFingerprint(c)
+	return k, nil
+}
+
+// readFingerprint returns the comment of the fingerprint chain's rule and
+// the rule's handle; found is false when there is no such rule (or no
+// table).
+func readFingerprint(c *nftables.Conn) (fp string, handle uint64, found bool) {
+	rules, err := c.GetRules(policyTable, &nftables.Chain{Name: chainFingerprint, Table: policyTable})
+	if err != nil || len(rules) != 1 {
+		return "", 0, false
+	}
+	fp, ok := userdata.GetString(rules[0].UserData, userdata.TypeComment)
+	return fp, rules[0].Handle, ok
+}
+
+// replacePolicyTable queues the batch that deletes the table if there is
+// one and creates it as plan says. Adding the table first makes the
+// delete valid whether or not it existed.
+func replacePolicyTable(c *nftables.Conn, plan *policyPlan) error {
+	c.AddTable(policyTable)
+	c.DelTable(policyTable)
+	c.AddTable(policyTable)
+	for _, name := range policyCounters {
+		c.AddObj(&nftables.CounterObj{Table: policyTable, Name: name})
+	}
+	sets := newPolicySets()
+	for _, name := range []string{setLocalIDs, setSrcTag, setAllowPorts, setAllowRanges} {
+		if err := c.AddSet(sets[name], nil); err != nil {
+			return fmt.Errorf("add set %s: %w", name, err)
+		}
+	}
+	err := addElements(c, sets[setLocalIDs], plan.localIDs, localIDElement)
+	if err == nil {
+		err = addElements(c, sets[setSrcTag], plan.srcTags, srcTagElement)
+	}
+	if err == nil {
+		err = changeAllows(c, sets, plan.allows, false)
+	}
+	if err != nil {
+		return err
+	}
+
+	chains := make(map[string]*nftables.Chain, len(plan.chains))
+	for _, cs := range plan.chains {
+		ch := &nftables.Chain{Name: cs.name, Table: policyTable}
+		if cs.hook != "" {
+			ch.Type = nftables.ChainTypeFilter
+			ch.Priority = nftables.ChainPriorityRef(nftables.ChainPriority(cs.prio))
+			accept := nftables.ChainPolicyAccept
+			ch.Policy = &accept
+			switch cs.hook {
+			case "prerouting":
+				ch.Hooknum = nftables.ChainHookPrerouting
+			case "forward":
+				ch.Hooknum = nftables.ChainHookForward
+			default:
+				return fmt.Errorf("chain %s: unknown hook %s", cs.name, cs.hook)
+			}
+		}
+		chains[cs.name] = c.AddChain(ch)
+	}
+	for _, cs := range plan.chains {
+		for _, r := range cs.rules {
+			exprs, err := ruleExprs(r, sets)
+			if err != nil {
+				return fmt.Errorf("chain %s: %v: %w", cs.name, r, err)
+			}
+			nr := &nftables.Rule{Table: policyTable, Chain: chains[cs.name], Exprs: exprs}
+			if cs.name == chainFingerprint {
+				nr.UserData = userdata.AppendString(nil, userdata.TypeComment, plan.fingerprint())
+			}
+			c.AddRule(nr)
+		}
+	}
+	return nil
+}
+
+// updatePolicySets queues the batch that turns the sets of have into
+// those of want and replaces the fingerprint rule (handle). Deletions come
+// first, so that a port range can be replaced by an overlapping one.
+func updatePolicySets(c *nftables.Conn, have, want *policyPlan, handle uint64) error {
+	sets := newPolicySets()
+	delIDs, addIDs := diffSorted(have.localIDs, want.localIDs, compareLocalID)
+	delTags, addTags := diffSorted(have.srcTags, want.srcTags, compareSrcTag)
+	delA, addA := diffSorted(have.allows, want.allows, compareAllowElem)
+	keyOnly := func(t srcTag) nftables.SetElement { e := srcTagElement(t); e.Val = nil; return e }
+	for _, err := range []error{
+		delElements(c, sets[setLocalIDs], delIDs, localIDElement),
+		delElements(c, sets[setSrcTag], delTags, keyOnly),
+		changeAllows(c, sets, delA, true),
+		addElements(c, sets[setLocalIDs], addIDs, localIDElement),
+		addElements(c, sets[setSrcTag], addTags, srcTagElement),
+		changeAllows(c, sets, addA, false),
+	} {
+		if err != nil {
+			return err
+		}
+	}
+	exprs, err := ruleExprs(rule{verdict{Kind: "return"}}, sets)
+	if err != nil {
+		return err
+	}
+	c.ReplaceRule(&nftables.Rule{
+		Table:    policyTable,
+		Chain:    &nftables.Chain{Name: chainFingerprint, Table: policyTable},
+		Handle:   handle,
+		Exprs:    exprs,
+		UserData: userdata.AppendString(nil, userdata.TypeComment, want.fingerprint()),
+	})
+	return nil
+}
+
+// addAllows queues adding (or, with del, deleting) allows to the set of
+// their kind.
+func changeAllows(c *nftables.Conn, sets map[string]*nftables.Set, allows []allowElem, del bool) error {
+	var ports, ranges []allowElem
+	for _, e := range allows {
+		if e.isRange() {
+			ranges = append(ranges, e)
+		} else {
+			ports = append(ports, e)
+		}
+	}
+	if del {
+		return errors.Join(
+			delElements(c, sets[setAllowPorts], ports, portElement),
+			delElements(c, sets[setAllowRanges], ranges, allowElement))
+	}
+	return errors.Join(
+		addElements(c, sets[setAllowPorts], ports, portElement),
+		addElements(c, sets[setAllowRanges], ranges, allowElement))
+}
+
+func addElements[T any](c *nftables.Conn, s *nftables.Set, elems []T, conv func(T) nftables.SetElement) error {
+	for chunk := range slices.Chunk(elems, elemChunk) {
+		out := make([]nftables.SetElement, len(chunk))
+		for i, e := range chunk {
+			out[i] = conv(e)
+		}
+		if err := c.SetAddElements(s, out); err != nil {
+			return fmt.Errorf("add elements to %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+func delElements[T any](c *nftables.Conn, s *nftables.Set, elems []T, conv func(T) nftables.SetElement) error {
+	for chunk := range slices.Chunk(elems, elemChunk) {
+		out := make([]nftables.SetElement, len(chunk))
+		for i, e := range chunk {
+			out[i] = conv(e)
+		}
+		if err := c.SetDeleteElements(s, out); err != nil {
+			return fmt.Errorf("delete elements from %s: %w", s.Name, err)
+		}
+	}
+	return nil
+}
+
+// Set element encodings. Concatenated keys pad every field to 4 bytes;
+// marks are in host byte order, addresses and ports in network order.
+
+func localIDElement(id localID) nftables.SetElement {
+	k := make([]byte, 0, 28)
+	var name [unix.IFNAMSIZ]byte
+	copy(name[:], id.Veth)
+	ip := id.IP.As4()
+	m := containerMAC(id.IP)
+	k = append(k, name[:]...)
+	k = append(k, ip[:]...)
+	k = append(k, m[:]...)
+	k = append(k, 0, 0)
+	return nftables.SetElement{Key: k}
+}
+
+func srcTagElement(t srcTag) nftables.SetElement {
+	ip := t.IP.As4()
+	return nftables.SetElement{Key: ip[:], Val: binaryutil.NativeEndian.PutUint32(uint32(t.Tag))}
+}
+
+func allowKey(e allowElem, port uint16) []byte {
+	k := make([]byte, 16)
+	dst := e.dst()
+	copy(k, dst[:])
+	binary.NativeEndian.PutUint32(k[4:], uint32(e.tag()))
+	k[8] = e.proto()
+	binary.BigEndian.PutUint16(k[12:], port)
+	return k
+}
+
+func portElement(e allowElem) nftables.SetElement {
+	return nftables.SetElement{Key: allowKey(e, e.lo)}
+}
+
+func allowElement(e allowElem) nftables.SetElement {
+	return nftables.SetElement{Key: allowKey(e, e.lo), KeyEnd: allowKey(e, e.hi)}
+}
+
+func allowFromElement(s nftables.SetElement) (allowElem, bool) {
+	if len(s.KeyEnd) == 0 {
+		s.KeyEnd = s.Key
+	}
+	if len(s.Key) != 16 || len(s.KeyEnd) != 16 {
+		return allowElem{}, false
+	}
+	dst := netip.AddrFrom4([4]byte(s.Key[:4]))
+	tag := binary.NativeEndian.Uint32(s.Key[4:8])
+	return allowElem{
+		group: packGroup(dst, uint16(tag), s.Key[8]),
+		lo:    binary.BigEndian.Uint16(s.Key[12:14]),
+		hi:    binary.BigEndian.Uint16(s.KeyEnd[12:14]),
+	}, true
+}
+
+// Registers: NFT_REG_1 is the same storage as NFT_REG32_00..03, so a
+// concatenation loaded from NFT_REG32_00 on is looked up from NFT_REG_1.
+const reg1 = 1
+
+func reg32(n uint32) uint32 { return 8 + n }
+
+func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
+
+// ruleExprs turns a rule into expressions; lookups refer to sets.
+func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
+	var out []expr.Any
+	lookup := func(name string, src uint32) *expr.Lookup {
+		s := sets[name]
+		return &expr.Lookup{SourceRegister: src, SetName: s.Name, SetID: s.ID}
+	}
+	for _, t := range r {
+		switch t := t.(type) {
+		case ifPrefix:
+			key := expr.MetaKeyOIFNAME
+			if t.In {
+				key = expr.MetaKeyIIFNAME
+			}
+			out = append(out,
+				&expr.Meta{Key: key, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(t.Prefix)})
+		case nfprotoIPv4:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.NFPROTO_IPV4}})
+		case inLocalIDs:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: reg32(0)},
+				&expr.Payload{DestRegister: reg32(4), Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+				&expr.Payload{DestRegister: reg32(5), Base: expr.PayloadBaseLLHeader, Offset: 6, Len: 6},
+				lookup(setLocalIDs, reg32(0)))
+		case markFromSrcTag:
+			l := lookup(setSrcTag, reg1)
+			l.DestRegister, l.IsDestRegSet = reg1, true
+			out = append(out,
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+				l,
+				&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: reg1})
+		case ctState:
+			out = append(out,
+				&expr.Ct{Key: expr.CtKeySTATE, Register: reg1},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(t.Bits), Xor: native32(0)},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)})
+		case inAllows:
+			out = append(out,
+				&expr.Payload{DestRegister: reg32(0), Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: reg32(1)},
+				&expr.Bitwise{SourceRegister: reg32(1), DestRegister: reg32(1), Len: 4, Mask: native32(TagMask), Xor: native32(0)},
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(2)},
+				&expr.Payload{DestRegister: reg32(3), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				lookup(t.Set, reg32(0)))
+		case l4proto:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{t.Proto}})
+		case limitRate:
+			out = append(out, &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(t.Rate), Unit: expr.LimitTimeSecond, Burst: uint32(t.Rate)})
+		case counterRef:
+			out = append(out, &expr.Objref{Type: int(nftables.ObjTypeCounter), Name: t.Name})
+		case logGroup:
+			out = append(out, &expr.Log{
+				Key:   1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX,
+				Group: t.Group,
+				Data:  []byte(t.Prefix),
+			})
+		case ctMarkFromTag:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyMARK, Register: reg1},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(TagMask), Xor: native32(ctMarkPoliced)},
+				&expr.Ct{Key: expr.CtKeyMARK, SourceRegister: true, Register: reg1})
+		case verdict:
+			kinds := map[string]expr.VerdictKind{
+				"accept": expr.VerdictAccept, "drop": expr.VerdictDrop, "return": expr.VerdictReturn,
+				"jump": expr.VerdictJump, "goto": expr.VerdictGoto,
+			}
+			k, ok := kinds[t.Kind]
+			if !ok {
+				return nil, fmt.Errorf("unknown verdict %q", t.Kind)
+			}
+			out = append(out, &expr.Verdict{Kind: k, Chain: t.Chain})
+		case rejectTCPReset:
+			out = append(out, &expr.Reject{Type: unix.NFT_REJECT_TCP_RST})
+		case rejectPortUnreach:
+			out = append(out, &expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH})
+		default:
+			return nil, fmt.Errorf("no expressions for %T", t)
+		}
+	}
+	return out, nil
+}
+
+// TeardownPolicy deletes the trellis table from the namespace at nsPath,
+// and with it every rule, set and counter of trellis. It is not an error if
+// there is none.
+func TeardownPolicy(nsPath string) error {
+	if nsPath == "" {
+		nsPath = selfNetNS
+	}
+	id, err := nsIDOf(nsPath)
+	if err != nil {
+		return fmt.Errorf("teardown policy: %w", err)
+	}
+	st := policyStateOf(id)
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	c, done, err := openPolicyConn(nsPath)
+	if err != nil {
+		return fmt.Errorf("teardown policy: %w", err)
+	}
+	defer done()
+	st.plan, st.compiler = nil, planCache{}
+	// Adding first makes the delete valid when there is no table.
+	c.AddTable(policyTable)
+	c.DelTable(policyTable)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("teardown policy in %s: %w", nsPath, err)
+	}
+	return nil
+}
+
+// PolicyCounters reads the counters of the trellis table in the namespace
+// at nsPath.
+func PolicyCounters(nsPath string) (Counters, error) {
+	var cs Counters
+	if nsPath == "" {
+		nsPath = selfNetNS
+	}
+	c, done, err := openPolicyConn(nsPath)
+	if err != nil {
+		return cs, fmt.Errorf("policy counters: %w", err)
+	}
+	defer done()
+	objs, err := c.GetObjects(policyTable)
+	if err != nil {
+		return cs, fmt.Errorf("policy counters in %s: %w", nsPath, err)
+	}
+	fields := map[string]*uint64{
+		counterSpoofed: &cs.Spoofed, counterDenied: &cs.Denied, counterDeniedLogged: &cs.DeniedLogged,
+		counterAllowed: &cs.Allowed, counterAllowedLogged: &cs.AllowedLogged,
+	}
+	for _, o := range objs {
+		if co, ok := o.(*nftables.CounterObj); ok && fields[co.Name] != nil {
+			*fields[co.Name] = co.Packets
+		}
+	}
+	type hit struct {
+		e allowElem
+		c *expr.Counter
+	}
+	var hits []hit
+	sets := newPolicySets()
+	for _, name := range []string{setAllowPorts, setAllowRanges} {
+		elems, err := c.GetSetElements(sets[name])
+		if err != nil {
+			return cs, fmt.Errorf("policy counters in %s: read %s: %w", nsPath, name, err)
+		}
+		for _, el := range elems {
+			e, ok := allowFromElement(el)
+			if !ok {
+				return cs, fmt.Errorf("policy counters in %s: malformed %s element %x-%x", nsPath, name, el.Key, el.KeyEnd)
+			}
+			hits = append(hits, hit{e, el.Counter})
+		}
+	}
+	slices.SortFunc(hits, func(a, b hit) int { return compareAllowElem(a.e, b.e) })
+	for _, h := range hits {
+		ah := AllowHits{Allow: h.e.allow()}
+		if h.c != nil {
+			ah.Packets, ah.Bytes = h.c.Packets, h.c.Bytes
+		}
+		cs.Allows = append(cs.Allows, ah)
+	}
+	return cs, nil
+}
