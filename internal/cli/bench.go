@@ -17,13 +17,13 @@ func init() { register(benchCommand) }
 
 // benchmarks are the benchmarks `trellis bench` knows, in the order "all"
 // runs them.
-var benchmarks = []string{"overlay"}
+var benchmarks = []string{"overlay", "policy"}
 
 var benchCommand = &command{
 	name:    "bench",
 	group:   groupLocal,
 	summary: "Measure trellis against baselines built in the same run (needs root)",
-	usage:   "bench [overlay|all] [--quick] [--json FILE]",
+	usage:   "bench [overlay|policy|all] [--quick] [--json FILE]",
 	example: "trellis bench overlay\n" +
 		"trellis bench overlay --quick --json overlay.json",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
@@ -46,17 +46,38 @@ var benchCommand = &command{
 					return badInput("cannot write --json %s: %s is not a directory", *jsonFile, filepath.Dir(*jsonFile))
 				}
 			}
-			// Only one benchmark exists so far: "all" is the overlay.
-			rep, err := bench.Overlay(ctx, bench.OverlayOptions{Quick: *quick, Progress: e.stderr})
-			if err != nil {
-				return fmt.Errorf("bench overlay: %w", err)
+			var reports []*bench.Report
+			for _, name := range benchmarks {
+				if which != "all" && which != name {
+					continue
+				}
+				var rep *bench.Report
+				var err error
+				switch name {
+				case "overlay":
+					rep, err = bench.Overlay(ctx, bench.OverlayOptions{Quick: *quick, Progress: e.stderr})
+				case "policy":
+					rep, err = bench.Policy(ctx, bench.PolicyOptions{Quick: *quick, Progress: e.stderr})
+				}
+				if err != nil {
+					return fmt.Errorf("bench %s: %w", name, err)
+				}
+				var table bytes.Buffer
+				if err := rep.WriteTable(&table); err != nil {
+					return err
+				}
+				if _, err := e.stdout.Write(table.Bytes()); err != nil {
+					return err
+				}
+				reports = append(reports, rep)
 			}
-			var table bytes.Buffer
-			if err := rep.WriteTable(&table); err != nil {
-				return err
-			}
-			if _, err := e.stdout.Write(table.Bytes()); err != nil {
-				return err
+			rep := reports[0]
+			if len(reports) > 1 {
+				rep = &bench.Report{Bench: "all", Quick: *quick, Started: reports[0].Started}
+				for _, r := range reports {
+					rep.Figures = append(rep.Figures, r.Figures...)
+					rep.Notes = append(rep.Notes, r.Notes...)
+				}
 			}
 			if *jsonFile != "" {
 				var b bytes.Buffer

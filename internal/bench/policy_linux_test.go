@@ -1,0 +1,52 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+)
+
+// TestPolicyQuick runs the quick policy bench end to end on a real local
+// foundation (the trellis binary is built for it) and checks its figures.
+func TestPolicyQuick(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("the policy bench needs root (CI=true)")
+		}
+		t.Skip("needs root")
+	}
+	exe := filepath.Join(t.TempDir(), "trellis")
+	if out, err := exec.Command("go", "build", "-o", exe, "github.com/trellis-c2c/trellis/cmd/trellis").CombinedOutput(); err != nil {
+		t.Fatalf("build trellis: %v\n%s", err, out)
+	}
+	rep, err := Policy(t.Context(), PolicyOptions{Quick: true, Exe: exe, Progress: testLog{t}})
+	if err != nil {
+		t.Fatalf("Policy = %v", err)
+	}
+	if len(rep.Figures) != 6 {
+		t.Errorf("figures = %d, want 6", len(rep.Figures))
+	}
+	for _, f := range rep.Figures {
+		if f.Value <= 0 {
+			t.Errorf("figure %s = %v, want > 0", f.ID, f.Value)
+		}
+	}
+	var b bytes.Buffer
+	if err := rep.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != 6 {
+		t.Errorf("JSON round trip = %v, %d figures", err, len(back.Figures))
+	}
+}
+
+type testLog struct{ t *testing.T }
+
+func (l testLog) Write(b []byte) (int, error) {
+	l.t.Log(string(bytes.TrimRight(b, "\n")))
+	return len(b), nil
+}
