@@ -297,4 +297,3 @@ func policyPropagation(ctx context.Context, rep *Report, o PolicyOptions, step f
 	rep.Notes = append(rep.Notes, fmt.Sprintf("propagation: a local foundation (2 cells, controller on SQLite), 1,000 other policies present; the clock starts when the API call returns (median API call %.1f ms) and stops at the first TCP connect from the source instance (cell1) to the destination instance (cell2) that succeeds (add) or is refused (delete), probing every 0.2 ms", median(calls)))
 	return nil
 }
-
