@@ -139,6 +139,45 @@ func TestPolicyMatrix(t *testing.T) {
 			t.Errorf("%s: %d of %d cells of the matrix wrong:\n%s", ph.name, len(diffs), len(insts)*(len(insts)-1)*len(probes), strings.Join(diffs, "\n"))
 		}
 	}
+	// Revoking access cuts established connections too: an open connection
+	// of a to c on tcp/9000 breaks when the policy goes.
+	var a0, c0 instance
+	for _, in := range insts {
+		switch in.CellName[:2] {
+		case "a0":
+			a0 = in
+		case "c0":
+			c0 = in
+		}
+	}
+	conn := dial(t, a0.netns, "tcp", c0.IP+":9000")
+	defer conn.Close()
+	request := func() error {
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: c\r\n\r\n"); err != nil {
+			return err
+		}
+		buf := make([]byte, 4096)
+		_, err := conn.Read(buf) // the whole small answer, or an error
+		return err
+	}
+	if err := request(); err != nil {
+		t.Fatalf("request on the open a->c connection = %v", err)
+	}
+	fd.cli(0, "remove-network-policy", "a", "c", "--protocol", "tcp", "--port", "9000-9100")
+	waitFor(t, "the open a->c connection to be cut", func() bool { return request() != nil })
+
+	// A policy for an app with no running instance is kept, and takes
+	// effect when one starts.
+	fd.cli(0, "create-app", "d")
+	fd.cli(0, "add-network-policy", "a", "d", "--protocol", "tcp", "--port", "8080")
+	fd.cli(0, "push", "d", "--", trellisBin, "sample-app")
+	d0 := fd.instances("d")[0]
+	waitFor(t, "a to reach the new instance of d", func() bool {
+		ok, err := reach(a0.netns, d0.IP, probe{"tcp", 8080})
+		return err == nil && ok
+	})
+
 	// Denied attempts were logged with their reason.
 	out := fd.cli(0, "flows", "--denied")
 	if !strings.Contains(out, "no policy from") {
