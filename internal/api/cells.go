@@ -71,6 +71,17 @@ type CellState struct {
 	// packets and to say who a logged packet came from and went to.
 	Apps      []TaggedApp `json:"apps"`
 	Endpoints []Endpoint  `json:"endpoints"`
+	// Domains are the internal domains and Routes the internal routes: what
+	// the cell's DNS server answers for, from its own copy.
+	Domains []string     `json:"domains"`
+	Routes  []RouteEntry `json:"routes"`
+}
+
+// RouteEntry is an internal route: Host.Domain leads to the apps.
+type RouteEntry struct {
+	Host     string   `json:"host"`
+	Domain   string   `json:"domain"`
+	AppGUIDs []string `json:"app_guids"`
 }
 
 // Allow is one allowed tuple at a destination instance.

@@ -314,6 +314,25 @@ func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellSta
 			localIPs[a.GUID] = append(localIPs[a.GUID], in.IP.String())
 		}
 	}
+	st.Domains, st.Routes = []string{}, []api.RouteEntry{}
+	domains, err := s.store.Domains(ctx, store.DomainFilter{})
+	if err != nil {
+		return st, err
+	}
+	for _, d := range domains {
+		if d.Internal {
+			st.Domains = append(st.Domains, d.Name)
+		}
+	}
+	routes, err := s.store.Routes(ctx, store.RouteFilter{})
+	if err != nil {
+		return st, err
+	}
+	for _, rt := range routes {
+		if len(rt.AppGUIDs) > 0 {
+			st.Routes = append(st.Routes, api.RouteEntry{Host: rt.Host, Domain: rt.DomainName, AppGUIDs: rt.AppGUIDs})
+		}
+	}
 	st.Allows = []api.Allow{}
 	if len(localApps) == 0 {
 		return st, nil

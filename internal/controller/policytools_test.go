@@ -49,6 +49,17 @@ func TestCellStatePolicies(t *testing.T) {
 			t.Errorf("tagged apps = %+v", st.Apps)
 		}
 
+		// Internal routes and domains are in every cell's state, for its DNS.
+		var ds api.List[api.Domain]
+		e.must(e.admin, "GET", "/v3/domains?names=apps.internal", "", 200, &ds)
+		var rt api.Route
+		e.must(e.admin, "POST", "/v3/routes", fmt.Sprintf(`{"host":"backend","relationships":{"domain":{"data":{"guid":%q}}}}`, ds.Resources[0].GUID), 201, &rt)
+		e.must(e.admin, "POST", "/v3/routes/"+rt.GUID+"/destinations", fmt.Sprintf(`{"destinations":[{"app":{"guid":%q}}]}`, be), 200, nil)
+		cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state", &st)
+		if len(st.Domains) != 1 || st.Domains[0] != "apps.internal" || len(st.Routes) != 1 || st.Routes[0].Host != "backend" || st.Routes[0].AppGUIDs[0] != be {
+			t.Errorf("state domains %v routes %+v, want apps.internal and backend -> %s", st.Domains, st.Routes, be)
+		}
+
 		// explain: allowed by the policy; denied with what is missing.
 		var x api.Explanation
 		e.must(e.admin, "GET", "/trellis/v1/explain?source="+fe+"&destination="+be+"&protocol=tcp&port=8085", "", 200, &x)
