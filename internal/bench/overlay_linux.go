@@ -152,6 +152,7 @@ func Overlay(ctx context.Context, o OverlayOptions) (rep *Report, err error) {
 
 // run is one benchmark run: its namespaces and everything to undo.
 type run struct {
+	bench  string // the bench's name in progress lines; "" means "overlay"
 	ctx    context.Context
 	prefix string
 	out    io.Writer
@@ -160,7 +161,7 @@ type run struct {
 }
 
 func (r *run) logf(format string, args ...any) {
-	fmt.Fprintf(r.out, "bench overlay: "+format+"\n", args...)
+	fmt.Fprintf(r.out, "bench "+cmp.Or(r.bench, "overlay")+": "+format+"\n", args...)
 }
 
 // onCleanup registers f to run at the end. Undo steps run in reverse order
@@ -208,7 +209,7 @@ type endpoint struct {
 
 // overlayTopo is what the throughput and setup figures run on.
 type overlayTopo struct {
-	cell1 dataplane.Cell
+	cell1, cell2 dataplane.Cell
 	// The three paths iperf3 measures, client to server.
 	trellisA, trellisB endpoint // containers on cell1 and cell2
 	vxlanA, vxlanB     endpoint // the bare VXLAN pair
@@ -217,58 +218,8 @@ type overlayTopo struct {
 
 func (r *run) buildOverlay() (*overlayTopo, error) {
 	r.logf("building the topology: underlay bridge, 2 cells with trellis, a bare VXLAN pair, a veth pair")
-	uPath, err := r.namespace("underlay")
+	t, attach, err := r.buildCells()
 	if err != nil {
-		return nil, err
-	}
-	uh, err := r.handle(uPath)
-	if err != nil {
-		return nil, err
-	}
-	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", MTU: underlayMTU}}
-	if err := uh.LinkAdd(br); err != nil {
-		return nil, fmt.Errorf("add underlay bridge: %w", err)
-	}
-	if err := uh.LinkSetUp(br); err != nil {
-		return nil, fmt.Errorf("set underlay bridge up: %w", err)
-	}
-	attach := func(name string, host byte) (string, netip.Addr, error) {
-		ip := netip.AddrFrom4([4]byte{198, 51, 100, host})
-		path, err := r.namespace(name)
-		if err == nil {
-			err = attachUnderlay(uh, br, name, path, netip.PrefixFrom(ip, underlayNet.Bits()))
-		}
-		return path, ip, err
-	}
-
-	// trellis: two cells, each converged with the other, a container on each.
-	t := &overlayTopo{}
-	var cells []dataplane.Cell
-	for i := 1; i <= 2; i++ {
-		path, ip, err := attach(fmt.Sprintf("cell%d", i), byte(10+i))
-		if err != nil {
-			return nil, err
-		}
-		cells = append(cells, dataplane.Cell{
-			NetNS: path, UnderlayDevice: "eth0", UnderlayIP: ip, Overlay: overlayNet,
-			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24),
-		})
-	}
-	peers := []dataplane.Peer{
-		{UnderlayIP: cells[0].UnderlayIP, Subnet: cells[0].Subnet},
-		{UnderlayIP: cells[1].UnderlayIP, Subnet: cells[1].Subnet},
-	}
-	for _, c := range cells {
-		if err := dataplane.SetOverlay(r.ctx, c, peers); err != nil {
-			return nil, err
-		}
-		r.onCleanup(func() error { return dataplane.TeardownOverlay(c) })
-	}
-	t.cell1 = cells[0]
-	if t.trellisA, err = r.container(cells[0], "ctr-a", 2); err != nil {
-		return nil, err
-	}
-	if t.trellisB, err = r.container(cells[1], "ctr-b", 2); err != nil {
 		return nil, err
 	}
 
@@ -293,6 +244,73 @@ func (r *run) buildOverlay() (*overlayTopo, error) {
 		return nil, err
 	}
 	return t, nil
+}
+
+// attachFunc makes the namespace prefix+name and attaches it to the
+// underlay as 198.51.100.host.
+type attachFunc func(name string, host byte) (path string, ip netip.Addr, err error)
+
+// buildCells makes the underlay bridge and two cells running trellis's
+// overlay, converged with each other, with a container on each (.2 of each
+// cell's subnet): the part of the topology every cross-cell figure runs
+// on. It returns the topology with the cells and trellisA/B set, and how
+// to attach more namespaces to the underlay.
+func (r *run) buildCells() (*overlayTopo, attachFunc, error) {
+	uPath, err := r.namespace("underlay")
+	if err != nil {
+		return nil, nil, err
+	}
+	uh, err := r.handle(uPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	br := &netlink.Bridge{LinkAttrs: netlink.LinkAttrs{Name: "br0", MTU: underlayMTU}}
+	if err := uh.LinkAdd(br); err != nil {
+		return nil, nil, fmt.Errorf("add underlay bridge: %w", err)
+	}
+	if err := uh.LinkSetUp(br); err != nil {
+		return nil, nil, fmt.Errorf("set underlay bridge up: %w", err)
+	}
+	attach := func(name string, host byte) (string, netip.Addr, error) {
+		ip := netip.AddrFrom4([4]byte{198, 51, 100, host})
+		path, err := r.namespace(name)
+		if err == nil {
+			err = attachUnderlay(uh, br, name, path, netip.PrefixFrom(ip, underlayNet.Bits()))
+		}
+		return path, ip, err
+	}
+
+	// trellis: two cells, each converged with the other, a container on each.
+	t := &overlayTopo{}
+	var cells []dataplane.Cell
+	for i := 1; i <= 2; i++ {
+		path, ip, err := attach(fmt.Sprintf("cell%d", i), byte(10+i))
+		if err != nil {
+			return nil, nil, err
+		}
+		cells = append(cells, dataplane.Cell{
+			NetNS: path, UnderlayDevice: "eth0", UnderlayIP: ip, Overlay: overlayNet,
+			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24),
+		})
+	}
+	peers := []dataplane.Peer{
+		{UnderlayIP: cells[0].UnderlayIP, Subnet: cells[0].Subnet},
+		{UnderlayIP: cells[1].UnderlayIP, Subnet: cells[1].Subnet},
+	}
+	for _, c := range cells {
+		if err := dataplane.SetOverlay(r.ctx, c, peers); err != nil {
+			return nil, nil, err
+		}
+		r.onCleanup(func() error { return dataplane.TeardownOverlay(c) })
+	}
+	t.cell1, t.cell2 = cells[0], cells[1]
+	if t.trellisA, err = r.container(cells[0], "ctr-a", 2); err != nil {
+		return nil, nil, err
+	}
+	if t.trellisB, err = r.container(cells[1], "ctr-b", 2); err != nil {
+		return nil, nil, err
+	}
+	return t, attach, nil
 }
 
 // nthAddr returns the n-th address of p.

@@ -47,6 +47,9 @@ func Policy(ctx context.Context, o PolicyOptions) (rep *Report, err error) {
 	if err := policyApply(ctx, rep, o.Quick, step); err != nil {
 		return nil, err
 	}
+	if err := policyThroughput(ctx, rep, o.Quick, progress); err != nil {
+		return nil, err
+	}
 	if err := policyPropagation(ctx, rep, o, step); err != nil {
 		return nil, err
 	}

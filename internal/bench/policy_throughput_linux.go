@@ -1,0 +1,406 @@
+package bench
+
+import (
+	"cmp"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/google/nftables"
+	"github.com/google/nftables/binaryutil"
+	"github.com/google/nftables/expr"
+	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/trellis-c2c/trellis/internal/dataplane"
+	"github.com/trellis-c2c/trellis/internal/netns"
+	vnetns "github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// The cross-cell policy figures: a client container on cell1, a server
+// container on cell2, four ways of filtering what reaches the server.
+const (
+	connPort    = 5202 // the new-connection probe: accepts and closes
+	deniedPort  = 5203 // the same server, never allowed: proves enforcement
+	clientTag   = 1000 // the client's app, one of the 1,000
+	serverTag   = 1
+	numApps     = 1000
+	numPolicies = 10000
+	// linearTable is the bench's own table for the iptables-style chain.
+	linearTable = "trbench_linear"
+)
+
+// filtering is one way cell2 filters the traffic to the server.
+type filtering int
+
+const (
+	filterNone   filtering = iota // no policy table anywhere: the plain overlay
+	filterOne                     // trellis, default deny + the allows needed
+	filterMap                     // trellis, default deny + 10,000 allows
+	filterLinear                  // 10,000 rules in one chain, no conntrack
+	numFilterings
+)
+
+var (
+	filterNames = [numFilterings]string{"no policy", "deny + 1 policy", "deny + 10,000 policies", "10,000 linear rules"}
+	filterKeys  = [numFilterings]string{"none", "deny-1", "deny-10k", "linear-10k"} // in Report.Samples
+)
+
+// policyThroughput measures cross-cell TCP throughput and the rate of new
+// connections from a client container on cell1 to a server container on
+// cell2 under each filtering, interleaving the filterings within each run,
+// and appends the figures to rep. It builds the overlay bench's two cells
+// in namespaces of its own prefix and deletes them before it returns.
+func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.Writer) (err error) {
+	iperf3, err := exec.LookPath("iperf3")
+	if err != nil {
+		return ErrNoIPerf3
+	}
+	prefix := NewPrefix()
+	r := &run{bench: "policy", ctx: ctx, prefix: prefix, out: cmp.Or(progress, io.Discard), iperf3: iperf3}
+	r.logf("cross-cell throughput and connection rate under policy; namespaces: %s*", prefix)
+	defer func() {
+		if cerr := r.cleanup(); cerr != nil {
+			err = errors.Join(err, fmt.Errorf("clean up: %w", cerr))
+		}
+		if left := Leftovers(prefix); len(left) > 0 {
+			err = errors.Join(err, fmt.Errorf("namespaces left behind: %s", strings.Join(left, " ")))
+		}
+	}()
+
+	t, _, err := r.buildCells()
+	if err != nil {
+		return err
+	}
+	client, server := t.trellisA, t.trellisB
+	cell1, cell2 := t.cell1.NetNS, t.cell2.NetNS
+	// Forget the dataplane's per-namespace policy state before the
+	// namespaces go (cleanup runs last registered first).
+	r.onCleanup(func() error {
+		return errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2))
+	})
+	if err := r.iperf3Server(server); err != nil {
+		return err
+	}
+	for _, port := range []uint16{connPort, deniedPort} {
+		if err := r.acceptClose(server, port); err != nil {
+			return err
+		}
+	}
+
+	needed := []dataplane.Allow{
+		{DestIP: server.ip, SrcTag: clientTag, Protocol: "tcp", StartPort: connPort, EndPort: connPort},
+		{DestIP: server.ip, SrcTag: clientTag, Protocol: "tcp", StartPort: iperf3Port, EndPort: iperf3Port},
+	}
+	many := manyAllows(t.cell2.Subnet, needed)
+	clientPolicy := dataplane.Policy{Enforce: true, Locals: []dataplane.Local{{IP: client.ip, Tag: clientTag}}}
+	serverLocals := []dataplane.Local{{IP: server.ip, Tag: serverTag}}
+
+	// apply makes the cells filter as f says.
+	apply := func(f filtering) error {
+		if err := delLinear(cell2); err != nil {
+			return err
+		}
+		switch f {
+		case filterNone:
+			return errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2))
+		case filterLinear:
+			if err := dataplane.TeardownPolicy(cell2); err != nil {
+				return err
+			}
+			return addLinear(cell2, many)
+		}
+		allows := needed
+		if f == filterMap {
+			allows = many
+		}
+		// The source cell marks the client's packets with its tag.
+		if _, err := dataplane.SetPolicy(ctx, cell1, clientPolicy); err != nil {
+			return err
+		}
+		_, err := dataplane.SetPolicy(ctx, cell2, dataplane.Policy{Enforce: true, Locals: serverLocals, Allows: allows})
+		return err
+	}
+
+	p := paramsFor(quick)
+	connFor := 2 * time.Second
+	if quick {
+		connFor = time.Second
+	}
+	var tput, conns [numFilterings][]float64
+	for n := 1; n <= p.runs; n++ {
+		for f := range numFilterings {
+			if err := apply(f); err != nil {
+				return fmt.Errorf("%s: %w", filterNames[f], err)
+			}
+			if err := r.checkReach(client, server, f != filterNone); err != nil {
+				return fmt.Errorf("%s: %w", filterNames[f], err)
+			}
+			g, err := r.iperf3Client(client, server, 1, p)
+			if err != nil {
+				return fmt.Errorf("%s: %w", filterNames[f], err)
+			}
+			c, err := r.connRate(client, netip.AddrPortFrom(server.ip, connPort), connFor)
+			if err != nil {
+				return fmt.Errorf("%s: %w", filterNames[f], err)
+			}
+			r.logf("run %d/%d, %-24s %6.2f Gbit/s, %6.0f connections/s", n, p.runs, filterNames[f]+":", g, c)
+			tput[f] = append(tput[f], g)
+			conns[f] = append(conns[f], c)
+		}
+	}
+	if err := apply(filterNone); err != nil {
+		return err
+	}
+
+	for f := range numFilterings {
+		rep.Samples["xcell-tcp-1/"+filterKeys[f]] = tput[f]
+		rep.Samples["xcell-conn-rate/"+filterKeys[f]] = conns[f]
+	}
+	base := "same path, no policy table"
+	for _, f := range []filtering{filterOne, filterMap, filterLinear} {
+		var g *goal
+		if f != filterLinear {
+			g = &goal{ratio: true, limit: 0.95}
+		}
+		rep.Figures = append(rep.Figures,
+			newFigure("policy/xcell-tcp-1-"+filterKeys[f], "cross-cell TCP, 1 stream, "+filterNames[f], "Gbit/s",
+				median(tput[f]), median(tput[filterNone]), base, g),
+			newFigure("policy/xcell-conn-rate-"+filterKeys[f], "cross-cell new connections, "+filterNames[f], "conn/s",
+				median(conns[f]), median(conns[filterNone]), base, g))
+	}
+	how := fmt.Sprintf("median of %d runs of %d s (first %d s left out)", p.runs, p.seconds, p.omit)
+	connHow := fmt.Sprintf("median of %d runs", p.runs)
+	if p.runs == 1 {
+		how, connHow = fmt.Sprintf("one run of %d s", p.seconds), "one run"
+	}
+	rep.Notes = append(rep.Notes, fmt.Sprintf("cross-cell policy figures: client container on cell1 (tag %d), server container on cell2, "+
+		"the overlay bench's topology; throughput: iperf3 TCP, 1 stream, receiver's rate, %s; new connections: sequential connect + close "+
+		"(SO_LINGER 0, so no TIME_WAIT) from the client to a server that accepts and closes, for %v, %s. "+
+		"Filterings interleaved within each run: no policy table on either cell; trellis with default deny and the 2 allows the client needs "+
+		"(tcp %d and %d); trellis with %d allows among %d app tags including those 2 (set lookups); "+
+		"and, with trellis's table removed from cell2 (cell1 still marks), the same %d allows as %d rules of one chain "+
+		"(ip daddr, meta mark & 0xffff, l4proto tcp, th dport → accept; the 2 needed last, then reject) in cell2's forward hook, "+
+		"walked by every packet to the server with no conntrack fast path, as iptables-style enforcement does. "+
+		"Before each measurement, tcp %d (not allowed) is checked to be refused under every filtering and reachable without.",
+		clientTag, how, connFor, connHow,
+		connPort, iperf3Port, numPolicies, numApps, numPolicies, numPolicies, deniedPort))
+	return nil
+}
+
+// manyAllows returns numPolicies allows ending with needed: the others
+// from numApps tags to 100 addresses of subnet (the server's included) on
+// ports 8000-8009, none of which admits anything needed does not.
+func manyAllows(subnet netip.Prefix, needed []dataplane.Allow) []dataplane.Allow {
+	out := make([]dataplane.Allow, 0, numPolicies)
+	for i := 0; i < numPolicies-len(needed); i++ {
+		port := uint16(8000 + i/numApps)
+		out = append(out, dataplane.Allow{
+			DestIP: nthAddr(subnet, 2+i%100), SrcTag: uint16(1 + i%numApps),
+			Protocol: "tcp", StartPort: port, EndPort: port,
+		})
+	}
+	return append(out, needed...)
+}
+
+// acceptClose serves port on e: it accepts connections and closes them at
+// once, until the end of the run.
+func (r *run) acceptClose(e endpoint, port uint16) error {
+	var ln net.Listener
+	at := netip.AddrPortFrom(e.ip, port)
+	err := netns.Do(e.ns, func() (err error) {
+		ln, err = net.Listen("tcp4", at.String())
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", at, err)
+	}
+	r.onCleanup(ln.Close)
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				if errors.Is(err, net.ErrClosed) {
+					return
+				}
+				continue
+			}
+			c.Close()
+		}
+	}()
+	return nil
+}
+
+// dialClose connects to to and closes with a reset (SO_LINGER 0), so that
+// no TIME_WAIT is left to run out of ports. It must run in the client's
+// namespace.
+func dialClose(ctx context.Context, d *net.Dialer, to string) error {
+	c, err := d.DialContext(ctx, "tcp4", to)
+	if err != nil {
+		return err
+	}
+	c.(*net.TCPConn).SetLinger(0)
+	return c.Close()
+}
+
+// checkReach checks from the client that the probe port of the server is
+// reachable and that deniedPort is refused when filtered (and reachable
+// when not).
+func (r *run) checkReach(from, to endpoint, filtered bool) error {
+	return netns.Do(from.ns, func() error {
+		d := &net.Dialer{Timeout: 2 * time.Second}
+		if err := dialClose(r.ctx, d, netip.AddrPortFrom(to.ip, connPort).String()); err != nil {
+			return fmt.Errorf("allowed connection to %s port %d: %w", to.ip, connPort, err)
+		}
+		err := dialClose(r.ctx, d, netip.AddrPortFrom(to.ip, deniedPort).String())
+		switch {
+		case filtered && err == nil:
+			return fmt.Errorf("connection to %s port %d, which no policy allows, succeeded", to.ip, deniedPort)
+		case filtered && !errors.Is(err, syscall.ECONNREFUSED):
+			return fmt.Errorf("connection to %s port %d: want refused, got %w", to.ip, deniedPort, err)
+		case !filtered && err != nil:
+			return fmt.Errorf("unfiltered connection to %s port %d: %w", to.ip, deniedPort, err)
+		}
+		return nil
+	})
+}
+
+// connRate connects from the client to `to` and closes, one connection
+// after another, for d, and returns connections per second.
+func (r *run) connRate(from endpoint, to netip.AddrPort, d time.Duration) (float64, error) {
+	var n int
+	var took time.Duration
+	err := netns.Do(from.ns, func() error {
+		dl := &net.Dialer{Timeout: 2 * time.Second}
+		addr := to.String()
+		start := time.Now()
+		for took = 0; took < d; took = time.Since(start) {
+			if err := dialClose(r.ctx, dl, addr); err != nil {
+				return fmt.Errorf("connection %d to %s: %w", n+1, addr, err)
+			}
+			n++
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, err
+	}
+	return float64(n) / took.Seconds(), nil
+}
+
+// linearTableOf is the bench's table of the iptables-style chain.
+var linearTableOf = &nftables.Table{Name: linearTable, Family: nftables.TableFamilyINet}
+
+// openNft opens an nftables connection in the namespace at path with
+// socket buffers big enough for 10,000 rules in one batch.
+func openNft(path string) (*nftables.Conn, func(), error) {
+	fd, err := vnetns.GetFromPath(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("netns %s: %w", path, err)
+	}
+	c, err := nftables.New(nftables.WithNetNSFd(int(fd)), nftables.AsLasting(),
+		nftables.WithSockOptions(func(c *mdnetlink.Conn) error {
+			rc, err := c.SyscallConn()
+			if err != nil {
+				return err
+			}
+			var serr error
+			if err := rc.Control(func(fd uintptr) {
+				for _, o := range []int{unix.SO_SNDBUFFORCE, unix.SO_RCVBUFFORCE} {
+					serr = errors.Join(serr, unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, o, 32<<20))
+				}
+			}); err != nil {
+				return err
+			}
+			return serr
+		}))
+	if err != nil {
+		fd.Close()
+		return nil, nil, fmt.Errorf("nftables in netns %s: %w", path, err)
+	}
+	return c, func() { c.CloseLasting(); fd.Close() }, nil
+}
+
+// addLinear makes the iptables-style enforcement in the namespace at path,
+// in one batch: a forward hook sends every IPv4 packet to a host veth
+// ("s-*", an instance) through one chain of one rule per allow, in order,
+// each matching destination address, tag, protocol and port, and rejects
+// what none accepts. There is no conntrack: every packet walks the chain.
+func addLinear(path string, allows []dataplane.Allow) error {
+	c, done, err := openNft(path)
+	if err != nil {
+		return err
+	}
+	defer done()
+	tbl := c.AddTable(linearTableOf)
+	accept := nftables.ChainPolicyAccept
+	fwd := c.AddChain(&nftables.Chain{
+		Name: "forward", Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+	})
+	chain := c.AddChain(&nftables.Chain{Name: "to-instance", Table: tbl})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: fwd, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyOIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte("s-")},
+		&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.NFPROTO_IPV4}},
+		&expr.Verdict{Kind: expr.VerdictGoto, Chain: chain.Name},
+	}})
+	for _, a := range allows {
+		proto := byte(unix.IPPROTO_TCP)
+		if a.Protocol == "udp" {
+			proto = unix.IPPROTO_UDP
+		}
+		if a.StartPort != a.EndPort {
+			return fmt.Errorf("linear chain: %v: port ranges are not supported", a)
+		}
+		c.AddRule(&nftables.Rule{Table: tbl, Chain: chain, Exprs: []expr.Any{
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: a.DestIP.AsSlice()},
+			&expr.Meta{Key: expr.MetaKeyMARK, Register: 1},
+			&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+				Mask: binaryutil.NativeEndian.PutUint32(dataplane.TagMask), Xor: binaryutil.NativeEndian.PutUint32(0)},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(uint32(a.SrcTag))},
+			&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{proto}},
+			&expr.Payload{DestRegister: 1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+			&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: binary.BigEndian.AppendUint16(nil, a.StartPort)},
+			&expr.Verdict{Kind: expr.VerdictAccept},
+		}})
+	}
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: chain, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte{unix.IPPROTO_TCP}},
+		&expr.Reject{Type: unix.NFT_REJECT_TCP_RST},
+	}})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: chain, Exprs: []expr.Any{
+		&expr.Reject{Type: unix.NFT_REJECT_ICMPX_UNREACH, Code: unix.NFT_REJECT_ICMPX_PORT_UNREACH},
+	}})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("linear chain of %d rules in %s: %w", len(allows), path, err)
+	}
+	return nil
+}
+
+// delLinear deletes the bench's linear table from the namespace at path,
+// if it is there.
+func delLinear(path string) error {
+	c, done, err := openNft(path)
+	if err != nil {
+		return err
+	}
+	defer done()
+	c.AddTable(linearTableOf) // makes the delete valid when there is none
+	c.DelTable(linearTableOf)
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("delete table %s in %s: %w", linearTable, path, err)
+	}
+	return nil
+}
