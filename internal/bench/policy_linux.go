@@ -28,7 +28,9 @@ type PolicyOptions struct {
 
 // Policy measures how fast policies take effect on a real local foundation
 // (API call returns → first allowed SYN succeeds, and → first revoked SYN is
-// refused) and how fast a cell's dataplane applies large policy sets.
+// refused), how fast a cell's dataplane applies large policy sets, and
+// what enforcement costs cross-cell throughput and new connections (see
+// policyThroughput).
 func Policy(ctx context.Context, o PolicyOptions) (rep *Report, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("the policy bench needs root: it builds network namespaces")
