@@ -40,11 +40,12 @@ func Policy(ctx context.Context, o PolicyOptions) (rep *Report, err error) {
 		progress = io.Discard
 	}
 	step := func(format string, args ...any) { fmt.Fprintf(progress, format+"\n", args...) }
-	rep = &Report{Bench: "policy", Quick: o.Quick, Started: time.Now(), CPUs: runtime.NumCPU(), LoadStart: loadavg(), Samples: map[string][]float64{}}
+	r := &Report{Bench: "policy", Quick: o.Quick, Started: time.Now(), CPUs: runtime.NumCPU(), LoadStart: loadavg(), Samples: map[string][]float64{}}
 	defer func() {
-		rep.Seconds = time.Since(rep.Started).Seconds()
-		rep.LoadEnd = loadavg()
+		r.Seconds = time.Since(r.Started).Seconds()
+		r.LoadEnd = loadavg()
 	}()
+	rep = r
 
 	if err := policyApply(ctx, rep, o.Quick, step); err != nil {
 		return nil, err
