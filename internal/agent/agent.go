@@ -26,6 +26,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
+	"github.com/trellis-c2c/trellis/internal/dns"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -51,6 +52,9 @@ type Config struct {
 	InstanceNetNSPrefix string
 	// CNIBinDir holds trellis-cni for the executor's libcni calls.
 	CNIBinDir string
+	// DNSUpstreams are the servers names outside the internal domains are
+	// forwarded to; none (the default) answers them REFUSED.
+	DNSUpstreams []string
 	// LeaveOnExit makes the cell leave the foundation when ctx ends.
 	LeaveOnExit bool
 	// Resync is the period of a full re-apply without changes; default and
@@ -74,6 +78,7 @@ type Agent struct {
 	instances  *instances
 	enforcer   *enforcer
 	metrics    *prometheus.Registry
+	dns        *dns.Server
 
 	mu       sync.Mutex
 	state    api.CellState
@@ -249,6 +254,9 @@ func (a *Agent) run(ctx context.Context) error {
 		go a.instances.loop(ctx)
 	}
 	go a.enforcer.watchFlows(ctx)
+	if err := a.startDNS(ctx); err != nil {
+		return err
+	}
 	a.log.Info("agent running", "cell", a.id.Cell.Name, "guid", a.id.Cell.GUID, "netns", a.nsPath, "underlay", a.cell.UnderlayDevice,
 		"underlay_ip", a.cell.UnderlayIP, "subnet", a.cell.Subnet, "socket", sock)
 
@@ -332,6 +340,9 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	a.mu.Unlock()
 	if err := saveJSON(filepath.Join(a.cfg.StateDir, lastStateFile), st); err != nil {
 		a.log.Warn("save desired state", "err", err)
+	}
+	if a.dns != nil {
+		a.dns.SetTable(dnsTable(st))
 	}
 	if a.instances != nil {
 		a.instances.poke()

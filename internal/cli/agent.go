@@ -5,6 +5,7 @@ import (
 	"flag"
 	"fmt"
 	"log/slog"
+	"net/netip"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -45,6 +46,13 @@ var agentCommand = &command{
 		fs.BoolVar(&cfg.RunInstances, "run-instances", false, "Run the instances the controller places here (local foundation)")
 		fs.StringVar(&cfg.InstanceNetNSPrefix, "instance-netns-prefix", "trellis-i-", "Name instance namespaces with `PREFIX` (with --run-instances)")
 		fs.BoolVar(&cfg.LeaveOnExit, "leave-on-exit", false, "Leave the foundation (free the lease) when stopped")
+		fs.Func("dns-upstream", "Forward names outside the internal domains to `HOST:PORT` (repeatable; default: answer them REFUSED)", func(v string) error {
+			if _, err := netip.ParseAddrPort(v); err != nil {
+				return fmt.Errorf("invalid --dns-upstream %q: want IP:PORT", v)
+			}
+			cfg.DNSUpstreams = append(cfg.DNSUpstreams, v)
+			return nil
+		})
 		fs.StringVar(&logLevel, "log-level", "info", "Log `LEVEL`: debug, info, warn or error")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 0 {

@@ -17,13 +17,13 @@ func init() { register(benchCommand) }
 
 // benchmarks are the benchmarks `trellis bench` knows, in the order "all"
 // runs them.
-var benchmarks = []string{"overlay", "policy"}
+var benchmarks = []string{"overlay", "policy", "dns"}
 
 var benchCommand = &command{
 	name:    "bench",
 	group:   groupLocal,
 	summary: "Measure trellis against baselines built in the same run (needs root)",
-	usage:   "bench [overlay|policy|all] [--quick] [--json FILE]",
+	usage:   "bench [overlay|policy|dns|all] [--quick] [--json FILE]",
 	example: "trellis bench overlay\n" +
 		"trellis bench overlay --quick --json overlay.json",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
@@ -58,6 +58,8 @@ var benchCommand = &command{
 					rep, err = bench.Overlay(ctx, bench.OverlayOptions{Quick: *quick, Progress: e.stderr})
 				case "policy":
 					rep, err = bench.Policy(ctx, bench.PolicyOptions{Quick: *quick, Progress: e.stderr})
+				case "dns":
+					rep, err = bench.DNS(ctx, bench.DNSOptions{Quick: *quick, Progress: e.stderr})
 				}
 				if err != nil {
 					return fmt.Errorf("bench %s: %w", name, err)

@@ -1,0 +1,51 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"net/netip"
+	"strings"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/dns"
+)
+
+// startDNS serves the internal domains at DNSAddr:53 in the cell's
+// namespace, from the agent's own copy of routes and instances: a lookup
+// never waits on the controller, and keeps being answered while it is down.
+func (a *Agent) startDNS(ctx context.Context) error {
+	ip := netip.MustParseAddr(DNSAddr)
+	if err := dns.AddAddress(a.nsPath, ip); err != nil {
+		return fmt.Errorf("dns: add %s to the cell: %w", ip, err)
+	}
+	a.dns = dns.NewServer(dns.Options{Upstreams: a.cfg.DNSUpstreams, Registerer: a.metrics, Logger: a.log})
+	a.dns.SetTable(dnsTable(a.desired()))
+	if err := a.dns.Listen(a.nsPath, netip.AddrPortFrom(ip, 53).String()); err != nil {
+		return err
+	}
+	go func() {
+		if err := a.dns.Serve(ctx); err != nil && ctx.Err() == nil {
+			a.log.Error("dns server stopped", "err", err)
+		}
+	}()
+	return nil
+}
+
+// dnsTable is what the cell's DNS server answers from in st.
+func dnsTable(st api.CellState) *dns.Table {
+	routes := make([]dns.Route, 0, len(st.Routes))
+	for _, r := range st.Routes {
+		routes = append(routes, dns.Route{Host: r.Host, Domain: r.Domain, Apps: r.AppGUIDs})
+	}
+	var ins []dns.Instance
+	for _, ep := range st.Endpoints {
+		if ip, err := netip.ParseAddr(ep.IP); err == nil {
+			ins = append(ins, dns.Instance{App: ep.AppGUID, Index: ep.Index, IP: ip})
+		}
+	}
+	domains := make([]string, 0, len(st.Domains))
+	for _, d := range st.Domains {
+		domains = append(domains, strings.ToLower(d))
+	}
+	return dns.NewTable(domains, routes, ins)
+}

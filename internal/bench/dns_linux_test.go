@@ -1,0 +1,99 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// TestDNSQuick runs the quick DNS bench end to end: trellis's server and
+// dnsmasq in a namespace of the run, loaded by dnsperf.
+func TestDNSQuick(t *testing.T) {
+	requireRoot(t)
+	for _, tool := range []struct {
+		name string
+		err  error
+	}{{"dnsmasq", ErrNoDnsmasq}, {"dnsperf", ErrNoDnsperf}} {
+		if _, err := exec.LookPath(tool.name); err != nil {
+			if os.Getenv("CI") == "true" {
+				t.Fatal(tool.err)
+			}
+			t.Skip(tool.err)
+		}
+	}
+	rep, err := DNS(t.Context(), DNSOptions{Quick: true, Progress: &logWriter{t: t}})
+	if err != nil {
+		t.Fatalf("DNS = %v", err)
+	}
+	var table bytes.Buffer
+	rep.WriteTable(&table)
+	t.Logf("\n%s", table.String())
+	ids := map[string]bool{}
+	for _, f := range rep.Figures {
+		ids[f.ID] = true
+		if !(f.Value > 0) || !(f.Baseline > 0) {
+			t.Errorf("figure %s = %v (baseline %v), want both > 0", f.ID, f.Value, f.Baseline)
+		}
+	}
+	for _, id := range []string{"dns/qps-vs-dnsmasq", "dns/latency-p99", "dns/latency-p50", "dns/cpu-per-query", "dns/table-build"} {
+		if !ids[id] {
+			t.Errorf("no figure %s", id)
+		}
+	}
+	if left := Leftovers(rep.Prefix); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
+	}
+	var b bytes.Buffer
+	if err := rep.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != len(rep.Figures) {
+		t.Errorf("JSON round trip = %v, %d figures", err, len(back.Figures))
+	}
+}
+
+func TestParseDnsperf(t *testing.T) {
+	out := `DNS Performance Testing Tool
+Version 2.10.0
+
+[Status] Command line: dnsperf -s 169.254.0.3 -d queries -l 1 -Q 2000 -v
+> NOERROR app0525.apps.internal A 0.000799
+> NOERROR 4.app0929.apps.internal A 0.000221
+[Status] Testing complete (time limit)
+
+Statistics:
+
+  Queries sent:         2000
+  Queries completed:    2000 (100.00%)
+  Queries lost:         0 (0.00%)
+
+  Response codes:       NOERROR 2000 (100.00%)
+  Average packet size:  request 40, response 88
+  Run time (s):         1.000287
+  Queries per second:   1999.426165
+
+  Average Latency (s):  0.000192 (min 0.000051, max 0.001622)
+  Latency StdDev (s):   0.000070
+`
+	res, err := parseDnsperf(strings.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.qps != 1999.426165 || res.completed != 2000 || res.lost != 0 || len(res.latencies) != 2 || res.latencies[0] != 0.799 {
+		t.Errorf("parseDnsperf = %+v", res)
+	}
+	for _, bad := range []string{
+		strings.Replace(out, "NOERROR 2000 (100.00%)", "NOERROR 1990 (99.50%), NXDOMAIN 10 (0.50%)", 1),
+		strings.Replace(out, "> NOERROR app0525", "> NXDOMAIN app0525", 1),
+		strings.Replace(out, "Queries lost:         0 (0.00%)", "Queries lost:         500 (20.00%)", 1),
+		"nothing",
+	} {
+		if _, err := parseDnsperf(strings.NewReader(bad)); err == nil {
+			t.Errorf("parseDnsperf accepted:\n%s", bad)
+		}
+	}
+}
