@@ -108,6 +108,11 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 		if o.Exe, err = os.Executable(); err != nil {
 			return nil, err
 		}
+		// A test binary run as `controller` would run its tests again,
+		// and start foundations of its own: tests must name the binary.
+		if strings.HasSuffix(o.Exe, ".test") {
+			return nil, fmt.Errorf("launcher: %s is a test binary: set Options.Exe to a trellis binary", o.Exe)
+		}
 	}
 	dir, err := filepath.Abs(o.StateDir)
 	if err != nil {
