@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -301,5 +302,90 @@ func policyPropagation(ctx context.Context, rep *Report, o PolicyOptions, step f
 			"Cloud Foundry's policy poll interval (documented, not measured)", &goal{atMost: true, limit: 100}))
 	}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("propagation: a local foundation (2 cells, controller on SQLite), 1,000 other policies present; the clock starts when the API call returns (median API call %.1f ms) and stops at the first TCP connect from the source instance (cell1) to the destination instance (cell2) that succeeds (add) or is refused (delete), probing every 0.2 ms", median(calls)))
+	return dnsPropagation(ctx, rep, c, dst, srcNS, n, step)
+}
+
+// dnsPropagation times how fast a route mapped or unmapped shows in the
+// answers of the DNS server of another cell than the destination's: the
+// source instance (cell1) asks for the destination's (cell2) name.
+func dnsPropagation(ctx context.Context, rep *Report, c *api.Client, dst api.App, srcNS string, n int, step func(string, ...any)) error {
+	domains, err := c.Domains(ctx, api.DomainFilter{Names: []string{"apps.internal"}})
+	if err != nil || len(domains) == 0 {
+		return fmt.Errorf("apps.internal: %v", err)
+	}
+	route, err := c.CreateRoute(ctx, domains[0].GUID, "bench-destination")
+	if err != nil {
+		return err
+	}
+	var conn net.Conn
+	if err := netns.Do(srcNS, func() (err error) {
+		conn, err = net.Dial("udp", "169.254.0.2:53")
+		return err
+	}); err != nil {
+		return err
+	}
+	defer conn.Close()
+	query := dnsQuery("bench-destination.apps.internal")
+	// answered probes until the answer has (want) or lacks (!want) an address.
+	answered := func(want bool) (time.Duration, error) {
+		start := time.Now()
+		buf := make([]byte, 512)
+		for time.Since(start) < 10*time.Second {
+			conn.SetDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := conn.Write(query); err != nil {
+				return 0, err
+			}
+			k, err := conn.Read(buf)
+			if err == nil && k >= 12 {
+				hasAnswer := int(buf[6])<<8|int(buf[7]) > 0 // ANCOUNT
+				if hasAnswer == want {
+					return time.Since(start), nil
+				}
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+		return 0, errors.New("no change in the DNS answers within 10s")
+	}
+	step("dns: %d maps and unmaps of bench-destination.apps.internal, timing the answers on the other cell", n)
+	var maps, unmaps []float64
+	for i := 0; i < n; i++ {
+		if _, err := c.AddRouteDestinations(ctx, route.GUID, dst.GUID); err != nil {
+			return err
+		}
+		d, err := answered(true)
+		if err != nil {
+			return fmt.Errorf("after map %d: %w", i+1, err)
+		}
+		maps = append(maps, ms(d))
+		if err := c.RemoveRouteDestination(ctx, route.GUID, dst.GUID); err != nil {
+			return err
+		}
+		if d, err = answered(false); err != nil {
+			return fmt.Errorf("after unmap %d: %w", i+1, err)
+		}
+		unmaps = append(unmaps, ms(d))
+	}
+	rep.Samples["dns-map/trellis"], rep.Samples["dns-unmap/trellis"] = maps, unmaps
+	for _, fig := range []struct {
+		id, name string
+		xs       []float64
+	}{
+		{"dns/route-map-p99", "route mapped → in another cell's DNS answers, p99", maps},
+		{"dns/route-unmap-p99", "route unmapped → gone from another cell's answers, p99", unmaps},
+	} {
+		rep.Figures = append(rep.Figures, newFigure(fig.id, fig.name, "ms", percentile(fig.xs, 99), 180000,
+			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}))
+	}
+	rep.Notes = append(rep.Notes, "dns: the clock starts when the map or unmap API call returns and stops at the first answer of the cell1 DNS server (queried from the source instance every 0.2 ms) that has (map) or lacks (unmap) the cell2 instance")
 	return nil
+}
+
+// dnsQuery is a DNS query for the A records of name, as bytes.
+func dnsQuery(name string) []byte {
+	q := []byte{0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0}
+	for _, label := range strings.Split(name, ".") {
+		q = append(q, byte(len(label)))
+		q = append(q, label...)
+	}
+	return append(q, 0, 0, 1, 0, 1)
 }
