@@ -34,6 +34,9 @@ func TestMain(m *testing.M) {
 func TestScripts(t *testing.T) {
 	for _, engine := range storetest.Engines {
 		t.Run(engine, func(t *testing.T) {
+			if engine == "postgres" {
+				storetest.RequirePostgres(t)
+			}
 			testscript.Run(t, testscript.Params{
 				Dir:                 "testdata/script",
 				RequireExplicitExec: true,

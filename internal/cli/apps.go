@@ -383,15 +383,7 @@ var mapRouteCommand = &command{
 			if err != nil {
 				return err
 			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
-			if err != nil {
-				return err
-			}
-			app, err := s.app(ctx, t.space, r.app)
+			s, t, app, err := e.targetApp(ctx, r.app)
 			if err != nil {
 				return err
 			}

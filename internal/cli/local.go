@@ -335,15 +335,7 @@ func printInstances(e *env, ins []api.Instance) {
 // localInstance finds instance index of app and how it runs, from the
 // state dir of the local agent that runs it.
 func localInstance(ctx context.Context, e *env, stateDir, name string, index int) (executor.Spec, error) {
-	s, err := e.session()
-	if err != nil {
-		return executor.Spec{}, err
-	}
-	t, err := s.target(ctx)
-	if err != nil {
-		return executor.Spec{}, err
-	}
-	app, err := s.app(ctx, t.space, name)
+	s, _, app, err := e.targetApp(ctx, name)
 	if err != nil {
 		return executor.Spec{}, err
 	}
@@ -417,15 +409,7 @@ var logsCommand = &command{
 			if len(args) != 1 {
 				return badUsage("the required argument `APP` was not provided")
 			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
-			if err != nil {
-				return err
-			}
-			app, err := s.app(ctx, t.space, args[0])
+			s, _, app, err := e.targetApp(ctx, args[0])
 			if err != nil {
 				return err
 			}
@@ -472,15 +456,7 @@ func appActionCommand(action, summary string) *command {
 				if len(args) != 1 {
 					return badUsage("the required argument `APP` was not provided")
 				}
-				s, err := e.session()
-				if err != nil {
-					return err
-				}
-				t, err := s.target(ctx)
-				if err != nil {
-					return err
-				}
-				app, err := s.app(ctx, t.space, args[0])
+				s, t, app, err := e.targetApp(ctx, args[0])
 				if err != nil {
 					return err
 				}
@@ -519,15 +495,7 @@ var scaleCommand = &command{
 			if *n < 0 || *n > 1000 {
 				return badUsage("-i N is required (0 to 1000)")
 			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
-			if err != nil {
-				return err
-			}
-			app, err := s.app(ctx, t.space, args[0])
+			s, t, app, err := e.targetApp(ctx, args[0])
 			if err != nil {
 				return err
 			}

@@ -131,15 +131,7 @@ var explainCommand = &command{
 			if *protocol != "tcp" && *protocol != "udp" {
 				return badInput(`PROTOCOL must be "tcp" or "udp"`)
 			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
-			if err != nil {
-				return err
-			}
-			src, err := s.app(ctx, t.space, args[0])
+			s, _, src, err := e.targetApp(ctx, args[0])
 			if err != nil {
 				return err
 			}

@@ -221,3 +221,18 @@ func uniq(ss []string) []string {
 	slices.Sort(out)
 	return slices.Compact(out)
 }
+
+// targetApp loads the session and finds the app named name in the target
+// space: what most app verbs start with.
+func (e *env) targetApp(ctx context.Context, name string) (*session, target, api.App, error) {
+	s, err := e.session()
+	if err != nil {
+		return nil, target{}, api.App{}, err
+	}
+	t, err := s.target(ctx)
+	if err != nil {
+		return s, t, api.App{}, err
+	}
+	app, err := s.app(ctx, t.space, name)
+	return s, t, app, err
+}

@@ -61,15 +61,24 @@ func OpenURL(t testing.TB, u string) *store.Store {
 	return st
 }
 
+// RequirePostgres skips t (or fails it in CI) when no PostgreSQL server is
+// configured. Call it from the test's own goroutine before handing URL to
+// helpers that run elsewhere.
+func RequirePostgres(t testing.TB) {
+	t.Helper()
+	if os.Getenv(EnvPostgres) != "" {
+		return
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("$%s is not set: CI must run the PostgreSQL tests (see .ci/run)", EnvPostgres)
+	}
+	t.Skipf("$%s is not set: skipping PostgreSQL (set it to a server's admin URL to run)", EnvPostgres)
+}
+
 func postgresURL(t testing.TB) string {
 	t.Helper()
+	RequirePostgres(t)
 	admin := os.Getenv(EnvPostgres)
-	if admin == "" {
-		if os.Getenv("CI") == "true" {
-			t.Fatalf("$%s is not set: CI must run the PostgreSQL tests (see .ci/run)", EnvPostgres)
-		}
-		t.Skipf("$%s is not set: skipping PostgreSQL (set it to a server's admin URL to run)", EnvPostgres)
-	}
 	db, err := sql.Open("pgx", admin)
 	if err != nil {
 		t.Fatalf("open %s: %v", EnvPostgres, err)
