@@ -326,25 +326,29 @@ func dnsPropagation(ctx context.Context, rep *Report, c *api.Client, dst api.App
 	}
 	defer conn.Close()
 	query := dnsQuery("bench-destination.apps.internal")
-	// answered probes until the answer has (want) or lacks (!want) an address.
-	answered := func(want bool) (time.Duration, error) {
+	// until probes until the answer holds want addresses, and says how
+	// long that took.
+	until := func(want int) (time.Duration, error) {
 		start := time.Now()
 		buf := make([]byte, 512)
-		for time.Since(start) < 10*time.Second {
+		for time.Since(start) < 20*time.Second {
 			conn.SetDeadline(time.Now().Add(100 * time.Millisecond))
 			if _, err := conn.Write(query); err != nil {
 				return 0, err
 			}
 			k, err := conn.Read(buf)
-			if err == nil && k >= 12 {
-				hasAnswer := int(buf[6])<<8|int(buf[7]) > 0 // ANCOUNT
-				if hasAnswer == want {
-					return time.Since(start), nil
-				}
+			if err == nil && k >= 12 && int(buf[6])<<8|int(buf[7]) == want { // ANCOUNT
+				return time.Since(start), nil
 			}
 			time.Sleep(200 * time.Microsecond)
 		}
-		return 0, errors.New("no change in the DNS answers within 10s")
+		return 0, fmt.Errorf("the DNS answer did not reach %d addresses within 20s", want)
+	}
+	answered := func(want bool) (time.Duration, error) {
+		if want {
+			return until(1)
+		}
+		return until(0)
 	}
 	step("dns: %d maps and unmaps of bench-destination.apps.internal, timing the answers on the other cell", n)
 	var maps, unmaps []float64
@@ -377,6 +381,41 @@ func dnsPropagation(ctx context.Context, rep *Report, c *api.Client, dst api.App
 			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}))
 	}
 	rep.Notes = append(rep.Notes, "dns: the clock starts when the map or unmap API call returns and stops at the first answer of the cell1 DNS server (queried from the source instance every 0.2 ms) that has (map) or lacks (unmap) the cell2 instance")
+
+	// Instances starting and stopping on cell2, seen from cell1's answers.
+	if _, err := c.AddRouteDestinations(ctx, route.GUID, dst.GUID); err != nil {
+		return err
+	}
+	if _, err := until(1); err != nil {
+		return err
+	}
+	k := max(n/4, 3)
+	step("dns: %d scale-ups and scale-downs of the destination, timing its addresses in the other cell's answers", k)
+	var ups, downs []float64
+	for i := 0; i < k; i++ {
+		if _, err := c.ScaleApp(ctx, dst.GUID, 2); err != nil {
+			return err
+		}
+		d, err := until(2)
+		if err != nil {
+			return fmt.Errorf("after scale-up %d: %w", i+1, err)
+		}
+		ups = append(ups, ms(d))
+		if _, err := c.ScaleApp(ctx, dst.GUID, 1); err != nil {
+			return err
+		}
+		if d, err = until(1); err != nil {
+			return fmt.Errorf("after scale-down %d: %w", i+1, err)
+		}
+		downs = append(downs, ms(d))
+	}
+	rep.Samples["dns-instance-start/trellis"], rep.Samples["dns-instance-stop/trellis"] = ups, downs
+	rep.Figures = append(rep.Figures,
+		newFigure("dns/instance-start-p99", "instance started → in another cell's DNS answers, p99", "ms", percentile(ups, 99), 180000,
+			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}),
+		newFigure("dns/instance-stop-p99", "instance stopped → gone from another cell's answers, p99", "ms", percentile(downs, 99), 180000,
+			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}))
+	rep.Notes = append(rep.Notes, "dns instances: the clock starts when the scale API call returns, so a start includes scheduling, the instance's namespace, CNI ADD, its process and its registration; a stop includes stopping the process and CNI DEL")
 	return nil
 }
 

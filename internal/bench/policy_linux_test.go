@@ -26,8 +26,8 @@ func TestPolicyQuick(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Policy = %v", err)
 	}
-	if len(rep.Figures) != 14 {
-		t.Errorf("figures = %d, want 14", len(rep.Figures))
+	if len(rep.Figures) != 16 {
+		t.Errorf("figures = %d, want 16", len(rep.Figures))
 	}
 	for _, f := range rep.Figures {
 		if f.Value <= 0 {
@@ -39,7 +39,7 @@ func TestPolicyQuick(t *testing.T) {
 		t.Fatal(err)
 	}
 	var back Report
-	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != 14 {
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != 16 {
 		t.Errorf("JSON round trip = %v, %d figures", err, len(back.Figures))
 	}
 }
