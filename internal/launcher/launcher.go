@@ -94,7 +94,7 @@ var ErrAlreadyUp = errors.New("already up")
 // is ready. On failure (or when ctx ends first) it takes down what it made.
 func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	if os.Geteuid() != 0 {
-		return nil, errors.New("trellis up needs root: it creates network namespaces (run it with sudo)")
+		return nil, errors.New("trellis up needs root: it creates network namespaces (run it as root)")
 	}
 	if o.Cells < 1 || o.Cells > 50 {
 		return nil, fmt.Errorf("--cells %d: must be 1 to 50", o.Cells)
