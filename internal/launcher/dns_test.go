@@ -1,6 +1,8 @@
 package launcher
 
 import (
+	"context"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -87,4 +89,20 @@ func TestInternalRoutesDNS(t *testing.T) {
 	// Unmapped: NXDOMAIN.
 	fd.cli(0, "unmap-route", "backend", "apps.internal", "--hostname", "backend")
 	waitFor(t, "an unmapped route to answer NXDOMAIN", func() bool { return status("backend.apps.internal") == "NXDOMAIN" })
+
+	// Controller down: the cells keep answering from their last copy.
+	fd.cli(0, "map-route", "backend", "apps.internal", "--hostname", "backend")
+	waitFor(t, "the route to answer again", func() bool { return strings.Join(dig("backend.apps.internal"), " ") == left })
+	if err := stop(fd.f.Controller.PID, 5*time.Second); err != nil {
+		t.Fatal(err)
+	}
+	// (trellis exec needs the controller: ask the cell's server directly,
+	// from inside the frontend instance, with Go's resolver.)
+	r := &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return dialErr(fe.netns, network, "169.254.0.2:53")
+	}}
+	got, err := r.LookupHost(context.Background(), "backend.apps.internal")
+	if err != nil || strings.Join(got, " ") != left {
+		t.Errorf("backend.apps.internal with the controller down = %v, %v; want [%s]", got, err, left)
+	}
 }
