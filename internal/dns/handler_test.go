@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -512,13 +513,17 @@ func TestSwapUnderLoad(t *testing.T) {
 			}
 		})
 	}
+	// Swap until the queries have seen both tables (they need CPU time on a
+	// loaded machine: yield to them), for at most 10 seconds.
+	deadline := time.Now().Add(10 * time.Second)
 	for i := 0; i < 2000 || seen[0].Load() == 0 || seen[1].Load() == 0; i++ {
 		if i%2 == 0 {
 			h.SetTable(two)
 		} else {
 			h.SetTable(one)
 		}
-		if i > 1_000_000 {
+		runtime.Gosched()
+		if time.Now().After(deadline) {
 			t.Error("queries never saw both tables")
 			break
 		}
