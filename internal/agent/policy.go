@@ -33,6 +33,7 @@ type enforcer struct {
 	mu      sync.Mutex
 	last    map[dataplane.Allow]bool // allows applied last time
 	lastRev int64                    // revision applied last time
+	lastSt  api.CellState            // the desired state applied last time
 	enforce bool                     // enforcement applied last time
 	warned  bool                     // logged that enforcement is off
 
@@ -107,6 +108,11 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
+	// A re-apply for a container attached here may race with a newer
+	// desired state applied meanwhile: never go back to an older one.
+	if st.Revision < e.lastRev {
+		st = e.lastSt
+	}
 	e.desired.Set(float64(st.Revision))
 	p := e.policy(st)
 	if !p.Enforce && !e.warned {
@@ -124,7 +130,7 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
 	if err != nil {
 		return fmt.Errorf("apply policy: %w", err)
 	}
-	e.lastRev = st.Revision
+	e.lastRev, e.lastSt = st.Revision, st
 	if changed {
 		e.applySeconds.Observe(time.Since(start).Seconds())
 		e.a.log.Debug("policy applied", "revision", st.Revision, "locals", len(p.Locals), "allows", len(p.Allows), "took", time.Since(start))

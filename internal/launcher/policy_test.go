@@ -1,8 +1,17 @@
 package launcher
 
 import (
+	"encoding/json"
 	"errors"
+	"os"
+	"path/filepath"
+
 	"fmt"
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"net"
 	"sort"
 	"strings"
@@ -165,7 +174,28 @@ func TestPolicyMatrix(t *testing.T) {
 		t.Fatalf("request on the open a->c connection = %v", err)
 	}
 	fd.cli(0, "remove-network-policy", "a", "c", "--protocol", "tcp", "--port", "9000-9100")
-	waitFor(t, "the open a->c connection to be cut", func() bool { return request() != nil })
+	cutBy := time.Now().Add(10 * time.Second)
+	for request() == nil {
+		if time.Now().After(cutBy) {
+			for _, c := range fd.f.Cells {
+				t.Logf("DEBUG %s log tail:\n%s", c.Name, lastLines(c.Agent.Log, 8))
+				b, _ := os.ReadFile(filepath.Join(c.StateDir, "state.json"))
+				var st api.CellState
+				json.Unmarshal(b, &st)
+				t.Logf("DEBUG %s state rev %d allows %+v", c.Name, st.Revision, st.Allows)
+				h, _ := netns.Handle(netns.Path(c.NetNS))
+				flows, err := h.ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+				for _, f := range flows {
+					if f.Forward.DstPort == 9000 {
+						t.Logf("DEBUG %s conntrack %s mark %#x (err %v)", c.Name, f, f.Mark, err)
+					}
+				}
+				h.Close()
+			}
+			t.Fatal("timed out waiting for the open a->c connection to be cut")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	// A policy for an app with no running instance is kept, and takes
 	// effect when one starts.
@@ -173,10 +203,37 @@ func TestPolicyMatrix(t *testing.T) {
 	fd.cli(0, "add-network-policy", "a", "d", "--protocol", "tcp", "--port", "8080")
 	fd.cli(0, "push", "d", "--", trellisBin, "sample-app")
 	d0 := fd.instances("d")[0]
-	waitFor(t, "a to reach the new instance of d", func() bool {
+	deadlineD := time.Now().Add(10 * time.Second)
+	for {
 		ok, err := reach(a0.netns, d0.IP, probe{"tcp", 8080})
-		return err == nil && ok
-	})
+		if err == nil && ok {
+			break
+		}
+		if time.Now().After(deadlineD) {
+			t.Logf("DEBUG reach: %v %v; d0=%+v a0=%+v", ok, err, d0.Instance, a0.Instance)
+			t.Logf("DEBUG flows:\n%s", fd.cli(0, "flows", "--app", "d"))
+			t.Logf("DEBUG explain:\n%s", fd.cli(0, "explain", "a", "d", "--port", "8080"))
+			for _, c := range fd.f.Cells {
+				t.Logf("DEBUG %s log tail:\n%s", c.Name, lastLines(c.Agent.Log, 6))
+				b, _ := os.ReadFile(filepath.Join(c.StateDir, "state.json"))
+				var st api.CellState
+				json.Unmarshal(b, &st)
+				t.Logf("DEBUG %s state rev %d allows %+v", c.Name, st.Revision, st.Allows)
+				for _, ep := range st.Endpoints {
+					t.Logf("DEBUG %s endpoint %+v", c.Name, ep)
+				}
+				cnt, err := dataplane.PolicyCounters(netns.Path(c.NetNS))
+				t.Logf("DEBUG %s kernel allows %v err %v", c.Name, cnt.Allows, err)
+				recs, _ := filepath.Glob(filepath.Join(c.StateDir, "containers", "*.json"))
+				for _, r := range recs {
+					b, _ := os.ReadFile(r)
+					t.Logf("DEBUG %s record %s", c.Name, b)
+				}
+			}
+			t.Fatal("timed out waiting for a to reach the new instance of d")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 
 	// Denied attempts were logged with their reason.
 	out := fd.cli(0, "flows", "--denied")
