@@ -64,7 +64,17 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
-	if err := s.migrate(ctx); err != nil {
+	// Several processes opening one new SQLite file at once can see
+	// SQLITE_BUSY where the busy timeout does not apply (switching the
+	// file to WAL): try again for a while.
+	for try := 0; ; try++ {
+		err = s.migrate(ctx)
+		if err == nil || s.pg || try == 50 || !strings.Contains(err.Error(), "SQLITE_BUSY") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
 		s.db.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
