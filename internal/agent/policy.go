@@ -15,6 +15,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"github.com/trellis-c2c/trellis/internal/flowlog"
+	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
 // NFLOG groups the cell's policy rules log to. Each cell is its own
@@ -36,6 +37,7 @@ type enforcer struct {
 	lastSt  api.CellState            // the desired state applied last time
 	enforce bool                     // enforcement applied last time
 	warned  bool                     // logged that enforcement is off
+	strict  bool                     // conntrack made strict in the cell
 
 	applySeconds prometheus.Histogram
 	applied      prometheus.Gauge
@@ -121,6 +123,16 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
 	} else if p.Enforce {
 		e.warned = false
 	}
+	if !e.strict {
+		// Conntrack must not pick up a connection in the middle: after a
+		// revoked connection's entry is cut, the next packet from the
+		// instance's side would otherwise make a new "established" entry
+		// that lets the peer's packets in as replies.
+		if err := netns.Sysctl(e.a.nsPath, "net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {
+			return fmt.Errorf("make conntrack strict: %w", err)
+		}
+		e.strict = true
+	}
 	start := time.Now()
 	set := dataplane.SetPolicy
 	if st.Revision == e.lastRev && e.last != nil {
@@ -151,8 +163,8 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
 		// as a user revoking access expects.
 		if n, err := dataplane.CutDisallowed(e.a.nsPath, p); err != nil {
 			e.a.log.Warn("cut revoked flows", "err", err)
-		} else if n > 0 {
-			e.a.log.Info("cut established flows the policy no longer allows", "flows", n)
+		} else {
+			e.a.log.Info("cut established flows the policy no longer allows", "flows", n, "revision", st.Revision)
 		}
 	}
 	return nil

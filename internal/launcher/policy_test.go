@@ -146,16 +146,33 @@ func TestPolicyMatrix(t *testing.T) {
 			t.Errorf("%s: %d of %d cells of the matrix wrong:\n%s", ph.name, len(diffs), len(insts)*(len(insts)-1)*len(probes), strings.Join(diffs, "\n"))
 		}
 	}
-	var a0 instance
+	// Revoking access cuts established connections too: an open connection
+	// of a to c on tcp/9000 breaks when the policy goes.
+	var a0, c0 instance
 	for _, in := range insts {
-		if in.CellName[:2] == "a0" {
+		switch in.CellName[:2] {
+		case "a0":
 			a0 = in
+		case "c0":
+			c0 = in
 		}
 	}
-	// (Revocation cutting an open connection is tested in
-	// internal/dataplane's TestPolicyRevocation; end to end it failed about
-	// once in ten runs here, see issue 4, so it is not asserted here yet.)
+	conn := dial(t, a0.netns, "tcp", c0.IP+":9000")
+	defer conn.Close()
+	request := func() error {
+		conn.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := fmt.Fprintf(conn, "GET / HTTP/1.1\r\nHost: c\r\n\r\n"); err != nil {
+			return err
+		}
+		buf := make([]byte, 4096)
+		_, err := conn.Read(buf) // the whole small answer, or an error
+		return err
+	}
+	if err := request(); err != nil {
+		t.Fatalf("request on the open a->c connection = %v", err)
+	}
 	fd.cli(0, "remove-network-policy", "a", "c", "--protocol", "tcp", "--port", "9000-9100")
+	waitFor(t, "the open a->c connection to be cut", func() bool { return request() != nil })
 
 	// A policy for an app with no running instance is kept, and takes
 	// effect when one starts.
