@@ -8,10 +8,10 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/agent"
+	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/cni"
 	"github.com/trellis-c2c/trellis/internal/sampleapp"
 )
@@ -130,15 +130,9 @@ var cellsCommand = &command{
 			if err != nil {
 				return err
 			}
-			if *asJSON {
-				return e.printJSON(cells)
-			}
-			tw := tabwriter.NewWriter(e.stdout, 0, 0, 3, ' ', 0)
-			fmt.Fprintln(tw, "name\tunderlay ip\tsubnet\thealthy\tlast seen")
-			for _, c := range cells {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%v\t%s\n", c.Name, c.UnderlayIP, c.Subnet, c.Healthy, c.LastSeen.Format(time.RFC3339))
-			}
-			return tw.Flush()
+			return printList(s, *asJSON, "cells", cells, []string{"name", "underlay ip", "subnet", "healthy", "last seen"}, func(c api.Cell) []string {
+				return []string{c.Name, c.UnderlayIP, c.Subnet, strconv.FormatBool(c.Healthy), c.LastSeen.Format(time.RFC3339)}
+			})
 		}
 	},
 }

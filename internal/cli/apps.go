@@ -211,23 +211,13 @@ var domainsCommand = &command{
 				return err
 			}
 			slices.SortFunc(domains, func(a, b api.Domain) int { return strings.Compare(a.Name, b.Name) })
-			if *asJSON {
-				return s.printJSON(nonNil(domains))
-			}
-			if len(domains) == 0 {
-				s.printf("No domains found.\n")
-				return nil
-			}
-			var rows [][]string
-			for _, d := range domains {
+			return printList(s, *asJSON, "domains", domains, []string{"name", "availability", "internal"}, func(d api.Domain) []string {
 				internal := ""
 				if d.Internal {
 					internal = "true"
 				}
-				rows = append(rows, []string{d.Name, "shared", internal})
-			}
-			s.printTable([]string{"name", "availability", "internal"}, rows)
-			return nil
+				return []string{d.Name, "shared", internal}
+			})
 		}
 	},
 }
@@ -299,12 +289,8 @@ var routesCommand = &command{
 				return err
 			}
 			slices.SortFunc(routes, func(a, b api.Route) int { return strings.Compare(a.URL, b.URL) })
-			if *asJSON {
-				return s.printJSON(nonNil(routes))
-			}
-			if len(routes) == 0 {
-				s.printf("No routes found.\n")
-				return nil
+			if *asJSON || len(routes) == 0 {
+				return printList(s, *asJSON, "routes", routes, nil, nil)
 			}
 			domains, err := s.client.Domains(ctx, api.DomainFilter{})
 			if err != nil {
@@ -324,17 +310,14 @@ var routesCommand = &command{
 			if err != nil {
 				return err
 			}
-			var rows [][]string
-			for _, r := range routes {
+			return printList(s, false, "routes", routes, []string{"host", "domain", "apps"}, func(r api.Route) []string {
 				var names []string
 				for _, d := range r.Destinations {
 					names = append(names, orDefault(apps[d.App.GUID].Name, d.App.GUID))
 				}
 				domain := r.Relationships.Domain.Data.GUID
-				rows = append(rows, []string{r.Host, orDefault(domainNames[domain], domain), strings.Join(uniq(names), ", ")})
-			}
-			s.printTable([]string{"host", "domain", "apps"}, rows)
-			return nil
+				return []string{r.Host, orDefault(domainNames[domain], domain), strings.Join(uniq(names), ", ")}
+			})
 		}
 	},
 }

@@ -184,19 +184,7 @@ var orgsCommand = &command{
 				return err
 			}
 			slices.SortFunc(orgs, func(a, b api.Organization) int { return strings.Compare(a.Name, b.Name) })
-			if *asJSON {
-				return s.printJSON(nonNil(orgs))
-			}
-			if len(orgs) == 0 {
-				s.printf("No orgs found.\n")
-				return nil
-			}
-			var rows [][]string
-			for _, o := range orgs {
-				rows = append(rows, []string{o.Name})
-			}
-			s.printTable([]string{"name"}, rows)
-			return nil
+			return printList(s, *asJSON, "orgs", orgs, []string{"name"}, func(o api.Organization) []string { return []string{o.Name} })
 		}
 	},
 }
@@ -275,19 +263,7 @@ var spacesCommand = &command{
 				return err
 			}
 			slices.SortFunc(spaces, func(a, b api.Space) int { return strings.Compare(a.Name, b.Name) })
-			if *asJSON {
-				return s.printJSON(nonNil(spaces))
-			}
-			if len(spaces) == 0 {
-				s.printf("No spaces found.\n")
-				return nil
-			}
-			var rows [][]string
-			for _, sp := range spaces {
-				rows = append(rows, []string{sp.Name})
-			}
-			s.printTable([]string{"name"}, rows)
-			return nil
+			return printList(s, *asJSON, "spaces", spaces, []string{"name"}, func(sp api.Space) []string { return []string{sp.Name} })
 		}
 	},
 }
@@ -422,6 +398,24 @@ var createTokenCommand = &command{
 
 func jsonFlag(fs *flag.FlagSet) *bool {
 	return fs.Bool("json", false, "Print the list as JSON")
+}
+
+// printList ends every listing verb: items as JSON, or "No NOUN found.",
+// or a table of one row per item under header.
+func printList[T any](s *session, asJSON bool, noun string, items []T, header []string, row func(T) []string) error {
+	if asJSON {
+		return s.printJSON(nonNil(items))
+	}
+	if len(items) == 0 {
+		s.printf("No %s found.\n", noun)
+		return nil
+	}
+	rows := make([][]string, 0, len(items))
+	for _, it := range items {
+		rows = append(rows, row(it))
+	}
+	s.printTable(header, rows)
+	return nil
 }
 
 // nonNil makes an empty list print as [] rather than null.
