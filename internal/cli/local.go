@@ -243,14 +243,6 @@ var pushCommand = &command{
 			if err != nil {
 				return err
 			}
-			app, err := s.app(ctx, t.space, name)
-			if isNotFound(err) {
-				e.printf("Creating app %s in org %s / space %s as %s...\n", name, t.org.Name, t.space.Name, s.user())
-				app, err = s.client.CreateApp(ctx, t.space.GUID, name)
-			}
-			if err != nil {
-				return err
-			}
 			cellGUID := ""
 			if *cell != "" {
 				cells, err := s.client.Cells(ctx)
@@ -262,6 +254,14 @@ var pushCommand = &command{
 					return fmt.Errorf("cell %s not found (see `trellis cells`)", *cell)
 				}
 				cellGUID = cells[i].GUID
+			}
+			app, err := s.app(ctx, t.space, name)
+			if isNotFound(err) {
+				e.printf("Creating app %s in org %s / space %s as %s...\n", name, t.org.Name, t.space.Name, s.user())
+				app, err = s.client.CreateApp(ctx, t.space.GUID, name)
+			}
+			if err != nil {
+				return err
 			}
 			if command == nil {
 				command = []string{}
