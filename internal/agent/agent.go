@@ -230,7 +230,16 @@ func underlay(nsPath, name string) (string, netip.Addr, int, error) {
 	return link.Attrs().Name, ip, link.Attrs().MTU, nil
 }
 
-func (a *Agent) run(ctx context.Context) error {
+func (a *Agent) run(parent context.Context) error {
+	// Everything started here stops before run returns, so that a
+	// restarted agent finds its sockets (DNS on :53, the unix socket)
+	// free.
+	ctx, cancel := context.WithCancel(parent)
+	var bg sync.WaitGroup
+	defer func() {
+		cancel()
+		bg.Wait()
+	}()
 	// The last known state first: the dataplane keeps working while the
 	// controller is down.
 	if b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, lastStateFile)); err == nil {
@@ -248,13 +257,13 @@ func (a *Agent) run(ctx context.Context) error {
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}
 	srv := &http.Server{Handler: (&socketServer{a: a}).handler(), ReadHeaderTimeout: 10 * time.Second}
-	go srv.Serve(ln)
+	bg.Go(func() { srv.Serve(ln) })
 	defer srv.Close()
 	if a.instances != nil {
-		go a.instances.loop(ctx)
+		bg.Go(func() { a.instances.loop(ctx) })
 	}
-	go a.enforcer.watchFlows(ctx)
-	if err := a.startDNS(ctx); err != nil {
+	bg.Go(func() { a.enforcer.watchFlows(ctx) })
+	if err := a.startDNS(ctx, &bg); err != nil {
 		return err
 	}
 	a.log.Info("agent running", "cell", a.id.Cell.Name, "guid", a.id.Cell.GUID, "netns", a.nsPath, "underlay", a.cell.UnderlayDevice,

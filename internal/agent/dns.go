@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strings"
+	"sync"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dns"
@@ -13,7 +14,8 @@ import (
 // startDNS serves the internal domains at DNSAddr:53 in the cell's
 // namespace, from the agent's own copy of routes and instances: a lookup
 // never waits on the controller, and keeps being answered while it is down.
-func (a *Agent) startDNS(ctx context.Context) error {
+// The server runs on bg until ctx is done.
+func (a *Agent) startDNS(ctx context.Context, bg *sync.WaitGroup) error {
 	ip := netip.MustParseAddr(DNSAddr)
 	if err := dns.AddAddress(a.nsPath, ip); err != nil {
 		return fmt.Errorf("dns: add %s to the cell: %w", ip, err)
@@ -23,11 +25,11 @@ func (a *Agent) startDNS(ctx context.Context) error {
 	if err := a.dns.Listen(a.nsPath, netip.AddrPortFrom(ip, 53).String()); err != nil {
 		return err
 	}
-	go func() {
+	bg.Go(func() {
 		if err := a.dns.Serve(ctx); err != nil && ctx.Err() == nil {
 			a.log.Error("dns server stopped", "err", err)
 		}
-	}()
+	})
 	return nil
 }
 
