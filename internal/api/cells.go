@@ -75,6 +75,11 @@ type CellState struct {
 	// the cell's DNS server answers for, from its own copy.
 	Domains []string     `json:"domains"`
 	Routes  []RouteEntry `json:"routes"`
+	// InstanceCA is the trust anchor of instance identities, and LocalApps
+	// the apps with an instance on this cell: what the agent needs to
+	// request, renew and serve instance certificates (port 61443).
+	InstanceCA InstanceCA `json:"instance_ca"`
+	LocalApps  []LocalApp `json:"local_apps"`
 }
 
 // RouteEntry is an internal route: Host.Domain leads to the apps.
