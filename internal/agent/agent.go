@@ -55,6 +55,9 @@ type Config struct {
 	// DNSUpstreams are the servers names outside the internal domains are
 	// forwarded to; none (the default) answers them REFUSED.
 	DNSUpstreams []string
+	// InstanceKeyType is the key instances' identity certificates are made
+	// with: "ecdsa-p256" (default) or "rsa-3072".
+	InstanceKeyType string
 	// LeaveOnExit makes the cell leave the foundation when ctx ends.
 	LeaveOnExit bool
 	// Resync is the period of a full re-apply without changes; default and
@@ -77,6 +80,7 @@ type Agent struct {
 	containers *containers
 	instances  *instances
 	enforcer   *enforcer
+	tls        *identities
 	metrics    *prometheus.Registry
 	dns        *dns.Server
 
@@ -159,6 +163,9 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	a.metrics = prometheus.NewRegistry()
 	a.enforcer = newEnforcer(a, a.metrics)
+	if a.tls, err = newIdentities(a, a.metrics); err != nil {
+		return nil, err
+	}
 	if cfg.RunInstances {
 		a.instances, err = newInstances(a)
 		if err != nil {
@@ -263,6 +270,7 @@ func (a *Agent) run(parent context.Context) error {
 		bg.Go(func() { a.instances.loop(ctx) })
 	}
 	bg.Go(func() { a.enforcer.watchFlows(ctx) })
+	bg.Go(func() { a.tls.loop(ctx) })
 	if err := a.startDNS(ctx, &bg); err != nil {
 		return err
 	}
@@ -355,6 +363,9 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	}
 	if a.instances != nil {
 		a.instances.poke()
+	}
+	if a.tls != nil {
+		a.tls.poke()
 	}
 }
 

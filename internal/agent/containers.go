@@ -252,6 +252,7 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	alloc := cs.allocation(rec)
 	cs.mu.Unlock()
 	s.a.applyPolicy(r.Context())
+	s.a.tls.attach(r.Context(), snapshot)
 	cs.mu.Lock() // the deferred Unlock
 	s.a.log.Info("attached", "container", snapshot.ContainerID, "ip", snapshot.IP, "instance", snapshot.Identity.InstanceGUID)
 	writeJSON(w, http.StatusOK, alloc)
@@ -321,6 +322,7 @@ func (a *Agent) release(ctx context.Context, id string) bool {
 	snapshot := *rec
 	cs.mu.Unlock()
 	a.applyPolicy(ctx) // its address is no longer a local instance's
+	a.tls.detach(snapshot.Identity.InstanceGUID)
 	a.deregister(ctx, snapshot)
 	return true
 }

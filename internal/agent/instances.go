@@ -302,6 +302,11 @@ func (in *instances) spec(inst *instance, dir string) executor.Spec {
 		"CF_INSTANCE_PORT":        port,
 		"CF_INSTANCE_ADDR":        net.JoinHostPort(inst.IP.String(), port),
 		"CF_INSTANCE_PORTS":       fmt.Sprintf(`[{"internal":%s}]`, port),
+		"CF_INSTANCE_CERT":        CredentialsDir + "/" + certFile,
+		"CF_INSTANCE_KEY":         CredentialsDir + "/" + keyFile,
+		"CF_SYSTEM_CERT_PATH":     SystemCertsDir,
+		"SSL_CERT_FILE":           SystemCertsDir + "/" + bundleFile,
+		"CURL_CA_BUNDLE":          SystemCertsDir + "/" + bundleFile,
 		"TRELLIS_APP_NAME":        d.AppName,
 		"TRELLIS_APP_GUID":        d.AppGUID,
 	}
@@ -322,7 +327,11 @@ func (in *instances) spec(inst *instance, dir string) executor.Spec {
 	return executor.Spec{
 		ID: d.GUID, NetNS: netns.Path(inst.NetNS), Command: command, Env: envList,
 		ResolvConf: []byte("nameserver " + DNSAddr + "\n"),
-		LogPath:    filepath.Join(dir, "app.log"), StateDir: dir,
+		Mounts: []executor.Mount{
+			{Source: in.a.tls.credentialsDir(d.GUID), Target: CredentialsDir},
+			{Source: in.a.tls.sysDir, Target: SystemCertsDir},
+		},
+		LogPath: filepath.Join(dir, "app.log"), StateDir: dir,
 	}
 }
 

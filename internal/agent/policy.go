@@ -44,10 +44,13 @@ type enforcer struct {
 	desired      prometheus.Gauge
 	flows        *prometheus.CounterVec
 	suppressed   prometheus.Counter
+	// events are the flow events on their way to the controller: logged
+	// packets, and handshakes the TLS proxy refused.
+	events chan api.FlowEvent
 }
 
 func newEnforcer(a *Agent, reg prometheus.Registerer) *enforcer {
-	e := &enforcer{a: a,
+	e := &enforcer{a: a, events: make(chan api.FlowEvent, 4096),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "trellis_agent_policy_apply_seconds",
 			Help: "Time to apply the cell's policy to the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		applied: prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_agent_applied_revision",
@@ -173,16 +176,10 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
 // watchFlows reads the policy rules' log and reports each logged attempt,
 // named and explained, to the controller in batches.
 func (e *enforcer) watchFlows(ctx context.Context) {
-	events := make(chan api.FlowEvent, 4096)
-	go e.reportFlows(ctx, events)
+	go e.reportFlows(ctx, e.events)
 	for ctx.Err() == nil {
 		err := flowlog.Listen(ctx, e.a.nsPath, []uint16{denyLogGroup, allowLogGroup}, func(pk flowlog.Packet) {
-			ev := e.event(pk)
-			e.flows.WithLabelValues(ev.Verdict, ev.SrcAppName, ev.DstAppName).Inc()
-			select {
-			case events <- ev:
-			default: // the controller is slow: drop rather than block the reader
-			}
+			e.record(e.event(pk))
 		})
 		if err != nil && ctx.Err() == nil {
 			e.a.log.Warn("read the flow log: retrying", "err", err)
@@ -191,6 +188,15 @@ func (e *enforcer) watchFlows(ctx context.Context) {
 			case <-time.After(time.Second):
 			}
 		}
+	}
+}
+
+// record counts ev and queues it for the controller.
+func (e *enforcer) record(ev api.FlowEvent) {
+	e.flows.WithLabelValues(ev.Verdict, ev.SrcAppName, ev.DstAppName).Inc()
+	select {
+	case e.events <- ev:
+	default: // the controller is slow: drop rather than block the reader
 	}
 }
 

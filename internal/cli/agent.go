@@ -45,6 +45,7 @@ var agentCommand = &command{
 		fs.StringVar(&cfg.Socket, "socket", "", "Serve the CNI plugin on unix socket `PATH` (default STATE/agent.sock)")
 		fs.BoolVar(&cfg.RunInstances, "run-instances", false, "Run the instances the controller places here (local foundation)")
 		fs.StringVar(&cfg.InstanceNetNSPrefix, "instance-netns-prefix", "trellis-i-", "Name instance namespaces with `PREFIX` (with --run-instances)")
+		fs.StringVar(&cfg.InstanceKeyType, "instance-key-type", "ecdsa-p256", "Make instance identity keys of `TYPE`: ecdsa-p256 or rsa-3072")
 		fs.BoolVar(&cfg.LeaveOnExit, "leave-on-exit", false, "Leave the foundation (free the lease) when stopped")
 		fs.Func("dns-upstream", "Forward names outside the internal domains to `HOST:PORT` (repeatable; default: answer them REFUSED)", func(v string) error {
 			if _, err := netip.ParseAddrPort(v); err != nil {
@@ -63,6 +64,9 @@ var agentCommand = &command{
 			}
 			if cfg.JoinToken != "" && (cfg.ControllerURL == "" || cfg.CACertFile == "") {
 				return badUsage("--join-token needs --controller and --ca-cert")
+			}
+			if cfg.InstanceKeyType != "ecdsa-p256" && cfg.InstanceKeyType != "rsa-3072" {
+				return badInput("invalid --instance-key-type %q: use ecdsa-p256 or rsa-3072", cfg.InstanceKeyType)
 			}
 			if cfg.ControllerURL != "" && !strings.HasPrefix(cfg.ControllerURL, "https://") {
 				return badInput("invalid --controller %q: must be an https:// URL", cfg.ControllerURL)

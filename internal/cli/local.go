@@ -44,21 +44,25 @@ var upCommand = &command{
 	name:    "up",
 	group:   groupLocal,
 	summary: "Start a local foundation: underlay, cells, controller and agents in namespaces",
-	usage:   "up [--cells N] [--state-dir DIR] [--detach] [--config FILE]",
+	usage:   "up [--cells N] [--state-dir DIR] [--detach] [--config FILE] [--instance-cert-validity D]",
 	example: "trellis up\ntrellis up --cells 3 --detach",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		cells := fs.Int("cells", 2, "Run `N` cells")
 		dir := stateDirFlag(fs, e)
 		detach := fs.Bool("detach", false, "Return once it is up and leave it running (stop it with `trellis down`)")
 		config := fs.String("config", "", "Point the CLI config `FILE` at it (default ~/.trellis/config.json)")
+		validity := fs.Duration("instance-cert-validity", 0, "Instance identity certificates are valid for `DURATION` (default 24h; at least 1m — short ones show rotation)")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return badUsage("up takes no arguments")
 			}
+			if *validity != 0 && *validity < time.Minute {
+				return badInput("invalid --instance-cert-validity %s: must be at least 1m", *validity)
+			}
 			if *cells < 1 || *cells > 50 {
 				return badInput("invalid --cells %d: must be 1 to 50", *cells)
 			}
-			f, err := launcher.Up(ctx, launcher.Options{StateDir: *dir, Cells: *cells, Progress: e.stderr})
+			f, err := launcher.Up(ctx, launcher.Options{StateDir: *dir, Cells: *cells, Progress: e.stderr, InstanceCertValidity: *validity})
 			if errors.Is(err, launcher.ErrAlreadyUp) {
 				return err
 			}

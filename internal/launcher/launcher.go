@@ -72,6 +72,9 @@ type Options struct {
 	Exe string
 	// Progress receives one line per step.
 	Progress io.Writer
+	// InstanceCertValidity, when not zero, is how long instance identity
+	// certificates are valid (the controller's --instance-cert-validity).
+	InstanceCertValidity time.Duration
 }
 
 // Load reads the foundation of stateDir.
@@ -162,8 +165,11 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 		return f, err
 	}
 	ctrlDir := filepath.Join(dir, "controller")
-	f.Controller, err = start(o.Exe, filepath.Join(dir, "logs", "controller.log"),
-		"controller", "--state-dir", ctrlDir, "--listen", fmt.Sprintf("127.0.0.1:%d", port))
+	args := []string{"controller", "--state-dir", ctrlDir, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}
+	if o.InstanceCertValidity != 0 {
+		args = append(args, "--instance-cert-validity", o.InstanceCertValidity.String())
+	}
+	f.Controller, err = start(o.Exe, filepath.Join(dir, "logs", "controller.log"), args...)
 	if err != nil {
 		return f, err
 	}

@@ -1,0 +1,419 @@
+//go:build trellis_wip
+
+package agent
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/proxy"
+)
+
+// Where an instance finds its identity, as in Cloud Foundry.
+const (
+	// CredentialsDir holds instance.crt (leaf, then intermediate) and
+	// instance.key inside an instance.
+	CredentialsDir = "/etc/cf-instance-credentials"
+	// SystemCertsDir holds the platform's trusted CA bundle inside an
+	// instance (CF_SYSTEM_CERT_PATH).
+	SystemCertsDir = "/etc/cf-system-certificates"
+	// TLSPort is where the cell terminates TLS for every local instance.
+	TLSPort = 61443
+
+	certFile   = "instance.crt"
+	keyFile    = "instance.key"
+	bundleFile = "trusted-ca.crt"
+	// dataLink points at the directory of the current key and certificate:
+	// swapping it replaces both at once (as Kubernetes' atomic writer does).
+	dataLink = "..data"
+)
+
+// identities requests, renews and stores the identity certificate of every
+// instance attached on the cell (the key is made here and never leaves),
+// and serves each on TLSPort through one proxy for the whole cell.
+type identities struct {
+	a      *Agent
+	dir    string // STATE/credentials/<instance>/
+	sysDir string // STATE/system-certs/
+	alg    string
+	proxy  *proxy.Server
+	wake   chan struct{}
+
+	mu     sync.Mutex
+	creds  map[string]*credential // by instance GUID
+	caGen  int64
+	bundle string
+	pool   *x509.CertPool
+
+	expiry   *prometheus.GaugeVec
+	renewals *prometheus.CounterVec
+}
+
+// credential is one instance's current certificate and what it was made for.
+type credential struct {
+	rec      record
+	cert     *tls.Certificate
+	hosts    string // the route hosts it names, joined
+	caGen    int64
+	renewAt  time.Time
+	fails    int
+	retryAt  time.Time
+	required bool // client certificates required on TLSPort, as last set
+	caSet    int64
+}
+
+func newIdentities(a *Agent, reg prometheus.Registerer) (*identities, error) {
+	id := &identities{a: a, dir: filepath.Join(a.cfg.StateDir, "credentials"), sysDir: filepath.Join(a.cfg.StateDir, "system-certs"),
+		alg: a.cfg.InstanceKeyType, wake: make(chan struct{}, 1), creds: map[string]*credential{},
+		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_agent_instance_certificate_expiry_seconds",
+			Help: "Seconds until the identity certificate of a local instance expires (alarm well before 0)."}, []string{"instance"}),
+		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_agent_instance_certificate_renewals_total",
+			Help: "Identity certificate requests by result (issued, failed)."}, []string{"result"}),
+	}
+	if id.alg == "" {
+		id.alg = identity.KeyECDSAP256
+	}
+	for _, d := range []string{id.dir, id.sysDir} {
+		if err := os.MkdirAll(d, 0o755); err != nil {
+			return nil, err
+		}
+	}
+	reg.MustRegister(id.expiry, id.renewals)
+	id.proxy = proxy.New(proxy.Config{Logger: a.log.With("component", "tls-proxy"), Registerer: reg, OnRefused: id.refused})
+	return id, nil
+}
+
+// credentialsDir is where instance's key and certificate are kept on the
+// cell: a runtime bind-mounts it read-only at CredentialsDir.
+func (id *identities) credentialsDir(instance string) string { return filepath.Join(id.dir, instance) }
+
+func (id *identities) poke() {
+	select {
+	case id.wake <- struct{}{}:
+	default:
+	}
+}
+
+// loop keeps every local instance's certificate current until ctx is done.
+func (id *identities) loop(ctx context.Context) {
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	defer id.proxy.Close()
+	for {
+		id.reconcile(ctx)
+		select {
+		case <-ctx.Done():
+			return
+		case <-id.wake:
+		case <-t.C:
+		}
+	}
+}
+
+// reconcile requests the certificates that are missing, due for renewal,
+// or made for other routes or another CA; serves each local instance on
+// TLSPort; and forgets instances that are gone.
+func (id *identities) reconcile(ctx context.Context) {
+	if !id.a.ready() {
+		return
+	}
+	st := id.a.desired()
+	id.updateCA(st.InstanceCA)
+	live := map[string]record{}
+	for _, rec := range id.a.containers.list() {
+		if rec.Committed && !rec.Deleting {
+			live[rec.Identity.InstanceGUID] = rec
+		}
+	}
+	id.mu.Lock()
+	var gone []string
+	for guid := range id.creds {
+		if _, ok := live[guid]; !ok {
+			gone = append(gone, guid)
+		}
+	}
+	id.mu.Unlock()
+	for _, guid := range gone {
+		id.detach(guid)
+	}
+	for _, rec := range live {
+		id.ensure(ctx, rec, st)
+	}
+}
+
+// attach issues rec's first certificate and serves it on TLSPort, before
+// the runtime's ADD returns: the instance is served the moment it exists.
+func (id *identities) attach(ctx context.Context, rec record) {
+	if err := os.MkdirAll(id.credentialsDir(rec.Identity.InstanceGUID), 0o755); err != nil {
+		id.a.log.Error("instance credentials", "instance", rec.Identity.InstanceGUID, "err", err)
+		return
+	}
+	st := id.a.desired()
+	id.updateCA(st.InstanceCA)
+	id.ensure(ctx, rec, st)
+}
+
+// ensure makes rec's certificate current and its listener match.
+func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) {
+	guid := rec.Identity.InstanceGUID
+	app := localApp(st, rec.Identity.AppGUID)
+	hosts := strings.Join(app.Hosts, ",")
+	now := time.Now()
+	id.mu.Lock()
+	c := id.creds[guid]
+	if c == nil {
+		c = &credential{rec: rec}
+		c.cert = id.load(guid)
+		if c.cert != nil {
+			// A restarted agent keeps serving what it issued before, and
+			// renews it on schedule (it was made for routes it cannot know).
+			c.hosts, c.caGen = hosts, id.caGen
+			c.renewAt = renewAt(c.cert.Leaf)
+		}
+		id.creds[guid] = c
+	}
+	c.rec = rec
+	due := c.cert == nil || !now.Before(c.renewAt) || c.hosts != hosts || c.caGen != id.caGen
+	if due && now.Before(c.retryAt) {
+		due = false
+	}
+	caGen := id.caGen
+	id.mu.Unlock()
+	if due {
+		cert, err := id.issue(ctx, guid)
+		id.mu.Lock()
+		if err != nil {
+			c.fails++
+			c.retryAt = now.Add(min(time.Duration(1<<min(c.fails, 6))*time.Second, time.Minute))
+			id.renewals.WithLabelValues("failed").Inc()
+			left := "no certificate yet"
+			if c.cert != nil {
+				left = "serving the current one until it expires at " + c.cert.Leaf.NotAfter.UTC().Format(time.RFC3339)
+			}
+			id.a.log.Error("INSTANCE CERTIFICATE NOT RENEWED: "+left, "instance", guid, "err", err, "retry_in", c.retryAt.Sub(now).Round(time.Second))
+		} else {
+			c.cert, c.hosts, c.caGen, c.fails, c.retryAt = cert, hosts, caGen, 0, time.Time{}
+			c.renewAt = renewAt(cert.Leaf)
+			id.renewals.WithLabelValues("issued").Inc()
+			id.a.log.Info("instance certificate issued", "instance", guid, "serial", cert.Leaf.SerialNumber.Text(16),
+				"not_after", cert.Leaf.NotAfter.UTC(), "renew_at", c.renewAt.UTC(), "hosts", hosts)
+		}
+		id.mu.Unlock()
+	}
+	id.mu.Lock()
+	cert, pool := c.cert, id.pool
+	changed := due || c.required != app.RequireClientCert || c.caSet != caGen
+	c.required, c.caSet = app.RequireClientCert, caGen
+	id.mu.Unlock()
+	if cert == nil {
+		return
+	}
+	id.expiry.WithLabelValues(guid).Set(time.Until(cert.Leaf.NotAfter).Seconds())
+	if !changed && id.proxy.Serving(guid) {
+		return
+	}
+	inst := proxy.Instance{ID: guid, NetNS: rec.NetNS, IP: rec.IP, AppPort: AppPort,
+		RequireClientCert: app.RequireClientCert, ClientCAs: pool, Authorize: id.authorizer(rec.Identity.AppGUID)}
+	if err := id.proxy.Set(inst, cert); err != nil {
+		id.a.log.Error("serve instance on TLS port", "instance", guid, "port", TLSPort, "err", err)
+	}
+}
+
+// renewAt is when a certificate is renewed: 30 minutes before it expires
+// when it is valid longer than 4 hours, else at 7/8 of its validity (as
+// Cloud Foundry's executor does).
+func renewAt(leaf *x509.Certificate) time.Time {
+	validity := leaf.NotAfter.Sub(leaf.NotBefore)
+	if validity > 4*time.Hour {
+		return leaf.NotAfter.Add(-30 * time.Minute)
+	}
+	return leaf.NotBefore.Add(validity / 8 * 7)
+}
+
+// issue makes a new key and asks the controller to certify it.
+func (id *identities) issue(ctx context.Context, guid string) (*tls.Certificate, error) {
+	keyPEM, csrPEM, err := identity.NewInstanceKeyAndCSR(id.alg, guid)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	var resp api.InstanceCertificate
+	if err := id.a.controller.do(ctx, http.MethodPost, "/trellis/v1/cell/instances/"+guid+"/certificate",
+		api.InstanceCertificateRequest{CSR: string(csrPEM)}, &resp); err != nil {
+		return nil, fmt.Errorf("request certificate: %w", err)
+	}
+	cert, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)
+	if err != nil {
+		return nil, fmt.Errorf("certificate from the controller: %w", err)
+	}
+	if now := time.Now(); now.After(cert.Leaf.NotAfter) {
+		return nil, fmt.Errorf("certificate from the controller expired at %s", cert.Leaf.NotAfter)
+	}
+	if err := id.write(guid, []byte(resp.Certificate), keyPEM); err != nil {
+		return nil, err
+	}
+	return &cert, nil
+}
+
+// write replaces the instance's key and certificate at once: both go into a
+// new directory, and one rename of the dataLink symlink switches to it.
+func (id *identities) write(guid string, certPEM, keyPEM []byte) error {
+	dir := id.credentialsDir(guid)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	gen := "..v" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	if err := os.Mkdir(filepath.Join(dir, gen), 0o755); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, gen, keyFile), keyPEM, 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, gen, certFile), certPEM, 0o644); err != nil {
+		return err
+	}
+	tmp := filepath.Join(dir, "..data_tmp")
+	os.Remove(tmp)
+	if err := os.Symlink(gen, tmp); err != nil {
+		return err
+	}
+	old, _ := os.Readlink(filepath.Join(dir, dataLink))
+	if err := os.Rename(tmp, filepath.Join(dir, dataLink)); err != nil {
+		return err
+	}
+	for _, f := range []string{certFile, keyFile} {
+		if _, err := os.Lstat(filepath.Join(dir, f)); err != nil {
+			if err := os.Symlink(filepath.Join(dataLink, f), filepath.Join(dir, f)); err != nil {
+				return err
+			}
+		}
+	}
+	if old != "" && old != gen && strings.HasPrefix(old, "..v") {
+		os.RemoveAll(filepath.Join(dir, old))
+	}
+	return nil
+}
+
+// load reads the certificate a previous run wrote, if it is still valid.
+func (id *identities) load(guid string) *tls.Certificate {
+	dir := id.credentialsDir(guid)
+	cert, err := tls.LoadX509KeyPair(filepath.Join(dir, certFile), filepath.Join(dir, keyFile))
+	if err != nil || time.Now().After(cert.Leaf.NotAfter) {
+		return nil
+	}
+	return &cert
+}
+
+// detach stops serving an instance and deletes its key.
+func (id *identities) detach(guid string) {
+	id.proxy.Remove(guid)
+	id.mu.Lock()
+	delete(id.creds, guid)
+	id.mu.Unlock()
+	id.expiry.DeleteLabelValues(guid)
+	if err := os.RemoveAll(id.credentialsDir(guid)); err != nil {
+		id.a.log.Warn("delete instance credentials", "instance", guid, "err", err)
+	}
+}
+
+// updateCA writes the trusted bundle for the cell's instances when the
+// instance CA changed.
+func (id *identities) updateCA(ca api.InstanceCA) {
+	id.mu.Lock()
+	defer id.mu.Unlock()
+	if ca.Bundle == "" || (ca.Generation == id.caGen && id.pool != nil) {
+		return
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(ca.Bundle)) {
+		id.a.log.Error("instance CA bundle from the controller has no certificate", "generation", ca.Generation)
+		return
+	}
+	if err := identity.WriteFileAtomic(filepath.Join(id.sysDir, bundleFile), []byte(ca.Bundle), 0o644); err != nil {
+		id.a.log.Error("write the trusted CA bundle", "err", err)
+		return
+	}
+	if id.caGen != 0 {
+		id.a.log.Info("instance CA changed: renewing every instance certificate", "generation", ca.Generation, "rotating", ca.Rotating)
+	}
+	id.caGen, id.bundle, id.pool = ca.Generation, ca.Bundle, pool
+}
+
+// authorizer checks, at each handshake on TLSPort of an app that requires
+// client certificates, that a policy allows the peer's app to reach dest on
+// tcp/TLSPort — from the latest desired state.
+func (id *identities) authorizer(dest string) func(*x509.Certificate) error {
+	return func(peer *x509.Certificate) error {
+		src := identity.PeerOf(peer).App
+		st := id.a.desired()
+		if src == "" {
+			return errors.New("client certificate names no app")
+		}
+		if slices.Contains(localApp(st, dest).TLSClients, src) {
+			return nil
+		}
+		return fmt.Errorf("client certificate of app %s is not allowed by a policy to reach %s on tcp/%d",
+			appName(st, src), appName(st, dest), TLSPort)
+	}
+}
+
+// refused records a refused handshake in the flow log.
+func (id *identities) refused(r proxy.Refusal) {
+	st := id.a.desired()
+	ev := api.FlowEvent{Time: time.Now().UTC(), Verdict: "denied", Protocol: "tcp", SrcIP: r.Peer.Addr().String(),
+		SrcPort: int(r.Peer.Port()), DstPort: TLSPort, DstInstance: r.Instance, SrcApp: r.PeerApp, Reason: "tls: " + r.Reason}
+	for _, ep := range st.Endpoints {
+		switch {
+		case ep.Instance == r.Instance:
+			ev.DstIP, ev.DstApp, ev.DstAppName = ep.IP, ep.AppGUID, ep.AppName
+		case ep.IP == ev.SrcIP:
+			ev.SrcInstance = ep.Instance
+			if ev.SrcApp == "" {
+				ev.SrcApp = ep.AppGUID
+			}
+		}
+	}
+	ev.SrcAppName = appName(st, ev.SrcApp)
+	id.a.enforcer.record(ev)
+}
+
+// localApp is what st says of app on this cell.
+func localApp(st api.CellState, app string) api.LocalApp {
+	for _, la := range st.LocalApps {
+		if la.GUID == app {
+			return la
+		}
+	}
+	return api.LocalApp{GUID: app}
+}
+
+// appName names an app from st, or returns its GUID.
+func appName(st api.CellState, guid string) string {
+	for _, ep := range st.Endpoints {
+		if ep.AppGUID == guid && ep.AppName != "" {
+			return ep.AppName
+		}
+	}
+	for _, app := range st.Apps {
+		if app.GUID == guid {
+			return app.Name
+		}
+	}
+	return guid
+}
