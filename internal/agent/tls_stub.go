@@ -4,6 +4,7 @@ package agent
 
 import (
 	"context"
+	"os"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -20,12 +21,15 @@ const (
 type identities struct{ sysDir string }
 
 func newIdentities(a *Agent, reg prometheus.Registerer) (*identities, error) {
-	return &identities{sysDir: a.cfg.StateDir + "/system-certs"}, nil
+	id := &identities{sysDir: a.cfg.StateDir + "/system-certs"}
+	return id, os.MkdirAll(id.sysDir, 0o755)
 }
 func (id *identities) credentialsDir(instance string) string {
 	return id.sysDir + "/../credentials/" + instance
 }
-func (id *identities) poke()                                  {}
-func (id *identities) loop(ctx context.Context)               {}
-func (id *identities) attach(ctx context.Context, rec record) {}
-func (id *identities) detach(guid string)                     {}
+func (id *identities) poke()                    {}
+func (id *identities) loop(ctx context.Context) {}
+func (id *identities) attach(ctx context.Context, rec record) {
+	os.MkdirAll(id.credentialsDir(rec.Identity.InstanceGUID), 0o755)
+}
+func (id *identities) detach(guid string) {}
