@@ -90,6 +90,9 @@ func Load(stateDir string) (*Foundation, error) {
 	return &f, nil
 }
 
+// Running reports whether the foundation's controller is still running.
+func (f *Foundation) Running() bool { return f.Controller.alive("controller") }
+
 // ErrAlreadyUp is returned by Up for a state dir whose foundation runs.
 var ErrAlreadyUp = errors.New("already up")
 
