@@ -69,11 +69,19 @@ type foundation struct {
 
 func upFoundation(t *testing.T, cells int) *foundation {
 	t.Helper()
+	return upFoundationWith(t, Options{Cells: cells})
+}
+
+// upFoundationWith brings up a foundation with o (its state dir, binary
+// and progress are the test's) and takes it down when the test ends.
+func upFoundationWith(t *testing.T, o Options) *foundation {
+	t.Helper()
 	requireRoot(t)
 	dir := t.TempDir()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	f, err := Up(ctx, Options{StateDir: dir, Cells: cells, Exe: trellisBin, Progress: testWriter{t}})
+	o.StateDir, o.Exe, o.Progress = dir, trellisBin, testWriter{t}
+	f, err := Up(ctx, o)
 	if err != nil {
 		t.Fatalf("Up = %v", err)
 	}
