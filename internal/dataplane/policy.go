@@ -788,7 +788,13 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int) []chainSpec 
 	}
 
 	chains := []chainSpec{
-		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
+		// After conntrack (mangle): the packets of established connections
+		// need neither the anti-spoofing lookup nor a mark — the
+		// destination accepts them by conntrack — so they skip both, and
+		// only a connection's first packets pay for them. (A spoofed
+		// source address is also dropped by the veth's strict rp_filter.)
+		{name: chainPrerouting, hook: "prerouting", prio: -150, rules: []rule{
+			{ctState{ctEstablished | ctRelated}, verdict{Kind: "accept"}},
 			{ifPrefix{true, hostVethPrefix}, verdict{"jump", chainFromInstance}},
 		}},
 		{name: chainFromInstance, rules: []rule{
@@ -812,7 +818,7 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int) []chainSpec 
 	return append(chains, chainSpec{name: chainFingerprint, rules: []rule{{verdict{Kind: "return"}}}})
 }
 
-var priorityNames = map[int]string{-300: "raw", 0: "filter"}
+var priorityNames = map[int]string{-300: "raw", -150: "mangle", 0: "filter"}
 
 // renderRules prints the declarations and chains of the table, without
 // set elements.
