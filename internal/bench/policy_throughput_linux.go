@@ -105,14 +105,17 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 
 	// apply makes the cells filter as f says.
 	apply := func(f filtering) error {
-		if err := delLinear(cell2); err != nil {
+		if err := errors.Join(delLinear(cell1), delLinear(cell2)); err != nil {
 			return err
 		}
 		switch f {
 		case filterNone:
 			return errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2))
 		case filterLinear:
-			if err := dataplane.TeardownPolicy(cell2); err != nil {
+			if err := errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2)); err != nil {
+				return err
+			}
+			if err := addMarkAll(cell1, clientTag); err != nil {
 				return err
 			}
 			return addLinear(cell2, many)
@@ -200,7 +203,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 		"(SO_LINGER 0, so no TIME_WAIT) from the client to a server that accepts and closes, for %v, %s. "+
 		"After a warm-up, filterings interleaved within each run, each run starting with the next: no policy table on either cell; trellis with default deny and the 2 allows the client needs "+
 		"(tcp %d and %d); trellis with %d allows among %d app tags including those 2 (set lookups); "+
-		"and, with trellis's table removed from cell2 (cell1 still marks), the same %d allows as %d rules of one chain "+
+		"and, with trellis's tables removed and every packet of the client marked on cell1 (iptables-style), the same %d allows as %d rules of one chain "+
 		"(ip daddr, meta mark & 0xffff, l4proto tcp, th dport → accept; the 2 needed last, then reject) in cell2's forward hook, "+
 		"walked by every packet to the server with no conntrack fast path, as iptables-style enforcement does. "+
 		"Before each measurement, tcp %d (not allowed) is checked to be refused under every filtering and reachable without.",
@@ -399,6 +402,34 @@ func addLinear(path string, allows []dataplane.Allow) error {
 	}})
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("linear chain of %d rules in %s: %w", len(allows), path, err)
+	}
+	return nil
+}
+
+// addMarkAll marks every IPv4 packet from an instance ("s-*") in the
+// namespace at path with tag, as iptables-style source marking does: the
+// linear chain at the destination, without conntrack, needs the mark on
+// every packet (trellis marks only a connection's first packets).
+func addMarkAll(path string, tag uint16) error {
+	c, done, err := openNft(path)
+	if err != nil {
+		return err
+	}
+	defer done()
+	tbl := c.AddTable(linearTableOf)
+	accept := nftables.ChainPolicyAccept
+	pre := c.AddChain(&nftables.Chain{
+		Name: "prerouting", Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept,
+	})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: pre, Exprs: []expr.Any{
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte("s-")},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(uint32(tag))},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
+	}})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("mark every packet in %s: %w", path, err)
 	}
 	return nil
 }
