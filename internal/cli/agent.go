@@ -201,15 +201,36 @@ var cniConfigCommand = &command{
 var sampleAppCommand = &command{
 	name:    "sample-app",
 	group:   groupLocal,
-	summary: "Run the sample app: HTTP on $PORT with /proxy/HOST:PORT/PATH, and a UDP echo",
-	usage:   "sample-app [--also-port P]...   (listens on $PORT, default 8080)",
-	example: "trellis sample-app\ntrellis sample-app --also-port 9000",
+	summary: "Run the sample app: HTTP on $PORT with /proxy/ and /proxytls/, a UDP echo, and mutual TLS with --tls-port",
+	usage: "sample-app [--also-port P]...   (HTTP on $PORT, default 8080: GET /, /proxy/HOST:PORT/PATH, /udp/HOST:PORT/MESSAGE; UDP echo)\n" +
+		"sample-app --tls-port P [--require-app GUID]...   (mutual TLS, server side: the same over TLS on P, GET / shows the client's app)\n" +
+		"sample-app   (mutual TLS, client side: GET /proxytls/HOST:PORT/PATH fetches over TLS presenting the instance certificate)",
+	example: "trellis sample-app\n" +
+		"trellis sample-app --also-port 9000\n" +
+		"trellis sample-app --tls-port 9443\n" +
+		"trellis sample-app --tls-port 9443 --require-app 0f7a3c52-1d2e-4b6a-9c1e-00000000f0f0",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		var also portFlags
 		fs.Var(&also, "also-port", "Serve the same on `PORT` too, TCP and UDP (repeatable)")
+		var tlsPort portFlags
+		fs.Var(&tlsPort, "tls-port", "Also serve the same over mutual TLS on `PORT`, with the instance certificate "+
+			"($CF_INSTANCE_CERT, $CF_INSTANCE_KEY), to clients with an instance certificate the CA bundle "+
+			"($SSL_CERT_FILE, $CF_SYSTEM_CERT_PATH) verifies: no certificate, or another CA's, fails the handshake. "+
+			"Rotated certificates are picked up at the next handshake. Try it from another app's instance: "+
+			"trellis exec frontend -- wget -qO- http://127.0.0.1:8080/proxytls/backend.apps.internal:PORT/ "+
+			"(with a policy from frontend to backend on tcp PORT)")
+		var apps appGUIDFlags
+		fs.Var(&apps, "require-app", "With --tls-port, let in only clients of the app `GUID` (certificate OU app:GUID; "+
+			"repeatable or comma-separated); a valid certificate of any other app gets 403 Forbidden naming that app")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return badUsage("sample-app takes no arguments")
+			}
+			if len(tlsPort) > 1 {
+				return badUsage("--tls-port given %d times: the sample app serves TLS on one port", len(tlsPort))
+			}
+			if len(apps) > 0 && len(tlsPort) == 0 {
+				return badUsage("--require-app needs --tls-port")
 			}
 			cfg, err := sampleapp.ConfigFromEnv(e.getenv)
 			if err != nil {
@@ -221,11 +242,27 @@ var sampleAppCommand = &command{
 				c.Port = p
 				servers = append(servers, c)
 			}
-			errc := make(chan error, len(servers))
-			for _, c := range servers {
-				go func() { errc <- sampleapp.Run(ctx, c) }()
+			if len(tlsPort) == 1 {
+				servers[0].TLS = &sampleapp.TLSOptions{Port: tlsPort[0], RequireApps: apps}
 			}
-			for range servers {
+			// Open every socket first, so a missing certificate or a taken
+			// port fails the command before anything serves.
+			var listening []*sampleapp.Server
+			for _, c := range servers {
+				s, err := sampleapp.Listen(c)
+				if err != nil {
+					for _, l := range listening {
+						l.Close()
+					}
+					return err
+				}
+				listening = append(listening, s)
+			}
+			errc := make(chan error, len(listening))
+			for _, s := range listening {
+				go func() { errc <- s.Serve(ctx) }()
+			}
+			for range listening {
 				if err := <-errc; err != nil {
 					return err
 				}
@@ -233,6 +270,20 @@ var sampleAppCommand = &command{
 			return nil
 		}
 	},
+}
+
+// appGUIDFlags is a repeatable flag of app GUIDs, each value one GUID or
+// several separated by commas.
+type appGUIDFlags []string
+
+func (a *appGUIDFlags) String() string { return strings.Join(*a, ",") }
+func (a *appGUIDFlags) Set(v string) error {
+	guids, err := sampleapp.ParseAppGUIDs(v)
+	if err != nil {
+		return err
+	}
+	*a = append(*a, guids...)
+	return nil
 }
 
 // portFlags is a repeatable port flag.

@@ -5,10 +5,19 @@
 // on its own port, reporting failures in words a test can match
 // ("connection refused", "timeout", "no such host") to tell a denied
 // connection from an allowed one.
+//
+// It also shows both sides of mutual TLS with the instance identity
+// certificate the platform gives every instance (Cloud Foundry's "manual
+// option"): with TLSOptions it serves the same handlers over TLS with that
+// certificate to clients that present one the platform CA verifies, and
+// /proxytls/ fetches over TLS presenting it. Certificates are read again
+// when the platform replaces their files, without a restart.
 package sampleapp
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -45,9 +54,10 @@ type Config struct {
 	// Port is the TCP and UDP port to listen on. Zero picks a free port
 	// that is free for both (for tests); see Server.Port.
 	Port int
-	// AppName, InstanceGUID, InstanceIndex and InstanceIP are what GET /
-	// reports.
+	// AppName, AppGUID, InstanceGUID, InstanceIndex and InstanceIP are
+	// what GET / reports.
 	AppName       string
+	AppGUID       string
 	InstanceGUID  string
 	InstanceIndex int
 	InstanceIP    string
@@ -55,20 +65,33 @@ type Config struct {
 	// /udp/ echo; zero means DefaultProxyTimeout and DefaultUDPTimeout.
 	ProxyTimeout time.Duration
 	UDPTimeout   time.Duration
+	// Identity locates the instance certificate and the CA bundle, for the
+	// TLS listener and /proxytls/.
+	Identity Identity
+	// TLS, when set, also serves the app over mutual TLS on TLS.Port.
+	TLS *TLSOptions
 	// Logger receives one line per request; nil logs text to stderr.
 	Logger *slog.Logger
 }
 
 // ConfigFromEnv reads the configuration from the instance environment:
-// PORT (default 8080), TRELLIS_APP_NAME, CF_INSTANCE_GUID,
-// CF_INSTANCE_INDEX and CF_INSTANCE_INTERNAL_IP (or CF_INSTANCE_IP when that
-// is unset).
+// PORT (default 8080), TRELLIS_APP_NAME, TRELLIS_APP_GUID, CF_INSTANCE_GUID,
+// CF_INSTANCE_INDEX, CF_INSTANCE_INTERNAL_IP (or CF_INSTANCE_IP when that
+// is unset), and the identity credentials: CF_INSTANCE_CERT,
+// CF_INSTANCE_KEY, SSL_CERT_FILE and CF_SYSTEM_CERT_PATH.
 func ConfigFromEnv(getenv func(string) string) (Config, error) {
 	cfg := Config{
 		Port:         DefaultPort,
 		AppName:      getenv("TRELLIS_APP_NAME"),
+		AppGUID:      getenv("TRELLIS_APP_GUID"),
 		InstanceGUID: getenv("CF_INSTANCE_GUID"),
 		InstanceIP:   getenv("CF_INSTANCE_INTERNAL_IP"),
+		Identity: Identity{
+			CertFile: getenv(envCert),
+			KeyFile:  getenv(envKey),
+			CAFile:   getenv(envCAFile),
+			CADir:    getenv(envCADir),
+		},
 	}
 	if cfg.InstanceIP == "" {
 		cfg.InstanceIP = getenv("CF_INSTANCE_IP")
@@ -100,6 +123,9 @@ func (cfg Config) validate() error {
 	if cfg.Port < 0 || cfg.Port > 65535 {
 		return fmt.Errorf("port %d is not a port number (1-65535)", cfg.Port)
 	}
+	if cfg.TLS != nil {
+		return cfg.TLS.validate(cfg.Port)
+	}
 	return nil
 }
 
@@ -122,9 +148,17 @@ type Server struct {
 	udp  net.PacketConn
 	port int
 	http *http.Server
+
+	cert    *reloading[*tls.Certificate] // nil without CertFile and KeyFile
+	ca      *reloading[*x509.CertPool]
+	tls     net.Listener // nil without cfg.TLS
+	tlsPort int
+	tlsHTTP *http.Server
 }
 
-// Listen opens the TCP and UDP sockets of the app on cfg.Host and cfg.Port.
+// Listen opens the TCP and UDP sockets of the app on cfg.Host and cfg.Port,
+// and with cfg.TLS the TLS port. It fails when the TLS listener lacks its
+// credentials, naming the variable to set.
 func Listen(cfg Config) (*Server, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -142,13 +176,32 @@ func Listen(cfg Config) (*Server, error) {
 	if s.log == nil {
 		s.log = slog.New(slog.NewTextHandler(os.Stderr, nil))
 	}
+	if id := cfg.Identity; id.CertFile != "" && id.KeyFile != "" {
+		s.cert = newCertSource(id, s.log)
+	}
+	s.ca = newCASource(cfg.Identity, s.log)
+	if cfg.TLS != nil {
+		if err := s.listenTLS(); err != nil {
+			return nil, err
+		}
+	}
 	if err := s.listen(); err != nil {
+		if s.tls != nil {
+			s.tls.Close()
+		}
 		return nil, err
 	}
 	s.http = &http.Server{
 		Handler:           s.logRequests(s.routes()),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
+	}
+	if s.tls != nil {
+		s.tlsHTTP = &http.Server{
+			Handler:           s.logRequests(s.requireApp(s.routes())),
+			ReadHeaderTimeout: 10 * time.Second, // bounds the handshake too
+			ErrorLog:          slog.NewLogLogger(s.log.Handler().WithAttrs([]slog.Attr{slog.Int("tls_port", s.tlsPort)}), slog.LevelWarn),
+		}
 	}
 	return s, nil
 }
@@ -180,15 +233,33 @@ func (s *Server) listen() error {
 // Port returns the port the app listens on, for TCP and UDP.
 func (s *Server) Port() int { return s.port }
 
+// Close closes the sockets of a Server that will not Serve.
+func (s *Server) Close() error {
+	err := errors.Join(s.tcp.Close(), s.udp.Close())
+	if s.tls != nil {
+		err = errors.Join(err, s.tls.Close())
+	}
+	return err
+}
+
+// TLSPort returns the port the app serves mutual TLS on, or 0 without
+// Config.TLS.
+func (s *Server) TLSPort() int { return s.tlsPort }
+
 // Serve answers HTTP and UDP until ctx is done, then stops accepting,
 // lets requests in flight finish (for up to five seconds) and returns nil.
 // It returns an error if serving fails for another reason.
 func (s *Server) Serve(ctx context.Context) error {
 	s.log.Info("sample app listening", "addr", s.tcp.Addr().String(), "app", s.cfg.AppName,
 		"instance_guid", s.cfg.InstanceGUID, "index", s.cfg.InstanceIndex)
-	errc := make(chan error, 2)
+	errc := make(chan error, 3)
 	go func() { errc <- s.http.Serve(s.tcp) }()
 	go func() { errc <- s.echoUDP() }()
+	if s.tlsHTTP != nil {
+		s.log.Info("sample app listening for mutual TLS", "addr", s.tls.Addr().String(),
+			"require_apps", s.cfg.TLS.RequireApps)
+		go func() { errc <- s.tlsHTTP.Serve(s.tls) }()
+	}
 
 	var err error
 	select {
@@ -199,6 +270,11 @@ func (s *Server) Serve(ctx context.Context) error {
 	defer cancel()
 	if serr := s.http.Shutdown(shutdownCtx); serr != nil && err == nil {
 		err = fmt.Errorf("shut down http: %w", serr)
+	}
+	if s.tlsHTTP != nil {
+		if serr := s.tlsHTTP.Shutdown(shutdownCtx); serr != nil && err == nil {
+			err = fmt.Errorf("shut down tls: %w", serr)
+		}
 	}
 	s.udp.Close()
 	if err != nil && !errors.Is(err, http.ErrServerClosed) && !errors.Is(err, net.ErrClosed) {
@@ -212,6 +288,7 @@ func (s *Server) routes() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /{$}", s.identity)
 	mux.HandleFunc("GET /proxy/", s.proxy)
+	mux.HandleFunc("GET /proxytls/", s.proxyTLS)
 	mux.HandleFunc("GET /udp/", s.sendUDP)
 	return mux
 }
@@ -219,19 +296,27 @@ func (s *Server) routes() http.Handler {
 // identityResponse is the body of GET /.
 type identityResponse struct {
 	App          string `json:"app"`
+	AppGUID      string `json:"app_guid,omitempty"`
 	InstanceGUID string `json:"instance_guid"`
 	Index        int    `json:"index"`
 	IP           string `json:"ip"`
+	// Peer is the client, when it came over TLS with a certificate.
+	Peer *Peer `json:"peer,omitempty"`
 }
 
 func (s *Server) identity(w http.ResponseWriter, r *http.Request) {
-	w.Header().Set("Content-Type", "application/json")
-	json.NewEncoder(w).Encode(identityResponse{
+	resp := identityResponse{
 		App:          s.cfg.AppName,
+		AppGUID:      s.cfg.AppGUID,
 		InstanceGUID: s.cfg.InstanceGUID,
 		Index:        s.cfg.InstanceIndex,
 		IP:           s.cfg.InstanceIP,
-	})
+	}
+	if p, ok := peer(r); ok {
+		resp.Peer = &p
+	}
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(resp)
 }
 
 // target splits the rest of the path after prefix into HOST:PORT and what
@@ -257,7 +342,13 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	u := "http://" + hostport + "/" + rest
+	s.forward(w, r, "http://"+hostport+"/"+rest, &http.Transport{Proxy: nil, DisableKeepAlives: true}, "")
+}
+
+// forward fetches u (with the query of r) through transport and copies the
+// answer to w: its status, Content-Type and body. A failure answers 502,
+// with note appended.
+func (s *Server) forward(w http.ResponseWriter, r *http.Request, u string, transport *http.Transport, note string) {
 	if r.URL.RawQuery != "" {
 		u += "?" + r.URL.RawQuery
 	}
@@ -268,9 +359,12 @@ func (s *Server) proxy(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}
-	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}}
+	client := &http.Client{Transport: transport}
 	resp, err := client.Do(req)
 	if err != nil {
+		if note != "" {
+			err = fmt.Errorf("%w%s", err, note)
+		}
 		s.fail(w, err)
 		return
 	}
@@ -334,12 +428,33 @@ func (s *Server) fail(w http.ResponseWriter, err error) {
 }
 
 // Classify names the failure class of a network error as the sample app
-// reports it: "connection refused", "timeout", "no such host", or "" when
-// the error is none of those.
+// reports it: "connection refused", "timeout", "no such host"; for TLS
+// "tls: certificate signed by unknown authority", "tls: certificate name
+// mismatch", "tls: certificate expired or not yet valid", "tls: invalid
+// certificate", "tls: server does not speak TLS", or the alert the peer
+// sent, such as "remote error: tls: bad certificate"; or "" when the error
+// is none of those.
 func Classify(err error) string {
 	var dnsErr *net.DNSError
 	var netErr net.Error
+	var opErr *net.OpError
+	var unknownCA x509.UnknownAuthorityError
+	var hostErr x509.HostnameError
+	var invalid x509.CertificateInvalidError
+	var record tls.RecordHeaderError
 	switch {
+	case errors.As(err, &opErr) && opErr.Op == "remote error":
+		return opErr.Error()
+	case errors.As(err, &unknownCA):
+		return "tls: certificate signed by unknown authority"
+	case errors.As(err, &hostErr):
+		return "tls: certificate name mismatch"
+	case errors.As(err, &invalid) && invalid.Reason == x509.Expired:
+		return "tls: certificate expired or not yet valid"
+	case errors.As(err, &invalid):
+		return "tls: invalid certificate"
+	case errors.Is(err, http.ErrSchemeMismatch), errors.As(err, &record):
+		return "tls: server does not speak TLS"
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "connection refused"
 	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
@@ -398,6 +513,9 @@ func (s *Server) logRequests(h http.Handler) http.Handler {
 		}
 		attrs := []any{"method", r.Method, "path", r.URL.RequestURI(), "status", rec.status,
 			"remote", r.RemoteAddr, "duration", time.Since(start)}
+		if p, ok := peer(r); ok {
+			attrs = append(attrs, "peer_app", p.AppGUID, "peer_instance", p.InstanceGUID)
+		}
 		if rec.err != nil {
 			attrs = append(attrs, "err", rec.err)
 		}

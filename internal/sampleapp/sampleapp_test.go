@@ -3,6 +3,8 @@ package sampleapp_test
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -35,10 +37,16 @@ func TestConfigFromEnv(t *testing.T) {
 		{
 			name: "all set",
 			env: map[string]string{
-				"PORT": "9000", "TRELLIS_APP_NAME": "backend", "CF_INSTANCE_GUID": "g-1",
+				"PORT": "9000", "TRELLIS_APP_NAME": "backend", "TRELLIS_APP_GUID": "a-1", "CF_INSTANCE_GUID": "g-1",
 				"CF_INSTANCE_INDEX": "3", "CF_INSTANCE_INTERNAL_IP": "10.255.1.2", "CF_INSTANCE_IP": "198.51.100.2",
+				"CF_INSTANCE_CERT": "/etc/cf-instance-credentials/instance.crt", "CF_INSTANCE_KEY": "/etc/cf-instance-credentials/instance.key",
+				"SSL_CERT_FILE": "/etc/cf-system-certificates/trusted-ca.crt", "CF_SYSTEM_CERT_PATH": "/etc/cf-system-certificates",
 			},
-			want: sampleapp.Config{Port: 9000, AppName: "backend", InstanceGUID: "g-1", InstanceIndex: 3, InstanceIP: "10.255.1.2"},
+			want: sampleapp.Config{Port: 9000, AppName: "backend", AppGUID: "a-1", InstanceGUID: "g-1", InstanceIndex: 3, InstanceIP: "10.255.1.2",
+				Identity: sampleapp.Identity{
+					CertFile: "/etc/cf-instance-credentials/instance.crt", KeyFile: "/etc/cf-instance-credentials/instance.key",
+					CAFile: "/etc/cf-system-certificates/trusted-ca.crt", CADir: "/etc/cf-system-certificates",
+				}},
 		},
 		{
 			name: "instance ip falls back to CF_INSTANCE_IP",
@@ -83,6 +91,12 @@ func TestClassify(t *testing.T) {
 	}{
 		{&net.OpError{Op: "dial", Err: &net.DNSError{Err: "no such host", Name: "x.invalid", IsNotFound: true}}, "no such host"},
 		{fmt.Errorf("get: %w", context.DeadlineExceeded), "timeout"},
+		{&net.OpError{Op: "remote error", Err: errors.New("tls: bad certificate")}, "remote error: tls: bad certificate"},
+		{fmt.Errorf("get: %w", &tls.CertificateVerificationError{Err: x509.UnknownAuthorityError{}}), "tls: certificate signed by unknown authority"},
+		{fmt.Errorf("get: %w", x509.HostnameError{Host: "backend.apps.internal", Certificate: &x509.Certificate{}}), "tls: certificate name mismatch"},
+		{fmt.Errorf("get: %w", x509.CertificateInvalidError{Reason: x509.Expired}), "tls: certificate expired or not yet valid"},
+		{fmt.Errorf("get: %w", x509.CertificateInvalidError{Reason: x509.NotAuthorizedToSign}), "tls: invalid certificate"},
+		{fmt.Errorf("get: %w", http.ErrSchemeMismatch), "tls: server does not speak TLS"},
 		{errors.New("something else"), ""},
 	}
 	for _, tt := range tests {
@@ -114,12 +128,32 @@ func (s *syncBuffer) String() string {
 // URL, its UDP address and its log.
 func start(t *testing.T) (base, udpAddr string, log *syncBuffer) {
 	t.Helper()
-	log = &syncBuffer{}
-	s, err := sampleapp.Listen(sampleapp.Config{
-		Host: "127.0.0.1", AppName: "frontend", InstanceGUID: "guid-0", InstanceIndex: 2, InstanceIP: "10.255.7.9",
-		ProxyTimeout: 300 * time.Millisecond, UDPTimeout: 300 * time.Millisecond,
-		Logger: slog.New(slog.NewTextHandler(log, nil)),
+	a := startApp(t, sampleapp.Config{
+		AppName: "frontend", InstanceGUID: "guid-0", InstanceIndex: 2, InstanceIP: "10.255.7.9",
 	})
+	return a.base, a.udp, a.log
+}
+
+// running is a sample app started by startApp.
+type running struct {
+	base    string // http://127.0.0.1:PORT
+	tlsAddr string // 127.0.0.1:TLSPORT, with Config.TLS
+	udp     string
+	log     *syncBuffer
+}
+
+// startApp runs the app with cfg on loopback until the test ends, with
+// short probe timeouts (unless cfg sets ProxyTimeout) and a log the test can read.
+func startApp(t *testing.T, cfg sampleapp.Config) running {
+	t.Helper()
+	log := &syncBuffer{}
+	cfg.Host = "127.0.0.1"
+	if cfg.ProxyTimeout == 0 {
+		cfg.ProxyTimeout = 300 * time.Millisecond
+	}
+	cfg.UDPTimeout = 300 * time.Millisecond
+	cfg.Logger = slog.New(slog.NewTextHandler(log, nil))
+	s, err := sampleapp.Listen(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +167,11 @@ func start(t *testing.T) (base, udpAddr string, log *syncBuffer) {
 		}
 	})
 	addr := fmt.Sprintf("127.0.0.1:%d", s.Port())
-	return "http://" + addr, addr, log
+	r := running{base: "http://" + addr, udp: addr, log: log}
+	if cfg.TLS != nil {
+		r.tlsAddr = fmt.Sprintf("127.0.0.1:%d", s.TLSPort())
+	}
+	return r
 }
 
 func get(t *testing.T, url string) (int, string) {
