@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trellis-c2c/trellis/internal/agent"
+	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
@@ -157,10 +158,14 @@ func (fd *foundation) instances(app string) []instance {
 	for _, in := range ins {
 		for _, cell := range fd.f.Cells {
 			if cell.Name == in.CellName {
-				spec, err := agent.InstanceSpec(cell.StateDir, in.GUID)
-				if err != nil {
-					fd.t.Fatal(err)
-				}
+				// push returns once the instance runs; its record may lag
+				// by a moment.
+				var spec executor.Spec
+				var err error
+				waitFor(fd.t, "the record of instance "+in.GUID, func() bool {
+					spec, err = agent.InstanceSpec(cell.StateDir, in.GUID)
+					return err == nil
+				})
 				out = append(out, instance{Instance: in, netns: spec.NetNS})
 			}
 		}
