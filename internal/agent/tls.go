@@ -33,7 +33,7 @@ const (
 	// instance (CF_SYSTEM_CERT_PATH).
 	SystemCertsDir = "/etc/cf-system-certificates"
 	// TLSPort is where the cell terminates TLS for every local instance.
-	TLSPort = 61443
+	TLSPort = proxy.Port
 
 	certFile   = "instance.crt"
 	keyFile    = "instance.key"
@@ -73,7 +73,8 @@ type credential struct {
 	renewAt  time.Time
 	fails    int
 	retryAt  time.Time
-	required bool // client certificates required on TLSPort, as last set
+	required bool   // client certificates required on TLSPort, as last set
+	clients  string // the apps allowed to present a certificate, as last set
 	caSet    int64
 }
 
@@ -215,15 +216,19 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 		}
 		id.mu.Unlock()
 	}
+	clients := strings.Join(app.TLSClients, ",")
 	id.mu.Lock()
 	cert, pool := c.cert, id.pool
-	changed := due || c.required != app.RequireClientCert || c.caSet != caGen
-	c.required, c.caSet = app.RequireClientCert, caGen
+	// A change of the allowed clients re-checks the open connections too:
+	// a revoked app's connections are closed.
+	changed := due || c.required != app.RequireClientCert || c.caSet != caGen || (app.RequireClientCert && c.clients != clients)
+	c.required, c.caSet, c.clients = app.RequireClientCert, caGen, clients
 	id.mu.Unlock()
-	if cert == nil {
-		return
+	if cert != nil {
+		id.expiry.WithLabelValues(guid).Set(time.Until(cert.Leaf.NotAfter).Seconds())
 	}
-	id.expiry.WithLabelValues(guid).Set(time.Until(cert.Leaf.NotAfter).Seconds())
+	// Without a certificate yet, Set still takes the port (handshakes are
+	// refused until one comes), so that the app cannot bind it first.
 	if !changed && id.proxy.Serving(guid) {
 		return
 	}
