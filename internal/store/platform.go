@@ -149,7 +149,7 @@ func (s *Store) Apps(ctx context.Context, f AppFilter) ([]App, error) {
 	w.in("guid", f.GUIDs)
 	w.in("name", f.Names)
 	w.in("space_guid", f.SpaceGUIDs)
-	rows, err := w.r.query(ctx, "SELECT guid, name, space_guid, state, instances, command, env, COALESCE(cell_guid, ''), created_at, updated_at FROM apps"+w.String()+" ORDER BY name, guid", w.args...)
+	rows, err := w.r.query(ctx, "SELECT guid, name, space_guid, state, instances, command, env, COALESCE(cell_guid, ''), require_client_cert, created_at, updated_at FROM apps"+w.String()+" ORDER BY name, guid", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list apps: %w", err)
 	}
@@ -159,7 +159,7 @@ func (s *Store) Apps(ctx context.Context, f AppFilter) ([]App, error) {
 		var a App
 		var created, updated int64
 		var command, env string
-		if err := rows.Scan(&a.GUID, &a.Name, &a.SpaceGUID, &a.State, &a.Instances, &command, &env, &a.CellGUID, &created, &updated); err != nil {
+		if err := rows.Scan(&a.GUID, &a.Name, &a.SpaceGUID, &a.State, &a.Instances, &command, &env, &a.CellGUID, &a.RequireClientCert, &created, &updated); err != nil {
 			return nil, fmt.Errorf("list apps: %w", err)
 		}
 		if err := json.Unmarshal([]byte(command), &a.Command); err != nil {

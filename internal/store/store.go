@@ -55,7 +55,10 @@ type App struct {
 	// Env is the app's environment, added to the platform's.
 	Env map[string]string
 	// CellGUID, if set, pins every instance to that cell.
-	CellGUID             string
+	CellGUID string
+	// RequireClientCert makes the app's port 61443 demand a client
+	// certificate from the instance CA.
+	RequireClientCert    bool
 	CreatedAt, UpdatedAt time.Time
 }
 
