@@ -325,7 +325,9 @@ func (c *Client) Raw(ctx context.Context, method, path string, body io.Reader) (
 }
 
 func (c *Client) setHeaders(req *http.Request, hasBody bool) {
-	req.Header.Set("Authorization", "Bearer "+c.token)
+	if c.token != "" { // a cell's Client authenticates with its certificate
+		req.Header.Set("Authorization", "Bearer "+c.token)
+	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", "trellis")
 	if hasBody {
