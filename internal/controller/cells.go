@@ -333,7 +333,12 @@ func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellSta
 			st.Routes = append(st.Routes, api.RouteEntry{Host: rt.Host, Domain: rt.DomainName, AppGUIDs: rt.AppGUIDs})
 		}
 	}
-	st.Allows = []api.Allow{}
+	ca, gen, err := s.instanceCA(ctx)
+	if err != nil {
+		return st, err
+	}
+	st.InstanceCA = s.instanceCAJSON(ca, gen)
+	st.Allows, st.LocalApps = []api.Allow{}, []api.LocalApp{}
 	if len(localApps) == 0 {
 		return st, nil
 	}
@@ -346,6 +351,7 @@ func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellSta
 			st.Allows = append(st.Allows, api.Allow{DestIP: ip, SrcTag: p.SourceTag, Protocol: p.Protocol, StartPort: p.StartPort, EndPort: p.EndPort})
 		}
 	}
+	st.LocalApps = localAppsOf(localApps, byGUID, routeHosts(domains, routes), ps)
 	return st, nil
 }
 

@@ -38,7 +38,13 @@ type Config struct {
 	// Overlay is the overlay network and its division into cell subnets;
 	// zero means 10.255.0.0/16 in /24s.
 	Overlay ipam.Pool
-	Log     *slog.Logger
+	// InstanceCertValidity is how long an instance identity certificate is
+	// valid: default 24h, at least a minute.
+	InstanceCertValidity time.Duration
+	// TrustDomain is the SPIFFE trust domain of instance certificates'
+	// URIs; default trellis.internal.
+	TrustDomain string
+	Log         *slog.Logger
 	// Ready, if set, is called once the controller is serving, with its URL.
 	Ready func(url string)
 }
@@ -55,6 +61,10 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	if cfg.Listen == "" {
 		cfg.Listen = DefaultListen
+	}
+	id, err := InstanceIdentity{Validity: cfg.InstanceCertValidity, TrustDomain: cfg.TrustDomain}.withDefaults()
+	if err != nil {
+		return err
 	}
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return fmt.Errorf("create state dir: %w", err)
@@ -76,6 +86,10 @@ func Run(ctx context.Context, cfg Config) error {
 		return err
 	}
 	ca, err := identity.LoadOrCreateCA(cfg.StateDir, "trellis CA")
+	if err != nil {
+		return err
+	}
+	instCA, err := ensureInstanceCA(ctx, st, log)
 	if err != nil {
 		return err
 	}
@@ -103,7 +117,7 @@ func Run(ctx context.Context, cfg Config) error {
 	defer cancelBase()
 	srv := &http.Server{
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		Handler:           NewServer(st, ca, cfg.Overlay, log),
+		Handler:           NewServer(st, ca, cfg.Overlay, id, log),
 		TLSConfig:         TLSConfig(cert, ca),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,
@@ -112,7 +126,8 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
-	log.Info("controller serving", "url", apiURL, "listen", ln.Addr().String(), "state_dir", cfg.StateDir, "store", storeKind(cfg.DatabaseURL))
+	log.Info("controller serving", "url", apiURL, "listen", ln.Addr().String(), "state_dir", cfg.StateDir, "store", storeKind(cfg.DatabaseURL),
+		"instance_ca_generation", instCA.Generation, "instance_cert_validity", id.Validity, "trust_domain", id.TrustDomain)
 	if cfg.Ready != nil {
 		cfg.Ready(apiURL)
 	}

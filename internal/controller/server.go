@@ -1,7 +1,9 @@
 // Package controller is the trellis control plane's HTTP API: the Cloud
 // Foundry-compatible networking (policy) API, the v3-shaped apps, spaces,
-// domains and routes API, token management, health and Prometheus metrics,
-// all behind bearer-token authentication and space-scoped authorization.
+// domains and routes API, token management, the cells' API (joining,
+// desired state, instance identity certificates), health and Prometheus
+// metrics, all behind bearer-token authentication and space-scoped
+// authorization.
 package controller
 
 import (
@@ -28,18 +30,32 @@ type Server struct {
 	store   *store.Store
 	ca      *identity.CA
 	pool    ipam.Pool
+	id      InstanceIdentity
 	log     *slog.Logger
 	reg     *prometheus.Registry
 	metrics *httpMetrics
+	certs   *certMetrics
 	mux     *http.ServeMux
+	// caCache is the instance CA last read from the store, parsed: a cache
+	// checked against the store at every use, not state.
+	caCache instanceCACache
 }
 
-// NewServer returns a Server for st that signs cell certificates with ca
-// and leases cell subnets from pool. Metrics are registered in a registry of
-// the Server's own, served at /metrics.
-func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, log *slog.Logger) *Server {
-	s := &Server{store: st, ca: ca, pool: pool, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
+// NewServer returns a Server for st that signs cell certificates with ca,
+// leases cell subnets from pool, and signs instance certificates as id
+// says (zero fields take their defaults; a bad trust domain or validity is
+// replaced by the default and logged: Run checks them first) with the
+// instance CA of the store, created there if missing. Metrics are
+// registered in a registry of the Server's own, served at /metrics.
+func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIdentity, log *slog.Logger) *Server {
+	checked, err := id.withDefaults()
+	if err != nil {
+		log.Error("instance identity settings: using the defaults", "err", err)
+		checked, _ = InstanceIdentity{}.withDefaults()
+	}
+	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
 	s.metrics = newHTTPMetrics(s.reg)
+	s.certs = newCertMetrics(s.reg)
 	s.reg.MustRegister(&storeCollector{store: st, log: log})
 	s.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	s.routes()
@@ -92,6 +108,13 @@ func (s *Server) routes() {
 	m.HandleFunc("DELETE /trellis/v1/cell/instances/{guid}", s.requireCell(s.deregisterInstance))
 	m.HandleFunc("DELETE /trellis/v1/cell", s.requireCell(s.leaveCell))
 	m.HandleFunc("POST /trellis/v1/cell/flows", s.requireCell(s.reportFlows))
+	m.HandleFunc("POST /trellis/v1/cell/instances/{guid}/certificate", s.requireCell(s.signInstanceCertificate))
+
+	// Instance identity: the CA, its rotation, and each app's TLS on 61443.
+	m.HandleFunc("GET /trellis/v1/instance-ca", s.requireAuthOrCell(writeNetError, anyScope, s.getInstanceCA))
+	m.HandleFunc("POST /trellis/v1/instance-ca/rotation", s.requireAuth(writeNetError, adminScope, s.rotateInstanceCA))
+	m.HandleFunc("GET /trellis/v1/apps/{guid}/tls", s.requireAuth(writeNetError, anyScope, s.getAppTLS))
+	m.HandleFunc("PUT /trellis/v1/apps/{guid}/tls", s.requireAuth(writeNetError, anyScope, s.setAppTLS))
 
 	// Policy tools: why was it denied, would it be allowed, the switch.
 	m.HandleFunc("GET /trellis/v1/flows", s.requireAuth(writeNetError, anyScope, s.listFlows))

@@ -56,7 +56,7 @@ func BenchmarkAPI(b *testing.B) {
 		b.Fatal(err)
 	}
 	pool, _ := ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
-	srv := httptest.NewUnstartedServer(NewServer(st, ca, pool, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := httptest.NewUnstartedServer(NewServer(st, ca, pool, InstanceIdentity{}, slog.New(slog.NewTextHandler(io.Discard, nil))))
 	srv.StartTLS()
 	defer srv.Close()
 	value, hash := NewToken()

@@ -33,6 +33,13 @@ type env struct {
 
 func newEnv(t *testing.T, engine string) *env {
 	t.Helper()
+	return newEnvWith(t, engine, InstanceIdentity{})
+}
+
+// newEnvWith is newEnv with instance identity settings; like Run, it
+// creates the instance CA before serving.
+func newEnvWith(t *testing.T, engine string, id InstanceIdentity) *env {
+	t.Helper()
 	st := storetest.Open(t, engine)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ca, err := identity.LoadOrCreateCA(t.TempDir(), "test CA")
@@ -43,7 +50,10 @@ func newEnv(t *testing.T, engine string) *env {
 	if err := st.OverlaySettings(context.Background(), pool); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewUnstartedServer(NewServer(st, ca, pool, log))
+	if _, err := ensureInstanceCA(context.Background(), st, log); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewUnstartedServer(NewServer(st, ca, pool, id, log))
 	srv.TLS = TLSConfig(tls.Certificate{}, ca)
 	srv.TLS.Certificates = nil
 	srv.StartTLS()
