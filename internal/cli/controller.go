@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/ipam"
 )
 
@@ -17,9 +18,10 @@ var controllerCommand = &command{
 	name:    "controller",
 	group:   groupControlPlane,
 	summary: "Run the control plane: policy API, apps and routes, CA, store",
-	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL] [--overlay-cidr CIDR --cell-subnet-prefix N]",
+	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL] [--overlay-cidr CIDR --cell-subnet-prefix N] [--instance-cert-validity D] [--trust-domain NAME]",
 	example: "trellis controller --state-dir /var/lib/trellis\n" +
-		"trellis controller --state-dir /var/lib/trellis --listen 0.0.0.0:4002 --database-url 'postgres://trellis:secret@db:5432/trellis?sslmode=require'",
+		"trellis controller --state-dir /var/lib/trellis --listen 0.0.0.0:4002 --database-url 'postgres://trellis:secret@db:5432/trellis?sslmode=require'\n" +
+		"trellis controller --state-dir /tmp/trellis --instance-cert-validity 5m --trust-domain test.internal",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		var cfg controller.Config
 		var logLevel string
@@ -30,6 +32,9 @@ var controllerCommand = &command{
 		fs.StringVar(&logLevel, "log-level", "info", "Log `LEVEL`: debug, info, warn or error")
 		overlay := fs.String("overlay-cidr", ipam.DefaultOverlay.String(), "The overlay network `CIDR` (fixed at the first start)")
 		subnetLen := fs.Int("cell-subnet-prefix", ipam.DefaultSubnetPrefix, "Lease each cell a subnet of prefix length `N`")
+		fs.DurationVar(&cfg.InstanceCertValidity, "instance-cert-validity", controller.DefaultInstanceCertValidity,
+			"Instance identity certificates are valid for `DURATION` (at least 1m; cells renew them well before)")
+		fs.StringVar(&cfg.TrustDomain, "trust-domain", identity.DefaultTrustDomain, "SPIFFE trust domain `NAME` of instance certificates' URIs (spiffe://NAME/org/...)")
 		return func(ctx context.Context, args []string) error {
 			prefix, err := netip.ParsePrefix(*overlay)
 			if err != nil {
@@ -40,6 +45,12 @@ var controllerCommand = &command{
 			}
 			if len(args) > 0 {
 				return badUsage("controller takes no arguments, got %q", strings.Join(args, " "))
+			}
+			if cfg.InstanceCertValidity < controller.MinInstanceCertValidity {
+				return badInput("invalid --instance-cert-validity %v: at least %v", cfg.InstanceCertValidity, controller.MinInstanceCertValidity)
+			}
+			if err := identity.ValidateTrustDomain(cfg.TrustDomain); err != nil {
+				return badInput("--trust-domain: %v", err)
 			}
 			if cfg.StateDir == "" {
 				return badUsage("--state-dir is required")

@@ -1,9 +1,15 @@
 package cli
 
 import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
 	"encoding/pem"
 	"fmt"
+	"math/big"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -11,6 +17,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 )
@@ -31,6 +38,8 @@ type fakeController struct {
 	routes   []api.Route
 	policies []api.Policy
 	tokens   []api.TokenRequest
+	tls      map[string]bool // app GUID → require_client_cert
+	ca       api.InstanceCA
 }
 
 const fakeToken = "trls_admin"
@@ -63,6 +72,13 @@ func newFakeController(t *testing.T) *fakeController {
 	mux.HandleFunc("POST /networking/v1/external/policies", f.createPolicies)
 	mux.HandleFunc("POST /networking/v1/external/policies/delete", f.deletePolicies)
 	mux.HandleFunc("POST /trellis/v1/tokens", f.createToken)
+	f.tls = map[string]bool{}
+	f.ca = api.InstanceCA{Generation: 1, Bundle: fakeBundle("trellis instance root CA 1"), TrustDomain: "trellis.internal",
+		ValiditySeconds: 86400, IntermediateName: "trellis instance CA 1"}
+	mux.HandleFunc("GET /trellis/v1/instance-ca", func(w http.ResponseWriter, r *http.Request) { writeJSON(w, 200, f.ca) })
+	mux.HandleFunc("POST /trellis/v1/instance-ca/rotation", f.rotate)
+	mux.HandleFunc("GET /trellis/v1/apps/{guid}/tls", f.appTLS)
+	mux.HandleFunc("PUT /trellis/v1/apps/{guid}/tls", f.appTLS)
 	mux.HandleFunc("GET /trellis/v1/instances", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write([]byte(`{"pagination":{"total_results":0,"total_pages":1},"resources":[]}`))
@@ -358,4 +374,69 @@ func (f *fakeController) createToken(w http.ResponseWriter, r *http.Request) {
 	f.tokens = append(f.tokens, in)
 	writeJSON(w, 201, api.Token{GUID: f.guid("token"), Name: in.Name, Scope: in.Scope, Spaces: in.Spaces,
 		Value: fmt.Sprintf("trls_secret%d", f.n)})
+}
+
+// fakeBundle is a PEM self-signed CA certificate named cn, valid until 2035.
+func fakeBundle(cn string) string {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		panic(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Date(2025, 1, 1, 0, 0, 0, 0, time.UTC), NotAfter: time.Date(2035, 1, 1, 0, 0, 0, 0, time.UTC), KeyUsage: x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		panic(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))
+}
+
+// rotate begins or finishes a rotation as the controller does (no clock:
+// finishing early needs force).
+func (f *fakeController) rotate(w http.ResponseWriter, r *http.Request) {
+	var in api.InstanceCARotation
+	if !decode(w, r, &in) {
+		return
+	}
+	switch {
+	case in.Action == "begin" && f.ca.Rotating:
+		writeJSON(w, 409, api.Error{Error: "a rotation of the instance CA is already under way"})
+		return
+	case in.Action == "begin":
+		started := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+		f.ca.Rotating, f.ca.RotationStarted = true, &started
+		f.ca.IntermediateName = "trellis instance CA 2"
+		f.ca.Bundle += fakeBundle("trellis instance root CA 2")
+	case in.Action == "finish" && !f.ca.Rotating:
+		writeJSON(w, 409, api.Error{Error: "no rotation of the instance CA is under way: begin one with `trellis rotate-instance-ca`"})
+		return
+	case in.Action == "finish" && !in.Force:
+		writeJSON(w, 409, api.Error{Error: "the rotation began at 2030-01-02T03:04:05Z: it is safe to finish from 2030-01-03T03:04:05Z"})
+		return
+	case in.Action == "finish":
+		f.ca.Rotating, f.ca.RotationStarted = false, nil
+		_, rest, _ := strings.Cut(f.ca.Bundle, "-----END CERTIFICATE-----\n")
+		f.ca.Bundle = rest
+	default:
+		writeJSON(w, 400, api.Error{Error: "invalid action"})
+		return
+	}
+	f.ca.Generation++
+	writeJSON(w, 200, f.ca)
+}
+
+func (f *fakeController) appTLS(w http.ResponseWriter, r *http.Request) {
+	g := r.PathValue("guid")
+	if !slices.ContainsFunc(f.apps, func(a api.App) bool { return a.GUID == g }) {
+		writeJSON(w, 404, api.Error{Error: "app " + g + " not found"})
+		return
+	}
+	if r.Method == "PUT" {
+		var in api.AppTLS
+		if !decode(w, r, &in) {
+			return
+		}
+		f.tls[g] = in.RequireClientCert
+	}
+	writeJSON(w, 200, api.AppTLS{RequireClientCert: f.tls[g]})
 }
