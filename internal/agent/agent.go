@@ -246,6 +246,9 @@ func (a *Agent) run(parent context.Context) error {
 	defer func() {
 		cancel()
 		bg.Wait()
+		// No connection to the controller outlives the agent (a server
+		// shutting down would wait for it).
+		a.controller.http.CloseIdleConnections()
 	}()
 	// The last known state first: the dataplane keeps working while the
 	// controller is down.

@@ -1,5 +1,3 @@
-//go:build trellis_wip
-
 package agent
 
 import (
@@ -66,6 +64,9 @@ type identities struct {
 
 // credential is one instance's current certificate and what it was made for.
 type credential struct {
+	// busy serializes ensure for one instance (attach and the loop may
+	// race): one request per renewal, never two.
+	busy     sync.Mutex
 	rec      record
 	cert     *tls.Certificate
 	hosts    string // the route hosts it names, joined
@@ -187,6 +188,14 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 			c.renewAt = renewAt(c.cert.Leaf)
 		}
 		id.creds[guid] = c
+	}
+	id.mu.Unlock()
+	c.busy.Lock()
+	defer c.busy.Unlock()
+	id.mu.Lock()
+	if id.creds[guid] != c {
+		id.mu.Unlock()
+		return // detached meanwhile
 	}
 	c.rec = rec
 	due := c.cert == nil || !now.Before(c.renewAt) || c.hosts != hosts || c.caGen != id.caGen

@@ -178,7 +178,7 @@ func TestEncryptedC2C(t *testing.T) {
 	}
 
 	// An app may not bind 61443: the platform holds it in every instance.
-	if out := fd.cli(1, "exec", "backend", "--", "env", "PORT=61443", trellisBin, "sample-app"); !strings.Contains(out, "address already in use") {
+	if out := fd.cli(1, "exec", "backend", "--", "busybox", "nc", "-l", "-p", "61443"); !strings.Contains(strings.ToLower(out), "address already in use") {
 		t.Errorf("binding 61443 inside the instance: %s, want address already in use", out)
 	}
 
@@ -276,9 +276,14 @@ func TestEncryptedC2C(t *testing.T) {
 			t.Errorf("%s → 61443 with --require-client-cert: %d %q %v, want allowed=%v", tc.name, code, body, err, tc.ok)
 		}
 	}
+	var flows string
 	waitFor(t, "the refused handshake in the flow log", func() bool {
-		out := fd.cli(0, "flows", "--denied", "--app", "backend")
-		return strings.Contains(out, "tls: client certificate of app other is not allowed by a policy to reach backend on tcp/61443")
+		flows = fd.cli(0, "flows", "--denied", "--app", "backend")
+		if !strings.Contains(flows, "tls: client certificate of app other is not allowed by a policy to reach backend on tcp/61443") {
+			t.Logf("flows --denied --app backend:\n%s", flows)
+			return false
+		}
+		return true
 	})
 	fd.cli(0, "set-tls", "backend", "--no-require-client-cert")
 
