@@ -8,7 +8,7 @@ package identity
 // their containers catch up:
 //
 //	steady      bundle: R1          chains: leaf, I1
-//	rotating    bundle: R1, R2      chains: leaf, I2, I2×R1 (I2 cross-signed by R1)
+//	rotating    bundle: R1, R2      chains: leaf, I2×R1 (I2 cross-signed by R1), I2
 //	finished    bundle: R2          chains: leaf, I2
 //
 // While rotating, a new chain verifies for a client that trusts only R1
@@ -17,10 +17,12 @@ package identity
 //
 // That holds for verifiers that try every candidate issuer (Go, Java).
 // OpenSSL (so curl, Python, Ruby, nginx) takes the first certificate sent
-// whose subject matches and does not backtrack: with the chain in this
-// order it verifies a new chain with the bundle or with R2 alone, but not
-// with R1 alone. Clients inside containers therefore need the bundle
-// (both roots) before their peers present new chains.
+// whose subject matches and does not backtrack, so the cross-signed copy
+// comes first: a new chain verifies with the bundle and with R1 alone —
+// the client that loaded its trust store before the rotation and never
+// again — but for OpenSSL not with R2 alone. No client has R2 alone while
+// the rotation overlaps (every bundle then holds both roots); after it
+// finishes, chains no longer carry the cross-signed copy.
 
 import (
 	"bytes"
@@ -209,7 +211,7 @@ func (ca *InstanceCA) Intermediate() *x509.Certificate { return ca.intermediate.
 // root.
 func (ca *InstanceCA) Intermediates() []*x509.Certificate {
 	if ca.cross != nil {
-		return []*x509.Certificate{ca.intermediate.cert, ca.cross}
+		return []*x509.Certificate{ca.cross, ca.intermediate.cert}
 	}
 	return []*x509.Certificate{ca.intermediate.cert}
 }
