@@ -1,6 +1,9 @@
-// Package identity is trellis's certificate authority: it creates the
-// controller's CA on first start, keeps its key on the controller, and
-// issues certificates from it (today the controller's own TLS certificate).
+// Package identity holds trellis's two certificate authorities, whose keys
+// never leave the controller: the control-plane CA (ca.go: the API's TLS
+// certificate and every cell's mutual-TLS certificate, from a CSR) and the
+// instance identity CA (instance.go: a root and an intermediate, rotated by
+// cross-signing, signing Cloud Foundry-shaped certificates for app
+// instances from CSRs whose keys stay on the cells).
 package identity
 
 import (
