@@ -225,7 +225,7 @@ func (d *demo) story(ctx context.Context) error {
 	}
 
 	d.title("why was it refused? the flow log")
-	out, err = d.run(ctx, "flows", "--denied", "--app", "backend")
+	out, err = d.runShort(ctx, 4, "flows", "--denied", "--app", "backend")
 	if err != nil {
 		return d.fail("flows", err)
 	}
@@ -275,6 +275,22 @@ func (d *demo) run(ctx context.Context, args ...string) (string, error) {
 	if out != "" {
 		fmt.Fprint(d.o.Out, indent(out))
 	}
+	if err != nil {
+		fmt.Fprintf(d.o.Out, "   (%v)\n", err)
+	}
+	return out, err
+}
+
+// runShort is run, printing only the last n lines of the output.
+func (d *demo) runShort(ctx context.Context, n int, args ...string) (string, error) {
+	d.show("trellis " + shellJoin(args))
+	out, err := d.runQuiet(ctx, args...)
+	lines := strings.Split(strings.TrimRight(out, "\n"), "\n")
+	if len(lines) > n {
+		fmt.Fprintf(d.o.Out, "   … %d earlier lines (the probe of step 5 knocked every 2 ms)\n", len(lines)-n)
+		lines = lines[len(lines)-n:]
+	}
+	fmt.Fprint(d.o.Out, indent(strings.Join(lines, "\n")))
 	if err != nil {
 		fmt.Fprintf(d.o.Out, "   (%v)\n", err)
 	}
