@@ -54,6 +54,7 @@ type demo struct {
 	start  time.Time
 	// lastTLS is the first TLS record the last capture saw.
 	lastTLS []byte
+	ctx     context.Context
 }
 
 // Run tells the story; it returns an error naming the first step that did
@@ -120,6 +121,7 @@ func preflight(o Options) error {
 
 // story is the announcement, step by step.
 func (d *demo) story(ctx context.Context) error {
+	d.ctx = ctx
 	d.title("a local foundation: two cells (network namespaces on a private underlay), a controller, an agent per cell")
 	if _, err := d.run(ctx, "up", "--cells", "2", "--detach", "--config", filepath.Join(d.o.StateDir, "cli.json")); err != nil {
 		return d.fail("bring up the foundation", err)
@@ -265,6 +267,9 @@ func (d *demo) say(format string, args ...any) {
 func (d *demo) show(cmd string) { fmt.Fprintf(d.o.Out, "$ %s\n", cmd) }
 
 func (d *demo) fail(what string, err error) error {
+	if d.ctx != nil && d.ctx.Err() != nil {
+		return fmt.Errorf("demo interrupted at step %d (%s); what it made is taken down", d.step, what)
+	}
 	return fmt.Errorf("demo step %d (%s) did not behave as it says: %w", d.step, what, err)
 }
 
@@ -301,6 +306,9 @@ func (d *demo) runShort(ctx context.Context, n int, args ...string) (string, err
 func (d *demo) runQuiet(ctx context.Context, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, d.o.Exe, args...)
 	cmd.Env = d.env
+	// Ctrl-C reaches the command as an interrupt, so that it cleans up
+	// what it made (`trellis up` takes down a half-built foundation).
+	cmd.Cancel = func() error { return cmd.Process.Signal(os.Interrupt) }
 	var b bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &b, &b
 	cmd.WaitDelay = 5 * time.Second
