@@ -25,7 +25,8 @@ type Capture struct {
 	fd   int
 	done chan struct{}
 
-	mu     sync.Mutex
+	mu      sync.Mutex
+	stopped bool
 	frames [][]byte
 	size   int
 	err    error
@@ -74,7 +75,7 @@ func (c *Capture) read() {
 		n, _, err := unix.Recvfrom(c.fd, buf, 0)
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EINTR) {
 			c.mu.Lock()
-			stopped := c.fd < 0
+			stopped := c.stopped
 			c.mu.Unlock()
 			if stopped {
 				return
@@ -83,17 +84,14 @@ func (c *Capture) read() {
 		}
 		if err != nil {
 			c.mu.Lock()
-			if c.fd >= 0 {
-				c.err = err
-			}
+			c.err = err
 			c.mu.Unlock()
 			return
 		}
+		// After Stop the reader drains what is queued (until a receive
+		// times out), so that the frames of traffic that finished before
+		// Stop are all there.
 		c.mu.Lock()
-		if c.fd < 0 {
-			c.mu.Unlock()
-			return
-		}
 		if c.size+n <= maxBytes {
 			c.frames = append(c.frames, bytes.Clone(buf[:n]))
 			c.size += n
@@ -105,14 +103,13 @@ func (c *Capture) read() {
 // Stop ends the capture and returns the frames seen, in order.
 func (c *Capture) Stop() ([][]byte, error) {
 	c.mu.Lock()
-	fd := c.fd
-	c.fd = -1
+	again := c.stopped
+	c.stopped = true
 	c.mu.Unlock()
-	if fd < 0 {
-		return c.frames, c.err
-	}
 	<-c.done
-	unix.Close(fd)
+	if !again {
+		unix.Close(c.fd)
+	}
 	return c.frames, c.err
 }
 

@@ -18,11 +18,11 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
 
 	"github.com/trellis-c2c/trellis/internal/agent"
 	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/capture"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -377,54 +377,24 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 // group policy ID tag) seen on dev in namespace ns while traffic runs.
 func captureVXLAN(t *testing.T, ns, dev string, tag uint16, traffic func()) int {
 	t.Helper()
-	var fd int
-	err := netns.Do(ns, func() error {
-		var err error
-		fd, err = unix.Socket(unix.AF_PACKET, unix.SOCK_RAW, int(htons(unix.ETH_P_ALL)))
-		if err != nil {
-			return err
-		}
-		ifi, err := net.InterfaceByName(dev)
-		if err != nil {
-			return err
-		}
-		return unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: htons(unix.ETH_P_ALL), Ifindex: ifi.Index})
-	})
+	c, err := capture.Start(ns, dev)
 	if err != nil {
-		t.Fatalf("capture on %s: %v", dev, err)
+		t.Fatal(err)
 	}
-	defer unix.Close(fd)
-	unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_RCVTIMEO, &unix.Timeval{Usec: 200000})
-	go traffic()
+	traffic()
+	frames, err := c.Stop()
+	if err != nil {
+		t.Fatal(err)
+	}
 	seen := 0
-	buf := make([]byte, 65536)
-	deadline := time.Now().Add(3 * time.Second)
-	for time.Now().Before(deadline) && seen == 0 {
-		n, _, err := unix.Recvfrom(fd, buf, 0)
-		if err != nil || n < 14+20+8+8 {
-			continue
-		}
-		if binary.BigEndian.Uint16(buf[12:14]) != unix.ETH_P_IP {
-			continue
-		}
-		ip := buf[14:]
-		ihl := int(ip[0]&0xf) * 4
-		if ip[9] != unix.IPPROTO_UDP || len(ip) < ihl+16 {
-			continue
-		}
-		udp := ip[ihl:]
-		if binary.BigEndian.Uint16(udp[2:4]) != 4789 {
-			continue
-		}
-		vx := udp[8:]
-		if vx[0] == 0x88 && binary.BigEndian.Uint16(vx[2:4]) == tag && binary.BigEndian.Uint32(vx[4:8])>>8 == 1 {
+	for _, vx := range capture.UDPPayloads(frames, 4789) {
+		if len(vx) >= 8 && vx[0] == 0x88 && binary.BigEndian.Uint16(vx[2:4]) == tag && binary.BigEndian.Uint32(vx[4:8])>>8 == 1 {
 			seen++
 		}
 	}
 	return seen
 }
 
-func htons(v uint16) uint16 { return v<<8 | v>>8 }
 
 // TestUpForegroundCtrlC runs `trellis up` in the foreground as a user would
 // and presses Ctrl-C: everything it made is gone.
