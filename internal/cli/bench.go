@@ -38,10 +38,9 @@ var benchmarks = []benchmark{
 	{"dns", func(ctx context.Context, q bool, p io.Writer) (*bench.Report, error) {
 		return bench.DNS(ctx, bench.DNSOptions{Quick: q, Progress: p})
 	}},
-	// When internal/bench has it:
-	// {"tls", func(ctx context.Context, q bool, p io.Writer) (*bench.Report, error) {
-	// 	return bench.TLS(ctx, bench.TLSOptions{Quick: q, Progress: p})
-	// }},
+	{"tls", func(ctx context.Context, q bool, p io.Writer) (*bench.Report, error) {
+		return bench.TLS(ctx, bench.TLSOptions{Quick: q, Progress: p})
+	}},
 }
 
 // benchNames are the names of benchmarks.

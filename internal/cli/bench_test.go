@@ -30,7 +30,7 @@ func TestBenchUsageErrors(t *testing.T) {
 		args   []string
 		stderr string
 	}{
-		{[]string{"bench", "frob"}, `trellis: unknown benchmark "frob": choose one of overlay, policy, dns, or all`},
+		{[]string{"bench", "frob"}, `trellis: unknown benchmark "frob": choose one of overlay, policy, dns, tls, or all`},
 		{[]string{"bench", "overlay", "all"}, `Incorrect Usage: bench takes at most one benchmark, got "overlay all"`},
 		{[]string{"bench", "overlay", "--json", missing}, "trellis: cannot write --json " + missing + ": " + filepath.Dir(missing) + " is not a directory"},
 		{[]string{"bench", "--frobnicate"}, "Incorrect Usage: flag provided but not defined: -frobnicate"},
