@@ -144,6 +144,7 @@ func (c *conn) dial() (*net.TCPConn, error) {
 		return nil, err
 	}
 	app := nc.(*net.TCPConn)
+	app.SetNoDelay(true) // as net.Dial does; FileConn does not
 	in.mu.Lock()
 	if c.closed {
 		in.mu.Unlock()
