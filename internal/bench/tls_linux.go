@@ -25,6 +25,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/containernetworking/cni/libcni"
+	"github.com/google/uuid"
 	"golang.org/x/sys/unix"
 
 	"github.com/trellis-c2c/trellis/internal/agent"
@@ -404,7 +406,7 @@ func (r *tlsRun) memory() error {
 	n := r.p.idle
 	r.logf("memory: agent of cell2 RSS %d KiB serving %.0f instances; starting %d idle instances", r.rss[0], base, n)
 	start := time.Now()
-	if _, err := r.push("idle", r.cell2, n, "sleep", "infinity"); err != nil {
+	if err := r.attachIdle(n); err != nil {
 		return err
 	}
 	deadline := time.Now().Add(60*time.Second + time.Duration(n)*time.Second)
@@ -429,6 +431,48 @@ func (r *tlsRun) memory() error {
 	}
 	per := float64(r.rss[1]-r.rss[0]) / float64(n)
 	r.logf("memory: %d idle instances served after %.1f s; RSS %d KiB: %.1f KiB per instance", n, r.idleSeconds, r.rss[1], per)
+	return nil
+}
+
+// attachIdle attaches n containers to cell2 the way any CNI runtime does —
+// their namespaces made here, trellis-cni run by libcni inside the cell —
+// as instances of an app that runs nothing in them: what a served instance
+// costs the agent on a real host, where the runtime runs the containers
+// (the local foundation's executor, which also runs their processes, is
+// not part of a real agent). The namespaces carry the foundation's prefix,
+// so taking it down deletes them.
+func (r *tlsRun) attachIdle(n int) error {
+	cell := r.f.Cells[1]
+	app, err := r.api.CreateApp(r.ctx, r.space, "idle")
+	if err != nil {
+		return err
+	}
+	list, err := libcni.ConfListFromFile(cell.CNIConfList)
+	if err != nil {
+		return fmt.Errorf("cell2's CNI config: %w", err)
+	}
+	cache, err := os.MkdirTemp("", "trbench-cni-cache-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(cache)
+	plugin := libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(r.f.CNIPlugin)}, cache, nil)
+	for i := range n {
+		name := fmt.Sprintf("%s-idle-%d", r.f.Prefix, i)
+		path, err := netns.Create(name)
+		if err != nil {
+			return err
+		}
+		rt := &libcni.RuntimeConf{ContainerID: name, NetNS: path, IfName: "eth0", Args: [][2]string{
+			{"TRELLIS_APP_GUID", app.GUID}, {"TRELLIS_INSTANCE_GUID", uuid.NewString()}, {"TRELLIS_INDEX", strconv.Itoa(i)}}}
+		err = netns.Do(netns.Path(cell.NetNS), func() error {
+			_, err := plugin.AddNetworkList(r.ctx, list, rt)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("attach idle container %d to cell2: %w", i, err)
+		}
+	}
 	return nil
 }
 
@@ -1072,7 +1116,7 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 			tlsRPSConns, r.p.rps, r.p.warm, r.p.rounds),
 		fmt.Sprintf("tls bulk: the bench sends an endless stream on the bulk instance's 8080; one connection reads it for %s after %s of warm-up, median of %d round(s); the terminator CPU per GB is its process's user+system time over the bytes (softirq time not counted)",
 			r.p.bulk, r.p.warm, r.p.rounds),
-		fmt.Sprintf("tls memory: VmRSS of the agent of cell2 (least of %d reads 300 ms apart) serving backend and bulk (%d KiB), then with %d more instances of an app that sleeps, each served on 61443 (the agent's trellis_proxy_instances gauge; %.1f s from the scale call to all served) (%d KiB), difference over %d; measured before any traffic; it is everything the agent keeps per instance (proxy listener, certificate, records, ...) with the Go heap's slack (GOGC=100); the idle instances stay for the rest of the run, as on a real cell",
+		fmt.Sprintf("tls memory: VmRSS of the agent of cell2 (least of %d reads 300 ms apart) serving backend and bulk (%d KiB), then with %d more containers attached through trellis-cni by libcni as any runtime does (namespaces made by the bench, no process in them: on a real host the runtime, not the agent, runs containers), each registered, certified and served on 61443 (the agent's trellis_proxy_instances gauge; %.1f s from the first ADD to all served) (%d KiB), difference over %d; measured before any traffic; it is everything the agent keeps per instance (proxy listener, certificate, records, ...) with the Go heap's slack (GOGC=100); the idle instances stay for the rest of the run, as on a real cell",
 			r.p.settle, r.rss[0], r.p.idle, r.idleSeconds, r.rss[1], r.p.idle),
 	)
 }
