@@ -1,0 +1,82 @@
+package demo
+
+import (
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/launcher"
+)
+
+// TestPreflightCleansAStaleDemo: a demo killed before it could tear down
+// leaves its state dir; the next demo says so and cleans it up itself.
+// (Its namespaces and processes go with it through launcher.Down, which
+// the launcher's tests check.)
+func TestPreflightCleansAStaleDemo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (CI runs as root)")
+		}
+		t.Skip("needs root")
+	}
+	dir := filepath.Join(t.TempDir(), "demo")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	// A controller that is gone: a PID no process has.
+	stale := launcher.Foundation{Prefix: "trellis-000000", StateDir: dir, Controller: launcher.Process{PID: 1 << 22}}
+	b, _ := json.Marshal(stale)
+	if err := os.WriteFile(filepath.Join(dir, launcher.FoundationFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	if err := preflight(Options{StateDir: dir, Out: &out}); err != nil {
+		t.Fatalf("preflight over a stale demo = %v, want it cleaned up", err)
+	}
+	if !strings.Contains(out.String(), "cleaned up a stale demo foundation in "+dir) {
+		t.Errorf("preflight said %q, want it to say it cleaned up", out.String())
+	}
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Errorf("stale state dir: %v, want it removed", err)
+	}
+}
+
+// TestPreflightRefusesARunningDemo: over a demo that still runs (--keep),
+// preflight changes nothing and says how to stop it.
+func TestPreflightRefusesARunningDemo(t *testing.T) {
+	if os.Geteuid() != 0 {
+		if os.Getenv("CI") == "true" {
+			t.Fatal("needs root (CI runs as root)")
+		}
+		t.Skip("needs root")
+	}
+	dir := t.TempDir()
+	// A process whose command line is "sh controller" plays the running
+	// controller (the launcher recognises its daemons by their role).
+	if err := os.WriteFile(filepath.Join(dir, "controller"), []byte("sleep 60\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ctl := exec.Command("sh", "controller")
+	ctl.Dir = dir
+	ctl.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := ctl.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { syscall.Kill(-ctl.Process.Pid, syscall.SIGKILL); ctl.Wait() })
+	running := launcher.Foundation{Prefix: "trellis-000001", StateDir: dir, Controller: launcher.Process{PID: ctl.Process.Pid}}
+	b, _ := json.Marshal(running)
+	if err := os.WriteFile(filepath.Join(dir, launcher.FoundationFile), b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	err := preflight(Options{StateDir: dir, Out: &strings.Builder{}})
+	if err == nil || !strings.Contains(err.Error(), "trellis down --purge --state-dir "+dir) {
+		t.Fatalf("preflight over a running demo = %v, want how to stop it", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, launcher.FoundationFile)); err != nil {
+		t.Errorf("preflight touched the running demo: %v", err)
+	}
+}
