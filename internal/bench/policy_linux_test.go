@@ -26,8 +26,8 @@ func TestPolicyQuick(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Policy = %v", err)
 	}
-	if len(rep.Figures) != 16 {
-		t.Errorf("figures = %d, want 16", len(rep.Figures))
+	if len(rep.Figures) != 19 {
+		t.Errorf("figures = %d, want 19", len(rep.Figures))
 	}
 	for _, f := range rep.Figures {
 		if f.Value <= 0 {

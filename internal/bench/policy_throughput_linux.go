@@ -45,12 +45,13 @@ const (
 	filterOne                     // trellis, default deny + the allows needed
 	filterMap                     // trellis, default deny + 10,000 allows
 	filterLinear                  // 10,000 rules in one chain, no conntrack
+	filterCT                      // conntrack on both cells, no policy: what any stateful filter pays
 	numFilterings
 )
 
 var (
-	filterNames = [numFilterings]string{"no policy", "deny + 1 policy", "deny + 10,000 policies", "10,000 linear rules"}
-	filterKeys  = [numFilterings]string{"none", "deny-1", "deny-10k", "linear-10k"} // in Report.Samples
+	filterNames = [numFilterings]string{"no policy", "deny + 1 policy", "deny + 10,000 policies", "10,000 linear rules", "conntrack alone"}
+	filterKeys  = [numFilterings]string{"none", "deny-1", "deny-10k", "linear-10k", "conntrack"} // in Report.Samples
 )
 
 // policyThroughput measures cross-cell TCP throughput and the rate of new
@@ -119,6 +120,11 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 				return err
 			}
 			return addLinear(cell2, many)
+		case filterCT:
+			if err := errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2)); err != nil {
+				return err
+			}
+			return errors.Join(addConntrackOnly(cell1), addConntrackOnly(cell2))
 		}
 		allows := needed
 		if f == filterMap {
@@ -157,7 +163,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			if err := apply(f); err != nil {
 				return fmt.Errorf("%s: %w", filterNames[f], err)
 			}
-			if err := r.checkReach(client, server, f != filterNone); err != nil {
+			if err := r.checkReach(client, server, f != filterNone && f != filterCT); err != nil {
 				return fmt.Errorf("%s: %w", filterNames[f], err)
 			}
 			g, err := r.iperf3Client(client, server, 1, p)
@@ -193,6 +199,16 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			newFigure("policy/xcell-conn-rate-"+filterKeys[f], "cross-cell new connections, "+filterNames[f], "conn/s",
 				median(conns[f]), median(conns[filterNone]), base, g))
 	}
+	// What conntrack alone costs, and trellis measured against it: the
+	// part of the gap to the bare path that any stateful enforcement pays.
+	ctBase := "same path, conntrack on both cells and no policy"
+	rep.Figures = append(rep.Figures,
+		newFigure("policy/xcell-conn-rate-conntrack", "cross-cell new connections, conntrack alone", "conn/s",
+			median(conns[filterCT]), median(conns[filterNone]), base, nil),
+		newFigure("policy/xcell-conn-rate-deny-1-vs-conntrack", "cross-cell new connections, deny + 1 policy, vs conntrack alone", "conn/s",
+			median(conns[filterOne]), median(conns[filterCT]), ctBase, nil),
+		newFigure("policy/xcell-tcp-1-deny-1-vs-conntrack", "cross-cell TCP, 1 stream, deny + 1 policy, vs conntrack alone", "Gbit/s",
+			median(tput[filterOne]), median(tput[filterCT]), ctBase, nil))
 	how := fmt.Sprintf("median of %d runs of %d s (first %d s left out)", p.runs, p.seconds, p.omit)
 	connHow := fmt.Sprintf("median of %d runs", p.runs)
 	if p.runs == 1 {
@@ -205,7 +221,8 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 		"(tcp %d and %d); trellis with %d allows among %d app tags including those 2 (set lookups); "+
 		"and, with trellis's tables removed and every packet of the client marked on cell1 (iptables-style), the same %d allows as %d rules of one chain "+
 		"(ip daddr, meta mark & 0xffff, l4proto tcp, th dport → accept; the 2 needed last, then reject) in cell2's forward hook, "+
-		"walked by every packet to the server with no conntrack fast path, as iptables-style enforcement does. "+
+		"walked by every packet to the server with no conntrack fast path, as iptables-style enforcement does; "+
+		"and conntrack alone: a table on each cell whose one rule accepts established and related packets (the rest passes too), so both cells track every connection and police nothing. "+
 		"Before each measurement, tcp %d (not allowed) is checked to be refused under every filtering and reachable without.",
 		clientTag, how, connFor, connHow,
 		connPort, iperf3Port, numPolicies, numApps, numPolicies, numPolicies, deniedPort))
@@ -402,6 +419,34 @@ func addLinear(path string, allows []dataplane.Allow) error {
 	}})
 	if err := c.Flush(); err != nil {
 		return fmt.Errorf("linear chain of %d rules in %s: %w", len(allows), path, err)
+	}
+	return nil
+}
+
+// addConntrackOnly turns conntrack on in the namespace at path with one
+// rule that needs it (established and related accepted, everything else
+// too): the cost of a stateful filter without any policy.
+func addConntrackOnly(path string) error {
+	c, done, err := openNft(path)
+	if err != nil {
+		return err
+	}
+	defer done()
+	tbl := c.AddTable(linearTableOf)
+	accept := nftables.ChainPolicyAccept
+	fwd := c.AddChain(&nftables.Chain{
+		Name: "forward", Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
+	})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: fwd, Exprs: []expr.Any{
+		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
+		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
+			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
+		&expr.Verdict{Kind: expr.VerdictAccept},
+	}})
+	if err := c.Flush(); err != nil {
+		return fmt.Errorf("conntrack alone in %s: %w", path, err)
 	}
 	return nil
 }
