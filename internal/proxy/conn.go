@@ -30,7 +30,7 @@ const (
 	alertUnexpectedMsg  = 10               // TLS alert description unexpected_message
 	lingerMax           = 1 * time.Second  // how long a refused client may take to read its alert
 	lingerBytes         = 64 << 10         // and how much it may still send meanwhile
-	bufSize             = 16 << 10         // one TLS record's worth of plaintext
+	bufSize             = 64 << 10         // four TLS records' worth of plaintext
 )
 
 // refusal is why a handshake was refused by one of the Server's checks.
@@ -52,6 +52,16 @@ type conn struct {
 	refused *refusal // set by configFor
 	st      *served  // the settings of its handshake, set by configFor
 	tls     *tls.Conn
+
+	// wmu guards batching and wbuf: while the proxy writes a buffer of the
+	// app's bytes through the TLS connection, the records crypto/tls makes
+	// are gathered and sent in one write (one system call, and one GSO
+	// segment train, per buffer rather than per 16 KiB record). Records
+	// written meanwhile for the other direction (alerts) queue behind
+	// them, so the wire carries them in the order crypto/tls made them.
+	wmu      sync.Mutex
+	batching bool
+	wbuf     *[]byte
 
 	app      *net.TCPConn // guarded by in.mu
 	ready    bool         // handshake done; guarded by in.mu
@@ -394,7 +404,7 @@ func (c *conn) forward(app *net.TCPConn) {
 		}
 		app.CloseWrite()
 	}()
-	if err := pipe(c.tls, app, m.fromApp, idle); err != nil {
+	if err := pipe(tlsWriter{c}, app, m.fromApp, idle); err != nil {
 		c.abort()
 	} else {
 		c.tls.CloseWrite()
@@ -402,6 +412,46 @@ func (c *conn) forward(app *net.TCPConn) {
 	}
 	wg.Wait()
 }
+
+// Write is what crypto/tls writes records with.
+func (c *conn) Write(p []byte) (int, error) {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if c.batching {
+		*c.wbuf = append(*c.wbuf, p...)
+		return len(p), nil
+	}
+	return c.TCPConn.Write(p)
+}
+
+// tlsWriter writes the app's bytes to the client, a buffer at a time.
+type tlsWriter struct{ c *conn }
+
+func (w tlsWriter) Write(p []byte) (int, error) {
+	c := w.c
+	c.wmu.Lock()
+	c.batching = true
+	c.wbuf = wbufs.Get().(*[]byte)
+	c.wmu.Unlock()
+	n, err := c.tls.Write(p)
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.batching = false
+	out := c.wbuf
+	c.wbuf = nil
+	if len(*out) > 0 {
+		if _, werr := c.TCPConn.Write(*out); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	*out = (*out)[:0]
+	wbufs.Put(out)
+	return n, err
+}
+
+// wbufs hold the records of one buffer: its bytes, and a record header
+// and tag per 16 KiB.
+var wbufs = sync.Pool{New: func() any { b := make([]byte, 0, bufSize+bufSize/256); return &b }}
 
 // bufs are the copy buffers, shared by all connections.
 var bufs = sync.Pool{New: func() any { return new([bufSize]byte) }}
