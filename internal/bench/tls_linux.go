@@ -135,6 +135,7 @@ type tlsRun struct {
 	pinned   bool // false with one CPU: everything shares it
 
 	haproxyPID  int
+	lat1        map[string][]float64 // latency samples with every party on one CPU
 	haproxyDone chan struct{}
 	haproxyVer  string
 	negotiated  map[string]string // target key → "TLS 1.3, TLS_AES_128_GCM_SHA256, X25519"
@@ -842,6 +843,37 @@ func (r *tlsRun) measure() error {
 			r.logf("  %s: p50 %.3f ms, p99 %.3f ms", t.key, percentile(xs, 50), percentile(xs, 99))
 		}
 	}
+	// The same with every party on one CPU, as on a busy cell: the
+	// terminators join the generator and the app, so that a request makes
+	// no cross-CPU wakeup (each costs an inter-processor interrupt, dear
+	// on a VM) and what is left is the terminators' own work.
+	lat1 := map[string][]float64{}
+	if r.pinned {
+		if err := r.pinTerminators(r.gen); err != nil {
+			return err
+		}
+		r.logf("latency on one CPU: %d round(s) of %s per path", p.rounds, p.latency)
+		for _, t := range app {
+			if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
+				return fmt.Errorf("warm-up %s: %w", t.key, err)
+			}
+		}
+		for i := range p.rounds {
+			for _, t := range order(app, i) {
+				xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
+				if err != nil {
+					return fmt.Errorf("latency on one CPU %s: %w", t.key, err)
+				}
+				lat1[t.key] = append(lat1[t.key], xs...)
+				r.logf("  %s: p50 %.3f ms, p99 %.3f ms", t.key, percentile(xs, 50), percentile(xs, 99))
+			}
+		}
+		if err := r.pinTerminators(r.srv); err != nil {
+			return err
+		}
+	}
+	r.lat1 = lat1
+
 	hs := map[string][]float64{}
 	r.logf("new connections: %d round(s) of %d per path, one at a time", p.rounds, p.handshakes)
 	for i := range p.rounds {
@@ -886,6 +918,17 @@ func (r *tlsRun) measure() error {
 	}
 	r.figures(lat, hs, rps, cpuReq, gbps, cpuGB)
 	return nil
+}
+
+// pinTerminators moves the agent of cell2 and haproxy to cpu, and waits
+// for the Go runtime to notice (it looks at its CPU mask once a second).
+func (r *tlsRun) pinTerminators(cpu int) error {
+	for _, pid := range []int{r.agent, r.haproxyPID} {
+		if err := pinProcess(pid, cpu); err != nil {
+			return fmt.Errorf("pin pid %d to CPU %d: %w", pid, cpu, err)
+		}
+	}
+	return r.wait(1500 * time.Millisecond)
 }
 
 // fixedRate sends GET / at rate per second for d over conns keep-alive
@@ -1072,6 +1115,21 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 			added(ours, 50), added(ha, 50), "added by "+haName, &goal{atMost: true, limit: 0.15}),
 		newFigure("tls/added-latency-p99", "latency added by TLS on 61443 at "+rate+", p99 (61443 − 8080)", "ms",
 			added(ours, 99), added(ha, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}),
+	)
+	if len(r.lat1) > 0 {
+		added1 := func(k string, p float64) float64 {
+			return percentile(r.lat1[k], p) - percentile(r.lat1[plain], p)
+		}
+		for _, k := range []string{ours, plain, ha} {
+			rep.Samples["tls-latency-one-cpu/"+k] = roundMS(r.lat1[k])
+		}
+		rep.Figures = append(rep.Figures,
+			newFigure("tls/added-latency-one-cpu-p50", "latency added by TLS on 61443 at "+rate+", all on one CPU, p50", "ms",
+				added1(ours, 50), added1(ha, 50), "added by "+haName, &goal{atMost: true, limit: 0.15}),
+			newFigure("tls/added-latency-one-cpu-p99", "latency added by TLS on 61443 at "+rate+", all on one CPU, p99", "ms",
+				added1(ours, 99), added1(ha, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}))
+	}
+	rep.Figures = append(rep.Figures,
 		newFigure("tls/latency-p50", "GET / through 61443 at "+rate+", p50", "ms",
 			percentile(lat[ours], 50), percentile(lat[plain], 50), "plaintext 8080", nil),
 		newFigure("tls/latency-p99", "GET / through 61443 at "+rate+", p99", "ms",
@@ -1097,7 +1155,7 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 			"Cloud Foundry's per-container Envoy reservation (documented, not measured)", &goal{atMost: true, limit: 64}),
 	)
 
-	pin := fmt.Sprintf("the load generator (this process, GOMAXPROCS=1) and the backend app pinned to CPU %d; the agent of cell2 (all its threads: the proxy and the rest of the agent, idle otherwise) and haproxy pinned to CPU %d, measured one at a time; so a request through a terminator crosses CPUs four times, one to 8080 none", r.gen, r.srv)
+	pin := fmt.Sprintf("the load generator (this process, GOMAXPROCS=1) and the backend app pinned to CPU %d; the agent of cell2 (all its threads: the proxy and the rest of the agent, idle otherwise) and haproxy pinned to CPU %d, measured one at a time; so a request through a terminator crosses CPUs four times, one to 8080 none; the figures marked \"all on one CPU\" repeat the latency rounds with both terminators moved to CPU %d as well (no cross-CPU wakeup)", r.gen, r.srv, r.gen)
 	if !r.pinned {
 		pin = "one CPU only: generator, app and terminator share it"
 	}
