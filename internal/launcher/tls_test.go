@@ -202,6 +202,11 @@ func TestEncryptedC2C(t *testing.T) {
 	if code, body := get(t, fe.netns, fe.IP+":8080", "/proxytls/backend.apps.internal:61443/"); code != 200 || !strings.Contains(body, `"app":"backend"`) {
 		t.Errorf("frontend /proxytls/ to 61443 = %d %s", code, body)
 	}
+	// openssl finds the bundle through SSL_CERT_FILE too.
+	if out := fd.cli(0, "exec", "frontend", "--", "sh", "-c",
+		"openssl s_client -connect backend.apps.internal:61443 -servername backend.apps.internal -verify_return_error -brief </dev/null 2>&1"); !strings.Contains(out, "Verification: OK") {
+		t.Errorf("openssl s_client to 61443 from frontend:\n%s\nwant Verification: OK", out)
+	}
 	// A client speaking plaintext to 61443 gets a TLS alert, not a hang.
 	c := dial(t, fe.netns, "tcp", be.IP+":61443")
 	c.SetDeadline(time.Now().Add(5 * time.Second))
