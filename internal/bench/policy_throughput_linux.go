@@ -427,28 +427,12 @@ func addLinear(path string, allows []dataplane.Allow) error {
 // rule that needs it (established and related accepted, everything else
 // too): the cost of a stateful filter without any policy.
 func addConntrackOnly(path string) error {
-	c, done, err := openNft(path)
-	if err != nil {
-		return err
-	}
-	defer done()
-	tbl := c.AddTable(linearTableOf)
-	accept := nftables.ChainPolicyAccept
-	fwd := c.AddChain(&nftables.Chain{
-		Name: "forward", Table: tbl, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityFilter, Policy: &accept,
-	})
-	c.AddRule(&nftables.Rule{Table: tbl, Chain: fwd, Exprs: []expr.Any{
+	return addBaseRule(path, "forward", nftables.ChainHookForward, nftables.ChainPriorityFilter,
 		&expr.Ct{Register: 1, Key: expr.CtKeySTATE},
 		&expr.Bitwise{SourceRegister: 1, DestRegister: 1, Len: 4,
 			Mask: binaryutil.NativeEndian.PutUint32(expr.CtStateBitESTABLISHED | expr.CtStateBitRELATED), Xor: binaryutil.NativeEndian.PutUint32(0)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: 1, Data: binaryutil.NativeEndian.PutUint32(0)},
-		&expr.Verdict{Kind: expr.VerdictAccept},
-	}})
-	if err := c.Flush(); err != nil {
-		return fmt.Errorf("conntrack alone in %s: %w", path, err)
-	}
-	return nil
+		&expr.Verdict{Kind: expr.VerdictAccept})
 }
 
 // addMarkAll marks every IPv4 packet from an instance ("s-*") in the
@@ -456,6 +440,17 @@ func addConntrackOnly(path string) error {
 // linear chain at the destination, without conntrack, needs the mark on
 // every packet (trellis marks only a connection's first packets).
 func addMarkAll(path string, tag uint16) error {
+	return addBaseRule(path, "prerouting", nftables.ChainHookPrerouting, nftables.ChainPriorityMangle,
+		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
+		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte("s-")},
+		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(uint32(tag))},
+		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1})
+}
+
+// addBaseRule adds, in one batch, the bench's table to the namespace at
+// path with a base chain name on hook at prio (policy accept) holding one
+// rule of exprs.
+func addBaseRule(path, name string, hook *nftables.ChainHook, prio *nftables.ChainPriority, exprs ...expr.Any) error {
 	c, done, err := openNft(path)
 	if err != nil {
 		return err
@@ -463,18 +458,11 @@ func addMarkAll(path string, tag uint16) error {
 	defer done()
 	tbl := c.AddTable(linearTableOf)
 	accept := nftables.ChainPolicyAccept
-	pre := c.AddChain(&nftables.Chain{
-		Name: "prerouting", Table: tbl, Type: nftables.ChainTypeFilter,
-		Hooknum: nftables.ChainHookPrerouting, Priority: nftables.ChainPriorityMangle, Policy: &accept,
-	})
-	c.AddRule(&nftables.Rule{Table: tbl, Chain: pre, Exprs: []expr.Any{
-		&expr.Meta{Key: expr.MetaKeyIIFNAME, Register: 1},
-		&expr.Cmp{Op: expr.CmpOpEq, Register: 1, Data: []byte("s-")},
-		&expr.Immediate{Register: 1, Data: binaryutil.NativeEndian.PutUint32(uint32(tag))},
-		&expr.Meta{Key: expr.MetaKeyMARK, SourceRegister: true, Register: 1},
-	}})
+	ch := c.AddChain(&nftables.Chain{Name: name, Table: tbl, Type: nftables.ChainTypeFilter,
+		Hooknum: hook, Priority: prio, Policy: &accept})
+	c.AddRule(&nftables.Rule{Table: tbl, Chain: ch, Exprs: exprs})
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("mark every packet in %s: %w", path, err)
+		return fmt.Errorf("%s rule of the bench in %s: %w", name, path, err)
 	}
 	return nil
 }
