@@ -788,13 +788,14 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int) []chainSpec 
 	}
 
 	chains := []chainSpec{
-		// After conntrack (mangle): the packets of established connections
-		// need neither the anti-spoofing lookup nor a mark — the
-		// destination accepts them by conntrack — so they skip both, and
-		// only a connection's first packets pay for them. (A spoofed
-		// source address is also dropped by the veth's strict rp_filter.)
-		{name: chainPrerouting, hook: "prerouting", prio: -150, rules: []rule{
-			{ctState{ctEstablished | ctRelated}, verdict{Kind: "accept"}},
+		// Before conntrack (raw), every packet from an instance is checked
+		// and marked. Marking only a connection's first packets (after
+		// conntrack, established ones skipping) was tried and undone: new
+		// connections' SYNs were seen leaving unmarked and refused, about
+		// once per 6,000 connections — most likely SYNs reusing the tuple
+		// of an entry still in TIME_WAIT, which conntrack can classify as
+		// established.
+		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
 			{ifPrefix{true, hostVethPrefix}, verdict{"jump", chainFromInstance}},
 		}},
 		{name: chainFromInstance, rules: []rule{

@@ -366,7 +366,7 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 					failures.Add(1)
 					mu.Lock()
 					if firstErr == nil {
-						firstErr = err
+						firstErr = fmt.Errorf("at %s: %w", time.Now().UTC().Format("15:04:05.000"), err)
 					}
 					mu.Unlock()
 				}
@@ -403,6 +403,11 @@ func TestCertificateRotationUnderLoad(t *testing.T) {
 	}
 	if f := failures.Load(); f != 0 {
 		t.Errorf("%d of %d requests failed across the rotations; first: %v", f, requests.Load(), firstErr)
+		t.Logf("denied flows:\n%s", fd.cli(0, "flows", "--denied"))
+		for _, c := range fd.f.Cells {
+			b, _ := os.ReadFile(c.Agent.Log)
+			t.Logf("log of the agent of %s:\n%s", c.Name, b)
+		}
 	}
 	t.Logf("%d requests, %d certificates, %d issuers, 0 failures", requests.Load(), count(), len(issuers))
 }
