@@ -27,9 +27,9 @@ type Capture struct {
 
 	mu      sync.Mutex
 	stopped bool
-	frames [][]byte
-	size   int
-	err    error
+	frames  [][]byte
+	size    int
+	err     error
 }
 
 // Start captures every frame in and out of ifname in the namespace at

@@ -18,11 +18,10 @@ import (
 	"testing"
 	"time"
 
-
 	"github.com/trellis-c2c/trellis/internal/agent"
-	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/capture"
+	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -394,7 +393,6 @@ func captureVXLAN(t *testing.T, ns, dev string, tag uint16, traffic func()) int 
 	}
 	return seen
 }
-
 
 // TestUpForegroundCtrlC runs `trellis up` in the foreground as a user would
 // and presses Ctrl-C: everything it made is gone.
