@@ -52,11 +52,10 @@ type identities struct {
 	proxy  *proxy.Server
 	wake   chan struct{}
 
-	mu     sync.Mutex
-	creds  map[string]*credential // by instance GUID
-	caGen  int64
-	bundle string
-	pool   *x509.CertPool
+	mu    sync.Mutex
+	creds map[string]*credential // by instance GUID
+	caGen int64
+	pool  *x509.CertPool
 
 	expiry   *prometheus.GaugeVec
 	renewals *prometheus.CounterVec
@@ -67,11 +66,8 @@ type credential struct {
 	// busy serializes ensure for one instance (attach and the loop may
 	// race): one request per renewal, never two.
 	busy     sync.Mutex
-	rec      record
 	cert     *tls.Certificate
-	hosts    string // the route hosts it names, joined
 	caGen    int64
-	renewAt  time.Time
 	fails    int
 	retryAt  time.Time
 	required bool   // client certificates required on TLSPort, as last set
@@ -174,18 +170,16 @@ func (id *identities) attach(ctx context.Context, rec record) {
 func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) {
 	guid := rec.Identity.InstanceGUID
 	app := localApp(st, rec.Identity.AppGUID)
-	hosts := strings.Join(app.Hosts, ",")
+	hosts := hostSet(app.Hosts, "")
 	now := time.Now()
 	id.mu.Lock()
 	c := id.creds[guid]
 	if c == nil {
-		c = &credential{rec: rec}
-		c.cert = id.load(guid)
-		if c.cert != nil {
-			// A restarted agent keeps serving what it issued before, and
-			// renews it on schedule (it was made for routes it cannot know).
-			c.hosts, c.caGen = hosts, id.caGen
-			c.renewAt = renewAt(c.cert.Leaf)
+		c = &credential{}
+		// A restarted agent keeps serving what it issued before (for the
+		// CA it knows now; the routes are in the certificate).
+		if c.cert = id.load(guid); c.cert != nil {
+			c.caGen = id.caGen
 		}
 		id.creds[guid] = c
 	}
@@ -197,8 +191,7 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 		id.mu.Unlock()
 		return // detached meanwhile
 	}
-	c.rec = rec
-	due := c.cert == nil || !now.Before(c.renewAt) || c.hosts != hosts || c.caGen != id.caGen
+	due := c.cert == nil || !now.Before(renewAt(c.cert.Leaf)) || hostSet(c.cert.Leaf.DNSNames, guid) != hosts || c.caGen != id.caGen
 	if due && now.Before(c.retryAt) {
 		due = false
 	}
@@ -217,11 +210,10 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 			}
 			id.a.log.Error("INSTANCE CERTIFICATE NOT RENEWED: "+left, "instance", guid, "err", err, "retry_in", c.retryAt.Sub(now).Round(time.Second))
 		} else {
-			c.cert, c.hosts, c.caGen, c.fails, c.retryAt = cert, hosts, caGen, 0, time.Time{}
-			c.renewAt = renewAt(cert.Leaf)
+			c.cert, c.caGen, c.fails, c.retryAt = cert, caGen, 0, time.Time{}
 			id.renewals.WithLabelValues("issued").Inc()
 			id.a.log.Info("instance certificate issued", "instance", guid, "serial", cert.Leaf.SerialNumber.Text(16),
-				"not_after", cert.Leaf.NotAfter.UTC(), "renew_at", c.renewAt.UTC(), "hosts", hosts)
+				"not_after", cert.Leaf.NotAfter.UTC(), "renew_at", renewAt(cert.Leaf).UTC(), "hosts", hosts)
 		}
 		id.mu.Unlock()
 	}
@@ -246,6 +238,20 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 	if err := id.proxy.Set(inst, cert); err != nil {
 		id.a.log.Error("serve instance on TLS port", "instance", guid, "port", TLSPort, "err", err)
 	}
+}
+
+// hostSet is names but except, lowercased, sorted and joined: how the route
+// names of an app and of a certificate (whose DNS names also hold the
+// instance GUID) are compared.
+func hostSet(names []string, except string) string {
+	var hosts []string
+	for _, n := range names {
+		if n = strings.ToLower(n); n != except {
+			hosts = append(hosts, n)
+		}
+	}
+	slices.Sort(hosts)
+	return strings.Join(slices.Compact(hosts), ",")
 }
 
 // renewAt is when a certificate is renewed: 30 minutes before it expires
@@ -366,7 +372,7 @@ func (id *identities) updateCA(ca api.InstanceCA) {
 	if id.caGen != 0 {
 		id.a.log.Info("instance CA changed: renewing every instance certificate", "generation", ca.Generation, "rotating", ca.Rotating)
 	}
-	id.caGen, id.bundle, id.pool = ca.Generation, ca.Bundle, pool
+	id.caGen, id.pool = ca.Generation, pool
 }
 
 // authorizer checks, at each handshake on TLSPort of an app that requires

@@ -130,6 +130,18 @@ func TestInstanceIdentity(t *testing.T) {
 		return err == nil && !got.Equal(leaf), nil
 	})
 
+	// A restarted agent serves 61443 again from the certificate on disk.
+	if err := a.stop(); err != nil {
+		t.Fatalf("agent.Run = %v after cancel, want nil", err)
+	}
+	restarted := cfg
+	restarted.JoinToken, restarted.CACertFile, restarted.ControllerURL = "", "", ""
+	a = w.startAgent(t, restarted)
+	poll(t, 10*time.Second, "61443 served again after the agent's restart", func() (bool, error) {
+		_, err := handshake(t, a, cli.ns, srv.ip, "inst-srv")
+		return err == nil, nil
+	})
+
 	// DEL frees everything: the port, the key.
 	if err := w.del(p, list, srv); err != nil {
 		t.Fatalf("DEL: %v", err)
