@@ -72,6 +72,12 @@ type Policy struct {
 	// LogRate is the per-group log limit in packets per second (the burst
 	// is the same); 0 means DefaultLogRate.
 	LogRate int
+	// VXLANPort is the overlay's UDP port (Cell.Port); 0 means
+	// DefaultPort. The cell's VXLAN packets on the underlay are not
+	// tracked by conntrack: the inner connections are, and tracking the
+	// outer ones too would double conntrack's cost per packet and per
+	// new connection (VXLAN picks the outer source port per inner flow).
+	VXLANPort int
 }
 
 // Local is an instance attached to the cell.
@@ -295,7 +301,11 @@ func compileSettings(p Policy) (*policyPlan, error) {
 	if rate < 0 {
 		return nil, fmt.Errorf("log rate %d is negative", p.LogRate)
 	}
-	plan := &policyPlan{chains: policyChains(p.Enforce, p.DenyLogGroup, p.AllowLogGroup, rate)}
+	port := cmp.Or(p.VXLANPort, DefaultPort)
+	if port < 1 || port > 65535 {
+		return nil, fmt.Errorf("VXLAN port %d is not a UDP port", p.VXLANPort)
+	}
+	plan := &policyPlan{chains: policyChains(p.Enforce, p.DenyLogGroup, p.AllowLogGroup, rate, uint16(port))}
 
 	plan.localIDs = make([]localID, 0, len(p.Locals))
 	for _, l := range p.Locals {
@@ -635,6 +645,7 @@ const (
 	counterAllowedLogged = "allowed_logged"
 
 	chainPrerouting   = "prerouting"
+	chainOutput       = "output"
 	chainForward      = "forward"
 	chainFromInstance = "from_instance"
 	chainMark         = "mark_instance"
@@ -652,7 +663,7 @@ var policyCounters = []string{counterSpoofed, counterDenied, counterDeniedLogged
 
 type chainSpec struct {
 	name  string
-	hook  string // "prerouting" or "forward"; "" for a regular chain
+	hook  string // "prerouting", "forward" or "output"; "" for a regular chain
 	prio  int    // for base chains
 	rules []rule
 }
@@ -682,6 +693,10 @@ type (
 	inAllows struct{ Set string }
 	// l4proto matches the transport protocol.
 	l4proto struct{ Proto uint8 }
+	// udpDport matches UDP packets to Port.
+	udpDport struct{ Port uint16 }
+	// notrack exempts the packet from connection tracking.
+	notrack struct{}
 	// limitRate passes Rate packets per second with a burst of the same.
 	limitRate  struct{ Rate int }
 	counterRef struct{ Name string }
@@ -739,6 +754,8 @@ func (t inAllows) String() string {
 	return fmt.Sprintf("ip daddr . meta mark & 0x%08x . meta l4proto . th dport @%s", TagMask, t.Set)
 }
 func (t l4proto) String() string { return "meta l4proto " + protoName(t.Proto) }
+func (t udpDport) String() string { return fmt.Sprintf("udp dport %d", t.Port) }
+func (notrack) String() string    { return "notrack" }
 func (t limitRate) String() string {
 	return fmt.Sprintf("limit rate %d/second burst %d packets", t.Rate, t.Rate)
 }
@@ -761,7 +778,7 @@ func (t comment) String() string         { return fmt.Sprintf("comment %q", t.Te
 
 // policyChains returns the table's chains for the given settings. Only
 // these settings change rules; everything else is set elements.
-func policyChains(enforce bool, denyLog, allowLog uint16, rate int) []chainSpec {
+func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort uint16) []chainSpec {
 	allowNew := []rule{}
 	if allowLog != 0 {
 		allowNew = append(allowNew, rule{ctState{ctNew}, limitRate{rate}, counterRef{counterAllowedLogged}, logGroup{allowLog, LogPrefixAllowed}})
@@ -795,8 +812,16 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int) []chainSpec 
 		// once per 6,000 connections — most likely SYNs reusing the tuple
 		// of an entry still in TIME_WAIT, which conntrack can classify as
 		// established.
+		//
+		// The overlay's own packets on the underlay (VXLAN, both ways) are
+		// exempt from conntrack; an instance's packets never are, whatever
+		// their port, as the goto keeps them from the notrack rule.
 		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
-			{ifPrefix{true, hostVethPrefix}, verdict{"jump", chainFromInstance}},
+			{ifPrefix{true, hostVethPrefix}, verdict{"goto", chainFromInstance}},
+			{udpDport{vxlanPort}, notrack{}},
+		}},
+		{name: chainOutput, hook: "output", prio: -300, rules: []rule{
+			{udpDport{vxlanPort}, notrack{}},
 		}},
 		{name: chainFromInstance, rules: []rule{
 			{nfprotoIPv4{}, inLocalIDs{}, verdict{"goto", chainMark}},

@@ -383,6 +383,8 @@ func replacePolicyTable(c *nftables.Conn, plan *policyPlan) error {
 				ch.Hooknum = nftables.ChainHookPrerouting
 			case "forward":
 				ch.Hooknum = nftables.ChainHookForward
+			case "output":
+				ch.Hooknum = nftables.ChainHookOutput
 			default:
 				return fmt.Errorf("chain %s: unknown hook %s", cs.name, cs.hook)
 			}
@@ -601,6 +603,14 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{t.Proto}})
+		case udpDport:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_UDP}},
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(t.Port)})
+		case notrack:
+			out = append(out, &expr.Notrack{})
 		case limitRate:
 			out = append(out, &expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(t.Rate), Unit: expr.LimitTimeSecond, Burst: uint32(t.Rate)})
 		case counterRef:

@@ -349,6 +349,45 @@ func TestPolicyEnforcement(t *testing.T) {
 		}
 	})
 
+	t.Run("overlay packets are not tracked", func(t *testing.T) {
+		// A sends to C's UDP 4789 — an instance's packets are tracked
+		// whatever their port; the VXLAN packets carrying them are not.
+		a, c := l.ctr["A"], l.ctr["C"]
+		inNS(t, a.NetNS, func() error {
+			conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(c.IP, DefaultPort)))
+			if err != nil {
+				return err
+			}
+			defer conn.Close()
+			_, err = conn.Write([]byte("to port 4789"))
+			return err
+		})
+		for i, cell := range l.cells {
+			flows, err := dataplanetest.Handle(t, cell.NetNS).ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var inner, outer, instance4789 int
+			for _, f := range flows {
+				o := f.Forward
+				switch {
+				case o.Protocol == protoUDP && o.DstPort == DefaultPort && o.DstIP.Equal(c.IP.AsSlice()):
+					instance4789++
+				case o.Protocol == protoUDP && (o.DstPort == DefaultPort || f.Reverse.DstPort == DefaultPort):
+					outer++
+				case l.cells[0].Overlay.Contains(addrOf(o.SrcIP)):
+					inner++
+				}
+			}
+			if outer != 0 || inner == 0 {
+				t.Errorf("cell%d: conntrack holds %d VXLAN flows and %d instance flows, want none and some", i+1, outer, inner)
+			}
+			if i == 0 && instance4789 != 1 {
+				t.Errorf("cell1: conntrack holds %d flows from A to C's UDP 4789, want 1 (instances' packets are tracked on any port)", instance4789)
+			}
+		}
+	})
+
 	t.Run("spoofed source address", func(t *testing.T) {
 		// A takes B's address and sends to C, which allows B on udp/8080.
 		a, b, c := l.ctr["A"], l.ctr["B"], l.ctr["C"]

@@ -105,6 +105,7 @@ func TestCompilePolicyRejects(t *testing.T) {
 		{"ports reversed", Policy{Enforce: true, Allows: []Allow{ok, {addr("10.255.1.2"), 3, "tcp", 90, 80}}}, "not a range"},
 		{"IPv6 allow", Policy{Enforce: true, Allows: []Allow{{addr("fd00::1"), 3, "tcp", 80, 80}}}, "not an IPv4 address"},
 		{"log rate", Policy{LogRate: -1}, "negative"},
+		{"VXLAN port", Policy{VXLANPort: 65536}, "VXLAN port 65536 is not a UDP port"},
 	}
 	for _, tt := range tests {
 		_, err := compilePolicy(tt.p)
