@@ -47,6 +47,7 @@ func (r *refusal) Error() string { return r.reason }
 // instance and can leave the reason of a refusal.
 type conn struct {
 	*net.TCPConn
+	raw     rawSocket // the TCPConn's reads and writes
 	in      *instance
 	peer    netip.AddrPort
 	refused *refusal // set by configFor
@@ -103,6 +104,11 @@ func (in *instance) accept() {
 func (in *instance) admit(raw *net.TCPConn) {
 	s := in.s
 	c := &conn{TCPConn: raw, in: in, peer: addrPort(raw.RemoteAddr())}
+	var err error
+	if c.raw, err = newRawSocket(raw); err != nil {
+		raw.Close()
+		return
+	}
 	if why := s.acquire(in); why != "" {
 		s.m.result(resultBusy)
 		raw.Close()
@@ -392,19 +398,24 @@ func (c *conn) forward(app *net.TCPConn) {
 		})
 		defer idle.stop()
 	}
+	appRaw, err := newRawSocket(app)
+	if err != nil {
+		c.abort()
+		return
+	}
 	var wg sync.WaitGroup
 	wg.Add(1)
 	in.wg.Add(1)
 	go func() {
 		defer in.wg.Done()
 		defer wg.Done()
-		if err := pipe(app, c.tls, m.toApp, idle); err != nil {
+		if err := pipe(appRaw, c.tls, m.toApp, idle); err != nil {
 			c.abort()
 			return
 		}
 		app.CloseWrite()
 	}()
-	if err := pipe(tlsWriter{c}, app, m.fromApp, idle); err != nil {
+	if err := pipe(tlsWriter{c}, appRaw, m.fromApp, idle); err != nil {
 		c.abort()
 	} else {
 		c.tls.CloseWrite()
@@ -412,6 +423,9 @@ func (c *conn) forward(app *net.TCPConn) {
 	}
 	wg.Wait()
 }
+
+// Read is what crypto/tls reads records with.
+func (c *conn) Read(p []byte) (int, error) { return c.raw.Read(p) }
 
 // Write is what crypto/tls writes records with.
 func (c *conn) Write(p []byte) (int, error) {
@@ -421,7 +435,7 @@ func (c *conn) Write(p []byte) (int, error) {
 		*c.wbuf = append(*c.wbuf, p...)
 		return len(p), nil
 	}
-	return c.TCPConn.Write(p)
+	return c.raw.Write(p)
 }
 
 // tlsWriter writes the app's bytes to the client, a buffer at a time.
@@ -440,7 +454,7 @@ func (w tlsWriter) Write(p []byte) (int, error) {
 	out := c.wbuf
 	c.wbuf = nil
 	if len(*out) > 0 {
-		if _, werr := c.TCPConn.Write(*out); werr != nil && err == nil {
+		if _, werr := c.raw.Write(*out); werr != nil && err == nil {
 			err = werr
 		}
 	}

@@ -1,0 +1,111 @@
+package proxy
+
+import (
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// rawSocket reads and writes a connected, non-blocking socket with raw
+// system calls, waiting in the runtime's poller as net.Conn does when the
+// socket is not ready.
+//
+// Why: every request through the proxy is two reads and two writes, and
+// each write wakes the peer at once. A Go system call marks its P as
+// "in a system call" and, with the runtime idle between requests, first
+// wakes sysmon; when the woken peer preempts the proxy inside write(2) —
+// the rule on a busy cell, where the client, the app and the agent share
+// CPUs — sysmon takes the P away, and the proxy's thread comes back from
+// the call to hand the goroutine over to another thread. Measured on the
+// TLS bench's one-CPU rounds: about five context switches per request in
+// the agent against haproxy's two to three. A non-blocking socket call never
+// blocks, so it needs none of that: it is made as a raw system call, and
+// the goroutine parks in the poller only on EAGAIN.
+type rawSocket struct {
+	rc  syscall.RawConn
+	src net.Conn // for the addresses in errors
+}
+
+func newRawSocket(c *net.TCPConn) (rawSocket, error) {
+	rc, err := c.SyscallConn()
+	return rawSocket{rc: rc, src: c}, err
+}
+
+// Read reads once: what the socket holds, up to len(p); io.EOF at the
+// peer's FIN.
+func (s rawSocket) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var n int
+	var errno syscall.Errno
+	err := s.rc.Read(func(fd uintptr) bool {
+		for {
+			r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+			switch e {
+			case 0:
+				n = int(r)
+			case unix.EINTR:
+				continue
+			case unix.EAGAIN:
+				return false
+			default:
+				errno = e
+			}
+			return true
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, s.opError("read", err)
+	case errno != 0:
+		return 0, s.opError("read", errno)
+	case n == 0:
+		return 0, io.EOF
+	}
+	return n, nil
+}
+
+// Write writes all of p (send(2) with MSG_NOSIGNAL: a reset peer is
+// EPIPE, not a signal).
+func (s rawSocket) Write(p []byte) (int, error) {
+	var n int
+	var errno syscall.Errno
+	err := s.rc.Write(func(fd uintptr) bool {
+		for n < len(p) {
+			r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n),
+				unix.MSG_NOSIGNAL, 0, 0)
+			switch e {
+			case 0:
+				n += int(r)
+			case unix.EINTR:
+			case unix.EAGAIN:
+				return false
+			default:
+				errno = e
+				return true
+			}
+		}
+		return true
+	})
+	switch {
+	case err != nil:
+		return n, s.opError("write", err)
+	case errno != 0:
+		return n, s.opError("write", errno)
+	}
+	return n, nil
+}
+
+// opError wraps err as net.Conn methods do, so that errors.Is finds
+// net.ErrClosed, deadlines and errnos in it.
+func (s rawSocket) opError(op string, err error) error {
+	if errno, ok := err.(syscall.Errno); ok {
+		err = os.NewSyscallError(op, errno)
+	}
+	return &net.OpError{Op: op, Net: "tcp", Source: s.src.LocalAddr(), Addr: s.src.RemoteAddr(), Err: err}
+}
