@@ -753,7 +753,7 @@ func (t ctState) String() string {
 func (t inAllows) String() string {
 	return fmt.Sprintf("ip daddr . meta mark & 0x%08x . meta l4proto . th dport @%s", TagMask, t.Set)
 }
-func (t l4proto) String() string { return "meta l4proto " + protoName(t.Proto) }
+func (t l4proto) String() string  { return "meta l4proto " + protoName(t.Proto) }
 func (t udpDport) String() string { return fmt.Sprintf("udp dport %d", t.Port) }
 func (notrack) String() string    { return "notrack" }
 func (t limitRate) String() string {
