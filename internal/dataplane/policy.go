@@ -693,6 +693,9 @@ type (
 	inAllows struct{ Set string }
 	// l4proto matches the transport protocol.
 	l4proto struct{ Proto uint8 }
+	// tcpSynOnly matches TCP packets with SYN set and ACK not: the first
+	// packet of a connection.
+	tcpSynOnly struct{}
 	// udpDport matches UDP packets to Port.
 	udpDport struct{ Port uint16 }
 	// notrack exempts the packet from connection tracking.
@@ -755,6 +758,7 @@ func (t inAllows) String() string {
 }
 func (t l4proto) String() string  { return "meta l4proto " + protoName(t.Proto) }
 func (t udpDport) String() string { return fmt.Sprintf("udp dport %d", t.Port) }
+func (tcpSynOnly) String() string { return "tcp flags & (syn | ack) == syn" }
 func (notrack) String() string    { return "notrack" }
 func (t limitRate) String() string {
 	return fmt.Sprintf("limit rate %d/second burst %d packets", t.Rate, t.Rate)
@@ -830,7 +834,13 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		{name: chainMark, rules: []rule{
 			{markFromSrcTag{}},
 		}},
+		// A SYN to a local instance is checked against the allows even
+		// when conntrack calls it established: a SYN reusing the tuple of
+		// an established entry (one left by an instance that is gone, its
+		// address now another app's) is "ignored" by conntrack and would
+		// otherwise pass as part of the old, allowed connection.
 		{name: chainForward, hook: "forward", prio: 0, rules: []rule{
+			{ifPrefix{false, hostVethPrefix}, tcpSynOnly{}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
 			{ctState{ctEstablished | ctRelated}, verdict{Kind: "accept"}},
 			{ifPrefix{false, hostVethPrefix}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
 			{ifPrefix{false, hostVethPrefix}, verdict{Kind: "drop"}},

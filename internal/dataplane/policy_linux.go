@@ -550,6 +550,12 @@ const reg1 = 1
 
 func reg32(n uint32) uint32 { return 8 + n }
 
+// TCP header flag bits.
+const (
+	tcpSYN = 0x02
+	tcpACK = 0x10
+)
+
 func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
 
 // ruleExprs turns a rule into expressions; lookups refer to sets.
@@ -609,6 +615,13 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_UDP}},
 				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: binaryutil.BigEndian.PutUint16(t.Port)})
+		case tcpSynOnly:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{tcpSYN}})
 		case notrack:
 			out = append(out, &expr.Notrack{})
 		case limitRate:

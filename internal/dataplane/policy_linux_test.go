@@ -546,6 +546,23 @@ func TestPolicyEnforcement(t *testing.T) {
 		l.checkMatrix(t, phaseReused)
 	})
 
+	t.Run("SYN on an established tuple", func(t *testing.T) {
+		// A (tag 1) connects to C, allowed; then A's address becomes an app
+		// with no allows (tag 4) while the entry lives on. A SYN on the old
+		// tuple — conntrack calls it established — must meet the policy.
+		l.apply(t, grantsSome, nil)
+		conn := l.dial(t, "A", "C", 8080)
+		l.apply(t, grantsSome, map[string]uint16{"A": 4})
+		cell2 := l.cells[1].NetNS
+		before := pollCounters(t, cell2, func(Counters) bool { return true })
+		src := addrPort(conn.LocalAddr())
+		inNS(t, l.ctr["A"].NetNS, func() error { return sendRawSYN(src, netip.AddrPortFrom(l.ctr["C"].IP, 8080)) })
+		after := pollCounters(t, cell2, func(cs Counters) bool { return cs.Denied > before.Denied })
+		if after.Denied != before.Denied+1 {
+			t.Errorf("cell2 denied counter went from %d to %d after a SYN from tag 4 on an allowed connection's tuple, want one more", before.Denied, after.Denied)
+		}
+	})
+
 	t.Run("teardown", func(t *testing.T) {
 		for _, c := range l.cells {
 			for range 2 {
@@ -561,6 +578,42 @@ func TestPolicyEnforcement(t *testing.T) {
 			t.Errorf("C -> A tcp/8080 after teardown: %s %v, want allowed", got, err)
 		}
 	})
+}
+
+// addrPort is a TCP address as a netip.AddrPort.
+func addrPort(a net.Addr) netip.AddrPort {
+	ap := a.(*net.TCPAddr).AddrPort()
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+}
+
+// sendRawSYN sends one TCP SYN from src to dst through a raw socket of the
+// calling thread's namespace, whatever sockets hold that tuple.
+func sendRawSYN(src, dst netip.AddrPort) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_RAW, unix.IPPROTO_TCP)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	h := make([]byte, 20)
+	binary.BigEndian.PutUint16(h[0:], src.Port())
+	binary.BigEndian.PutUint16(h[2:], dst.Port())
+	binary.BigEndian.PutUint32(h[4:], rand.Uint32()) // sequence number
+	h[12] = 5 << 4                                   // header length, in 32-bit words
+	h[13] = 0x02                                     // SYN
+	binary.BigEndian.PutUint16(h[14:], 65535)        // window
+	// Checksum over the pseudo-header (addresses, protocol, length) and
+	// the header.
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	pseudo := append(append(append(s[:], d[:]...), 0, unix.IPPROTO_TCP, 0, byte(len(h))), h...)
+	var sum uint32
+	for i := 0; i < len(pseudo); i += 2 {
+		sum += uint32(pseudo[i])<<8 | uint32(pseudo[i+1])
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(h[16:], ^uint16(sum))
+	return unix.Sendto(fd, h, 0, &unix.SockaddrInet4{Addr: d})
 }
 
 // assertNotDelivered fails if s received payload.
