@@ -44,6 +44,7 @@ const (
 // tlsParams are the sizes of a TLS bench run.
 type tlsParams struct {
 	rounds     int           // rounds of each throughput and latency run, alternating the order of the paths
+	latRounds  int           // rounds of the latency runs: many short ones, so that the paths see the same drift of the machine
 	latency    time.Duration // one fixed-rate run
 	handshakes int           // new connections per path and round
 	rps        time.Duration // one requests/s run, after warm
@@ -55,10 +56,10 @@ type tlsParams struct {
 
 func tlsParamsFor(quick bool) tlsParams {
 	if quick {
-		return tlsParams{rounds: 1, latency: 1500 * time.Millisecond, handshakes: 100, rps: time.Second,
+		return tlsParams{rounds: 1, latRounds: 3, latency: 500 * time.Millisecond, handshakes: 100, rps: time.Second,
 			bulk: time.Second, warm: 250 * time.Millisecond, idle: 100, settle: 5}
 	}
-	return tlsParams{rounds: 3, latency: 4 * time.Second, handshakes: 400, rps: 3 * time.Second,
+	return tlsParams{rounds: 3, latRounds: 12, latency: time.Second, handshakes: 400, rps: 3 * time.Second,
 		bulk: 3 * time.Second, warm: 500 * time.Millisecond, idle: 100, settle: 20}
 }
 

@@ -832,8 +832,8 @@ func (r *tlsRun) measure() error {
 
 	p := r.p
 	lat := map[string][]float64{}
-	r.logf("latency: %d round(s) of %s per path at %d requests/s over %d keep-alive connections", p.rounds, p.latency, tlsLatencyRate, tlsLatencyConns)
-	for i := range p.rounds {
+	r.logf("latency: %d round(s) of %s per path at %d requests/s over %d keep-alive connections", p.latRounds, p.latency, tlsLatencyRate, tlsLatencyConns)
+	for i := range p.latRounds {
 		for _, t := range order(app, i) {
 			xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
 			if err != nil {
@@ -852,13 +852,13 @@ func (r *tlsRun) measure() error {
 		if err := r.pinTerminators(r.gen); err != nil {
 			return err
 		}
-		r.logf("latency on one CPU: %d round(s) of %s per path", p.rounds, p.latency)
+		r.logf("latency on one CPU: %d round(s) of %s per path", p.latRounds, p.latency)
 		for _, t := range app {
 			if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
 				return fmt.Errorf("warm-up %s: %w", t.key, err)
 			}
 		}
-		for i := range p.rounds {
+		for i := range p.latRounds {
 			for _, t := range order(app, i) {
 				xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
 				if err != nil {
@@ -1168,7 +1168,7 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 		"tls: three paths to the same app: plaintext to INSTANCE_IP:8080; TLS to 61443, which the agent of cell2 terminates (internal/proxy) and forwards to 8080 inside the instance's namespace; TLS to haproxy "+r.haproxyVer+" started in the instance's namespace (mode tcp, nbthread 1, no session tickets, the ciphers of the proxy) with the instance's own certificate and key, forwarding to INSTANCE_IP:8080; the client verifies the certificate chain against the platform CA, SNI = instance GUID, X25519 only (Go would prefer X25519MLKEM768 with the proxy, which haproxy's OpenSSL 3.0 lacks); negotiated: "+strings.Join(nego, "; "),
 		"tls: "+pin,
 		fmt.Sprintf("tls latency: GET / of the sample app, open loop at a fixed %d requests/s spread over %d keep-alive connections, %d round(s) of %s per path (order rotating), samples pooled; a request counts from when it was sent, or from when it was due if the previous answer on its connection came later (no coordinated omission); added latency = percentile of 61443 (or haproxy) − the same percentile of 8080, so the overlay and the app cancel out",
-			tlsLatencyRate, tlsLatencyConns, r.p.rounds, r.p.latency),
+			tlsLatencyRate, tlsLatencyConns, r.p.latRounds, r.p.latency),
 		fmt.Sprintf("tls new connections: %d per path and round, one at a time: TCP connect, full handshake (ECDSA P-256 certificate, chain verified), GET /, close, timed from connect to the end of the answer", r.p.handshakes),
 		fmt.Sprintf("tls requests/s: GET / of the sample app by %d closed-loop clients on keep-alive connections, %s measured after %s of warm-up, median of %d round(s); the app and the client share a CPU, so this bounds the terminator only when it saturates its own CPU — the terminator CPU per request (its process's user+system time over the requests) compares the two where throughput cannot",
 			tlsRPSConns, r.p.rps, r.p.warm, r.p.rounds),
