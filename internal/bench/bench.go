@@ -107,15 +107,41 @@ func newFigure(id, name, unit string, value, baseline float64, baselineName stri
 	if baseline != 0 {
 		f.Ratio = value / baseline
 	}
-	if g != nil {
-		f.Goal = g.String()
-		if !g.ratio {
-			f.Goal += " " + unit
-		}
-		pass := g.met(f)
-		f.Pass = &pass
-	}
+	f.judge(g)
 	return f
+}
+
+// newPairedFigure is newFigure for samples taken in rounds, xs[i] and
+// base[i] in the same round: the values are the medians, and the ratio is
+// the median of the rounds' ratios, which a machine whose speed drifts
+// between rounds moves much less than it moves the ratio of the medians.
+func newPairedFigure(id, name, unit string, xs, base []float64, baselineName string, g *goal) Figure {
+	f := newFigure(id, name, unit, median(xs), median(base), baselineName, nil)
+	var ratios []float64
+	for i := range min(len(xs), len(base)) {
+		if base[i] != 0 {
+			ratios = append(ratios, xs[i]/base[i])
+		}
+	}
+	if len(ratios) > 1 {
+		f.Ratio = median(ratios)
+		f.BaselineName += fmt.Sprintf("; ratio: median of %d rounds' ratios", len(ratios))
+	}
+	f.judge(g)
+	return f
+}
+
+// judge sets the goal and the verdict of f.
+func (f *Figure) judge(g *goal) {
+	if g == nil {
+		return
+	}
+	f.Goal = g.String()
+	if !g.ratio {
+		f.Goal += " " + f.Unit
+	}
+	pass := g.met(*f)
+	f.Pass = &pass
 }
 
 // WriteTable prints the report as a table — figure, value, baseline,

@@ -248,3 +248,21 @@ func TestNewPrefix(t *testing.T) {
 		t.Errorf("NewPrefix() twice = %q", a)
 	}
 }
+
+func TestPairedFigure(t *testing.T) {
+	// The machine drifts: it is twice as fast in round 3, and one odd
+	// sample in round 2. The ratio of the medians (180/100) says 1.8; two
+	// of three rounds say 0.9.
+	xs, base := []float64{90, 185, 180}, []float64{100, 100, 200}
+	f := newPairedFigure("x", "x", "conn/s", xs, base, "bare", &goal{ratio: true, limit: 0.95})
+	if f.Value != 180 || f.Baseline != 100 || math.Abs(f.Ratio-0.9) > 1e-9 || f.Pass == nil || *f.Pass {
+		t.Errorf("newPairedFigure = value %v, baseline %v, ratio %v, pass %v; want 180, 100, 0.9, false", f.Value, f.Baseline, f.Ratio, f.Pass)
+	}
+	if !strings.Contains(f.BaselineName, "median of 3 rounds' ratios") {
+		t.Errorf("baseline name %q does not say how the ratio was made", f.BaselineName)
+	}
+	// One round: the plain ratio.
+	if f := newPairedFigure("x", "x", "conn/s", []float64{90}, []float64{100}, "bare", nil); math.Abs(f.Ratio-0.9) > 1e-9 || f.BaselineName != "bare" {
+		t.Errorf("one round: ratio %v, baseline name %q; want 0.9, bare", f.Ratio, f.BaselineName)
+	}
+}

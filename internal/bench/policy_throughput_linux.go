@@ -143,9 +143,9 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 	// The connection rate is one sequential client, so it follows every
 	// hiccup of the machine: it is measured in many short rounds,
 	// interleaved, and the median taken.
-	connRounds, connFor := 10, 500*time.Millisecond
+	connRounds, connFor := 20, 250*time.Millisecond
 	if quick {
-		connRounds, connFor = 3, 300*time.Millisecond
+		connRounds, connFor = 4, 200*time.Millisecond
 	}
 	// Warm up the path (neighbours, caches, CPU frequency) so that
 	// whichever filtering goes first is not measured on a cold one.
@@ -219,21 +219,21 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			g = &goal{ratio: true, limit: 0.95}
 		}
 		rep.Figures = append(rep.Figures,
-			newFigure("policy/xcell-tcp-1-"+filterKeys[f], "cross-cell TCP, 1 stream, "+filterNames[f], "Gbit/s",
-				median(tput[f]), median(tput[filterNone]), base, g),
-			newFigure("policy/xcell-conn-rate-"+filterKeys[f], "cross-cell new connections, "+filterNames[f], "conn/s",
-				median(conns[f]), median(conns[filterNone]), base, g))
+			newPairedFigure("policy/xcell-tcp-1-"+filterKeys[f], "cross-cell TCP, 1 stream, "+filterNames[f], "Gbit/s",
+				tput[f], tput[filterNone], base, g),
+			newPairedFigure("policy/xcell-conn-rate-"+filterKeys[f], "cross-cell new connections, "+filterNames[f], "conn/s",
+				conns[f], conns[filterNone], base, g))
 	}
 	// What conntrack alone costs, and trellis measured against it: the
 	// part of the gap to the bare path that any stateful enforcement pays.
 	ctBase := "same path, conntrack on both cells and no policy"
 	rep.Figures = append(rep.Figures,
-		newFigure("policy/xcell-conn-rate-conntrack", "cross-cell new connections, conntrack alone", "conn/s",
-			median(conns[filterCT]), median(conns[filterNone]), base, nil),
-		newFigure("policy/xcell-conn-rate-deny-1-vs-conntrack", "cross-cell new connections, deny + 1 policy, vs conntrack alone", "conn/s",
-			median(conns[filterOne]), median(conns[filterCT]), ctBase, nil),
-		newFigure("policy/xcell-tcp-1-deny-1-vs-conntrack", "cross-cell TCP, 1 stream, deny + 1 policy, vs conntrack alone", "Gbit/s",
-			median(tput[filterOne]), median(tput[filterCT]), ctBase, nil))
+		newPairedFigure("policy/xcell-conn-rate-conntrack", "cross-cell new connections, conntrack alone", "conn/s",
+			conns[filterCT], conns[filterNone], base, nil),
+		newPairedFigure("policy/xcell-conn-rate-deny-1-vs-conntrack", "cross-cell new connections, deny + 1 policy, vs conntrack alone", "conn/s",
+			conns[filterOne], conns[filterCT], ctBase, nil),
+		newPairedFigure("policy/xcell-tcp-1-deny-1-vs-conntrack", "cross-cell TCP, 1 stream, deny + 1 policy, vs conntrack alone", "Gbit/s",
+			tput[filterOne], tput[filterCT], ctBase, nil))
 	how := fmt.Sprintf("median of %d runs of %d s (first %d s left out)", p.runs, p.seconds, p.omit)
 	if p.runs == 1 {
 		how = fmt.Sprintf("one run of %d s", p.seconds)
