@@ -9,8 +9,10 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"os"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -190,11 +192,28 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			return err
 		}
 	}
+	// The machine's CPU time per connection (client, server, both cells'
+	// kernels: they all run here) follows the rules' cost much more
+	// steadily than the rate of one sequential client, which waits on
+	// every wakeup of a VM.
+	var cpuPer [numFilterings][]float64
 	for n := range connRounds {
 		err := each(n, func(f filtering) error {
+			busy0, err := busyTime()
+			if err != nil {
+				return err
+			}
 			c, err := r.connRate(client, netip.AddrPortFrom(server.ip, connPort), connFor)
+			if err != nil {
+				return err
+			}
+			busy1, err := busyTime()
+			if err != nil {
+				return err
+			}
 			conns[f] = append(conns[f], c)
-			return err
+			cpuPer[f] = append(cpuPer[f], float64((busy1-busy0).Microseconds())/(c*connFor.Seconds()))
+			return nil
 		})
 		if err != nil {
 			return err
@@ -211,6 +230,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 	for f := range numFilterings {
 		rep.Samples["xcell-tcp-1/"+filterKeys[f]] = tput[f]
 		rep.Samples["xcell-conn-rate/"+filterKeys[f]] = conns[f]
+		rep.Samples["xcell-conn-cpu/"+filterKeys[f]] = cpuPer[f]
 	}
 	base := "same path, no policy table"
 	for _, f := range []filtering{filterOne, filterMap, filterLinear} {
@@ -234,13 +254,20 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			conns[filterOne], conns[filterCT], ctBase, nil),
 		newPairedFigure("policy/xcell-tcp-1-deny-1-vs-conntrack", "cross-cell TCP, 1 stream, deny + 1 policy, vs conntrack alone", "Gbit/s",
 			tput[filterOne], tput[filterCT], ctBase, nil))
+	for _, x := range []struct {
+		f, base  filtering
+		baseName string
+	}{{filterOne, filterNone, base}, {filterMap, filterNone, base}, {filterCT, filterNone, base}, {filterOne, filterCT, ctBase}} {
+		rep.Figures = append(rep.Figures, newPairedFigure("policy/xcell-conn-cpu-"+filterKeys[x.f]+"-vs-"+filterKeys[x.base],
+			"CPU per new connection (whole machine), "+filterNames[x.f], "µs", cpuPer[x.f], cpuPer[x.base], x.baseName, nil))
+	}
 	how := fmt.Sprintf("median of %d runs of %d s (first %d s left out)", p.runs, p.seconds, p.omit)
 	if p.runs == 1 {
 		how = fmt.Sprintf("one run of %d s", p.seconds)
 	}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("cross-cell policy figures: client container on cell1 (tag %d), server container on cell2, "+
 		"the overlay bench's topology; throughput: iperf3 TCP, 1 stream, receiver's rate, %s; new connections: sequential connect + close "+
-		"(SO_LINGER 0, so no TIME_WAIT) from the client to a server that accepts and closes, median of %d rounds of %v, measured after the throughput runs. "+
+		"(SO_LINGER 0, so no TIME_WAIT) from the client to a server that accepts and closes, median of %d rounds of %v, measured after the throughput runs; CPU per new connection: the machine's busy time (/proc/stat, all CPUs: client, server and both cells' kernels run here) over the connections of the round. "+
 		"After a warm-up, filterings interleaved within each run or round, each starting with the next filtering: no policy table on either cell; trellis with default deny and the 2 allows the client needs "+
 		"(tcp %d and %d); trellis with %d allows among %d app tags including those 2 (set lookups); "+
 		"and, with trellis's tables removed and every packet of the client marked on cell1 (iptables-style), the same %d allows as %d rules of one chain "+
@@ -352,6 +379,33 @@ func (r *run) connRate(from endpoint, to netip.AddrPort, d time.Duration) (float
 	}
 	return float64(n) / took.Seconds(), nil
 }
+
+// busyTime is the time all CPUs of the machine spent not idle, from
+// /proc/stat (user, nice, system, irq, softirq, steal), in USER_HZ ticks.
+func busyTime() (time.Duration, error) {
+	b, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, err
+	}
+	line, _, _ := strings.Cut(string(b), "\n")
+	f := strings.Fields(line)
+	if len(f) < 9 || f[0] != "cpu" {
+		return 0, fmt.Errorf("/proc/stat: unexpected first line %q", line)
+	}
+	var busy int64
+	for _, i := range []int{1, 2, 3, 6, 7, 8} { // user nice system (idle iowait) irq softirq steal
+		v, err := strconv.ParseInt(f[i], 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("/proc/stat: %w", err)
+		}
+		busy += v
+	}
+	return time.Duration(busy) * time.Second / userHZ, nil
+}
+
+// userHZ is the unit of /proc/stat: 100 on every Linux architecture Go
+// supports.
+const userHZ = 100
 
 // linearTableOf is the bench's table of the iptables-style chain.
 var linearTableOf = &nftables.Table{Name: linearTable, Family: nftables.TableFamilyINet}
