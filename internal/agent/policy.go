@@ -266,7 +266,7 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 		case <-t.C:
 		}
 		var suppressed int64
-		if c, err := dataplane.PolicyCounters(e.a.nsPath); err == nil {
+		if c, err := dataplane.PolicyTotals(e.a.nsPath); err == nil {
 			if c.Denied >= lastDenied && c.DeniedLogged >= lastLogged {
 				suppressed = int64((c.Denied - lastDenied) - (c.DeniedLogged - lastLogged))
 				e.suppressed.Add(float64(max(suppressed, 0)))

@@ -26,12 +26,19 @@ func TestPolicyQuick(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Policy = %v", err)
 	}
-	if len(rep.Figures) != 19 {
-		t.Errorf("figures = %d, want 19", len(rep.Figures))
+	if len(rep.Figures) != 23 {
+		t.Errorf("figures = %d, want 23", len(rep.Figures))
 	}
+	ids := map[string]bool{}
 	for _, f := range rep.Figures {
+		ids[f.ID] = true
 		if f.Value <= 0 {
 			t.Errorf("figure %s = %v, want > 0", f.ID, f.Value)
+		}
+	}
+	for _, id := range []string{"policy/xcell-conn-rate-deny-10k", "policy/xcell-conn-cpu-deny-1-vs-none", "policy/xcell-conn-cpu-deny-1-vs-conntrack"} {
+		if !ids[id] {
+			t.Errorf("no figure %s", id)
 		}
 	}
 	var b bytes.Buffer

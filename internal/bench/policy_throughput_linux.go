@@ -266,7 +266,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 		how = fmt.Sprintf("one run of %d s", p.seconds)
 	}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("cross-cell policy figures: client container on cell1 (tag %d), server container on cell2, "+
-		"the overlay bench's topology; throughput: iperf3 TCP, 1 stream, receiver's rate, %s; new connections: sequential connect + close "+
+		"the overlay bench's topology; throughput: iperf3 TCP, 1 stream, receiver's rate, %s; new connections: sequential blocking connect + close, one client thread pinned to CPU 0 "+
 		"(SO_LINGER 0, so no TIME_WAIT) from the client to a server that accepts and closes, median of %d rounds of %v, measured after the throughput runs; CPU per new connection: the machine's busy time (/proc/stat, all CPUs: client, server and both cells' kernels run here) over the connections of the round. "+
 		"After a warm-up, filterings interleaved within each run or round, each starting with the next filtering: no policy table on either cell; trellis with default deny and the 2 allows the client needs "+
 		"(tcp %d and %d); trellis with %d allows among %d app tags including those 2 (set lookups); "+
@@ -358,17 +358,35 @@ func (r *run) checkReach(from, to endpoint, filtered bool) error {
 }
 
 // connRate connects from the client to `to` and closes, one connection
-// after another, for d, and returns connections per second.
+// after the other for d, and returns the rate. The client is one thread
+// pinned to CPU 0 making blocking system calls (socket, connect, close with
+// SO_LINGER 0, so no TIME_WAIT): each connect waits in the kernel and wakes
+// on the SYN-ACK directly, with no runtime poller or thread handoff between,
+// and the whole path of a connection — both cells' forwarding, VXLAN, the
+// server's SYN-ACK — runs on that CPU, as softirq work of its sends. What
+// the rate measures is then the kernel's work per connection, not which CPU
+// the scheduler woke.
 func (r *run) connRate(from endpoint, to netip.AddrPort, d time.Duration) (float64, error) {
 	var n int
 	var took time.Duration
+	sa := &unix.SockaddrInet4{Addr: to.Addr().As4(), Port: int(to.Port())}
 	err := netns.Do(from.ns, func() error {
-		dl := &net.Dialer{Timeout: 2 * time.Second}
-		addr := to.String()
+		var old, one unix.CPUSet
+		if err := unix.SchedGetaffinity(0, &old); err != nil {
+			return err
+		}
+		one.Set(0)
+		if err := unix.SchedSetaffinity(0, &one); err != nil {
+			return err
+		}
+		defer unix.SchedSetaffinity(0, &old)
 		start := time.Now()
 		for took = 0; took < d; took = time.Since(start) {
-			if err := dialClose(r.ctx, dl, addr); err != nil {
-				return fmt.Errorf("connection %d to %s: %w", n+1, addr, err)
+			if err := r.ctx.Err(); err != nil {
+				return err
+			}
+			if err := connectReset(sa); err != nil {
+				return fmt.Errorf("connection %d to %s: %w", n+1, to, err)
 			}
 			n++
 		}
@@ -378,6 +396,48 @@ func (r *run) connRate(from endpoint, to netip.AddrPort, d time.Duration) (float
 		return 0, err
 	}
 	return float64(n) / took.Seconds(), nil
+}
+
+// connectReset connects a blocking TCP socket to sa and closes it with a
+// reset, on the calling thread.
+func connectReset(sa *unix.SockaddrInet4) error {
+	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	if err := unix.SetsockoptLinger(fd, unix.SOL_SOCKET, unix.SO_LINGER, &unix.Linger{Onoff: 1, Linger: 0}); err != nil {
+		return err
+	}
+	// A connect that gets no answer gives up after 2 s.
+	if err := unix.SetsockoptTimeval(fd, unix.SOL_SOCKET, unix.SO_SNDTIMEO, &unix.Timeval{Sec: 2}); err != nil {
+		return err
+	}
+	err = unix.Connect(fd, sa)
+	if err != unix.EINTR {
+		return err
+	}
+	// A signal (the Go runtime preempts with SIGURG) cut the wait short;
+	// the connect goes on: wait for it, then ask how it ended.
+	for {
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLOUT}}, 2000)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err != nil:
+			return err
+		case n == 0:
+			return unix.ETIMEDOUT
+		}
+		soerr, err := unix.GetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_ERROR)
+		if err != nil {
+			return err
+		}
+		if soerr != 0 {
+			return unix.Errno(soerr)
+		}
+		return nil
+	}
 }
 
 // busyTime is the time all CPUs of the machine spent not idle, from

@@ -346,6 +346,12 @@ func TestPolicyEnforcement(t *testing.T) {
 					t.Errorf("PolicyCounters(cell%d): allow %v has no hits, want the matrix's", i+1, h.Allow)
 				}
 			}
+			// The totals alone: the same counters (nothing moved since), no allows.
+			tot, err := PolicyTotals(l.cells[i].NetNS)
+			cs.Allows = nil
+			if err != nil || !gocmp.Equal(tot, cs) {
+				t.Errorf("PolicyTotals(cell%d) = %+v, %v; want %+v", i+1, tot, err, cs)
+			}
 		}
 	})
 

@@ -23,6 +23,9 @@ func TeardownPolicy(nsPath string) error { return errors.ErrUnsupported }
 // PolicyCounters needs Linux.
 func PolicyCounters(nsPath string) (Counters, error) { return Counters{}, errors.ErrUnsupported }
 
+// PolicyTotals needs Linux.
+func PolicyTotals(nsPath string) (Counters, error) { return Counters{}, errors.ErrUnsupported }
+
 // CutFlows needs Linux.
 func CutFlows(nsPath string, flows []Flow) (int, error) { return 0, errors.ErrUnsupported }
 
