@@ -327,7 +327,13 @@ func (a *Agent) run(parent context.Context) error {
 }
 
 // apply makes the kernel (and the executor) match st, and keeps st.
+// The DNS table goes first: it needs nothing else, and a started or
+// stopped instance then shows in answers without waiting for the overlay,
+// the policy table and the saved state (DNS opens no access by itself).
 func (a *Agent) apply(ctx context.Context, st api.CellState) {
+	if a.dns != nil {
+		a.dns.SetTable(dnsTable(st))
+	}
 	overlay, err := netip.ParsePrefix(st.Overlay.CIDR)
 	if err == nil {
 		c := a.cell
@@ -360,9 +366,6 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	a.mu.Unlock()
 	if err := saveJSON(filepath.Join(a.cfg.StateDir, lastStateFile), st); err != nil {
 		a.log.Warn("save desired state", "err", err)
-	}
-	if a.dns != nil {
-		a.dns.SetTable(dnsTable(st))
 	}
 	if a.instances != nil {
 		a.instances.poke()

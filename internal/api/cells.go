@@ -146,6 +146,9 @@ type Instance struct {
 	CellName string `json:"cell,omitempty"`
 	IP       string `json:"ip,omitempty"`
 	State    string `json:"state"`
+	// UpdatedAt is the last change of the instance's state, cell or
+	// address: for a running instance, when its cell registered it.
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // AppUpdate is the body of PATCH /v3/apps/{guid}: what the app runs.

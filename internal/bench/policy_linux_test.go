@@ -26,8 +26,8 @@ func TestPolicyQuick(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Policy = %v", err)
 	}
-	if len(rep.Figures) != 23 {
-		t.Errorf("figures = %d, want 23", len(rep.Figures))
+	if len(rep.Figures) != 24 {
+		t.Errorf("figures = %d, want 24", len(rep.Figures))
 	}
 	ids := map[string]bool{}
 	for _, f := range rep.Figures {
@@ -36,7 +36,7 @@ func TestPolicyQuick(t *testing.T) {
 			t.Errorf("figure %s = %v, want > 0", f.ID, f.Value)
 		}
 	}
-	for _, id := range []string{"policy/xcell-conn-rate-deny-10k", "policy/xcell-conn-cpu-deny-1-vs-none", "policy/xcell-conn-cpu-deny-1-vs-conntrack"} {
+	for _, id := range []string{"policy/xcell-conn-rate-deny-10k", "dns/instance-registered-p99", "policy/xcell-conn-cpu-deny-1-vs-none", "policy/xcell-conn-cpu-deny-1-vs-conntrack"} {
 		if !ids[id] {
 			t.Errorf("no figure %s", id)
 		}

@@ -446,7 +446,7 @@ func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
 	out := make([]api.Instance, len(ins))
 	for i, in := range ins {
 		out[i] = api.Instance{GUID: in.GUID, AppGUID: in.AppGUID, Index: in.Index, Managed: in.Managed,
-			CellGUID: in.CellGUID, CellName: names[in.CellGUID], State: in.State}
+			CellGUID: in.CellGUID, CellName: names[in.CellGUID], State: in.State, UpdatedAt: in.UpdatedAt.UTC()}
 		if in.IP.IsValid() {
 			out[i].IP = in.IP.String()
 		}

@@ -110,9 +110,11 @@ func TestCellsJoinAndWatch(t *testing.T) {
 			return resp.StatusCode
 		}
 		in := st.Instances[0]
+		before := time.Now()
 		if code := put(in.GUID, fmt.Sprintf(`{"app_guid":%q,"index":%d,"ip":"10.255.1.2","container_id":"c1"}`, app, in.Index)); code != 204 {
 			t.Errorf("register = %d", code)
 		}
+		after := time.Now()
 		if code := put(in.GUID, fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.2.2"}`, app)); code != 400 {
 			t.Errorf("register with another cell's address = %d, want 400", code)
 		}
@@ -125,6 +127,10 @@ func TestCellsJoinAndWatch(t *testing.T) {
 		for _, i := range ins.Resources {
 			if i.State == "RUNNING" && i.IP == "10.255.1.2" && i.CellName == "cell1" {
 				running++
+				// updated_at is when the cell registered it (microseconds).
+				if i.UpdatedAt.Before(before.Truncate(time.Microsecond)) || i.UpdatedAt.After(after) {
+					t.Errorf("running instance updated_at %v, want between %v and %v (its registration)", i.UpdatedAt, before, after)
+				}
 			}
 		}
 		if len(ins.Resources) != 2 || running != 1 {
