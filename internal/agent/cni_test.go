@@ -1,9 +1,12 @@
 package agent_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -20,6 +23,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"github.com/trellis-c2c/trellis/internal/ipam"
 )
 
@@ -347,4 +351,127 @@ func TestCellSubnetFull(t *testing.T) {
 		t.Errorf("ADD 2 after DEL 1 got %s, want the freed %s", two.ip, one.ip)
 	}
 	wantInstances(t, c, app, runningAs("inst-2", two))
+}
+
+// allocate asks the agent at sock for an address, as the plugin's ADD does
+// first, without wiring anything.
+func allocate(t *testing.T, sock string, req api.AllocateRequest) api.Allocation {
+	t.Helper()
+	b, err := json.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := socketClient(sock).Post("http://agent/v1/containers", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("POST /v1/containers: %v", err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	var a api.Allocation
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/containers %s = %d %s, want 200", req.ContainerID, resp.StatusCode, body)
+	}
+	if err := json.Unmarshal(body, &a); err != nil {
+		t.Fatalf("POST /v1/containers: %v", err)
+	}
+	return a
+}
+
+// TestCNIGC: a runtime that lost a container (its result cache gone, its
+// namespace still there) garbage-collects the network. The agent removes
+// the stale container's wiring before it frees the address, so the next
+// ADD given that address is wired; the containers the runtime still lists
+// are left alone.
+func TestCNIGC(t *testing.T) {
+	w := newWorld(t, "gc", 1)
+	// Cell subnets of /29: the VTEP, one address kept back, five for
+	// containers.
+	pool, err := ipam.NewPool(netip.MustParsePrefix("10.10.0.0/28"), 29)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := startController(t, w, controller.Config{StateDir: t.TempDir(), Overlay: pool})
+	a := w.startAgent(t, w.agentCfg(t, c, 1))
+	p := installPlugin(t)
+	l := cniList(t, a)
+	app := createApp(t, c, "web").GUID
+	subnet := netip.MustParsePrefix(agentStatus(t, a.cfg.Socket).Subnet)
+
+	stale := w.newContainer("ctr-stale", 1, app, "inst-stale")
+	if err := w.add(p, l, stale, stale.rt); err != nil {
+		t.Fatalf("ADD stale: %v", err)
+	}
+	if stale.ip != ipam.FirstHost(subnet) {
+		t.Fatalf("ADD stale got %s, want %s, the first container address of %s", stale.ip, ipam.FirstHost(subnet), subnet)
+	}
+	keep := w.newContainer("ctr-keep", 1, app, "inst-keep")
+	if err := w.add(p, l, keep, keep.rt); err != nil {
+		t.Fatalf("ADD keep: %v", err)
+	}
+	echoServer(t, keep.ns, echoPort)
+	// The runtime also lists containers whose ADD has allocated but not yet
+	// wired: they take the rest of the subnet, so the next address handed
+	// out can only be the one GC frees.
+	valid := []types.GCAttachment{{ContainerID: keep.id, IfName: "eth0"}}
+	var allocated []string
+	for i := 0; ; i++ {
+		if i > 8 {
+			t.Fatalf("subnet %s not full after allocating %v", subnet, allocated)
+		}
+		id := fmt.Sprintf("%s-pending-%d", w.prefix, i)
+		al := allocate(t, a.cfg.Socket, api.AllocateRequest{ContainerID: id, NetNS: "/run/netns/" + id, IfName: "eth0",
+			Identity: api.Identity{AppGUID: app, InstanceGUID: id}})
+		valid = append(valid, types.GCAttachment{ContainerID: id, IfName: "eth0"})
+		allocated = append(allocated, al.IP)
+		if al.IP == ipam.LastHost(subnet).String() {
+			break
+		}
+	}
+	staleVeth := dataplane.HostVethName(stale.ip)
+	if !slices.Contains(linkNames(t, w.cellPath(1)), staleVeth) {
+		t.Fatalf("no host veth %s for the stale container in the cell", staleVeth)
+	}
+
+	// A runtime whose cache is gone: libcni finds no attachment to DEL and
+	// passes the GC on to the plugin.
+	lost := &plugin{cni: libcni.NewCNIConfigWithCacheDir(p.cni.Path, t.TempDir(), nil)}
+	if err := w.inCell(1, func(ctx context.Context) error {
+		return lost.cni.GCNetworkList(ctx, l, &libcni.GCArgs{ValidAttachments: valid})
+	}); err != nil {
+		t.Fatalf("GC: %v", err)
+	}
+	if slices.Contains(linkNames(t, w.cellPath(1)), staleVeth) {
+		t.Errorf("host veth %s of the collected container is still in the cell", staleVeth)
+	}
+	wantLinks(t, "the collected container", stale.ns, []string{"lo"})
+	wantNoRecord(t, a, stale)
+	wantInstances(t, c, app, runningAs("inst-keep", keep))
+	// The listed containers keep their records and their wiring.
+	for _, v := range valid {
+		if code, _, err := getContainer(a.cfg.Socket, v.ContainerID); err != nil || code != http.StatusOK {
+			t.Errorf("GET /v1/containers/%s after GC = %d, %v; want 200", v.ContainerID, code, err)
+		}
+	}
+	if err := w.inCell(1, func(ctx context.Context) error { return p.cni.CheckNetworkList(ctx, l, keep.rt) }); err != nil {
+		t.Errorf("CHECK keep after GC: %v", err)
+	}
+
+	// The freed address is the only one left; a new container gets it and
+	// is wired.
+	next := w.newContainer("ctr-next", 1, app, "inst-next")
+	if err := w.add(p, l, next, next.rt); err != nil {
+		t.Fatalf("ADD after GC: %v", err)
+	}
+	if next.ip != stale.ip {
+		t.Errorf("ADD after GC got %s, want the freed %s", next.ip, stale.ip)
+	}
+	if err := talk(t, next, keep, echoPort); err != nil {
+		t.Errorf("TCP from the new container to keep: %v", err)
+	}
+	wantInstances(t, c, app, runningAs("inst-keep", keep), runningAs("inst-next", next))
+	for _, x := range []*container{next, keep} {
+		if err := w.del(p, l, x); err != nil {
+			t.Errorf("DEL %s: %v", x.id, err)
+		}
+	}
 }

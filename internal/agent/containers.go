@@ -287,13 +287,29 @@ func (s *socketServer) gc(w http.ResponseWriter, r *http.Request) {
 	for _, id := range req.Valid {
 		valid[id] = true
 	}
+	// As the specification asks, a failure does not stop the collection:
+	// every stale container that can be released is, and the failures are
+	// reported together.
 	n := 0
+	var failed []string
 	for _, rec := range s.a.containers.list() {
-		if !valid[rec.ContainerID] && s.a.release(r.Context(), rec.ContainerID) {
+		if valid[rec.ContainerID] {
+			continue
+		}
+		released, err := s.a.collect(r.Context(), rec.ContainerID)
+		if err != nil {
+			s.a.log.Warn("cni gc", "container", rec.ContainerID, "err", err)
+			failed = append(failed, err.Error())
+		}
+		if released {
 			n++
 		}
 	}
-	s.a.log.Info("cni gc", "released", n, "valid", len(req.Valid))
+	s.a.log.Info("cni gc", "released", n, "failed", len(failed), "valid", len(req.Valid))
+	if len(failed) > 0 {
+		writeErr(w, http.StatusInternalServerError, fmt.Sprintf("released %d stale containers, but not %d: %s", n, len(failed), strings.Join(failed, "; ")))
+		return
+	}
 	w.WriteHeader(http.StatusNoContent)
 }
 
@@ -325,6 +341,29 @@ func (a *Agent) release(ctx context.Context, id string) bool {
 	a.tls.detach(snapshot.Identity.InstanceGUID)
 	a.deregister(ctx, snapshot)
 	return true
+}
+
+// collect releases a container the runtime no longer has (CNI GC). No DEL
+// will come for it, so collect first removes its wiring, as DEL does: a
+// host veth left behind would keep its routes and make the next ADD that
+// is given the address fail. The record reserves the address until then,
+// so the veth named for the address is this container's and not another's.
+// When the wiring cannot be removed the record, and its address, stay. It
+// reports whether the container was released.
+func (a *Agent) collect(ctx context.Context, id string) (bool, error) {
+	cs := a.containers
+	cs.mu.Lock()
+	rec, ok := cs.records[id]
+	if !ok {
+		cs.mu.Unlock()
+		return false, nil
+	}
+	err := dataplane.DelContainer(dataplane.Container{HostNS: a.nsPath, NetNS: rec.NetNS, IfName: rec.IfName, IP: rec.IP})
+	cs.mu.Unlock()
+	if err != nil {
+		return false, fmt.Errorf("container %s: remove its wiring: %w", id, err)
+	}
+	return a.release(ctx, id), nil
 }
 
 // deregister tells the controller a container is gone and then drops its
