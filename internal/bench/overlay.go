@@ -19,6 +19,9 @@ type OverlayOptions struct {
 	// Prefix starts the name of every namespace the run makes; "" means
 	// NewPrefix(). It must start with "trbench-".
 	Prefix string
+	// Exe is the trellis binary the local foundation of the CNI setup
+	// figures runs; "" means the running one.
+	Exe string
 }
 
 // ErrNoIPerf3 is returned when iperf3 is not installed. The bench installs

@@ -87,7 +87,7 @@ func TestOverlayQuick(t *testing.T) {
 	requireRoot(t)
 	requireIPerf3(t)
 	prefix := NewPrefix()
-	rep, err := Overlay(context.Background(), OverlayOptions{Quick: true, Progress: &logWriter{t: t}, Prefix: prefix})
+	rep, err := Overlay(context.Background(), OverlayOptions{Quick: true, Progress: &logWriter{t: t}, Prefix: prefix, Exe: buildTrellis(t)})
 	if left := Leftovers(prefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
@@ -102,7 +102,7 @@ func TestOverlayQuick(t *testing.T) {
 	}
 	wantIDs := []string{
 		"overlay/tcp-1-vs-vxlan", "overlay/tcp-1-vs-veth", "overlay/tcp-4-vs-vxlan", "overlay/tcp-4-vs-veth",
-		"overlay/setup-p50", "overlay/setup-p99", "overlay/setup-growth",
+		"overlay/setup-p50", "overlay/setup-p99", "overlay/setup-growth", "overlay/setup-wiring-p50", "overlay/setup-wiring-growth",
 	}
 	var ids []string
 	for _, f := range rep.Figures {
@@ -180,4 +180,15 @@ func TestOverlayWithoutIPerf3(t *testing.T) {
 	if got, want := err.Error(), "iperf3 is missing: apt-get install iperf3"; got != want {
 		t.Errorf("error = %q, want %q", got, want)
 	}
+}
+
+// buildTrellis builds the trellis binary for the benches' local
+// foundations and returns its path.
+func buildTrellis(t *testing.T) string {
+	t.Helper()
+	exe := filepath.Join(t.TempDir(), "trellis")
+	if out, err := exec.Command("go", "build", "-o", exe, "github.com/trellis-c2c/trellis/cmd/trellis").CombinedOutput(); err != nil {
+		t.Fatalf("build trellis: %v\n%s", err, out)
+	}
+	return exe
 }

@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
-	"os/exec"
-	"path/filepath"
 	"testing"
 )
 
@@ -18,10 +16,7 @@ func TestPolicyQuick(t *testing.T) {
 		}
 		t.Skip("needs root")
 	}
-	exe := filepath.Join(t.TempDir(), "trellis")
-	if out, err := exec.Command("go", "build", "-o", exe, "github.com/trellis-c2c/trellis/cmd/trellis").CombinedOutput(); err != nil {
-		t.Fatalf("build trellis: %v\n%s", err, out)
-	}
+	exe := buildTrellis(t)
 	rep, err := Policy(t.Context(), PolicyOptions{Quick: true, Exe: exe, Progress: testLog{t}})
 	if err != nil {
 		t.Fatalf("Policy = %v", err)

@@ -6,7 +6,6 @@ import (
 	"math"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -22,10 +21,7 @@ func TestTLSQuick(t *testing.T) {
 		}
 		t.Skip(ErrNoHAProxy)
 	}
-	exe := filepath.Join(t.TempDir(), "trellis")
-	if out, err := exec.Command("go", "build", "-o", exe, "github.com/trellis-c2c/trellis/cmd/trellis").CombinedOutput(); err != nil {
-		t.Fatalf("build trellis: %v\n%s", err, out)
-	}
+	exe := buildTrellis(t)
 	rep, err := TLS(t.Context(), TLSOptions{Quick: true, Exe: exe, Progress: &logWriter{t: t}})
 	if err != nil {
 		t.Fatalf("TLS = %v", err)

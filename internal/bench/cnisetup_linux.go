@@ -1,0 +1,130 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	"github.com/containernetworking/cni/libcni"
+	"github.com/containernetworking/cni/pkg/types"
+	types100 "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/google/uuid"
+	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/launcher"
+	"github.com/trellis-c2c/trellis/internal/netns"
+)
+
+// cniSetup times n sequential container setups the way a runtime does
+// them on a local foundation (one cell, default deny): CNI ADD through
+// libcni, the trellis-cni plugin and the cell's agent (address, wiring,
+// registration with the controller, the policy table, the instance's
+// certificate), until the first UDP datagram from the new container to a
+// responder container on the same cell is echoed back — which takes a
+// policy from the new container's app to the responder's, so the policy
+// table must know the container too. Every container stays attached until
+// the end, so the last adds run with n-1 others present.
+func (r *run) cniSetup(exe string, n int) ([]float64, int, error) {
+	dir, err := os.MkdirTemp("", "trbench-cni-")
+	if err != nil {
+		return nil, 0, err
+	}
+	r.onCleanup(func() error { return os.RemoveAll(dir) })
+	r.logf("container setup through CNI: starting a local foundation with 1 cell")
+	state := filepath.Join(dir, "foundation")
+	f, err := launcher.Up(r.ctx, launcher.Options{StateDir: state, Cells: 1, Exe: exe})
+	// Cleanup runs last registered first: the foundation goes before the
+	// containers' namespaces.
+	r.onCleanup(func() error { return launcher.Down(context.WithoutCancel(r.ctx), state, true, io.Discard) })
+	if err != nil {
+		return nil, 0, fmt.Errorf("local foundation: %w", err)
+	}
+	cfg, err := api.LoadClientConfig(f.Admin)
+	if err != nil {
+		return nil, 0, err
+	}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return nil, 0, err
+	}
+	spaces, err := c.Spaces(r.ctx, api.SpaceFilter{Names: []string{"default"}})
+	if err != nil || len(spaces) == 0 {
+		return nil, 0, fmt.Errorf("default space: %v", err)
+	}
+	src, err := c.CreateApp(r.ctx, spaces[0].GUID, "setup-source")
+	if err != nil {
+		return nil, 0, err
+	}
+	dst, err := c.CreateApp(r.ctx, spaces[0].GUID, "setup-echo")
+	if err != nil {
+		return nil, 0, err
+	}
+	err = c.CreatePolicies(r.ctx, []api.Policy{{Source: api.Source{ID: src.GUID},
+		Destination: api.Destination{ID: dst.GUID, Protocol: "udp", Ports: api.Ports{Start: echoPort, End: echoPort}}}})
+	if err != nil {
+		return nil, 0, err
+	}
+
+	cell := f.Cells[0]
+	list, err := libcni.ConfListFromFile(cell.CNIConfList)
+	if err != nil {
+		return nil, 0, fmt.Errorf("the cell's CNI config: %w", err)
+	}
+	cache := filepath.Join(dir, "cni-cache")
+	plugin := libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(f.CNIPlugin)}, cache, nil)
+	add := func(path, app string, index int) (netip.Addr, error) {
+		rt := &libcni.RuntimeConf{ContainerID: filepath.Base(path), NetNS: path, IfName: "eth0", Args: [][2]string{
+			{"TRELLIS_APP_GUID", app}, {"TRELLIS_INSTANCE_GUID", uuid.NewString()}, {"TRELLIS_INDEX", strconv.Itoa(index)}}}
+		// As a runtime on the cell would: from the cell's namespace.
+		var res types.Result
+		err := netns.Do(netns.Path(cell.NetNS), func() (err error) {
+			res, err = plugin.AddNetworkList(r.ctx, list, rt)
+			return err
+		})
+		if err != nil {
+			return netip.Addr{}, err
+		}
+		cur, err := types100.NewResultFromResult(res)
+		if err != nil || len(cur.IPs) == 0 {
+			return netip.Addr{}, fmt.Errorf("CNI ADD result without an address: %v", err)
+		}
+		ip, _ := netip.AddrFromSlice(cur.IPs[0].Address.IP.To4())
+		return ip, nil
+	}
+
+	echoNS, err := r.namespace("cni-echo")
+	if err != nil {
+		return nil, 0, err
+	}
+	echoIP, err := add(echoNS, dst.GUID, 0)
+	if err != nil {
+		return nil, 0, fmt.Errorf("attach the responder: %w", err)
+	}
+	echoAt := netip.AddrPortFrom(echoIP, echoPort)
+	if err := r.echo(echoNS, echoAt); err != nil {
+		return nil, 0, err
+	}
+	r.logf("container setup through CNI: %d sequential adds, each timed until the first echo", n)
+	times := make([]float64, 0, n)
+	resent := 0
+	for i := range n {
+		if err := r.ctx.Err(); err != nil {
+			return nil, 0, err
+		}
+		d, re, err := r.timedAdd(fmt.Sprintf("cni-%d", i), echoAt, func(path string) error {
+			_, err := add(path, src.GUID, i)
+			return err
+		})
+		if err != nil {
+			return nil, 0, fmt.Errorf("CNI add %d: %w", i+1, err)
+		}
+		times = append(times, ms(d))
+		if re > 0 {
+			resent++
+		}
+	}
+	return times, resent, nil
+}
