@@ -436,7 +436,7 @@ func TestLoginRefusesBadToken(t *testing.T) {
 	home := t.TempDir()
 	admin := f.adminJSON(t, t.TempDir())
 	got := runCLI(map[string]string{"HOME": home}, "login", "--config-from", admin, "--token", "trls_wrong", "--user", "ci")
-	want := result{Code: 1, Stderr: "trellis: controller at " + f.srv.URL + " refused the token: failed to verify token\n"}
+	want := result{Code: 1, Stderr: "trellis: controller at " + f.srv.URL + " refused the token: failed to verify token with uaa\n"}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("trellis login with a bad token (-want +got):\n%s", diff)
 	}

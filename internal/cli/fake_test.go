@@ -85,7 +85,7 @@ func newFakeController(t *testing.T) *fakeController {
 	})
 	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/health" && r.Header.Get("Authorization") != "Bearer "+fakeToken {
-			writeJSON(w, 401, api.Error{Error: "failed to verify token"})
+			writeJSON(w, 401, api.Error{Error: "failed to verify token with uaa"})
 			return
 		}
 		f.mu.Lock()

@@ -70,9 +70,11 @@ func HashToken(value string) []byte {
 	return sum[:]
 }
 
+// The 401 messages are Cloud Foundry's policy server's, byte for byte (it
+// verifies tokens with UAA; trellis verifies them against its store).
 var (
 	errMissingAuth = errors.New("missing authorization header")
-	errBadToken    = errors.New("failed to verify token")
+	errBadToken    = errors.New("failed to verify token with uaa")
 )
 
 // authenticate resolves the bearer token of r.

@@ -4,14 +4,20 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"crypto/x509"
+	"database/sql"
 	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -27,6 +33,7 @@ type env struct {
 	t     *testing.T
 	srv   *httptest.Server
 	store *store.Store
+	dbURL string // the store's database, for tests that set up what the API cannot
 	ca    *identity.CA
 	admin string
 }
@@ -40,7 +47,8 @@ func newEnv(t *testing.T, engine string) *env {
 // creates the instance CA before serving.
 func newEnvWith(t *testing.T, engine string, id InstanceIdentity) *env {
 	t.Helper()
-	st := storetest.Open(t, engine)
+	dbURL := storetest.URL(t, engine)
+	st := storetest.OpenURL(t, dbURL)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ca, err := identity.LoadOrCreateCA(t.TempDir(), "test CA")
 	if err != nil {
@@ -58,7 +66,7 @@ func newEnvWith(t *testing.T, engine string, id InstanceIdentity) *env {
 	srv.TLS.Certificates = nil
 	srv.StartTLS()
 	t.Cleanup(srv.Close)
-	e := &env{t: t, srv: srv, store: st, ca: ca}
+	e := &env{t: t, srv: srv, store: st, dbURL: dbURL, ca: ca}
 	e.admin = e.token(ScopeAdmin, nil)
 	return e
 }
@@ -311,32 +319,54 @@ func TestPolicyBadInput(t *testing.T) {
 }
 
 func TestPolicyBodyLimit(t *testing.T) {
-	e := newEnv(t, "sqlite")
-	space := e.defaultSpace()
-	a, b := e.createApp(space, "a"), e.createApp(space, "b")
+	forEachEngine(t, func(t *testing.T, e *env) {
+		space := e.defaultSpace()
+		a, b := e.createApp(space, "a"), e.createApp(space, "b")
 
-	// 10,000 policies fit in the limit and are created in one request.
-	var ps [][5]any
-	for i := 1; i <= 10000; i++ {
-		ps = append(ps, [5]any{a, b, "tcp", i, i})
-	}
-	body := policyBody(ps...)
-	if len(body) > 10<<20 {
-		t.Fatalf("test body is %d bytes, over the limit", len(body))
-	}
-	e.must(e.admin, "POST", policiesPath, body, 200, nil)
-	var l api.PoliciesResponse
-	e.must(e.admin, "GET", policiesPath, "", 200, &l)
-	if l.TotalPolicies != 10000 {
-		t.Errorf("after 10k create: %d policies", l.TotalPolicies)
-	}
+		// 10,000 policies fit in the limit and are created in one request.
+		var ps [][5]any
+		for i := 1; i <= 10000; i++ {
+			ps = append(ps, [5]any{a, b, "tcp", i, i})
+		}
+		body := policyBody(ps...)
+		if len(body) > 10<<20 {
+			t.Fatalf("test body is %d bytes, over the limit", len(body))
+		}
+		e.must(e.admin, "POST", policiesPath, body, 200, nil)
+		var l api.PoliciesResponse
+		e.must(e.admin, "GET", policiesPath, "", 200, &l)
+		if l.TotalPolicies != 10000 {
+			t.Errorf("after 10k create: %d policies", l.TotalPolicies)
+		}
 
-	// Over 10 MB: 413, nothing read further.
-	big := `{"policies":[` + strings.Repeat(" ", 10<<20) + `]}`
-	code, got := e.do(e.admin, "POST", policiesPath, big)
-	if code != 413 || got != `{"error":"request body too large: limit is 10485760 bytes"}` {
-		t.Errorf("11 MB POST = %d %s", code, got)
+		// Over 10 MB: 413 (trellis's answer: cf-c2c.md gives CF's limit,
+		// not its answer), nothing read further, nothing changed. Valid
+		// policies in the body do not help it through.
+		rev := e.revision()
+		big := policyBody([5]any{a, b, "tcp", 10001, 10001})
+		big = big[:len(big)-2] + strings.Repeat(" ", 10<<20) + "]}"
+		code, got := e.do(e.admin, "POST", policiesPath, big)
+		if code != 413 || got != `{"error":"request body too large: limit is 10485760 bytes"}` {
+			t.Errorf("11 MB POST = %d %s", code, got)
+		}
+		if got := e.revision(); got != rev {
+			t.Errorf("revision after refused 11 MB POST = %d, want %d", got, rev)
+		}
+		e.must(e.admin, "GET", policiesPath, "", 200, &l)
+		if l.TotalPolicies != 10000 {
+			t.Errorf("after refused 11 MB POST: %d policies, want 10000", l.TotalPolicies)
+		}
+	})
+}
+
+// revision is the store's revision now.
+func (e *env) revision() int64 {
+	e.t.Helper()
+	rev, err := e.store.Revision(context.Background())
+	if err != nil {
+		e.t.Fatalf("Revision: %v", err)
 	}
+	return rev
 }
 
 func TestAuth(t *testing.T) {
@@ -358,7 +388,7 @@ func TestAuth(t *testing.T) {
 			}
 			body, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
-			want := `{"error":"failed to verify token"}`
+			want := `{"error":"failed to verify token with uaa"}`
 			if h == "" {
 				want = `{"error":"missing authorization header"}`
 			}
@@ -413,21 +443,31 @@ func TestAuth(t *testing.T) {
 }
 
 func TestQuota(t *testing.T) {
-	e := newEnv(t, "sqlite")
-	space := e.defaultSpace()
-	a, b := e.createApp(space, "a"), e.createApp(space, "b")
-	writer := e.token(ScopeWrite, []string{space})
-	var ps [][5]any
-	for i := 1; i <= MaxPoliciesPerSource; i++ {
-		ps = append(ps, [5]any{a, b, "tcp", i, i})
-	}
-	e.must(writer, "POST", policiesPath, policyBody(ps...), 200, nil)
-	code, got := e.do(writer, "POST", policiesPath, policyBody([5]any{a, b, "tcp", 9999, 9999}))
-	if code != 403 || got != `{"error":"policy quota exceeded"}` {
-		t.Errorf("151st policy = %d %s, want 403 policy quota exceeded", code, got)
-	}
-	// Admins are not held to the quota.
-	e.must(e.admin, "POST", policiesPath, policyBody([5]any{a, b, "tcp", 9999, 9999}), 200, nil)
+	forEachEngine(t, func(t *testing.T, e *env) {
+		space := e.defaultSpace()
+		a, b := e.createApp(space, "a"), e.createApp(space, "b")
+		writer := e.token(ScopeWrite, []string{space})
+		var ps [][5]any
+		for i := 1; i <= MaxPoliciesPerSource; i++ {
+			ps = append(ps, [5]any{a, b, "tcp", i, i})
+		}
+		e.must(writer, "POST", policiesPath, policyBody(ps...), 200, nil)
+		rev := e.revision()
+		code, got := e.do(writer, "POST", policiesPath, policyBody([5]any{a, b, "tcp", 9999, 9999}))
+		if code != 403 || got != `{"error":"policy quota exceeded"}` {
+			t.Errorf("151st policy = %d %s, want 403 policy quota exceeded", code, got)
+		}
+		if got := e.revision(); got != rev {
+			t.Errorf("revision after refused 151st policy = %d, want %d", got, rev)
+		}
+		// Admins are not held to the quota.
+		e.must(e.admin, "POST", policiesPath, policyBody([5]any{a, b, "tcp", 9999, 9999}), 200, nil)
+		var l api.PoliciesResponse
+		e.must(e.admin, "GET", policiesPath, "", 200, &l)
+		if l.TotalPolicies != MaxPoliciesPerSource+1 {
+			t.Errorf("policies = %d, want %d", l.TotalPolicies, MaxPoliciesPerSource+1)
+		}
+	})
 }
 
 func TestV3Resources(t *testing.T) {
@@ -487,52 +527,59 @@ func TestV3Resources(t *testing.T) {
 }
 
 func TestHealthAndMetrics(t *testing.T) {
-	e := newEnv(t, "sqlite")
-	code, got := e.do("", "GET", "/health", "")
-	if code != 200 || !strings.HasPrefix(got, `{"revision":`) {
-		t.Errorf("GET /health = %d %s", code, got)
-	}
-	e.must("", "GET", "/metrics", "", 401, nil)
-	e.createApp(e.defaultSpace(), "a")
-	code, got = e.do(e.admin, "GET", "/metrics", "")
-	for _, want := range []string{
-		`trellis_http_requests_total{code="201",route="POST /v3/apps"} 1`,
-		`trellis_store_objects{kind="apps"} 1`,
-		`trellis_store_revision `,
-		`trellis_http_request_duration_seconds_bucket{route="POST /v3/apps"`,
-	} {
-		if code != 200 || !strings.Contains(got, want) {
-			t.Errorf("GET /metrics = %d, missing %q", code, want)
+	forEachEngine(t, func(t *testing.T, e *env) {
+		code, got := e.do("", "GET", "/health", "")
+		if want := fmt.Sprintf(`{"revision":%d,"status":"ok"}`, e.revision()); code != 200 || got != want {
+			t.Errorf("GET /health = %d %s, want 200 %s", code, got, want)
 		}
-	}
+		e.must("", "GET", "/metrics", "", 401, nil)
+		e.createApp(e.defaultSpace(), "a")
+		code, got = e.do(e.admin, "GET", "/metrics", "")
+		for _, want := range []string{
+			`trellis_http_requests_total{code="201",route="POST /v3/apps"} 1`,
+			`trellis_http_requests_total{code="401",route="GET /metrics"} 1`,
+			`trellis_store_objects{kind="apps"} 1`,
+			fmt.Sprintf("trellis_store_revision %d\n", e.revision()),
+			`trellis_http_request_duration_seconds_bucket{route="POST /v3/apps"`,
+		} {
+			if code != 200 || !strings.Contains(got, want) {
+				t.Errorf("GET /metrics = %d, missing %q", code, want)
+			}
+		}
+	})
 }
 
 func TestTokens(t *testing.T) {
-	e := newEnv(t, "sqlite")
-	space := e.defaultSpace()
-	var tok api.Token
-	e.must(e.admin, "POST", "/trellis/v1/tokens", fmt.Sprintf(`{"scope":"network.write","space_guids":[%q],"name":"ci"}`, space), 201, &tok)
-	if !strings.HasPrefix(tok.Value, "trls_") || tok.Scope != ScopeWrite {
-		t.Fatalf("created token = %+v", tok)
-	}
-	e.must(tok.Value, "GET", policiesPath, "", 200, nil)
-	for _, body := range []string{
-		`{"scope":"network.read"}`,
-		`{"scope":"network.write"}`,
-		`{"scope":"network.write","space_guids":["nope"]}`,
-		`{"scope":"network.admin","space_guids":["` + space + `"]}`,
-	} {
-		if code, got := e.do(e.admin, "POST", "/trellis/v1/tokens", body); code < 400 || code >= 500 {
-			t.Errorf("POST tokens %s = %d %s, want 4xx", body, code, got)
+	forEachEngine(t, func(t *testing.T, e *env) {
+		space := e.defaultSpace()
+		var tok api.Token
+		e.must(e.admin, "POST", "/trellis/v1/tokens", fmt.Sprintf(`{"scope":"network.write","space_guids":[%q],"name":"ci"}`, space), 201, &tok)
+		if !strings.HasPrefix(tok.Value, "trls_") || tok.Scope != ScopeWrite {
+			t.Fatalf("created token = %+v", tok)
 		}
-	}
-	// Only the hash is stored.
-	if _, err := e.store.TokenByHash(context.Background(), []byte(tok.Value)); err == nil {
-		t.Error("token found by its plain value; want only by hash")
-	}
-	if !bytes.Equal(HashToken(tok.Value), HashToken(tok.Value)) {
-		t.Error("HashToken is not deterministic")
-	}
+		e.must(tok.Value, "GET", policiesPath, "", 200, nil)
+		rev := e.revision()
+		for _, body := range []string{
+			`{"scope":"network.read"}`,
+			`{"scope":"network.write"}`,
+			`{"scope":"network.write","space_guids":["nope"]}`,
+			`{"scope":"network.admin","space_guids":["` + space + `"]}`,
+		} {
+			if code, got := e.do(e.admin, "POST", "/trellis/v1/tokens", body); code < 400 || code >= 500 {
+				t.Errorf("POST tokens %s = %d %s, want 4xx", body, code, got)
+			}
+		}
+		if got := e.revision(); got != rev {
+			t.Errorf("revision after refused tokens = %d, want %d", got, rev)
+		}
+		// Only the hash is stored.
+		if _, err := e.store.TokenByHash(context.Background(), []byte(tok.Value)); err == nil {
+			t.Error("token found by its plain value; want only by hash")
+		}
+		if got, err := e.store.TokenByHash(context.Background(), HashToken(tok.Value)); err != nil || got.GUID != tok.GUID {
+			t.Errorf("TokenByHash(hash of new token) = %+v, %v, want token %s", got, err, tok.GUID)
+		}
+	})
 }
 
 func TestAppendPoliciesMatchesEncodingJSON(t *testing.T) {
@@ -549,6 +596,287 @@ func TestAppendPoliciesMatchesEncodingJSON(t *testing.T) {
 		wantJSON, _ := json.Marshal(want)
 		if got := appendPolicies(nil, in); string(got) != string(wantJSON) {
 			t.Errorf("appendPolicies(%v) =\n%s\nwant\n%s", in, got, wantJSON)
+		}
+	}
+}
+
+func TestSecurityHeaders(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		// Every response carries them: success, 401, 404, 405, 413 and a preflight.
+		for _, r := range []struct {
+			token, method, path, body string
+			code                      int
+		}{
+			{"", "GET", "/health", "", 200},
+			{e.admin, "GET", policiesPath, "", 200},
+			{"", "GET", policiesPath, "", 401},
+			{e.admin, "GET", "/nope", "", 404},
+			{e.admin, "PUT", policiesPath, "", 405},
+			{e.admin, "POST", policiesPath, `{"policies":[` + strings.Repeat(" ", 10<<20) + `]}`, 413},
+			{"", "OPTIONS", policiesPath, "", 200},
+		} {
+			resp := e.send(r.token, r.method, r.path, r.body, nil)
+			want := map[string]string{
+				"X-Content-Type-Options":    "nosniff",
+				"X-XSS-Protection":          "1; mode=block",
+				"Strict-Transport-Security": "max-age=31536000",
+			}
+			if resp.StatusCode != r.code {
+				t.Errorf("%s %s = %d, want %d", r.method, r.path, resp.StatusCode, r.code)
+			}
+			for k, v := range want {
+				if got := resp.Header.Values(k); len(got) != 1 || got[0] != v {
+					t.Errorf("%s %s: header %s = %q, want %q", r.method, r.path, k, got, v)
+				}
+			}
+		}
+	})
+}
+
+// send sends a request with extra headers and returns the response, its
+// body read and closed.
+func (e *env) send(token, method, path, body string, header map[string]string) *http.Response {
+	e.t.Helper()
+	var rd io.Reader
+	if body != "" {
+		rd = strings.NewReader(body)
+	}
+	req, err := http.NewRequest(method, e.srv.URL+path, rd)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if body != "" {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	for k, v := range header {
+		req.Header.Set(k, v)
+	}
+	resp, err := e.srv.Client().Do(req)
+	if err != nil {
+		e.t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		e.t.Fatalf("%s %s: read body: %v", method, path, err)
+	}
+	resp.Body = io.NopCloser(bytes.NewReader(b))
+	return resp
+}
+
+func TestCORSPreflight(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		app := e.createApp(e.defaultSpace(), "a")
+		rev := e.revision()
+		preflight := map[string]string{
+			"Origin":                         "https://console.example",
+			"Access-Control-Request-Method":  "POST",
+			"Access-Control-Request-Headers": "authorization,content-type",
+		}
+		// No token, a bad token, or a body: a preflight is answered, reads
+		// and changes nothing.
+		for _, r := range []struct{ token, path, methods string }{
+			{"", policiesPath, "GET,POST"},
+			{"trls_nope", policiesPath + "?id=" + app, "GET,POST"},
+			{"", policiesPath + "/delete", "POST"},
+			{"", "/networking/v0/external/tags", "GET"},
+			{"", "/v3/apps/" + app, "GET,PATCH,DELETE"},
+			{"", "/v3/routes/x/destinations/y", "DELETE"},
+			{"", "/health", "GET"},
+		} {
+			resp := e.send(r.token, "OPTIONS", r.path, "", preflight)
+			body, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != 200 || len(body) != 0 {
+				t.Errorf("OPTIONS %s = %d %q, want 200 and no body", r.path, resp.StatusCode, body)
+			}
+			if got := resp.Header.Get("Access-Control-Allow-Methods"); got != r.methods {
+				t.Errorf("OPTIONS %s: Access-Control-Allow-Methods = %q, want %q", r.path, got, r.methods)
+			}
+			if got := resp.Header.Get("Access-Control-Allow-Headers"); got != "authorization,content-type" {
+				t.Errorf("OPTIONS %s: Access-Control-Allow-Headers = %q, want authorization,content-type", r.path, got)
+			}
+			if got := resp.Header.Get("WWW-Authenticate"); got != "" {
+				t.Errorf("OPTIONS %s: WWW-Authenticate %q, want none", r.path, got)
+			}
+		}
+		if got := e.revision(); got != rev {
+			t.Errorf("revision after preflights = %d, want %d", got, rev)
+		}
+		// OPTIONS on a path the API does not serve is not a preflight.
+		if resp := e.send("", "OPTIONS", "/networking/v1/external/nope", "", preflight); resp.StatusCode != 404 || resp.Header.Get("Access-Control-Allow-Methods") != "" {
+			t.Errorf("OPTIONS unknown path = %d (Allow-Methods %q), want 404 and none", resp.StatusCode, resp.Header.Get("Access-Control-Allow-Methods"))
+		}
+
+		// Only OPTIONS skips authentication: any other method on an API
+		// path without a token is 401 if the path serves it, else 405.
+		paths := map[string][]string{
+			policiesPath:                   {"GET", "HEAD", "POST"},
+			policiesPath + "/delete":       {"POST"},
+			"/networking/v1/external/tags": {"GET", "HEAD"},
+			"/v3/apps":                     {"GET", "HEAD", "POST"},
+			"/v3/apps/" + app:              {"GET", "HEAD", "PATCH", "DELETE"},
+			"/trellis/v1/tokens":           {"POST"},
+			"/metrics":                     {"GET", "HEAD"},
+		}
+		for path, served := range paths {
+			for _, m := range []string{"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "TRACE", "PROPFIND"} {
+				resp := e.send("", m, path, "", nil)
+				want := 405
+				if slices.Contains(served, m) {
+					want = 401
+				}
+				if resp.StatusCode != want {
+					t.Errorf("%s %s without a token = %d, want %d", m, path, resp.StatusCode, want)
+				}
+			}
+		}
+		if got := e.revision(); got != rev {
+			t.Errorf("revision after unauthenticated requests = %d, want %d", got, rev)
+		}
+
+		// Preflights are counted under their route.
+		_, metrics := e.do(e.admin, "GET", "/metrics", "")
+		if want := `trellis_http_requests_total{code="200",route="OPTIONS /networking/{version}/external/policies"} 2`; !strings.Contains(metrics, want) {
+			t.Errorf("GET /metrics: missing %q", want)
+		}
+	})
+}
+
+func TestTagsExhausted(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		space := e.defaultSpace()
+		a, b, c, d := e.createApp(space, "a"), e.createApp(space, "b"), e.createApp(space, "c"), e.createApp(space, "d")
+		e.must(e.admin, "POST", policiesPath, policyBody([5]any{a, b, "tcp", 80, 80}), 200, nil) // tags 1 and 2
+		e.takeTags(space, 4)                                                                     // only tag 3 is free
+
+		// c and d need two tags, one is free: 409, and nothing changes.
+		rev := e.revision()
+		const exhausted = `{"error":"tags exhausted: all 65535 policy tags are in use"}`
+		code, got := e.do(e.admin, "POST", policiesPath, policyBody([5]any{c, d, "tcp", 80, 80}))
+		if code != 409 || got != exhausted {
+			t.Errorf("POST c->d with one free tag = %d %s, want 409 %s", code, got, exhausted)
+		}
+		if got := e.revision(); got != rev {
+			t.Errorf("revision after refused POST = %d, want %d", got, rev)
+		}
+		var tags api.TagsResponse
+		e.must(e.admin, "GET", "/networking/v1/external/tags", "", 200, &tags)
+		if len(tags.Tags) != 65534 || tagOf(tags, c) != "" || tagOf(tags, d) != "" {
+			t.Errorf("after refused POST: %d tags, c %q, d %q; want 65534, none for c and d", len(tags.Tags), tagOf(tags, c), tagOf(tags, d))
+		}
+		var l api.PoliciesResponse
+		e.must(e.admin, "GET", policiesPath, "", 200, &l)
+		if l.TotalPolicies != 1 {
+			t.Errorf("after refused POST: %d policies, want 1", l.TotalPolicies)
+		}
+
+		// The free tag is still there for an app that needs only one,
+		// and then none is left.
+		e.must(e.admin, "POST", policiesPath, policyBody([5]any{c, a, "tcp", 80, 80}), 200, nil)
+		e.must(e.admin, "GET", "/networking/v1/external/tags", "", 200, &tags)
+		if got := tagOf(tags, c); got != "0003" {
+			t.Errorf("tag of c = %q, want 0003", got)
+		}
+		code, got = e.do(e.admin, "POST", policiesPath, policyBody([5]any{d, a, "tcp", 80, 80}))
+		if code != 409 || got != exhausted {
+			t.Errorf("POST d->a with no free tag = %d %s, want 409 %s", code, got, exhausted)
+		}
+		// Apps that have tags still get policies.
+		e.must(e.admin, "POST", policiesPath, policyBody([5]any{b, c, "udp", 53, 53}), 200, nil)
+	})
+}
+
+// takeTags gives every tag from first up to 65535 to a filler app of its
+// own in space, straight in the database: 65,000 apps through the API
+// would take minutes.
+func (e *env) takeTags(space string, first int) {
+	e.t.Helper()
+	driver, dsn, ph := "sqlite", e.dbURL+"?_pragma=busy_timeout(10000)&_pragma=foreign_keys(1)", []any{"?", "?"}
+	if strings.HasPrefix(e.dbURL, "postgres") {
+		driver, dsn, ph = "pgx", e.dbURL, []any{"$1", "$2"}
+	}
+	db, err := sql.Open(driver, dsn)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer db.Close()
+	ctx := context.Background()
+	tx, err := db.BeginTx(ctx, nil)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	defer tx.Rollback()
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`INSERT INTO apps (guid, space_guid, name, state, created_at, updated_at)
+		SELECT 'filler-' || tag, %s, 'filler-' || tag, 'STOPPED', 0, 0 FROM tags WHERE tag >= %s`, ph...), space, first); err != nil {
+		e.t.Fatalf("create filler apps: %v", err)
+	}
+	if _, err := tx.ExecContext(ctx, fmt.Sprintf(`UPDATE tags SET app_guid = 'filler-' || tag WHERE tag >= %s`, ph[0]), first); err != nil {
+		e.t.Fatalf("take tags %d-65535: %v", first, err)
+	}
+	if err := tx.Commit(); err != nil {
+		e.t.Fatal(err)
+	}
+}
+
+// TestTLSVersions runs the controller and checks that it handshakes with
+// TLS 1.2 and 1.3 clients only: TLS 1.0 and 1.1 clients are refused.
+func TestTLSVersions(t *testing.T) {
+	dir := t.TempDir()
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{StateDir: dir, Listen: "127.0.0.1:0",
+			Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Ready: func(url string) { ready <- url }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	})
+	var apiURL string
+	select {
+	case apiURL = <-ready:
+	case err := <-done:
+		t.Fatalf("Run = %v before serving", err)
+	}
+	cfg, err := api.LoadClientConfig(filepath.Join(dir, AdminConfigFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(cfg.CACert)) {
+		t.Fatal("admin.json: no CA certificate")
+	}
+	addr := strings.TrimPrefix(apiURL, "https://")
+	for _, tt := range []struct {
+		version uint16
+		ok      bool
+	}{
+		{tls.VersionTLS10, false},
+		{tls.VersionTLS11, false},
+		{tls.VersionTLS12, true},
+		{tls.VersionTLS13, true},
+	} {
+		name := tls.VersionName(tt.version)
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", addr,
+			&tls.Config{RootCAs: roots, MinVersion: tt.version, MaxVersion: tt.version})
+		if err == nil {
+			got := conn.ConnectionState().Version
+			conn.Close()
+			if !tt.ok || got != tt.version {
+				t.Errorf("%s client: handshake succeeded with %s, want refused", name, tls.VersionName(got))
+			}
+			continue
+		}
+		if tt.ok {
+			t.Errorf("%s client: %v, want a handshake", name, err)
+		} else if !strings.Contains(err.Error(), "protocol version") {
+			t.Errorf("%s client: %v, want a protocol version alert", name, err)
 		}
 	}
 }
