@@ -2,6 +2,7 @@ package agent
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -50,5 +51,17 @@ func TestPolicyAddressReuse(t *testing.T) {
 	st.Allows = nil
 	if got := e.policy(st).Allows; len(got) != 0 {
 		t.Errorf("allows after the controller caught up = %v, want none", got)
+	}
+}
+
+func TestValidContainerID(t *testing.T) {
+	for id, want := range map[string]bool{
+		"a": true, "A-1_b.c": true, "0": true, strings.Repeat("x", 128): true,
+		"": false, "-a": false, "_a": false, ".a": false, strings.Repeat("x", 129): false,
+		"a b": false, "a/b": false, "é": false, "a\n": false,
+	} {
+		if got := validContainerID(id); got != want {
+			t.Errorf("validContainerID(%q) = %v, want %v", id, got, want)
+		}
 	}
 }
