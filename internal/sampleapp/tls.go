@@ -65,7 +65,11 @@ type TLSOptions struct {
 }
 
 // guidPattern is an app GUID as the controller makes them (a UUID).
-var guidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+// guidPattern is compiled when first used, not at init: every exec of the
+// trellis binary (the CNI plugin's among them) would pay for it.
+var guidPattern = sync.OnceValue(func() *regexp.Regexp {
+	return regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+})
 
 // ParseAppGUIDs splits a --require-app value, one app GUID or several
 // separated by commas, and checks that each is a GUID: certificates name
@@ -86,7 +90,7 @@ func checkAppGUID(g string) error {
 	if g == "" {
 		return errors.New("empty app GUID")
 	}
-	if !guidPattern.MatchString(g) {
+	if !guidPattern().MatchString(g) {
 		return fmt.Errorf("%q is not an app GUID: instance certificates name apps by GUID (see 'trellis apps --json')", g)
 	}
 	return nil
