@@ -64,9 +64,9 @@ type TLSOptions struct {
 	RequireApps []string
 }
 
-// guidPattern is an app GUID as the controller makes them (a UUID).
-// guidPattern is compiled when first used, not at init: every exec of the
-// trellis binary (the CNI plugin's among them) would pay for it.
+// guidPattern is an app GUID as the controller makes them (a UUID). It is
+// compiled when first used, not at init: every exec of the trellis binary
+// (the CNI plugin's among them) would pay for it.
 var guidPattern = sync.OnceValue(func() *regexp.Regexp {
 	return regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 })
