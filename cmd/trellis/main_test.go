@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"testing"
@@ -57,6 +58,7 @@ func TestScripts(t *testing.T) {
 				Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 					"controller": cmdController,
 					"api":        cmdAPI,
+					"capture":    cmdCapture,
 				},
 			})
 		})
@@ -129,12 +131,14 @@ func cmdController(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // cmdAPI: api METHOD PATH [BODY] — calls the controller with the admin
-// config and prints the status and body, for checks the CLI does not show.
+// config it wrote (whatever config the CLI uses) and prints the status and
+// body, for checks the CLI does not show.
 func cmdAPI(ts *testscript.TestScript, neg bool, args []string) {
 	if len(args) < 2 {
 		ts.Fatalf("usage: api METHOD PATH [BODY]")
 	}
-	cfg, err := api.LoadClientConfig(ts.Getenv("TRELLIS_CONFIG"))
+	c := ts.Value("controller").(*scriptController)
+	cfg, err := api.LoadClientConfig(filepath.Join(c.stateDir, controller.AdminConfigFile))
 	ts.Check(err)
 	cl, err := api.NewClient(cfg)
 	ts.Check(err)
@@ -148,4 +152,20 @@ func cmdAPI(ts *testscript.TestScript, neg bool, args []string) {
 	if (status >= 400) != neg {
 		ts.Fatalf("%s %s: status %d", args[0], args[1], status)
 	}
+}
+
+// cmdCapture: capture NAME REGEXP — sets $NAME to the first group of the
+// first match of REGEXP (multi-line: ^ and $ match at lines) in the last
+// command's stdout, for later commands: a token, a GUID.
+func cmdCapture(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: capture NAME REGEXP")
+	}
+	re, err := regexp.Compile("(?m)" + args[1])
+	ts.Check(err)
+	m := re.FindStringSubmatch(ts.ReadFile("stdout"))
+	if len(m) < 2 || m[1] == "" {
+		ts.Fatalf("capture %s: no match of %q (with a group) in stdout", args[0], args[1])
+	}
+	ts.Setenv(args[0], m[1])
 }
