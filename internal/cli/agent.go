@@ -2,10 +2,12 @@ package cli
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -13,6 +15,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/agent"
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/launcher"
 	"github.com/trellis-c2c/trellis/internal/sampleapp"
 )
 
@@ -175,24 +178,65 @@ var deleteCellCommand = &command{
 	},
 }
 
+// defaultAgentSocket is where a real cell's agent serves the CNI plugin
+// (`trellis agent --state-dir /var/lib/trellis-agent`).
+const defaultAgentSocket = "/var/lib/trellis-agent/agent.sock"
+
 var cniConfigCommand = &command{
 	name:    "cni-config",
 	group:   groupControlPlane,
 	summary: "Print the CNI network configuration list for a cell's runtime",
-	usage:   "cni-config [--cell CELL] [--socket PATH] [--name NETWORK]",
-	example: "trellis cni-config --cell cell1 --socket /var/lib/trellis-agent/agent.sock > /etc/cni/net.d/10-trellis.conflist",
+	usage: "cni-config [--cell CELL] [--socket PATH] [--name NETWORK]   (a real cell: its agent's socket)\n" +
+		"cni-config --cell CELL [--state-dir DIR] [--name NETWORK]   (a cell of the local foundation: its agent's socket under DIR)",
+	example: "trellis cni-config --cell cell1 --socket /var/lib/trellis-agent/agent.sock > /etc/cni/net.d/10-trellis.conflist\n" +
+		"trellis cni-config --cell cell2 --state-dir " + launcher.DefaultStateDir,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		cell := fs.String("cell", "", "The cell's `NAME` (informative in the config)")
-		socket := fs.String("socket", "/var/lib/trellis-agent/agent.sock", "The agent's CNI socket `PATH` on that cell")
+		cell := fs.String("cell", "", "The cell's `NAME`: on a local foundation, the cell whose agent socket to use (required with several cells)")
+		socket := fs.String("socket", "", "The agent's CNI socket `PATH` on a real cell (default "+defaultAgentSocket+
+			", or the cell's socket on the local foundation in --state-dir when there is one)")
+		dir := stateDirFlag(fs, e)
 		name := fs.String("name", "trellis", "The network `NAME` runtimes refer to")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return badUsage("cni-config takes no arguments")
 			}
-			if *socket == "" || !strings.HasPrefix(*socket, "/") {
-				return badInput("invalid --socket %q: must be an absolute path", *socket)
+			set := setFlags(fs)
+			if set["socket"] && set["state-dir"] {
+				return badUsage("give --socket (a real cell) or --state-dir (a local foundation), not both")
 			}
-			_, err := e.stdout.Write(cni.ConfList(*name, *cell, *socket))
+			if set["socket"] {
+				if !strings.HasPrefix(*socket, "/") {
+					return badInput("invalid --socket %q: must be an absolute path", *socket)
+				}
+				_, err := e.stdout.Write(cni.ConfList(*name, *cell, *socket))
+				return err
+			}
+			// A local foundation is meant when its state dir is named
+			// (--state-dir, $TRELLIS_STATE_DIR) or there is one in the
+			// default state dir; otherwise this is a real cell.
+			named := set["state-dir"] || (e.getenv != nil && e.getenv("TRELLIS_STATE_DIR") != "")
+			f, err := launcher.Load(*dir)
+			switch {
+			case errors.Is(err, os.ErrNotExist) && !named:
+				_, err := e.stdout.Write(cni.ConfList(*name, *cell, defaultAgentSocket))
+				return err
+			case errors.Is(err, os.ErrNotExist):
+				return fmt.Errorf("no local foundation in %s: start one with `trellis up`, or give a real cell's agent socket with --socket", *dir)
+			case err != nil:
+				return err
+			}
+			cells := strings.Join(f.CellNames(), ", ")
+			if *cell == "" {
+				if len(f.Cells) != 1 {
+					return badUsage("the local foundation in %s has cells %s: choose one with --cell", *dir, cells)
+				}
+				*cell = f.Cells[0].Name
+			}
+			c, ok := f.Cell(*cell)
+			if !ok {
+				return fmt.Errorf("cell %s is not in the local foundation in %s (its cells: %s)", *cell, *dir, cells)
+			}
+			_, err = e.stdout.Write(cni.ConfList(*name, c.Name, c.Socket))
 			return err
 		}
 	},

@@ -5,11 +5,14 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"maps"
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/launcher"
 )
 
 // App, domain and route commands.
@@ -144,12 +147,13 @@ var createAppCommand = &command{
 var deleteAppCommand = &command{
 	name:    "delete-app",
 	group:   groupApps,
-	summary: "Delete an app, its route mappings and every policy naming it",
-	usage:   "delete-app APP [-f]",
+	summary: "Stop an app's instances, then delete it, its route mappings and every policy naming it",
+	usage:   "delete-app APP [-f] [--state-dir DIR]",
 	example: "trellis delete-app backend -f",
 	config:  true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		fs.Bool("f", false, "Force deletion without confirmation (trellis never asks)")
+		dir := stateDirFlag(fs, e)
 		return func(ctx context.Context, args []string) error {
 			if err := wantArgs(args, "APP"); err != nil {
 				return err
@@ -169,6 +173,9 @@ var deleteAppCommand = &command{
 			s.printf("Deleting app %s in org %s / space %s as %s...\n", name, t.org.Name, t.space.Name, s.user())
 			a, err := s.app(ctx, t.space, name)
 			if err == nil {
+				err = stopAndWait(ctx, s, a, *dir)
+			}
+			if err == nil {
 				err = s.client.DeleteApp(ctx, a.GUID)
 				if api.IsNotFound(err) { // deleted meanwhile
 					err = &notFoundError{"App " + name + " not found"}
@@ -184,6 +191,68 @@ var deleteAppCommand = &command{
 			return nil
 		}
 	},
+}
+
+// stopWait bounds how long delete-app waits for an app's instances to stop:
+// a cell stops each one within 5 s (SIGTERM, then SIGKILL).
+const stopWait = 2 * time.Minute
+
+// stopAndWait stops app a, as `trellis stop` does, and waits until its
+// instances are gone: from the controller, and — when the CLI runs on the
+// machine of the local foundation in stateDir and talks to its controller —
+// from the cells too (process stopped, namespace deleted), which the
+// controller does not see. It reports progress on stderr.
+func stopAndWait(ctx context.Context, s *session, a api.App, stateDir string) error {
+	if a.State == "STARTED" {
+		s.printf("Stopping app %s...\n", a.Name)
+		if _, err := s.client.AppAction(ctx, a.GUID, "stop"); err != nil {
+			return err
+		}
+	}
+	f, err := launcher.Load(stateDir)
+	if err != nil || strings.TrimSuffix(f.APIURL, "/") != strings.TrimSuffix(s.cfg.APIURL, "/") {
+		f = nil // not the local foundation of this controller
+	}
+	deadline := time.Now().Add(stopWait)
+	last := ""
+	for {
+		ins, err := s.client.Instances(ctx, a.GUID)
+		if err != nil {
+			return err
+		}
+		left := map[string]string{} // instance GUID → cell
+		for _, in := range ins {
+			if in.Managed {
+				left[in.GUID] = orDefault(in.CellName, "no cell yet")
+			}
+		}
+		if f != nil {
+			for _, in := range f.AppInstances(a.GUID) {
+				left[in.GUID] = in.Cell
+			}
+		}
+		cells := slices.Sorted(maps.Values(left))
+		where := strings.Join(slices.Compact(cells), ", ")
+		state := fmt.Sprintf("%d instance(s) of %s stopping on %s", len(left), a.Name, where)
+		if len(left) == 0 {
+			state = "instances of " + a.Name + ": all stopped"
+		}
+		if state != last && (last != "" || len(left) > 0) {
+			fmt.Fprintln(s.stderr, state)
+		}
+		last = state
+		if len(left) == 0 {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("app %s is stopped but %d of its instances still run on %s after %s: not deleted; see the agents' logs, then run delete-app again", a.Name, len(left), where, stopWait)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
 }
 
 var domainsCommand = &command{
