@@ -79,12 +79,17 @@ var upCommand = &command{
 			}
 			if err != nil {
 				fmt.Fprintf(e.stderr, "could not write the CLI config (%v): use --config %s\n", err, f.Admin)
-				shown = f.Admin
+				path, shown = f.Admin, f.Admin
 			}
 			e.printf("trellis is up: %d cells, controller at %s\n", len(f.Cells), f.APIURL)
-			e.printf("CLI config: %s; state: %s\n\n", shown, f.StateDir)
-			e.printf("Try:\n  trellis push backend\n  trellis push frontend\n  trellis map-route backend apps.internal --hostname backend\n")
-			e.printf("  trellis exec frontend -- wget -qO- http://backend.apps.internal:8080/\n  trellis status\n\n")
+			e.printf("admin config: %s (the admin token; mode 0600)\n", f.Admin)
+			e.printf("CLI config:   %s (points at it)\n", shown)
+			e.printf("state:        %s\n\n", f.StateDir)
+			e.printf("Try:\n")
+			for _, line := range tryHints(e, f.StateDir, path) {
+				e.printf("  %s\n", line)
+			}
+			e.printf("\n")
 			if *detach {
 				e.printf("Stop it with: trellis down --state-dir %s\n", f.StateDir)
 				return nil
@@ -95,6 +100,53 @@ var upCommand = &command{
 			return launcher.Down(context.WithoutCancel(ctx), f.StateDir, false, e.stderr)
 		}
 	},
+}
+
+// tryHints are the commands `trellis up` suggests next, in order, each
+// true as written: the first request between apps is refused (default
+// deny), the policy lets the second through. A comment after # says what
+// the command shows. When the CLI would not find the foundation by itself
+// (a --config or --state-dir of its own), the first line exports them.
+func tryHints(e *env, stateDir, config string) []string {
+	var export []string
+	plain := *e // the CLI without --config
+	plain.configFlag = ""
+	if found, _, _ := plain.configPath(); !sameFile(config, found) {
+		abs, _ := filepath.Abs(config)
+		export = append(export, "TRELLIS_CONFIG="+shellQuote(abs))
+	}
+	if found := orDefault(e.getenv("TRELLIS_STATE_DIR"), launcher.DefaultStateDir); !sameFile(stateDir, found) {
+		export = append(export, "TRELLIS_STATE_DIR="+shellQuote(stateDir))
+	}
+	var hints []string
+	if len(export) > 0 {
+		hints = append(hints, "export "+strings.Join(export, " "))
+	}
+	const url = "http://backend.apps.internal:8080/"
+	return append(hints,
+		"trellis push backend",
+		"trellis push frontend",
+		"trellis map-route backend apps.internal --hostname backend",
+		"trellis exec frontend -- wget -nv -O- "+url+"   # Connection refused: nothing talks without a policy",
+		"trellis add-network-policy frontend backend --protocol tcp --port 8080",
+		"trellis exec frontend -- wget -qO- "+url+"   # now backend answers",
+		"trellis status",
+	)
+}
+
+// sameFile reports whether paths a and b name the same file.
+func sameFile(a, b string) bool {
+	a, errA := filepath.Abs(a)
+	b, errB := filepath.Abs(b)
+	return errA == nil && errB == nil && a == b
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_./=:@%+,") == "" {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
 }
 
 var downCommand = &command{
@@ -119,11 +171,23 @@ var downCommand = &command{
 	},
 }
 
-// statusReport is `trellis status --json`.
+// statusReport is `trellis status --json`: the foundation file, with
+// each cell's subnet and health from its agent.
 type statusReport struct {
 	*launcher.Foundation
-	ControllerHealthy bool         `json:"controller_healthy"`
-	CellStatus        []cellStatus `json:"cell_status"`
+	ControllerHealthy bool `json:"controller_healthy"`
+	// Cells are the foundation's cells (name, netns, underlay_ip,
+	// agent_socket, cni_conflist, ...) with subnet and healthy.
+	Cells []statusCell `json:"cells"`
+	// CellStatus is the same status alone (kept for existing readers).
+	CellStatus []cellStatus `json:"cell_status"`
+}
+
+type statusCell struct {
+	launcher.Cell
+	Subnet  string `json:"subnet"`
+	Healthy bool   `json:"healthy"`
+	Reason  string `json:"reason,omitempty"`
 }
 
 type cellStatus struct {
@@ -171,6 +235,7 @@ var statusCommand = &command{
 					cs.Subnet, cs.Healthy, cs.Reason = st.Subnet, st.Ready, st.Reason
 				}
 				r.CellStatus = append(r.CellStatus, cs)
+				r.Cells = append(r.Cells, statusCell{Cell: c, Subnet: cs.Subnet, Healthy: cs.Healthy, Reason: cs.Reason})
 			}
 			if *asJSON {
 				return e.printJSON(r)

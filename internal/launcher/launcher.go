@@ -34,6 +34,11 @@ const FoundationFile = "foundation.json"
 // DefaultStateDir is where `trellis up` keeps its foundation by default.
 const DefaultStateDir = "/var/lib/trellis/local"
 
+// AdminFile is the admin client config (API URL, CA, admin token; mode
+// 0600), in the foundation's state dir (STATE/admin.json) as in the
+// controller's (STATE/controller/admin.json), which writes it.
+const AdminFile = "admin.json"
+
 // Foundation is what `trellis up` started, as tools (and `down`) find it.
 type Foundation struct {
 	Prefix     string    `json:"prefix"` // every namespace's name starts with it
@@ -41,7 +46,7 @@ type Foundation struct {
 	Underlay   string    `json:"underlay_netns"`
 	Controller Process   `json:"controller"`
 	APIURL     string    `json:"api_url"`
-	Admin      string    `json:"admin_config"`
+	Admin      string    `json:"admin_config"` // STATE/admin.json
 	CNIPlugin  string    `json:"cni_plugin"`
 	Cells      []Cell    `json:"cells"`
 	StartedAt  time.Time `json:"started_at"`
@@ -177,12 +182,19 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 		return f, err
 	}
 	f.APIURL = fmt.Sprintf("https://127.0.0.1:%d", port)
-	f.Admin = filepath.Join(ctrlDir, "admin.json")
 	f.save()
-	client, err := waitController(ctx, f)
+	client, err := waitController(ctx, f, filepath.Join(ctrlDir, AdminFile))
 	if err != nil {
 		return f, err
 	}
+	// The controller keeps its admin config in its own state dir; the
+	// foundation's copy sits at the top, where `trellis up` tells the
+	// operator to find it.
+	f.Admin = filepath.Join(dir, AdminFile)
+	if err := copyFile(filepath.Join(ctrlDir, AdminFile), f.Admin, 0o600); err != nil {
+		return f, fmt.Errorf("copy the admin config: %w", err)
+	}
+	f.save()
 
 	step("installing the CNI plugin and configuration for each cell")
 	f.CNIPlugin = filepath.Join(dir, "bin", cni.PluginType)
@@ -309,10 +321,12 @@ func lastLines(path string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-func waitController(ctx context.Context, f *Foundation) (*api.Client, error) {
+// waitController waits until the controller answers at f.APIURL with the
+// admin config it wrote to admin.
+func waitController(ctx context.Context, f *Foundation, admin string) (*api.Client, error) {
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if cfg, err := api.LoadClientConfig(f.Admin); err == nil && cfg.APIURL == f.APIURL {
+		if cfg, err := api.LoadClientConfig(admin); err == nil && cfg.APIURL == f.APIURL {
 			c, err := api.NewClient(cfg)
 			if err == nil {
 				if _, err := c.Health(ctx); err == nil {
