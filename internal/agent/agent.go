@@ -158,6 +158,9 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
+	for _, name := range a.containers.dropped {
+		a.log.Warn("removed an unreadable container record (torn by a crash?)", "file", name)
+	}
 	if rejoined {
 		a.registerAgain(ctx)
 	}

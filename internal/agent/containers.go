@@ -52,6 +52,10 @@ type containers struct {
 	mu      sync.Mutex
 	records map[string]*record
 	last    netip.Addr // last address handed out
+
+	// dropped are the records found unreadable at load (a machine that
+	// crashed mid-write; see save), removed so the agent can start.
+	dropped []string
 }
 
 // validContainerID reports whether id is 1-128 of [A-Za-z0-9_.-], starting
@@ -90,8 +94,15 @@ func loadContainers(dir string, subnet netip.Prefix, mtu int) (*containers, erro
 			return nil, err
 		}
 		var r record
-		if err := json.Unmarshal(b, &r); err != nil {
-			return nil, fmt.Errorf("container record %s: %w", e.Name(), err)
+		if err := json.Unmarshal(b, &r); err != nil || r.ContainerID+".json" != e.Name() {
+			// Records are written without fsync (see save): after a crash
+			// of the machine one can be torn, and its container is gone
+			// with the reboot anyway.
+			if rerr := os.Remove(filepath.Join(dir, e.Name())); rerr != nil {
+				return nil, fmt.Errorf("remove unreadable container record %s: %w", e.Name(), rerr)
+			}
+			cs.dropped = append(cs.dropped, e.Name())
+			continue
 		}
 		cs.records[r.ContainerID] = &r
 	}
@@ -101,8 +112,32 @@ func loadContainers(dir string, subnet netip.Prefix, mtu int) (*containers, erro
 	return cs, nil
 }
 
+// save replaces r's record file atomically (a temporary file renamed over
+// it) but without fsync: a record describes a container whose network
+// namespace does not outlive the machine, so it must survive the agent
+// crashing (the rename does that) but not the machine — and an fsync costs
+// a CNI ADD several milliseconds per record write on a slow disk.
 func (cs *containers) save(r *record) error {
-	return saveJSON(filepath.Join(cs.dir, r.ContainerID+".json"), r)
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(cs.dir, ".tmp-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	_, err = tmp.Write(append(b, '\n'))
+	if cerr := tmp.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Chmod(tmp.Name(), 0o600)
+	}
+	if err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), filepath.Join(cs.dir, r.ContainerID+".json"))
 }
 
 func (cs *containers) remove(id string) error {

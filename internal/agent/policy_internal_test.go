@@ -2,6 +2,9 @@ package agent
 
 import (
 	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -63,5 +66,40 @@ func TestValidContainerID(t *testing.T) {
 		if got := validContainerID(id); got != want {
 			t.Errorf("validContainerID(%q) = %v, want %v", id, got, want)
 		}
+	}
+}
+
+func TestLoadContainersDropsTornRecords(t *testing.T) {
+	dir := t.TempDir()
+	subnet := netip.MustParsePrefix("10.255.1.0/24")
+	cs, err := loadContainers(dir, subnet, 1450)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := &record{ContainerID: "good", IP: netip.MustParseAddr("10.255.1.2"), NetNS: "/var/run/netns/x", IfName: "eth0"}
+	if err := cs.save(good); err != nil {
+		t.Fatal(err)
+	}
+	// A machine crash can leave a record empty or cut short.
+	os.WriteFile(filepath.Join(dir, "torn.json"), []byte(`{"container_id": "to`), 0o600)
+	os.WriteFile(filepath.Join(dir, "empty.json"), nil, 0o600)
+	cs, err = loadContainers(dir, subnet, 1450)
+	if err != nil {
+		t.Fatalf("loadContainers with torn records = %v, want them dropped", err)
+	}
+	if len(cs.records) != 1 || cs.records["good"] == nil || cs.records["good"].IP != good.IP {
+		t.Errorf("records = %v, want only good", cs.records)
+	}
+	slices.Sort(cs.dropped)
+	if !slices.Equal(cs.dropped, []string{"empty.json", "torn.json"}) {
+		t.Errorf("dropped = %v, want empty.json and torn.json", cs.dropped)
+	}
+	for _, name := range []string{"torn.json", "empty.json"} {
+		if _, err := os.Stat(filepath.Join(dir, name)); !os.IsNotExist(err) {
+			t.Errorf("%s still there (%v), want removed", name, err)
+		}
+	}
+	if info, err := os.Stat(filepath.Join(dir, "good.json")); err != nil || info.Mode().Perm() != 0o600 {
+		t.Errorf("good.json: %v, %v; want mode 0600", info, err)
 	}
 }
