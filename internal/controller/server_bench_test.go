@@ -7,29 +7,30 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/ipam"
 	"github.com/trellis-c2c/trellis/internal/store"
+	"github.com/trellis-c2c/trellis/internal/store/storetest"
 )
 
-// BenchmarkAPI measures the policy API end to end — HTTPS, auth, JSON and a
-// SQLite store at Cloud Foundry's validated scale (20,000 apps, 60,000
-// policies):
+// BenchmarkAPI measures the policy API end to end — HTTPS, auth, JSON and
+// the store, on SQLite and on PostgreSQL — at Cloud Foundry's validated
+// scale (20,000 apps, 60,000 policies):
 //
-//	go test -run '^$' -bench API ./internal/controller/
+//	TRELLIS_TEST_POSTGRES=postgres://… go test -run '^$' -bench API ./internal/controller/
 //
-// The store's own benchmarks (both engines) are in internal/store.
+// The store's own benchmarks are in internal/store.
 func BenchmarkAPI(b *testing.B) {
-	ctx := context.Background()
-	st, err := store.Open(ctx, filepath.Join(b.TempDir(), "trellis.db"))
-	if err != nil {
-		b.Fatal(err)
+	for _, engine := range storetest.Engines {
+		b.Run(engine, func(b *testing.B) { benchAPI(b, storetest.Open(b, engine)) })
 	}
-	defer st.Close()
+}
+
+func benchAPI(b *testing.B, st *store.Store) {
+	ctx := context.Background()
 	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
 	const nApps, nPolicies = 20000, 60000
 	apps := make([]string, nApps)
