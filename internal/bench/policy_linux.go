@@ -429,8 +429,11 @@ func dnsPropagation(ctx context.Context, rep *Report, c *api.Client, dst api.App
 	rep.Figures = append(rep.Figures,
 		newFigure("dns/instance-registered-p99", "instance registered by its cell → in another cell's DNS answers, p99", "ms", percentile(props, 99), 180000,
 			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}),
-		newFigure("dns/instance-start-p99", "instance started → in another cell's DNS answers, p99", "ms", percentile(ups, 99), 180000,
-			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}),
+		// From the scale call, a start also counts the instance's own
+		// start on its cell (scheduling, namespace, CNI ADD, process):
+		// informative; the propagation goal is held by the figure above.
+		newFigure("dns/instance-start-p99", "scale-up API call → new instance in another cell's DNS answers, p99", "ms", percentile(ups, 99), 180000,
+			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", nil),
 		newFigure("dns/instance-stop-p99", "instance stopped → gone from another cell's answers, p99", "ms", percentile(downs, 99), 180000,
 			"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}))
 	rep.Notes = append(rep.Notes, "dns instances: the clock starts when the scale API call returns, so a start includes scheduling, the instance's namespace, CNI ADD, its process and its registration; a stop includes stopping the process and CNI DEL; \"registered\" starts at the instance's updated_at in the controller (set when its cell registered it after CNI ADD; same machine clock) and is the propagation alone")
