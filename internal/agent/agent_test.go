@@ -319,14 +319,7 @@ func TestRejoinAfterDelete(t *testing.T) {
 	// A container on each cell, talking.
 	p := installPlugin(t)
 	app := createApp(t, c, "web").GUID
-	ctrA := w.newContainer("ctr-a", 1, app, "inst-a")
-	ctrB := w.newContainer("ctr-b", 2, app, "inst-b")
-	if err := w.add(p, cniList(t, a1), ctrA, ctrA.rt); err != nil {
-		t.Fatalf("ADD a: %v", err)
-	}
-	if err := w.add(p, cniList(t, a2), ctrB, ctrB.rt); err != nil {
-		t.Fatalf("ADD b: %v", err)
-	}
+	ctrA, ctrB := w.addPair(t, p, cniList(t, a1), cniList(t, a2), app)
 	echoServer(t, ctrB.ns, echoPort)
 	conn, err := dial(t, ctrA.ns, netip.AddrPortFrom(ctrB.ip, echoPort))
 	if err != nil {

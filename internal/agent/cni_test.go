@@ -104,24 +104,13 @@ func wantNoRecord(t *testing.T, r *running, c *container) {
 func TestCNISocketAPI(t *testing.T) {
 	w := newWorld(t, "cni", 2)
 	c := startController(t, w, controller.Config{StateDir: t.TempDir(), Listen: freePort(t)})
-	a1 := w.startAgent(t, w.agentCfg(t, c, 1))
-	a2 := w.startAgent(t, w.agentCfg(t, c, 2))
-	cells := cellsByName(t, c)
-	waitProgrammed(t, w.cellPath(1), peerOf(t, cells["cell2"]))
-	waitProgrammed(t, w.cellPath(2), peerOf(t, cells["cell1"]))
+	a1, a2 := w.startTwo(t, c)
 	p := installPlugin(t)
 	l1, l2 := cniList(t, a1), cniList(t, a2)
 	app := createApp(t, c, "web").GUID
 
 	// ADD into namespaces trellis did not make, one on each cell.
-	ctrA := w.newContainer("ctr-a", 1, app, "inst-a")
-	ctrB := w.newContainer("ctr-b", 2, app, "inst-b")
-	if err := w.add(p, l1, ctrA, ctrA.rt); err != nil {
-		t.Fatalf("ADD a: %v", err)
-	}
-	if err := w.add(p, l2, ctrB, ctrB.rt); err != nil {
-		t.Fatalf("ADD b: %v", err)
-	}
+	ctrA, ctrB := w.addPair(t, p, l1, l2, app)
 	for _, x := range []struct {
 		c      *container
 		subnet string
@@ -238,23 +227,12 @@ func TestCNISocketAPI(t *testing.T) {
 func TestRestartAdoption(t *testing.T) {
 	w := newWorld(t, "adopt", 2)
 	c := startController(t, w, controller.Config{StateDir: t.TempDir()})
-	a1 := w.startAgent(t, w.agentCfg(t, c, 1))
-	a2 := w.startAgent(t, w.agentCfg(t, c, 2))
-	cells := cellsByName(t, c)
-	waitProgrammed(t, w.cellPath(1), peerOf(t, cells["cell2"]))
-	waitProgrammed(t, w.cellPath(2), peerOf(t, cells["cell1"]))
+	a1, a2 := w.startTwo(t, c)
 	p := installPlugin(t)
 	l1, l2 := cniList(t, a1), cniList(t, a2)
 	app := createApp(t, c, "web").GUID
 
-	ctrA := w.newContainer("ctr-a", 1, app, "inst-a")
-	ctrB := w.newContainer("ctr-b", 2, app, "inst-b")
-	if err := w.add(p, l1, ctrA, ctrA.rt); err != nil {
-		t.Fatalf("ADD a: %v", err)
-	}
-	if err := w.add(p, l2, ctrB, ctrB.rt); err != nil {
-		t.Fatalf("ADD b: %v", err)
-	}
+	ctrA, ctrB := w.addPair(t, p, l1, l2, app)
 	echoServer(t, ctrB.ns, echoPort)
 	conn, err := dial(t, ctrA.ns, netip.AddrPortFrom(ctrB.ip, echoPort))
 	if err != nil {

@@ -462,6 +462,34 @@ func (w *world) newContainer(id string, cell int, app, guid string) *container {
 	return c
 }
 
+// startTwo starts the agents of cells 1 and 2 under c and waits until each
+// has programmed the other as its peer.
+func (w *world) startTwo(t *testing.T, c *ctrl) (a1, a2 *running) {
+	t.Helper()
+	a1 = w.startAgent(t, w.agentCfg(t, c, 1))
+	a2 = w.startAgent(t, w.agentCfg(t, c, 2))
+	cells := cellsByName(t, c)
+	waitProgrammed(t, w.cellPath(1), peerOf(t, cells["cell2"]))
+	waitProgrammed(t, w.cellPath(2), peerOf(t, cells["cell1"]))
+	return a1, a2
+}
+
+// addPair attaches container ctr-a (instance inst-a) through cell1's
+// conflist l1 and ctr-b (inst-b) through cell2's l2, both of app, and
+// fails t if either ADD fails.
+func (w *world) addPair(t *testing.T, p *plugin, l1, l2 *libcni.NetworkConfigList, app string) (a, b *container) {
+	t.Helper()
+	a = w.newContainer("ctr-a", 1, app, "inst-a")
+	b = w.newContainer("ctr-b", 2, app, "inst-b")
+	if err := w.add(p, l1, a, a.rt); err != nil {
+		t.Fatalf("ADD a: %v", err)
+	}
+	if err := w.add(p, l2, b, b.rt); err != nil {
+		t.Fatalf("ADD b: %v", err)
+	}
+	return a, b
+}
+
 // cniList is the conflist a runtime on the agent's cell uses.
 func cniList(t *testing.T, r *running) *libcni.NetworkConfigList {
 	t.Helper()

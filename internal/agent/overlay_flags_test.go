@@ -119,14 +119,7 @@ func TestControllerOverlayFlags(t *testing.T) {
 	p := installPlugin(t)
 	l1, l2 := cniList(t, a1), cniList(t, a2)
 	app := createApp(t, c, "web").GUID
-	ctrA := w.newContainer("ctr-a", 1, app, "inst-a")
-	ctrB := w.newContainer("ctr-b", 2, app, "inst-b")
-	if err := w.add(p, l1, ctrA, ctrA.rt); err != nil {
-		t.Fatalf("ADD a: %v", err)
-	}
-	if err := w.add(p, l2, ctrB, ctrB.rt); err != nil {
-		t.Fatalf("ADD b: %v", err)
-	}
+	ctrA, ctrB := w.addPair(t, p, l1, l2, app)
 	for _, x := range []*container{ctrA, ctrB} {
 		if s := netip.MustParsePrefix(want[fmt.Sprintf("cell%d", x.cell)]); !s.Contains(x.ip) {
 			t.Errorf("%s got %s, want an address in %s", x.id, x.ip, s)

@@ -239,22 +239,11 @@ func TestRootNamespaceUntouched(t *testing.T) {
 	t.Logf("the test's namespace before the agents start: %d links, %d addresses, %d routes, %d rules, %d nftables objects, %d sysctls, sockets %v",
 		len(before["links"]), len(before["addresses"]), len(before["routes"]), len(before["rules"]), len(before["nftables"]), len(before["sysctls"]), before["sockets"])
 
-	a1 := w.startAgent(t, w.agentCfg(t, c, 1))
-	a2 := w.startAgent(t, w.agentCfg(t, c, 2))
-	cells := cellsByName(t, c)
-	waitProgrammed(t, w.cellPath(1), peerOf(t, cells["cell2"]))
-	waitProgrammed(t, w.cellPath(2), peerOf(t, cells["cell1"]))
+	a1, a2 := w.startTwo(t, c)
 	p := installPlugin(t)
 	l1, l2 := cniList(t, a1), cniList(t, a2)
 	app := createApp(t, c, "web").GUID
-	ctrA := w.newContainer("ctr-a", 1, app, "inst-a")
-	ctrB := w.newContainer("ctr-b", 2, app, "inst-b")
-	if err := w.add(p, l1, ctrA, ctrA.rt); err != nil {
-		t.Fatalf("ADD a: %v", err)
-	}
-	if err := w.add(p, l2, ctrB, ctrB.rt); err != nil {
-		t.Fatalf("ADD b: %v", err)
-	}
+	ctrA, ctrB := w.addPair(t, p, l1, l2, app)
 	echoServer(t, ctrB.ns, echoPort)
 	if err := talk(t, ctrA, ctrB, echoPort); err != nil {
 		t.Errorf("TCP from a (cell1) to b (cell2): %v", err)

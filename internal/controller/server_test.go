@@ -90,25 +90,7 @@ func (e *env) token(scope string, spaces []string) string {
 // do sends a request and returns status and body.
 func (e *env) do(token, method, path, body string) (int, string) {
 	e.t.Helper()
-	var rd io.Reader
-	if body != "" {
-		rd = strings.NewReader(body)
-	}
-	req, err := http.NewRequest(method, e.srv.URL+path, rd)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	if body != "" {
-		req.Header.Set("Content-Type", "application/json")
-	}
-	if token != "" {
-		req.Header.Set("Authorization", "Bearer "+token)
-	}
-	resp, err := e.srv.Client().Do(req)
-	if err != nil {
-		e.t.Fatalf("%s %s: %v", method, path, err)
-	}
-	defer resp.Body.Close()
+	resp := e.send(token, method, path, body, nil)
 	b, _ := io.ReadAll(resp.Body)
 	return resp.StatusCode, string(b)
 }
