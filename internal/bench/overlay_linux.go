@@ -602,7 +602,11 @@ func (r *run) throughput(t *overlayTopo, p overlayParams) (*tputResult, error) {
 	}
 	for n := 1; n <= p.runs; n++ {
 		for _, streams := range streamCounts {
-			for path, e := range ends {
+			// Each run starts with the next path, so that none is always
+			// measured first; the figures pair the paths of a run.
+			for i := range numPaths {
+				path := (tputPath(n-1) + i) % numPaths
+				e := ends[path]
 				if err := r.ctx.Err(); err != nil {
 					return nil, err
 				}
@@ -625,20 +629,20 @@ func (t *tputResult) figures() []Figure {
 		if n == 1 {
 			s = "stream"
 		}
-		trellis := median(t.samples[pathTrellis][n])
+		trellis := t.samples[pathTrellis][n]
 		fs = append(fs,
-			newFigure(fmt.Sprintf("overlay/tcp-%d-vs-vxlan", n), fmt.Sprintf("cross-cell TCP, %d %s, vs bare VXLAN", n, s),
-				"Gbit/s", trellis, median(t.samples[pathVXLAN][n]), "bare VXLAN pair",
+			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-vxlan", n), fmt.Sprintf("cross-cell TCP, %d %s, vs bare VXLAN", n, s),
+				"Gbit/s", trellis, t.samples[pathVXLAN][n], "bare VXLAN pair",
 				&goal{ratio: true, limit: 0.95}),
-			newFigure(fmt.Sprintf("overlay/tcp-%d-vs-veth", n), fmt.Sprintf("cross-cell TCP, %d %s, vs direct veth", n, s),
-				"Gbit/s", trellis, median(t.samples[pathVeth][n]), "direct veth pair", nil),
+			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-veth", n), fmt.Sprintf("cross-cell TCP, %d %s, vs direct veth", n, s),
+				"Gbit/s", trellis, t.samples[pathVeth][n], "direct veth pair", nil),
 		)
 	}
 	return fs
 }
 
 func (t *tputResult) notes(p overlayParams) []string {
-	how := fmt.Sprintf("median of %d runs of %d s, the first %d s left out", p.runs, p.seconds, p.omit)
+	how := fmt.Sprintf("median of %d runs of %d s, the first %d s left out, each run starting with the next path; ratios are the median of the runs' ratios", p.runs, p.seconds, p.omit)
 	if p.runs == 1 {
 		how = fmt.Sprintf("one run of %d s", p.seconds)
 	}
