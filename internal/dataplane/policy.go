@@ -819,9 +819,11 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		//
 		// The overlay's own packets on the underlay (VXLAN, both ways) are
 		// exempt from conntrack; an instance's packets never are, whatever
-		// their port, as the goto keeps them from the notrack rule.
+		// their port: those of local instances go to their checks, and
+		// those of remote ones, decapsulated, come in on the VTEP.
 		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
 			{ifPrefix{true, hostVethPrefix}, verdict{"goto", chainFromInstance}},
+			{ifPrefix{true, VTEPName}, verdict{Kind: "accept"}},
 			{udpDport{vxlanPort}, notrack{}},
 		}},
 		{name: chainOutput, hook: "output", prio: -300, rules: []rule{
