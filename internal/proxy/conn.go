@@ -47,7 +47,7 @@ func (r *refusal) Error() string { return r.reason }
 // instance and can leave the reason of a refusal.
 type conn struct {
 	*net.TCPConn
-	raw     rawSocket // the TCPConn's reads and writes
+	raw     *rawSocket // the TCPConn's reads and writes
 	in      *instance
 	peer    netip.AddrPort
 	refused *refusal // set by configFor

@@ -26,40 +26,46 @@ import (
 // non-blocking socket call never blocks, so it needs none of that: it is
 // made as a raw system call, and the goroutine parks in the poller only on
 // EAGAIN.
+//
+// One Read and one Write may run at a time (crypto/tls and the copy loops
+// call them so): each keeps its call's state in the rawSocket, and the
+// callbacks handed to the RawConn are bound once, so that a read or a write
+// allocates nothing.
 type rawSocket struct {
 	rc  syscall.RawConn
 	src net.Conn // for the addresses in errors
+
+	rbuf   []byte
+	rn     int
+	rerrno syscall.Errno
+	readFn func(fd uintptr) bool
+
+	wbuf    []byte
+	wn      int
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
 }
 
-func newRawSocket(c *net.TCPConn) (rawSocket, error) {
+func newRawSocket(c *net.TCPConn) (*rawSocket, error) {
 	rc, err := c.SyscallConn()
-	return rawSocket{rc: rc, src: c}, err
+	if err != nil {
+		return nil, err
+	}
+	s := &rawSocket{rc: rc, src: c}
+	s.readFn, s.writeFn = s.read, s.write
+	return s, nil
 }
 
 // Read reads once: what the socket holds, up to len(p); io.EOF at the
 // peer's FIN.
-func (s rawSocket) Read(p []byte) (int, error) {
+func (s *rawSocket) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := s.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
-			switch e {
-			case 0:
-				n = int(r)
-			case unix.EINTR:
-				continue
-			case unix.EAGAIN:
-				return false
-			default:
-				errno = e
-			}
-			return true
-		}
-	})
+	s.rbuf, s.rn, s.rerrno = p, 0, 0
+	err := s.rc.Read(s.readFn)
+	n, errno := s.rn, s.rerrno
+	s.rbuf = nil
 	switch {
 	case err != nil:
 		return 0, s.opError("read", err)
@@ -71,28 +77,32 @@ func (s rawSocket) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// Write writes all of p (send(2) with MSG_NOSIGNAL: a reset peer is
-// EPIPE, not a signal).
-func (s rawSocket) Write(p []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := s.rc.Write(func(fd uintptr) bool {
-		for n < len(p) {
-			r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&p[n])), uintptr(len(p)-n),
-				unix.MSG_NOSIGNAL, 0, 0)
-			switch e {
-			case 0:
-				n += int(r)
-			case unix.EINTR:
-			case unix.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+// read is Read's callback: false to wait for the socket to be readable.
+func (s *rawSocket) read(fd uintptr) bool {
+	p := s.rbuf
+	for {
+		r, _, e := unix.RawSyscall(unix.SYS_READ, fd, uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+		switch e {
+		case 0:
+			s.rn = int(r)
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			s.rerrno = e
 		}
 		return true
-	})
+	}
+}
+
+// Write writes all of p (send(2) with MSG_NOSIGNAL: a reset peer is
+// EPIPE, not a signal).
+func (s *rawSocket) Write(p []byte) (int, error) {
+	s.wbuf, s.wn, s.werrno = p, 0, 0
+	err := s.rc.Write(s.writeFn)
+	n, errno := s.wn, s.werrno
+	s.wbuf = nil
 	switch {
 	case err != nil:
 		return n, s.opError("write", err)
@@ -102,9 +112,29 @@ func (s rawSocket) Write(p []byte) (int, error) {
 	return n, nil
 }
 
+// write is Write's callback: false to wait for the socket to be writable.
+func (s *rawSocket) write(fd uintptr) bool {
+	p := s.wbuf
+	for s.wn < len(p) {
+		r, _, e := unix.RawSyscall6(unix.SYS_SENDTO, fd, uintptr(unsafe.Pointer(&p[s.wn])), uintptr(len(p)-s.wn),
+			unix.MSG_NOSIGNAL, 0, 0)
+		switch e {
+		case 0:
+			s.wn += int(r)
+		case unix.EINTR:
+		case unix.EAGAIN:
+			return false
+		default:
+			s.werrno = e
+			return true
+		}
+	}
+	return true
+}
+
 // opError wraps err as net.Conn methods do, so that errors.Is finds
 // net.ErrClosed, deadlines and errnos in it.
-func (s rawSocket) opError(op string, err error) error {
+func (s *rawSocket) opError(op string, err error) error {
 	if errno, ok := err.(syscall.Errno); ok {
 		err = os.NewSyscallError(op, errno)
 	}

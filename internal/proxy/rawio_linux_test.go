@@ -101,3 +101,18 @@ func TestRawSocket(t *testing.T) {
 		t.Errorf("Write after Close = %v, want net.ErrClosed", err)
 	}
 }
+
+// TestRawSocketAllocs: a read or a write allocates nothing (it is on every
+// request's path).
+func TestRawSocketAllocs(t *testing.T) {
+	a, b := tcpPair(t)
+	ra, _ := newRawSocket(a)
+	rb, _ := newRawSocket(b)
+	buf := make([]byte, 64)
+	if n := testing.AllocsPerRun(100, func() {
+		ra.Write(buf)
+		rb.Read(buf)
+	}); n != 0 {
+		t.Errorf("allocations per write and read = %v, want 0", n)
+	}
+}

@@ -7,4 +7,4 @@ import "net"
 // rawSocket is the connection itself where raw socket calls are not made.
 type rawSocket struct{ net.Conn }
 
-func newRawSocket(c *net.TCPConn) (rawSocket, error) { return rawSocket{c}, nil }
+func newRawSocket(c *net.TCPConn) (*rawSocket, error) { return &rawSocket{c}, nil }
