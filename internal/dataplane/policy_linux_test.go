@@ -363,6 +363,16 @@ func TestPolicyEnforcement(t *testing.T) {
 		a, c := l.ctr["A"], l.ctr["C"]
 		l.apply(t, grantsAll, nil, Allow{DestIP: a.IP, SrcTag: appTags["C"], Protocol: "udp", StartPort: DefaultPort, EndPort: DefaultPort})
 		defer l.apply(t, grantsAll, nil)
+		// Forget what earlier subtests left: when a cell's table is first
+		// created, the kernel starts tracking in that namespace before
+		// the transaction's notrack rule takes effect, so a VXLAN packet
+		// in flight then (a closing probe's FIN under load) is tracked
+		// once and expires after the UDP timeout, 30 s.
+		for _, cell := range l.cells {
+			if err := dataplanetest.Handle(t, cell.NetNS).ConntrackTableFlush(netlink.ConntrackTable); err != nil {
+				t.Fatal(err)
+			}
+		}
 		inNS(t, c.NetNS, func() error {
 			conn, err := net.DialUDP("udp4", nil, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a.IP, DefaultPort)))
 			if err != nil {
@@ -373,13 +383,14 @@ func TestPolicyEnforcement(t *testing.T) {
 			return err
 		})
 		for i, cell := range l.cells {
-			var inner, outer, instance4789 int
+			var outer, instance4789 int
+			var vxlan []string
 			for range 50 { // the datagram may still be on its way to cell1
 				flows, err := dataplanetest.Handle(t, cell.NetNS).ConntrackTableList(netlink.ConntrackTable, unix.AF_INET)
 				if err != nil {
 					t.Fatal(err)
 				}
-				inner, outer, instance4789 = 0, 0, 0
+				outer, instance4789, vxlan = 0, 0, nil
 				for _, f := range flows {
 					o := f.Forward
 					switch {
@@ -387,8 +398,7 @@ func TestPolicyEnforcement(t *testing.T) {
 						instance4789++
 					case o.Protocol == protoUDP && (o.DstPort == DefaultPort || f.Reverse.DstPort == DefaultPort):
 						outer++
-					case l.cells[0].Overlay.Contains(addrOf(o.SrcIP)):
-						inner++
+						vxlan = append(vxlan, f.String())
 					}
 				}
 				if instance4789 > 0 {
@@ -396,8 +406,8 @@ func TestPolicyEnforcement(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			if outer != 0 || inner == 0 {
-				t.Errorf("cell%d: conntrack holds %d VXLAN flows and %d instance flows, want none and some", i+1, outer, inner)
+			if outer != 0 {
+				t.Errorf("cell%d: conntrack holds %d VXLAN flows %q, want none", i+1, outer, vxlan)
 			}
 			if instance4789 != 1 {
 				t.Errorf("cell%d: conntrack holds %d flows from C to A's UDP 4789, want 1 (instances' packets are tracked on any port)", i+1, instance4789)
