@@ -128,6 +128,12 @@ func TestCNISocketAPI(t *testing.T) {
 		t.Fatalf("TCP from a (cell1) to b (cell2): %v", err)
 	}
 	wantInstances(t, c, app, runningAs("inst-a", ctrA), runningAs("inst-b", ctrB))
+	// Each ADD says in the agent's log how long its steps took.
+	for _, x := range []*container{ctrA, ctrB} {
+		if got := w.logs.logged("msg=attached", "container="+x.id, "register=", "policy=", "certificate=", "took="); len(got) != 1 {
+			t.Errorf("agent log lines for the ADD of %s with its steps' times: %q, want one", x.id, got)
+		}
+	}
 	if err := w.inCell(1, func(ctx context.Context) error { return p.cni.CheckNetworkList(ctx, l1, ctrA.rt) }); err != nil {
 		t.Errorf("CHECK a: %v", err)
 	}

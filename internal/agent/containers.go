@@ -279,6 +279,7 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
+	start := time.Now()
 	err := s.a.controller.register(ctx, snapshot.Identity.InstanceGUID, api.InstanceRegistration{
 		AppGUID: snapshot.Identity.AppGUID, Index: snapshot.Identity.Index, IP: snapshot.IP.String(), ContainerID: snapshot.ContainerID})
 	if err != nil {
@@ -303,10 +304,16 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	}
 	alloc := cs.allocation(rec)
 	cs.mu.Unlock()
+	// Each step's time goes into the log line, so that an operator asking
+	// why a container start was slow sees which step was.
+	registered := time.Now()
 	s.a.applyPolicy(r.Context())
+	applied := time.Now()
 	s.a.tls.attach(r.Context(), snapshot)
 	cs.mu.Lock() // the deferred Unlock
-	s.a.log.Info("attached", "container", snapshot.ContainerID, "ip", snapshot.IP, "instance", snapshot.Identity.InstanceGUID)
+	s.a.log.Info("attached", "container", snapshot.ContainerID, "ip", snapshot.IP, "instance", snapshot.Identity.InstanceGUID,
+		"register", registered.Sub(start).Round(time.Microsecond), "policy", applied.Sub(registered).Round(time.Microsecond),
+		"certificate", time.Since(applied).Round(time.Microsecond), "took", time.Since(start).Round(time.Microsecond))
 	writeJSON(w, http.StatusOK, alloc)
 }
 

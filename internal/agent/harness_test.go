@@ -44,6 +44,7 @@ type world struct {
 	prefix string // namespace names start with it
 	u      *underlay.Underlay
 	log    *slog.Logger
+	logs   *testWriter // what log wrote
 }
 
 // newWorld builds an underlay with n cells whose namespaces are named
@@ -51,7 +52,8 @@ type world struct {
 func newWorld(t *testing.T, tag string, n int) *world {
 	t.Helper()
 	dataplanetest.RequireRoot(t)
-	w := &world{t: t, prefix: dataplanetest.Prefix + tag, log: testLogger(t)}
+	tw := newTestWriter(t)
+	w := &world{t: t, prefix: dataplanetest.Prefix + tag, log: slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelInfo})), logs: tw}
 	u, err := underlay.Build(w.prefix, n)
 	if err != nil {
 		t.Fatalf("underlay.Build: %v", err)
@@ -104,24 +106,44 @@ func (w *world) namespace(suffix string) string {
 // whatever is logged after the test's last cleanup, when goroutines of a
 // component that was shut down may still be finishing.
 func testLogger(t *testing.T) *slog.Logger {
+	return slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+func newTestWriter(t *testing.T) *testWriter {
 	tw := &testWriter{t: t}
 	t.Cleanup(tw.close)
-	return slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	return tw
 }
 
 type testWriter struct {
 	mu     sync.Mutex
 	t      *testing.T
 	closed bool
+	lines  []string // what was logged, for tests that look
 }
 
 func (w *testWriter) Write(p []byte) (int, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	if !w.closed {
-		w.t.Log(strings.TrimSuffix(string(p), "\n"))
+		line := strings.TrimSuffix(string(p), "\n")
+		w.lines = append(w.lines, line)
+		w.t.Log(line)
 	}
 	return len(p), nil
+}
+
+// logged returns the lines logged so far that contain every one of subs.
+func (w *testWriter) logged(subs ...string) []string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	var out []string
+	for _, l := range w.lines {
+		if !slices.ContainsFunc(subs, func(s string) bool { return !strings.Contains(l, s) }) {
+			out = append(out, l)
+		}
+	}
+	return out
 }
 
 func (w *testWriter) close() {
