@@ -270,6 +270,16 @@ func TestEncryptedC2C(t *testing.T) {
 		{"other (no policy)", other.netns, otherCert, false},
 		{"no client certificate", fe.netns, nil, false},
 	}
+	// Enforcement off reaches the cells through their watch, like any
+	// change: until cell2 has it, other's connection is refused by the
+	// network, not by the certificate check this part is about.
+	waitFor(t, "enforcement off on backend's cell (other reaches 8080 with no policy)", func() bool {
+		c, err := dialErr(other.netns, "tcp", be.IP+":8080")
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
 	waitFor(t, "61443 to require client certificates", func() bool {
 		_, _, err := fetch(tlsClient(t, fe.netns, be.IP, fd.bundle(0), true, nil), https)
 		return err != nil
