@@ -298,15 +298,7 @@ func TestCellSubnetFull(t *testing.T) {
 	w := newWorld(t, "full", 1)
 	// One cell of /30: room for one container (.0 is the VTEP, .1 kept
 	// back, .3 broadcast).
-	pool, err := ipam.NewPool(netip.MustParsePrefix("10.10.0.0/29"), 30)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := startController(t, w, controller.Config{StateDir: t.TempDir(), Overlay: pool})
-	a := w.startAgent(t, w.agentCfg(t, c, 1))
-	p := installPlugin(t)
-	l := cniList(t, a)
-	app := createApp(t, c, "web").GUID
+	c, a, p, l, app := w.smallCell(t, "10.10.0.0/29", 30)
 	cellLinks := linkNames(t, w.cellPath(1))
 
 	one := w.newContainer("ctr-1", 1, app, "inst-1")
@@ -317,7 +309,7 @@ func TestCellSubnetFull(t *testing.T) {
 		t.Errorf("ADD 1 got %s, want 10.10.0.6", one.ip)
 	}
 	two := w.newContainer("ctr-2", 1, app, "inst-2")
-	err = w.add(p, l, two, two.rt)
+	err := w.add(p, l, two, two.rt)
 	wantErrorSays(t, "ADD into a full cell subnet", err, "10.10.0.4/30", "in use")
 	wantLinks(t, "two after a failed ADD", two.ns, []string{"lo"})
 	wantNoRecord(t, a, two)
@@ -361,6 +353,21 @@ func allocate(t *testing.T, sock string, req api.AllocateRequest) api.Allocation
 	return a
 }
 
+// smallCell starts a controller whose overlay is the given prefix cut into
+// cell subnets of cellBits, the agent of cell 1 and the plugin, and
+// creates app "web": for tests that fill a cell's subnet.
+func (w *world) smallCell(t *testing.T, overlay string, cellBits int) (c *ctrl, a *running, p *plugin, l *libcni.NetworkConfigList, app string) {
+	t.Helper()
+	pool, err := ipam.NewPool(netip.MustParsePrefix(overlay), cellBits)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c = startController(t, w, controller.Config{StateDir: t.TempDir(), Overlay: pool})
+	a = w.startAgent(t, w.agentCfg(t, c, 1))
+	p = installPlugin(t)
+	return c, a, p, cniList(t, a), createApp(t, c, "web").GUID
+}
+
 // TestCNIGC: a runtime that lost a container (its result cache gone, its
 // namespace still there) garbage-collects the network. The agent removes
 // the stale container's wiring before it frees the address, so the next
@@ -370,15 +377,7 @@ func TestCNIGC(t *testing.T) {
 	w := newWorld(t, "gc", 1)
 	// Cell subnets of /29: the VTEP, one address kept back, five for
 	// containers.
-	pool, err := ipam.NewPool(netip.MustParsePrefix("10.10.0.0/28"), 29)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := startController(t, w, controller.Config{StateDir: t.TempDir(), Overlay: pool})
-	a := w.startAgent(t, w.agentCfg(t, c, 1))
-	p := installPlugin(t)
-	l := cniList(t, a)
-	app := createApp(t, c, "web").GUID
+	c, a, p, l, app := w.smallCell(t, "10.10.0.0/28", 29)
 	subnet := netip.MustParsePrefix(agentStatus(t, a.cfg.Socket).Subnet)
 
 	stale := w.newContainer("ctr-stale", 1, app, "inst-stale")

@@ -21,6 +21,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
+	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/ipam"
 )
 
@@ -124,22 +125,7 @@ func (cs *containers) save(r *record) error {
 	if err != nil {
 		return err
 	}
-	tmp, err := os.CreateTemp(cs.dir, ".tmp-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	_, err = tmp.Write(append(b, '\n'))
-	if cerr := tmp.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Chmod(tmp.Name(), 0o600)
-	}
-	if err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), filepath.Join(cs.dir, r.ContainerID+".json"))
+	return identity.ReplaceFile(filepath.Join(cs.dir, r.ContainerID+".json"), append(b, '\n'), 0o600)
 }
 
 func (cs *containers) remove(id string) error {

@@ -50,8 +50,9 @@ func listenLoopback(t *testing.T, o Options) *Server {
 	return s
 }
 
-// serveUntilCleanup serves s until the test ends.
-func serveUntilCleanup(t *testing.T, s *Server) {
+// ServeUntilCleanup serves s until the test ends. It is exported for the
+// package's external tests too.
+func ServeUntilCleanup(t *testing.T, s *Server) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -132,7 +133,7 @@ func answerAddrs(t *testing.T, m *mdns.Msg) []netip.Addr {
 // truncated to fit is a varying choice of the addresses.
 func TestFastPathShuffledOverUDP(t *testing.T) {
 	s := listenLoopback(t, Options{})
-	serveUntilCleanup(t, s)
+	ServeUntilCleanup(t, s)
 	c := udpClient(t, s.Addr())
 	backend, _ := s.Table().Lookup("backend.apps.internal")
 	want := sortedAddrs(backend)
@@ -192,7 +193,7 @@ func TestFastPathShuffledOverUDP(t *testing.T) {
 func TestFastPathMetricsOverUDP(t *testing.T) {
 	reg := prometheus.NewRegistry()
 	s := listenLoopback(t, Options{Registerer: reg})
-	serveUntilCleanup(t, s)
+	ServeUntilCleanup(t, s)
 	c := udpClient(t, s.Addr())
 	for _, q := range []struct {
 		name  string
@@ -256,7 +257,7 @@ func TestFastPathLatencyPerQuery(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	serveUntilCleanup(t, s)
+	ServeUntilCleanup(t, s)
 	for range n {
 		if resp := readAnswer(t, c); len(resp.Answer) != 1 {
 			t.Fatalf("answer %v, want one address", resp)

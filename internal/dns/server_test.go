@@ -23,15 +23,7 @@ func startServer(t *testing.T, o dns.Options) (*dns.Server, string) {
 	if err := s.Listen("", "127.0.0.1:0"); err != nil {
 		t.Fatalf("Listen = %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- s.Serve(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("Serve = %v", err)
-		}
-	})
+	dns.ServeUntilCleanup(t, s)
 	return s, s.Addr().String()
 }
 

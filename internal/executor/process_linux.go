@@ -16,6 +16,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/netns"
 	"golang.org/x/sys/unix"
 )
@@ -471,23 +472,8 @@ func writeRecord(rec record) error {
 }
 
 // writeFileAtomic replaces path with data so that no reader sees half of
-// it, and an instance that has the old file bind-mounted keeps it.
+// it, and an instance that has the old file bind-mounted keeps it. No
+// fsync: an instance's files do not outlive the machine.
 func writeFileAtomic(path string, data []byte, perm os.FileMode) error {
-	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(f.Name())
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Close(); err != nil {
-		return err
-	}
-	return os.Rename(f.Name(), path)
+	return identity.ReplaceFile(path, data, perm)
 }

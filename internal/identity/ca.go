@@ -175,6 +175,12 @@ func keyID(pub *ecdsa.PublicKey) []byte {
 }
 
 func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	return replaceFile(path, data, mode, true)
+}
+
+// replaceFile writes data to a temporary file with mode, flushed to disk
+// first when durable, and renames it over path.
+func replaceFile(path string, data []byte, mode os.FileMode, durable bool) error {
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-*")
 	if err != nil {
 		return err
@@ -188,9 +194,11 @@ func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
 		tmp.Close()
 		return err
 	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
+	if durable {
+		if err := tmp.Sync(); err != nil {
+			tmp.Close()
+			return err
+		}
 	}
 	if err := tmp.Close(); err != nil {
 		return err
@@ -300,4 +308,12 @@ func CellGUIDFromCert(cert *x509.Certificate) string {
 // with mode, so readers never see half a file.
 func WriteFileAtomic(path string, data []byte, mode os.FileMode) error {
 	return writeFileAtomic(path, data, mode)
+}
+
+// ReplaceFile is WriteFileAtomic without the fsync: readers never see half
+// a file, and a crash of the process leaves the old or the new one, but a
+// crash of the machine may leave neither whole. For files that do not
+// outlive the machine's state anyway, where the fsync's cost matters.
+func ReplaceFile(path string, data []byte, mode os.FileMode) error {
+	return replaceFile(path, data, mode, false)
 }
