@@ -33,6 +33,7 @@ const (
 	tlsProxyPort    = 61443 // where the cell's agent terminates TLS
 	tlsHAProxyPort  = 8443  // haproxy in front of the sample app
 	tlsHAProxyBulk  = 8444  // haproxy in front of the bulk source
+	tlsRelayPort    = 8081  // haproxy relaying plaintext to the sample app: the hop without TLS
 	tlsLatencyRate  = 1000  // requests per second of the latency runs
 	tlsLatencyConns = 4     // keep-alive connections sharing that rate
 	tlsRPSConns     = 16    // keep-alive connections of the requests/s runs, each closed-loop
@@ -66,7 +67,7 @@ func tlsParamsFor(quick bool) tlsParams {
 // haproxyTLS is one TLS frontend of the haproxy baseline: it listens on
 // Port (in the network namespace named NetNS, "" for haproxy's own) with
 // the PEM file Cert (certificate chain and key) and forwards the plaintext
-// stream to App (in the same namespace).
+// stream to App (in the same namespace). Without Cert it relays plaintext.
 type haproxyTLS struct {
 	Name  string
 	Port  int
@@ -99,7 +100,11 @@ defaults
 		if f.NetNS != "" {
 			ns = " namespace " + f.NetNS
 		}
-		fmt.Fprintf(&b, "\nfrontend %s\n    bind :%d%s ssl crt %s\n    default_backend %s\n", f.Name, f.Port, ns, f.Cert, f.Name)
+		ssl := ""
+		if f.Cert != "" {
+			ssl = " ssl crt " + f.Cert
+		}
+		fmt.Fprintf(&b, "\nfrontend %s\n    bind :%d%s%s\n    default_backend %s\n", f.Name, f.Port, ns, ssl, f.Name)
 		fmt.Fprintf(&b, "\nbackend %s\n    server app %s%s\n", f.Name, f.App, ns)
 	}
 	return b.String()

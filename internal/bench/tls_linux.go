@@ -131,8 +131,9 @@ type tlsRun struct {
 	bulk    inst   // no app: the bench serves its 8080 (see serveBulk)
 	bundle  []byte // the platform CA bundle the client trusts
 
-	gen, srv int  // CPUs of the load generator and the app, and of the TLS terminator
-	pinned   bool // false with one CPU: everything shares it
+	gen, srv int   // CPUs of the load generator and the app, and of the TLS terminator
+	pinned   bool  // false with one CPU: everything shares it
+	appPIDs  []int // the backend app's processes
 
 	haproxyPID  int
 	lat1        map[string][]float64 // latency samples with every party on one CPU
@@ -265,10 +266,10 @@ func (r *tlsRun) wait(d time.Duration) error {
 
 // apps pushes frontend (cell1), and backend (the sample app) and bulk (no
 // app: the bench serves its port) on cell2; allows frontend to reach both
-// on 8080, 61443 and haproxy's port; and waits until all of it answers.
+// on 8080, 61443 and haproxy's ports; and waits until all of it answers.
 func (r *tlsRun) apps() error {
-	r.logf("pushing frontend (cell1), backend and bulk (cell2); policies frontend → backend, bulk on tcp %d, %d, %d/%d",
-		tlsAppPort, tlsProxyPort, tlsHAProxyPort, tlsHAProxyBulk)
+	r.logf("pushing frontend (cell1), backend and bulk (cell2); policies frontend → backend, bulk on tcp %d, %d, %d/%d, and backend on %d",
+		tlsAppPort, tlsProxyPort, tlsHAProxyPort, tlsHAProxyBulk, tlsRelayPort)
 	front, err := r.push("frontend", r.cell1, 1)
 	if err != nil {
 		return err
@@ -285,7 +286,7 @@ func (r *tlsRun) apps() error {
 	for _, d := range []struct {
 		app   string
 		ports []int
-	}{{back, []int{tlsAppPort, tlsProxyPort, tlsHAProxyPort}}, {bulk, []int{tlsAppPort, tlsProxyPort, tlsHAProxyBulk}}} {
+	}{{back, []int{tlsAppPort, tlsProxyPort, tlsHAProxyPort, tlsRelayPort}}, {bulk, []int{tlsAppPort, tlsProxyPort, tlsHAProxyBulk}}} {
 		for _, port := range d.ports {
 			ps = append(ps, api.Policy{Source: api.Source{ID: front},
 				Destination: api.Destination{ID: d.app, Protocol: "tcp", Ports: api.Ports{Start: port, End: port}}})
@@ -312,8 +313,8 @@ func (r *tlsRun) apps() error {
 	}
 	// Everything answers: plaintext first, then 61443 with a verified
 	// certificate (the agent serves an instance once it has one).
-	for _, t := range []tlsTarget{r.target(r.backend, "plain-8080", tlsAppPort), r.target(r.bulk, "plain-8080", tlsAppPort),
-		r.target(r.backend, "trellis-61443", tlsProxyPort), r.target(r.bulk, "trellis-61443", tlsProxyPort)} {
+	for _, t := range []tlsTarget{r.target(r.backend, pathPlain, tlsAppPort), r.target(r.bulk, pathPlain, tlsAppPort),
+		r.target(r.backend, pathOurs, tlsProxyPort), r.target(r.bulk, pathOurs, tlsProxyPort)} {
 		if err := r.reachable(t, "agent"); err != nil {
 			return err
 		}
@@ -557,12 +558,21 @@ func (r *tlsRun) pin() error {
 	if len(pids) == 0 {
 		return errors.New("no process in the backend instance's namespace")
 	}
-	for _, pid := range pids {
-		if err := pinProcess(pid, r.gen); err != nil {
-			return fmt.Errorf("pin the backend app: %w", err)
-		}
+	r.appPIDs = pids
+	if err := r.pinApp(r.gen); err != nil {
+		return err
 	}
 	r.logf("pinned: load generator and backend app (pid %v) to CPU %d; agent of cell2 (pid %d) and haproxy to CPU %d", pids, r.gen, r.agent, r.srv)
+	return nil
+}
+
+// pinApp moves the backend app's processes to cpu.
+func (r *tlsRun) pinApp(cpu int) error {
+	for _, pid := range r.appPIDs {
+		if err := pinProcess(pid, cpu); err != nil {
+			return fmt.Errorf("pin the backend app (pid %d) to CPU %d: %w", pid, cpu, err)
+		}
+	}
 	return nil
 }
 
@@ -642,6 +652,8 @@ func (r *tlsRun) startHAProxy() error {
 		fronts = append(fronts, haproxyTLS{Name: f.name, Port: f.port, NetNS: f.ns, Cert: pem,
 			App: net.JoinHostPort(f.in.ip, strconv.Itoa(tlsAppPort))})
 	}
+	fronts = append(fronts, haproxyTLS{Name: "relay", Port: tlsRelayPort,
+		App: net.JoinHostPort(r.backend.ip, strconv.Itoa(tlsAppPort))})
 	cfgPath := filepath.Join(r.dir, "haproxy.cfg")
 	if err := os.WriteFile(cfgPath, []byte(haproxyConfig(fronts)), 0o600); err != nil {
 		return err
@@ -688,7 +700,8 @@ func (r *tlsRun) startHAProxy() error {
 	r.haproxyDone = make(chan struct{})
 	go func() { cmd.Wait(); close(r.haproxyDone) }()
 	r.undo = append(r.undo, func() { cmd.Process.Kill(); <-r.haproxyDone })
-	for _, t := range []tlsTarget{r.target(r.backend, "haproxy", tlsHAProxyPort), r.target(r.bulk, "haproxy", tlsHAProxyBulk)} {
+	for _, t := range []tlsTarget{r.target(r.backend, pathHAProxy, tlsHAProxyPort), r.target(r.bulk, pathHAProxy, tlsHAProxyBulk),
+		r.target(r.backend, pathRelay, tlsRelayPort)} {
 		if err := r.reachable(t, "haproxy"); err != nil {
 			select {
 			case <-r.haproxyDone:
@@ -701,10 +714,18 @@ func (r *tlsRun) startHAProxy() error {
 	return nil
 }
 
+// The paths of the bench, as the series of their samples are named.
+const (
+	pathOurs    = "trellis-61443" // TLS through the agent's proxy
+	pathPlain   = "plain-8080"    // plaintext straight to the app
+	pathHAProxy = "haproxy"       // TLS through haproxy
+	pathRelay   = "relay-8081"    // plaintext through haproxy: the extra hop alone
+)
+
 // tlsTarget is one way from the frontend to an app: plaintext to 8080,
-// TLS through 61443, or TLS through haproxy.
+// TLS through 61443, TLS through haproxy, or plaintext through haproxy.
 type tlsTarget struct {
-	key  string // series of the samples: "trellis-61443", "plain-8080", "haproxy"
+	key  string // series of the samples: pathOurs, pathPlain, pathHAProxy, pathRelay
 	inst string // the app, for errors
 	addr string
 	tls  *tls.Config // nil for plaintext
@@ -713,7 +734,7 @@ type tlsTarget struct {
 // target is the way key to in on port.
 func (r *tlsRun) target(in inst, key string, port int) tlsTarget {
 	t := tlsTarget{key: key, inst: in.app, addr: net.JoinHostPort(in.ip, strconv.Itoa(port))}
-	if key != "plain-8080" {
+	if key != pathPlain && key != pathRelay {
 		pool := x509.NewCertPool()
 		pool.AppendCertsFromPEM(r.bundle)
 		// X25519 only: haproxy's OpenSSL 3.0 has no hybrid post-quantum
@@ -806,16 +827,19 @@ func (r *tlsRun) measure() error {
 	}
 	agentCPU, haproxyCPU := processCPU(r.agent), processCPU(r.haproxyPID)
 	app := []tlsTarget{
-		r.target(r.backend, "trellis-61443", tlsProxyPort),
-		r.target(r.backend, "plain-8080", tlsAppPort),
-		r.target(r.backend, "haproxy", tlsHAProxyPort),
+		r.target(r.backend, pathOurs, tlsProxyPort),
+		r.target(r.backend, pathPlain, tlsAppPort),
+		r.target(r.backend, pathHAProxy, tlsHAProxyPort),
 	}
+	// The latency rounds also time the hop alone: haproxy relaying
+	// plaintext, on the terminators' CPU.
+	latPaths := append(slices.Clone(app), r.target(r.backend, pathRelay, tlsRelayPort))
 	bulk := []tlsTarget{
-		r.target(r.bulk, "trellis-61443", tlsProxyPort),
-		r.target(r.bulk, "plain-8080", tlsAppPort),
-		r.target(r.bulk, "haproxy", tlsHAProxyBulk),
+		r.target(r.bulk, pathOurs, tlsProxyPort),
+		r.target(r.bulk, pathPlain, tlsAppPort),
+		r.target(r.bulk, pathHAProxy, tlsHAProxyBulk),
 	}
-	cpuOf := map[string]func() time.Duration{"trellis-61443": agentCPU, "haproxy": haproxyCPU}
+	cpuOf := map[string]func() time.Duration{pathOurs: agentCPU, pathHAProxy: haproxyCPU}
 	// order is the paths of round i: each takes every place in turn.
 	order := func(ts []tlsTarget, i int) []tlsTarget {
 		return append(slices.Clone(ts[i%len(ts):]), ts[:i%len(ts)]...)
@@ -824,7 +848,7 @@ func (r *tlsRun) measure() error {
 	// Warm up every path (and let the pinned Go processes settle on one
 	// P: their runtime looks at its CPU mask once a second).
 	r.logf("warming up every path")
-	for _, t := range app {
+	for _, t := range latPaths {
 		if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
 			return fmt.Errorf("warm-up %s: %w", t.key, err)
 		}
@@ -834,7 +858,7 @@ func (r *tlsRun) measure() error {
 	lat := map[string][]float64{}
 	r.logf("latency: %d round(s) of %s per path at %d requests/s over %d keep-alive connections", p.latRounds, p.latency, tlsLatencyRate, tlsLatencyConns)
 	for i := range p.latRounds {
-		for _, t := range order(app, i) {
+		for _, t := range order(latPaths, i) {
 			xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
 			if err != nil {
 				return fmt.Errorf("latency %s: %w", t.key, err)
@@ -853,13 +877,13 @@ func (r *tlsRun) measure() error {
 			return err
 		}
 		r.logf("latency on one CPU: %d round(s) of %s per path", p.latRounds, p.latency)
-		for _, t := range app {
+		for _, t := range latPaths {
 			if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
 				return fmt.Errorf("warm-up %s: %w", t.key, err)
 			}
 		}
 		for i := range p.latRounds {
-			for _, t := range order(app, i) {
+			for _, t := range order(latPaths, i) {
 				xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
 				if err != nil {
 					return fmt.Errorf("latency on one CPU %s: %w", t.key, err)
@@ -887,6 +911,17 @@ func (r *tlsRun) measure() error {
 		}
 	}
 	rps, cpuReq := map[string][]float64{}, map[string][]float64{}
+	// The app joins the terminators, so that their CPU saturates first and
+	// the rate measures them: the client alone on its CPU has capacity to
+	// spare, the app costs every path the same.
+	if r.pinned {
+		if err := r.pinApp(r.srv); err != nil {
+			return err
+		}
+		if err := r.wait(1500 * time.Millisecond); err != nil {
+			return err
+		}
+	}
 	r.logf("requests/s: %d round(s) of %s per path, %d closed-loop keep-alive clients", p.rounds, p.rps, tlsRPSConns)
 	for i := range p.rounds {
 		for _, t := range order(app, i) {
@@ -899,6 +934,11 @@ func (r *tlsRun) measure() error {
 				cpuReq[t.key] = append(cpuReq[t.key], per)
 			}
 			r.logf("  %s: %.0f requests/s, terminator CPU %.1f µs per request", t.key, v, per)
+		}
+	}
+	if r.pinned {
+		if err := r.pinApp(r.gen); err != nil {
+			return err
 		}
 	}
 	gbps, cpuGB := map[string][]float64{}, map[string][]float64{}
@@ -1100,14 +1140,16 @@ func readCPU(cpu func() time.Duration) time.Duration {
 // figures turns the samples into the report's figures and notes.
 func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64) {
 	rep := r.rep
-	const ours, plain, ha = "trellis-61443", "plain-8080", "haproxy"
+	const ours, plain, ha, relay = pathOurs, pathPlain, pathHAProxy, pathRelay
 	haName := "haproxy " + r.haproxyVer + " (nbthread 1)"
+	relayName := "added by the hop alone: haproxy relaying plaintext (mode tcp, no TLS)"
 	for _, k := range []string{ours, plain, ha} {
 		rep.Samples["tls-latency/"+k] = roundMS(lat[k])
 		rep.Samples["tls-handshake/"+k] = roundMS(hs[k])
 		rep.Samples["tls-rps/"+k] = rps[k]
 		rep.Samples["tls-bulk/"+k] = gbps[k]
 	}
+	rep.Samples["tls-latency/"+relay] = roundMS(lat[relay])
 	added := func(k string, p float64) float64 { return percentile(lat[k], p) - percentile(lat[plain], p) }
 	rate := fmt.Sprintf("%d requests/s", tlsLatencyRate)
 	rep.Figures = append(rep.Figures,
@@ -1115,19 +1157,27 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 			added(ours, 50), added(ha, 50), "added by "+haName, &goal{atMost: true, limit: 0.15}),
 		newFigure("tls/added-latency-p99", "latency added by TLS on 61443 at "+rate+", p99 (61443 − 8080)", "ms",
 			added(ours, 99), added(ha, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}),
+		newFigure("tls/added-latency-hop-p50", "latency added by TLS on 61443 at "+rate+", p50, against the hop alone", "ms",
+			added(ours, 50), added(relay, 50), relayName, nil),
+		newFigure("tls/added-latency-hop-p99", "latency added by TLS on 61443 at "+rate+", p99, against the hop alone", "ms",
+			added(ours, 99), added(relay, 99), relayName, nil),
 	)
 	if len(r.lat1) > 0 {
 		added1 := func(k string, p float64) float64 {
 			return percentile(r.lat1[k], p) - percentile(r.lat1[plain], p)
 		}
-		for _, k := range []string{ours, plain, ha} {
+		for _, k := range []string{ours, plain, ha, relay} {
 			rep.Samples["tls-latency-one-cpu/"+k] = roundMS(r.lat1[k])
 		}
 		rep.Figures = append(rep.Figures,
 			newFigure("tls/added-latency-one-cpu-p50", "latency added by TLS on 61443 at "+rate+", all on one CPU, p50", "ms",
 				added1(ours, 50), added1(ha, 50), "added by "+haName, &goal{atMost: true, limit: 0.15}),
 			newFigure("tls/added-latency-one-cpu-p99", "latency added by TLS on 61443 at "+rate+", all on one CPU, p99", "ms",
-				added1(ours, 99), added1(ha, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}))
+				added1(ours, 99), added1(ha, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}),
+			newFigure("tls/added-latency-one-cpu-hop-p50", "latency added by TLS on 61443 at "+rate+", all on one CPU, p50, against the hop alone", "ms",
+				added1(ours, 50), added1(relay, 50), relayName, nil),
+			newFigure("tls/added-latency-one-cpu-hop-p99", "latency added by TLS on 61443 at "+rate+", all on one CPU, p99, against the hop alone", "ms",
+				added1(ours, 99), added1(relay, 99), relayName, nil))
 	}
 	rep.Figures = append(rep.Figures,
 		newFigure("tls/latency-p50", "GET / through 61443 at "+rate+", p50", "ms",
@@ -1155,7 +1205,7 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 			"Cloud Foundry's per-container Envoy reservation (documented, not measured)", &goal{atMost: true, limit: 64}),
 	)
 
-	pin := fmt.Sprintf("the load generator (this process, GOMAXPROCS=1) and the backend app pinned to CPU %d; the agent of cell2 (all its threads: the proxy and the rest of the agent, idle otherwise) and haproxy pinned to CPU %d, measured one at a time; so a request through a terminator crosses CPUs four times, one to 8080 none; the figures marked \"all on one CPU\" repeat the latency rounds with both terminators moved to CPU %d as well (no cross-CPU wakeup)", r.gen, r.srv, r.gen)
+	pin := fmt.Sprintf("the load generator (this process, GOMAXPROCS=1) and the backend app pinned to CPU %d; the agent of cell2 (all its threads: the proxy and the rest of the agent, idle otherwise) and haproxy pinned to CPU %d, measured one at a time; so a request through a terminator (or the plaintext relay) crosses CPUs four times, one to 8080 none; the figures marked \"all on one CPU\" repeat the latency rounds with the terminators moved to CPU %d as well (no cross-CPU wakeup); for the requests/s rounds the app moves to CPU %d, with the terminators", r.gen, r.srv, r.gen, r.srv)
 	if !r.pinned {
 		pin = "one CPU only: generator, app and terminator share it"
 	}
@@ -1165,12 +1215,12 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 	}
 	rep.Notes = append(rep.Notes,
 		fmt.Sprintf("tls: a local foundation of 2 cells (%s); frontend on cell1, backend (the sample app) and bulk (no app: the bench serves its 8080) on cell2; the load generator runs in the bench process with its sockets in frontend's network namespace, so every request crosses the overlay (VXLAN) between the cells", r.f.Prefix),
-		"tls: three paths to the same app: plaintext to INSTANCE_IP:8080; TLS to 61443, which the agent of cell2 terminates (internal/proxy) and forwards to 8080 inside the instance's namespace; TLS to haproxy "+r.haproxyVer+" started in the instance's namespace (mode tcp, nbthread 1, no session tickets, the ciphers of the proxy) with the instance's own certificate and key, forwarding to INSTANCE_IP:8080; the client verifies the certificate chain against the platform CA, SNI = instance GUID, X25519 only (Go would prefer X25519MLKEM768 with the proxy, which haproxy's OpenSSL 3.0 lacks); negotiated: "+strings.Join(nego, "; "),
+		"tls: four paths to the same app: plaintext to INSTANCE_IP:8080; TLS to 61443, which the agent of cell2 terminates (internal/proxy) and forwards to 8080 inside the instance's namespace; TLS to haproxy "+r.haproxyVer+" started in the instance's namespace (mode tcp, nbthread 1, no session tickets, the ciphers of the proxy) with the instance's own certificate and key, forwarding to INSTANCE_IP:8080; for the latency rounds only, the same haproxy relaying plaintext from port 8081 to INSTANCE_IP:8080 (the extra hop, without TLS: what any terminator outside the app costs on this machine); the client verifies the certificate chain against the platform CA, SNI = instance GUID, X25519 only (Go would prefer X25519MLKEM768 with the proxy, which haproxy's OpenSSL 3.0 lacks); negotiated: "+strings.Join(nego, "; "),
 		"tls: "+pin,
 		fmt.Sprintf("tls latency: GET / of the sample app, open loop at a fixed %d requests/s spread over %d keep-alive connections, %d round(s) of %s per path (order rotating), samples pooled; a request counts from when it was sent, or from when it was due if the previous answer on its connection came later (no coordinated omission); added latency = percentile of 61443 (or haproxy) − the same percentile of 8080, so the overlay and the app cancel out",
 			tlsLatencyRate, tlsLatencyConns, r.p.latRounds, r.p.latency),
 		fmt.Sprintf("tls new connections: %d per path and round, one at a time: TCP connect, full handshake (ECDSA P-256 certificate, chain verified), GET /, close, timed from connect to the end of the answer", r.p.handshakes),
-		fmt.Sprintf("tls requests/s: GET / of the sample app by %d closed-loop clients on keep-alive connections, %s measured after %s of warm-up, median of %d round(s); the app and the client share a CPU, so this bounds the terminator only when it saturates its own CPU — the terminator CPU per request (its process's user+system time over the requests) compares the two where throughput cannot",
+		fmt.Sprintf("tls requests/s: GET / of the sample app by %d closed-loop clients on keep-alive connections, %s measured after %s of warm-up, median of %d round(s); the app shares the terminators' CPU and the client has the other to itself, so that the terminator's CPU saturates first and the rate compares the terminators (the app costs every path the same); the terminator CPU per request is its process's user+system time over the requests",
 			tlsRPSConns, r.p.rps, r.p.warm, r.p.rounds),
 		fmt.Sprintf("tls bulk: the bench sends an endless stream on the bulk instance's 8080; one connection reads it for %s after %s of warm-up, median of %d round(s); the terminator CPU per GB is its process's user+system time over the bytes (softirq time not counted)",
 			r.p.bulk, r.p.warm, r.p.rounds),

@@ -39,14 +39,15 @@ func TestTLSQuick(t *testing.T) {
 			t.Errorf("figure %s = %v (baseline %v)", f.ID, f.Value, f.Baseline)
 		}
 	}
-	for _, id := range []string{"tls/added-latency-p50", "tls/added-latency-p99", "tls/latency-p50", "tls/latency-p99",
+	for _, id := range []string{"tls/added-latency-p50", "tls/added-latency-p99", "tls/added-latency-hop-p50", "tls/added-latency-hop-p99",
+		"tls/latency-p50", "tls/latency-p99",
 		"tls/handshake-request-p50", "tls/handshake-request-p99", "tls/rps-vs-haproxy", "tls/rps-vs-plaintext",
 		"tls/bulk-vs-haproxy", "tls/bulk-vs-plaintext", "tls/cpu-per-request", "tls/cpu-per-gb", "tls/memory-per-instance"} {
 		if !ids[id] {
 			t.Errorf("no figure %s", id)
 		}
 	}
-	for _, k := range []string{"trellis-61443", "plain-8080", "haproxy"} {
+	for _, k := range []string{pathOurs, pathPlain, pathHAProxy, pathRelay} {
 		if n := len(rep.Samples["tls-latency/"+k]); n < 1000 {
 			t.Errorf("%d latency samples for %s, want at least 1,000", n, k)
 		}

@@ -10,6 +10,7 @@ func TestHAProxyConfig(t *testing.T) {
 	cfg := haproxyConfig([]haproxyTLS{
 		{Name: "backend", Port: 8443, Cert: "/d/backend.pem", App: "10.255.2.2:8080"},
 		{Name: "bulk", Port: 8444, NetNS: "trellis-abc-cell2-i-123", Cert: "/d/bulk.pem", App: "10.255.2.3:8080"},
+		{Name: "relay", Port: 8081, App: "10.255.2.2:8080"},
 	})
 	for _, want := range []string{
 		"nbthread 1",
@@ -20,6 +21,7 @@ func TestHAProxyConfig(t *testing.T) {
 		"backend backend\n    server app 10.255.2.2:8080\n",
 		"frontend bulk\n    bind :8444 namespace trellis-abc-cell2-i-123 ssl crt /d/bulk.pem\n",
 		"backend bulk\n    server app 10.255.2.3:8080 namespace trellis-abc-cell2-i-123\n",
+		"frontend relay\n    bind :8081\n    default_backend relay\n",
 	} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("haproxyConfig lacks %q:\n%s", want, cfg)
