@@ -248,12 +248,21 @@ func nameOr(name, ip string) string {
 	return ip
 }
 
-// reportFlows sends events to the controller every half second.
+// totalsEvery is how often the flow reporter reads the policy table's
+// totals for the denied packets the log left out: a netlink round trip in
+// the cell's namespace, which on a one-CPU cell delays the agent's other
+// work (the TLS proxy's requests among it) while it runs.
+const totalsEvery = 5 * time.Second
+
+// reportFlows sends events to the controller every half second, and the
+// count of denied packets not logged every totalsEvery.
 func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
 	var batch []api.FlowEvent
 	var lastDenied, lastLogged uint64
+	var lastTotals time.Time
+	var suppressed int64 // read, not yet reported
 	for {
 		select {
 		case <-ctx.Done():
@@ -263,26 +272,30 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 				batch = append(batch, ev)
 			}
 			continue
-		case <-t.C:
-		}
-		var suppressed int64
-		if c, err := dataplane.PolicyTotals(e.a.nsPath); err == nil {
-			if c.Denied >= lastDenied && c.DeniedLogged >= lastLogged {
-				suppressed = int64((c.Denied - lastDenied) - (c.DeniedLogged - lastLogged))
-				e.suppressed.Add(float64(max(suppressed, 0)))
+		case now := <-t.C:
+			if now.Sub(lastTotals) < totalsEvery {
+				break
 			}
-			lastDenied, lastLogged = c.Denied, c.DeniedLogged
+			lastTotals = now
+			if c, err := dataplane.PolicyTotals(e.a.nsPath); err == nil {
+				if c.Denied >= lastDenied && c.DeniedLogged >= lastLogged {
+					n := int64((c.Denied - lastDenied) - (c.DeniedLogged - lastLogged))
+					e.suppressed.Add(float64(max(n, 0)))
+					suppressed += max(n, 0)
+				}
+				lastDenied, lastLogged = c.Denied, c.DeniedLogged
+			}
 		}
-		if len(batch) == 0 && suppressed <= 0 {
+		if len(batch) == 0 && suppressed == 0 {
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := e.a.controller.do(rctx, "POST", "/trellis/v1/cell/flows", api.FlowEvents{Events: batch, Suppressed: max(suppressed, 0)}, nil)
+		err := e.a.controller.do(rctx, "POST", "/trellis/v1/cell/flows", api.FlowEvents{Events: batch, Suppressed: suppressed}, nil)
 		cancel()
 		if err != nil {
 			e.a.log.Debug("report flows: will retry", "err", err, "events", len(batch))
-			continue // keep the batch (bounded) for the next tick
+			continue // keep the batch (bounded) and the count for the next tick
 		}
-		batch = batch[:0]
+		batch, suppressed = batch[:0], 0
 	}
 }

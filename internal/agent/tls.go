@@ -57,7 +57,6 @@ type identities struct {
 	caGen int64
 	pool  *x509.CertPool
 
-	expiry   *prometheus.GaugeVec
 	renewals *prometheus.CounterVec
 }
 
@@ -78,8 +77,6 @@ type credential struct {
 func newIdentities(a *Agent, reg prometheus.Registerer) (*identities, error) {
 	id := &identities{a: a, dir: filepath.Join(a.cfg.StateDir, "credentials"), sysDir: filepath.Join(a.cfg.StateDir, "system-certs"),
 		alg: a.cfg.InstanceKeyType, wake: make(chan struct{}, 1), creds: map[string]*credential{},
-		expiry: prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: "trellis_agent_instance_certificate_expiry_seconds",
-			Help: "Seconds until the identity certificate of a local instance expires (alarm well before 0)."}, []string{"instance"}),
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_agent_instance_certificate_renewals_total",
 			Help: "Identity certificate requests by result (issued, failed)."}, []string{"result"}),
 	}
@@ -91,7 +88,7 @@ func newIdentities(a *Agent, reg prometheus.Registerer) (*identities, error) {
 			return nil, err
 		}
 	}
-	reg.MustRegister(id.expiry, id.renewals)
+	reg.MustRegister(expiryCollector{id}, id.renewals)
 	id.proxy = proxy.New(proxy.Config{Logger: a.log.With("component", "tls-proxy"), Registerer: reg, OnRefused: id.refused})
 	return id, nil
 }
@@ -107,13 +104,30 @@ func (id *identities) poke() {
 	}
 }
 
+// identitySleepMax is the longest the identities loop sleeps when nothing
+// is due: a net under anything that changes without a poke.
+const identitySleepMax = 30 * time.Second
+
+// identitySleepMin is the shortest it sleeps (without a poke).
+const identitySleepMin = 100 * time.Millisecond
+
 // loop keeps every local instance's certificate current until ctx is done.
+// It runs when the desired state changes (poke) and when the next
+// certificate is due for renewal or a retry, not on a fixed tick: on a
+// one-CPU cell a pass over every instance delays the proxy's requests,
+// which share the agent's runtime with it.
 func (id *identities) loop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTimer(identitySleepMax)
 	defer t.Stop()
 	defer id.proxy.Close()
 	for {
-		id.reconcile(ctx)
+		next := id.reconcile(ctx)
+		wait := identitySleepMax
+		if !next.IsZero() {
+			// Never sooner than identitySleepMin, whatever is due.
+			wait = min(max(time.Until(next), identitySleepMin), identitySleepMax)
+		}
+		t.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
@@ -125,10 +139,11 @@ func (id *identities) loop(ctx context.Context) {
 
 // reconcile requests the certificates that are missing, due for renewal,
 // or made for other routes or another CA; serves each local instance on
-// TLSPort; and forgets instances that are gone.
-func (id *identities) reconcile(ctx context.Context) {
+// TLSPort; and forgets instances that are gone. It returns when it is next
+// due (zero: nothing is).
+func (id *identities) reconcile(ctx context.Context) (next time.Time) {
 	if !id.a.ready() {
-		return
+		return time.Now().Add(time.Second)
 	}
 	st := id.a.desired()
 	id.updateCA(st.InstanceCA)
@@ -150,8 +165,11 @@ func (id *identities) reconcile(ctx context.Context) {
 		id.detach(guid)
 	}
 	for _, rec := range live {
-		id.ensure(ctx, rec, st)
+		if at := id.ensure(ctx, rec, st); !at.IsZero() && (next.IsZero() || at.Before(next)) {
+			next = at
+		}
 	}
+	return next
 }
 
 // attach issues rec's first certificate and serves it on TLSPort, before
@@ -166,8 +184,10 @@ func (id *identities) attach(ctx context.Context, rec record) {
 	id.ensure(ctx, rec, st)
 }
 
-// ensure makes rec's certificate current and its listener match.
-func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) {
+// ensure makes rec's certificate current and its listener match, and
+// returns when it is next due: the renewal, the retry of a failed one, or
+// in a second if the listener could not be set.
+func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) (next time.Time) {
 	guid := rec.Identity.InstanceGUID
 	app := localApp(st, rec.Identity.AppGUID)
 	hosts := hostSet(app.Hosts, "")
@@ -189,7 +209,7 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 	id.mu.Lock()
 	if id.creds[guid] != c {
 		id.mu.Unlock()
-		return // detached meanwhile
+		return time.Time{} // detached meanwhile
 	}
 	due := c.cert == nil || !now.Before(renewAt(c.cert.Leaf)) || hostSet(c.cert.Leaf.DNSNames, guid) != hosts || c.caGen != id.caGen
 	if due && now.Before(c.retryAt) {
@@ -224,19 +244,46 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 	// a revoked app's connections are closed.
 	changed := due || c.required != app.RequireClientCert || c.caSet != caGen || (app.RequireClientCert && c.clients != clients)
 	c.required, c.caSet, c.clients = app.RequireClientCert, caGen, clients
-	id.mu.Unlock()
 	if cert != nil {
-		id.expiry.WithLabelValues(guid).Set(time.Until(cert.Leaf.NotAfter).Seconds())
+		next = renewAt(cert.Leaf)
 	}
+	// A failed request is retried at retryAt, also when the renewal it
+	// failed was due earlier.
+	if !c.retryAt.IsZero() && (next.IsZero() || !next.After(now) || c.retryAt.Before(next)) {
+		next = c.retryAt
+	}
+	id.mu.Unlock()
 	// Without a certificate yet, Set still takes the port (handshakes are
 	// refused until one comes), so that the app cannot bind it first.
 	if !changed && id.proxy.Serving(guid) {
-		return
+		return next
 	}
 	inst := proxy.Instance{ID: guid, NetNS: rec.NetNS, IP: rec.IP, AppPort: AppPort,
 		RequireClientCert: app.RequireClientCert, ClientCAs: pool, Authorize: id.authorizer(rec.Identity.AppGUID)}
 	if err := id.proxy.Set(inst, cert); err != nil {
 		id.a.log.Error("serve instance on TLS port", "instance", guid, "port", TLSPort, "err", err)
+		return time.Now().Add(time.Second)
+	}
+	return next
+}
+
+// expiryCollector reports, at each scrape, the seconds left of every local
+// instance's certificate: exact when read, and no work between scrapes.
+type expiryCollector struct{ id *identities }
+
+var expiryDesc = prometheus.NewDesc("trellis_agent_instance_certificate_expiry_seconds",
+	"Seconds until the identity certificate of a local instance expires (alarm well before 0).", []string{"instance"}, nil)
+
+func (e expiryCollector) Describe(ch chan<- *prometheus.Desc) { ch <- expiryDesc }
+
+func (e expiryCollector) Collect(ch chan<- prometheus.Metric) {
+	now := time.Now()
+	e.id.mu.Lock()
+	defer e.id.mu.Unlock()
+	for guid, c := range e.id.creds {
+		if c.cert != nil {
+			ch <- prometheus.MustNewConstMetric(expiryDesc, prometheus.GaugeValue, c.cert.Leaf.NotAfter.Sub(now).Seconds(), guid)
+		}
 	}
 }
 
@@ -346,7 +393,6 @@ func (id *identities) detach(guid string) {
 	id.mu.Lock()
 	delete(id.creds, guid)
 	id.mu.Unlock()
-	id.expiry.DeleteLabelValues(guid)
 	if err := os.RemoveAll(id.credentialsDir(guid)); err != nil {
 		id.a.log.Warn("delete instance credentials", "instance", guid, "err", err)
 	}
