@@ -67,6 +67,10 @@ type Cell struct {
 type Process struct {
 	PID int    `json:"pid"`
 	Log string `json:"log"`
+
+	// done is closed when the process exits, for one started by this
+	// launcher (nil for one loaded from foundation.json).
+	done chan struct{}
 }
 
 // Options configure Up.
@@ -279,8 +283,26 @@ func start(exe, logPath string, args ...string) (Process, error) {
 	if err := cmd.Start(); err != nil {
 		return Process{}, fmt.Errorf("start trellis %s: %w", args[0], err)
 	}
-	go cmd.Wait() // reap it if it dies while we run
-	return Process{PID: cmd.Process.Pid, Log: logPath}, nil
+	done := make(chan struct{})
+	go func() { cmd.Wait(); close(done) }() // reap it if it dies while we run
+	return Process{PID: cmd.Process.Pid, Log: logPath, done: done}, nil
+}
+
+// exited reports whether p has exited: by its Wait when this launcher
+// started it, else as alive does. Right after a start, alive cannot tell:
+// the kernel closes the exec pipe, and so lets Start return, before it
+// sets the new program's arguments, and an empty /proc/PID/cmdline reads
+// as another process (CI saw "the controller exited" with an empty log).
+func (p Process) exited(role string) bool {
+	if p.done != nil {
+		select {
+		case <-p.done:
+			return true
+		default:
+			return false
+		}
+	}
+	return !p.alive(role)
 }
 
 // alive reports whether p still runs as `trellis role` (not some other
@@ -334,7 +356,7 @@ func waitController(ctx context.Context, f *Foundation, admin string) (*api.Clie
 				}
 			}
 		}
-		if !f.Controller.alive("controller") {
+		if f.Controller.exited("controller") {
 			return nil, fmt.Errorf("the controller exited; its log (%s) ends:\n%s", f.Controller.Log, lastLines(f.Controller.Log, 10))
 		}
 		if time.Now().After(deadline) {
@@ -381,7 +403,7 @@ func waitAgent(ctx context.Context, c Cell) error {
 		if err == nil && st.Ready {
 			return nil
 		}
-		if !c.Agent.alive("agent") {
+		if c.Agent.exited("agent") {
 			return fmt.Errorf("the agent of %s exited; its log (%s) ends:\n%s", c.Name, c.Agent.Log, lastLines(c.Agent.Log, 10))
 		}
 		if time.Now().After(deadline) {
