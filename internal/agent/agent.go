@@ -165,6 +165,10 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 		a.registerAgain(ctx)
 	}
 	a.metrics = prometheus.NewRegistry()
+	// The runtime's and the process's own figures (GC pauses, RSS, CPU), as
+	// the controller exposes them: the agent shares one Go runtime with the
+	// TLS proxy of every local instance.
+	a.metrics.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	a.enforcer = newEnforcer(a, a.metrics)
 	if a.tls, err = newIdentities(a, a.metrics); err != nil {
 		return nil, err

@@ -107,6 +107,11 @@ func TestInstanceIdentity(t *testing.T) {
 	if v, ok := metric(t, a, `trellis_agent_instance_certificate_expiry_seconds{instance="inst-srv"}`); !ok || v <= 0 || v > 70 {
 		t.Errorf("expiry metric = %v %v, want the seconds left of a one-minute certificate", v, ok)
 	}
+	for _, name := range []string{"go_gc_duration_seconds_count", "process_resident_memory_bytes"} {
+		if v, ok := metric(t, a, name); !ok || v < 0 {
+			t.Errorf("metric %s = %v %v, want the runtime's and the process's figures", name, v, ok)
+		}
+	}
 
 	// The controller goes away; renewal (at 7/8 of the minute) fails, and
 	// the valid certificate keeps being served.
