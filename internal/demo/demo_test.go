@@ -2,12 +2,14 @@ package demo
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/launcher"
 )
@@ -67,6 +69,18 @@ func TestPreflightRefusesARunningDemo(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { syscall.Kill(-ctl.Process.Pid, syscall.SIGKILL); ctl.Wait() })
+	// Its command line reads empty for a moment after Start returns (the
+	// kernel sets it up after the exec pipe closes): wait until it is set,
+	// as it long is for a demo that runs.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(time.Millisecond) {
+		b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", ctl.Process.Pid))
+		if string(b) == "sh\x00controller\x00" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pid %d: command line %q, want sh controller", ctl.Process.Pid, b)
+		}
+	}
 	running := launcher.Foundation{Prefix: "trellis-000001", StateDir: dir, Controller: launcher.Process{PID: ctl.Process.Pid}}
 	b, _ := json.Marshal(running)
 	if err := os.WriteFile(filepath.Join(dir, launcher.FoundationFile), b, 0o600); err != nil {
