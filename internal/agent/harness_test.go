@@ -53,7 +53,7 @@ func newWorld(t *testing.T, tag string, n int) *world {
 	t.Helper()
 	dataplanetest.RequireRoot(t)
 	tw := newTestWriter(t)
-	w := &world{t: t, prefix: dataplanetest.Prefix + tag, log: slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelInfo})), logs: tw}
+	w := &world{t: t, prefix: dataplanetest.Prefix + tag, log: loggerTo(tw), logs: tw}
 	u, err := underlay.Build(w.prefix, n)
 	if err != nil {
 		t.Fatalf("underlay.Build: %v", err)
@@ -102,13 +102,15 @@ func (w *world) namespace(suffix string) string {
 	return path
 }
 
-// testLogger logs to the test (shown when it fails or with -v) and drops
-// whatever is logged after the test's last cleanup, when goroutines of a
-// component that was shut down may still be finishing.
-func testLogger(t *testing.T) *slog.Logger {
-	return slog.New(slog.NewTextHandler(newTestWriter(t), &slog.HandlerOptions{Level: slog.LevelInfo}))
+// loggerTo logs to tw.
+func loggerTo(tw *testWriter) *slog.Logger {
+	return slog.New(slog.NewTextHandler(tw, &slog.HandlerOptions{Level: slog.LevelInfo}))
 }
 
+// newTestWriter writes to the test's log (shown when it fails or with -v),
+// keeps the lines for tests that look, and drops whatever is written after
+// the test's last cleanup, when goroutines of a component that was shut
+// down may still be finishing.
 func newTestWriter(t *testing.T) *testWriter {
 	tw := &testWriter{t: t}
 	t.Cleanup(tw.close)

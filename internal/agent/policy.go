@@ -259,9 +259,10 @@ const totalsEvery = 5 * time.Second
 func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent) {
 	t := time.NewTicker(500 * time.Millisecond)
 	defer t.Stop()
+	totals := time.NewTicker(totalsEvery)
+	defer totals.Stop()
 	var batch []api.FlowEvent
 	var lastDenied, lastLogged uint64
-	var lastTotals time.Time
 	var suppressed int64 // read, not yet reported
 	for {
 		select {
@@ -272,11 +273,8 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 				batch = append(batch, ev)
 			}
 			continue
-		case now := <-t.C:
-			if now.Sub(lastTotals) < totalsEvery {
-				break
-			}
-			lastTotals = now
+		case <-t.C:
+		case <-totals.C:
 			if c, err := dataplane.PolicyTotals(e.a.nsPath); err == nil {
 				if c.Denied >= lastDenied && c.DeniedLogged >= lastLogged {
 					n := int64((c.Denied - lastDenied) - (c.DeniedLogged - lastLogged))

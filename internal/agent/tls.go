@@ -105,7 +105,9 @@ func (id *identities) poke() {
 }
 
 // identitySleepMax is the longest the identities loop sleeps when nothing
-// is due: a net under anything that changes without a poke.
+// is due: a net under anything that changes without a poke, such as the
+// first certificate attach issues outside the loop. It must stay below the
+// shortest renewal lead: 7/8 of controller.MinInstanceCertValidity, 52 s.
 const identitySleepMax = 30 * time.Second
 
 // identitySleepMin is the shortest it sleeps (without a poke).
@@ -248,8 +250,9 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 		next = renewAt(cert.Leaf)
 	}
 	// A failed request is retried at retryAt, also when the renewal it
-	// failed was due earlier.
-	if !c.retryAt.IsZero() && (next.IsZero() || !next.After(now) || c.retryAt.Before(next)) {
+	// failed was due earlier. (A past retryAt is one that nothing needs
+	// any more: what was due came right again, as a route mapped back.)
+	if c.retryAt.After(now) && (next.IsZero() || !next.After(now) || c.retryAt.Before(next)) {
 		next = c.retryAt
 	}
 	id.mu.Unlock()

@@ -840,32 +840,10 @@ func (r *tlsRun) measure() error {
 		r.target(r.bulk, pathHAProxy, tlsHAProxyBulk),
 	}
 	cpuOf := map[string]func() time.Duration{pathOurs: agentCPU, pathHAProxy: haproxyCPU}
-	// order is the paths of round i: each takes every place in turn.
-	order := func(ts []tlsTarget, i int) []tlsTarget {
-		return append(slices.Clone(ts[i%len(ts):]), ts[:i%len(ts)]...)
-	}
-
-	// Warm up every path (and let the pinned Go processes settle on one
-	// P: their runtime looks at its CPU mask once a second).
-	r.logf("warming up every path")
-	for _, t := range latPaths {
-		if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
-			return fmt.Errorf("warm-up %s: %w", t.key, err)
-		}
-	}
-
 	p := r.p
-	lat := map[string][]float64{}
-	r.logf("latency: %d round(s) of %s per path at %d requests/s over %d keep-alive connections", p.latRounds, p.latency, tlsLatencyRate, tlsLatencyConns)
-	for i := range p.latRounds {
-		for _, t := range order(latPaths, i) {
-			xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
-			if err != nil {
-				return fmt.Errorf("latency %s: %w", t.key, err)
-			}
-			lat[t.key] = append(lat[t.key], xs...)
-			r.logf("  %s: p50 %.3f ms, p99 %.3f ms", t.key, percentile(xs, 50), percentile(xs, 99))
-		}
+	lat, err := r.latencyRounds("latency", latPaths)
+	if err != nil {
+		return err
 	}
 	// The same with every party on one CPU, as on a busy cell: the
 	// terminators join the generator and the app, so that a request makes
@@ -876,21 +854,8 @@ func (r *tlsRun) measure() error {
 		if err := r.pinTerminators(r.gen); err != nil {
 			return err
 		}
-		r.logf("latency on one CPU: %d round(s) of %s per path", p.latRounds, p.latency)
-		for _, t := range latPaths {
-			if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
-				return fmt.Errorf("warm-up %s: %w", t.key, err)
-			}
-		}
-		for i := range p.latRounds {
-			for _, t := range order(latPaths, i) {
-				xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
-				if err != nil {
-					return fmt.Errorf("latency on one CPU %s: %w", t.key, err)
-				}
-				lat1[t.key] = append(lat1[t.key], xs...)
-				r.logf("  %s: p50 %.3f ms, p99 %.3f ms", t.key, percentile(xs, 50), percentile(xs, 99))
-			}
+		if lat1, err = r.latencyRounds("latency on one CPU", latPaths); err != nil {
+			return err
 		}
 		if err := r.pinTerminators(r.srv); err != nil {
 			return err
@@ -901,7 +866,7 @@ func (r *tlsRun) measure() error {
 	hs := map[string][]float64{}
 	r.logf("new connections: %d round(s) of %d per path, one at a time", p.rounds, p.handshakes)
 	for i := range p.rounds {
-		for _, t := range order(app, i) {
+		for _, t := range rotate(app, i) {
 			xs, err := r.newConnections(t, p.handshakes)
 			if err != nil {
 				return fmt.Errorf("new connections %s: %w", t.key, err)
@@ -924,7 +889,7 @@ func (r *tlsRun) measure() error {
 	}
 	r.logf("requests/s: %d round(s) of %s per path, %d closed-loop keep-alive clients", p.rounds, p.rps, tlsRPSConns)
 	for i := range p.rounds {
-		for _, t := range order(app, i) {
+		for _, t := range rotate(app, i) {
 			v, per, err := r.closedLoop(t, cpuOf[t.key])
 			if err != nil {
 				return fmt.Errorf("requests/s %s: %w", t.key, err)
@@ -944,7 +909,7 @@ func (r *tlsRun) measure() error {
 	gbps, cpuGB := map[string][]float64{}, map[string][]float64{}
 	r.logf("bulk: %d round(s) of %s per path, one connection", p.rounds, p.bulk)
 	for i := range p.rounds {
-		for _, t := range order(bulk, i) {
+		for _, t := range rotate(bulk, i) {
 			v, per, err := r.stream(t, cpuOf[t.key])
 			if err != nil {
 				return fmt.Errorf("bulk %s: %w", t.key, err)
@@ -958,6 +923,37 @@ func (r *tlsRun) measure() error {
 	}
 	r.figures(lat, hs, rps, cpuReq, gbps, cpuGB)
 	return nil
+}
+
+// latencyRounds warms every path up (which also lets pinned Go processes
+// settle on one P: their runtime looks at its CPU mask once a second),
+// then times the rounds of fixed-rate requests, the paths in rotating
+// order, and returns every path's samples in ms.
+func (r *tlsRun) latencyRounds(what string, paths []tlsTarget) (map[string][]float64, error) {
+	for _, t := range paths {
+		if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
+			return nil, fmt.Errorf("warm-up %s: %w", t.key, err)
+		}
+	}
+	p := r.p
+	r.logf("%s: %d round(s) of %s per path at %d requests/s over %d keep-alive connections", what, p.latRounds, p.latency, tlsLatencyRate, tlsLatencyConns)
+	lat := map[string][]float64{}
+	for i := range p.latRounds {
+		for _, t := range rotate(paths, i) {
+			xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
+			if err != nil {
+				return nil, fmt.Errorf("%s %s: %w", what, t.key, err)
+			}
+			lat[t.key] = append(lat[t.key], xs...)
+			r.logf("  %s: p50 %.3f ms, p99 %.3f ms", t.key, percentile(xs, 50), percentile(xs, 99))
+		}
+	}
+	return lat, nil
+}
+
+// rotate is the paths of round i: each takes every place in turn.
+func rotate(ts []tlsTarget, i int) []tlsTarget {
+	return append(slices.Clone(ts[i%len(ts):]), ts[:i%len(ts)]...)
 }
 
 // pinTerminators moves the agent of cell2 and haproxy to cpu, and waits
@@ -1137,12 +1133,28 @@ func readCPU(cpu func() time.Duration) time.Duration {
 	return cpu()
 }
 
+// addedLatency adds the figures of latency added by 61443 (p50 and p99
+// of its samples in lat minus the same of 8080's), against haproxy's TLS
+// with the goals, and against the hop alone.
+func (r *tlsRun) addedLatency(lat map[string][]float64, id, name, haName string) {
+	added := func(k string, p float64) float64 { return percentile(lat[k], p) - percentile(lat[pathPlain], p) }
+	const relayName = "added by the hop alone: haproxy relaying plaintext (mode tcp, no TLS)"
+	r.rep.Figures = append(r.rep.Figures,
+		newFigure(id+"-p50", name+", p50 (61443 − 8080)", "ms",
+			added(pathOurs, 50), added(pathHAProxy, 50), "added by "+haName, &goal{atMost: true, limit: 0.15}),
+		newFigure(id+"-p99", name+", p99 (61443 − 8080)", "ms",
+			added(pathOurs, 99), added(pathHAProxy, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}),
+		newFigure(id+"-hop-p50", name+", p50, against the hop alone", "ms",
+			added(pathOurs, 50), added(pathRelay, 50), relayName, nil),
+		newFigure(id+"-hop-p99", name+", p99, against the hop alone", "ms",
+			added(pathOurs, 99), added(pathRelay, 99), relayName, nil))
+}
+
 // figures turns the samples into the report's figures and notes.
 func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64) {
 	rep := r.rep
 	const ours, plain, ha, relay = pathOurs, pathPlain, pathHAProxy, pathRelay
 	haName := "haproxy " + r.haproxyVer + " (nbthread 1)"
-	relayName := "added by the hop alone: haproxy relaying plaintext (mode tcp, no TLS)"
 	for _, k := range []string{ours, plain, ha} {
 		rep.Samples["tls-latency/"+k] = roundMS(lat[k])
 		rep.Samples["tls-handshake/"+k] = roundMS(hs[k])
@@ -1150,34 +1162,13 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 		rep.Samples["tls-bulk/"+k] = gbps[k]
 	}
 	rep.Samples["tls-latency/"+relay] = roundMS(lat[relay])
-	added := func(k string, p float64) float64 { return percentile(lat[k], p) - percentile(lat[plain], p) }
 	rate := fmt.Sprintf("%d requests/s", tlsLatencyRate)
-	rep.Figures = append(rep.Figures,
-		newFigure("tls/added-latency-p50", "latency added by TLS on 61443 at "+rate+", p50 (61443 − 8080)", "ms",
-			added(ours, 50), added(ha, 50), "added by "+haName, &goal{atMost: true, limit: 0.15}),
-		newFigure("tls/added-latency-p99", "latency added by TLS on 61443 at "+rate+", p99 (61443 − 8080)", "ms",
-			added(ours, 99), added(ha, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}),
-		newFigure("tls/added-latency-hop-p50", "latency added by TLS on 61443 at "+rate+", p50, against the hop alone", "ms",
-			added(ours, 50), added(relay, 50), relayName, nil),
-		newFigure("tls/added-latency-hop-p99", "latency added by TLS on 61443 at "+rate+", p99, against the hop alone", "ms",
-			added(ours, 99), added(relay, 99), relayName, nil),
-	)
+	r.addedLatency(lat, "tls/added-latency", "latency added by TLS on 61443 at "+rate, haName)
 	if len(r.lat1) > 0 {
-		added1 := func(k string, p float64) float64 {
-			return percentile(r.lat1[k], p) - percentile(r.lat1[plain], p)
-		}
 		for _, k := range []string{ours, plain, ha, relay} {
 			rep.Samples["tls-latency-one-cpu/"+k] = roundMS(r.lat1[k])
 		}
-		rep.Figures = append(rep.Figures,
-			newFigure("tls/added-latency-one-cpu-p50", "latency added by TLS on 61443 at "+rate+", all on one CPU, p50", "ms",
-				added1(ours, 50), added1(ha, 50), "added by "+haName, &goal{atMost: true, limit: 0.15}),
-			newFigure("tls/added-latency-one-cpu-p99", "latency added by TLS on 61443 at "+rate+", all on one CPU, p99", "ms",
-				added1(ours, 99), added1(ha, 99), "added by "+haName, &goal{atMost: true, limit: 0.5}),
-			newFigure("tls/added-latency-one-cpu-hop-p50", "latency added by TLS on 61443 at "+rate+", all on one CPU, p50, against the hop alone", "ms",
-				added1(ours, 50), added1(relay, 50), relayName, nil),
-			newFigure("tls/added-latency-one-cpu-hop-p99", "latency added by TLS on 61443 at "+rate+", all on one CPU, p99, against the hop alone", "ms",
-				added1(ours, 99), added1(relay, 99), relayName, nil))
+		r.addedLatency(r.lat1, "tls/added-latency-one-cpu", "latency added by TLS on 61443 at "+rate+", all on one CPU", haName)
 	}
 	rep.Figures = append(rep.Figures,
 		newFigure("tls/latency-p50", "GET / through 61443 at "+rate+", p50", "ms",
