@@ -19,15 +19,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/sampleapp"
 )
 
-func init() {
-	register(agentCommand)
-	register(createJoinTokenCommand)
-	register(cellsCommand)
-	register(deleteCellCommand)
-	register(cniConfigCommand)
-	register(sampleAppCommand)
-}
-
 var agentCommand = &command{
 	name:    "agent",
 	group:   groupControlPlane,
@@ -116,33 +107,19 @@ var createJoinTokenCommand = &command{
 	},
 }
 
-var cellsCommand = &command{
-	name:    "cells",
-	group:   groupControlPlane,
-	summary: "List the foundation's cells and their overlay leases (admin only)",
-	usage:   "cells [--json]",
-	example: "trellis cells",
-	config:  true,
-	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		asJSON := fs.Bool("json", false, "Print JSON")
-		return func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return badUsage("cells takes no arguments")
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			cells, err := s.client.Cells(ctx)
-			if err != nil {
-				return err
-			}
-			return printList(s, *asJSON, "cells", cells, []string{"name", "underlay ip", "subnet", "healthy", "last seen"}, func(c api.Cell) []string {
-				return []string{c.Name, c.UnderlayIP, c.Subnet, strconv.FormatBool(c.Healthy), c.LastSeen.Format(time.RFC3339)}
-			})
-		}
+var cellsCommand = listCommand(listing[api.Cell]{
+	command: command{name: "cells", group: groupControlPlane,
+		summary: "List the foundation's cells and their overlay leases (admin only)",
+		usage:   "cells [--json]", example: "trellis cells"},
+	jsonHelp:  "Print JSON",
+	argsError: "cells takes no arguments",
+	fetch:     func(ctx context.Context, l *listRun) ([]api.Cell, error) { return l.client.Cells(ctx) },
+	noun:      "cells",
+	header:    []string{"name", "underlay ip", "subnet", "healthy", "last seen"},
+	row: func(c api.Cell) []string {
+		return []string{c.Name, c.UnderlayIP, c.Subnet, strconv.FormatBool(c.Healthy), c.LastSeen.Format(time.RFC3339)}
 	},
-}
+})
 
 var deleteCellCommand = &command{
 	name:    "delete-cell",

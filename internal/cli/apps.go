@@ -17,84 +17,65 @@ import (
 
 // App, domain and route commands.
 
-var appsCommand = &command{
-	name:    "apps",
-	group:   groupApps,
-	summary: "List all apps in the target space",
-	usage:   "apps [--json]",
-	example: "trellis apps\ntrellis apps --json",
-	config:  true,
-	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args); err != nil {
-				return err
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
-			if err != nil {
-				return err
-			}
-			if !*asJSON {
-				s.printf("Getting apps in org %s / space %s as %s...\n\n", t.org.Name, t.space.Name, s.user())
-			}
-			apps, err := s.client.Apps(ctx, api.AppFilter{SpaceGUIDs: []string{t.space.GUID}})
-			if err != nil {
-				return err
-			}
-			slices.SortFunc(apps, func(a, b api.App) int { return strings.Compare(a.Name, b.Name) })
-			if *asJSON {
-				return s.printJSON(nonNil(apps))
-			}
-			if len(apps) == 0 {
-				s.printf("No apps found.\n")
-				return nil
-			}
-			guids := make([]string, len(apps))
-			for i, a := range apps {
-				guids[i] = a.GUID
-			}
-			urls := map[string][]string{} // app GUID → route URLs
-			err = inChunks(guids, func(c []string) error {
-				routes, err := s.client.Routes(ctx, api.RouteFilter{AppGUIDs: c})
-				for _, r := range routes {
-					for _, d := range r.Destinations {
-						urls[d.App.GUID] = append(urls[d.App.GUID], orDefault(r.URL, r.Host))
-					}
-				}
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			running := map[string]int{} // app GUID → running instances
-			err = inChunks(guids, func(c []string) error {
-				ins, err := s.client.Instances(ctx, c...)
-				for _, in := range ins {
-					if in.State == "RUNNING" {
-						running[in.AppGUID]++
-					}
-				}
-				return err
-			})
-			if err != nil {
-				return err
-			}
-			var rows [][]string
-			for _, a := range apps {
-				desired := a.Instances
-				if a.State != "STARTED" {
-					desired = 0
-				}
-				rows = append(rows, []string{a.Name, strings.ToLower(a.State), fmt.Sprintf("%d/%d", running[a.GUID], desired), strings.Join(uniq(urls[a.GUID]), ", ")})
-			}
-			s.printTable([]string{"name", "requested state", "instances", "routes"}, rows)
-			return nil
+var appsCommand = listCommand(listing[api.App]{
+	command: command{name: "apps", group: groupApps, summary: "List all apps in the target space",
+		usage: "apps [--json]", example: "trellis apps\ntrellis apps --json"},
+	fetch: func(ctx context.Context, l *listRun) ([]api.App, error) {
+		t, err := l.target(ctx)
+		if err != nil {
+			return nil, err
 		}
+		l.heading("Getting apps in org %s / space %s as %s...", t.org.Name, t.space.Name, l.user())
+		return l.client.Apps(ctx, api.AppFilter{SpaceGUIDs: []string{t.space.GUID}})
 	},
+	order:  func(a, b api.App) int { return strings.Compare(a.Name, b.Name) },
+	noun:   "apps",
+	header: []string{"name", "requested state", "instances", "routes"},
+	rows:   appRows,
+})
+
+// appRows are the rows of apps: each app's state, running and desired
+// instances, and route URLs.
+func appRows(ctx context.Context, l *listRun, apps []api.App) ([][]string, error) {
+	guids := make([]string, len(apps))
+	for i, a := range apps {
+		guids[i] = a.GUID
+	}
+	urls := map[string][]string{} // app GUID → route URLs
+	err := inChunks(guids, func(c []string) error {
+		routes, err := l.client.Routes(ctx, api.RouteFilter{AppGUIDs: c})
+		for _, r := range routes {
+			for _, d := range r.Destinations {
+				urls[d.App.GUID] = append(urls[d.App.GUID], orDefault(r.URL, r.Host))
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	running := map[string]int{} // app GUID → running instances
+	err = inChunks(guids, func(c []string) error {
+		ins, err := l.client.Instances(ctx, c...)
+		for _, in := range ins {
+			if in.State == "RUNNING" {
+				running[in.AppGUID]++
+			}
+		}
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	var rows [][]string
+	for _, a := range apps {
+		desired := a.Instances
+		if a.State != "STARTED" {
+			desired = 0
+		}
+		rows = append(rows, []string{a.Name, strings.ToLower(a.State), fmt.Sprintf("%d/%d", running[a.GUID], desired), strings.Join(uniq(urls[a.GUID]), ", ")})
+	}
+	return rows, nil
 }
 
 var createAppCommand = &command{
@@ -255,41 +236,24 @@ func stopAndWait(ctx context.Context, s *session, a api.App, stateDir string) er
 	}
 }
 
-var domainsCommand = &command{
-	name:    "domains",
-	group:   groupApps,
-	summary: "List domains",
-	usage:   "domains [--json]",
-	example: "trellis domains",
-	config:  true,
-	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args); err != nil {
-				return err
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			if !*asJSON {
-				s.printf("Getting domains as %s...\n\n", s.user())
-			}
-			domains, err := s.client.Domains(ctx, api.DomainFilter{})
-			if err != nil {
-				return err
-			}
-			slices.SortFunc(domains, func(a, b api.Domain) int { return strings.Compare(a.Name, b.Name) })
-			return printList(s, *asJSON, "domains", domains, []string{"name", "availability", "internal"}, func(d api.Domain) []string {
-				internal := ""
-				if d.Internal {
-					internal = "true"
-				}
-				return []string{d.Name, "shared", internal}
-			})
-		}
+var domainsCommand = listCommand(listing[api.Domain]{
+	command: command{name: "domains", group: groupApps, summary: "List domains",
+		usage: "domains [--json]", example: "trellis domains"},
+	fetch: func(ctx context.Context, l *listRun) ([]api.Domain, error) {
+		l.heading("Getting domains as %s...", l.user())
+		return l.client.Domains(ctx, api.DomainFilter{})
 	},
-}
+	order:  func(a, b api.Domain) int { return strings.Compare(a.Name, b.Name) },
+	noun:   "domains",
+	header: []string{"name", "availability", "internal"},
+	row: func(d api.Domain) []string {
+		internal := ""
+		if d.Internal {
+			internal = "true"
+		}
+		return []string{d.Name, "shared", internal}
+	},
+})
 
 var createDomainCommand = &command{
 	name:    "create-domain",
@@ -333,62 +297,50 @@ var createDomainCommand = &command{
 	},
 }
 
-var routesCommand = &command{
-	name:    "routes",
-	group:   groupApps,
-	summary: "List routes and the apps they send to",
-	usage:   "routes [--json]",
-	example: "trellis routes",
-	config:  true,
-	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args); err != nil {
-				return err
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			if !*asJSON {
-				s.printf("Getting routes as %s...\n\n", s.user())
-			}
-			routes, err := s.client.Routes(ctx, api.RouteFilter{})
-			if err != nil {
-				return err
-			}
-			slices.SortFunc(routes, func(a, b api.Route) int { return strings.Compare(a.URL, b.URL) })
-			if *asJSON || len(routes) == 0 {
-				return printList(s, *asJSON, "routes", routes, nil, nil)
-			}
-			domains, err := s.client.Domains(ctx, api.DomainFilter{})
-			if err != nil {
-				return err
-			}
-			domainNames := map[string]string{}
-			for _, d := range domains {
-				domainNames[d.GUID] = d.Name
-			}
-			var appGUIDs []string
-			for _, r := range routes {
-				for _, d := range r.Destinations {
-					appGUIDs = append(appGUIDs, d.App.GUID)
-				}
-			}
-			apps, err := s.appsByGUID(ctx, appGUIDs)
-			if err != nil {
-				return err
-			}
-			return printList(s, false, "routes", routes, []string{"host", "domain", "apps"}, func(r api.Route) []string {
-				var names []string
-				for _, d := range r.Destinations {
-					names = append(names, orDefault(apps[d.App.GUID].Name, d.App.GUID))
-				}
-				domain := r.Relationships.Domain.Data.GUID
-				return []string{r.Host, orDefault(domainNames[domain], domain), strings.Join(uniq(names), ", ")}
-			})
-		}
+var routesCommand = listCommand(listing[api.Route]{
+	command: command{name: "routes", group: groupApps, summary: "List routes and the apps they send to",
+		usage: "routes [--json]", example: "trellis routes"},
+	fetch: func(ctx context.Context, l *listRun) ([]api.Route, error) {
+		l.heading("Getting routes as %s...", l.user())
+		return l.client.Routes(ctx, api.RouteFilter{})
 	},
+	order:  func(a, b api.Route) int { return strings.Compare(a.URL, b.URL) },
+	noun:   "routes",
+	header: []string{"host", "domain", "apps"},
+	rows:   routeRows,
+})
+
+// routeRows are the rows of routes: each route's host, domain name and
+// the names of the apps it sends to.
+func routeRows(ctx context.Context, l *listRun, routes []api.Route) ([][]string, error) {
+	domains, err := l.client.Domains(ctx, api.DomainFilter{})
+	if err != nil {
+		return nil, err
+	}
+	domainNames := map[string]string{}
+	for _, d := range domains {
+		domainNames[d.GUID] = d.Name
+	}
+	var appGUIDs []string
+	for _, r := range routes {
+		for _, d := range r.Destinations {
+			appGUIDs = append(appGUIDs, d.App.GUID)
+		}
+	}
+	apps, err := l.appsByGUID(ctx, appGUIDs)
+	if err != nil {
+		return nil, err
+	}
+	var rows [][]string
+	for _, r := range routes {
+		var names []string
+		for _, d := range r.Destinations {
+			names = append(names, orDefault(apps[d.App.GUID].Name, d.App.GUID))
+		}
+		domain := r.Relationships.Domain.Data.GUID
+		rows = append(rows, []string{r.Host, orDefault(domainNames[domain], domain), strings.Join(uniq(names), ", ")})
+	}
+	return rows, nil
 }
 
 // routeArgs are the checked arguments of map-route and unmap-route.

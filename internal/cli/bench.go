@@ -16,8 +16,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/bench"
 )
 
-func init() { register(benchCommand) }
-
 // benchmark is one benchmark `trellis bench` can run: its name and how to
 // run it, quick or not, with its progress lines going to progress.
 type benchmark struct {

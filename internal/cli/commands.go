@@ -45,15 +45,11 @@ type command struct {
 	setup func(fs *flag.FlagSet, e *env) func(ctx context.Context, args []string) error
 }
 
-// commands is the command table, in help order within each group.
-//
-// Hook for commands defined elsewhere in this package (the lead's
-// controller.go, later up, push, ...): call register from an init func,
-//
-//	func init() { register(controllerCommand) }
-//
-// with group groupControlPlane or groupLocal.
+// commands is the command table: every command, grouped as `trellis help`
+// lists them and in its order within each group. A new command is a line
+// here.
 var commands = []*command{
+	// Control plane
 	loginCommand,
 	targetCommand,
 	orgsCommand,
@@ -61,7 +57,16 @@ var commands = []*command{
 	spacesCommand,
 	createSpaceCommand,
 	createTokenCommand,
+	agentCommand,
+	createJoinTokenCommand,
+	cellsCommand,
+	deleteCellCommand,
+	cniConfigCommand,
+	controllerCommand,
+	instanceCACommand,
+	rotateInstanceCACommand,
 
+	// Apps and routes
 	appsCommand,
 	createAppCommand,
 	deleteAppCommand,
@@ -70,19 +75,32 @@ var commands = []*command{
 	routesCommand,
 	mapRouteCommand,
 	unmapRouteCommand,
+	appCommand,
 
+	// Network policies
 	networkPoliciesCommand,
 	addNetworkPolicyCommand,
 	removeNetworkPolicyCommand,
-}
+	tlsCommand,
+	setTLSCommand,
+	flowsCommand,
+	explainCommand,
+	enforcementCommand,
 
-// register adds c to the command table. It panics on a duplicate name, so
-// that a clash shows at the first run of any test.
-func register(c *command) {
-	if lookup(c.name) != nil {
-		panic("cli: command registered twice: " + c.name)
-	}
-	commands = append(commands, c)
+	// Local foundation
+	sampleAppCommand,
+	benchCommand,
+	demoCommand,
+	upCommand,
+	downCommand,
+	statusCommand,
+	pushCommand,
+	execCommand,
+	logsCommand,
+	appActionCommand("start", "Start an app's instances"),
+	appActionCommand("stop", "Stop an app's instances"),
+	appActionCommand("restart", "Stop an app's instances and start new ones"),
+	scaleCommand,
 }
 
 func lookup(name string) *command {

@@ -12,8 +12,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/ipam"
 )
 
-func init() { register(controllerCommand) }
-
 var controllerCommand = &command{
 	name:    "controller",
 	group:   groupControlPlane,

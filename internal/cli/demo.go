@@ -7,8 +7,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/demo"
 )
 
-func init() { register(demoCommand) }
-
 var demoCommand = &command{
 	name:    "demo",
 	group:   groupLocal,

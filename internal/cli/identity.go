@@ -17,14 +17,6 @@ import (
 // TLS on port 61443, and `app`, which shows one app (and its GUID, which
 // the identity certificates name).
 
-func init() {
-	register(appCommand)
-	register(instanceCACommand)
-	register(rotateInstanceCACommand)
-	register(tlsCommand)
-	register(setTLSCommand)
-}
-
 // tlsPort is the port on which the platform terminates TLS for instances.
 const tlsPort = 61443
 

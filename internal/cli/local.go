@@ -19,14 +19,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/launcher"
 )
 
-func init() {
-	for _, c := range []*command{upCommand, downCommand, statusCommand, pushCommand, execCommand, logsCommand,
-		appActionCommand("start", "Start an app's instances"), appActionCommand("stop", "Stop an app's instances"),
-		appActionCommand("restart", "Stop an app's instances and start new ones"), scaleCommand} {
-		register(c)
-	}
-}
-
 // stateDirFlag is the local foundation's state dir: --state-dir, else
 // $TRELLIS_STATE_DIR, else the default.
 func stateDirFlag(fs *flag.FlagSet, e *env) *string {

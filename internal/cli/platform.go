@@ -159,35 +159,18 @@ func (s *session) printTarget() {
 	})
 }
 
-var orgsCommand = &command{
-	name:    "orgs",
-	group:   groupControlPlane,
-	summary: "List all orgs",
-	usage:   "orgs [--json]",
-	example: "trellis orgs",
-	config:  true,
-	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args); err != nil {
-				return err
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			if !*asJSON {
-				s.printf("Getting orgs as %s...\n\n", s.user())
-			}
-			orgs, err := s.client.Orgs(ctx, api.OrgFilter{})
-			if err != nil {
-				return err
-			}
-			slices.SortFunc(orgs, func(a, b api.Organization) int { return strings.Compare(a.Name, b.Name) })
-			return printList(s, *asJSON, "orgs", orgs, []string{"name"}, func(o api.Organization) []string { return []string{o.Name} })
-		}
+var orgsCommand = listCommand(listing[api.Organization]{
+	command: command{name: "orgs", group: groupControlPlane, summary: "List all orgs",
+		usage: "orgs [--json]", example: "trellis orgs"},
+	fetch: func(ctx context.Context, l *listRun) ([]api.Organization, error) {
+		l.heading("Getting orgs as %s...", l.user())
+		return l.client.Orgs(ctx, api.OrgFilter{})
 	},
-}
+	order:  func(a, b api.Organization) int { return strings.Compare(a.Name, b.Name) },
+	noun:   "orgs",
+	header: []string{"name"},
+	row:    func(o api.Organization) []string { return []string{o.Name} },
+})
 
 var createOrgCommand = &command{
 	name:    "create-org",
@@ -228,45 +211,23 @@ var createOrgCommand = &command{
 	},
 }
 
-var spacesCommand = &command{
-	name:    "spaces",
-	group:   groupControlPlane,
-	summary: "List all spaces in an org",
-	usage:   "spaces [-o ORG] [--json]",
-	example: "trellis spaces\ntrellis spaces -o my-org --json",
-	config:  true,
-	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		orgFlag := fs.String("o", "", "List the spaces of `ORG` (default: the targeted org)")
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args); err != nil {
-				return err
-			}
-			if *orgFlag != "" {
-				if err := checkName("org", *orgFlag); err != nil {
-					return err
-				}
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			org, err := s.org(ctx, orDefault(*orgFlag, s.orgName()))
-			if err != nil {
-				return err
-			}
-			if !*asJSON {
-				s.printf("Getting spaces in org %s as %s...\n\n", org.Name, s.user())
-			}
-			spaces, err := s.client.Spaces(ctx, api.SpaceFilter{OrgGUIDs: []string{org.GUID}})
-			if err != nil {
-				return err
-			}
-			slices.SortFunc(spaces, func(a, b api.Space) int { return strings.Compare(a.Name, b.Name) })
-			return printList(s, *asJSON, "spaces", spaces, []string{"name"}, func(sp api.Space) []string { return []string{sp.Name} })
+var spacesCommand = listCommand(listing[api.Space]{
+	command: command{name: "spaces", group: groupControlPlane, summary: "List all spaces in an org",
+		usage: "spaces [-o ORG] [--json]", example: "trellis spaces\ntrellis spaces -o my-org --json"},
+	filter: &nameFilter{flag: "o", help: "List the spaces of `ORG` (default: the targeted org)", kind: "org", emptyIsDefault: true},
+	fetch: func(ctx context.Context, l *listRun) ([]api.Space, error) {
+		org, err := l.org(ctx, orDefault(l.filter, l.orgName()))
+		if err != nil {
+			return nil, err
 		}
+		l.heading("Getting spaces in org %s as %s...", org.Name, l.user())
+		return l.client.Spaces(ctx, api.SpaceFilter{OrgGUIDs: []string{org.GUID}})
 	},
-}
+	order:  func(a, b api.Space) int { return strings.Compare(a.Name, b.Name) },
+	noun:   "spaces",
+	header: []string{"name"},
+	row:    func(sp api.Space) []string { return []string{sp.Name} },
+})
 
 var createSpaceCommand = &command{
 	name:    "create-space",
@@ -394,34 +355,4 @@ var createTokenCommand = &command{
 			return nil
 		}
 	},
-}
-
-func jsonFlag(fs *flag.FlagSet) *bool {
-	return fs.Bool("json", false, "Print the list as JSON")
-}
-
-// printList ends every listing verb: items as JSON, or "No NOUN found.",
-// or a table of one row per item under header.
-func printList[T any](s *session, asJSON bool, noun string, items []T, header []string, row func(T) []string) error {
-	if asJSON {
-		return s.printJSON(nonNil(items))
-	}
-	if len(items) == 0 {
-		s.printf("No %s found.\n", noun)
-		return nil
-	}
-	rows := make([][]string, 0, len(items))
-	for _, it := range items {
-		rows = append(rows, row(it))
-	}
-	s.printTable(header, rows)
-	return nil
-}
-
-// nonNil makes an empty list print as [] rather than null.
-func nonNil[T any](s []T) []T {
-	if s == nil {
-		return []T{}
-	}
-	return s
 }

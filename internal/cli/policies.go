@@ -254,56 +254,29 @@ type policyRow struct {
 	DestinationOrg   string    `json:"destination_org"`
 }
 
-var networkPoliciesCommand = &command{
-	name:    "network-policies",
-	group:   groupPolicies,
-	summary: "List direct network traffic policies of apps in the target space",
-	usage:   "network-policies [--source SOURCE_APP] [--json]",
-	example: "trellis network-policies\ntrellis network-policies --source frontend --json",
-	config:  true,
-	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
-		source := fs.String("source", "", "List only the policies of source app `APP`")
-		asJSON := jsonFlag(fs)
-		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args); err != nil {
-				return err
-			}
-			if setFlags(fs)["source"] {
-				if err := checkName("source app", *source); err != nil {
-					return err
-				}
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
-			if err != nil {
-				return err
-			}
-			if !*asJSON {
-				if *source != "" {
-					s.printf("Listing network policies of app %s in org %s / space %s as %s...\n\n", *source, t.org.Name, t.space.Name, s.user())
-				} else {
-					s.printf("Listing network policies in org %s / space %s as %s...\n\n", t.org.Name, t.space.Name, s.user())
-				}
-			}
-			rows, err := s.policyRows(ctx, t, *source)
-			if err != nil {
-				return err
-			}
-			if *asJSON {
-				return s.printJSON(nonNil(rows))
-			}
-			var table [][]string
-			for _, r := range rows {
-				table = append(table, []string{r.Source, r.Destination, r.Protocol, formatPorts(r.Ports), r.DestinationSpace, r.DestinationOrg})
-			}
-			s.printTable([]string{"source", "destination", "protocol", "ports", "destination space", "destination org"}, table)
-			return nil
+var networkPoliciesCommand = listCommand(listing[policyRow]{
+	command: command{name: "network-policies", group: groupPolicies,
+		summary: "List direct network traffic policies of apps in the target space",
+		usage:   "network-policies [--source SOURCE_APP] [--json]",
+		example: "trellis network-policies\ntrellis network-policies --source frontend --json"},
+	filter: &nameFilter{flag: "source", help: "List only the policies of source app `APP`", kind: "source app"},
+	fetch: func(ctx context.Context, l *listRun) ([]policyRow, error) {
+		t, err := l.target(ctx)
+		if err != nil {
+			return nil, err
 		}
+		if l.filter != "" {
+			l.heading("Listing network policies of app %s in org %s / space %s as %s...", l.filter, t.org.Name, t.space.Name, l.user())
+		} else {
+			l.heading("Listing network policies in org %s / space %s as %s...", t.org.Name, t.space.Name, l.user())
+		}
+		return l.policyRows(ctx, t, l.filter)
 	},
-}
+	header: []string{"source", "destination", "protocol", "ports", "destination space", "destination org"},
+	row: func(r policyRow) []string {
+		return []string{r.Source, r.Destination, r.Protocol, formatPorts(r.Ports), r.DestinationSpace, r.DestinationOrg}
+	},
+})
 
 // policyRows lists the policies whose source app is in t's space (only
 // those of source, when not empty), with names for every GUID. A GUID

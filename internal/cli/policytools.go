@@ -10,12 +10,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 )
 
-func init() {
-	register(flowsCommand)
-	register(explainCommand)
-	register(enforcementCommand)
-}
-
 var flowsCommand = &command{
 	name:    "flows",
 	group:   groupPolicies,
