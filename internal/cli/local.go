@@ -163,34 +163,6 @@ var downCommand = &command{
 	},
 }
 
-// statusReport is `trellis status --json`: the foundation file, with
-// each cell's subnet and health from its agent.
-type statusReport struct {
-	*launcher.Foundation
-	ControllerHealthy bool `json:"controller_healthy"`
-	// Cells are the foundation's cells (name, netns, underlay_ip,
-	// agent_socket, cni_conflist, ...) with subnet and healthy.
-	Cells []statusCell `json:"cells"`
-	// CellStatus is the same status alone (kept for existing readers).
-	CellStatus []cellStatus `json:"cell_status"`
-}
-
-type statusCell struct {
-	launcher.Cell
-	Subnet  string `json:"subnet"`
-	Healthy bool   `json:"healthy"`
-	Reason  string `json:"reason,omitempty"`
-}
-
-type cellStatus struct {
-	Name       string `json:"name"`
-	NetNS      string `json:"netns"`
-	UnderlayIP string `json:"underlay_ip"`
-	Subnet     string `json:"subnet"`
-	Healthy    bool   `json:"healthy"`
-	Reason     string `json:"reason,omitempty"`
-}
-
 var statusCommand = &command{
 	name:    "status",
 	group:   groupLocal,
@@ -204,44 +176,26 @@ var statusCommand = &command{
 			if len(args) > 0 {
 				return badUsage("status takes no arguments")
 			}
-			f, err := launcher.Load(*dir)
+			st, err := launcher.Status(ctx, *dir)
 			if errors.Is(err, os.ErrNotExist) {
 				return fmt.Errorf("no local foundation in %s: start one with `trellis up`", *dir)
 			}
 			if err != nil {
 				return err
 			}
-			r := statusReport{Foundation: f}
-			if cfg, err := api.LoadClientConfig(f.Admin); err == nil {
-				if c, err := api.NewClient(cfg); err == nil {
-					_, err := c.Health(ctx)
-					r.ControllerHealthy = err == nil
-				}
-			}
-			for _, c := range f.Cells {
-				cs := cellStatus{Name: c.Name, NetNS: c.NetNS, UnderlayIP: c.UnderlayIP}
-				st, err := launcher.AgentStatus(ctx, c.Socket)
-				if err != nil {
-					cs.Reason = "agent unreachable: " + err.Error()
-				} else {
-					cs.Subnet, cs.Healthy, cs.Reason = st.Subnet, st.Ready, st.Reason
-				}
-				r.CellStatus = append(r.CellStatus, cs)
-				r.Cells = append(r.Cells, statusCell{Cell: c, Subnet: cs.Subnet, Healthy: cs.Healthy, Reason: cs.Reason})
-			}
 			if *asJSON {
-				return e.printJSON(r)
+				return e.printJSON(st)
 			}
-			e.printf("controller   %s   healthy: %v\n", f.APIURL, r.ControllerHealthy)
-			e.printf("underlay     %s (198.51.100.0/24)\n", f.Underlay)
-			e.printf("cni plugin   %s\n\n", f.CNIPlugin)
+			e.printf("controller   %s   healthy: %v\n", st.APIURL, st.ControllerHealthy)
+			e.printf("underlay     %s (198.51.100.0/24)\n", st.Underlay)
+			e.printf("cni plugin   %s\n\n", st.CNIPlugin)
 			rows := [][]string{}
-			for i, c := range r.CellStatus {
+			for _, c := range st.Cells {
 				healthy := strconv.FormatBool(c.Healthy)
 				if c.Reason != "" {
 					healthy += " (" + c.Reason + ")"
 				}
-				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, f.Cells[i].CNIConfList})
+				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, c.CNIConfList})
 			}
 			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "cni config"}, rows)
 			return nil

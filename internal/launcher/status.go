@@ -1,0 +1,88 @@
+package launcher
+
+import (
+	"context"
+	"encoding/json"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+)
+
+// FoundationStatus is a foundation as foundation.json records it, with
+// whether its controller answers and each cell's subnet and health as its
+// agent reports them: what `trellis status` shows, as a table or as JSON.
+type FoundationStatus struct {
+	*Foundation
+	ControllerHealthy bool `json:"controller_healthy"`
+	// Cells are the foundation's cells, each with its status; they stand
+	// for Foundation.Cells in the JSON.
+	Cells []CellStatus `json:"cells"`
+}
+
+// CellStatus is a cell of the foundation and its status from its agent.
+type CellStatus struct {
+	Cell
+	Subnet  string `json:"subnet"`
+	Healthy bool   `json:"healthy"`
+	Reason  string `json:"reason,omitempty"` // why it is not healthy
+}
+
+// Status reads the foundation in stateDir and asks its controller and
+// each cell's agent how they are. A controller or agent that does not
+// answer is reported unhealthy, an agent with the reason; the error is for
+// a foundation that cannot be read (os.ErrNotExist when there is none).
+func Status(ctx context.Context, stateDir string) (FoundationStatus, error) {
+	f, err := Load(stateDir)
+	if err != nil {
+		return FoundationStatus{}, err
+	}
+	s := FoundationStatus{Foundation: f, ControllerHealthy: controllerHealthy(ctx, f.Admin)}
+	for _, c := range f.Cells {
+		cs := CellStatus{Cell: c}
+		st, err := AgentStatus(ctx, c.Socket)
+		if err != nil {
+			cs.Reason = "agent unreachable: " + err.Error()
+		} else {
+			cs.Subnet, cs.Healthy, cs.Reason = st.Subnet, st.Ready, st.Reason
+		}
+		s.Cells = append(s.Cells, cs)
+	}
+	return s, nil
+}
+
+// controllerHealthy reports whether the controller of the admin config
+// file admin answers its health check.
+func controllerHealthy(ctx context.Context, admin string) bool {
+	cfg, err := api.LoadClientConfig(admin)
+	if err != nil {
+		return false
+	}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return false
+	}
+	_, err = c.Health(ctx)
+	return err == nil
+}
+
+// MarshalJSON writes s with, after its cells, "cell_status": the cells'
+// status again with only their name, namespace and underlay IP, which
+// readers of earlier versions of `trellis status --json` use.
+func (s FoundationStatus) MarshalJSON() ([]byte, error) {
+	type cellStatus struct {
+		Name       string `json:"name"`
+		NetNS      string `json:"netns"`
+		UnderlayIP string `json:"underlay_ip"`
+		Subnet     string `json:"subnet"`
+		Healthy    bool   `json:"healthy"`
+		Reason     string `json:"reason,omitempty"`
+	}
+	type plain FoundationStatus // without this method
+	out := struct {
+		plain
+		CellStatus []cellStatus `json:"cell_status"`
+	}{plain: plain(s)}
+	for _, c := range s.Cells {
+		out.CellStatus = append(out.CellStatus, cellStatus{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, c.Healthy, c.Reason})
+	}
+	return json.Marshal(out)
+}
