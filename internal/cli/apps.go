@@ -143,11 +143,7 @@ var deleteAppCommand = &command{
 			if err := checkName("app", name); err != nil {
 				return err
 			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
+			s, t, err := e.targetSession(ctx)
 			if err != nil {
 				return err
 			}
@@ -391,11 +387,7 @@ var mapRouteCommand = &command{
 			if err != nil {
 				return err
 			}
-			domain, err := s.domain(ctx, r.domain)
-			if err != nil {
-				return err
-			}
-			route, found, err := s.route(ctx, domain, r.host)
+			domain, route, found, err := s.findRoute(ctx, r)
 			if err != nil {
 				return err
 			}
@@ -413,7 +405,7 @@ var mapRouteCommand = &command{
 				}
 			}
 			s.printf("Mapping route %s to app %s in org %s / space %s as %s...\n", r.url(), app.Name, t.org.Name, t.space.Name, s.user())
-			if slices.ContainsFunc(route.Destinations, func(d api.RouteDestination) bool { return d.App.GUID == app.GUID }) {
+			if mapped(route, app) {
 				s.printf("App %s is already mapped to route %s.\n", app.Name, r.url())
 			} else if _, err := s.client.AddRouteDestinations(ctx, route.GUID, app.GUID); err != nil {
 				return err
@@ -438,11 +430,7 @@ var unmapRouteCommand = &command{
 			if err != nil {
 				return err
 			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			t, err := s.target(ctx)
+			s, t, err := e.targetSession(ctx)
 			if err != nil {
 				return err
 			}
@@ -451,18 +439,14 @@ var unmapRouteCommand = &command{
 			if err != nil {
 				return err
 			}
-			domain, err := s.domain(ctx, r.domain)
-			if err != nil {
-				return err
-			}
-			route, found, err := s.route(ctx, domain, r.host)
+			_, route, found, err := s.findRoute(ctx, r)
 			if err != nil {
 				return err
 			}
 			if !found {
 				return &notFoundError{"Route " + r.url() + " not found"}
 			}
-			if !slices.ContainsFunc(route.Destinations, func(d api.RouteDestination) bool { return d.App.GUID == app.GUID }) {
+			if !mapped(route, app) {
 				s.printf("Route to be unmapped is not currently mapped to the application.\n")
 			} else if err := s.client.RemoveRouteDestination(ctx, route.GUID, app.GUID); err != nil && !api.IsNotFound(err) {
 				return err
@@ -471,6 +455,21 @@ var unmapRouteCommand = &command{
 			return nil
 		}
 	},
+}
+
+// findRoute looks up r's domain and the route HOST.DOMAIN in it.
+func (s *session) findRoute(ctx context.Context, r routeArgs) (api.Domain, api.Route, bool, error) {
+	domain, err := s.domain(ctx, r.domain)
+	if err != nil {
+		return domain, api.Route{}, false, err
+	}
+	route, found, err := s.route(ctx, domain, r.host)
+	return domain, route, found, err
+}
+
+// mapped reports whether route sends to app.
+func mapped(route api.Route, app api.App) bool {
+	return slices.ContainsFunc(route.Destinations, func(d api.RouteDestination) bool { return d.App.GUID == app.GUID })
 }
 
 // route finds HOST.DOMAIN.
@@ -485,17 +484,4 @@ func (s *session) route(ctx context.Context, domain api.Domain, host string) (ap
 		return api.Route{}, false, nil
 	}
 	return routes[i], true, nil
-}
-
-// checkSpaceFlags checks -o ORG and -s SPACE.
-func checkSpaceFlags(org, space string) error {
-	if org != "" {
-		if err := checkName("org", org); err != nil {
-			return err
-		}
-	}
-	if space != "" {
-		return checkName("space", space)
-	}
-	return nil
 }

@@ -91,15 +91,8 @@ var targetCommand = &command{
 			if err := wantArgs(args); err != nil {
 				return err
 			}
-			if *orgFlag != "" {
-				if err := checkName("org", *orgFlag); err != nil {
-					return err
-				}
-			}
-			if *spaceFlag != "" {
-				if err := checkName("space", *spaceFlag); err != nil {
-					return err
-				}
+			if err := checkSpaceFlags(*orgFlag, *spaceFlag); err != nil {
+				return err
 			}
 			s, err := e.session()
 			if err != nil {
@@ -246,10 +239,8 @@ var createSpaceCommand = &command{
 			if err := checkName("space", name); err != nil {
 				return err
 			}
-			if *orgFlag != "" {
-				if err := checkName("org", *orgFlag); err != nil {
-					return err
-				}
+			if err := checkSpaceFlags(*orgFlag, ""); err != nil {
+				return err
 			}
 			s, err := e.session()
 			if err != nil {

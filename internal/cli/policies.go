@@ -21,6 +21,7 @@ const (
 // policyFlags are the flags shared by add- and remove-network-policy.
 type policyFlags struct {
 	fs                 *flag.FlagSet
+	required           bool // --protocol and --port must be given
 	protocol, port     *string
 	destOrg, destSpace *string
 }
@@ -34,6 +35,7 @@ func newPolicyFlags(fs *flag.FlagSet, required bool) policyFlags {
 	}
 	return policyFlags{
 		fs:        fs,
+		required:  required,
 		protocol:  fs.String("protocol", "", protoHelp),
 		port:      fs.String("port", "", portHelp),
 		destOrg:   fs.String("o", "", "The `ORG` of the destination app (default: the targeted org)"),
@@ -51,9 +53,9 @@ type policySpec struct {
 
 // parse checks a policy command line in the cf CLI's order: flag values,
 // then required flags, then arguments, then flag combinations. With
-// required, --protocol and --port must be given; else they default to
+// f.required, --protocol and --port must be given; else they default to
 // tcp and 8080, together.
-func (f policyFlags) parse(args []string, required bool) (policySpec, error) {
+func (f policyFlags) parse(args []string) (policySpec, error) {
 	set := setFlags(f.fs)
 	spec := policySpec{destOrg: *f.destOrg, destSpace: *f.destSpace}
 	var err error
@@ -67,7 +69,7 @@ func (f policyFlags) parse(args []string, required bool) (policySpec, error) {
 			return spec, err
 		}
 	}
-	if required {
+	if f.required {
 		if err := requireFlags(f.fs, "port", "protocol"); err != nil {
 			return spec, err
 		}
@@ -150,6 +152,27 @@ func (r resolved) describe(user string) string {
 		r.srcApp, r.dstApp, r.src.org.Name, r.src.space.Name, user)
 }
 
+// resolvePolicy starts add- and remove-network-policy: it checks the
+// command line, loads the session, looks up the spaces, says what it does
+// ("Adding network policy from app ...") and looks up the apps.
+func (e *env) resolvePolicy(ctx context.Context, pf policyFlags, args []string, doing string) (*session, api.Policy, error) {
+	spec, err := pf.parse(args)
+	if err != nil {
+		return nil, api.Policy{}, err
+	}
+	s, err := e.session()
+	if err != nil {
+		return nil, api.Policy{}, err
+	}
+	r, err := s.resolveTarget(ctx, spec)
+	if err != nil {
+		return nil, api.Policy{}, err
+	}
+	s.printf("%s network policy %s\n", doing, r.describe(s.user()))
+	err = s.resolveApps(ctx, &r)
+	return s, r.policy, err
+}
+
 var addNetworkPolicyCommand = &command{
 	name:    "add-network-policy",
 	group:   groupPolicies,
@@ -162,23 +185,11 @@ var addNetworkPolicyCommand = &command{
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		pf := newPolicyFlags(fs, false)
 		return func(ctx context.Context, args []string) error {
-			spec, err := pf.parse(args, false)
+			s, p, err := e.resolvePolicy(ctx, pf, args, "Adding")
 			if err != nil {
 				return err
 			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			r, err := s.resolveTarget(ctx, spec)
-			if err != nil {
-				return err
-			}
-			s.printf("Adding network policy %s\n", r.describe(s.user()))
-			if err := s.resolveApps(ctx, &r); err != nil {
-				return err
-			}
-			if err := s.client.CreatePolicies(ctx, []api.Policy{r.policy}); err != nil {
+			if err := s.client.CreatePolicies(ctx, []api.Policy{p}); err != nil {
 				return err
 			}
 			s.ok()
@@ -198,36 +209,24 @@ var removeNetworkPolicyCommand = &command{
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		pf := newPolicyFlags(fs, true)
 		return func(ctx context.Context, args []string) error {
-			spec, err := pf.parse(args, true)
+			s, p, err := e.resolvePolicy(ctx, pf, args, "Removing")
 			if err != nil {
-				return err
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			r, err := s.resolveTarget(ctx, spec)
-			if err != nil {
-				return err
-			}
-			s.printf("Removing network policy %s\n", r.describe(s.user()))
-			if err := s.resolveApps(ctx, &r); err != nil {
 				return err
 			}
 			// Deleting is idempotent: ask first, to say whether it existed.
 			existing, err := s.client.Policies(ctx, api.PolicyFilter{
-				SourceIDs: []string{r.policy.Source.ID},
-				DestIDs:   []string{r.policy.Destination.ID},
+				SourceIDs: []string{p.Source.ID},
+				DestIDs:   []string{p.Destination.ID},
 			})
 			if err != nil {
 				return err
 			}
-			if !slices.ContainsFunc(existing, func(p api.Policy) bool { return samePolicy(p, r.policy) }) {
+			if !slices.ContainsFunc(existing, func(q api.Policy) bool { return samePolicy(q, p) }) {
 				s.printf("Policy does not exist.\n")
 				s.ok()
 				return nil
 			}
-			if err := s.client.DeletePolicies(ctx, []api.Policy{r.policy}); err != nil {
+			if err := s.client.DeletePolicies(ctx, []api.Policy{p}); err != nil {
 				return err
 			}
 			s.ok()

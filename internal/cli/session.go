@@ -222,14 +222,21 @@ func uniq(ss []string) []string {
 	return slices.Compact(out)
 }
 
+// targetSession loads the session and looks up the target: what verbs
+// that act in the target space start with.
+func (e *env) targetSession(ctx context.Context) (*session, target, error) {
+	s, err := e.session()
+	if err != nil {
+		return nil, target{}, err
+	}
+	t, err := s.target(ctx)
+	return s, t, err
+}
+
 // targetApp loads the session and finds the app named name in the target
 // space: what most app verbs start with.
 func (e *env) targetApp(ctx context.Context, name string) (*session, target, api.App, error) {
-	s, err := e.session()
-	if err != nil {
-		return nil, target{}, api.App{}, err
-	}
-	t, err := s.target(ctx)
+	s, t, err := e.targetSession(ctx)
 	if err != nil {
 		return s, t, api.App{}, err
 	}

@@ -35,6 +35,19 @@ func checkName(kind, name string) error {
 	return badInput("invalid %s name %q: %s", kind, name, problem)
 }
 
+// checkSpaceFlags checks -o ORG and -s SPACE.
+func checkSpaceFlags(org, space string) error {
+	if org != "" {
+		if err := checkName("org", org); err != nil {
+			return err
+		}
+	}
+	if space != "" {
+		return checkName("space", space)
+	}
+	return nil
+}
+
 // checkHost checks a route's host: 1-63 of [a-z0-9-], not beginning or
 // ending with '-'.
 func checkHost(host string) error {
