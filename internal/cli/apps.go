@@ -108,19 +108,9 @@ var createAppCommand = &command{
 				return err
 			}
 			s.printf("Creating app %s in org %s / space %s as %s...\n", name, t.org.Name, t.space.Name, s.user())
-			_, err = s.app(ctx, t.space, name)
-			switch {
-			case err == nil:
-				s.printf("App %s already exists.\n", name)
-			case isNotFound(err):
-				if _, err := s.client.CreateApp(ctx, t.space.GUID, name); err != nil {
-					return err
-				}
-			default:
-				return err
-			}
-			s.ok()
-			return nil
+			return ensure(s, fmt.Sprintf("App %s already exists.", name),
+				func() (api.App, error) { return s.app(ctx, t.space, name) },
+				func() (api.App, error) { return s.client.CreateApp(ctx, t.space.GUID, name) })
 		}
 	},
 }
@@ -276,19 +266,9 @@ var createDomainCommand = &command{
 				return err
 			}
 			s.printf("Creating domain %s as %s...\n", name, s.user())
-			_, err = s.domain(ctx, name)
-			switch {
-			case err == nil:
-				s.printf("Domain %s already exists.\n", name)
-			case isNotFound(err):
-				if _, err := s.client.CreateDomain(ctx, name, true); err != nil {
-					return err
-				}
-			default:
-				return err
-			}
-			s.ok()
-			return nil
+			return ensure(s, fmt.Sprintf("Domain %s already exists.", name),
+				func() (api.Domain, error) { return s.domain(ctx, name) },
+				func() (api.Domain, error) { return s.client.CreateDomain(ctx, name, true) })
 		}
 	},
 }

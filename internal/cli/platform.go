@@ -186,18 +186,11 @@ var createOrgCommand = &command{
 				return err
 			}
 			s.printf("Creating org %s as %s...\n", name, s.user())
-			_, err = s.org(ctx, name)
-			switch {
-			case err == nil:
-				s.printf("Org %s already exists.\n", name)
-			case isNotFound(err):
-				if _, err := s.client.CreateOrg(ctx, name); err != nil {
-					return err
-				}
-			default:
+			if err := ensure(s, fmt.Sprintf("Org %s already exists.", name),
+				func() (api.Organization, error) { return s.org(ctx, name) },
+				func() (api.Organization, error) { return s.client.CreateOrg(ctx, name) }); err != nil {
 				return err
 			}
-			s.ok()
 			s.printf("\nTIP: Use 'trellis target -o %q' to target new org\n", name)
 			return nil
 		}
@@ -251,18 +244,11 @@ var createSpaceCommand = &command{
 				return err
 			}
 			s.printf("Creating space %s in org %s as %s...\n", name, org.Name, s.user())
-			_, err = s.space(ctx, org, name)
-			switch {
-			case err == nil:
-				s.printf("Space %s already exists\n", name)
-			case isNotFound(err):
-				if _, err := s.client.CreateSpace(ctx, org.GUID, name); err != nil {
-					return err
-				}
-			default:
+			if err := ensure(s, fmt.Sprintf("Space %s already exists", name),
+				func() (api.Space, error) { return s.space(ctx, org, name) },
+				func() (api.Space, error) { return s.client.CreateSpace(ctx, org.GUID, name) }); err != nil {
 				return err
 			}
-			s.ok()
 			s.printf("\nTIP: Use 'trellis target -o %q -s %q' to target new space\n", org.Name, name)
 			return nil
 		}

@@ -222,6 +222,25 @@ func uniq(ss []string) []string {
 	return slices.Compact(out)
 }
 
+// ensure ends the create verbs, which succeed when what they create
+// exists: it says exists when find finds it, calls create when find finds
+// nothing, and prints OK.
+func ensure[T any](s *session, exists string, find, create func() (T, error)) error {
+	_, err := find()
+	switch {
+	case err == nil:
+		s.printf("%s\n", exists)
+	case isNotFound(err):
+		if _, err := create(); err != nil {
+			return err
+		}
+	default:
+		return err
+	}
+	s.ok()
+	return nil
+}
+
 // targetSession loads the session and looks up the target: what verbs
 // that act in the target space start with.
 func (e *env) targetSession(ctx context.Context) (*session, target, error) {
