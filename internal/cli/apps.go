@@ -89,11 +89,8 @@ var createAppCommand = &command{
 		spaceFlag := fs.String("s", "", "Create the app in `SPACE` (default: the targeted space)")
 		orgFlag := fs.String("o", "", "The `ORG` of the space (default: the targeted org)")
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "APP"); err != nil {
-				return err
-			}
-			name := args[0]
-			if err := checkName("app", name); err != nil {
+			name, err := nameArg(args, "APP", "app")
+			if err != nil {
 				return err
 			}
 			if err := checkSpaceFlags(*orgFlag, *spaceFlag); err != nil {
@@ -126,11 +123,8 @@ var deleteAppCommand = &command{
 		fs.Bool("f", false, "Force deletion without confirmation (trellis never asks)")
 		dir := stateDirFlag(fs, e)
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "APP"); err != nil {
-				return err
-			}
-			name := args[0]
-			if err := checkName("app", name); err != nil {
+			name, err := nameArg(args, "APP", "app")
+			if err != nil {
 				return err
 			}
 			s, t, err := e.targetSession(ctx)

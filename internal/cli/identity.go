@@ -30,13 +30,11 @@ var appCommand = &command{
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		guidOnly := fs.Bool("guid", false, "Print only the app's GUID (as `cf app APP --guid`)")
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "APP"); err != nil {
+			name, err := nameArg(args, "APP", "app")
+			if err != nil {
 				return err
 			}
-			if err := checkName("app", args[0]); err != nil {
-				return err
-			}
-			s, t, a, err := e.targetApp(ctx, args[0])
+			s, t, a, err := e.targetApp(ctx, name)
 			if err != nil {
 				return err
 			}
@@ -223,13 +221,11 @@ var tlsCommand = &command{
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		asJSON := fs.Bool("json", false, "Print JSON")
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "APP"); err != nil {
+			name, err := nameArg(args, "APP", "app")
+			if err != nil {
 				return err
 			}
-			if err := checkName("app", args[0]); err != nil {
-				return err
-			}
-			s, _, a, err := e.targetApp(ctx, args[0])
+			s, _, a, err := e.targetApp(ctx, name)
 			if err != nil {
 				return err
 			}

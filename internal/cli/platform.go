@@ -174,11 +174,8 @@ var createOrgCommand = &command{
 	config:  true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "ORG"); err != nil {
-				return err
-			}
-			name := args[0]
-			if err := checkName("org", name); err != nil {
+			name, err := nameArg(args, "ORG", "org")
+			if err != nil {
 				return err
 			}
 			s, err := e.session()
@@ -225,11 +222,8 @@ var createSpaceCommand = &command{
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		orgFlag := fs.String("o", "", "Create the space in `ORG` (default: the targeted org)")
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "SPACE"); err != nil {
-				return err
-			}
-			name := args[0]
-			if err := checkName("space", name); err != nil {
+			name, err := nameArg(args, "SPACE", "space")
+			if err != nil {
 				return err
 			}
 			if err := checkSpaceFlags(*orgFlag, ""); err != nil {

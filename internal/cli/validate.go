@@ -102,6 +102,15 @@ func wantArgs(args []string, names ...string) error {
 	return nil
 }
 
+// nameArg checks that args is one argument, named arg in the usage, and a
+// valid name of kind (see checkName), and returns it.
+func nameArg(args []string, arg, kind string) (string, error) {
+	if err := wantArgs(args, arg); err != nil {
+		return "", err
+	}
+	return args[0], checkName(kind, args[0])
+}
+
 // requireFlags checks that the named flags were set, with the messages of
 // cf's flag parser.
 func requireFlags(fs *flag.FlagSet, names ...string) error {
