@@ -331,13 +331,9 @@ func (s *session) policyRows(ctx context.Context, t target, source string) ([]po
 			spaceGUIDs = append(spaceGUIDs, g)
 		}
 	}
-	err = inChunks(uniq(spaceGUIDs), func(c []string) error {
-		ss, err := s.client.Spaces(ctx, api.SpaceFilter{GUIDs: c})
-		for _, sp := range ss {
-			spaces[sp.GUID] = sp
-		}
-		return err
-	})
+	err = byGUID(spaceGUIDs, spaces, func(c []string) ([]api.Space, error) {
+		return s.client.Spaces(ctx, api.SpaceFilter{GUIDs: c})
+	}, func(sp api.Space) string { return sp.GUID })
 	if err != nil {
 		return nil, err
 	}
@@ -347,13 +343,9 @@ func (s *session) policyRows(ctx context.Context, t target, source string) ([]po
 			orgGUIDs = append(orgGUIDs, g)
 		}
 	}
-	err = inChunks(uniq(orgGUIDs), func(c []string) error {
-		os, err := s.client.Orgs(ctx, api.OrgFilter{GUIDs: c})
-		for _, o := range os {
-			orgs[o.GUID] = o
-		}
-		return err
-	})
+	err = byGUID(orgGUIDs, orgs, func(c []string) ([]api.Organization, error) {
+		return s.client.Orgs(ctx, api.OrgFilter{GUIDs: c})
+	}, func(o api.Organization) string { return o.GUID })
 	if err != nil {
 		return nil, err
 	}

@@ -205,14 +205,22 @@ func inChunks(guids []string, f func([]string) error) error {
 // missing from the map.
 func (s *session) appsByGUID(ctx context.Context, guids []string) (map[string]api.App, error) {
 	m := map[string]api.App{}
-	err := inChunks(uniq(guids), func(c []string) error {
-		as, err := s.client.Apps(ctx, api.AppFilter{GUIDs: c})
-		for _, a := range as {
-			m[a.GUID] = a
+	err := byGUID(guids, m, func(c []string) ([]api.App, error) {
+		return s.client.Apps(ctx, api.AppFilter{GUIDs: c})
+	}, func(a api.App) string { return a.GUID })
+	return m, err
+}
+
+// byGUID looks up the distinct guids with list, in chunks, and adds what
+// it returns to m by the GUID of each (guid).
+func byGUID[T any](guids []string, m map[string]T, list func([]string) ([]T, error), guid func(T) string) error {
+	return inChunks(uniq(guids), func(c []string) error {
+		items, err := list(c)
+		for _, it := range items {
+			m[guid(it)] = it
 		}
 		return err
 	})
-	return m, err
 }
 
 // uniq returns the distinct non-empty strings of ss, sorted.
