@@ -138,7 +138,7 @@ var cellsCommand = &command{
 				return err
 			}
 			return printList(s, *asJSON, "cells", cells, []string{"name", "underlay ip", "subnet", "healthy", "last seen"}, func(c api.Cell) []string {
-				return []string{c.Name, c.UnderlayIP, c.Subnet, strconv.FormatBool(c.Healthy), c.LastSeen.Format(time.RFC3339)}
+				return []string{c.Name, c.UnderlayIP.String(), c.Subnet.String(), strconv.FormatBool(c.Healthy), c.LastSeen.Format(time.RFC3339)}
 			})
 		}
 	},
