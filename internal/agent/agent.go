@@ -345,7 +345,7 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	if st.Overlay.CIDR.IsValid() {
 		c := a.cell
 		c.Overlay, c.VNI, c.Port = st.Overlay.CIDR, st.Overlay.VNI, st.Overlay.Port
-		peers := make([]dataplane.Peer, 0, len(st.Peers))
+		var peers []dataplane.Peer
 		for _, p := range st.Peers {
 			if !p.UnderlayIP.IsValid() || !p.Subnet.IsValid() {
 				a.log.Warn("skip a peer without addresses", "peer", p.Name)
