@@ -146,11 +146,11 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if err != nil {
 		return nil, err
 	}
-	subnet, err := netip.ParsePrefix(a.id.Cell.Subnet)
-	if err != nil {
-		return nil, fmt.Errorf("cell lease %q: %w", a.id.Cell.Subnet, err)
+	subnet := a.id.Cell.Subnet
+	if !subnet.IsValid() {
+		return nil, fmt.Errorf("cell %s has no subnet lease: delete the cell (trellis delete-cell %s) and join again", a.id.Cell.Name, a.id.Cell.Name)
 	}
-	if a.id.Cell.UnderlayIP != ip.String() {
+	if a.id.Cell.UnderlayIP != ip {
 		return nil, fmt.Errorf("underlay address %s of %s differs from %s the cell joined with: delete the cell (trellis delete-cell %s) and join again", ip, dev, a.id.Cell.UnderlayIP, a.id.Cell.Name)
 	}
 	a.cell = dataplane.Cell{NetNS: a.nsPath, UnderlayDevice: dev, UnderlayIP: ip, Subnet: subnet, MTU: mtu}
@@ -341,19 +341,17 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	if a.dns != nil {
 		a.dns.SetTable(dnsTable(st))
 	}
-	overlay, err := netip.ParsePrefix(st.Overlay.CIDR)
-	if err == nil {
+	var err error
+	if st.Overlay.CIDR.IsValid() {
 		c := a.cell
-		c.Overlay, c.VNI, c.Port = overlay, st.Overlay.VNI, st.Overlay.Port
+		c.Overlay, c.VNI, c.Port = st.Overlay.CIDR, st.Overlay.VNI, st.Overlay.Port
 		var peers []dataplane.Peer
 		for _, p := range st.Peers {
-			ip, err1 := netip.ParseAddr(p.UnderlayIP)
-			sub, err2 := netip.ParsePrefix(p.Subnet)
-			if err1 != nil || err2 != nil {
-				a.log.Warn("skip malformed peer", "peer", p.Name)
+			if !p.UnderlayIP.IsValid() || !p.Subnet.IsValid() {
+				a.log.Warn("skip a peer without addresses", "peer", p.Name)
 				continue
 			}
-			peers = append(peers, dataplane.Peer{UnderlayIP: ip, Subnet: sub})
+			peers = append(peers, dataplane.Peer{UnderlayIP: p.UnderlayIP, Subnet: p.Subnet})
 		}
 		start := time.Now()
 		err = dataplane.SetOverlay(ctx, c, peers)
@@ -361,7 +359,7 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 			a.log.Debug("overlay applied", "revision", st.Revision, "peers", len(peers), "took", time.Since(start))
 		}
 	} else {
-		err = fmt.Errorf("overlay %q: %w", st.Overlay.CIDR, err)
+		err = errors.New("the desired state names no overlay")
 	}
 	if err != nil {
 		a.log.Error("apply overlay", "revision", st.Revision, "err", err)

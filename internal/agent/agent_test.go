@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
@@ -30,7 +31,7 @@ type peer struct {
 
 func peerOf(t *testing.T, c api.Cell) peer {
 	t.Helper()
-	return peer{underlay: netip.MustParseAddr(c.UnderlayIP), subnet: netip.MustParsePrefix(c.Subnet)}
+	return peer{underlay: c.UnderlayIP, subnet: c.Subnet}
 }
 
 // peerEntries reports which of the route, the permanent neighbour (the
@@ -106,7 +107,7 @@ func TestJoinAndConverge(t *testing.T) {
 	cells := cellsByName(t, c)
 	got := map[string]string{}
 	for name, cell := range cells {
-		got[name] = cell.Subnet + " " + cell.UnderlayIP
+		got[name] = cell.Subnet.String() + " " + cell.UnderlayIP.String()
 	}
 	want := map[string]string{"cell1": "10.255.1.0/24 198.51.100.11", "cell2": "10.255.2.0/24 198.51.100.12"}
 	if diff := cmp.Diff(want, got); diff != "" {
@@ -143,7 +144,7 @@ func TestJoinAndConverge(t *testing.T) {
 	w.startAgent(t, again)
 	if diff := cmp.Diff(cells, cellsByName(t, c), cmp.FilterPath(func(p cmp.Path) bool {
 		return p.Last().String() == ".LastSeen"
-	}, cmp.Ignore())); diff != "" {
+	}, cmp.Ignore()), cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})); diff != "" {
 		t.Errorf("cells after a restart (-before +after):\n%s", diff)
 	}
 	if st := agentStatus(t, cfg1.Socket); st.Subnet != "10.255.1.0/24" || !st.Ready {
@@ -351,7 +352,7 @@ func TestRejoinAfterDelete(t *testing.T) {
 		t.Errorf("cell1 after joining again: %+v, want a new cell", now)
 	}
 	waitProgrammed(t, w.cellPath(2), peerOf(t, now))
-	if st := agentStatus(t, cfg1.Socket); !st.Ready || st.Subnet != now.Subnet {
+	if st := agentStatus(t, cfg1.Socket); !st.Ready || st.Subnet != now.Subnet.String() {
 		t.Errorf("status after joining again = %+v, want ready with %s", st, now.Subnet)
 	}
 	// The container attached before is registered again and, with the

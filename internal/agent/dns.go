@@ -41,9 +41,7 @@ func dnsTable(st api.CellState) *dns.Table {
 	}
 	var ins []dns.Instance
 	for _, ep := range st.Endpoints {
-		if ip, err := netip.ParseAddr(ep.IP); err == nil {
-			ins = append(ins, dns.Instance{App: ep.AppGUID, Index: ep.Index, IP: ip})
-		}
+		ins = append(ins, dns.Instance{App: ep.AppGUID, Index: ep.Index, IP: ep.IP})
 	}
 	domains := make([]string, 0, len(st.Domains))
 	for _, d := range st.Domains {

@@ -81,7 +81,7 @@ func TestControllerOverlayFlags(t *testing.T) {
 	cells := cellsByName(t, c)
 	got := map[string]string{}
 	for name, cell := range cells {
-		got[name] = cell.Subnet
+		got[name] = cell.Subnet.String()
 	}
 	// The first block of the overlay is never leased (ipam.Pool).
 	want := map[string]string{"cell1": "10.77.0.64/26", "cell2": "10.77.0.128/26"}

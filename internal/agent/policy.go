@@ -1,12 +1,9 @@
 package agent
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
-	"slices"
-	"strings"
 	"sync"
 	"time"
 
@@ -77,33 +74,27 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 	for _, app := range st.Apps {
 		tags[app.GUID] = app.Tag
 	}
-	owner := map[string]string{} // local address → instance GUID, from our records
+	owner := map[netip.Addr]string{} // local address → instance GUID, from our records
 	for _, rec := range e.a.containers.list() {
 		if rec.Deleting {
 			continue
 		}
-		owner[rec.IP.String()] = rec.Identity.InstanceGUID
+		owner[rec.IP] = rec.Identity.InstanceGUID
 		p.Locals = append(p.Locals, dataplane.Local{IP: rec.IP, Tag: tags[rec.Identity.AppGUID], HostVeth: rec.HostVeth})
 	}
-	agreed := map[string]bool{}
+	agreed := map[netip.Addr]bool{}
 	for _, ep := range st.Endpoints {
 		if ep.CellGUID == st.Cell.GUID && owner[ep.IP] == ep.Instance {
 			agreed[ep.IP] = true
 		}
 	}
+	// The allows come valid and sorted (policy.Compile): a stable order
+	// lets the dataplane compile only what changed.
 	for _, al := range st.Allows {
-		ip, err := netip.ParseAddr(al.DestIP)
-		if err != nil || !agreed[al.DestIP] || al.StartPort < 1 || al.EndPort > 65535 || al.StartPort > al.EndPort {
-			continue
+		if agreed[al.DestIP] {
+			p.Allows = append(p.Allows, dataplane.Allow(al))
 		}
-		p.Allows = append(p.Allows, dataplane.Allow{DestIP: ip, SrcTag: al.SrcTag, Protocol: al.Protocol,
-			StartPort: uint16(al.StartPort), EndPort: uint16(al.EndPort)})
 	}
-	// A stable order lets the dataplane compile only what changed.
-	slices.SortFunc(p.Allows, func(x, y dataplane.Allow) int {
-		return cmp.Or(x.DestIP.Compare(y.DestIP), cmp.Compare(x.SrcTag, y.SrcTag), strings.Compare(x.Protocol, y.Protocol),
-			cmp.Compare(x.StartPort, y.StartPort), cmp.Compare(x.EndPort, y.EndPort))
-	})
 	return p
 }
 
@@ -211,9 +202,9 @@ func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
 	}
 	for _, ep := range st.Endpoints {
 		switch ep.IP {
-		case ev.SrcIP:
+		case pk.SrcIP:
 			ev.SrcApp, ev.SrcAppName, ev.SrcInstance = ep.AppGUID, ep.AppName, ep.Instance
-		case ev.DstIP:
+		case pk.DstIP:
 			ev.DstApp, ev.DstAppName, ev.DstInstance = ep.AppGUID, ep.AppName, ep.Instance
 		}
 	}

@@ -28,8 +28,8 @@ func TestPolicyAddressReuse(t *testing.T) {
 		Enforce: true,
 		Apps:    []api.TaggedApp{{GUID: "old-app", Tag: 7}, {GUID: "client", Tag: 3}},
 		// The controller still believes the old instance holds x.
-		Endpoints: []api.Endpoint{{IP: x.String(), Instance: "old-1", AppGUID: "old-app", CellGUID: "cell1"}},
-		Allows:    []api.Allow{{DestIP: x.String(), SrcTag: 3, Protocol: "tcp", StartPort: 8080, EndPort: 8080}},
+		Endpoints: []api.Endpoint{{IP: x, Instance: "old-1", AppGUID: "old-app", CellGUID: "cell1"}},
+		Allows:    []api.Allow{{DestIP: x, SrcTag: 3, Protocol: "tcp", StartPort: 8080, EndPort: 8080}},
 	}
 	a.containers.records["ctr-old"] = &record{ContainerID: "ctr-old", IP: x, Identity: api.Identity{AppGUID: "old-app", InstanceGUID: "old-1"}}
 	want := []dataplane.Allow{{DestIP: x, SrcTag: 3, Protocol: "tcp", StartPort: 8080, EndPort: 8080}}
@@ -50,7 +50,7 @@ func TestPolicyAddressReuse(t *testing.T) {
 	}
 	// Once the controller knows x belongs to the new instance, only the new
 	// app's own allows would apply (here: none).
-	st.Endpoints[0] = api.Endpoint{IP: x.String(), Instance: "new-1", AppGUID: "new-app", CellGUID: "cell1"}
+	st.Endpoints[0] = api.Endpoint{IP: x, Instance: "new-1", AppGUID: "new-app", CellGUID: "cell1"}
 	st.Allows = nil
 	if got := e.policy(st).Allows; len(got) != 0 {
 		t.Errorf("allows after the controller caught up = %v, want none", got)

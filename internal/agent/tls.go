@@ -450,8 +450,8 @@ func (id *identities) refused(r proxy.Refusal) {
 	for _, ep := range st.Endpoints {
 		switch {
 		case ep.Instance == r.Instance:
-			ev.DstIP, ev.DstApp, ev.DstAppName = ep.IP, ep.AppGUID, ep.AppName
-		case ep.IP == ev.SrcIP:
+			ev.DstIP, ev.DstApp, ev.DstAppName = ep.IP.String(), ep.AppGUID, ep.AppName
+		case ep.IP == r.Peer.Addr():
 			ev.SrcInstance = ep.Instance
 			if ev.SrcApp == "" {
 				ev.SrcApp = ep.AppGUID

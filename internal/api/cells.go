@@ -1,6 +1,9 @@
 package api
 
-import "time"
+import (
+	"net/netip"
+	"time"
+)
 
 // Cells: the hosts running an agent, how they join, and the desired state
 // the controller computes for each.
@@ -32,22 +35,23 @@ type JoinResponse struct {
 	CA          string `json:"ca"`          // PEM
 }
 
-// Cell is a host of the foundation.
+// Cell is a host of the foundation. Its addresses travel as text
+// ("10.0.0.2", "10.255.1.0/24").
 type Cell struct {
-	GUID       string    `json:"guid"`
-	Name       string    `json:"name"`
-	UnderlayIP string    `json:"underlay_ip"`
-	Subnet     string    `json:"subnet"`
-	LastSeen   time.Time `json:"last_seen"`
-	Healthy    bool      `json:"healthy"`
+	GUID       string       `json:"guid"`
+	Name       string       `json:"name"`
+	UnderlayIP netip.Addr   `json:"underlay_ip"`
+	Subnet     netip.Prefix `json:"subnet"`
+	LastSeen   time.Time    `json:"last_seen"`
+	Healthy    bool         `json:"healthy"`
 }
 
 // Overlay is the foundation-wide overlay network.
 type Overlay struct {
-	CIDR         string `json:"cidr"`
-	SubnetPrefix int    `json:"subnet_prefix"`
-	VNI          int    `json:"vni"`
-	Port         int    `json:"port"`
+	CIDR         netip.Prefix `json:"cidr"`
+	SubnetPrefix int          `json:"subnet_prefix"`
+	VNI          int          `json:"vni"`
+	Port         int          `json:"port"`
 }
 
 // CellState is what one cell's agent must make true, at a revision of the
@@ -89,13 +93,16 @@ type RouteEntry struct {
 	AppGUIDs []string `json:"app_guids"`
 }
 
-// Allow is one allowed tuple at a destination instance.
+// Allow is one allowed tuple at a destination instance: packets from an
+// instance tagged SrcTag to DestIP on Protocol ("tcp" or "udp"), ports
+// StartPort..EndPort inclusive (1 <= StartPort <= EndPort). The controller
+// sends only valid allows, in a stable order.
 type Allow struct {
-	DestIP    string `json:"dest_ip"`
-	SrcTag    uint16 `json:"src_tag"`
-	Protocol  string `json:"protocol"`
-	StartPort int    `json:"start_port"`
-	EndPort   int    `json:"end_port"`
+	DestIP    netip.Addr `json:"dest_ip"`
+	SrcTag    uint16     `json:"src_tag"`
+	Protocol  string     `json:"protocol"`
+	StartPort uint16     `json:"start_port"`
+	EndPort   uint16     `json:"end_port"`
 }
 
 // TaggedApp is an app's identity on the wire.
@@ -107,12 +114,12 @@ type TaggedApp struct {
 
 // Endpoint is an attached instance: who owns an overlay address.
 type Endpoint struct {
-	IP       string `json:"ip"`
-	Instance string `json:"instance"`
-	AppGUID  string `json:"app_guid"`
-	AppName  string `json:"app_name"`
-	Index    int    `json:"index"`
-	CellGUID string `json:"cell_guid"`
+	IP       netip.Addr `json:"ip"`
+	Instance string     `json:"instance"`
+	AppGUID  string     `json:"app_guid"`
+	AppName  string     `json:"app_name"`
+	Index    int        `json:"index"`
+	CellGUID string     `json:"cell_guid"`
 }
 
 // DesiredInstance is an app instance the cell's agent should run.

@@ -117,7 +117,7 @@ var cellsCommand = listCommand(listing[api.Cell]{
 	noun:      "cells",
 	header:    []string{"name", "underlay ip", "subnet", "healthy", "last seen"},
 	row: func(c api.Cell) []string {
-		return []string{c.Name, c.UnderlayIP, c.Subnet, strconv.FormatBool(c.Healthy), c.LastSeen.Format(time.RFC3339)}
+		return []string{c.Name, c.UnderlayIP.String(), c.Subnet.String(), strconv.FormatBool(c.Healthy), c.LastSeen.Format(time.RFC3339)}
 	},
 })
 

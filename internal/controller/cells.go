@@ -11,6 +11,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/policy"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
 
@@ -142,7 +143,7 @@ func (s *Server) joinCell(w http.ResponseWriter, r *http.Request) {
 }
 
 func cellJSON(c store.Cell) api.Cell {
-	return api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP.String(), Subnet: c.Subnet.String(),
+	return api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP, Subnet: c.Subnet,
 		LastSeen: c.LastSeen, Healthy: time.Since(c.LastSeen) < HealthyWithin}
 }
 
@@ -232,127 +233,91 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, st)
 }
 
-// computeCellState assembles one cell's desired state. The revision is read
-// first, so the state is at least that new: a change racing with the read
-// shows again at the next poll.
+// computeCellState compiles one cell's desired state from a snapshot of
+// the store read in one transaction: its revision and rows agree.
 func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellState, error) {
-	rev, err := s.store.Revision(ctx)
+	snap, err := s.store.Snapshot(ctx, store.SnapshotFilter{Cells: []string{cell}})
 	if err != nil {
 		return api.CellState{}, err
 	}
-	st := api.CellState{Revision: rev, Peers: []api.Cell{}, Instances: []api.DesiredInstance{},
-		Overlay: api.Overlay{CIDR: s.pool.Overlay.String(), SubnetPrefix: s.pool.SubnetLen, VNI: VNI, Port: VXLANPort}}
-	cells, err := s.store.Cells(ctx, store.CellFilter{})
+	in, err := s.compileInput(ctx, snap)
 	if err != nil {
-		return st, err
+		return api.CellState{}, err
 	}
-	found := false
-	for _, c := range cells {
-		if c.GUID == cell {
-			st.Cell, found = cellJSON(c), true
-		} else {
-			st.Peers = append(st.Peers, cellJSON(c))
-		}
-	}
-	if !found {
+	st, err := policy.CompileCell(in, cell)
+	if errors.Is(err, policy.ErrUnknownCell) {
 		return st, fmt.Errorf("cell %s: %w", cell, store.ErrNotFound)
 	}
-	enforce, err := s.enforcement(ctx)
-	if err != nil {
-		return st, err
-	}
-	st.Enforce = enforce
-	all, err := s.store.Instances(ctx, store.InstanceFilter{})
-	if err != nil {
-		return st, err
-	}
-	apps, err := s.store.Apps(ctx, store.AppFilter{})
-	if err != nil {
-		return st, err
-	}
-	spaces, err := s.store.Spaces(ctx, store.SpaceFilter{})
-	if err != nil {
-		return st, err
-	}
-	tags, err := s.store.Tags(ctx)
-	if err != nil {
-		return st, err
-	}
-	orgOf := map[string]string{}
-	for _, sp := range spaces {
-		orgOf[sp.GUID] = sp.OrgGUID
-	}
-	byGUID := map[string]store.App{}
-	for _, a := range apps {
-		byGUID[a.GUID] = a
-	}
-	st.Apps = make([]api.TaggedApp, 0, len(tags))
-	for _, t := range tags {
-		st.Apps = append(st.Apps, api.TaggedApp{GUID: t.AppGUID, Name: byGUID[t.AppGUID].Name, Tag: t.Tag})
-	}
-	st.Endpoints = []api.Endpoint{}
-	localIPs := map[string][]string{} // app GUID → addresses of its instances attached here
-	var localApps []string
-	for _, in := range all {
-		a, ok := byGUID[in.AppGUID]
-		if !ok {
-			continue
-		}
-		if in.Managed && in.CellGUID == cell {
-			st.Instances = append(st.Instances, api.DesiredInstance{GUID: in.GUID, AppGUID: a.GUID, AppName: a.Name,
-				SpaceGUID: a.SpaceGUID, OrgGUID: orgOf[a.SpaceGUID], Index: in.Index, Command: a.Command, Env: a.Env})
-		}
-		if in.State != store.InstanceRunning || !in.IP.IsValid() {
-			continue
-		}
-		st.Endpoints = append(st.Endpoints, api.Endpoint{IP: in.IP.String(), Instance: in.GUID, AppGUID: a.GUID,
-			AppName: a.Name, Index: in.Index, CellGUID: in.CellGUID})
-		if in.CellGUID == cell {
-			if localIPs[a.GUID] == nil {
-				localApps = append(localApps, a.GUID)
-			}
-			localIPs[a.GUID] = append(localIPs[a.GUID], in.IP.String())
+	return st, err
+}
+
+// compileInput is what policy.Compile reads, from a snapshot of the store
+// and this controller's overlay and instance identity settings.
+func (s *Server) compileInput(ctx context.Context, snap store.Snapshot) (*policy.Snapshot, error) {
+	stored, ok := snap.InstanceCA, snap.HasInstanceCA
+	if !ok { // not created yet: create it (Run does at start)
+		var err error
+		if stored, err = ensureInstanceCA(ctx, s.store, s.log); err != nil {
+			return nil, err
 		}
 	}
-	st.Domains, st.Routes = []string{}, []api.RouteEntry{}
-	domains, err := s.store.Domains(ctx, store.DomainFilter{})
+	ca, err := s.parseInstanceCA(stored)
 	if err != nil {
-		return st, err
+		return nil, err
 	}
-	for _, d := range domains {
-		if d.Internal {
-			st.Domains = append(st.Domains, d.Name)
-		}
+	v, set := snap.Settings[enforcementKey]
+	in := &policy.Snapshot{
+		Revision:   snap.Revision,
+		Overlay:    api.Overlay{CIDR: s.pool.Overlay, SubnetPrefix: s.pool.SubnetLen, VNI: VNI, Port: VXLANPort},
+		Enforce:    enforced(v, set),
+		InstanceCA: s.instanceCAJSON(ca, stored.Generation),
+		Cells:      make([]api.Cell, len(snap.Cells)),
+		Spaces:     make([]policy.Space, len(snap.Spaces)),
+		Apps:       make([]policy.App, len(snap.Apps)),
+		Instances:  make([]policy.Instance, len(snap.Instances)),
+		Tags:       make([]policy.Tag, len(snap.Tags)),
+		Policies:   make([]policy.Policy, len(snap.Policies)),
+		Domains:    policyDomains(snap.Domains),
+		Routes:     policyRoutes(snap.Routes),
 	}
-	routes, err := s.store.Routes(ctx, store.RouteFilter{})
-	if err != nil {
-		return st, err
+	for i, c := range snap.Cells {
+		in.Cells[i] = cellJSON(c)
 	}
-	for _, rt := range routes {
-		if len(rt.AppGUIDs) > 0 {
-			st.Routes = append(st.Routes, api.RouteEntry{Host: rt.Host, Domain: rt.DomainName, AppGUIDs: rt.AppGUIDs})
-		}
+	for i, sp := range snap.Spaces {
+		in.Spaces[i] = policy.Space{GUID: sp.GUID, OrgGUID: sp.OrgGUID}
 	}
-	ca, gen, err := s.instanceCA(ctx)
-	if err != nil {
-		return st, err
+	for i, a := range snap.Apps {
+		in.Apps[i] = policy.App{GUID: a.GUID, Name: a.Name, SpaceGUID: a.SpaceGUID, Command: a.Command, Env: a.Env,
+			RequireClientCert: a.RequireClientCert}
 	}
-	st.InstanceCA = s.instanceCAJSON(ca, gen)
-	st.Allows, st.LocalApps = []api.Allow{}, []api.LocalApp{}
-	if len(localApps) == 0 {
-		return st, nil
+	for i, x := range snap.Instances {
+		in.Instances[i] = policy.Instance{GUID: x.GUID, AppGUID: x.AppGUID, Index: x.Index, Managed: x.Managed,
+			CellGUID: x.CellGUID, Running: x.State == store.InstanceRunning, IP: x.IP}
 	}
-	ps, err := s.store.Policies(ctx, store.PolicyFilter{DestIDs: localApps})
-	if err != nil {
-		return st, err
+	for i, t := range snap.Tags {
+		in.Tags[i] = policy.Tag{AppGUID: t.AppGUID, Tag: t.Tag}
 	}
-	for _, p := range ps {
-		for _, ip := range localIPs[p.DestApp] {
-			st.Allows = append(st.Allows, api.Allow{DestIP: ip, SrcTag: p.SourceTag, Protocol: p.Protocol, StartPort: p.StartPort, EndPort: p.EndPort})
-		}
+	for i, p := range snap.Policies {
+		in.Policies[i] = policy.Policy{SourceApp: p.SourceApp, DestApp: p.DestApp, SourceTag: p.SourceTag,
+			Protocol: p.Protocol, StartPort: p.StartPort, EndPort: p.EndPort}
 	}
-	st.LocalApps = localAppsOf(localApps, byGUID, routeHosts(domains, routes), ps)
-	return st, nil
+	return in, nil
+}
+
+func policyDomains(ds []store.Domain) []policy.Domain {
+	out := make([]policy.Domain, len(ds))
+	for i, d := range ds {
+		out[i] = policy.Domain{GUID: d.GUID, Name: d.Name, Internal: d.Internal}
+	}
+	return out
+}
+
+func policyRoutes(rs []store.Route) []policy.Route {
+	out := make([]policy.Route, len(rs))
+	for i, rt := range rs {
+		out[i] = policy.Route{Host: rt.Host, DomainGUID: rt.DomainGUID, DomainName: rt.DomainName, AppGUIDs: rt.AppGUIDs}
+	}
+	return out
 }
 
 // enforcementKey is the setting that turns policy enforcement off.
@@ -361,8 +326,11 @@ const enforcementKey = "enforce_policy"
 // enforcement reports whether policies are enforced (the default).
 func (s *Server) enforcement(ctx context.Context) (bool, error) {
 	v, ok, err := s.store.Setting(ctx, enforcementKey)
-	return !ok || v != "false", err
+	return enforced(v, ok), err
 }
+
+// enforced reports whether the enforcement setting, if set to v, enforces.
+func enforced(v string, set bool) bool { return !set || v != "false" }
 
 func (s *Server) registerInstance(w http.ResponseWriter, r *http.Request) {
 	c := cellFrom(r.Context())

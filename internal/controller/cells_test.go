@@ -59,14 +59,14 @@ func TestCellsJoinAndWatch(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *env) {
 		j1, c1 := e.joinCell("cell1", "198.51.100.11")
 		j2, _ := e.joinCell("cell2", "198.51.100.12")
-		if j1.Cell.Subnet != "10.255.1.0/24" || j2.Cell.Subnet != "10.255.2.0/24" {
+		if j1.Cell.Subnet.String() != "10.255.1.0/24" || j2.Cell.Subnet.String() != "10.255.2.0/24" {
 			t.Errorf("leases = %s, %s; want 10.255.1.0/24, 10.255.2.0/24", j1.Cell.Subnet, j2.Cell.Subnet)
 		}
 		var st api.CellState
 		if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state", &st); code != 200 {
 			t.Fatalf("GET state = %d", code)
 		}
-		if st.Cell.Name != "cell1" || len(st.Peers) != 1 || st.Peers[0].Subnet != "10.255.2.0/24" || st.Overlay.VNI != 1 || st.Overlay.Port != 4789 {
+		if st.Cell.Name != "cell1" || len(st.Peers) != 1 || st.Peers[0].Subnet.String() != "10.255.2.0/24" || st.Overlay.VNI != 1 || st.Overlay.Port != 4789 {
 			t.Errorf("state = %+v", st)
 		}
 		// Admin tokens are not cells, and cells are not admins.

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"slices"
 	"sync"
 	"time"
 
@@ -28,7 +27,7 @@ const (
 	DefaultInstanceCertValidity = 24 * time.Hour
 	MinInstanceCertValidity     = time.Minute
 	// TLSPort is the port on which a cell terminates TLS for its instances.
-	TLSPort = 61443
+	TLSPort = policy.TLSPort
 )
 
 // InstanceIdentity configures the instance certificates a Server signs.
@@ -99,17 +98,24 @@ func (s *Server) instanceCA(ctx context.Context) (*identity.InstanceCA, int64, e
 	if err != nil {
 		return nil, 0, err
 	}
+	ca, err := s.parseInstanceCA(stored)
+	return ca, stored.Generation, err
+}
+
+// parseInstanceCA parses a stored instance CA, or returns the one parsed
+// last if it is unchanged.
+func (s *Server) parseInstanceCA(stored store.InstanceCA) (*identity.InstanceCA, error) {
 	c := &s.caCache
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.ca == nil || c.state != stored.State {
 		ca, err := identity.ParseInstanceCA([]byte(stored.State))
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		c.state, c.ca = stored.State, ca
 	}
-	return c.ca, stored.Generation, nil
+	return c.ca, nil
 }
 
 // instanceCAJSON is the API's view of ca at generation gen.
@@ -269,58 +275,7 @@ func (s *Server) internalHosts(ctx context.Context, app string) ([]string, error
 	if err != nil {
 		return nil, err
 	}
-	return routeHosts(domains, routes)[app], nil
-}
-
-// routeHosts maps every app to the sorted FQDNs of its internal routes.
-func routeHosts(domains []store.Domain, routes []store.Route) map[string][]string {
-	internal := map[string]bool{}
-	for _, d := range domains {
-		if d.Internal {
-			internal[d.GUID] = true
-		}
-	}
-	hosts := map[string][]string{}
-	for _, rt := range routes {
-		if !internal[rt.DomainGUID] {
-			continue
-		}
-		for _, a := range rt.AppGUIDs {
-			hosts[a] = append(hosts[a], rt.Host+"."+rt.DomainName)
-		}
-	}
-	for a, hs := range hosts {
-		slices.Sort(hs)
-		hosts[a] = slices.Compact(hs)
-	}
-	return hosts
-}
-
-// localAppsOf is the LocalApps of a cell state: one entry per app with an
-// instance attached on the cell (apps, sorted), with its route hosts, its
-// TLS setting, and the apps that policies (ps, those to the local apps)
-// allow to reach it on tcp/61443.
-func localAppsOf(apps []string, byGUID map[string]store.App, hosts map[string][]string, ps []store.Policy) []api.LocalApp {
-	clients := map[string][]string{}
-	for _, p := range ps {
-		if p.Protocol == policy.TCP && p.StartPort <= TLSPort && TLSPort <= p.EndPort {
-			clients[p.DestApp] = append(clients[p.DestApp], p.SourceApp)
-		}
-	}
-	out := make([]api.LocalApp, 0, len(apps))
-	for _, a := range slices.Sorted(slices.Values(apps)) {
-		la := api.LocalApp{GUID: a, Hosts: hosts[a], RequireClientCert: byGUID[a].RequireClientCert, TLSClients: clients[a]}
-		if la.Hosts == nil {
-			la.Hosts = []string{}
-		}
-		slices.Sort(la.TLSClients)
-		la.TLSClients = slices.Compact(la.TLSClients)
-		if la.TLSClients == nil {
-			la.TLSClients = []string{}
-		}
-		out = append(out, la)
-	}
-	return out
+	return policy.RouteHosts(policyDomains(domains), policyRoutes(routes))[app], nil
 }
 
 // requireAuthOrCell runs h for a cell (mutual TLS) or for a caller with a

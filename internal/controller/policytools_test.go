@@ -3,6 +3,7 @@ package controller
 import (
 	"fmt"
 	"net/http"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -41,7 +42,7 @@ func TestCellStatePolicies(t *testing.T) {
 		}
 		e.must(e.admin, "POST", policiesPath, policyBody([5]any{fe, be, "tcp", 8080, 8090}), 200, nil)
 		cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state", &st)
-		want := api.Allow{DestIP: "10.255.1.2", SrcTag: 1, Protocol: "tcp", StartPort: 8080, EndPort: 8090}
+		want := api.Allow{DestIP: netip.MustParseAddr("10.255.1.2"), SrcTag: 1, Protocol: "tcp", StartPort: 8080, EndPort: 8090}
 		if len(st.Allows) != 1 || st.Allows[0] != want {
 			t.Errorf("allows = %+v, want [%+v]", st.Allows, want)
 		}

@@ -161,7 +161,7 @@ func TestLocalFoundationVerbs(t *testing.T) {
 		}
 		subnets := map[string]string{}
 		for _, c := range cells {
-			subnets[c.Name] = c.Subnet
+			subnets[c.Name] = c.Subnet.String()
 		}
 		namespaces := netnsList(t)
 		out := fd(t).cli(0, "status")

@@ -136,7 +136,11 @@ func (s *Store) JoinCell(ctx context.Context, tokenHash []byte, name string, und
 
 // Cells lists cells, ordered by name.
 func (s *Store) Cells(ctx context.Context, f CellFilter) ([]Cell, error) {
-	w := where{r: s.r()}
+	return cells(ctx, s.r(), f)
+}
+
+func cells(ctx context.Context, r runner, f CellFilter) ([]Cell, error) {
+	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("name", f.Names)
 	rows, err := w.r.query(ctx, "SELECT guid, name, underlay_ip, subnet, created_at, updated_at, last_seen FROM cells"+w.String()+" ORDER BY name", w.args...)
@@ -375,7 +379,11 @@ func placeWaiting(ctx context.Context, r runner) error {
 
 // Instances lists instances, ordered by app and index.
 func (s *Store) Instances(ctx context.Context, f InstanceFilter) ([]Instance, error) {
-	w := where{r: s.r()}
+	return instances(ctx, s.r(), f)
+}
+
+func instances(ctx context.Context, r runner, f InstanceFilter) ([]Instance, error) {
+	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("app_guid", f.AppGUIDs)
 	w.in("cell_guid", f.CellGUIDs)

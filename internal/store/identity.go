@@ -39,30 +39,36 @@ func readInstanceCA(ctx context.Context, r runner) (InstanceCA, bool, error) {
 		return InstanceCA{}, false, err
 	}
 	defer rows.Close()
-	var ca InstanceCA
-	var state, gen bool
+	set := map[string]string{}
 	for rows.Next() {
 		var k, v string
 		if err := rows.Scan(&k, &v); err != nil {
 			return InstanceCA{}, false, err
 		}
-		switch k {
-		case instanceCAKey:
-			ca.State, state = v, true
-		case instanceCAGenerationKey:
-			if ca.Generation, err = strconv.ParseInt(v, 10, 64); err != nil {
-				return InstanceCA{}, false, fmt.Errorf("generation %q: %w", v, err)
-			}
-			gen = true
-		}
+		set[k] = v
 	}
 	if err := rows.Err(); err != nil {
 		return InstanceCA{}, false, err
 	}
-	if state != gen {
+	return instanceCAFrom(set)
+}
+
+// instanceCAFrom finds the instance CA in settings read together.
+func instanceCAFrom(settings map[string]string) (InstanceCA, bool, error) {
+	state, ok1 := settings[instanceCAKey]
+	gen, ok2 := settings[instanceCAGenerationKey]
+	if ok1 != ok2 {
 		return InstanceCA{}, false, errors.New("the CA and its generation are not both stored")
 	}
-	return ca, state, nil
+	if !ok1 {
+		return InstanceCA{}, false, nil
+	}
+	ca := InstanceCA{State: state}
+	var err error
+	if ca.Generation, err = strconv.ParseInt(gen, 10, 64); err != nil {
+		return InstanceCA{}, false, fmt.Errorf("generation %q: %w", gen, err)
+	}
+	return ca, true, nil
 }
 
 // CreateInstanceCA stores state as the instance CA, generation 1, unless

@@ -89,7 +89,11 @@ func (s *Store) CreateSpace(ctx context.Context, orgGUID, name string) (Space, e
 
 // Spaces lists the spaces that match f, ordered by name.
 func (s *Store) Spaces(ctx context.Context, f SpaceFilter) ([]Space, error) {
-	w := where{r: s.r()}
+	return spaces(ctx, s.r(), f)
+}
+
+func spaces(ctx context.Context, r runner, f SpaceFilter) ([]Space, error) {
+	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("name", f.Names)
 	w.in("org_guid", f.OrgGUIDs)
@@ -145,7 +149,11 @@ func (s *Store) CreateApp(ctx context.Context, spaceGUID, name string) (App, err
 
 // Apps lists the apps that match f, ordered by name.
 func (s *Store) Apps(ctx context.Context, f AppFilter) ([]App, error) {
-	w := where{r: s.r()}
+	return apps(ctx, s.r(), f)
+}
+
+func apps(ctx context.Context, r runner, f AppFilter) ([]App, error) {
+	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("name", f.Names)
 	w.in("space_guid", f.SpaceGUIDs)
@@ -266,7 +274,11 @@ func (s *Store) CreateDomain(ctx context.Context, name string, internal bool) (D
 // Domains lists the domains that match f (names compare case-insensitively),
 // ordered by name.
 func (s *Store) Domains(ctx context.Context, f DomainFilter) ([]Domain, error) {
-	w := where{r: s.r()}
+	return domains(ctx, s.r(), f)
+}
+
+func domains(ctx context.Context, r runner, f DomainFilter) ([]Domain, error) {
+	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("name", lower(f.Names))
 	rows, err := w.r.query(ctx, "SELECT guid, name, internal, created_at, updated_at FROM domains"+w.String()+" ORDER BY name", w.args...)

@@ -124,7 +124,10 @@ func (s *Store) DeletePolicies(ctx context.Context, ps []Policy, spaceGUIDs []st
 // Policies lists the policies that match f with both tags, in the order
 // they were created.
 func (s *Store) Policies(ctx context.Context, f PolicyFilter) ([]Policy, error) {
-	r := s.r()
+	return policies(ctx, s.r(), f)
+}
+
+func policies(ctx context.Context, r runner, f PolicyFilter) ([]Policy, error) {
 	w := where{r: r}
 	if len(f.IDs) > 0 {
 		src, srcArg := r.in("p.source_app", f.IDs)
@@ -169,7 +172,11 @@ func (s *Store) Policies(ctx context.Context, f PolicyFilter) ([]Policy, error) 
 
 // Tags lists the assigned tags, ordered by tag.
 func (s *Store) Tags(ctx context.Context) ([]Tag, error) {
-	rows, err := s.r().query(ctx, "SELECT app_guid, tag FROM tags WHERE app_guid IS NOT NULL ORDER BY tag")
+	return tags(ctx, s.r())
+}
+
+func tags(ctx context.Context, r runner) ([]Tag, error) {
+	rows, err := r.query(ctx, "SELECT app_guid, tag FROM tags WHERE app_guid IS NOT NULL ORDER BY tag")
 	if err != nil {
 		return nil, fmt.Errorf("list tags: %w", err)
 	}

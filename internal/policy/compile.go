@@ -1,0 +1,303 @@
+package policy
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+)
+
+// TLSPort is the port on which a cell terminates TLS for its instances: a
+// policy that allows tcp to it makes its source a TLS client of the
+// destination.
+const TLSPort = 61443
+
+// Snapshot is what cells' desired states are compiled from: the store as one
+// consistent read saw it, as plain data. Compile reads it and never changes
+// it; its slices keep the order the store gave them, which the desired
+// states keep where they list rows (cells, instances, endpoints, routes).
+type Snapshot struct {
+	// Revision is the store's revision the rows were read at.
+	Revision int64
+	// Overlay is the foundation's overlay network.
+	Overlay api.Overlay
+	// Enforce is false when an operator turned policy enforcement off.
+	Enforce bool
+	// InstanceCA is the trust anchor of instance identities, as cells see it.
+	InstanceCA api.InstanceCA
+
+	Cells     []api.Cell
+	Spaces    []Space
+	Apps      []App
+	Instances []Instance
+	Tags      []Tag
+	// Policies may leave out those whose destination app has no instance
+	// attached on the cells compiled: they allow nothing there.
+	Policies []Policy
+	Domains  []Domain
+	Routes   []Route
+}
+
+// Space is a space: apps inherit its org.
+type Space struct {
+	GUID, OrgGUID string
+}
+
+// App is an application, the unit policies name.
+type App struct {
+	GUID, Name, SpaceGUID string
+	// Command and Env are what its instances run (nil: the defaults).
+	Command []string
+	Env     map[string]string
+	// RequireClientCert makes its port 61443 demand a client certificate.
+	RequireClientCert bool
+}
+
+// Instance is one instance of an app.
+type Instance struct {
+	GUID, AppGUID string
+	Index         int
+	// Managed instances are run by their cell's agent; others were
+	// registered by a runtime through CNI.
+	Managed bool
+	// CellGUID is the cell it is placed on ("" while it waits for one).
+	CellGUID string
+	// Running is true while it is attached to the overlay at IP.
+	Running bool
+	IP      netip.Addr
+}
+
+// Tag is the 16-bit policy tag of an app that takes part in a policy.
+type Tag struct {
+	AppGUID string
+	Tag     uint16
+}
+
+// Policy allows SourceApp (tagged SourceTag) to connect to DestApp on
+// Protocol, ports StartPort..EndPort inclusive.
+type Policy struct {
+	SourceApp, DestApp string
+	SourceTag          uint16
+	Protocol           string
+	StartPort, EndPort int
+}
+
+// Domain is a DNS domain of routes; cells answer for the internal ones.
+type Domain struct {
+	GUID, Name string
+	Internal   bool
+}
+
+// Route is Host.DomainName mapped to apps.
+type Route struct {
+	Host, DomainGUID, DomainName string
+	AppGUIDs                     []string
+}
+
+// ErrUnknownCell is the error of compiling a cell the snapshot does not
+// hold (it was deleted).
+var ErrUnknownCell = errors.New("cell not in the snapshot")
+
+// Compile returns every cell's desired state, by cell GUID. The states
+// share the slices that are the same for every cell (apps, endpoints,
+// domains, routes): treat them as read-only.
+func Compile(s *Snapshot) map[string]api.CellState {
+	x := NewIndex(s)
+	out := make(map[string]api.CellState, len(s.Cells))
+	for _, c := range s.Cells {
+		out[c.GUID], _ = x.Cell(c.GUID) // c is in the snapshot: no error
+	}
+	return out
+}
+
+// CompileCell returns one cell's desired state, or ErrUnknownCell.
+func CompileCell(s *Snapshot, cell string) (api.CellState, error) {
+	return NewIndex(s).Cell(cell)
+}
+
+// Index is a snapshot arranged so that compiling one cell reads only what
+// concerns that cell (its instances, the policies to its apps) and the
+// parts every cell shares, which it computes once. Build it with NewIndex;
+// it does not change afterwards, so Cell may be called from several
+// goroutines.
+type Index struct {
+	s      *Snapshot
+	cells  map[string]int      // cell GUID → index in s.Cells
+	apps   map[string]*App     // by GUID
+	orgOf  map[string]string   // space GUID → org GUID
+	onCell map[string][]int    // cell GUID → indexes in s.Instances, in order
+	toApp  map[string][]int    // destination app → indexes in s.Policies, in order
+	hosts  map[string][]string // app → FQDNs of its internal routes, sorted
+
+	// The parts of every cell's state that do not depend on the cell.
+	tagged    []api.TaggedApp
+	endpoints []api.Endpoint
+	domains   []string
+	routes    []api.RouteEntry
+}
+
+// NewIndex indexes s in one pass over each of its slices.
+func NewIndex(s *Snapshot) *Index {
+	x := &Index{s: s, cells: make(map[string]int, len(s.Cells)), apps: make(map[string]*App, len(s.Apps)),
+		orgOf: make(map[string]string, len(s.Spaces)), onCell: map[string][]int{}, toApp: map[string][]int{}}
+	for i, c := range s.Cells {
+		x.cells[c.GUID] = i
+	}
+	for i := range s.Apps {
+		x.apps[s.Apps[i].GUID] = &s.Apps[i]
+	}
+	for _, sp := range s.Spaces {
+		x.orgOf[sp.GUID] = sp.OrgGUID
+	}
+	x.tagged = make([]api.TaggedApp, 0, len(s.Tags))
+	for _, t := range s.Tags {
+		name := ""
+		if a := x.apps[t.AppGUID]; a != nil {
+			name = a.Name
+		}
+		x.tagged = append(x.tagged, api.TaggedApp{GUID: t.AppGUID, Name: name, Tag: t.Tag})
+	}
+	x.endpoints = []api.Endpoint{}
+	for i, in := range s.Instances {
+		a := x.apps[in.AppGUID]
+		if a == nil {
+			continue // its app is gone
+		}
+		if in.CellGUID != "" {
+			x.onCell[in.CellGUID] = append(x.onCell[in.CellGUID], i)
+		}
+		if attached(in) {
+			x.endpoints = append(x.endpoints, api.Endpoint{IP: in.IP, Instance: in.GUID, AppGUID: a.GUID,
+				AppName: a.Name, Index: in.Index, CellGUID: in.CellGUID})
+		}
+	}
+	for i, p := range s.Policies {
+		x.toApp[p.DestApp] = append(x.toApp[p.DestApp], i)
+	}
+	x.domains = []string{}
+	for _, d := range s.Domains {
+		if d.Internal {
+			x.domains = append(x.domains, d.Name)
+		}
+	}
+	x.routes = []api.RouteEntry{}
+	for _, rt := range s.Routes {
+		if len(rt.AppGUIDs) > 0 {
+			x.routes = append(x.routes, api.RouteEntry{Host: rt.Host, Domain: rt.DomainName, AppGUIDs: rt.AppGUIDs})
+		}
+	}
+	x.hosts = RouteHosts(s.Domains, s.Routes)
+	return x
+}
+
+// RouteHosts maps every app to the sorted FQDNs of its internal routes:
+// the DNS names of its instances' certificates.
+func RouteHosts(domains []Domain, routes []Route) map[string][]string {
+	internal := map[string]bool{}
+	for _, d := range domains {
+		if d.Internal {
+			internal[d.GUID] = true
+		}
+	}
+	hosts := map[string][]string{}
+	for _, rt := range routes {
+		if !internal[rt.DomainGUID] {
+			continue
+		}
+		for _, a := range rt.AppGUIDs {
+			hosts[a] = append(hosts[a], rt.Host+"."+rt.DomainName)
+		}
+	}
+	for a, hs := range hosts {
+		slices.Sort(hs)
+		hosts[a] = slices.Compact(hs)
+	}
+	return hosts
+}
+
+// attached reports whether in holds an overlay address.
+func attached(in Instance) bool { return in.Running && in.IP.IsValid() }
+
+// Cell returns the desired state of one cell, or ErrUnknownCell.
+func (x *Index) Cell(cell string) (api.CellState, error) {
+	s := x.s
+	ci, ok := x.cells[cell]
+	if !ok {
+		return api.CellState{}, fmt.Errorf("cell %s: %w", cell, ErrUnknownCell)
+	}
+	st := api.CellState{Revision: s.Revision, Cell: s.Cells[ci], Overlay: s.Overlay, Enforce: s.Enforce,
+		Peers: make([]api.Cell, 0, len(s.Cells)-1), Instances: []api.DesiredInstance{},
+		Apps: x.tagged, Endpoints: x.endpoints, Domains: x.domains, Routes: x.routes, InstanceCA: s.InstanceCA}
+	for i, c := range s.Cells {
+		if i != ci {
+			st.Peers = append(st.Peers, c)
+		}
+	}
+	var local []string                    // apps attached here, first seen first
+	localIPs := map[string][]netip.Addr{} // app → its addresses here
+	for _, i := range x.onCell[cell] {
+		in := s.Instances[i]
+		a := x.apps[in.AppGUID]
+		if in.Managed {
+			st.Instances = append(st.Instances, api.DesiredInstance{GUID: in.GUID, AppGUID: a.GUID, AppName: a.Name,
+				SpaceGUID: a.SpaceGUID, OrgGUID: x.orgOf[a.SpaceGUID], Index: in.Index, Command: a.Command, Env: a.Env})
+		}
+		if attached(in) {
+			if localIPs[a.GUID] == nil {
+				local = append(local, a.GUID)
+			}
+			localIPs[a.GUID] = append(localIPs[a.GUID], in.IP)
+		}
+	}
+	st.Allows = []api.Allow{}
+	clients := map[string][]string{} // app → apps allowed to reach its 61443
+	for _, app := range local {
+		for _, i := range x.toApp[app] {
+			p := s.Policies[i]
+			if !validRange(p) {
+				continue
+			}
+			for _, ip := range localIPs[app] {
+				st.Allows = append(st.Allows, api.Allow{DestIP: ip, SrcTag: p.SourceTag, Protocol: p.Protocol,
+					StartPort: uint16(p.StartPort), EndPort: uint16(p.EndPort)})
+			}
+			if p.Protocol == TCP && p.StartPort <= TLSPort && TLSPort <= p.EndPort {
+				clients[app] = append(clients[app], p.SourceApp)
+			}
+		}
+	}
+	slices.SortFunc(st.Allows, compareAllows)
+	st.Allows = slices.Compact(st.Allows)
+	slices.Sort(local)
+	st.LocalApps = make([]api.LocalApp, 0, len(local))
+	for _, app := range local {
+		la := api.LocalApp{GUID: app, Hosts: x.hosts[app], RequireClientCert: x.apps[app].RequireClientCert, TLSClients: clients[app]}
+		if la.Hosts == nil {
+			la.Hosts = []string{}
+		}
+		slices.Sort(la.TLSClients)
+		la.TLSClients = slices.Compact(la.TLSClients)
+		if la.TLSClients == nil {
+			la.TLSClients = []string{}
+		}
+		st.LocalApps = append(st.LocalApps, la)
+	}
+	return st, nil
+}
+
+// validRange reports whether p's protocol and ports can be enforced; the
+// store holds only such policies, and a cell is never sent another.
+func validRange(p Policy) bool {
+	return (p.Protocol == TCP || p.Protocol == UDP) && 1 <= p.StartPort && p.StartPort <= p.EndPort && p.EndPort <= 65535
+}
+
+// compareAllows orders allows by destination, source tag, protocol and
+// ports: the order of a cell's Allows.
+func compareAllows(x, y api.Allow) int {
+	return cmp.Or(x.DestIP.Compare(y.DestIP), cmp.Compare(x.SrcTag, y.SrcTag), strings.Compare(x.Protocol, y.Protocol),
+		cmp.Compare(x.StartPort, y.StartPort), cmp.Compare(x.EndPort, y.EndPort))
+}
