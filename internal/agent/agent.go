@@ -76,7 +76,7 @@ type Agent struct {
 	nsPath     string
 	cell       dataplane.Cell
 	id         cellIdentity
-	controller *controllerClient
+	controller *api.Client
 	containers *containers
 	instances  *instances
 	enforcer   *enforcer
@@ -195,7 +195,7 @@ func (a *Agent) registerAgain(ctx context.Context) {
 				"container", rec.ContainerID, "ip", rec.IP, "subnet", a.cell.Subnet)
 		default:
 			rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-			err := a.controller.register(rctx, rec.Identity.InstanceGUID, api.InstanceRegistration{
+			err := a.controller.RegisterInstance(rctx, rec.Identity.InstanceGUID, api.InstanceRegistration{
 				AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID})
 			cancel()
 			if err != nil {
@@ -255,7 +255,7 @@ func (a *Agent) run(parent context.Context) error {
 		bg.Wait()
 		// No connection to the controller outlives the agent (a server
 		// shutting down would wait for it).
-		a.controller.http.CloseIdleConnections()
+		a.controller.CloseIdleConnections()
 	}()
 	// The last known state first: the dataplane keeps working while the
 	// controller is down.
@@ -294,7 +294,7 @@ func (a *Agent) run(parent context.Context) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		pollCtx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
-		st, err := a.controller.state(pollCtx, after, wait)
+		st, err := a.controller.CellState(pollCtx, after, wait)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -322,7 +322,7 @@ func (a *Agent) run(parent context.Context) error {
 	}
 	if a.cfg.LeaveOnExit {
 		lctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		if err := a.controller.leave(lctx); err != nil {
+		if err := a.controller.LeaveCell(lctx); err != nil {
 			a.log.Warn("leave the foundation", "err", err)
 		} else {
 			a.log.Info("left the foundation", "cell", a.id.Cell.Name)

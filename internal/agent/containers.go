@@ -266,11 +266,11 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	err := s.a.controller.register(ctx, snapshot.Identity.InstanceGUID, api.InstanceRegistration{
+	err := s.a.controller.RegisterInstance(ctx, snapshot.Identity.InstanceGUID, api.InstanceRegistration{
 		AppGUID: snapshot.Identity.AppGUID, Index: snapshot.Identity.Index, IP: snapshot.IP.String(), ContainerID: snapshot.ContainerID})
 	if err != nil {
 		status := http.StatusUnprocessableEntity
-		if errors.Is(err, errController) {
+		if errors.Is(err, api.ErrUnreachable) {
 			status = http.StatusServiceUnavailable
 		}
 		s.a.log.Warn("register instance", "container", snapshot.ContainerID, "err", err)
@@ -416,7 +416,7 @@ func (a *Agent) collect(ctx context.Context, id string) (bool, error) {
 func (a *Agent) deregister(ctx context.Context, rec record) {
 	if rec.Committed {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := a.controller.deregister(ctx, rec.Identity.InstanceGUID)
+		err := a.controller.DeregisterInstance(ctx, rec.Identity.InstanceGUID)
 		cancel()
 		if err != nil {
 			a.log.Warn("deregister instance: will retry", "container", rec.ContainerID, "err", err)

@@ -279,7 +279,7 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := e.a.controller.do(rctx, "POST", "/trellis/v1/cell/flows", api.FlowEvents{Events: batch, Suppressed: suppressed}, nil)
+		err := e.a.controller.ReportFlows(rctx, api.FlowEvents{Events: batch, Suppressed: suppressed})
 		cancel()
 		if err != nil {
 			e.a.log.Debug("report flows: will retry", "err", err, "events", len(batch))

@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -323,9 +322,8 @@ func (id *identities) issue(ctx context.Context, guid string) (*tls.Certificate,
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	var resp api.InstanceCertificate
-	if err := id.a.controller.do(ctx, http.MethodPost, "/trellis/v1/cell/instances/"+guid+"/certificate",
-		api.InstanceCertificateRequest{CSR: string(csrPEM)}, &resp); err != nil {
+	resp, err := id.a.controller.InstanceCertificate(ctx, guid, csrPEM)
+	if err != nil {
 		return nil, fmt.Errorf("request certificate: %w", err)
 	}
 	cert, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)

@@ -1,14 +1,16 @@
 package api
 
-// The agent's unix-socket API, spoken by the CNI plugin on the same cell.
-// Base path /v1; JSON bodies; errors as {"error":"..."} with an HTTP status.
+// The agent's unix-socket API, spoken by the CNI plugin on the same cell
+// (and the launcher and benchmarks) through AgentClient. Base path /v1;
+// JSON bodies; errors as {"error":"..."} with an HTTP status.
 //
 //	POST   /v1/containers              Allocate: reserve an address for a container (idempotent per container ID)
 //	POST   /v1/containers/{id}/commit  Commit: the plugin has wired it; register the instance with the controller
 //	GET    /v1/containers/{id}         the record (CNI CHECK)
 //	DELETE /v1/containers/{id}         release the address and deregister (idempotent: CNI DEL)
 //	POST   /v1/gc                      release every container not in the list (CNI GC)
-//	GET    /v1/status                  200 when the agent can serve ADDs (CNI STATUS)
+//	GET    /v1/status                  200 when the agent can serve ADDs (CNI STATUS), else 503, both with AgentStatus
+//	GET    /metrics                    the agent's metrics (Prometheus text format)
 
 // Identity is who a container is: the app instance it runs.
 type Identity struct {

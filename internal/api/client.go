@@ -43,10 +43,10 @@ type (
 	PolicyFilter struct{ IDs, SourceIDs, DestIDs []string }
 )
 
-// HTTPError is a non-2xx answer of the controller. Its Error is the
-// server's own message — the "error" field of the networking API or the
-// first errors[].detail of the v3 API — so that a CLI can print the
-// server's words.
+// HTTPError is a non-2xx answer of the controller or of an agent. Its Error
+// is the server's own message — the "error" field of the networking API or
+// the first errors[].detail of the v3 API — so that a CLI can print the
+// server's words; an AgentClient's names the agent and the request first.
 type HTTPError struct {
 	Status  int    // HTTP status code
 	Message string // the server's message, or the status text if it sent none
@@ -55,6 +55,28 @@ type HTTPError struct {
 
 func (e *HTTPError) Error() string { return e.Message }
 
+// ErrUnreachable is matched (errors.Is) by the errors of a request that got
+// no answer — the peer is down, or did not answer in time — and, from the
+// controller, by a 5xx answer: the request may succeed later, unlike one
+// refused with a 4xx, which is an *HTTPError only.
+var ErrUnreachable = errors.New("unreachable")
+
+// unreachableError is a request that got no answer (or, from the
+// controller, a 5xx one): it matches both ErrUnreachable and its cause.
+type unreachableError struct {
+	err error
+	msg string // what Error says; err's own text when empty
+}
+
+func (e *unreachableError) Error() string {
+	if e.msg != "" {
+		return e.msg
+	}
+	return e.err.Error()
+}
+
+func (e *unreachableError) Unwrap() []error { return []error{ErrUnreachable, e.err} }
+
 // IsNotFound reports whether err is an HTTPError with status 404.
 func IsNotFound(err error) bool {
 	var he *HTTPError
@@ -62,8 +84,9 @@ func IsNotFound(err error) bool {
 }
 
 // Client calls a trellis controller over HTTPS, trusting only the
-// controller's CA, and authenticates every request with a bearer token. It
-// is safe for concurrent use.
+// controller's CA. It authenticates every request with a bearer token (a
+// user's, or a join token) or, made by NewCellClient, with a cell's client
+// certificate. It is safe for concurrent use.
 type Client struct {
 	base  *url.URL
 	token string
@@ -79,19 +102,39 @@ const maxErrorBody = 64 << 10
 // NewClient returns a Client for cfg. The connection trusts only the CA in
 // cfg.CACert and speaks TLS 1.2 or later. It does not use HTTP(S)_PROXY: a
 // controller is reached directly, as agents on the same network reach it.
+// cfg.Token is a user's API token, or a join token for Join.
 func NewClient(cfg ClientConfig) (*Client, error) {
-	u, err := url.Parse(cfg.APIURL)
+	return newClient(cfg.APIURL, cfg.CACert, cfg.Token, nil)
+}
+
+// NewCellClient returns a Client that authenticates as a cell, with the
+// client certificate the controller's CA issued it at join (mutual TLS)
+// instead of a token: for the /trellis/v1/cell/ calls, such as CellState
+// and InstanceCertificate. It trusts only the CA in caPEM. Its requests are
+// bounded by their contexts only, as a long poll of CellState is held for
+// up to its wait.
+func NewCellClient(apiURL, caPEM string, cert tls.Certificate) (*Client, error) {
+	if len(cert.Certificate) == 0 {
+		return nil, errors.New("invalid cell certificate: empty")
+	}
+	return newClient(apiURL, caPEM, "", &cert)
+}
+
+// newClient makes a Client that authenticates with token, or with cert
+// when cert is not nil.
+func newClient(apiURL, caPEM, token string, cert *tls.Certificate) (*Client, error) {
+	u, err := url.Parse(apiURL)
 	if err != nil {
-		return nil, fmt.Errorf("invalid api_url %q: %w", cfg.APIURL, err)
+		return nil, fmt.Errorf("invalid api_url %q: %w", apiURL, err)
 	}
 	if u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("invalid api_url %q: must be https://HOST[:PORT]", cfg.APIURL)
+		return nil, fmt.Errorf("invalid api_url %q: must be https://HOST[:PORT]", apiURL)
 	}
-	if cfg.Token == "" {
+	if token == "" && cert == nil {
 		return nil, errors.New("invalid config: token is empty")
 	}
 	pool := x509.NewCertPool()
-	if !pool.AppendCertsFromPEM([]byte(cfg.CACert)) {
+	if !pool.AppendCertsFromPEM([]byte(caPEM)) {
 		return nil, errors.New("invalid ca_cert: no PEM certificate found")
 	}
 	tr := &http.Transport{
@@ -101,12 +144,17 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		IdleConnTimeout:     90 * time.Second,
 		MaxIdleConnsPerHost: 4,
 	}
-	return &Client{
-		base:  u,
-		token: cfg.Token,
-		http:  &http.Client{Transport: tr, Timeout: clientTimeout},
-	}, nil
+	hc := &http.Client{Transport: tr, Timeout: clientTimeout}
+	if cert != nil {
+		tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
+		hc.Timeout = 0
+	}
+	return &Client{base: u, token: token, http: hc}, nil
 }
+
+// CloseIdleConnections closes the connections kept for later requests, so
+// that none outlives its user (a server shutting down would wait for it).
+func (c *Client) CloseIdleConnections() { c.http.CloseIdleConnections() }
 
 // Health asks GET /health whether the controller and its store answer.
 func (c *Client) Health(ctx context.Context) (Health, error) {
@@ -358,7 +406,8 @@ func itemPath(collection, guid string) (string, error) {
 
 // do sends one request: in, when not nil, as a JSON body; a 2xx answer's
 // body decoded into out when out is not nil; any other answer returned as
-// an *HTTPError.
+// an *HTTPError. A failure to send, or a 5xx answer, also matches
+// ErrUnreachable.
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
 	u := c.base.JoinPath(path)
 	u.RawQuery = q.Encode()
@@ -377,11 +426,15 @@ func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, 
 	c.setHeaders(req, in != nil)
 	resp, err := c.http.Do(req)
 	if err != nil {
-		return err // a *url.Error: it names the method and URL
+		return &unreachableError{err: err} // a *url.Error: it names the method and URL
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return decodeError(resp)
+		err := decodeError(resp)
+		if resp.StatusCode >= 500 {
+			return &unreachableError{err: err}
+		}
+		return err
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))

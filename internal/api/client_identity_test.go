@@ -2,7 +2,6 @@ package api
 
 import (
 	"context"
-	"crypto/tls"
 	"testing"
 	"time"
 
@@ -21,14 +20,6 @@ func TestClientIdentityRequests(t *testing.T) {
 		want   any
 		req    request
 	}{
-		{
-			name:   "instance certificate",
-			answer: answer{201, `{"certificate":"LEAF","not_before":"2030-01-02T03:04:05Z","not_after":"2030-01-03T03:04:05Z","ca":` + caJSON + `}`},
-			call:   func(c *Client) (any, error) { return c.InstanceCertificate(ctx, "i/1", []byte("CSR")) },
-			want:   InstanceCertificate{Certificate: "LEAF", NotBefore: started, NotAfter: started.Add(24 * time.Hour), CA: ca},
-			req: request{Method: "POST", Path: "/trellis/v1/cell/instances/i/1/certificate", ContentType: "application/json",
-				Body: `{"csr":"CSR"}`},
-		},
 		{
 			name:   "instance CA",
 			answer: answer{200, caJSON},
@@ -77,25 +68,5 @@ func TestClientIdentityRequests(t *testing.T) {
 				t.Errorf("%s request (-want +got):\n%s", tt.name, diff)
 			}
 		})
-	}
-}
-
-func TestCellClientSendsNoToken(t *testing.T) {
-	f := newFakeController(t, map[string]answer{"GET /trellis/v1/instance-ca": {200, `{"generation":1}`}})
-	if _, err := NewCellClient(f.srv.URL, f.config().CACert, tls.Certificate{}); err == nil {
-		t.Error("NewCellClient(no certificate) = nil error, want one")
-	}
-	c, err := NewCellClient(f.srv.URL, f.config().CACert, tls.Certificate{Certificate: [][]byte{f.srv.Certificate().Raw}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ca, err := c.InstanceCA(context.Background()); err != nil || ca.Generation != 1 {
-		t.Fatalf("InstanceCA = %+v, %v", ca, err)
-	}
-	if got := f.requests(); len(got) != 1 || got[0].Auth != "" {
-		t.Errorf("a cell client sent %+v, want one request without Authorization", got)
-	}
-	if _, err := c.AppTLS(context.Background(), ""); err == nil {
-		t.Error("AppTLS(\"\") = nil error, want one")
 	}
 }

@@ -30,6 +30,7 @@ type request struct {
 	Method, Path, Query string
 	Auth, ContentType   string
 	Body                string
+	Peer                string // the common name of the client certificate
 }
 
 // fakeController is an httptest TLS server that records every request and
@@ -49,25 +50,32 @@ type answer struct {
 func newFakeController(t *testing.T, answers map[string]answer) *fakeController {
 	t.Helper()
 	f := &fakeController{answers: answers}
-	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		b, _ := io.ReadAll(r.Body)
-		f.mu.Lock()
-		f.seen = append(f.seen, request{
-			Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery,
-			Auth: r.Header.Get("Authorization"), ContentType: r.Header.Get("Content-Type"),
-			Body: string(b),
-		})
-		f.mu.Unlock()
-		a, ok := f.answers[r.Method+" "+r.URL.Path]
-		if !ok {
-			a = answer{http.StatusNotFound, `{"errors":[{"detail":"Unknown request","title":"CF-NotFound","code":10000}]}`}
-		}
-		w.Header().Set("Content-Type", "application/json")
-		w.WriteHeader(a.status)
-		io.WriteString(w, a.body)
-	}))
+	f.srv = httptest.NewTLSServer(f)
 	t.Cleanup(f.srv.Close)
 	return f
+}
+
+// ServeHTTP records r and answers it.
+func (f *fakeController) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	b, _ := io.ReadAll(r.Body)
+	seen := request{
+		Method: r.Method, Path: r.URL.Path, Query: r.URL.RawQuery,
+		Auth: r.Header.Get("Authorization"), ContentType: r.Header.Get("Content-Type"),
+		Body: string(b),
+	}
+	if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+		seen.Peer = r.TLS.PeerCertificates[0].Subject.CommonName
+	}
+	f.mu.Lock()
+	f.seen = append(f.seen, seen)
+	f.mu.Unlock()
+	a, ok := f.answers[r.Method+" "+r.URL.Path]
+	if !ok {
+		a = answer{http.StatusNotFound, `{"errors":[{"detail":"Unknown request","title":"CF-NotFound","code":10000}]}`}
+	}
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(a.status)
+	io.WriteString(w, a.body)
 }
 
 // config is a ClientConfig that trusts the fake's certificate.

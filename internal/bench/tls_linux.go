@@ -480,23 +480,9 @@ func (r *tlsRun) attachIdle(n int) error {
 
 // served reads the number of instances the agent of cell2 serves on 61443.
 func (r *tlsRun) served() (float64, error) {
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", r.f.Cells[1].Socket)
-		}}}
-	defer hc.CloseIdleConnections()
-	req, err := http.NewRequestWithContext(r.ctx, http.MethodGet, "http://agent/metrics", nil)
-	if err != nil {
-		return 0, err
-	}
-	resp, err := hc.Do(req)
+	b, err := api.NewAgentClient(r.f.Cells[1].Socket).Metrics(r.ctx)
 	if err != nil {
 		return 0, fmt.Errorf("metrics of the agent of cell2: %w", err)
-	}
-	defer resp.Body.Close()
-	b, err := io.ReadAll(resp.Body)
-	if err != nil {
-		return 0, err
 	}
 	v, ok := gauge(string(b), "trellis_proxy_instances")
 	if !ok {

@@ -84,9 +84,9 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	agent := newAgentClient(conf.AgentSocket)
+	agent := api.NewAgentClient(conf.AgentSocket)
 
-	alloc, err := agent.allocate(ctx, api.AllocateRequest{
+	alloc, err := agent.Allocate(ctx, api.AllocateRequest{
 		ContainerID: args.ContainerID,
 		NetNS:       args.Netns,
 		IfName:      args.IfName,
@@ -112,7 +112,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return p.undo(ctx, agent, args.ContainerID, nil, internalError("wire container %s: %v", args.ContainerID, err))
 	}
-	if err := agent.commit(ctx, args.ContainerID, api.CommitRequest{HostVeth: wired.HostVeth}); err != nil {
+	if err := agent.Commit(ctx, args.ContainerID, api.CommitRequest{HostVeth: wired.HostVeth}); err != nil {
 		return p.undo(ctx, agent, args.ContainerID, &c, agentFailure(err, "commit container %s", args.ContainerID))
 	}
 	return types.PrintResult(addResult(conf, args, c, alloc, wired), conf.CNIVersion)
@@ -121,7 +121,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 // undo removes the wiring (when wired is not nil) and releases the
 // allocation after a failed ADD, and returns cause with what could not be
 // undone in its details.
-func (p *plugin) undo(ctx context.Context, agent *agentClient, containerID string, wired *dataplane.Container, cause *types.Error) *types.Error {
+func (p *plugin) undo(ctx context.Context, agent *api.AgentClient, containerID string, wired *dataplane.Container, cause *types.Error) *types.Error {
 	var left []string
 	if wired != nil {
 		if err := dataplane.DelContainer(*wired); err != nil {
@@ -129,7 +129,7 @@ func (p *plugin) undo(ctx context.Context, agent *agentClient, containerID strin
 			left = append(left, fmt.Sprintf("remove wiring: %v", err))
 		}
 	}
-	if err := agent.release(ctx, containerID); err != nil && !isNotFound(err) {
+	if err := agent.Release(ctx, containerID); err != nil && !api.IsNotFound(err) {
 		p.log.Warn("undo ADD: release address", "container", containerID, "err", err)
 		left = append(left, fmt.Sprintf("release the address (it stays reserved until the agent's garbage collection): %v", err))
 	}
@@ -206,17 +206,17 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	agent := newAgentClient(conf.AgentSocket)
+	agent := api.NewAgentClient(conf.AgentSocket)
 
-	rec, err := agent.container(ctx, args.ContainerID)
+	rec, err := agent.Container(ctx, args.ContainerID)
 	switch {
-	case isNotFound(err):
+	case api.IsNotFound(err):
 		// Nothing is reserved. If wiring is left from an ADD that crashed,
 		// it goes with the container's namespace; its address may already
 		// belong to another container, so a veth named for it is not ours
 		// to delete.
 		return nil
-	case isUnreachable(err):
+	case errors.Is(err, api.ErrUnreachable):
 		// Remove what can be removed without the agent.
 		ip, ok := sandboxIP(conf, args)
 		if !ok {
@@ -242,7 +242,7 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err := dataplane.DelContainer(dataplane.Container{NetNS: args.Netns, IfName: args.IfName, IP: ip}); err != nil {
 		return internalError("remove wiring of container %s: %v", args.ContainerID, err)
 	}
-	if err := agent.release(ctx, args.ContainerID); err != nil && !isNotFound(err) {
+	if err := agent.Release(ctx, args.ContainerID); err != nil && !api.IsNotFound(err) {
 		return agentFailure(err, "release the address of container %s", args.ContainerID)
 	}
 	return nil
@@ -287,8 +287,8 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	rec, err := newAgentClient(conf.AgentSocket).container(ctx, args.ContainerID)
-	if isNotFound(err) {
+	rec, err := api.NewAgentClient(conf.AgentSocket).Container(ctx, args.ContainerID)
+	if api.IsNotFound(err) {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf(
 			"the trellis agent has no address for container %s: it was deleted or garbage-collected", args.ContainerID), "")
 	}
@@ -315,7 +315,7 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	st, err := newAgentClient(conf.AgentSocket).status(ctx)
+	st, err := api.NewAgentClient(conf.AgentSocket).Status(ctx)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
@@ -349,7 +349,7 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	if err := newAgentClient(conf.AgentSocket).gc(ctx, valid); err != nil {
+	if err := api.NewAgentClient(conf.AgentSocket).GC(ctx, valid); err != nil {
 		return agentFailure(err, "garbage-collect network %q", conf.Name)
 	}
 	return nil
@@ -363,11 +363,11 @@ func internalError(format string, args ...any) *types.Error {
 // later" (11) when the agent cannot be reached or is busy, else internal
 // (999) with the agent's message.
 func agentFailure(err error, format string, args ...any) *types.Error {
-	if isUnreachable(err) {
+	if errors.Is(err, api.ErrUnreachable) {
 		return types.NewError(types.ErrTryAgainLater, err.Error(), fmt.Sprintf(format, args...))
 	}
-	var se *statusError
-	if errors.As(err, &se) && se.status == http.StatusServiceUnavailable {
+	var he *api.HTTPError
+	if errors.As(err, &he) && he.Status == http.StatusServiceUnavailable {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf(format, args...)+": "+err.Error(), "")
 	}
 	return types.NewError(types.ErrInternal, fmt.Sprintf(format, args...)+": "+err.Error(), "")

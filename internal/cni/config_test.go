@@ -208,8 +208,8 @@ func TestConfListLoadsInLibcni(t *testing.T) {
 
 func TestAgentUnreachableMessage(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "cell1.sock")
-	_, err := newAgentClient(sock).status(context.Background())
-	if !isUnreachable(err) {
+	_, err := api.NewAgentClient(sock).Status(context.Background())
+	if !errors.Is(err, api.ErrUnreachable) {
 		t.Fatalf("status with no agent = %v, want unreachable", err)
 	}
 	want := "cannot reach the trellis agent at " + sock + ": connect: no such file or directory — is `trellis agent` running on this cell?"
@@ -243,14 +243,14 @@ func TestAgentStatusErrors(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 
-	c := newAgentClient(sock)
-	_, err = c.container(context.Background(), "gone")
-	if !isNotFound(err) {
+	c := api.NewAgentClient(sock)
+	_, err = c.Container(context.Background(), "gone")
+	if !api.IsNotFound(err) {
 		t.Errorf("container(gone) = %v, want not found", err)
 	}
-	_, err = c.container(context.Background(), "busy")
+	_, err = c.Container(context.Background(), "busy")
 	assertCNIError(t, agentFailure(err, "look up %s", "busy"), types.ErrTryAgainLater, "subnet lease pending")
-	_, err = c.container(context.Background(), "bad")
+	_, err = c.Container(context.Background(), "bad")
 	assertCNIError(t, agentFailure(err, "look up %s", "bad"), types.ErrInternal, "look up bad: trellis agent: GET /v1/containers/bad: bad container ID")
 }
 

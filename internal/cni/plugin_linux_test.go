@@ -419,7 +419,7 @@ func TestPluginGC(t *testing.T) {
 	}
 	// An address the runtime forgot: allocated, never wired.
 	stale := e.prefix + "-stale"
-	_, err := newAgentClient(e.agent.socket).allocate(context.Background(), api.AllocateRequest{
+	_, err := api.NewAgentClient(e.agent.socket).Allocate(context.Background(), api.AllocateRequest{
 		ContainerID: stale, Identity: api.Identity{AppGUID: "app-old", InstanceGUID: stale},
 	})
 	if err != nil {

@@ -14,7 +14,6 @@ import (
 	"io"
 
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -370,30 +369,10 @@ func waitController(ctx context.Context, f *Foundation, admin string) (*api.Clie
 	}
 }
 
-// AgentStatus asks a cell's agent for its status over its socket.
+// AgentStatus asks a cell's agent for its status over its socket; an agent
+// that is not ready answers with its status too, saying why.
 func AgentStatus(ctx context.Context, socket string) (api.AgentStatus, error) {
-	var st api.AgentStatus
-	err := AgentGet(ctx, socket, "/v1/status", &st)
-	return st, err
-}
-
-// AgentGet GETs path from the agent at socket into out. A 503 status still
-// decodes (the agent's status says why it is not ready).
-func AgentGet(ctx context.Context, socket, path string, out any) error {
-	hc := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, "unix", socket)
-		}}}
-	req, err := http.NewRequestWithContext(ctx, "GET", "http://agent"+path, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := hc.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	return json.NewDecoder(resp.Body).Decode(out)
+	return api.NewAgentClient(socket).Status(ctx)
 }
 
 func waitAgent(ctx context.Context, c Cell) error {
