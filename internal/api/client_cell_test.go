@@ -8,11 +8,13 @@ import (
 	"io"
 	"log"
 	"net/http/httptest"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
 
 	"github.com/trellis-c2c/trellis/internal/identity"
 )
@@ -55,7 +57,7 @@ func newCellController(t *testing.T, answers map[string]answer) (f *fakeControll
 func TestCellClientRequests(t *testing.T) {
 	ctx := context.Background()
 	stateJSON := `{"revision":8,"cell":{"guid":"g1","name":"cell1","underlay_ip":"198.51.100.11","subnet":"10.255.1.0/24","last_seen":"0001-01-01T00:00:00Z","healthy":true}}`
-	state := CellState{Revision: 8, Cell: Cell{GUID: "g1", Name: "cell1", UnderlayIP: "198.51.100.11", Subnet: "10.255.1.0/24", Healthy: true}}
+	state := CellState{Revision: 8, Cell: Cell{GUID: "g1", Name: "cell1", UnderlayIP: netip.MustParseAddr("198.51.100.11"), Subnet: netip.MustParsePrefix("10.255.1.0/24"), Healthy: true}}
 	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
 	tests := []struct {
 		name   string
@@ -130,7 +132,7 @@ func TestCellClientRequests(t *testing.T) {
 			if err != nil {
 				t.Fatalf("%s: %v", tt.name, err)
 			}
-			if diff := cmp.Diff(tt.want, got); diff != "" {
+			if diff := cmp.Diff(tt.want, got, equateNetip); diff != "" {
 				t.Errorf("%s answer (-want +got):\n%s", tt.name, diff)
 			}
 			tt.req.Peer = "cell1" // the certificate, and no token
@@ -189,8 +191,8 @@ func TestJoin(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Join: %v", err)
 	}
-	want := JoinResponse{Cell: Cell{GUID: "g1", Name: "cell1", UnderlayIP: "198.51.100.11", Subnet: "10.255.1.0/24"}, Certificate: "LEAF", CA: "CA"}
-	if diff := cmp.Diff(want, got); diff != "" {
+	want := JoinResponse{Cell: Cell{GUID: "g1", Name: "cell1", UnderlayIP: netip.MustParseAddr("198.51.100.11"), Subnet: netip.MustParsePrefix("10.255.1.0/24")}, Certificate: "LEAF", CA: "CA"}
+	if diff := cmp.Diff(want, got, equateNetip); diff != "" {
 		t.Errorf("Join answer (-want +got):\n%s", diff)
 	}
 	wantReq := []request{{Method: "POST", Path: "/trellis/v1/cells/join", Auth: "Bearer trlsj_join", ContentType: "application/json",
@@ -237,3 +239,6 @@ func TestClientUnreachable(t *testing.T) {
 		t.Errorf("LeaveCell with the controller down says %v, want the request's URL in it", err)
 	}
 }
+
+// equateNetip compares netip values by ==, which cmp cannot look into.
+var equateNetip = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
