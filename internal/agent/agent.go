@@ -22,7 +22,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
@@ -137,10 +136,11 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 			a.cfg.Name = h
 		}
 	}
-	dev, ip, mtu, err := underlay(a.nsPath, cfg.UnderlayInterface)
+	u, err := underlay(a.nsPath, cfg.UnderlayInterface)
 	if err != nil {
 		return nil, err
 	}
+	dev, ip, mtu := u.Device, u.IP, u.MTU
 	var rejoined bool
 	a.id, a.controller, rejoined, err = loadOrJoin(ctx, a.cfg, ip.String())
 	if err != nil {
@@ -205,43 +205,17 @@ func (a *Agent) registerAgain(ctx context.Context) {
 	}
 }
 
-// underlay finds the underlay device, its IPv4 address and MTU in ns.
-func underlay(nsPath, name string) (string, netip.Addr, int, error) {
-	h, err := netns.Handle(nsPath)
-	if err != nil {
-		return "", netip.Addr{}, 0, err
+// underlay finds the cell's underlay device in ns: name, or the device of
+// the default route.
+func underlay(nsPath, name string) (dataplane.Underlay, error) {
+	u, err := dataplane.FindUnderlay(nsPath, name)
+	switch {
+	case errors.Is(err, dataplane.ErrNoDefaultRoute):
+		return u, fmt.Errorf("%w: give --underlay-interface", err)
+	case err != nil && name != "":
+		return u, fmt.Errorf("--underlay-interface: %w", err)
 	}
-	defer h.Close()
-	var link netlink.Link
-	if name != "" {
-		link, err = h.LinkByName(name)
-		if err != nil {
-			return "", netip.Addr{}, 0, fmt.Errorf("--underlay-interface %s: %w", name, err)
-		}
-	} else {
-		routes, err := h.RouteList(nil, netlink.FAMILY_V4)
-		if err != nil {
-			return "", netip.Addr{}, 0, err
-		}
-		for _, r := range routes {
-			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				link, err = h.LinkByIndex(r.LinkIndex)
-				if err != nil {
-					return "", netip.Addr{}, 0, err
-				}
-				break
-			}
-		}
-		if link == nil {
-			return "", netip.Addr{}, 0, errors.New("no default route to find the underlay device by: give --underlay-interface")
-		}
-	}
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
-	if err != nil || len(addrs) == 0 {
-		return "", netip.Addr{}, 0, fmt.Errorf("underlay device %s has no IPv4 address", link.Attrs().Name)
-	}
-	ip, _ := netip.AddrFromSlice(addrs[0].IP.To4())
-	return link.Attrs().Name, ip, link.Attrs().MTU, nil
+	return u, err
 }
 
 func (a *Agent) run(parent context.Context) error {
