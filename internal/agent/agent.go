@@ -80,6 +80,7 @@ type Agent struct {
 	instances  *instances
 	enforcer   *enforcer
 	tls        *identities
+	socket     *socketServer
 	metrics    *prometheus.Registry
 	dns        *dns.Server
 
@@ -170,11 +171,17 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	// TLS proxy of every local instance.
 	a.metrics.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	a.enforcer = newEnforcer(a, a.metrics)
-	if a.tls, err = newIdentities(a, a.metrics); err != nil {
+	a.tls, err = newIdentities(identitiesConfig{Log: a.log, StateDir: cfg.StateDir, KeyType: cfg.InstanceKeyType, Registerer: a.metrics,
+		Containers: a.containers, State: a.current, Certify: a.certify, Record: a.enforcer.record})
+	if err != nil {
 		return nil, err
 	}
+	a.socket = &socketServer{log: a.log, nsPath: a.nsPath, containers: a.containers, metrics: a.metrics, registry: a.controller,
+		certs: a.tls, applyPolicy: a.applyPolicy, agentStatus: a.status}
 	if cfg.RunInstances {
-		a.instances, err = newInstances(a)
+		a.instances, err = newInstances(instancesConfig{Log: a.log, StateDir: cfg.StateDir, NetNS: a.nsPath, UnderlayIP: ip,
+			Cell: a.id.Cell.Name, Socket: a.socketPath(), CNIBinDir: cfg.CNIBinDir, NetNSPrefix: cfg.InstanceNetNSPrefix,
+			State: a.current, Credentials: a.tls})
 		if err != nil {
 			return nil, err
 		}
@@ -239,15 +246,12 @@ func (a *Agent) run(parent context.Context) error {
 			a.apply(ctx, st)
 		}
 	}
-	sock := a.cfg.Socket
-	if sock == "" {
-		sock = filepath.Join(a.cfg.StateDir, "agent.sock")
-	}
+	sock := a.socketPath()
 	ln, err := listenUnix(sock)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}
-	srv := &http.Server{Handler: (&socketServer{a: a}).handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: a.socket.handler(), ReadHeaderTimeout: 10 * time.Second}
 	bg.Go(func() { srv.Serve(ln) })
 	defer srv.Close()
 	if a.instances != nil {
@@ -287,7 +291,7 @@ func (a *Agent) run(parent context.Context) error {
 		}
 		backoff = time.Second
 		a.apply(ctx, st)
-		a.retryReleases(ctx)
+		a.socket.retryReleases(ctx)
 		after = st.Revision
 		if ready != nil && a.ready() {
 			ready()
@@ -354,6 +358,28 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	if a.tls != nil {
 		a.tls.poke()
 	}
+}
+
+// socketPath is where the agent serves the CNI plugin.
+func (a *Agent) socketPath() string {
+	if a.cfg.Socket != "" {
+		return a.cfg.Socket
+	}
+	return filepath.Join(a.cfg.StateDir, "agent.sock")
+}
+
+// current is the desired state last received, and whether it applied.
+func (a *Agent) current() (api.CellState, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state, a.applied
+}
+
+// certify asks the controller to certify an instance's key.
+func (a *Agent) certify(ctx context.Context, guid string, req api.InstanceCertificateRequest) (api.InstanceCertificate, error) {
+	var resp api.InstanceCertificate
+	err := a.controller.do(ctx, http.MethodPost, "/trellis/v1/cell/instances/"+guid+"/certificate", req, &resp)
+	return resp, err
 }
 
 func (a *Agent) ready() bool {
