@@ -15,14 +15,12 @@ import (
 	"fmt"
 	"log/slog"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	"github.com/vishvananda/netlink"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
@@ -81,6 +79,7 @@ type Agent struct {
 	instances  *instances
 	enforcer   *enforcer
 	tls        *identities
+	socket     *socketServer
 	metrics    *prometheus.Registry
 	dns        *dns.Server
 
@@ -137,10 +136,11 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 			a.cfg.Name = h
 		}
 	}
-	dev, ip, mtu, err := underlay(a.nsPath, cfg.UnderlayInterface)
+	u, err := underlay(a.nsPath, cfg.UnderlayInterface)
 	if err != nil {
 		return nil, err
 	}
+	dev, ip, mtu := u.Device, u.IP, u.MTU
 	var rejoined bool
 	a.id, a.controller, rejoined, err = loadOrJoin(ctx, a.cfg, ip.String())
 	if err != nil {
@@ -170,11 +170,17 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	// TLS proxy of every local instance.
 	a.metrics.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	a.enforcer = newEnforcer(a, a.metrics)
-	if a.tls, err = newIdentities(a, a.metrics); err != nil {
+	a.tls, err = newIdentities(identitiesConfig{Log: a.log, StateDir: cfg.StateDir, KeyType: cfg.InstanceKeyType, Registerer: a.metrics,
+		Containers: a.containers, State: a.current, Certify: a.controller.InstanceCertificate, Record: a.enforcer.record})
+	if err != nil {
 		return nil, err
 	}
+	a.socket = &socketServer{log: a.log, nsPath: a.nsPath, containers: a.containers, metrics: a.metrics, registry: a.controller,
+		certs: a.tls, applyPolicy: a.applyPolicy, agentStatus: a.status}
 	if cfg.RunInstances {
-		a.instances, err = newInstances(a)
+		a.instances, err = newInstances(instancesConfig{Log: a.log, StateDir: cfg.StateDir, NetNS: a.nsPath, UnderlayIP: ip,
+			Cell: a.id.Cell.Name, Socket: a.socketPath(), CNIBinDir: cfg.CNIBinDir, NetNSPrefix: cfg.InstanceNetNSPrefix,
+			State: a.current, Credentials: a.tls})
 		if err != nil {
 			return nil, err
 		}
@@ -205,43 +211,17 @@ func (a *Agent) registerAgain(ctx context.Context) {
 	}
 }
 
-// underlay finds the underlay device, its IPv4 address and MTU in ns.
-func underlay(nsPath, name string) (string, netip.Addr, int, error) {
-	h, err := netns.Handle(nsPath)
-	if err != nil {
-		return "", netip.Addr{}, 0, err
+// underlay finds the cell's underlay device in ns: name, or the device of
+// the default route.
+func underlay(nsPath, name string) (dataplane.Underlay, error) {
+	u, err := dataplane.FindUnderlay(nsPath, name)
+	switch {
+	case errors.Is(err, dataplane.ErrNoDefaultRoute):
+		return u, fmt.Errorf("%w: give --underlay-interface", err)
+	case err != nil && name != "":
+		return u, fmt.Errorf("--underlay-interface: %w", err)
 	}
-	defer h.Close()
-	var link netlink.Link
-	if name != "" {
-		link, err = h.LinkByName(name)
-		if err != nil {
-			return "", netip.Addr{}, 0, fmt.Errorf("--underlay-interface %s: %w", name, err)
-		}
-	} else {
-		routes, err := h.RouteList(nil, netlink.FAMILY_V4)
-		if err != nil {
-			return "", netip.Addr{}, 0, err
-		}
-		for _, r := range routes {
-			if r.Dst == nil || r.Dst.IP.IsUnspecified() {
-				link, err = h.LinkByIndex(r.LinkIndex)
-				if err != nil {
-					return "", netip.Addr{}, 0, err
-				}
-				break
-			}
-		}
-		if link == nil {
-			return "", netip.Addr{}, 0, errors.New("no default route to find the underlay device by: give --underlay-interface")
-		}
-	}
-	addrs, err := h.AddrList(link, netlink.FAMILY_V4)
-	if err != nil || len(addrs) == 0 {
-		return "", netip.Addr{}, 0, fmt.Errorf("underlay device %s has no IPv4 address", link.Attrs().Name)
-	}
-	ip, _ := netip.AddrFromSlice(addrs[0].IP.To4())
-	return link.Attrs().Name, ip, link.Attrs().MTU, nil
+	return u, err
 }
 
 func (a *Agent) run(parent context.Context) error {
@@ -265,15 +245,12 @@ func (a *Agent) run(parent context.Context) error {
 			a.apply(ctx, st)
 		}
 	}
-	sock := a.cfg.Socket
-	if sock == "" {
-		sock = filepath.Join(a.cfg.StateDir, "agent.sock")
-	}
+	sock := a.socketPath()
 	ln, err := listenUnix(sock)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", sock, err)
 	}
-	srv := &http.Server{Handler: (&socketServer{a: a}).handler(), ReadHeaderTimeout: 10 * time.Second}
+	srv := &http.Server{Handler: a.socket.handler(), ReadHeaderTimeout: 10 * time.Second}
 	bg.Go(func() { srv.Serve(ln) })
 	defer srv.Close()
 	if a.instances != nil {
@@ -313,7 +290,7 @@ func (a *Agent) run(parent context.Context) error {
 		}
 		backoff = time.Second
 		a.apply(ctx, st)
-		a.retryReleases(ctx)
+		a.socket.retryReleases(ctx)
 		after = st.Revision
 		if ready != nil && a.ready() {
 			ready()
@@ -379,6 +356,22 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 		a.tls.poke()
 	}
 }
+
+// socketPath is where the agent serves the CNI plugin.
+func (a *Agent) socketPath() string {
+	if a.cfg.Socket != "" {
+		return a.cfg.Socket
+	}
+	return filepath.Join(a.cfg.StateDir, "agent.sock")
+}
+
+// current is the desired state last received, and whether it applied.
+func (a *Agent) current() (api.CellState, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.state, a.applied
+}
+
 
 func (a *Agent) ready() bool {
 	a.mu.Lock()

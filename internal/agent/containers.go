@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/netip"
@@ -17,6 +18,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/trellis-c2c/trellis/internal/api"
@@ -154,9 +156,34 @@ func (cs *containers) list() []record {
 	return out
 }
 
-// socketServer serves the CNI plugin's API (internal/api/agent.go).
+// socketServer serves the CNI plugin's API (internal/api/agent.go): it
+// allocates addresses from the cell's lease, registers instances with the
+// controller, and releases them.
 type socketServer struct {
-	a *Agent
+	log        *slog.Logger
+	nsPath     string // the cell's network namespace
+	containers *containers
+	metrics    prometheus.Gatherer
+	registry   registry
+	certs      instanceCerts
+	// applyPolicy re-applies the cell's policy after a container was
+	// attached or detached.
+	applyPolicy func(context.Context)
+	// agentStatus is what GET /v1/status answers.
+	agentStatus func() api.AgentStatus
+}
+
+// registry is the controller's record of which instance holds which
+// address on the cell.
+type registry interface {
+	RegisterInstance(ctx context.Context, guid string, reg api.InstanceRegistration) error
+	DeregisterInstance(ctx context.Context, guid string) error
+}
+
+// instanceCerts serves each attached instance its identity certificate.
+type instanceCerts interface {
+	attach(ctx context.Context, rec record)
+	detach(guid string)
 }
 
 func (s *socketServer) handler() http.Handler {
@@ -167,7 +194,7 @@ func (s *socketServer) handler() http.Handler {
 	m.HandleFunc("DELETE /v1/containers/{id}", s.del)
 	m.HandleFunc("POST /v1/gc", s.gc)
 	m.HandleFunc("GET /v1/status", s.status)
-	m.Handle("GET /metrics", promhttp.HandlerFor(s.a.metrics, promhttp.HandlerOpts{}))
+	m.Handle("GET /metrics", promhttp.HandlerFor(s.metrics, promhttp.HandlerOpts{}))
 	return m
 }
 
@@ -204,7 +231,7 @@ func (s *socketServer) allocate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusBadRequest, "identity needs app_guid and instance_guid")
 		return
 	}
-	cs := s.a.containers
+	cs := s.containers
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	if rec, ok := cs.records[req.ContainerID]; ok {
@@ -242,7 +269,7 @@ func (s *socketServer) allocate(w http.ResponseWriter, r *http.Request) {
 	cs.records[rec.ContainerID] = rec
 	cs.last = ip
 	os.WriteFile(filepath.Join(cs.dir, "last-ip"), []byte(ip.String()), 0o600)
-	s.a.log.Info("allocated", "container", rec.ContainerID, "ip", ip, "app", req.Identity.AppGUID, "instance", req.Identity.InstanceGUID)
+	s.log.Info("allocated", "container", rec.ContainerID, "ip", ip, "app", req.Identity.AppGUID, "instance", req.Identity.InstanceGUID)
 	writeJSON(w, http.StatusOK, cs.allocation(rec))
 }
 
@@ -251,7 +278,7 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
-	cs := s.a.containers
+	cs := s.containers
 	cs.mu.Lock()
 	rec, ok := cs.records[r.PathValue("id")]
 	var snapshot record
@@ -266,14 +293,14 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
 	defer cancel()
 	start := time.Now()
-	err := s.a.controller.RegisterInstance(ctx, snapshot.Identity.InstanceGUID, api.InstanceRegistration{
+	err := s.registry.RegisterInstance(ctx, snapshot.Identity.InstanceGUID, api.InstanceRegistration{
 		AppGUID: snapshot.Identity.AppGUID, Index: snapshot.Identity.Index, IP: snapshot.IP.String(), ContainerID: snapshot.ContainerID})
 	if err != nil {
 		status := http.StatusUnprocessableEntity
 		if errors.Is(err, api.ErrUnreachable) {
 			status = http.StatusServiceUnavailable
 		}
-		s.a.log.Warn("register instance", "container", snapshot.ContainerID, "err", err)
+		s.log.Warn("register instance", "container", snapshot.ContainerID, "err", err)
 		writeErr(w, status, "register instance with the controller: "+err.Error())
 		return
 	}
@@ -293,18 +320,18 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	// Each step's time goes into the log line, so that an operator asking
 	// why a container start was slow sees which step was.
 	registered := time.Now()
-	s.a.applyPolicy(r.Context())
+	s.applyPolicy(r.Context())
 	applied := time.Now()
-	s.a.tls.attach(r.Context(), snapshot)
+	s.certs.attach(r.Context(), snapshot)
 	cs.mu.Lock() // the deferred Unlock
-	s.a.log.Info("attached", "container", snapshot.ContainerID, "ip", snapshot.IP, "instance", snapshot.Identity.InstanceGUID,
+	s.log.Info("attached", "container", snapshot.ContainerID, "ip", snapshot.IP, "instance", snapshot.Identity.InstanceGUID,
 		"register", registered.Sub(start).Round(time.Microsecond), "policy", applied.Sub(registered).Round(time.Microsecond),
 		"certificate", time.Since(applied).Round(time.Microsecond), "took", time.Since(start).Round(time.Microsecond))
 	writeJSON(w, http.StatusOK, alloc)
 }
 
 func (s *socketServer) get(w http.ResponseWriter, r *http.Request) {
-	cs := s.a.containers
+	cs := s.containers
 	cs.mu.Lock()
 	defer cs.mu.Unlock()
 	rec, ok := cs.records[r.PathValue("id")]
@@ -316,7 +343,7 @@ func (s *socketServer) get(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *socketServer) del(w http.ResponseWriter, r *http.Request) {
-	if !s.a.release(r.Context(), r.PathValue("id")) {
+	if !s.release(r.Context(), r.PathValue("id")) {
 		writeErr(w, http.StatusNotFound, "no container "+r.PathValue("id"))
 		return
 	}
@@ -337,20 +364,20 @@ func (s *socketServer) gc(w http.ResponseWriter, r *http.Request) {
 	// reported together.
 	n := 0
 	var failed []string
-	for _, rec := range s.a.containers.list() {
+	for _, rec := range s.containers.list() {
 		if valid[rec.ContainerID] {
 			continue
 		}
-		released, err := s.a.collect(r.Context(), rec.ContainerID)
+		released, err := s.collect(r.Context(), rec.ContainerID)
 		if err != nil {
-			s.a.log.Warn("cni gc", "container", rec.ContainerID, "err", err)
+			s.log.Warn("cni gc", "container", rec.ContainerID, "err", err)
 			failed = append(failed, err.Error())
 		}
 		if released {
 			n++
 		}
 	}
-	s.a.log.Info("cni gc", "released", n, "failed", len(failed), "valid", len(req.Valid))
+	s.log.Info("cni gc", "released", n, "failed", len(failed), "valid", len(req.Valid))
 	if len(failed) > 0 {
 		writeErr(w, http.StatusInternalServerError, fmt.Sprintf("released %d stale containers, but not %d: %s", n, len(failed), strings.Join(failed, "; ")))
 		return
@@ -359,7 +386,7 @@ func (s *socketServer) gc(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *socketServer) status(w http.ResponseWriter, r *http.Request) {
-	st := s.a.status()
+	st := s.agentStatus()
 	code := http.StatusOK
 	if !st.Ready {
 		code = http.StatusServiceUnavailable
@@ -370,8 +397,8 @@ func (s *socketServer) status(w http.ResponseWriter, r *http.Request) {
 // release forgets a container: the controller is told (now, or by the
 // retry loop if it is unreachable, keeping the address reserved until
 // then). It reports whether the container was known.
-func (a *Agent) release(ctx context.Context, id string) bool {
-	cs := a.containers
+func (s *socketServer) release(ctx context.Context, id string) bool {
+	cs := s.containers
 	cs.mu.Lock()
 	rec, ok := cs.records[id]
 	if !ok {
@@ -382,9 +409,9 @@ func (a *Agent) release(ctx context.Context, id string) bool {
 	cs.save(rec)
 	snapshot := *rec
 	cs.mu.Unlock()
-	a.applyPolicy(ctx) // its address is no longer a local instance's
-	a.tls.detach(snapshot.Identity.InstanceGUID)
-	a.deregister(ctx, snapshot)
+	s.applyPolicy(ctx) // its address is no longer a local instance's
+	s.certs.detach(snapshot.Identity.InstanceGUID)
+	s.deregister(ctx, snapshot)
 	return true
 }
 
@@ -395,47 +422,47 @@ func (a *Agent) release(ctx context.Context, id string) bool {
 // so the veth named for the address is this container's and not another's.
 // When the wiring cannot be removed the record, and its address, stay. It
 // reports whether the container was released.
-func (a *Agent) collect(ctx context.Context, id string) (bool, error) {
-	cs := a.containers
+func (s *socketServer) collect(ctx context.Context, id string) (bool, error) {
+	cs := s.containers
 	cs.mu.Lock()
 	rec, ok := cs.records[id]
 	if !ok {
 		cs.mu.Unlock()
 		return false, nil
 	}
-	err := dataplane.DelContainer(dataplane.Container{HostNS: a.nsPath, NetNS: rec.NetNS, IfName: rec.IfName, IP: rec.IP})
+	err := dataplane.DelContainer(dataplane.Container{HostNS: s.nsPath, NetNS: rec.NetNS, IfName: rec.IfName, IP: rec.IP})
 	cs.mu.Unlock()
 	if err != nil {
 		return false, fmt.Errorf("container %s: remove its wiring: %w", id, err)
 	}
-	return a.release(ctx, id), nil
+	return s.release(ctx, id), nil
 }
 
 // deregister tells the controller a container is gone and then drops its
 // record; on failure the record stays (Deleting) for the retry loop.
-func (a *Agent) deregister(ctx context.Context, rec record) {
+func (s *socketServer) deregister(ctx context.Context, rec record) {
 	if rec.Committed {
 		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
-		err := a.controller.DeregisterInstance(ctx, rec.Identity.InstanceGUID)
+		err := s.registry.DeregisterInstance(ctx, rec.Identity.InstanceGUID)
 		cancel()
 		if err != nil {
-			a.log.Warn("deregister instance: will retry", "container", rec.ContainerID, "err", err)
+			s.log.Warn("deregister instance: will retry", "container", rec.ContainerID, "err", err)
 			return
 		}
 	}
-	cs := a.containers
+	cs := s.containers
 	cs.mu.Lock()
 	cs.remove(rec.ContainerID)
 	cs.mu.Unlock()
-	a.log.Info("released", "container", rec.ContainerID, "ip", rec.IP)
+	s.log.Info("released", "container", rec.ContainerID, "ip", rec.IP)
 }
 
 // retryReleases finishes deregistrations that failed while the controller
 // was unreachable.
-func (a *Agent) retryReleases(ctx context.Context) {
-	for _, rec := range a.containers.list() {
+func (s *socketServer) retryReleases(ctx context.Context) {
+	for _, rec := range s.containers.list() {
 		if rec.Deleting {
-			a.deregister(ctx, rec)
+			s.deregister(ctx, rec)
 		}
 	}
 }

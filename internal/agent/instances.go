@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"os"
@@ -31,13 +32,18 @@ const AppPort = 8080
 // namespace (wired through the CNI plugin by libcni, as any runtime would)
 // and its own mount namespace.
 type instances struct {
-	a       *Agent
-	dir     string
-	cni     *libcni.CNIConfig
-	list    *libcni.NetworkConfigList
-	wake    chan struct{}
-	mu      sync.Mutex
-	running map[string]*instance
+	log        *slog.Logger
+	nsPath     string // the cell's network namespace, where CNI runs
+	underlayIP string // the cell's, for CF_INSTANCE_IP
+	nsPrefix   string // of instance namespace names
+	state      func() (api.CellState, bool)
+	creds      credentialDirs
+	dir        string
+	cni        *libcni.CNIConfig
+	list       *libcni.NetworkConfigList
+	wake       chan struct{}
+	mu         sync.Mutex
+	running    map[string]*instance
 }
 
 // instance is one instance the agent runs. Its meta is saved next to the
@@ -55,28 +61,50 @@ type instance struct {
 
 const instanceMetaFile = "instance.json"
 
-func newInstances(a *Agent) (*instances, error) {
-	dir := filepath.Join(a.cfg.StateDir, "instances")
+// credentialDirs says where the cell keeps what an instance mounts: its
+// key and certificate, and the trusted CA bundle.
+type credentialDirs interface {
+	credentialsDir(instance string) string
+	systemCertsDir() string
+}
+
+// instancesConfig is what the executor is made of.
+type instancesConfig struct {
+	Log      *slog.Logger
+	StateDir string // the agent's: instances/, bin/ and cni-cache/ go there
+	NetNS    string // path of the cell's network namespace
+	// UnderlayIP is the cell's address (an instance's CF_INSTANCE_IP).
+	UnderlayIP netip.Addr
+	Cell       string // the cell's name, in the CNI configuration
+	Socket     string // the agent's CNI socket
+	CNIBinDir  string // holds trellis-cni; "" links this binary into STATE/bin
+	// NetNSPrefix prefixes the names of instance namespaces.
+	NetNSPrefix string
+	// State is the desired state last received, and whether it applied.
+	State func() (api.CellState, bool)
+	// Credentials are where each instance's identity is kept on the cell.
+	Credentials credentialDirs
+}
+
+func newInstances(cfg instancesConfig) (*instances, error) {
+	dir := filepath.Join(cfg.StateDir, "instances")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	bin := a.cfg.CNIBinDir
+	bin := cfg.CNIBinDir
 	if bin == "" {
-		bin = filepath.Join(a.cfg.StateDir, "bin")
+		bin = filepath.Join(cfg.StateDir, "bin")
 		if err := linkPlugin(bin); err != nil {
 			return nil, err
 		}
 	}
-	sock := a.cfg.Socket
-	if sock == "" {
-		sock = filepath.Join(a.cfg.StateDir, "agent.sock")
-	}
-	list, err := libcni.ConfListFromBytes(cni.ConfList("trellis", a.id.Cell.Name, sock))
+	list, err := libcni.ConfListFromBytes(cni.ConfList("trellis", cfg.Cell, cfg.Socket))
 	if err != nil {
 		return nil, fmt.Errorf("load CNI config: %w", err)
 	}
-	in := &instances{a: a, dir: dir, list: list, wake: make(chan struct{}, 1), running: map[string]*instance{},
-		cni: libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(a.cfg.StateDir, "cni-cache"), nil)}
+	in := &instances{log: cfg.Log, nsPath: cfg.NetNS, underlayIP: cfg.UnderlayIP.String(), nsPrefix: cfg.NetNSPrefix,
+		state: cfg.State, creds: cfg.Credentials, dir: dir, list: list, wake: make(chan struct{}, 1), running: map[string]*instance{},
+		cni: libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(cfg.StateDir, "cni-cache"), nil)}
 	in.adopt()
 	return in, nil
 }
@@ -106,12 +134,12 @@ func (in *instances) adopt() {
 		}
 		var inst instance
 		if err := json.Unmarshal(b, &inst); err != nil {
-			in.a.log.Warn("skip unreadable instance", "dir", dir, "err", err)
+			in.log.Warn("skip unreadable instance", "dir", dir, "err", err)
 			continue
 		}
 		if p, err := executor.Adopt(dir); err == nil {
 			inst.proc = p
-			in.a.log.Info("adopted instance", "instance", inst.Desired.GUID, "app", inst.Desired.AppName, "pid", p.PID())
+			in.log.Info("adopted instance", "instance", inst.Desired.GUID, "app", inst.Desired.AppName, "pid", p.PID())
 		}
 		in.running[inst.Desired.GUID] = &inst
 	}
@@ -141,11 +169,12 @@ func (in *instances) loop(ctx context.Context) {
 // reconcile starts what is desired and not running, restarts what exited
 // (with backoff), and stops what is no longer desired.
 func (in *instances) reconcile(ctx context.Context) {
-	if !in.a.ready() {
+	st, ready := in.state()
+	if !ready {
 		return
 	}
 	want := map[string]api.DesiredInstance{}
-	for _, d := range in.a.desired().Instances {
+	for _, d := range st.Instances {
 		want[d.GUID] = d
 	}
 	in.mu.Lock()
@@ -191,7 +220,7 @@ func exited(p *executor.Process) bool {
 // start attaches the instance to the overlay (once) and starts its process.
 func (in *instances) start(ctx context.Context, inst *instance) {
 	d := inst.Desired
-	log := in.a.log.With("instance", d.GUID, "app", d.AppName, "index", d.Index)
+	log := in.log.With("instance", d.GUID, "app", d.AppName, "index", d.Index)
 	if inst.proc != nil {
 		log.Warn("instance exited: restarting", "exit_code", inst.proc.ExitCode(), "restarts", inst.restarts)
 	}
@@ -234,7 +263,7 @@ func (in *instances) attach(ctx context.Context, inst *instance, dir string) err
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return err
 	}
-	inst.NetNS = in.a.cfg.InstanceNetNSPrefix + d.GUID[:min(len(d.GUID), 13)]
+	inst.NetNS = in.nsPrefix + d.GUID[:min(len(d.GUID), 13)]
 	nsPath, err := netns.Create(inst.NetNS)
 	if err != nil {
 		return err
@@ -244,7 +273,7 @@ func (in *instances) attach(ctx context.Context, inst *instance, dir string) err
 		return err
 	}
 	var res *types100.Result
-	err = netns.Do(in.a.nsPath, func() error {
+	err = netns.Do(in.nsPath, func() error {
 		r, err := in.cni.AddNetworkList(ctx, in.list, in.runtimeConf(inst, nsPath))
 		if err != nil {
 			return err
@@ -297,7 +326,7 @@ func (in *instances) spec(inst *instance, dir string) executor.Spec {
 		"PORT":                    port,
 		"CF_INSTANCE_GUID":        d.GUID,
 		"CF_INSTANCE_INDEX":       strconv.Itoa(d.Index),
-		"CF_INSTANCE_IP":          in.a.cell.UnderlayIP.String(),
+		"CF_INSTANCE_IP":          in.underlayIP,
 		"CF_INSTANCE_INTERNAL_IP": inst.IP.String(),
 		"CF_INSTANCE_PORT":        port,
 		"CF_INSTANCE_ADDR":        net.JoinHostPort(inst.IP.String(), port),
@@ -328,8 +357,8 @@ func (in *instances) spec(inst *instance, dir string) executor.Spec {
 		ID: d.GUID, NetNS: netns.Path(inst.NetNS), Command: command, Env: envList,
 		ResolvConf: []byte("nameserver " + DNSAddr + "\n"),
 		Mounts: []executor.Mount{
-			{Source: in.a.tls.credentialsDir(d.GUID), Target: CredentialsDir},
-			{Source: in.a.tls.sysDir, Target: SystemCertsDir},
+			{Source: in.creds.credentialsDir(d.GUID), Target: CredentialsDir},
+			{Source: in.creds.systemCertsDir(), Target: SystemCertsDir},
 		},
 		LogPath: filepath.Join(dir, "app.log"), StateDir: dir,
 	}
@@ -338,7 +367,7 @@ func (in *instances) spec(inst *instance, dir string) executor.Spec {
 // stop ends the instance's process, detaches it and removes its namespace.
 func (in *instances) stop(ctx context.Context, inst *instance) {
 	d := inst.Desired
-	log := in.a.log.With("instance", d.GUID, "app", d.AppName, "index", d.Index)
+	log := in.log.With("instance", d.GUID, "app", d.AppName, "index", d.Index)
 	if inst.proc != nil {
 		if err := inst.proc.Stop(ctx, 5*time.Second); err != nil {
 			log.Warn("stop instance", "err", err)
@@ -346,7 +375,7 @@ func (in *instances) stop(ctx context.Context, inst *instance) {
 	}
 	if inst.NetNS != "" {
 		nsPath := netns.Path(inst.NetNS)
-		err := netns.Do(in.a.nsPath, func() error {
+		err := netns.Do(in.nsPath, func() error {
 			return in.cni.DelNetworkList(ctx, in.list, in.runtimeConf(inst, nsPath))
 		})
 		if err != nil {

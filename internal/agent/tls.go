@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -44,12 +45,16 @@ const (
 // instance attached on the cell (the key is made here and never leaves),
 // and serves each on TLSPort through one proxy for the whole cell.
 type identities struct {
-	a      *Agent
-	dir    string // STATE/credentials/<instance>/
-	sysDir string // STATE/system-certs/
-	alg    string
-	proxy  *proxy.Server
-	wake   chan struct{}
+	log        *slog.Logger
+	containers *containers
+	state      func() (api.CellState, bool)
+	certify    certifyFunc
+	record     func(api.FlowEvent)
+	dir        string // STATE/credentials/<instance>/
+	sysDir     string // STATE/system-certs/
+	alg        string
+	proxy      *proxy.Server
+	wake       chan struct{}
 
 	mu    sync.Mutex
 	creds map[string]*credential // by instance GUID
@@ -73,9 +78,31 @@ type credential struct {
 	caSet    int64
 }
 
-func newIdentities(a *Agent, reg prometheus.Registerer) (*identities, error) {
-	id := &identities{a: a, dir: filepath.Join(a.cfg.StateDir, "credentials"), sysDir: filepath.Join(a.cfg.StateDir, "system-certs"),
-		alg: a.cfg.InstanceKeyType, wake: make(chan struct{}, 1), creds: map[string]*credential{},
+// certifyFunc asks the controller to certify an instance's key, in a
+// request for the instance GUID: identities' one call to the controller.
+type certifyFunc func(ctx context.Context, guid string, csrPEM []byte) (api.InstanceCertificate, error)
+
+// identitiesConfig is what identities are made of.
+type identitiesConfig struct {
+	Log        *slog.Logger
+	StateDir   string // the agent's: credentials/ and system-certs/ go there
+	KeyType    string // of instance keys; "" is identity.KeyECDSAP256
+	Registerer prometheus.Registerer
+	// Containers are the instances attached on the cell: each is given a
+	// certificate while it is committed and not being deleted.
+	Containers *containers
+	// State is the desired state last received, and whether it applied.
+	State func() (api.CellState, bool)
+	// Certify gets certificates from the controller.
+	Certify certifyFunc
+	// Record puts a handshake the TLS proxy refused into the flow log.
+	Record func(api.FlowEvent)
+}
+
+func newIdentities(cfg identitiesConfig) (*identities, error) {
+	id := &identities{log: cfg.Log, containers: cfg.Containers, state: cfg.State, certify: cfg.Certify, record: cfg.Record,
+		dir: filepath.Join(cfg.StateDir, "credentials"), sysDir: filepath.Join(cfg.StateDir, "system-certs"),
+		alg: cfg.KeyType, wake: make(chan struct{}, 1), creds: map[string]*credential{},
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_agent_instance_certificate_renewals_total",
 			Help: "Identity certificate requests by result (issued, failed)."}, []string{"result"}),
 	}
@@ -87,14 +114,18 @@ func newIdentities(a *Agent, reg prometheus.Registerer) (*identities, error) {
 			return nil, err
 		}
 	}
-	reg.MustRegister(expiryCollector{id}, id.renewals)
-	id.proxy = proxy.New(proxy.Config{Logger: a.log.With("component", "tls-proxy"), Registerer: reg, OnRefused: id.refused})
+	cfg.Registerer.MustRegister(expiryCollector{id}, id.renewals)
+	id.proxy = proxy.New(proxy.Config{Logger: cfg.Log.With("component", "tls-proxy"), Registerer: cfg.Registerer, OnRefused: id.refused})
 	return id, nil
 }
 
 // credentialsDir is where instance's key and certificate are kept on the
 // cell: a runtime bind-mounts it read-only at CredentialsDir.
 func (id *identities) credentialsDir(instance string) string { return filepath.Join(id.dir, instance) }
+
+// systemCertsDir is where the trusted CA bundle for the cell's instances is
+// kept: a runtime bind-mounts it read-only at SystemCertsDir.
+func (id *identities) systemCertsDir() string { return id.sysDir }
 
 func (id *identities) poke() {
 	select {
@@ -143,13 +174,13 @@ func (id *identities) loop(ctx context.Context) {
 // TLSPort; and forgets instances that are gone. It returns when it is next
 // due (zero: nothing is).
 func (id *identities) reconcile(ctx context.Context) (next time.Time) {
-	if !id.a.ready() {
+	st, ready := id.state()
+	if !ready {
 		return time.Now().Add(time.Second)
 	}
-	st := id.a.desired()
 	id.updateCA(st.InstanceCA)
 	live := map[string]record{}
-	for _, rec := range id.a.containers.list() {
+	for _, rec := range id.containers.list() {
 		if rec.Committed && !rec.Deleting {
 			live[rec.Identity.InstanceGUID] = rec
 		}
@@ -177,10 +208,10 @@ func (id *identities) reconcile(ctx context.Context) (next time.Time) {
 // the runtime's ADD returns: the instance is served the moment it exists.
 func (id *identities) attach(ctx context.Context, rec record) {
 	if err := os.MkdirAll(id.credentialsDir(rec.Identity.InstanceGUID), 0o755); err != nil {
-		id.a.log.Error("instance credentials", "instance", rec.Identity.InstanceGUID, "err", err)
+		id.log.Error("instance credentials", "instance", rec.Identity.InstanceGUID, "err", err)
 		return
 	}
-	st := id.a.desired()
+	st, _ := id.state()
 	id.updateCA(st.InstanceCA)
 	id.ensure(ctx, rec, st)
 }
@@ -229,11 +260,11 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 			if c.cert != nil {
 				left = "serving the current one until it expires at " + c.cert.Leaf.NotAfter.UTC().Format(time.RFC3339)
 			}
-			id.a.log.Error("INSTANCE CERTIFICATE NOT RENEWED: "+left, "instance", guid, "err", err, "retry_in", c.retryAt.Sub(now).Round(time.Second))
+			id.log.Error("INSTANCE CERTIFICATE NOT RENEWED: "+left, "instance", guid, "err", err, "retry_in", c.retryAt.Sub(now).Round(time.Second))
 		} else {
 			c.cert, c.caGen, c.fails, c.retryAt = cert, caGen, 0, time.Time{}
 			id.renewals.WithLabelValues("issued").Inc()
-			id.a.log.Info("instance certificate issued", "instance", guid, "serial", cert.Leaf.SerialNumber.Text(16),
+			id.log.Info("instance certificate issued", "instance", guid, "serial", cert.Leaf.SerialNumber.Text(16),
 				"not_after", cert.Leaf.NotAfter.UTC(), "renew_at", renewAt(cert.Leaf).UTC(), "hosts", hosts)
 		}
 		id.mu.Unlock()
@@ -263,7 +294,7 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 	inst := proxy.Instance{ID: guid, NetNS: rec.NetNS, IP: rec.IP, AppPort: AppPort,
 		RequireClientCert: app.RequireClientCert, ClientCAs: pool, Authorize: id.authorizer(rec.Identity.AppGUID)}
 	if err := id.proxy.Set(inst, cert); err != nil {
-		id.a.log.Error("serve instance on TLS port", "instance", guid, "port", TLSPort, "err", err)
+		id.log.Error("serve instance on TLS port", "instance", guid, "port", TLSPort, "err", err)
 		return time.Now().Add(time.Second)
 	}
 	return next
@@ -322,7 +353,7 @@ func (id *identities) issue(ctx context.Context, guid string) (*tls.Certificate,
 	}
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	resp, err := id.a.controller.InstanceCertificate(ctx, guid, csrPEM)
+	resp, err := id.certify(ctx, guid, csrPEM)
 	if err != nil {
 		return nil, fmt.Errorf("request certificate: %w", err)
 	}
@@ -395,7 +426,7 @@ func (id *identities) detach(guid string) {
 	delete(id.creds, guid)
 	id.mu.Unlock()
 	if err := os.RemoveAll(id.credentialsDir(guid)); err != nil {
-		id.a.log.Warn("delete instance credentials", "instance", guid, "err", err)
+		id.log.Warn("delete instance credentials", "instance", guid, "err", err)
 	}
 }
 
@@ -409,15 +440,15 @@ func (id *identities) updateCA(ca api.InstanceCA) {
 	}
 	pool := x509.NewCertPool()
 	if !pool.AppendCertsFromPEM([]byte(ca.Bundle)) {
-		id.a.log.Error("instance CA bundle from the controller has no certificate", "generation", ca.Generation)
+		id.log.Error("instance CA bundle from the controller has no certificate", "generation", ca.Generation)
 		return
 	}
 	if err := identity.WriteFileAtomic(filepath.Join(id.sysDir, bundleFile), []byte(ca.Bundle), 0o644); err != nil {
-		id.a.log.Error("write the trusted CA bundle", "err", err)
+		id.log.Error("write the trusted CA bundle", "err", err)
 		return
 	}
 	if id.caGen != 0 {
-		id.a.log.Info("instance CA changed: renewing every instance certificate", "generation", ca.Generation, "rotating", ca.Rotating)
+		id.log.Info("instance CA changed: renewing every instance certificate", "generation", ca.Generation, "rotating", ca.Rotating)
 	}
 	id.caGen, id.pool = ca.Generation, pool
 }
@@ -428,7 +459,7 @@ func (id *identities) updateCA(ca api.InstanceCA) {
 func (id *identities) authorizer(dest string) func(*x509.Certificate) error {
 	return func(peer *x509.Certificate) error {
 		src := identity.PeerOf(peer).App
-		st := id.a.desired()
+		st, _ := id.state()
 		if src == "" {
 			return errors.New("client certificate names no app")
 		}
@@ -442,7 +473,7 @@ func (id *identities) authorizer(dest string) func(*x509.Certificate) error {
 
 // refused records a refused handshake in the flow log.
 func (id *identities) refused(r proxy.Refusal) {
-	st := id.a.desired()
+	st, _ := id.state()
 	ev := api.FlowEvent{Time: time.Now().UTC(), Verdict: "denied", Protocol: "tcp", SrcIP: r.Peer.Addr().String(),
 		SrcPort: int(r.Peer.Port()), DstPort: TLSPort, DstInstance: r.Instance, SrcApp: r.PeerApp, Reason: "tls: " + r.Reason}
 	for _, ep := range st.Endpoints {
@@ -457,7 +488,7 @@ func (id *identities) refused(r proxy.Refusal) {
 		}
 	}
 	ev.SrcAppName = appName(st, ev.SrcApp)
-	id.a.enforcer.record(ev)
+	id.record(ev)
 }
 
 // localApp is what st says of app on this cell.
