@@ -372,7 +372,6 @@ func (a *Agent) current() (api.CellState, bool) {
 	return a.state, a.applied
 }
 
-
 func (a *Agent) ready() bool {
 	a.mu.Lock()
 	defer a.mu.Unlock()
