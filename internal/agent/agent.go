@@ -153,7 +153,7 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if a.id.Cell.UnderlayIP != ip.String() {
 		return nil, fmt.Errorf("underlay address %s of %s differs from %s the cell joined with: delete the cell (trellis delete-cell %s) and join again", ip, dev, a.id.Cell.UnderlayIP, a.id.Cell.Name)
 	}
-	a.cell = dataplane.Cell{NetNS: a.nsPath, UnderlayDevice: dev, UnderlayIP: ip, Subnet: subnet, MTU: mtu}
+	a.cell = dataplane.Cell{UnderlayDevice: dev, UnderlayIP: ip, Subnet: subnet, MTU: mtu}
 	a.containers, err = loadContainers(filepath.Join(cfg.StateDir, "containers"), subnet, mtu-dataplane.VXLANOverhead)
 	if err != nil {
 		return nil, err
@@ -169,7 +169,10 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	// the controller exposes them: the agent shares one Go runtime with the
 	// TLS proxy of every local instance.
 	a.metrics.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	a.enforcer = newEnforcer(a, a.metrics)
+	report := func(ctx context.Context, evs api.FlowEvents) error {
+		return a.controller.do(ctx, "POST", "/trellis/v1/cell/flows", evs, nil)
+	}
+	a.enforcer = newEnforcer(dataplane.New(a.nsPath, a.log), a.log, a.containers, a.desired, report, a.metrics)
 	if a.tls, err = newIdentities(a, a.metrics); err != nil {
 		return nil, err
 	}
@@ -341,32 +344,12 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	if a.dns != nil {
 		a.dns.SetTable(dnsTable(st))
 	}
-	overlay, err := netip.ParsePrefix(st.Overlay.CIDR)
+	overlay, err := a.overlay(st)
 	if err == nil {
-		c := a.cell
-		c.Overlay, c.VNI, c.Port = overlay, st.Overlay.VNI, st.Overlay.Port
-		var peers []dataplane.Peer
-		for _, p := range st.Peers {
-			ip, err1 := netip.ParseAddr(p.UnderlayIP)
-			sub, err2 := netip.ParsePrefix(p.Subnet)
-			if err1 != nil || err2 != nil {
-				a.log.Warn("skip malformed peer", "peer", p.Name)
-				continue
-			}
-			peers = append(peers, dataplane.Peer{UnderlayIP: ip, Subnet: sub})
-		}
-		start := time.Now()
-		err = dataplane.SetOverlay(ctx, c, peers)
-		if err == nil {
-			a.log.Debug("overlay applied", "revision", st.Revision, "peers", len(peers), "took", time.Since(start))
-		}
-	} else {
-		err = fmt.Errorf("overlay %q: %w", st.Overlay.CIDR, err)
+		err = a.enforcer.apply(ctx, st, overlay)
 	}
 	if err != nil {
-		a.log.Error("apply overlay", "revision", st.Revision, "err", err)
-	} else if err = a.enforcer.apply(ctx, st); err != nil {
-		a.log.Error("apply policy", "revision", st.Revision, "err", err)
+		a.log.Error("apply "+failedPart(err), "revision", st.Revision, "err", err)
 	}
 	a.mu.Lock()
 	a.state, a.applied, a.applyErr = st, err == nil, err
@@ -380,6 +363,27 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	if a.tls != nil {
 		a.tls.poke()
 	}
+}
+
+// overlay is the cell's place in the overlay that st describes.
+func (a *Agent) overlay(st api.CellState) (*dataplane.Overlay, error) {
+	overlay, err := netip.ParsePrefix(st.Overlay.CIDR)
+	if err != nil {
+		return nil, &dataplane.SetError{Part: "overlay", Err: fmt.Errorf("overlay %q: %w", st.Overlay.CIDR, err)}
+	}
+	c := a.cell
+	c.Overlay, c.VNI, c.Port = overlay, st.Overlay.VNI, st.Overlay.Port
+	var peers []dataplane.Peer
+	for _, p := range st.Peers {
+		ip, err1 := netip.ParseAddr(p.UnderlayIP)
+		sub, err2 := netip.ParsePrefix(p.Subnet)
+		if err1 != nil || err2 != nil {
+			a.log.Warn("skip malformed peer", "peer", p.Name)
+			continue
+		}
+		peers = append(peers, dataplane.Peer{UnderlayIP: ip, Subnet: sub})
+	}
+	return &dataplane.Overlay{Cell: c, Peers: peers}, nil
 }
 
 func (a *Agent) ready() bool {
@@ -414,7 +418,7 @@ func (a *Agent) applyPolicy(ctx context.Context) {
 	if !a.ready() {
 		return // the first desired state will do it
 	}
-	if err := a.enforcer.apply(ctx, a.desired()); err != nil {
+	if err := a.enforcer.apply(ctx, a.desired(), nil); err != nil {
 		a.log.Error("apply policy", "err", err)
 	}
 }
