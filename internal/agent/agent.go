@@ -153,7 +153,7 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if a.id.Cell.UnderlayIP != ip {
 		return nil, fmt.Errorf("underlay address %s of %s differs from %s the cell joined with: delete the cell (trellis delete-cell %s) and join again", ip, dev, a.id.Cell.UnderlayIP, a.id.Cell.Name)
 	}
-	a.cell = dataplane.Cell{NetNS: a.nsPath, UnderlayDevice: dev, UnderlayIP: ip, Subnet: subnet, MTU: mtu}
+	a.cell = dataplane.Cell{UnderlayDevice: dev, UnderlayIP: ip, Subnet: subnet, MTU: mtu}
 	a.containers, err = loadContainers(filepath.Join(cfg.StateDir, "containers"), subnet, mtu-dataplane.VXLANOverhead)
 	if err != nil {
 		return nil, err
@@ -169,7 +169,8 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	// the controller exposes them: the agent shares one Go runtime with the
 	// TLS proxy of every local instance.
 	a.metrics.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
-	a.enforcer = newEnforcer(a, a.metrics)
+	report := func(ctx context.Context, evs api.FlowEvents) error { return a.controller.ReportFlows(ctx, evs) }
+	a.enforcer = newEnforcer(dataplane.New(a.nsPath, a.log), a.log, a.containers, a.desired, report, a.metrics)
 	a.tls, err = newIdentities(identitiesConfig{Log: a.log, StateDir: cfg.StateDir, KeyType: cfg.InstanceKeyType, Registerer: a.metrics,
 		Containers: a.containers, State: a.current, Certify: a.controller.InstanceCertificate, Record: a.enforcer.record})
 	if err != nil {
@@ -318,30 +319,12 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	if a.dns != nil {
 		a.dns.SetTable(dnsTable(st))
 	}
-	var err error
-	if st.Overlay.CIDR.IsValid() {
-		c := a.cell
-		c.Overlay, c.VNI, c.Port = st.Overlay.CIDR, st.Overlay.VNI, st.Overlay.Port
-		var peers []dataplane.Peer
-		for _, p := range st.Peers {
-			if !p.UnderlayIP.IsValid() || !p.Subnet.IsValid() {
-				a.log.Warn("skip a peer without addresses", "peer", p.Name)
-				continue
-			}
-			peers = append(peers, dataplane.Peer{UnderlayIP: p.UnderlayIP, Subnet: p.Subnet})
-		}
-		start := time.Now()
-		err = dataplane.SetOverlay(ctx, c, peers)
-		if err == nil {
-			a.log.Debug("overlay applied", "revision", st.Revision, "peers", len(peers), "took", time.Since(start))
-		}
-	} else {
-		err = errors.New("the desired state names no overlay")
+	overlay, err := a.overlay(st)
+	if err == nil {
+		err = a.enforcer.apply(ctx, st, overlay)
 	}
 	if err != nil {
-		a.log.Error("apply overlay", "revision", st.Revision, "err", err)
-	} else if err = a.enforcer.apply(ctx, st); err != nil {
-		a.log.Error("apply policy", "revision", st.Revision, "err", err)
+		a.log.Error("apply "+failedPart(err), "revision", st.Revision, "err", err)
 	}
 	a.mu.Lock()
 	a.state, a.applied, a.applyErr = st, err == nil, err
@@ -370,6 +353,24 @@ func (a *Agent) current() (api.CellState, bool) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	return a.state, a.applied
+}
+
+// overlay is the cell's place in the overlay that st describes.
+func (a *Agent) overlay(st api.CellState) (*dataplane.Overlay, error) {
+	if !st.Overlay.CIDR.IsValid() {
+		return nil, &dataplane.SetError{Part: "overlay", Err: errors.New("the desired state names no overlay")}
+	}
+	c := a.cell
+	c.Overlay, c.VNI, c.Port = st.Overlay.CIDR, st.Overlay.VNI, st.Overlay.Port
+	var peers []dataplane.Peer
+	for _, p := range st.Peers {
+		if !p.UnderlayIP.IsValid() || !p.Subnet.IsValid() {
+			a.log.Warn("skip a peer without addresses", "peer", p.Name)
+			continue
+		}
+		peers = append(peers, dataplane.Peer{UnderlayIP: p.UnderlayIP, Subnet: p.Subnet})
+	}
+	return &dataplane.Overlay{Cell: c, Peers: peers}, nil
 }
 
 func (a *Agent) ready() bool {
@@ -404,7 +405,7 @@ func (a *Agent) applyPolicy(ctx context.Context) {
 	if !a.ready() {
 		return // the first desired state will do it
 	}
-	if err := a.enforcer.apply(ctx, a.desired()); err != nil {
+	if err := a.enforcer.apply(ctx, a.desired(), nil); err != nil {
 		a.log.Error("apply policy", "err", err)
 	}
 }

@@ -2,7 +2,9 @@ package agent
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"time"
@@ -12,7 +14,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"github.com/trellis-c2c/trellis/internal/flowlog"
-	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
 // NFLOG groups the cell's policy rules log to. Each cell is its own
@@ -23,18 +24,20 @@ const (
 	logRate       = 100 // per second per group
 )
 
-// enforcer keeps the cell's nftables policy in step with the desired state
-// and the containers attached here, and cuts the flows of revoked pairs.
+// enforcer keeps the cell's dataplane in step with the desired state and
+// the containers attached here, and cuts the flows of revoked pairs.
 type enforcer struct {
-	a *Agent
+	dp         *dataplane.Dataplane
+	log        *slog.Logger
+	containers *containers
+	// state returns the newest desired state, to name flow events by.
+	state func() api.CellState
+	// report sends flow events to the controller.
+	report func(context.Context, api.FlowEvents) error
 
-	mu      sync.Mutex
-	last    map[dataplane.Allow]bool // allows applied last time
-	lastRev int64                    // revision applied last time
-	lastSt  api.CellState            // the desired state applied last time
-	enforce bool                     // enforcement applied last time
-	warned  bool                     // logged that enforcement is off
-	strict  bool                     // conntrack made strict in the cell
+	mu     sync.Mutex
+	last   *api.CellState // the desired state applied last; nil before the first
+	warned bool           // logged that enforcement is off
 
 	applySeconds prometheus.Histogram
 	applied      prometheus.Gauge
@@ -46,8 +49,11 @@ type enforcer struct {
 	events chan api.FlowEvent
 }
 
-func newEnforcer(a *Agent, reg prometheus.Registerer) *enforcer {
-	e := &enforcer{a: a, events: make(chan api.FlowEvent, 4096),
+// newEnforcer returns the enforcer of the cell whose dataplane is dp, with
+// its metrics registered in reg.
+func newEnforcer(dp *dataplane.Dataplane, log *slog.Logger, cs *containers, state func() api.CellState,
+	report func(context.Context, api.FlowEvents) error, reg prometheus.Registerer) *enforcer {
+	e := &enforcer{dp: dp, log: log, containers: cs, state: state, report: report, events: make(chan api.FlowEvent, 4096),
 		applySeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "trellis_agent_policy_apply_seconds",
 			Help: "Time to apply the cell's policy to the kernel.", Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}),
 		applied: prometheus.NewGauge(prometheus.GaugeOpts{Name: "trellis_agent_applied_revision",
@@ -75,7 +81,7 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 		tags[app.GUID] = app.Tag
 	}
 	owner := map[netip.Addr]string{} // local address → instance GUID, from our records
-	for _, rec := range e.a.containers.list() {
+	for _, rec := range e.containers.list() {
 		if rec.Deleting {
 			continue
 		}
@@ -98,70 +104,59 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 	return p
 }
 
-// apply programs the policy for st, then cuts established flows that it no
-// longer allows. A state of the revision already applied is a resync: the
-// kernel's table is read back in full and repaired if anything differs.
-func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
+// apply makes the dataplane hold st: overlay, if not nil, then the policy
+// for st and the attached containers; then it cuts established flows that
+// the policy no longer allows. A state of the revision already applied is a
+// resync: the kernel's policy table is read back in full and repaired if
+// anything differs.
+func (e *enforcer) apply(ctx context.Context, st api.CellState, overlay *dataplane.Overlay) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	// A re-apply for a container attached here may race with a newer
 	// desired state applied meanwhile: never go back to an older one.
-	if st.Revision < e.lastRev {
-		st = e.lastSt
+	if e.last != nil && st.Revision < e.last.Revision {
+		st = *e.last
 	}
 	e.desired.Set(float64(st.Revision))
 	p := e.policy(st)
 	if !p.Enforce && !e.warned {
-		e.a.log.Warn("NETWORK POLICY ENFORCEMENT IS OFF for this foundation: every instance can reach every other")
+		e.log.Warn("NETWORK POLICY ENFORCEMENT IS OFF for this foundation: every instance can reach every other")
 		e.warned = true
 	} else if p.Enforce {
 		e.warned = false
 	}
-	if !e.strict {
-		// Conntrack must not pick up a connection in the middle: after a
-		// revoked connection's entry is cut, the next packet from the
-		// instance's side would otherwise make a new "established" entry
-		// that lets the peer's packets in as replies.
-		if err := netns.Sysctl(e.a.nsPath, "net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {
-			return fmt.Errorf("make conntrack strict: %w", err)
-		}
-		e.strict = true
-	}
-	start := time.Now()
-	set := dataplane.SetPolicy
-	if st.Revision == e.lastRev && e.last != nil {
-		set = dataplane.VerifyPolicy
-	}
-	changed, err := set(ctx, e.a.nsPath, p)
+	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p,
+		Verify: e.last != nil && st.Revision == e.last.Revision})
 	if err != nil {
-		return fmt.Errorf("apply policy: %w", err)
+		if failedPart(err) == "policy" {
+			err = fmt.Errorf("apply policy: %w", err)
+		}
+		return err
 	}
-	e.lastRev, e.lastSt = st.Revision, st
-	if changed {
-		e.applySeconds.Observe(time.Since(start).Seconds())
-		e.a.log.Debug("policy applied", "revision", st.Revision, "locals", len(p.Locals), "allows", len(p.Allows), "took", time.Since(start))
+	e.last = &st
+	if ch.Policy {
+		e.applySeconds.Observe(ch.PolicyTook.Seconds())
 	}
 	e.applied.Set(float64(st.Revision))
-
-	now := map[dataplane.Allow]bool{}
-	for _, al := range p.Allows {
-		now[al] = true
-	}
-	revoked := p.Enforce && !e.enforce
-	for al := range e.last {
-		revoked = revoked || !now[al]
-	}
-	e.last, e.enforce = now, p.Enforce
-	if revoked && p.Enforce {
+	if ch.Revoked {
 		// Established connections that the policy no longer allows are cut,
 		// as a user revoking access expects.
-		if n, err := dataplane.CutDisallowed(e.a.nsPath, p); err != nil {
-			e.a.log.Warn("cut revoked flows", "err", err)
+		if n, err := e.dp.CutDisallowed(); err != nil {
+			e.log.Warn("cut revoked flows", "err", err)
 		} else {
-			e.a.log.Info("cut established flows the policy no longer allows", "flows", n, "revision", st.Revision)
+			e.log.Info("cut established flows the policy no longer allows", "flows", n, "revision", st.Revision)
 		}
 	}
 	return nil
+}
+
+// failedPart names the part of the desired state that err failed to
+// apply: "overlay" or "policy".
+func failedPart(err error) string {
+	if se, ok := errors.AsType[*dataplane.SetError](err); ok {
+		return se.Part
+	}
+	return "policy"
 }
 
 // watchFlows reads the policy rules' log and reports each logged attempt,
@@ -169,11 +164,11 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState) error {
 func (e *enforcer) watchFlows(ctx context.Context) {
 	go e.reportFlows(ctx, e.events)
 	for ctx.Err() == nil {
-		err := flowlog.Listen(ctx, e.a.nsPath, []uint16{denyLogGroup, allowLogGroup}, func(pk flowlog.Packet) {
+		err := flowlog.Listen(ctx, e.dp.NetNS(), []uint16{denyLogGroup, allowLogGroup}, func(pk flowlog.Packet) {
 			e.record(e.event(pk))
 		})
 		if err != nil && ctx.Err() == nil {
-			e.a.log.Warn("read the flow log: retrying", "err", err)
+			e.log.Warn("read the flow log: retrying", "err", err)
 			select {
 			case <-ctx.Done():
 			case <-time.After(time.Second):
@@ -194,7 +189,7 @@ func (e *enforcer) record(ev api.FlowEvent) {
 // event names the endpoints of a logged packet from the desired state, and
 // says why it was denied or allowed.
 func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
-	st := e.a.desired()
+	st := e.state()
 	ev := api.FlowEvent{Time: pk.Time.UTC(), Protocol: pk.Protocol, SrcIP: pk.SrcIP.String(), SrcPort: int(pk.SrcPort),
 		DstIP: pk.DstIP.String(), DstPort: int(pk.DstPort), Verdict: "denied"}
 	if pk.Group == allowLogGroup {
@@ -266,7 +261,7 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 			continue
 		case <-t.C:
 		case <-totals.C:
-			if c, err := dataplane.PolicyTotals(e.a.nsPath); err == nil {
+			if c, err := e.dp.Totals(); err == nil {
 				if c.Denied >= lastDenied && c.DeniedLogged >= lastLogged {
 					n := int64((c.Denied - lastDenied) - (c.DeniedLogged - lastLogged))
 					e.suppressed.Add(float64(max(n, 0)))
@@ -279,10 +274,10 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 			continue
 		}
 		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-		err := e.a.controller.ReportFlows(rctx, api.FlowEvents{Events: batch, Suppressed: suppressed})
+		err := e.report(rctx, api.FlowEvents{Events: batch, Suppressed: suppressed})
 		cancel()
 		if err != nil {
-			e.a.log.Debug("report flows: will retry", "err", err, "events", len(batch))
+			e.log.Debug("report flows: will retry", "err", err, "events", len(batch))
 			continue // keep the batch (bounded) and the count for the next tick
 		}
 		batch, suppressed = batch[:0], 0

@@ -21,7 +21,7 @@ import (
 func TestPolicyAddressReuse(t *testing.T) {
 	subnet := netip.MustParsePrefix("10.255.1.0/24")
 	a := &Agent{containers: &containers{subnet: subnet, records: map[string]*record{}}}
-	e := &enforcer{a: a}
+	e := &enforcer{containers: a.containers}
 	x := netip.MustParseAddr("10.255.1.5")
 	st := api.CellState{
 		Cell:    api.Cell{GUID: "cell1"},

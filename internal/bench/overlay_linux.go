@@ -211,9 +211,17 @@ type endpoint struct {
 	ip netip.Addr
 }
 
+// benchCell is a trellis cell of the topology: its namespace, its place
+// in the overlay and its dataplane.
+type benchCell struct {
+	dataplane.Cell
+	NetNS string
+	dp    *dataplane.Dataplane
+}
+
 // overlayTopo is what the throughput and setup figures run on.
 type overlayTopo struct {
-	cell1, cell2 dataplane.Cell
+	cell1, cell2 benchCell
 	// The three paths iperf3 measures, client to server.
 	trellisA, trellisB endpoint // containers on cell1 and cell2
 	vxlanA, vxlanB     endpoint // the bare VXLAN pair
@@ -286,15 +294,19 @@ func (r *run) buildCells() (*overlayTopo, attachFunc, error) {
 
 	// trellis: two cells, each converged with the other, a container on each.
 	t := &overlayTopo{}
-	var cells []dataplane.Cell
+	var cells []benchCell
 	for i := 1; i <= 2; i++ {
 		path, ip, err := attach(fmt.Sprintf("cell%d", i), byte(10+i))
 		if err != nil {
 			return nil, nil, err
 		}
-		cells = append(cells, dataplane.Cell{
-			NetNS: path, UnderlayDevice: "eth0", UnderlayIP: ip, Overlay: overlayNet,
-			Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24),
+		cells = append(cells, benchCell{
+			Cell: dataplane.Cell{
+				UnderlayDevice: "eth0", UnderlayIP: ip, Overlay: overlayNet,
+				Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24),
+			},
+			NetNS: path,
+			dp:    dataplane.New(path, nil),
 		})
 	}
 	peers := []dataplane.Peer{
@@ -302,10 +314,10 @@ func (r *run) buildCells() (*overlayTopo, attachFunc, error) {
 		{UnderlayIP: cells[1].UnderlayIP, Subnet: cells[1].Subnet},
 	}
 	for _, c := range cells {
-		if err := dataplane.SetOverlay(r.ctx, c, peers); err != nil {
+		if _, err := c.dp.Set(r.ctx, dataplane.Desired{Overlay: &dataplane.Overlay{Cell: c.Cell, Peers: peers}}); err != nil {
 			return nil, nil, err
 		}
-		r.onCleanup(func() error { return dataplane.TeardownOverlay(c) })
+		r.onCleanup(c.dp.TeardownOverlay)
 	}
 	t.cell1, t.cell2 = cells[0], cells[1]
 	if t.trellisA, err = r.container(cells[0], "ctr-a", 2); err != nil {
@@ -374,7 +386,7 @@ func addrUp(h *netlink.Handle, name string, addr netip.Prefix) error {
 
 // container wires a new container namespace into cell with the host
 // address .host of the cell's subnet, through dataplane.AddContainer.
-func (r *run) container(cell dataplane.Cell, name string, host int) (endpoint, error) {
+func (r *run) container(cell benchCell, name string, host int) (endpoint, error) {
 	path, err := r.namespace(name)
 	if err != nil {
 		return endpoint{}, err

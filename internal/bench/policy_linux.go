@@ -60,7 +60,7 @@ func Policy(ctx context.Context, o PolicyOptions) (rep *Report, err error) {
 	return rep, nil
 }
 
-// policyApply times SetPolicy on a throwaway namespace: a full apply of
+// policyApply times a dataplane's Set of a policy on a throwaway namespace: a full apply of
 // 10,000 allows among 1,000 apps, and adding one allow at 100 and at 10,000.
 func policyApply(ctx context.Context, rep *Report, quick bool, step func(string, ...any)) error {
 	name := NewPrefix() + "apply"
@@ -70,6 +70,11 @@ func policyApply(ctx context.Context, rep *Report, quick bool, step func(string,
 	}
 	defer netns.Delete(name)
 	rep.Prefix = name
+	dp := dataplane.New(path, nil)
+	set := func(p dataplane.Policy) error {
+		_, err := dp.Set(ctx, dataplane.Desired{Policy: &p})
+		return err
+	}
 	allows := func(n int) []dataplane.Allow {
 		out := make([]dataplane.Allow, n)
 		for i := range out {
@@ -89,9 +94,9 @@ func policyApply(ctx context.Context, rep *Report, quick bool, step func(string,
 	step("policy: full apply of 10,000 allows, %d times", runs)
 	var full []float64
 	for r := 0; r < runs; r++ {
-		dataplane.TeardownPolicy(path)
+		dp.TeardownPolicy()
 		start := time.Now()
-		if _, err := dataplane.SetPolicy(ctx, path, dataplane.Policy{Enforce: true, Locals: locals, Allows: allows(10000)}); err != nil {
+		if err := set(dataplane.Policy{Enforce: true, Locals: locals, Allows: allows(10000)}); err != nil {
 			return err
 		}
 		full = append(full, ms(time.Since(start)))
@@ -102,14 +107,14 @@ func policyApply(ctx context.Context, rep *Report, quick bool, step func(string,
 
 	addOne := func(present int) (float64, error) {
 		base := allows(present)
-		if _, err := dataplane.SetPolicy(ctx, path, dataplane.Policy{Enforce: true, Locals: locals, Allows: base}); err != nil {
+		if err := set(dataplane.Policy{Enforce: true, Locals: locals, Allows: base}); err != nil {
 			return 0, err
 		}
 		var xs []float64
 		for i := 0; i < 20; i++ {
 			more := append(append([]dataplane.Allow(nil), base...), dataplane.Allow{DestIP: locals[0].IP, SrcTag: 2000, Protocol: "udp", StartPort: uint16(20000 + i), EndPort: uint16(20000 + i)})
 			start := time.Now()
-			if _, err := dataplane.SetPolicy(ctx, path, dataplane.Policy{Enforce: true, Locals: locals, Allows: more}); err != nil {
+			if err := set(dataplane.Policy{Enforce: true, Locals: locals, Allows: more}); err != nil {
 				return 0, err
 			}
 			xs = append(xs, ms(time.Since(start)))
@@ -127,7 +132,7 @@ func policyApply(ctx context.Context, rep *Report, quick bool, step func(string,
 	}
 	rep.Figures = append(rep.Figures, newFigure("policy/add-one-10k", "add one policy at 10,000 present", "ms",
 		large, small, "add one at 100 present", &goal{ratio: true, atMost: true, limit: 2}))
-	rep.Notes = append(rep.Notes, "apply: dataplane.SetPolicy into a namespace's nftables table, 100 local instances; full = a new table with 10,000 single-port allows; add one = median of 20 adds of one single-port allow (the agent applies a revision's changes the same way)")
+	rep.Notes = append(rep.Notes, "apply: dataplane Set of a policy into a namespace's nftables table, 100 local instances; full = a new table with 10,000 single-port allows; add one = median of 20 adds of one single-port allow (the agent applies a revision's changes the same way)")
 	return nil
 }
 

@@ -85,11 +85,8 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 	}
 	client, server := t.trellisA, t.trellisB
 	cell1, cell2 := t.cell1.NetNS, t.cell2.NetNS
-	// Forget the dataplane's per-namespace policy state before the
-	// namespaces go (cleanup runs last registered first).
-	r.onCleanup(func() error {
-		return errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2))
-	})
+	dp1, dp2 := t.cell1.dp, t.cell2.dp
+	teardown := func() error { return errors.Join(dp1.TeardownPolicy(), dp2.TeardownPolicy()) }
 	if err := r.iperf3Server(server); err != nil {
 		return err
 	}
@@ -114,9 +111,9 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 		}
 		switch f {
 		case filterNone:
-			return errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2))
+			return teardown()
 		case filterLinear:
-			if err := errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2)); err != nil {
+			if err := teardown(); err != nil {
 				return err
 			}
 			if err := addMarkAll(cell1, clientTag); err != nil {
@@ -124,7 +121,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			}
 			return addLinear(cell2, many)
 		case filterCT:
-			if err := errors.Join(dataplane.TeardownPolicy(cell1), dataplane.TeardownPolicy(cell2)); err != nil {
+			if err := teardown(); err != nil {
 				return err
 			}
 			return errors.Join(addConntrackOnly(cell1), addConntrackOnly(cell2))
@@ -134,10 +131,10 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			allows = many
 		}
 		// The source cell marks the client's packets with its tag.
-		if _, err := dataplane.SetPolicy(ctx, cell1, clientPolicy); err != nil {
+		if _, err := dp1.Set(ctx, dataplane.Desired{Policy: &clientPolicy}); err != nil {
 			return err
 		}
-		_, err := dataplane.SetPolicy(ctx, cell2, dataplane.Policy{Enforce: true, Locals: serverLocals, Allows: allows})
+		_, err := dp2.Set(ctx, dataplane.Desired{Policy: &dataplane.Policy{Enforce: true, Locals: serverLocals, Allows: allows}})
 		return err
 	}
 

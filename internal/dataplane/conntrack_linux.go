@@ -11,12 +11,12 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// CutFlows deletes the conntrack entries of the cell namespace at nsPath
-// that match any of flows and returns how many it deleted. Run it on the
-// destination's cell after SetPolicy revoked an allow: the next packet of
+// CutFlows deletes the conntrack entries of the cell's namespace that
+// match any of flows and returns how many it deleted. Run it on the
+// destination's cell after its policy revoked an allow: the next packet of
 // a cut connection is new again, meets the policy and is rejected (TCP
 // gets a reset). Entries are matched on their original direction.
-func CutFlows(nsPath string, flows []Flow) (int, error) {
+func (d *Dataplane) CutFlows(flows []Flow) (int, error) {
 	filters := make([]netlink.CustomConntrackFilter, 0, len(flows))
 	for _, f := range flows {
 		ff, err := newFlowFilter(f)
@@ -28,34 +28,22 @@ func CutFlows(nsPath string, flows []Flow) (int, error) {
 	if len(filters) == 0 {
 		return 0, nil
 	}
-	n, err := deleteConntrack(nsPath, filters...)
+	n, err := deleteConntrack(d.ns, filters...)
 	if err != nil {
-		return n, fmt.Errorf("cut flows in %s: %w", nsPath, err)
+		return n, fmt.Errorf("cut flows in %s: %w", d.ns, err)
 	}
 	return n, nil
 }
 
-// CutDisallowed deletes the conntrack entries of connections to local
-// instances that p does not allow: connections accepted to a local
-// instance (by the trellis table) whose source tag, destination, protocol
-// and port p has no allow for. Connections the table did not accept (from
-// the cell itself, or from before the table existed) are left alone. With
-// p.Enforce false nothing is cut.
-func CutDisallowed(nsPath string, p Policy) (int, error) {
-	plan, err := compilePolicy(p)
-	if err != nil {
-		return 0, fmt.Errorf("cut disallowed flows: %w", err)
-	}
-	if !p.Enforce {
-		return 0, nil
-	}
+// cutDisallowed is CutDisallowed for plan, which enforces.
+func (d *Dataplane) cutDisallowed(plan *policyPlan) (int, error) {
 	locals := make(map[netip.Addr]bool, len(plan.localIDs))
 	for _, id := range plan.localIDs {
 		locals[id.IP] = true
 	}
-	n, err := deleteConntrack(nsPath, disallowedFilter{locals, plan.allows})
+	n, err := deleteConntrack(d.ns, disallowedFilter{locals, plan.allows})
 	if err != nil {
-		return n, fmt.Errorf("cut disallowed flows in %s: %w", nsPath, err)
+		return n, fmt.Errorf("cut disallowed flows in %s: %w", d.ns, err)
 	}
 	return n, nil
 }
@@ -63,9 +51,6 @@ func CutDisallowed(nsPath string, p Policy) (int, error) {
 // deleteConntrack deletes the IPv4 conntrack entries matching any filter,
 // dumping again when the kernel interrupted the dump.
 func deleteConntrack(nsPath string, filters ...netlink.CustomConntrackFilter) (int, error) {
-	if nsPath == "" {
-		nsPath = selfNetNS
-	}
 	h, err := netns.Handle(nsPath)
 	if err != nil {
 		return 0, err

@@ -61,7 +61,7 @@ func TestFlowFilter(t *testing.T) {
 		{DestIP: addr("10.255.2.2"), Protocol: "tcp", StartPort: 2, EndPort: 1},
 		{DestIP: addr("10.255.2.2"), Protocol: "tcp", StartPort: 1, EndPort: 1, SrcIPs: []netip.Addr{addr("fd00::2")}},
 	} {
-		if _, err := CutFlows("/nonexistent", []Flow{bad}); err == nil || !strings.Contains(err.Error(), "cut flows") {
+		if _, err := New("/nonexistent", nil).CutFlows([]Flow{bad}); err == nil || !strings.Contains(err.Error(), "cut flows") {
 			t.Errorf("CutFlows(%+v) = %v, want a validation error", bad, err)
 		}
 	}

@@ -35,20 +35,52 @@ const ioTimeout = 10 * time.Second
 
 var overlay = netip.MustParsePrefix("10.255.0.0/16")
 
+// nsCell is a cell of a test topology: its overlay description, its
+// namespace and its dataplane.
+type nsCell struct {
+	Cell
+	NetNS string
+	dp    *Dataplane
+}
+
 // cellFor is the dataplane view of underlay cell i (1-based), leasing
 // 10.255.i.0/24.
-func cellFor(u *dataplanetest.Underlay, i int) Cell {
+func cellFor(u *dataplanetest.Underlay, i int) nsCell {
 	uc := u.Cells[i-1]
-	return Cell{
-		NetNS:          uc.NetNS,
-		UnderlayDevice: uc.Device,
-		UnderlayIP:     uc.IP,
-		Subnet:         netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24),
-		Overlay:        overlay,
+	return nsCell{
+		Cell: Cell{
+			UnderlayDevice: uc.Device,
+			UnderlayIP:     uc.IP,
+			Subnet:         netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24),
+			Overlay:        overlay,
+		},
+		NetNS: uc.NetNS,
+		dp:    New(uc.NetNS, nil),
 	}
 }
 
-func peersOf(cells ...Cell) []Peer {
+// setOverlay converges c's overlay with peers through its dataplane and
+// returns the ops applied.
+func (c nsCell) setOverlay(peers []Peer) ([]op, error) {
+	c.dp.mu.Lock()
+	defer c.dp.mu.Unlock()
+	return c.dp.setOverlay(context.Background(), c.Cell, peers)
+}
+
+// setPolicy applies p through c's dataplane and reports whether the
+// table changed.
+func (c nsCell) setPolicy(p Policy) (bool, error) {
+	ch, err := c.dp.Set(context.Background(), Desired{Policy: &p})
+	return ch.Policy, err
+}
+
+// verifyPolicy is setPolicy reading the table back in full.
+func (c nsCell) verifyPolicy(p Policy) (bool, error) {
+	ch, err := c.dp.Set(context.Background(), Desired{Policy: &p, Verify: true})
+	return ch.Policy, err
+}
+
+func peersOf(cells ...nsCell) []Peer {
 	var ps []Peer
 	for _, c := range cells {
 		ps = append(ps, Peer{UnderlayIP: c.UnderlayIP, Subnet: c.Subnet})
@@ -58,19 +90,19 @@ func peersOf(cells ...Cell) []Peer {
 
 // meshed makes an underlay with n cells and converges every cell's overlay
 // with all the others (each given the full list, itself included).
-func meshed(t *testing.T, n int) (*dataplanetest.Underlay, []Cell) {
+func meshed(t *testing.T, n int) (*dataplanetest.Underlay, []nsCell) {
 	t.Helper()
 	u := dataplanetest.NewUnderlay(t, n)
-	var cells []Cell
+	var cells []nsCell
 	for i := 1; i <= n; i++ {
 		cells = append(cells, cellFor(u, i))
 	}
 	for _, c := range cells {
-		if err := SetOverlay(context.Background(), c, peersOf(cells...)); err != nil {
+		if _, err := c.dp.Set(context.Background(), Desired{Overlay: &Overlay{c.Cell, peersOf(cells...)}}); err != nil {
 			t.Fatalf("SetOverlay(%s) = %v", c.NetNS, err)
 		}
 		t.Cleanup(func() {
-			if err := TeardownOverlay(c); err != nil {
+			if err := c.dp.TeardownOverlay(); err != nil {
 				t.Errorf("TeardownOverlay(%s) = %v", c.NetNS, err)
 			}
 		})
@@ -79,7 +111,7 @@ func meshed(t *testing.T, n int) (*dataplanetest.Underlay, []Cell) {
 }
 
 // addContainerNS creates a container namespace on the cell and wires it in.
-func addContainerNS(t *testing.T, cell Cell, name, ip string) Container {
+func addContainerNS(t *testing.T, cell nsCell, name, ip string) Container {
 	t.Helper()
 	c := Container{
 		HostNS: cell.NetNS,
@@ -265,7 +297,7 @@ func TestOverlayConnectsContainers(t *testing.T) {
 	}
 
 	for _, cell := range cells {
-		ops, err := setOverlay(context.Background(), cell, peersOf(cells...))
+		ops, err := cell.setOverlay(peersOf(cells...))
 		if err != nil || len(ops) > 0 {
 			t.Errorf("second SetOverlay(%s) applied\n%s(err %v), want nothing", cell.NetNS, render(ops), err)
 		}
@@ -284,7 +316,7 @@ func TestOverlayPeerLeaves(t *testing.T) {
 		t.Fatalf("with 2 peers, %s has routes %v, neighbours %v, FDB %v; want 2 of each", c1.NetNS, before.Routes, before.Neighs, before.FDB)
 	}
 
-	ops, err := setOverlay(context.Background(), c1, peersOf(cells[:2]...))
+	ops, err := c1.setOverlay(peersOf(cells[:2]...))
 	if err != nil {
 		t.Fatalf("SetOverlay without cell3 = %v", err)
 	}
@@ -317,7 +349,7 @@ bridge fdb del ee:ee:0a:ff:03:00 dev trellis-vtep dst 198.51.100.13 self
 	if err := h.RouteReplace(bad); err != nil {
 		t.Fatal(err)
 	}
-	ops, err = setOverlay(context.Background(), c1, peersOf(cells[:2]...))
+	ops, err = c1.setOverlay(peersOf(cells[:2]...))
 	if got, want := render(ops), "ip route replace 10.255.2.0/24 via 10.255.2.0 dev trellis-vtep src 10.255.1.0 onlink\n"; err != nil || got != want {
 		t.Errorf("SetOverlay after route drift applied\n%s(err %v), want\n%s", got, err, want)
 	}
@@ -325,15 +357,15 @@ bridge fdb del ee:ee:0a:ff:03:00 dev trellis-vtep dst 198.51.100.13 self
 	// A wrong device is refused before anything is changed.
 	wrong := c1
 	wrong.UnderlayDevice, wrong.MTU = "eth9", 1500
-	if err := SetOverlay(context.Background(), wrong, nil); err == nil || !strings.Contains(err.Error(), "eth9 not found") {
+	if _, err := wrong.setOverlay(nil); err == nil || !strings.Contains(err.Error(), "eth9 not found") {
 		t.Errorf("SetOverlay(device eth9) = %v, want an error naming eth9", err)
 	}
-	if ops, err := setOverlay(context.Background(), c1, peersOf(cells[:2]...)); err != nil || len(ops) > 0 {
+	if ops, err := c1.setOverlay(peersOf(cells[:2]...)); err != nil || len(ops) > 0 {
 		t.Errorf("SetOverlay after a refused one applied\n%s(err %v), want nothing", render(ops), err)
 	}
 
 	for range 2 {
-		if err := TeardownOverlay(c1); err != nil {
+		if err := c1.dp.TeardownOverlay(); err != nil {
 			t.Errorf("TeardownOverlay(%s) = %v", c1.NetNS, err)
 		}
 	}

@@ -7,11 +7,34 @@ import (
 	"errors"
 )
 
-// SetOverlay needs Linux.
-func SetOverlay(ctx context.Context, c Cell, peers []Peer) error { return errors.ErrUnsupported }
+// The kernel side of a Dataplane needs Linux.
+
+func (d *Dataplane) setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op, error) {
+	return nil, errors.ErrUnsupported
+}
 
 // TeardownOverlay needs Linux.
-func TeardownOverlay(c Cell) error { return errors.ErrUnsupported }
+func (d *Dataplane) TeardownOverlay() error { return errors.ErrUnsupported }
+
+func (d *Dataplane) applyPolicy(ctx context.Context, p Policy, verify bool) (*policyPlan, bool, error) {
+	return nil, false, errors.ErrUnsupported
+}
+
+func (d *Dataplane) makeConntrackStrict() error { return errors.ErrUnsupported }
+
+func (d *Dataplane) cutDisallowed(plan *policyPlan) (int, error) { return 0, errors.ErrUnsupported }
+
+// TeardownPolicy needs Linux.
+func (d *Dataplane) TeardownPolicy() error { return errors.ErrUnsupported }
+
+// Counters needs Linux.
+func (d *Dataplane) Counters() (Counters, error) { return Counters{}, errors.ErrUnsupported }
+
+// Totals needs Linux.
+func (d *Dataplane) Totals() (Counters, error) { return Counters{}, errors.ErrUnsupported }
+
+// CutFlows needs Linux.
+func (d *Dataplane) CutFlows(flows []Flow) (int, error) { return 0, errors.ErrUnsupported }
 
 // AddContainer needs Linux.
 func AddContainer(c Container) (Result, error) { return Result{}, errors.ErrUnsupported }

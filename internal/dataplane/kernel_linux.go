@@ -20,9 +20,6 @@ type nsKernel struct {
 	path string
 }
 
-// selfNetNS is the process's own namespace, used when a path is "".
-const selfNetNS = "/proc/self/ns/net"
-
 // openKernel binds to the namespace at path, or to the process's own
 // namespace when path is "".
 func openKernel(path string) (nsKernel, error) {

@@ -20,10 +20,10 @@ const (
 	VXLANOverhead = 50
 )
 
-// Cell describes one host of the overlay: the namespace that plays the host,
-// its underlay connection, and the overlay subnet leased to it.
+// Cell describes one host of the overlay (whose network namespace is its
+// Dataplane's): its underlay connection, and the overlay subnet leased to
+// it.
 type Cell struct {
-	NetNS          string       // path of the cell's network namespace; required
 	UnderlayDevice string       // the device that carries VXLAN, e.g. "eth0"
 	UnderlayIP     netip.Addr   // this cell's address on UnderlayDevice
 	Subnet         netip.Prefix // this cell's lease, e.g. 10.255.1.0/24
@@ -102,7 +102,7 @@ type overlayState struct {
 	FDB        map[mac]fdbState
 }
 
-// desiredOverlay is the state SetOverlay converges to. underlayMTU is
+// desiredOverlay is the state Set converges the overlay to. underlayMTU is
 // c.MTU, or the device's MTU when that is 0.
 func desiredOverlay(c Cell, peers []Peer, underlayMTU int) (overlayState, error) {
 	var want overlayState
@@ -156,8 +156,6 @@ func desiredOverlay(c Cell, peers []Peer, underlayMTU int) (overlayState, error)
 
 func (c Cell) validate() error {
 	switch {
-	case c.NetNS == "":
-		return fmt.Errorf("cell netns path is empty (use /proc/self/ns/net for the current namespace)")
 	case c.UnderlayDevice == "":
 		return fmt.Errorf("cell underlay device is empty")
 	case !c.UnderlayIP.Is4():

@@ -12,23 +12,18 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// SetOverlay converges the cell's overlay to c and peers: the VTEP with its
-// address, and for every peer a route, a permanent ARP entry and a permanent
-// FDB entry on the VTEP. Entries for cells that are no longer peers are
-// removed. It reads what the kernel has and changes only what differs, so
-// calling it again with the same input writes nothing. A peer equal to the
-// cell itself is ignored.
-func SetOverlay(ctx context.Context, c Cell, peers []Peer) error {
-	_, err := setOverlay(ctx, c, peers)
-	return err
-}
-
-// setOverlay is SetOverlay, also returning the ops it applied.
-func setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op, error) {
+// setOverlay is Set's overlay part. It converges the cell's overlay to c
+// and peers: the VTEP with its address, and for every peer a route, a
+// permanent ARP entry and a permanent FDB entry on the VTEP. Entries for
+// cells that are no longer peers are removed. It reads what the kernel has
+// and changes only what differs, so calling it again with the same input
+// writes nothing. A peer equal to the cell itself is ignored. It returns
+// the ops it applied.
+func (d *Dataplane) setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op, error) {
 	if err := c.validate(); err != nil {
 		return nil, fmt.Errorf("set overlay: %w", err)
 	}
-	k, err := openKernel(c.NetNS)
+	k, err := openKernel(d.ns)
 	if err != nil {
 		return nil, fmt.Errorf("set overlay: cell %w", err)
 	}
@@ -37,24 +32,24 @@ func setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op, error) {
 	// start by deleting the working VTEP.
 	dev, err := k.mustLink(c.UnderlayDevice)
 	if err != nil {
-		return nil, fmt.Errorf("set overlay in %s: underlay device: %w", c.NetNS, err)
+		return nil, fmt.Errorf("set overlay in %s: underlay device: %w", d.ns, err)
 	}
 	mtu := cmp.Or(c.MTU, dev.Attrs().MTU)
 	want, err := desiredOverlay(c, peers, mtu)
 	if err != nil {
-		return nil, fmt.Errorf("set overlay in %s: %w", c.NetNS, err)
+		return nil, fmt.Errorf("set overlay in %s: %w", d.ns, err)
 	}
 	have, err := readOverlay(k)
 	if err != nil {
-		return nil, fmt.Errorf("set overlay in %s: %w", c.NetNS, err)
+		return nil, fmt.Errorf("set overlay in %s: %w", d.ns, err)
 	}
 	ops := planOverlay(have, want)
 	for i, o := range ops {
 		if err := ctx.Err(); err != nil {
-			return ops[:i], fmt.Errorf("set overlay in %s: %w", c.NetNS, err)
+			return ops[:i], fmt.Errorf("set overlay in %s: %w", d.ns, err)
 		}
 		if err := k.apply(o); err != nil {
-			return ops[:i], fmt.Errorf("set overlay in %s: %v: %w", c.NetNS, o, err)
+			return ops[:i], fmt.Errorf("set overlay in %s: %v: %w", d.ns, o, err)
 		}
 	}
 	return ops, nil
@@ -62,17 +57,16 @@ func setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op, error) {
 
 // TeardownOverlay deletes the cell's VTEP, and with it every overlay route,
 // neighbour and FDB entry. It is not an error if there is none.
-func TeardownOverlay(c Cell) error {
-	if c.NetNS == "" {
-		return fmt.Errorf("teardown overlay: cell netns path is empty")
-	}
-	k, err := openKernel(c.NetNS)
+func (d *Dataplane) TeardownOverlay() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	k, err := openKernel(d.ns)
 	if err != nil {
 		return fmt.Errorf("teardown overlay: cell %w", err)
 	}
 	defer k.close()
 	if err := k.apply(linkDel{VTEPName}); err != nil {
-		return fmt.Errorf("teardown overlay in %s: delete %s: %w", c.NetNS, VTEPName, err)
+		return fmt.Errorf("teardown overlay in %s: delete %s: %w", d.ns, VTEPName, err)
 	}
 	return nil
 }

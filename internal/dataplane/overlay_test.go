@@ -19,7 +19,6 @@ var (
 )
 
 var testCell = Cell{
-	NetNS:          "/run/netns/cell1",
 	UnderlayDevice: "eth0",
 	UnderlayIP:     addr("198.51.100.11"),
 	Subnet:         pfx("10.255.1.0/24"),
@@ -240,7 +239,6 @@ func TestDesiredOverlayRejects(t *testing.T) {
 		peers []Peer
 		want  string
 	}{
-		{"no netns", func(c *Cell) { c.NetNS = "" }, nil, "netns path is empty"},
 		{"no device", func(c *Cell) { c.UnderlayDevice = "" }, nil, "underlay device is empty"},
 		{"IPv6 underlay", func(c *Cell) { c.UnderlayIP = addr("2001:db8::1") }, nil, "not an IPv4 address"},
 		{"subnet not masked", func(c *Cell) { c.Subnet = pfx("10.255.1.7/24") }, nil, "not an IPv4 network address"},

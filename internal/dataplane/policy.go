@@ -9,7 +9,6 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
 )
 
 // Policy enforcement: the nftables table that a cell uses to mark packets
@@ -19,7 +18,7 @@ import (
 // side is in policy_linux.go.
 
 // PolicyTable is the nftables table (family inet) that trellis owns in a
-// cell's namespace. SetPolicy replaces it whole or updates its sets;
+// cell's namespace. Dataplane.Set replaces it whole or updates its sets;
 // nothing else should write to it.
 const PolicyTable = "trellis"
 
@@ -48,7 +47,7 @@ const (
 )
 
 // Policy is a cell's enforcement state: the instances attached to the cell
-// and what may reach them. SetPolicy makes the kernel match it.
+// and what may reach them. Dataplane.Set makes the kernel match it.
 type Policy struct {
 	// Enforce turns default deny on. When false, packets are still marked
 	// and spoofing is still dropped, but every connection to a local
@@ -115,7 +114,7 @@ func (a Allow) String() string {
 }
 
 // Counters are the policy table's counters since it was last created
-// (SetPolicy keeps them across updates that change only its elements).
+// (Dataplane.Set keeps them across updates that change only its elements).
 type Counters struct {
 	// Spoofed counts packets from instances dropped because their
 	// interface, source address and source MAC did not belong together,
@@ -142,7 +141,7 @@ type AllowHits struct {
 	Bytes   uint64
 }
 
-// Flow selects connections to cut with CutFlows: those from one of SrcIPs
+// Flow selects connections to cut with Dataplane.CutFlows: those from one of SrcIPs
 // (any source if empty) and, if SrcTag is not 0, accepted for that source
 // tag, to DestIP on Protocol with a destination port in
 // StartPort..EndPort.
@@ -243,6 +242,7 @@ func compareSrcTag(a, b srcTag) int {
 // rules (which depend only on the settings) and the elements of the sets,
 // sorted. A plan is never changed once made.
 type policyPlan struct {
+	enforce  bool // default deny: the allows are enforced
 	chains   []chainSpec
 	localIDs []localID
 	srcTags  []srcTag
@@ -263,14 +263,18 @@ type policyPlan struct {
 // isRange tells which set an allow element belongs in.
 func (e allowElem) isRange() bool { return e.lo != e.hi }
 
-// fingerprint is what SetPolicy stores in the table to recognise a table
+// fingerprint is what Dataplane.Set stores in the table to recognise a table
 // that already has this plan.
 func (p *policyPlan) fingerprint() string {
 	return "trellis policy v1 rules=" + p.rulesHash + " sets=" + p.setsHash
 }
 
 // compilePolicy validates p and turns it into a plan.
-func compilePolicy(p Policy) (*policyPlan, error) {
+func compilePolicy(p Policy) (*policyPlan, error) { return compileWith(p, nil) }
+
+// compileWith is compilePolicy, hashing the rules through rules (nil:
+// hash them afresh).
+func compileWith(p Policy, rules *rulesMemo) (*policyPlan, error) {
 	plan, err := compileSettings(p)
 	if err != nil {
 		return nil, err
@@ -287,7 +291,7 @@ func compilePolicy(p Policy) (*policyPlan, error) {
 	for _, e := range plan.allows {
 		plan.allowsSum.add(e)
 	}
-	plan.finish()
+	plan.finish(rules)
 	return plan, nil
 }
 
@@ -305,7 +309,7 @@ func compileSettings(p Policy) (*policyPlan, error) {
 	if port < 1 || port > 65535 {
 		return nil, fmt.Errorf("VXLAN port %d is not a UDP port", p.VXLANPort)
 	}
-	plan := &policyPlan{chains: policyChains(p.Enforce, p.DenyLogGroup, p.AllowLogGroup, rate, uint16(port))}
+	plan := &policyPlan{enforce: p.Enforce, chains: policyChains(p.Enforce, p.DenyLogGroup, p.AllowLogGroup, rate, uint16(port))}
 
 	plan.localIDs = make([]localID, 0, len(p.Locals))
 	for _, l := range p.Locals {
@@ -364,9 +368,10 @@ func allowElems(allows []Allow) ([]allowElem, error) {
 	return elems, nil
 }
 
-// finish computes the fingerprint of a plan whose other fields are set.
-func (p *policyPlan) finish() {
-	p.rulesHash = rulesHash(p.chains)
+// finish computes the fingerprint of a plan whose other fields are set,
+// hashing the rules through rules (nil: afresh).
+func (p *policyPlan) finish(rules *rulesMemo) {
+	p.rulesHash = rules.hash(p.chains)
 	h := setHash{0x243f6a8885a308d3, 0x13198a2e03707344}
 	for _, id := range p.localIDs {
 		h.add(uint64(binary.BigEndian.Uint32(id.IP.AsSlice())) | 1<<40)
@@ -384,17 +389,21 @@ func (p *policyPlan) finish() {
 	p.setsHash = fmt.Sprintf("%016x%016x", h[0], h[1])
 }
 
-var rulesHashes sync.Map // rendered rules -> hash
+// rulesMemo remembers the hash of the rules last hashed: a cell's rules
+// change only with its settings, so successive plans hash the same text.
+type rulesMemo struct{ text, sum string }
 
-// rulesHash fingerprints the rendered rules.
-func rulesHash(chains []chainSpec) string {
+// hash fingerprints the rendered rules; a nil memo hashes them afresh.
+func (m *rulesMemo) hash(chains []chainSpec) string {
 	text := renderRules(chains)
-	if h, ok := rulesHashes.Load(text); ok {
-		return h.(string)
+	if m != nil && m.text == text && m.sum != "" {
+		return m.sum
 	}
 	sum := sha256.Sum256([]byte(text))
 	h := hex.EncodeToString(sum[:8])
-	rulesHashes.Store(text, h)
+	if m != nil {
+		*m = rulesMemo{text, h}
+	}
 	return h
 }
 
@@ -409,6 +418,7 @@ type planCache struct {
 	enforce bool                   // the previous Enforce
 	groups  map[uint64][]allowElem // input allows by group, unmerged
 	plan    *policyPlan
+	rules   rulesMemo
 	updates int // incremental compiles, for tests
 }
 
@@ -482,7 +492,7 @@ func (c *planCache) compile(p Policy) (*policyPlan, error) {
 		i = j
 	}
 	plan.allows = append(plan.allows, old[i:]...)
-	plan.finish()
+	plan.finish(&c.rules)
 	c.input = slices.Replace(c.input, pre, len(c.input)-suf, newMid...)
 	c.plan = plan
 	c.updates++
@@ -491,11 +501,11 @@ func (c *planCache) compile(p Policy) (*policyPlan, error) {
 
 // full compiles p from scratch and remembers it.
 func (c *planCache) full(p Policy) (*policyPlan, error) {
-	plan, err := compilePolicy(p)
+	plan, err := compileWith(p, &c.rules)
 	if err != nil {
 		return nil, err
 	}
-	*c = planCache{enforce: p.Enforce, plan: plan}
+	*c = planCache{enforce: p.Enforce, plan: plan, rules: c.rules}
 	if p.Enforce {
 		c.input = slices.Clone(p.Allows)
 		elems, _ := allowElems(p.Allows) // valid: compilePolicy checked them
@@ -524,7 +534,7 @@ func mergeAllows(elems []allowElem) []allowElem {
 
 // sortAllows sorts es by group and lo. It is a radix sort, which
 // skips digits that are the same in every element: with 10,000 allows it
-// is several times faster than a comparison sort, and SetPolicy sorts
+// is several times faster than a comparison sort, and Dataplane.Set sorts
 // every time it is called.
 func sortAllows(es []allowElem) {
 	if len(es) < 256 || slices.IsSortedFunc(es, compareAllowElem) {
@@ -709,7 +719,7 @@ type (
 	}
 	// ctMarkFromTag saves the packet's tag bits and ctMarkPoliced as the
 	// connection's mark, so that its flows can be found by source tag
-	// later (CutFlows, CutDisallowed).
+	// later (Dataplane.CutFlows, and Dataplane.Set when it revokes).
 	ctMarkFromTag struct{}
 	verdict       struct {
 		Kind  string // accept, drop, jump, goto
@@ -948,7 +958,7 @@ func (r rule) String() string {
 	return strings.Join(parts, " ")
 }
 
-// planPolicy renders the table SetPolicy makes for p, in nft syntax, with
+// planPolicy renders the table Dataplane.Set makes for p, in nft syntax, with
 // the fingerprint it stores. It does no I/O.
 func planPolicy(p Policy) (string, error) {
 	plan, err := compilePolicy(p)
@@ -972,4 +982,20 @@ func planAllows(p *policyPlan, ranges bool) []allowElem {
 		}
 	}
 	return out
+}
+
+// revokes reports whether going from the allows have to want (both
+// merged and sorted, as in a plan) takes anything away: a port of have
+// that want does not cover.
+func revokes(have, want []allowElem) bool {
+	j := 0
+	for _, e := range have {
+		for j < len(want) && (want[j].group < e.group || want[j].group == e.group && want[j].hi < e.lo) {
+			j++
+		}
+		if j == len(want) || want[j].group != e.group || want[j].lo > e.lo || want[j].hi < e.hi {
+			return true
+		}
+	}
+	return false
 }

@@ -27,15 +27,15 @@ func benchPolicy(n int) Policy {
 // apps in a namespace that has none.
 func BenchmarkSetPolicyFull(b *testing.B) {
 	dataplanetest.RequireRoot(b)
-	ns := dataplanetest.Namespace(b, "bench-full")
+	d := New(dataplanetest.Namespace(b, "bench-full"), nil)
 	p := benchPolicy(10000)
 	for b.Loop() {
 		b.StopTimer()
-		if err := TeardownPolicy(ns); err != nil {
+		if err := d.TeardownPolicy(); err != nil {
 			b.Fatal(err)
 		}
 		b.StartTimer()
-		if _, err := SetPolicy(context.Background(), ns, p); err != nil {
+		if _, err := d.Set(context.Background(), Desired{Policy: &p}); err != nil {
 			b.Fatal(err)
 		}
 	}
@@ -53,14 +53,14 @@ func benchAddOne(b *testing.B, width uint16) {
 	for _, n := range []int{100, 10000} {
 		b.Run(fmt.Sprintf("present=%d", n), func(b *testing.B) {
 			dataplanetest.RequireRoot(b)
-			ns := dataplanetest.Namespace(b, fmt.Sprintf("bench-add%d-%d", width, n))
+			d := New(dataplanetest.Namespace(b, fmt.Sprintf("bench-add%d-%d", width, n)), nil)
 			base := benchPolicy(n)
 			for i := range base.Allows {
 				base.Allows[i].EndPort += width
 			}
 			more := base
 			more.Allows = append(append([]Allow(nil), base.Allows...), Allow{DestIP: base.Locals[0].IP, SrcTag: 7, Protocol: "tcp", StartPort: 443, EndPort: 443 + width})
-			if _, err := SetPolicy(context.Background(), ns, base); err != nil {
+			if _, err := d.Set(context.Background(), Desired{Policy: &base}); err != nil {
 				b.Fatal(err)
 			}
 			i := 0
@@ -70,8 +70,8 @@ func benchAddOne(b *testing.B, width uint16) {
 					p = base
 				}
 				i++
-				if changed, err := SetPolicy(context.Background(), ns, p); err != nil || !changed {
-					b.Fatalf("SetPolicy = %v, %v", changed, err)
+				if ch, err := d.Set(context.Background(), Desired{Policy: &p}); err != nil || !ch.Policy {
+					b.Fatalf("Set = %+v, %v", ch, err)
 				}
 			}
 		})

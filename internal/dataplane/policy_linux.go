@@ -9,15 +9,13 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
-	"syscall"
 
 	"github.com/google/nftables"
 	"github.com/google/nftables/binaryutil"
 	"github.com/google/nftables/expr"
 	"github.com/google/nftables/userdata"
 	mdnetlink "github.com/mdlayher/netlink"
+	"github.com/trellis-c2c/trellis/internal/netns"
 	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -52,9 +50,6 @@ const elemChunk = 512
 
 // openPolicyConn opens an nftables connection in the namespace at path.
 func openPolicyConn(path string) (*nftables.Conn, func(), error) {
-	if path == "" {
-		path = selfNetNS
-	}
 	fd, err := vnetns.GetFromPath(path)
 	if err != nil {
 		return nil, nil, fmt.Errorf("netns %s: %w", path, err)
@@ -94,59 +89,18 @@ func bigBuffers(c *mdnetlink.Conn) error {
 	return nil
 }
 
-// nsID identifies a network namespace independently of the path used to
-// name it.
-type nsID struct{ dev, ino uint64 }
-
-func nsIDOf(path string) (nsID, error) {
-	var st syscall.Stat_t
-	if err := syscall.Stat(path, &st); err != nil {
-		return nsID{}, fmt.Errorf("netns %s: %w", path, err)
-	}
-	return nsID{uint64(st.Dev), st.Ino}, nil
-}
-
-// policyState remembers, per namespace, the plan this process last
-// applied, so that a change can be applied as a difference of set
-// elements. It is trusted only while the table's fingerprint still names
-// that plan.
-type policyState struct {
-	mu       sync.Mutex
-	plan     *policyPlan // applied; see fingerprint
-	compiler planCache
-}
-
-// policyApplies counts how SetPolicy applied changes, for tests.
-var policyApplies struct{ updates, replaces atomic.Int64 }
-
-var policyStates struct {
-	sync.Mutex
-	m map[nsID]*policyState
-}
-
-func policyStateOf(id nsID) *policyState {
-	policyStates.Lock()
-	defer policyStates.Unlock()
-	if policyStates.m == nil {
-		policyStates.m = map[nsID]*policyState{}
-	}
-	s := policyStates.m[id]
-	if s == nil {
-		s = &policyState{}
-		policyStates.m[id] = s
-	}
-	return s
-}
-
-// SetPolicy makes the trellis table in the cell namespace at nsPath ("" is
-// the process's own) enforce p, and reports whether it changed anything.
+// applyPolicy makes the trellis table enforce p and reports whether it
+// changed anything, with the plan it applied.
 //
 // It reads the fingerprint the table holds and writes nothing when it is
 // p's. Otherwise it sends one netlink batch, which the kernel applies
 // atomically: packets see the old rules or the new, never a mix. When the
-// rules are unchanged and this process applied the table's current state,
+// rules are unchanged and this value applied the table's current state,
 // the batch holds only the set elements that differ; otherwise it deletes
-// and recreates the whole table (which resets its counters).
+// and recreates the whole table (which resets its counters). With verify,
+// it reads back the whole table (every set element, the number of rules in
+// every chain, the fingerprint) instead of trusting the fingerprint, and
+// replaces the table if anything differs from p.
 //
 // A change of a few allows costs about the same with 100 or 10,000
 // present, provided the rest of p.Allows keeps its order from the
@@ -154,48 +108,24 @@ func policyStateOf(id nsID) *policyState {
 // kernel, while every change of port ranges costs time in proportion to
 // the number of ranges (the kernel's concatenated-range sets rebuild
 // their lookup tables on every commit).
-func SetPolicy(ctx context.Context, nsPath string, p Policy) (changed bool, err error) {
-	return applyPolicy(ctx, nsPath, p, false)
-}
-
-// VerifyPolicy is SetPolicy for the periodic full resync: it reads back
-// the whole table (every set element, the number of rules in every
-// chain, the fingerprint) instead of trusting the fingerprint, and if
-// anything differs from p it replaces the table in one batch. It catches
-// changes made to the table behind trellis's back, which SetPolicy does
-// not look for. Its cost grows with the number of elements.
-func VerifyPolicy(ctx context.Context, nsPath string, p Policy) (changed bool, err error) {
-	return applyPolicy(ctx, nsPath, p, true)
-}
-
-func applyPolicy(ctx context.Context, nsPath string, p Policy, verify bool) (changed bool, err error) {
+func (d *Dataplane) applyPolicy(ctx context.Context, p Policy, verify bool) (plan *policyPlan, changed bool, err error) {
 	verb := "set policy"
 	if verify {
 		verb = "verify policy"
 	}
-	if nsPath == "" {
-		nsPath = selfNetNS
-	}
 	defer func() {
 		if err != nil {
-			err = fmt.Errorf("%s in %s: %w", verb, nsPath, err)
+			err = fmt.Errorf("%s in %s: %w", verb, d.ns, err)
 		}
 	}()
-	id, err := nsIDOf(nsPath)
+	plan, err = d.compiler.compile(p)
 	if err != nil {
-		return false, err
-	}
-	st := policyStateOf(id)
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	plan, err := st.compiler.compile(p)
-	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 
-	c, done, err := openPolicyConn(nsPath)
+	c, done, err := openPolicyConn(d.ns)
 	if err != nil {
-		return false, err
+		return nil, false, err
 	}
 	defer done()
 	have, handle, found := readFingerprint(c)
@@ -204,21 +134,21 @@ func applyPolicy(ctx context.Context, nsPath string, p Policy, verify bool) (cha
 		found = err == nil && k.matches(plan)
 		have = plan.fingerprint()
 		if !found {
-			st.plan = nil // the table is not what this process made
+			d.trusted = nil // the table is not what this value made
 		}
 	}
 	if found && have == plan.fingerprint() {
-		st.plan = plan
-		return false, nil
+		d.trusted = plan
+		return plan, false, nil
 	}
 	if err := ctx.Err(); err != nil {
-		return false, err
+		return nil, false, err
 	}
-	if found && st.plan != nil && have == st.plan.fingerprint() && st.plan.rulesHash == plan.rulesHash {
-		policyApplies.updates.Add(1)
-		err = updatePolicySets(c, st.plan, plan, handle)
+	if found && d.trusted != nil && have == d.trusted.fingerprint() && d.trusted.rulesHash == plan.rulesHash {
+		d.updates++
+		err = updatePolicySets(c, d.trusted, plan, handle)
 	} else {
-		policyApplies.replaces.Add(1)
+		d.replaces++
 		err = replacePolicyTable(c, plan)
 	}
 	if err == nil {
@@ -226,11 +156,20 @@ func applyPolicy(ctx context.Context, nsPath string, p Policy, verify bool) (cha
 	}
 	if err != nil {
 		// A failed batch changes nothing, but start afresh anyway.
-		st.plan = nil
-		return false, err
+		d.trusted = nil
+		return nil, false, err
 	}
-	st.plan = plan
-	return true, nil
+	d.trusted = plan
+	return plan, true, nil
+}
+
+// makeConntrackStrict turns off conntrack's pick-up of TCP connections in
+// the middle (nf_conntrack_tcp_loose).
+func (d *Dataplane) makeConntrackStrict() error {
+	if err := netns.Sysctl(d.ns, "net.netfilter.nf_conntrack_tcp_loose", "0"); err != nil {
+		return fmt.Errorf("make conntrack strict: %w", err)
+	}
+	return nil
 }
 
 // kernelPolicy is what readPolicy finds in the kernel.
@@ -660,52 +599,40 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 	return out, nil
 }
 
-// TeardownPolicy deletes the trellis table from the namespace at nsPath,
-// and with it every rule, set and counter of trellis. It is not an error if
-// there is none.
-func TeardownPolicy(nsPath string) error {
-	if nsPath == "" {
-		nsPath = selfNetNS
-	}
-	id, err := nsIDOf(nsPath)
-	if err != nil {
-		return fmt.Errorf("teardown policy: %w", err)
-	}
-	st := policyStateOf(id)
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	c, done, err := openPolicyConn(nsPath)
+// TeardownPolicy deletes the trellis table from the cell's namespace, and
+// with it every rule, set and counter of trellis, and forgets the policy
+// this value applied. It is not an error if there is none.
+func (d *Dataplane) TeardownPolicy() error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	c, done, err := openPolicyConn(d.ns)
 	if err != nil {
 		return fmt.Errorf("teardown policy: %w", err)
 	}
 	defer done()
-	st.plan, st.compiler = nil, planCache{}
+	d.trusted, d.last, d.compiler = nil, nil, planCache{}
 	// Adding first makes the delete valid when there is no table.
 	c.AddTable(policyTable)
 	c.DelTable(policyTable)
 	if err := c.Flush(); err != nil {
-		return fmt.Errorf("teardown policy in %s: %w", nsPath, err)
+		return fmt.Errorf("teardown policy in %s: %w", d.ns, err)
 	}
 	return nil
 }
 
-// PolicyCounters reads the counters of the trellis table in the namespace
-// at nsPath.
-func PolicyCounters(nsPath string) (Counters, error) {
-	return readCounters(nsPath, true)
+// Counters reads the counters of the cell's trellis table.
+func (d *Dataplane) Counters() (Counters, error) {
+	return readCounters(d.ns, true)
 }
 
-// PolicyTotals is PolicyCounters without Allows: the table's named
-// counters only, a read whose cost does not grow with the policies.
-func PolicyTotals(nsPath string) (Counters, error) {
-	return readCounters(nsPath, false)
+// Totals is Counters without Allows: the table's named counters only, a
+// read whose cost does not grow with the policies.
+func (d *Dataplane) Totals() (Counters, error) {
+	return readCounters(d.ns, false)
 }
 
 func readCounters(nsPath string, allows bool) (Counters, error) {
 	var cs Counters
-	if nsPath == "" {
-		nsPath = selfNetNS
-	}
 	c, done, err := openPolicyConn(nsPath)
 	if err != nil {
 		return cs, fmt.Errorf("policy counters: %w", err)

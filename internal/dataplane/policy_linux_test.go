@@ -41,7 +41,7 @@ const (
 // (10.255.1.3) on cell1, C (10.255.2.2) on cell2, each serving TCP 8080,
 // TCP 9000 and UDP 8080.
 type policyLab struct {
-	cells  []Cell
+	cells  []nsCell
 	ctr    map[string]Container
 	cellOf map[string]int
 	udp    map[string]*udpServer
@@ -62,7 +62,7 @@ func newPolicyLab(t *testing.T) *policyLab {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() {
-			if err := TeardownPolicy(c.NetNS); err != nil {
+			if err := c.dp.TeardownPolicy(); err != nil {
 				t.Errorf("TeardownPolicy(%s) = %v", c.NetNS, err)
 			}
 		})
@@ -117,7 +117,7 @@ func (l *policyLab) apply(t *testing.T, grants []grant, tags map[string]uint16, 
 		if i == 0 {
 			p.Allows = append(p.Allows, extra...)
 		}
-		ch, err := SetPolicy(context.Background(), c.NetNS, p)
+		ch, err := c.setPolicy(p)
 		if err != nil {
 			t.Fatalf("SetPolicy(%s) = %v", c.NetNS, err)
 		}
@@ -293,13 +293,13 @@ func manyAllows(n int, dsts ...netip.Addr) []Allow {
 	return allows
 }
 
-func pollCounters(t *testing.T, ns string, cond func(Counters) bool) Counters {
+func pollCounters(t *testing.T, c nsCell, cond func(Counters) bool) Counters {
 	t.Helper()
 	deadline := time.Now().Add(probeTimeout)
 	for {
-		cs, err := PolicyCounters(ns)
+		cs, err := c.dp.Counters()
 		if err != nil {
-			t.Fatalf("PolicyCounters(%s) = %v", ns, err)
+			t.Fatalf("PolicyCounters(%s) = %v", c.NetNS, err)
 		}
 		if cond(cs) || time.Now().After(deadline) {
 			return cs
@@ -310,7 +310,7 @@ func pollCounters(t *testing.T, ns string, cond func(Counters) bool) Counters {
 
 func TestPolicyEnforcement(t *testing.T) {
 	l := newPolicyLab(t)
-	cell1 := l.cells[0].NetNS
+	cell1 := l.cells[0]
 
 	t.Run("no table allows everything", func(t *testing.T) {
 		if got, err := l.probe(t, "A", "C", "tcp/9000"); got != ok {
@@ -321,7 +321,7 @@ func TestPolicyEnforcement(t *testing.T) {
 	t.Run("default deny", func(t *testing.T) {
 		l.apply(t, nil, nil)
 		l.checkMatrix(t, phaseDeny)
-		cs, err := PolicyCounters(cell1)
+		cs, err := cell1.dp.Counters()
 		if err != nil || cs.Denied == 0 || cs.DeniedLogged == 0 || cs.Allowed != 0 {
 			t.Errorf("PolicyCounters(cell1) after default deny = %+v, %v; want denied and logged, none allowed", cs, err)
 		}
@@ -337,7 +337,7 @@ func TestPolicyEnforcement(t *testing.T) {
 		l.checkMatrix(t, phaseAllows)
 		// Every allow, single port or range, was used by the matrix.
 		for i, want := range []int{4, 2} {
-			cs, err := PolicyCounters(l.cells[i].NetNS)
+			cs, err := l.cells[i].dp.Counters()
 			if err != nil || cs.Allowed == 0 || len(cs.Allows) != want {
 				t.Fatalf("PolicyCounters(cell%d) = %+v, %v; want accepted connections and %d allows", i+1, cs, err, want)
 			}
@@ -347,7 +347,7 @@ func TestPolicyEnforcement(t *testing.T) {
 				}
 			}
 			// The totals alone: the same counters (nothing moved since), no allows.
-			tot, err := PolicyTotals(l.cells[i].NetNS)
+			tot, err := l.cells[i].dp.Totals()
 			cs.Allows = nil
 			if err != nil || !gocmp.Equal(tot, cs) {
 				t.Errorf("PolicyTotals(cell%d) = %+v, %v; want %+v", i+1, tot, err, cs)
@@ -480,7 +480,7 @@ func TestPolicyEnforcement(t *testing.T) {
 		go func() {
 			defer cancel()
 			for ctx.Err() == nil {
-				cs, err := PolicyCounters(cell1)
+				cs, err := cell1.dp.Counters()
 				if err != nil || cs.Spoofed > before.Spoofed {
 					after = cs
 					polled <- err
@@ -519,10 +519,10 @@ func TestPolicyEnforcement(t *testing.T) {
 		// (disable_ipv6); turn that off to reach the table's rule.
 		a := l.ctr["A"]
 		host := HostVethName(a.IP)
-		if err := netns.Sysctl(cell1, confKey("ipv6", host, "disable_ipv6"), "0"); err != nil {
+		if err := netns.Sysctl(cell1.NetNS, confKey("ipv6", host, "disable_ipv6"), "0"); err != nil {
 			t.Fatal(err)
 		}
-		defer netns.Sysctl(cell1, confKey("ipv6", host, "disable_ipv6"), "1")
+		defer netns.Sysctl(cell1.NetNS, confKey("ipv6", host, "disable_ipv6"), "1")
 		before := pollCounters(t, cell1, func(Counters) bool { return true })
 		sendIPv6Frame(t, a)
 		if after := pollCounters(t, cell1, func(cs Counters) bool { return cs.Spoofed > before.Spoofed }); after.Spoofed == before.Spoofed {
@@ -544,25 +544,25 @@ func TestPolicyEnforcement(t *testing.T) {
 		// The same from scratch, and replacing a table wholesale.
 		p := l.policy(0, grantsSome, nil)
 		p.Allows = append(p.Allows, extra...)
-		if err := TeardownPolicy(cell1); err != nil {
+		if err := cell1.dp.TeardownPolicy(); err != nil {
 			t.Fatal(err)
 		}
 		start = time.Now()
-		if _, err := SetPolicy(context.Background(), cell1, p); err != nil {
+		if _, err := cell1.setPolicy(p); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("SetPolicy creating cell1's table with %d allows: %v", len(p.Allows), time.Since(start))
 		p.AllowLogGroup = 8 // a rule change: the table is replaced
 		start = time.Now()
-		if _, err := SetPolicy(context.Background(), cell1, p); err != nil {
+		if _, err := cell1.setPolicy(p); err != nil {
 			t.Fatal(err)
 		}
 		t.Logf("SetPolicy replacing cell1's table with %d allows: %v", len(p.Allows), time.Since(start))
-		if changed, err := SetPolicy(context.Background(), cell1, p); changed || err != nil {
+		if changed, err := cell1.setPolicy(p); changed || err != nil {
 			t.Errorf("SetPolicy(10,000 allows) again = %v, %v; want unchanged", changed, err)
 		}
 
-		cs, err := PolicyCounters(cell1)
+		cs, err := cell1.dp.Counters()
 		if want := 10000 + 2; err != nil || len(cs.Allows) != want {
 			t.Errorf("PolicyCounters(cell1) has %d allows (err %v), want %d", len(cs.Allows), err, want)
 		}
@@ -581,7 +581,7 @@ func TestPolicyEnforcement(t *testing.T) {
 		l.apply(t, grantsSome, nil)
 		conn := l.dial(t, "A", "C", 8080)
 		l.apply(t, grantsSome, map[string]uint16{"A": 4})
-		cell2 := l.cells[1].NetNS
+		cell2 := l.cells[1]
 		before := pollCounters(t, cell2, func(Counters) bool { return true })
 		src := addrPort(conn.LocalAddr())
 		inNS(t, l.ctr["A"].NetNS, func() error { return sendRawSYN(src, netip.AddrPortFrom(l.ctr["C"].IP, 8080)) })
@@ -594,7 +594,7 @@ func TestPolicyEnforcement(t *testing.T) {
 	t.Run("teardown", func(t *testing.T) {
 		for _, c := range l.cells {
 			for range 2 {
-				if err := TeardownPolicy(c.NetNS); err != nil {
+				if err := c.dp.TeardownPolicy(); err != nil {
 					t.Errorf("TeardownPolicy(%s) = %v", c.NetNS, err)
 				}
 			}
@@ -718,7 +718,7 @@ func nftTables(t *testing.T, ns string) []string {
 // pass), and are cut by CutFlows or CutDisallowed.
 func TestPolicyRevocation(t *testing.T) {
 	l := newPolicyLab(t)
-	cell1, cell2 := l.cells[0].NetNS, l.cells[1].NetNS
+	cell1, cell2 := l.cells[0], l.cells[1]
 	grants := []grant{{"A", "C", "tcp", 8080, 8080}, {"B", "A", "tcp", 8080, 8080}}
 	l.apply(t, grants, nil)
 	ac := l.dial(t, "A", "C", 8080) // across cells
@@ -739,7 +739,7 @@ func TestPolicyRevocation(t *testing.T) {
 	}
 	roundTrip(t, ac, "after revocation, before the cut")
 
-	n, err := CutFlows(cell2, []Flow{{SrcIPs: []netip.Addr{l.ctr["A"].IP}, SrcTag: appTags["A"], DestIP: l.ctr["C"].IP, Protocol: "tcp", StartPort: 8080, EndPort: 8080}})
+	n, err := cell2.dp.CutFlows([]Flow{{SrcIPs: []netip.Addr{l.ctr["A"].IP}, SrcTag: appTags["A"], DestIP: l.ctr["C"].IP, Protocol: "tcp", StartPort: 8080, EndPort: 8080}})
 	if err != nil || n != 1 {
 		t.Errorf("CutFlows(A -> C tcp/8080) = %d, %v; want 1 connection cut", n, err)
 	}
@@ -750,13 +750,13 @@ func TestPolicyRevocation(t *testing.T) {
 	keep := []grant{{"C", "A", "tcp", 8080, 8080}}
 	l.apply(t, keep, nil)
 	ca := l.dial(t, "C", "A", 8080)
-	n, err = CutDisallowed(cell1, l.policy(0, keep, nil))
+	n, err = cell1.dp.CutDisallowed()
 	if err != nil || n != 1 {
 		t.Errorf("CutDisallowed(cell1) = %d, %v; want 1 connection cut (B -> A)", n, err)
 	}
 	assertCut(t, ba, "B -> A")
 	roundTrip(t, ca, "after CutDisallowed, still allowed")
-	if n, err := CutDisallowed(cell1, l.policy(0, keep, nil)); err != nil || n != 0 {
+	if n, err := cell1.dp.CutDisallowed(); err != nil || n != 0 {
 		t.Errorf("CutDisallowed(cell1) again = %d, %v; want nothing cut", n, err)
 	}
 }
@@ -911,11 +911,11 @@ func nflogListen(t *testing.T, ns string, groups ...uint16) <-chan nflogMsg {
 
 func TestPolicyLogs(t *testing.T) {
 	l := newPolicyLab(t)
-	cell1 := l.cells[0].NetNS
-	logs := nflogListen(t, cell1, 5, 6)
+	cell1 := l.cells[0]
+	logs := nflogListen(t, cell1.NetNS, 5, 6)
 	p := l.policy(0, []grant{{"A", "B", "tcp", 8080, 8080}}, nil)
 	p.DenyLogGroup, p.AllowLogGroup, p.LogRate = 5, 6, 1
-	if _, err := SetPolicy(context.Background(), cell1, p); err != nil {
+	if _, err := cell1.setPolicy(p); err != nil {
 		t.Fatal(err)
 	}
 	a, b := l.ctr["A"], l.ctr["B"]
@@ -983,6 +983,7 @@ func policyInKernel(t *testing.T, ns string) *kernelPolicy {
 func TestSetPolicyConverges(t *testing.T) {
 	dataplanetest.RequireRoot(t)
 	ns := dataplanetest.Namespace(t, "converge")
+	d := New(ns, nil)
 	r := rand.New(rand.NewPCG(4, 2))
 	ips := make([]netip.Addr, 8)
 	for i := range ips {
@@ -1005,9 +1006,8 @@ func TestSetPolicyConverges(t *testing.T) {
 		}
 		return p
 	}
-	updates, replaces := policyApplies.updates.Load(), policyApplies.replaces.Load()
 	defer func() {
-		u, r := policyApplies.updates.Load()-updates, policyApplies.replaces.Load()-replaces
+		u, r := d.updates, d.replaces
 		t.Logf("SetPolicy updated sets %d times and replaced the table %d times", u, r)
 		if u < 10 || r < 5 {
 			t.Errorf("the walk took too few of both paths: %d set updates and %d table replacements", u, r)
@@ -1015,7 +1015,7 @@ func TestSetPolicyConverges(t *testing.T) {
 	}()
 	for i := range 60 {
 		p := randomPolicy()
-		set := SetPolicy
+		verify := false
 		switch r.IntN(10) {
 		case 0: // someone deletes the table
 			c, done, err := openPolicyConn(ns)
@@ -1036,9 +1036,9 @@ func TestSetPolicyConverges(t *testing.T) {
 			c.SetAddElements(newPolicySets()[setAllowPorts], []nftables.SetElement{portElement(allowElem{packGroup(ips[0], 999, protoTCP), 1, 1})})
 			c.Flush() // fails when there is no table yet
 			done()
-			set = VerifyPolicy
+			verify = true
 		}
-		if _, err := set(context.Background(), ns, p); err != nil {
+		if _, err := d.Set(context.Background(), Desired{Policy: &p, Verify: verify}); err != nil {
 			t.Fatalf("step %d: SetPolicy = %v", i, err)
 		}
 		want, err := compilePolicy(p)
@@ -1061,11 +1061,11 @@ func TestSetPolicyConverges(t *testing.T) {
 					cmpEmpty))
 		}
 		for _, check := range []struct {
-			name string
-			f    func(context.Context, string, Policy) (bool, error)
-		}{{"SetPolicy", SetPolicy}, {"VerifyPolicy", VerifyPolicy}} {
-			if changed, err := check.f(context.Background(), ns, p); changed || err != nil {
-				t.Errorf("step %d: %s again = %v, %v; want unchanged", i, check.name, changed, err)
+			name   string
+			verify bool
+		}{{"SetPolicy", false}, {"VerifyPolicy", true}} {
+			if ch, err := d.Set(context.Background(), Desired{Policy: &p, Verify: check.verify}); ch.Policy || err != nil {
+				t.Errorf("step %d: %s again = %v, %v; want unchanged", i, check.name, ch.Policy, err)
 			}
 		}
 	}

@@ -291,3 +291,37 @@ func TestPlanCacheMatchesCompile(t *testing.T) {
 		t.Errorf("only %d of 2000 steps compiled incrementally", incremental)
 	}
 }
+
+// TestRevokes: a change revokes when a port allowed before is not allowed
+// after, whatever the merging did to the ranges.
+func TestRevokes(t *testing.T) {
+	elems := func(allows ...Allow) []allowElem {
+		es, err := allowElems(allows)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return mergeAllows(es)
+	}
+	x, y := addr("10.255.1.2"), addr("10.255.1.3")
+	tests := []struct {
+		name       string
+		have, want []allowElem
+		revokes    bool
+	}{
+		{"nothing", nil, nil, false},
+		{"added", elems(Allow{x, 1, "tcp", 80, 80}), elems(Allow{x, 1, "tcp", 80, 80}, Allow{y, 1, "tcp", 80, 80}), false},
+		{"range grown", elems(Allow{x, 1, "tcp", 80, 81}), elems(Allow{x, 1, "tcp", 79, 90}), false},
+		{"adjacent merged", elems(Allow{x, 1, "tcp", 80, 80}), elems(Allow{x, 1, "tcp", 80, 80}, Allow{x, 1, "tcp", 81, 81}), false},
+		{"removed", elems(Allow{x, 1, "tcp", 80, 80}, Allow{y, 1, "tcp", 80, 80}), elems(Allow{y, 1, "tcp", 80, 80}), true},
+		{"range shrunk", elems(Allow{x, 1, "tcp", 80, 90}), elems(Allow{x, 1, "tcp", 80, 89}), true},
+		{"range split", elems(Allow{x, 1, "tcp", 80, 90}), elems(Allow{x, 1, "tcp", 80, 84}, Allow{x, 1, "tcp", 86, 90}), true},
+		{"other tag", elems(Allow{x, 1, "tcp", 80, 80}), elems(Allow{x, 2, "tcp", 80, 80}), true},
+		{"other protocol", elems(Allow{x, 1, "tcp", 80, 80}), elems(Allow{x, 1, "udp", 80, 80}), true},
+		{"all gone", elems(Allow{x, 1, "tcp", 80, 80}), nil, true},
+	}
+	for _, tt := range tests {
+		if got := revokes(tt.have, tt.want); got != tt.revokes {
+			t.Errorf("%s: revokes(%v, %v) = %v, want %v", tt.name, tt.have, tt.want, got, tt.revokes)
+		}
+	}
+}

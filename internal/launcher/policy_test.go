@@ -199,7 +199,7 @@ func TestPolicyMatrix(t *testing.T) {
 				for _, ep := range st.Endpoints {
 					t.Logf("DEBUG %s endpoint %+v", c.Name, ep)
 				}
-				cnt, err := dataplane.PolicyCounters(netns.Path(c.NetNS))
+				cnt, err := dataplane.New(netns.Path(c.NetNS), nil).Counters()
 				t.Logf("DEBUG %s kernel allows %v err %v", c.Name, cnt.Allows, err)
 				recs, _ := filepath.Glob(filepath.Join(c.StateDir, "containers", "*.json"))
 				for _, r := range recs {

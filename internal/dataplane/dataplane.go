@@ -1,0 +1,180 @@
+package dataplane
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+)
+
+// selfNetNS is the process's own namespace, used when a path is "".
+const selfNetNS = "/proc/self/ns/net"
+
+// Dataplane is one cell's dataplane: the overlay and the policy table in
+// the network namespace that plays the cell. It remembers what it applied
+// there, so that Set can apply a change as a difference and find the
+// connections a change revokes. It is safe for concurrent use; a cell
+// should have one.
+type Dataplane struct {
+	ns  string
+	log *slog.Logger
+
+	mu sync.Mutex // held by Set and the teardowns
+	// trusted is the plan the policy table holds as far as this value
+	// knows; it is trusted only while the table's fingerprint still names
+	// it.
+	trusted  *policyPlan
+	compiler planCache
+	// last is the plan the last successful Set applied (nil: none since
+	// New or TeardownPolicy), which revocations are found against.
+	last *policyPlan
+	// strict is set once conntrack was made strict in the namespace.
+	strict bool
+	// updates and replaces count how Set applied policy changes: as
+	// differences of set elements, or by replacing the table. For tests.
+	updates, replaces int
+}
+
+// New returns the dataplane of the cell whose network namespace is at
+// nsPath ("" is the process's own). It touches nothing until Set is
+// called. log receives what Set did, at debug level, and the connections
+// it cut.
+func New(nsPath string, log *slog.Logger) *Dataplane {
+	if nsPath == "" {
+		nsPath = selfNetNS
+	}
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Dataplane{ns: nsPath, log: log}
+}
+
+// NetNS returns the path of the cell's network namespace.
+func (d *Dataplane) NetNS() string { return d.ns }
+
+// Desired is the state Set makes the cell's kernel hold. A part left nil
+// is left as it is. Later parts of a cell's dataplane (egress, encryption)
+// are more fields.
+type Desired struct {
+	// Revision is the store revision the state was computed from; Set
+	// only logs it.
+	Revision int64
+	// Overlay is the cell's place in the overlay.
+	Overlay *Overlay
+	// Policy is what the cell enforces.
+	Policy *Policy
+	// Verify makes Set read the policy table back in full and repair
+	// whatever differs from Policy, instead of trusting the fingerprint the
+	// table holds: the periodic resync's check for changes made behind
+	// trellis's back. Its cost grows with the number of elements.
+	Verify bool
+}
+
+// Overlay is the cell's place in the overlay: the cell and its peers.
+type Overlay struct {
+	Cell  Cell
+	Peers []Peer
+}
+
+// Changes is what Set did.
+type Changes struct {
+	// OverlayOps is how many changes the overlay needed; 0 when the
+	// kernel already matched (or the overlay was left alone).
+	OverlayOps int
+	// Policy reports whether the policy table changed, and PolicyTook how
+	// long Set took to apply the policy.
+	Policy     bool
+	PolicyTook time.Duration
+	// Revoked reports that the policy may take away access that
+	// established connections were given: an allow went, enforcement was
+	// turned on, or this is the first policy enforced since New. The
+	// caller cuts those connections with CutDisallowed.
+	Revoked bool
+}
+
+// SetError is Set's error: the part of Desired ("overlay" or "policy")
+// that failed to apply. Set stops at the first part that fails.
+type SetError struct {
+	Part string
+	Err  error
+}
+
+func (e *SetError) Error() string { return e.Err.Error() }
+
+// Unwrap returns the cause.
+func (e *SetError) Unwrap() error { return e.Err }
+
+// Set makes the cell's kernel hold want: the overlay first, then the
+// policy. Each part is diffed against what the kernel and this value
+// hold, and an unchanged part writes nothing.
+//
+// The overlay is converged by reading the kernel's state and applying only
+// the operations that differ, so a Set repairs whatever was changed since.
+// The policy table is replaced or updated in one netlink batch, which the
+// kernel applies atomically (see Policy and Verify). The established
+// connections that a new policy no longer allows live on (conntrack lets
+// them pass) until CutDisallowed, which Changes.Revoked calls for.
+func (d *Dataplane) Set(ctx context.Context, want Desired) (Changes, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ch Changes
+	if ov := want.Overlay; ov != nil {
+		start := time.Now()
+		ops, err := d.setOverlay(ctx, ov.Cell, ov.Peers)
+		ch.OverlayOps = len(ops)
+		if err != nil {
+			return ch, &SetError{"overlay", err}
+		}
+		d.log.Debug("overlay applied", "revision", want.Revision, "peers", len(ov.Peers), "took", time.Since(start))
+	}
+	if p := want.Policy; p != nil {
+		if err := d.setPolicy(ctx, *p, want.Verify, want.Revision, &ch); err != nil {
+			return ch, &SetError{"policy", err}
+		}
+	}
+	return ch, nil
+}
+
+// setPolicy is Set's policy part.
+func (d *Dataplane) setPolicy(ctx context.Context, p Policy, verify bool, rev int64, ch *Changes) error {
+	if !d.strict {
+		// Conntrack must not pick up a connection in the middle: after a
+		// revoked connection's entry is cut, the next packet from the
+		// instance's side would otherwise make a new "established" entry
+		// that lets the peer's packets in as replies.
+		if err := d.makeConntrackStrict(); err != nil {
+			return err
+		}
+		d.strict = true
+	}
+	start := time.Now()
+	plan, changed, err := d.applyPolicy(ctx, p, verify)
+	if err != nil {
+		return err
+	}
+	ch.Policy, ch.PolicyTook = changed, time.Since(start)
+	if changed {
+		d.log.Debug("policy applied", "revision", rev, "locals", len(p.Locals), "allows", len(p.Allows), "took", ch.PolicyTook)
+	}
+	last := d.last
+	d.last = plan
+	ch.Revoked = plan.enforce && (last == nil || !last.enforce || revokes(last.allows, plan.allows))
+	return nil
+}
+
+// CutDisallowed deletes the conntrack entries of established connections
+// to local instances that the policy Set last applied does not allow:
+// connections the trellis table accepted whose source tag, destination,
+// protocol and port it has no allow for now. Connections the table did not
+// accept (from the cell itself, or from before the table existed) are left
+// alone, and so is everything when the policy does not enforce. It returns
+// how many it deleted.
+func (d *Dataplane) CutDisallowed() (int, error) {
+	d.mu.Lock()
+	plan := d.last
+	d.mu.Unlock()
+	if plan == nil || !plan.enforce {
+		return 0, nil
+	}
+	return d.cutDisallowed(plan)
+}
