@@ -212,16 +212,14 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 		}
 		wait = time.Duration(secs * float64(time.Second))
 	}
-	if after >= 0 {
-		ctx, cancel := context.WithTimeout(r.Context(), wait)
-		_, err := s.store.WaitRevision(ctx, after)
-		cancel()
-		if err != nil && r.Context().Err() != nil {
+	if after < 0 {
+		wait = 0
+	}
+	body, err := s.feed.state(r.Context(), c.GUID, after, wait)
+	if err != nil {
+		if r.Context().Err() != nil {
 			return // the cell went away
 		}
-	}
-	st, err := s.computeCellState(r.Context(), c.GUID)
-	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {
 			writeNetError(w, http.StatusUnauthorized, "this cell was deleted: join again with a new join token")
 			return
@@ -230,25 +228,8 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 		writeNetError(w, http.StatusInternalServerError, "database read failed")
 		return
 	}
-	writeJSON(w, http.StatusOK, st)
-}
-
-// computeCellState compiles one cell's desired state from a snapshot of
-// the store read in one transaction: its revision and rows agree.
-func (s *Server) computeCellState(ctx context.Context, cell string) (api.CellState, error) {
-	snap, err := s.store.Snapshot(ctx, store.SnapshotFilter{Cells: []string{cell}})
-	if err != nil {
-		return api.CellState{}, err
-	}
-	in, err := s.compileInput(ctx, snap)
-	if err != nil {
-		return api.CellState{}, err
-	}
-	st, err := policy.CompileCell(in, cell)
-	if errors.Is(err, policy.ErrUnknownCell) {
-		return st, fmt.Errorf("cell %s: %w", cell, store.ErrNotFound)
-	}
-	return st, err
+	w.Header().Set("Content-Type", "application/json")
+	w.Write(body)
 }
 
 // compileInput is what policy.Compile reads, from a snapshot of the store
@@ -281,7 +262,9 @@ func (s *Server) compileInput(ctx context.Context, snap store.Snapshot) (*policy
 		Routes:     policyRoutes(snap.Routes),
 	}
 	for i, c := range snap.Cells {
-		in.Cells[i] = cellJSON(c)
+		// A desired state carries no observations (when a cell was last
+		// heard from): it changes only when what the cells must do changes.
+		in.Cells[i] = api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP, Subnet: c.Subnet}
 	}
 	for i, sp := range snap.Spaces {
 		in.Spaces[i] = policy.Space{GUID: sp.GUID, OrgGUID: sp.OrgGUID}

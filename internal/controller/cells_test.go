@@ -39,7 +39,7 @@ func (e *env) joinCell(name, ip string) (api.JoinResponse, *http.Client) {
 	return resp, &http.Client{Transport: tr}
 }
 
-func cellGet(t *testing.T, c *http.Client, url string, out any) int {
+func cellGet(t testing.TB, c *http.Client, url string, out any) int {
 	t.Helper()
 	resp, err := c.Get(url)
 	if err != nil {

@@ -24,8 +24,9 @@ import (
 	"github.com/trellis-c2c/trellis/internal/store"
 )
 
-// Server serves the controller API from a store. It keeps no state of its
-// own: several Servers may share one PostgreSQL store.
+// Server serves the controller API from a store. What it keeps is a cache
+// of the store (the cells' compiled desired states, the parsed instance
+// CA): several Servers may share one PostgreSQL store.
 type Server struct {
 	store   *store.Store
 	ca      *identity.CA
@@ -39,6 +40,9 @@ type Server struct {
 	// caCache is the instance CA last read from the store, parsed: a cache
 	// checked against the store at every use, not state.
 	caCache instanceCACache
+	// feed compiles the cells' desired states once per change and wakes
+	// only the cells a change touches.
+	feed *cellFeed
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,
@@ -56,6 +60,7 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
 	s.metrics = newHTTPMetrics(s.reg)
 	s.certs = newCertMetrics(s.reg)
+	s.feed = newCellFeed(st, s.compileInput, log, s.reg)
 	s.reg.MustRegister(&storeCollector{store: st, log: log})
 	s.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	s.routes()

@@ -30,7 +30,7 @@ import (
 
 // env is one controller under test: a real HTTPS server on a real store.
 type env struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *httptest.Server
 	store *store.Store
 	dbURL string // the store's database, for tests that set up what the API cannot
@@ -38,14 +38,14 @@ type env struct {
 	admin string
 }
 
-func newEnv(t *testing.T, engine string) *env {
+func newEnv(t testing.TB, engine string) *env {
 	t.Helper()
 	return newEnvWith(t, engine, InstanceIdentity{})
 }
 
 // newEnvWith is newEnv with instance identity settings; like Run, it
 // creates the instance CA before serving.
-func newEnvWith(t *testing.T, engine string, id InstanceIdentity) *env {
+func newEnvWith(t testing.TB, engine string, id InstanceIdentity) *env {
 	t.Helper()
 	dbURL := storetest.URL(t, engine)
 	st := storetest.OpenURL(t, dbURL)

@@ -1,0 +1,121 @@
+package controller
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+)
+
+// TestCellStateWakesOnlyTouchedCells: a change wakes the long poll of a
+// cell only when that cell's desired state changed. Apps with no instances
+// wake no cell; a policy to an app wakes the cell running it, not a cell
+// running neither app.
+func TestCellStateWakesOnlyTouchedCells(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		_, c1 := e.joinCell("cell1", "198.51.100.11")
+		_, c2 := e.joinCell("cell2", "198.51.100.12")
+		_, c3 := e.joinCell("cell3", "198.51.100.13")
+		space := e.defaultSpace()
+		frontend, backend := e.createApp(space, "frontend"), e.createApp(space, "backend")
+		register := func(c *http.Client, guid, app, ip string) {
+			t.Helper()
+			req, _ := http.NewRequest("PUT", e.srv.URL+"/trellis/v1/cell/instances/"+guid,
+				strings.NewReader(fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":%q,"container_id":%q}`, app, ip, guid)))
+			req.Header.Set("Content-Type", "application/json")
+			resp, err := c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 204 {
+				t.Fatalf("register %s on %s = %d, want 204", guid, ip, resp.StatusCode)
+			}
+		}
+		register(c1, "5a3c8e1e-0000-4000-8000-000000000001", frontend, "10.255.1.2")
+		register(c2, "5a3c8e1e-0000-4000-8000-000000000002", backend, "10.255.2.2")
+		policy := func(port int) string {
+			return fmt.Sprintf(`{"policies":[{"source":{"id":%q},"destination":{"id":%q,"protocol":"tcp","ports":{"start":%d,"end":%d}}}]}`,
+				frontend, backend, port, port)
+		}
+		// Both apps get their tags with a first policy.
+		e.must(e.admin, "POST", policiesPath, policy(8080), 200, nil)
+
+		revs := map[string]int64{}
+		clients := map[string]*http.Client{"cell1": c1, "cell2": c2, "cell3": c3}
+		for name, c := range clients {
+			var st api.CellState
+			if code := cellGet(t, c, e.srv.URL+"/trellis/v1/cell/state", &st); code != 200 {
+				t.Fatalf("GET %s state = %d", name, code)
+			}
+			revs[name] = st.Revision
+		}
+		// woken reports, for each cell, whether a poll after its revision
+		// answers with a newer one (waiting at most 300 ms).
+		woken := func() map[string]bool {
+			out := map[string]bool{}
+			for name, c := range clients {
+				var st api.CellState
+				cellGet(t, c, fmt.Sprintf("%s/trellis/v1/cell/state?after=%d&wait=0.3", e.srv.URL, revs[name]), &st)
+				out[name] = st.Revision > revs[name]
+				revs[name] = st.Revision
+			}
+			return out
+		}
+
+		for i := range 20 {
+			e.createApp(space, fmt.Sprintf("idle-%d", i))
+		}
+		if got := woken(); got["cell1"] || got["cell2"] || got["cell3"] {
+			t.Errorf("after creating 20 apps with no instances, woken = %v; want no cell", got)
+		}
+		e.must(e.admin, "POST", policiesPath, policy(9000), 200, nil)
+		if got := woken(); got["cell1"] || !got["cell2"] || got["cell3"] {
+			t.Errorf("after a policy from frontend (cell1) to backend (cell2), woken = %v; want cell2 alone", got)
+		}
+	})
+}
+
+// BenchmarkWriteWithCellsWatching measures an API write (creating an app,
+// which no cell's desired state depends on) while N cells long-poll their
+// state, as agents do, against the same write with no cell watching:
+//
+//	go test -run '^$' -bench WriteWithCellsWatching ./internal/controller/
+func BenchmarkWriteWithCellsWatching(b *testing.B) {
+	for _, cells := range []int{0, 10, 40} {
+		b.Run(fmt.Sprintf("cells=%d", cells), func(b *testing.B) {
+			e := newEnv(b, "sqlite")
+			space := e.defaultSpace()
+			stop := make(chan struct{})
+			var polls sync.WaitGroup
+			for i := range cells {
+				_, c := e.joinCell(fmt.Sprintf("cell%d", i), fmt.Sprintf("198.51.100.%d", 10+i))
+				polls.Go(func() {
+					after := int64(-1)
+					for {
+						select {
+						case <-stop:
+							return
+						default:
+						}
+						var st api.CellState
+						url := e.srv.URL + "/trellis/v1/cell/state"
+						if after >= 0 {
+							url += fmt.Sprintf("?after=%d&wait=1", after)
+						}
+						if cellGet(b, c, url, &st) == 200 {
+							after = st.Revision
+						}
+					}
+				})
+			}
+			b.Cleanup(func() { close(stop); polls.Wait() })
+			for i := 0; b.Loop(); i++ {
+				e.must(e.admin, "POST", "/v3/apps", fmt.Sprintf(`{"name":"app-%d","relationships":{"space":{"data":{"guid":%q}}}}`, i, space), 201, nil)
+			}
+		})
+	}
+}
