@@ -2,28 +2,18 @@ package bench
 
 import (
 	"bytes"
-	"encoding/json"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 )
 
 // TestDNSQuick runs the quick DNS bench end to end: trellis's server and
 // dnsmasq in a namespace of the run, loaded by dnsperf.
 func TestDNSQuick(t *testing.T) {
-	requireRoot(t)
-	for _, tool := range []struct {
-		name string
-		err  error
-	}{{"dnsmasq", ErrNoDnsmasq}, {"dnsperf", ErrNoDnsperf}} {
-		if _, err := exec.LookPath(tool.name); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatal(tool.err)
-			}
-			t.Skip(tool.err)
-		}
-	}
+	dataplanetest.RequireRoot(t)
+	requireTool(t, "dnsmasq", ErrNoDnsmasq)
+	requireTool(t, "dnsperf", ErrNoDnsperf)
 	rep, err := DNS(t.Context(), DNSOptions{Quick: true, Progress: &logWriter{t: t}})
 	if err != nil {
 		t.Fatalf("DNS = %v", err)
@@ -46,14 +36,7 @@ func TestDNSQuick(t *testing.T) {
 	if left := Leftovers(rep.Prefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
-	var b bytes.Buffer
-	if err := rep.WriteJSON(&b); err != nil {
-		t.Fatal(err)
-	}
-	var back Report
-	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != len(rep.Figures) {
-		t.Errorf("JSON round trip = %v, %d figures", err, len(back.Figures))
-	}
+	checkJSONRoundTrip(t, rep)
 }
 
 func TestParseDnsperf(t *testing.T) {

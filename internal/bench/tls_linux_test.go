@@ -2,25 +2,19 @@ package bench
 
 import (
 	"bytes"
-	"encoding/json"
 	"math"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 )
 
 // TestTLSQuick runs the quick TLS bench end to end on a real local
 // foundation (the trellis binary is built for it), with haproxy as the
 // baseline, and checks that it produces every figure with sane values.
 func TestTLSQuick(t *testing.T) {
-	requireRoot(t)
-	if _, err := exec.LookPath("haproxy"); err != nil {
-		if os.Getenv("CI") == "true" {
-			t.Fatal(ErrNoHAProxy)
-		}
-		t.Skip(ErrNoHAProxy)
-	}
+	dataplanetest.RequireRoot(t)
+	requireTool(t, "haproxy", ErrNoHAProxy)
 	exe := buildTrellis(t)
 	rep, err := TLS(t.Context(), TLSOptions{Quick: true, Exe: exe, Progress: &logWriter{t: t}})
 	if err != nil {
@@ -55,14 +49,7 @@ func TestTLSQuick(t *testing.T) {
 	if left := Leftovers(rep.Prefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
-	var b bytes.Buffer
-	if err := rep.WriteJSON(&b); err != nil {
-		t.Fatal(err)
-	}
-	var back Report
-	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != len(rep.Figures) {
-		t.Errorf("JSON round trip = %v, %d figures", err, len(back.Figures))
-	}
+	checkJSONRoundTrip(t, rep)
 	var page bytes.Buffer
 	if err := WriteHTML(&page, []*Report{rep}); err != nil {
 		t.Errorf("WriteHTML = %v", err)

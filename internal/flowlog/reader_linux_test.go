@@ -19,14 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := dataplanetest.Leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "network namespaces left behind: %v\n", left)
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
 
 // waitTimeout bounds every wait for a logged packet.
 const waitTimeout = 10 * time.Second
