@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"strings"
 	"testing"
 
@@ -18,21 +17,13 @@ func TestDNSQuick(t *testing.T) {
 	if err != nil {
 		t.Fatalf("DNS = %v", err)
 	}
-	var table bytes.Buffer
-	rep.WriteTable(&table)
-	t.Logf("\n%s", table.String())
-	ids := map[string]bool{}
+	logTable(t, rep)
 	for _, f := range rep.Figures {
-		ids[f.ID] = true
 		if !(f.Value > 0) || !(f.Baseline > 0) {
 			t.Errorf("figure %s = %v (baseline %v), want both > 0", f.ID, f.Value, f.Baseline)
 		}
 	}
-	for _, id := range []string{"dns/qps-vs-dnsmasq", "dns/latency-p99", "dns/latency-p50", "dns/cpu-per-query", "dns/table-build"} {
-		if !ids[id] {
-			t.Errorf("no figure %s", id)
-		}
-	}
+	wantFigures(t, rep, "dns/qps-vs-dnsmasq", "dns/latency-p99", "dns/latency-p50", "dns/cpu-per-query", "dns/table-build")
 	if left := Leftovers(rep.Prefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}

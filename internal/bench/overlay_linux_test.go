@@ -29,6 +29,28 @@ func requireTool(t *testing.T, name string, missing error) {
 	t.Skip(missing)
 }
 
+// logTable logs rep as the table the bench command prints.
+func logTable(t *testing.T, rep *Report) {
+	t.Helper()
+	var table bytes.Buffer
+	rep.WriteTable(&table)
+	t.Logf("\n%s", table.String())
+}
+
+// wantFigures fails t for each of ids that rep has no figure of.
+func wantFigures(t *testing.T, rep *Report, ids ...string) {
+	t.Helper()
+	have := map[string]bool{}
+	for _, f := range rep.Figures {
+		have[f.ID] = true
+	}
+	for _, id := range ids {
+		if !have[id] {
+			t.Errorf("no figure %s", id)
+		}
+	}
+}
+
 // checkJSONRoundTrip checks that rep's JSON reads back with all its figures.
 func checkJSONRoundTrip(t *testing.T, rep *Report) {
 	t.Helper()

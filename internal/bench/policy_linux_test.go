@@ -18,17 +18,11 @@ func TestPolicyQuick(t *testing.T) {
 	if len(rep.Figures) != 24 {
 		t.Errorf("figures = %d, want 24", len(rep.Figures))
 	}
-	ids := map[string]bool{}
 	for _, f := range rep.Figures {
-		ids[f.ID] = true
 		if f.Value <= 0 {
 			t.Errorf("figure %s = %v, want > 0", f.ID, f.Value)
 		}
 	}
-	for _, id := range []string{"policy/xcell-conn-rate-deny-10k", "dns/instance-registered-p99", "policy/xcell-conn-cpu-deny-1-vs-none", "policy/xcell-conn-cpu-deny-1-vs-conntrack"} {
-		if !ids[id] {
-			t.Errorf("no figure %s", id)
-		}
-	}
+	wantFigures(t, rep, "policy/xcell-conn-rate-deny-10k", "dns/instance-registered-p99", "policy/xcell-conn-cpu-deny-1-vs-none", "policy/xcell-conn-cpu-deny-1-vs-conntrack")
 	checkJSONRoundTrip(t, rep)
 }

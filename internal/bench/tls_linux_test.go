@@ -20,12 +20,8 @@ func TestTLSQuick(t *testing.T) {
 	if err != nil {
 		t.Fatalf("TLS = %v", err)
 	}
-	var table bytes.Buffer
-	rep.WriteTable(&table)
-	t.Logf("\n%s", table.String())
-	ids := map[string]bool{}
+	logTable(t, rep)
 	for _, f := range rep.Figures {
-		ids[f.ID] = true
 		// An added latency is a difference of two measurements: noise can
 		// make it negative. Everything else is a positive amount.
 		positive := !strings.HasPrefix(f.ID, "tls/added-latency")
@@ -33,14 +29,10 @@ func TestTLSQuick(t *testing.T) {
 			t.Errorf("figure %s = %v (baseline %v)", f.ID, f.Value, f.Baseline)
 		}
 	}
-	for _, id := range []string{"tls/added-latency-p50", "tls/added-latency-p99", "tls/added-latency-hop-p50", "tls/added-latency-hop-p99",
+	wantFigures(t, rep, "tls/added-latency-p50", "tls/added-latency-p99", "tls/added-latency-hop-p50", "tls/added-latency-hop-p99",
 		"tls/latency-p50", "tls/latency-p99",
 		"tls/handshake-request-p50", "tls/handshake-request-p99", "tls/rps-vs-haproxy", "tls/rps-vs-plaintext",
-		"tls/bulk-vs-haproxy", "tls/bulk-vs-plaintext", "tls/cpu-per-request", "tls/cpu-per-gb", "tls/memory-per-instance"} {
-		if !ids[id] {
-			t.Errorf("no figure %s", id)
-		}
-	}
+		"tls/bulk-vs-haproxy", "tls/bulk-vs-plaintext", "tls/cpu-per-request", "tls/cpu-per-gb", "tls/memory-per-instance")
 	for _, k := range []string{pathOurs, pathPlain, pathHAProxy, pathRelay} {
 		if n := len(rep.Samples["tls-latency/"+k]); n < 1000 {
 			t.Errorf("%d latency samples for %s, want at least 1,000", n, k)

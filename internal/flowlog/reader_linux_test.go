@@ -40,16 +40,7 @@ type logRule struct {
 // at ns, and deletes it when the test ends.
 func addLogTable(t *testing.T, ns string, rules ...logRule) {
 	t.Helper()
-	f, err := os.Open(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	// Every netlink socket of c is opened in ns.
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		t.Fatalf("nftables in %s: %v", ns, err)
-	}
+	c := dataplanetest.NFTables(t, ns)
 	tab := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "flowlog_test"})
 	chains := map[*nftables.ChainHook]*nftables.Chain{}
 	for _, r := range rules {

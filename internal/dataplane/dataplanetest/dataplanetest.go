@@ -4,8 +4,8 @@
 // per-process random Prefix and deleted when the test ends, also when it
 // fails, so tests can run on a shared machine, side by side, without touching
 // its root namespace. Every package whose tests need root or make
-// namespaces takes them from here: RequireRoot, Namespace, Handle, Links,
-// and Run for its TestMain.
+// namespaces takes them from here: RequireRoot, Namespace, Handle,
+// NFTables, Links, and Run for its TestMain.
 package dataplanetest
 
 import (
@@ -19,6 +19,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
 	"github.com/trellis-c2c/trellis/internal/netns"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -100,6 +101,23 @@ func Handle(t testing.TB, path string) *netlink.Handle {
 	}
 	t.Cleanup(h.Close)
 	return h
+}
+
+// NFTables returns an nftables connection whose netlink sockets open in the
+// namespace at path; the namespace file it uses stays open until the test
+// ends.
+func NFTables(t testing.TB, path string) *nftables.Conn {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		t.Fatalf("nftables in %s: %v", path, err)
+	}
+	return c
 }
 
 // Links returns the names of the links in the namespace at path, sorted.
