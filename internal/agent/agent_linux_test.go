@@ -321,14 +321,7 @@ func TestRejoinAfterDelete(t *testing.T) {
 	p := installPlugin(t)
 	app := createApp(t, c, "web").GUID
 	ctrA, ctrB := w.addPair(t, p, cniList(t, a1), cniList(t, a2), app)
-	echoServer(t, ctrB.ns, echoPort)
-	conn, err := dial(t, ctrA.ns, netip.AddrPortFrom(ctrB.ip, echoPort))
-	if err != nil {
-		t.Fatalf("TCP from a to b: %v", err)
-	}
-	if err := roundTrip(conn, "before"); err != nil {
-		t.Fatalf("TCP from a to b: %v", err)
-	}
+	conn := echoConn(t, ctrA, ctrB, "TCP from a to b", "before")
 
 	if err := c.admin.DeleteCell(context.Background(), old.GUID); err != nil {
 		t.Fatalf("DeleteCell: %v", err)

@@ -119,14 +119,7 @@ func TestCNISocketAPI(t *testing.T) {
 			t.Errorf("%s got %s, want an address in %s", x.c.id, x.c.ip, x.subnet)
 		}
 	}
-	echoServer(t, ctrB.ns, echoPort)
-	conn, err := dial(t, ctrA.ns, netip.AddrPortFrom(ctrB.ip, echoPort))
-	if err != nil {
-		t.Fatalf("TCP from a (cell1) to b (cell2): %v", err)
-	}
-	if err := roundTrip(conn, "a to b"); err != nil {
-		t.Fatalf("TCP from a (cell1) to b (cell2): %v", err)
-	}
+	conn := echoConn(t, ctrA, ctrB, "TCP from a (cell1) to b (cell2)", "a to b")
 	wantInstances(t, c, app, runningAs("inst-a", ctrA), runningAs("inst-b", ctrB))
 	// Each ADD says in the agent's log how long its steps took.
 	for _, x := range []*container{ctrA, ctrB} {
@@ -148,7 +141,7 @@ func TestCNISocketAPI(t *testing.T) {
 	dup := &container{id: ctrA.id, ns: w.namespace("ctr-dup"), cell: 1}
 	rt := *ctrA.rt
 	rt.NetNS = dup.ns
-	err = w.add(p, l1, dup, &rt)
+	err := w.add(p, l1, dup, &rt)
 	wantErrorSays(t, "ADD of a container ID already attached", err, ctrA.id, "already attached")
 	wantLinks(t, "cell1 after a duplicate ADD", w.cellPath(1), cell1Links)
 	wantLinks(t, "the namespace of the duplicate", dup.ns, []string{"lo"})
@@ -239,14 +232,7 @@ func TestRestartAdoption(t *testing.T) {
 	app := createApp(t, c, "web").GUID
 
 	ctrA, ctrB := w.addPair(t, p, l1, l2, app)
-	echoServer(t, ctrB.ns, echoPort)
-	conn, err := dial(t, ctrA.ns, netip.AddrPortFrom(ctrB.ip, echoPort))
-	if err != nil {
-		t.Fatalf("TCP from a to b: %v", err)
-	}
-	if err := roundTrip(conn, "before the restart"); err != nil {
-		t.Fatalf("TCP from a to b: %v", err)
-	}
+	conn := echoConn(t, ctrA, ctrB, "TCP from a to b", "before the restart")
 	h1 := handle(t, w.cellPath(1))
 	before, err := h1.LinkList()
 	if err != nil {

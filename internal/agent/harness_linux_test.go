@@ -89,17 +89,7 @@ func (w *world) cellPath(i int) string { return netns.Path(w.cell(i).NetNS) }
 // namespace creates the namespace PREFIX-suffix, deleted when the test ends.
 func (w *world) namespace(suffix string) string {
 	w.t.Helper()
-	name := w.prefix + "-" + suffix
-	path, err := netns.Create(name)
-	if err != nil {
-		w.t.Fatal(err)
-	}
-	w.t.Cleanup(func() {
-		if err := netns.Delete(name); err != nil {
-			w.t.Errorf("delete namespace: %v", err)
-		}
-	})
-	return path
+	return dataplanetest.Namespace(w.t, strings.TrimPrefix(w.prefix, dataplanetest.Prefix)+"-"+suffix)
 }
 
 // loggerTo logs to tw.
@@ -378,21 +368,7 @@ func handle(t *testing.T, path string) *netlink.Handle {
 // linkNames lists the links of the namespace at path, sorted.
 func linkNames(t *testing.T, path string) []string {
 	t.Helper()
-	h, err := netns.Handle(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	ls, err := h.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, l := range ls {
-		names = append(names, l.Attrs().Name)
-	}
-	slices.Sort(names)
-	return names
+	return dataplanetest.Links(t, path)
 }
 
 // routeTo reports whether the namespace of h has a route to exactly dst.
@@ -623,6 +599,22 @@ func dial(t *testing.T, ns string, to netip.AddrPort) (net.Conn, error) {
 		t.Cleanup(func() { c.Close() })
 	}
 	return c, err
+}
+
+// echoConn serves TCP echo in b's namespace and returns a connection to it
+// from a's that has carried msg there and back; it fails the test, saying
+// what, when it cannot.
+func echoConn(t *testing.T, a, b *container, what, msg string) net.Conn {
+	t.Helper()
+	echoServer(t, b.ns, echoPort)
+	conn, err := dial(t, a.ns, netip.AddrPortFrom(b.ip, echoPort))
+	if err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	if err := roundTrip(conn, msg); err != nil {
+		t.Fatalf("%s: %v", what, err)
+	}
+	return conn
 }
 
 // roundTrip sends msg on c and reads the echo.

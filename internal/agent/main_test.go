@@ -1,7 +1,6 @@
 package agent_test
 
 import (
-	"fmt"
 	"os"
 	"testing"
 
@@ -16,10 +15,5 @@ func TestMain(m *testing.M) {
 	if os.Getenv("CNI_COMMAND") != "" {
 		os.Exit(cni.Main())
 	}
-	code := m.Run()
-	if left := dataplanetest.Leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "network namespaces left behind: %v\n", left)
-		code = 1
-	}
-	os.Exit(code)
+	os.Exit(dataplanetest.Run(m))
 }

@@ -15,11 +15,11 @@ import (
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
-	"github.com/google/nftables"
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
 
 	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -120,15 +120,7 @@ func nsState(t *testing.T, path string) map[string][]string {
 // many rules each chain has.
 func nftState(t *testing.T, path string) []string {
 	t.Helper()
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer f.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dataplanetest.NFTables(t, path)
 	tables, err := c.ListTables()
 	if err != nil {
 		t.Fatalf("list nftables tables: %v", err)

@@ -1,59 +1,33 @@
 package bench
 
 import (
-	"bytes"
-	"encoding/json"
-	"os"
-	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 )
 
 // TestDNSQuick runs the quick DNS bench end to end: trellis's server and
 // dnsmasq in a namespace of the run, loaded by dnsperf.
 func TestDNSQuick(t *testing.T) {
-	requireRoot(t)
-	for _, tool := range []struct {
-		name string
-		err  error
-	}{{"dnsmasq", ErrNoDnsmasq}, {"dnsperf", ErrNoDnsperf}} {
-		if _, err := exec.LookPath(tool.name); err != nil {
-			if os.Getenv("CI") == "true" {
-				t.Fatal(tool.err)
-			}
-			t.Skip(tool.err)
-		}
-	}
+	dataplanetest.RequireRoot(t)
+	requireTool(t, "dnsmasq", ErrNoDnsmasq)
+	requireTool(t, "dnsperf", ErrNoDnsperf)
 	rep, err := DNS(t.Context(), DNSOptions{Quick: true, Progress: &logWriter{t: t}})
 	if err != nil {
 		t.Fatalf("DNS = %v", err)
 	}
-	var table bytes.Buffer
-	rep.WriteTable(&table)
-	t.Logf("\n%s", table.String())
-	ids := map[string]bool{}
+	logTable(t, rep)
 	for _, f := range rep.Figures {
-		ids[f.ID] = true
 		if !(f.Value > 0) || !(f.Baseline > 0) {
 			t.Errorf("figure %s = %v (baseline %v), want both > 0", f.ID, f.Value, f.Baseline)
 		}
 	}
-	for _, id := range []string{"dns/qps-vs-dnsmasq", "dns/latency-p99", "dns/latency-p50", "dns/cpu-per-query", "dns/table-build"} {
-		if !ids[id] {
-			t.Errorf("no figure %s", id)
-		}
-	}
+	wantFigures(t, rep, "dns/qps-vs-dnsmasq", "dns/latency-p99", "dns/latency-p50", "dns/cpu-per-query", "dns/table-build")
 	if left := Leftovers(rep.Prefix); len(left) > 0 {
 		t.Errorf("namespaces left behind: %v", left)
 	}
-	var b bytes.Buffer
-	if err := rep.WriteJSON(&b); err != nil {
-		t.Fatal(err)
-	}
-	var back Report
-	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != len(rep.Figures) {
-		t.Errorf("JSON round trip = %v, %d figures", err, len(back.Figures))
-	}
+	checkJSONRoundTrip(t, rep)
 }
 
 func TestParseDnsperf(t *testing.T) {

@@ -12,32 +12,56 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 )
 
-// requireRoot skips the test unless it runs as root; with CI=true it fails
-// instead, so that a CI job without privileges cannot pass by skipping.
-func requireRoot(t *testing.T) {
+// requireTool skips the test when the command name is not installed; with
+// CI=true it fails instead, saying missing (the error with the install hint).
+func requireTool(t *testing.T, name string, missing error) {
 	t.Helper()
-	if os.Geteuid() == 0 {
+	if _, err := exec.LookPath(name); err == nil {
 		return
 	}
 	if os.Getenv("CI") == "true" {
-		t.Fatal("the overlay bench builds network namespaces and needs root (CI=true)")
+		t.Fatal(missing)
 	}
-	t.Skip("the overlay bench builds network namespaces and needs root")
+	t.Skip(missing)
 }
 
-// requireIPerf3 skips the test when iperf3 is not installed; with CI=true
-// it fails with the install hint.
-func requireIPerf3(t *testing.T) {
+// logTable logs rep as the table the bench command prints.
+func logTable(t *testing.T, rep *Report) {
 	t.Helper()
-	if _, err := exec.LookPath("iperf3"); err == nil {
-		return
+	var table bytes.Buffer
+	rep.WriteTable(&table)
+	t.Logf("\n%s", table.String())
+}
+
+// wantFigures fails t for each of ids that rep has no figure of.
+func wantFigures(t *testing.T, rep *Report, ids ...string) {
+	t.Helper()
+	have := map[string]bool{}
+	for _, f := range rep.Figures {
+		have[f.ID] = true
 	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal(ErrNoIPerf3)
+	for _, id := range ids {
+		if !have[id] {
+			t.Errorf("no figure %s", id)
+		}
 	}
-	t.Skip(ErrNoIPerf3)
+}
+
+// checkJSONRoundTrip checks that rep's JSON reads back with all its figures.
+func checkJSONRoundTrip(t *testing.T, rep *Report) {
+	t.Helper()
+	var b bytes.Buffer
+	if err := rep.WriteJSON(&b); err != nil {
+		t.Fatal(err)
+	}
+	var back Report
+	if err := json.Unmarshal(b.Bytes(), &back); err != nil || len(back.Figures) != len(rep.Figures) {
+		t.Errorf("JSON round trip = %v, %d figures", err, len(back.Figures))
+	}
 }
 
 // logWriter passes progress lines to t.Log and calls onLine for each.
@@ -84,8 +108,8 @@ func iperf3Children(t *testing.T) []string {
 }
 
 func TestOverlayQuick(t *testing.T) {
-	requireRoot(t)
-	requireIPerf3(t)
+	dataplanetest.RequireRoot(t)
+	requireTool(t, "iperf3", ErrNoIPerf3)
 	prefix := NewPrefix()
 	rep, err := Overlay(context.Background(), OverlayOptions{Quick: true, Progress: &logWriter{t: t}, Prefix: prefix, Exe: buildTrellis(t)})
 	if left := Leftovers(prefix); len(left) > 0 {
@@ -149,8 +173,8 @@ func TestOverlayQuick(t *testing.T) {
 // TestOverlayCancelled cancels a run while iperf3 measures and checks that
 // it stops with the context's error and leaves no namespace or process.
 func TestOverlayCancelled(t *testing.T) {
-	requireRoot(t)
-	requireIPerf3(t)
+	dataplanetest.RequireRoot(t)
+	requireTool(t, "iperf3", ErrNoIPerf3)
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	prefix := NewPrefix()

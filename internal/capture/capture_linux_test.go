@@ -2,34 +2,19 @@ package capture
 
 import (
 	"bytes"
-	"crypto/rand"
-	"encoding/hex"
 	"net"
-	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 	"time"
 
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
 func TestCaptureSeesWhatCrossesTheLink(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI runs as root)")
-		}
-		t.Skip("needs root")
-	}
-	b := make([]byte, 3)
-	rand.Read(b)
-	prefix := "trtest-" + hex.EncodeToString(b)
-	a, z := prefix+"-a", prefix+"-z"
-	for _, n := range []string{a, z} {
-		if _, err := netns.Create(n); err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { netns.Delete(n) })
-	}
+	dataplanetest.RequireRoot(t)
+	a, z := filepath.Base(dataplanetest.Namespace(t, "a")), filepath.Base(dataplanetest.Namespace(t, "z"))
 	run := func(args ...string) {
 		t.Helper()
 		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
@@ -46,7 +31,7 @@ func TestCaptureSeesWhatCrossesTheLink(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	marker := []byte("trellis-marker-" + hex.EncodeToString(b))
+	marker := []byte("trellis-marker-" + dataplanetest.Prefix)
 	err = netns.Do(netns.Path(a), func() error {
 		conn, err := net.Dial("udp", "198.51.100.2:4789")
 		if err != nil {

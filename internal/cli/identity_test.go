@@ -12,12 +12,7 @@ import (
 func TestIdentityScenario(t *testing.T) {
 	f := newFakeController(t)
 	admin := f.adminJSON(t, t.TempDir())
-	steps := []struct {
-		args   string
-		code   int
-		stdout string
-		stderr string
-	}{
+	steps := []step{
 		{args: "login --config-from " + admin, stdout: "Logged in to $URL\nOK\n"},
 		{args: "create-app backend", stdout: "\nCreating app backend in org default / space default as admin...\nOK\n"},
 		{args: "create-app frontend", stdout: "\nCreating app frontend in org default / space default as admin...\nOK\n"},
@@ -106,17 +101,7 @@ trusted root:           trellis instance root CA 2 (until 2035-01-01)
 `},
 	}
 	vars := map[string]string{"HOME": t.TempDir()}
-	for _, st := range steps {
-		got := runCLI(vars, strings.Fields(st.args)...)
-		want := result{
-			Code:   st.code,
-			Stdout: strings.ReplaceAll(strings.TrimPrefix(st.stdout, "\n"), "$URL", f.srv.URL),
-			Stderr: st.stderr,
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("trellis %s (-want +got):\n%s", st.args, diff)
-		}
-	}
+	runSteps(t, f, vars, steps)
 	got := runCLI(vars, "instance-ca", "--pem")
 	if got.Code != 0 || got.Stdout != f.ca.Bundle || !strings.HasPrefix(got.Stdout, "-----BEGIN CERTIFICATE-----\n") {
 		t.Errorf("trellis instance-ca --pem = %+v, want the bundle alone", got)

@@ -8,6 +8,33 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 )
 
+// step is one command of a scenario and its whole expected output, exit
+// code and stderr: "$URL" in stdout stands for the controller's URL, and a
+// leading newline is dropped.
+type step struct {
+	args   string
+	code   int
+	stdout string
+	stderr string
+}
+
+// runSteps runs each step's command line with vars against f, in order,
+// and checks its whole result.
+func runSteps(t *testing.T, f *fakeController, vars map[string]string, steps []step) {
+	t.Helper()
+	for _, st := range steps {
+		got := runCLI(vars, strings.Fields(st.args)...)
+		want := result{
+			Code:   st.code,
+			Stdout: strings.ReplaceAll(strings.TrimPrefix(st.stdout, "\n"), "$URL", f.srv.URL),
+			Stderr: st.stderr,
+		}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("trellis %s (-want +got):\n%s", st.args, diff)
+		}
+	}
+}
+
 // TestScenario walks an operator's session against the fake controller
 // and checks every command's whole output. "$URL" stands for the
 // controller's URL.
@@ -15,12 +42,7 @@ func TestScenario(t *testing.T) {
 	f := newFakeController(t)
 	home := t.TempDir()
 	admin := f.adminJSON(t, t.TempDir())
-	steps := []struct {
-		args   string
-		code   int
-		stdout string
-		stderr string
-	}{
+	steps := []step{
 		{args: "apps", code: 1,
 			stderr: "trellis: no trellis config at ~/.trellis/config.json: run `trellis login --config-from STATE/admin.json` or pass --config\n"},
 		{args: "login --config-from " + admin, stdout: "Logged in to $URL\nOK\n"},
@@ -251,17 +273,7 @@ OK
 `},
 	}
 	vars := map[string]string{"HOME": home}
-	for _, st := range steps {
-		got := runCLI(vars, strings.Fields(st.args)...)
-		want := result{
-			Code:   st.code,
-			Stdout: strings.ReplaceAll(strings.TrimPrefix(st.stdout, "\n"), "$URL", f.srv.URL),
-			Stderr: st.stderr,
-		}
-		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("trellis %s (-want +got):\n%s", st.args, diff)
-		}
-	}
+	runSteps(t, f, vars, steps)
 	if diff := cmp.Diff([]string{"space-9"}, f.tokens[0].Spaces); diff != "" {
 		t.Errorf("create-token asked for spaces (-want +got):\n%s", diff)
 	}

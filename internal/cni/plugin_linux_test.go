@@ -2,15 +2,12 @@ package cni
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -30,22 +28,11 @@ import (
 // network namespace to wire a "container" namespace, both created per run,
 // against testAgent. They need root.
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("these tests create network namespaces and need root; CI must run them as root")
-	}
-	t.Skip("skipped: needs root to create network namespaces (with CI=true this is a failure)")
-}
-
 // testEnv is one run's world: a cell namespace, the agent of that cell, the
 // plugin installed for libcni, and containers made on demand.
 type testEnv struct {
 	t      *testing.T
-	prefix string // unique per run, for namespaces and container IDs
+	prefix string // dataplanetest.Prefix without its last dash: namespaces and container IDs start with it
 	cell   string // path of the cell namespace
 	agent  *testAgent
 	binDir string
@@ -55,10 +42,8 @@ type testEnv struct {
 }
 
 func newTestEnv(t *testing.T) *testEnv {
-	requireRoot(t)
-	b := make([]byte, 3)
-	rand.Read(b)
-	e := &testEnv{t: t, prefix: "trtest-" + hex.EncodeToString(b)}
+	dataplanetest.RequireRoot(t)
+	e := &testEnv{t: t, prefix: strings.TrimSuffix(dataplanetest.Prefix, "-")}
 	e.cell = e.newNS("cell")
 	e.agent = startTestAgent(t)
 
@@ -85,17 +70,7 @@ func newTestEnv(t *testing.T) *testEnv {
 // ends, failed or not.
 func (e *testEnv) newNS(suffix string) string {
 	e.t.Helper()
-	name := e.prefix + "-" + suffix
-	path, err := netns.Create(name)
-	if err != nil {
-		e.t.Fatal(err)
-	}
-	e.t.Cleanup(func() {
-		if err := netns.Delete(name); err != nil {
-			e.t.Errorf("delete netns: %v", err)
-		}
-	})
-	return path
+	return dataplanetest.Namespace(e.t, suffix)
 }
 
 // inCell runs fn on a thread in the cell namespace: the plugin processes
@@ -140,29 +115,9 @@ func (e *testEnv) check(rt *libcni.RuntimeConf) error {
 	return e.inCell(func(ctx context.Context) error { return e.cni.CheckNetworkList(ctx, e.list, rt) })
 }
 
-// links returns the names of the links in the namespace at path.
-func links(t *testing.T, path string) []string {
-	t.Helper()
-	h, err := netns.Handle(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	ls, err := h.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, l := range ls {
-		names = append(names, l.Attrs().Name)
-	}
-	slices.Sort(names)
-	return names
-}
-
 func wantLinks(t *testing.T, what, path string, want ...string) {
 	t.Helper()
-	if diff := cmp.Diff(want, links(t, path)); diff != "" {
+	if diff := cmp.Diff(want, dataplanetest.Links(t, path)); diff != "" {
 		t.Errorf("links in %s (-want +got):\n%s", what, diff)
 	}
 }
@@ -450,7 +405,7 @@ func TestPluginGC(t *testing.T) {
 // so that it writes nothing on the machine, it runs in a private mount
 // namespace with a temporary directory mounted over /var/lib.
 func TestCNITool(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	tool, err := exec.LookPath("cnitool")
 	if err != nil {
 		if os.Getenv("CI") == "true" {

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -20,14 +21,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := dataplanetest.Leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "network namespaces left behind: %v\n", left)
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
 
 // ioTimeout bounds every socket operation, so a broken path fails the test
 // instead of hanging it.
@@ -507,30 +501,12 @@ func parseVXLAN(b []byte) (v vxlanPacket, ok bool) {
 // links lists the link names in the namespace at ns.
 func links(t *testing.T, ns string) []string {
 	t.Helper()
-	h, err := netns.Handle(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer h.Close()
-	ls, err := h.LinkList()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var names []string
-	for _, l := range ls {
-		names = append(names, l.Attrs().Name)
-	}
-	return names
+	return dataplanetest.Links(t, ns)
 }
 
 func hasLink(t *testing.T, ns, name string) bool {
 	t.Helper()
-	for _, n := range links(t, ns) {
-		if n == name {
-			return true
-		}
-	}
-	return false
+	return slices.Contains(links(t, ns), name)
 }
 
 func TestAddContainerFailureLeavesNothing(t *testing.T) {

@@ -693,16 +693,7 @@ func sendIPv6Frame(t *testing.T, c Container) {
 // nftTables lists the nftables tables of every family in ns.
 func nftTables(t *testing.T, ns string) []string {
 	t.Helper()
-	fd, err := vnetns.GetFromPath(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer fd.Close()
-	c, err := nftables.New(nftables.WithNetNSFd(int(fd)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tables, err := c.ListTables()
+	tables, err := dataplanetest.NFTables(t, ns).ListTables()
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/launcher"
 )
 
@@ -19,12 +20,7 @@ import (
 // (Its namespaces and processes go with it through launcher.Down, which
 // the launcher's tests check.)
 func TestPreflightCleansAStaleDemo(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI runs as root)")
-		}
-		t.Skip("needs root")
-	}
+	dataplanetest.RequireRoot(t)
 	dir := filepath.Join(t.TempDir(), "demo")
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
@@ -50,12 +46,7 @@ func TestPreflightCleansAStaleDemo(t *testing.T) {
 // TestPreflightRefusesARunningDemo: over a demo that still runs (--keep),
 // preflight changes nothing and says how to stop it.
 func TestPreflightRefusesARunningDemo(t *testing.T) {
-	if os.Geteuid() != 0 {
-		if os.Getenv("CI") == "true" {
-			t.Fatal("needs root (CI runs as root)")
-		}
-		t.Skip("needs root")
-	}
+	dataplanetest.RequireRoot(t)
 	dir := t.TempDir()
 	// A process whose command line is "sh controller" plays the running
 	// controller (the launcher recognises its daemons by their role).

@@ -2,7 +2,6 @@ package dns_test
 
 import (
 	"context"
-	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -16,14 +15,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := dataplanetest.Leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "namespaces left behind: %v\n", left)
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
 
 // TestServeInNamespace serves on 169.254.0.2:53 inside a cell namespace
 // and queries it from inside that namespace over UDP and TCP.

@@ -4,8 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -22,18 +20,11 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/netns"
 	"golang.org/x/sys/unix"
 )
-
-// prefix names every namespace this test binary creates, so that parallel
-// runs never collide and leftovers are easy to find.
-var prefix = func() string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return "trtest-" + hex.EncodeToString(b) + "-"
-}()
 
 // startAndExitCommand makes the test binary a caller that starts an
 // instance and exits, as an agent killed with -9 would: the instance must
@@ -70,7 +61,7 @@ func TestMain(m *testing.M) {
 			os.Exit(1)
 		}
 	}
-	code := m.Run()
+	code := dataplanetest.Run(m)
 	if left := liveChildren(); len(left) > 0 {
 		fmt.Fprintf(os.Stderr, "processes left behind: %v\n", left)
 		for _, pid := range left {
@@ -81,13 +72,6 @@ func TestMain(m *testing.M) {
 	for {
 		if pid, err := unix.Wait4(-1, nil, unix.WNOHANG, nil); pid <= 0 || err != nil {
 			break
-		}
-	}
-	entries, _ := os.ReadDir(netns.Dir)
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
-			fmt.Fprintf(os.Stderr, "namespace left behind: %s\n", e.Name())
-			code = 1
 		}
 	}
 	os.Exit(code)
@@ -151,7 +135,7 @@ func withoutForeignNetns(mountinfo []byte) []byte {
 	var out []byte
 	for l := range strings.Lines(string(mountinfo)) {
 		f := strings.Fields(l)
-		if len(f) > 4 && strings.HasPrefix(f[4], netns.Dir+"/") && !strings.HasPrefix(f[4], netns.Path(prefix)) {
+		if len(f) > 4 && strings.HasPrefix(f[4], netns.Dir+"/") && !strings.HasPrefix(f[4], netns.Path(dataplanetest.Prefix)) {
 			continue
 		}
 		out = append(out, l...)
@@ -179,31 +163,11 @@ func liveChildren() []int {
 	return pids
 }
 
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("executor tests need root (CI=true)")
-	}
-	t.Skip("executor tests need root")
-}
-
 // newNetns creates a network namespace that is deleted when the test ends,
 // and checks then that the test left no mount in this process's view.
 func newNetns(t *testing.T, name string) string {
 	t.Helper()
-	name = prefix + name
-	path, err := netns.Create(name)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Delete(name); err != nil {
-			t.Error(err)
-		}
-	})
+	path := dataplanetest.Namespace(t, name)
 	before := mountinfo(t)
 	t.Cleanup(func() {
 		if diff := cmp.Diff(before, mountinfo(t)); diff != "" {
@@ -224,7 +188,7 @@ func mountinfo(t *testing.T) []string {
 	var lines []string
 	for l := range strings.Lines(string(b)) {
 		f := strings.Fields(l)
-		if strings.HasPrefix(f[4], netns.Dir+"/") && !strings.HasPrefix(f[4], netns.Path(prefix)) {
+		if strings.HasPrefix(f[4], netns.Dir+"/") && !strings.HasPrefix(f[4], netns.Path(dataplanetest.Prefix)) {
 			continue
 		}
 		lines = append(lines, strings.Join(f[3:], " ")) // without mount IDs
@@ -322,7 +286,7 @@ func interfaces(netdev string) []string {
 }
 
 func TestStartStop(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	hostResolv := readFile(t, "/etc/resolv.conf")
 	ns := newNetns(t, "start")
 	out := t.TempDir()
@@ -403,7 +367,7 @@ func TestStartStop(t *testing.T) {
 }
 
 func TestStopEscalatesToKill(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "kill")
 	ready := filepath.Join(t.TempDir(), "ready")
 	// Ignoring SIGTERM is inherited by the sleeps, so only SIGKILL ends it.
@@ -422,7 +386,7 @@ func TestStopEscalatesToKill(t *testing.T) {
 }
 
 func TestExitDetected(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "exit")
 	spec := newSpec(t, ns, "sh", "-c", "exit 7")
 	p, err := executor.Start(spec)
@@ -443,7 +407,7 @@ func TestExitDetected(t *testing.T) {
 }
 
 func TestStartFails(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "fail")
 	tests := []struct {
 		name    string
@@ -451,7 +415,7 @@ func TestStartFails(t *testing.T) {
 		wantErr string
 	}{
 		{"command not found", newSpec(t, ns, "no-such-command-here"), "no-such-command-here: command not found"},
-		{"no netns", newSpec(t, netns.Path(prefix+"missing"), "true"), "no such file"},
+		{"no netns", newSpec(t, netns.Path(dataplanetest.Prefix+"missing"), "true"), "no such file"},
 		{"missing mount source", func() executor.Spec {
 			s := newSpec(t, ns, "true")
 			s.Mounts = []executor.Mount{{Source: "/nonexistent/source", Target: filepath.Join(t.TempDir(), "x")}}
@@ -506,7 +470,7 @@ func startInHelper(t *testing.T, spec executor.Spec) int {
 }
 
 func TestAdoptAfterRestart(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "adopt")
 	spec := newSpec(t, ns, "sleep", "1000")
 	spec.Mounts = []executor.Mount{{Source: t.TempDir(), Target: filepath.Join(t.TempDir(), "creds")}}
@@ -550,7 +514,7 @@ func TestAdoptAfterRestart(t *testing.T) {
 }
 
 func TestAdoptedExitDetected(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "adoptexit")
 	spec := newSpec(t, ns, "sleep", "1000")
 	pid := startInHelper(t, spec)
@@ -582,7 +546,7 @@ func TestAdoptChecksStartTime(t *testing.T) {
 }
 
 func TestExec(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "exec")
 	tmp := t.TempDir()
 	secret := filepath.Join(tmp, "secret")
@@ -630,7 +594,7 @@ func TestExec(t *testing.T) {
 // TestNoMountPropagation checks that the instance's mounts stay in its
 // mount namespace even when the caller's mounts are shared.
 func TestNoMountPropagation(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "shared")
 	spec := newSpec(t, ns)
 	spec.Mounts = []executor.Mount{{Source: t.TempDir(), Target: filepath.Join(t.TempDir(), "creds")}}
@@ -653,7 +617,7 @@ func TestNoMountPropagation(t *testing.T) {
 }
 
 func TestExecFails(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "execfail")
 	spec := newSpec(t, ns)
 	if code, err := executor.Exec(t.Context(), spec, nil, nil, nil, []string{"no-such-command-here"}); err == nil {
@@ -665,7 +629,7 @@ func TestExecFails(t *testing.T) {
 }
 
 func TestExecDoesNotWaitForStdin(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "stdin")
 	stdin, w := io.Pipe() // never written: stdin never ends
 	defer w.Close()
@@ -688,7 +652,7 @@ func TestExecDoesNotWaitForStdin(t *testing.T) {
 }
 
 func TestExecCancel(t *testing.T) {
-	requireRoot(t)
+	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "cancel")
 	ctx, cancel := context.WithTimeout(t.Context(), 200*time.Millisecond)
 	defer cancel()

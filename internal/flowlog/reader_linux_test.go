@@ -19,14 +19,7 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := dataplanetest.Leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "network namespaces left behind: %v\n", left)
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
 
 // waitTimeout bounds every wait for a logged packet.
 const waitTimeout = 10 * time.Second
@@ -47,16 +40,7 @@ type logRule struct {
 // at ns, and deletes it when the test ends.
 func addLogTable(t *testing.T, ns string, rules ...logRule) {
 	t.Helper()
-	f, err := os.Open(ns)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { f.Close() })
-	// Every netlink socket of c is opened in ns.
-	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
-	if err != nil {
-		t.Fatalf("nftables in %s: %v", ns, err)
-	}
+	c := dataplanetest.NFTables(t, ns)
 	tab := c.AddTable(&nftables.Table{Family: nftables.TableFamilyINet, Name: "flowlog_test"})
 	chains := map[*nftables.ChainHook]*nftables.Chain{}
 	for _, r := range rules {

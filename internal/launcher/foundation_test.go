@@ -21,6 +21,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/agent"
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/capture"
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
@@ -50,15 +51,11 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+// requireRoot skips a test that builds namespaces unless it runs as root
+// (under CI=true it fails instead).
 func requireRoot(t *testing.T) {
 	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("this test builds namespaces and needs root (CI=true)")
-	}
-	t.Skip("needs root")
+	dataplanetest.RequireRoot(t)
 }
 
 // foundation is a running local foundation for one test.

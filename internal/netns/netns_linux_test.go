@@ -1,74 +1,19 @@
 package netns_test
 
 import (
-	"crypto/rand"
-	"encoding/hex"
 	"errors"
-	"fmt"
 	"io/fs"
 	"os"
 	"strings"
 	"syscall"
 	"testing"
 
+	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/netns"
 	"github.com/vishvananda/netlink"
 )
 
-// prefix names every namespace this test binary creates, so that parallel
-// runs never collide and leftovers are easy to find.
-var prefix = func() string {
-	b := make([]byte, 3)
-	rand.Read(b)
-	return "trtest-" + hex.EncodeToString(b) + "-"
-}()
-
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "namespaces left behind: %v\n", left)
-		code = 1
-	}
-	os.Exit(code)
-}
-
-func leftovers() []string {
-	entries, _ := os.ReadDir(netns.Dir)
-	var left []string
-	for _, e := range entries {
-		if strings.HasPrefix(e.Name(), prefix) {
-			left = append(left, e.Name())
-		}
-	}
-	return left
-}
-
-func requireRoot(t *testing.T) {
-	t.Helper()
-	if os.Geteuid() == 0 {
-		return
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatal("kernel tests need root (CI=true)")
-	}
-	t.Skip("kernel tests need root")
-}
-
-// create makes a namespace that is deleted when the test ends.
-func create(t *testing.T, name string) string {
-	t.Helper()
-	name = prefix + name
-	path, err := netns.Create(name)
-	if err != nil {
-		t.Fatalf("Create(%q) = %v", name, err)
-	}
-	t.Cleanup(func() {
-		if err := netns.Delete(name); err != nil {
-			t.Errorf("Delete(%q) = %v", name, err)
-		}
-	})
-	return path
-}
+func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
 
 // inode identifies a namespace file.
 func inode(t *testing.T, path string) uint64 {
@@ -81,8 +26,8 @@ func inode(t *testing.T, path string) uint64 {
 }
 
 func TestCreateDelete(t *testing.T) {
-	requireRoot(t)
-	name := prefix + "cd"
+	dataplanetest.RequireRoot(t)
+	name := dataplanetest.Prefix + "cd"
 	path, err := netns.Create(name)
 	if err != nil {
 		t.Fatalf("Create(%q) = %v", name, err)
@@ -122,8 +67,8 @@ func TestCreateDelete(t *testing.T) {
 }
 
 func TestDoSwitchesAndRestores(t *testing.T) {
-	requireRoot(t)
-	path := create(t, "do")
+	dataplanetest.RequireRoot(t)
+	path := dataplanetest.Namespace(t, "do")
 	want := inode(t, path)
 	before := inode(t, "/proc/thread-self/ns/net")
 
@@ -149,7 +94,7 @@ func TestDoSwitchesAndRestores(t *testing.T) {
 }
 
 func TestDoMissingNamespace(t *testing.T) {
-	path := "/run/netns/" + prefix + "missing"
+	path := "/run/netns/" + dataplanetest.Prefix + "missing"
 	err := netns.Do(path, func() error { return nil })
 	if err == nil || !strings.Contains(err.Error(), path) || !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Do(%q) = %v, want a not-exist error naming the path", path, err)
@@ -160,9 +105,9 @@ func TestDoMissingNamespace(t *testing.T) {
 }
 
 func TestSysctlIsPerNamespace(t *testing.T) {
-	requireRoot(t)
-	a := create(t, "sa")
-	b := create(t, "sb")
+	dataplanetest.RequireRoot(t)
+	a := dataplanetest.Namespace(t, "sa")
+	b := dataplanetest.Namespace(t, "sb")
 	root, err := os.ReadFile("/proc/sys/net/ipv4/ip_forward")
 	if err != nil {
 		t.Fatal(err)
@@ -191,8 +136,8 @@ func TestSysctlIsPerNamespace(t *testing.T) {
 }
 
 func TestHandleActsInNamespace(t *testing.T) {
-	requireRoot(t)
-	path := create(t, "h")
+	dataplanetest.RequireRoot(t)
+	path := dataplanetest.Namespace(t, "h")
 	h, err := netns.Handle(path)
 	if err != nil {
 		t.Fatalf("Handle(%q) = %v", path, err)

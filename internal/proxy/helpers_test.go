@@ -31,14 +31,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/proxy"
 )
 
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if left := dataplanetest.Leftovers(); len(left) > 0 {
-		fmt.Fprintf(os.Stderr, "namespaces left behind: %v\n", left)
-		code = 1
-	}
-	os.Exit(code)
-}
+func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
 
 // ca is a throwaway certificate authority.
 type ca struct {

@@ -3,7 +3,9 @@
 // (namespaces) attached to it by veths. Every namespace is named with a
 // per-process random Prefix and deleted when the test ends, also when it
 // fails, so tests can run on a shared machine, side by side, without touching
-// its root namespace.
+// its root namespace. Every package whose tests need root or make
+// namespaces takes them from here: RequireRoot, Namespace, Handle,
+// NFTables, Links, and Run for its TestMain.
 package dataplanetest
 
 import (
@@ -13,9 +15,11 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/google/nftables"
 	"github.com/trellis-c2c/trellis/internal/netns"
 	"github.com/vishvananda/netlink"
 	vnetns "github.com/vishvananda/netns"
@@ -42,8 +46,23 @@ func RequireRoot(t testing.TB) {
 	t.Skip("this test programs the kernel and needs root")
 }
 
-// Leftovers lists namespaces in /run/netns that carry Prefix. Call it from
-// TestMain after the tests ran: anything listed was not cleaned up.
+// Run runs the tests of m and returns the exit code for TestMain to exit
+// with: m.Run's, or 1 when a namespace carrying Prefix is still in
+// /run/netns afterwards (listed on stderr). A package whose tests make
+// namespaces calls it as
+//
+//	func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
+func Run(m *testing.M) int {
+	code := m.Run()
+	if left := Leftovers(); len(left) > 0 {
+		fmt.Fprintf(os.Stderr, "network namespaces left behind: %v\n", left)
+		code = 1
+	}
+	return code
+}
+
+// Leftovers lists namespaces in /run/netns that carry Prefix. Run calls it
+// after the tests ran: anything listed was not cleaned up.
 func Leftovers() []string {
 	entries, _ := os.ReadDir(netns.Dir)
 	var left []string
@@ -62,11 +81,11 @@ func Namespace(t testing.TB, name string) string {
 	full := Prefix + name
 	path, err := netns.Create(full)
 	if err != nil {
-		t.Fatalf("create test netns: %v", err)
+		t.Fatalf("netns.Create(%q) = %v", full, err)
 	}
 	t.Cleanup(func() {
 		if err := netns.Delete(full); err != nil {
-			t.Errorf("delete test netns: %v", err)
+			t.Errorf("netns.Delete(%q) = %v", full, err)
 		}
 	})
 	return path
@@ -82,6 +101,43 @@ func Handle(t testing.TB, path string) *netlink.Handle {
 	}
 	t.Cleanup(h.Close)
 	return h
+}
+
+// NFTables returns an nftables connection whose netlink sockets open in the
+// namespace at path; the namespace file it uses stays open until the test
+// ends.
+func NFTables(t testing.TB, path string) *nftables.Conn {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
+	c, err := nftables.New(nftables.WithNetNSFd(int(f.Fd())))
+	if err != nil {
+		t.Fatalf("nftables in %s: %v", path, err)
+	}
+	return c
+}
+
+// Links returns the names of the links in the namespace at path, sorted.
+func Links(t testing.TB, path string) []string {
+	t.Helper()
+	h, err := netns.Handle(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer h.Close()
+	ls, err := h.LinkList()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, l := range ls {
+		names = append(names, l.Attrs().Name)
+	}
+	slices.Sort(names)
+	return names
 }
 
 // Underlay is a private layer-2 network: a bridge in its own namespace and
