@@ -1,12 +1,9 @@
 package agent_test
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/netip"
@@ -319,22 +316,9 @@ func TestCellSubnetFull(t *testing.T) {
 // first, without wiring anything.
 func allocate(t *testing.T, sock string, req api.AllocateRequest) api.Allocation {
 	t.Helper()
-	b, err := json.Marshal(req)
+	a, err := api.NewAgentClient(sock).Allocate(context.Background(), req)
 	if err != nil {
-		t.Fatal(err)
-	}
-	resp, err := socketClient(sock).Post("http://agent/v1/containers", "application/json", bytes.NewReader(b))
-	if err != nil {
-		t.Fatalf("POST /v1/containers: %v", err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(resp.Body)
-	var a api.Allocation
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST /v1/containers %s = %d %s, want 200", req.ContainerID, resp.StatusCode, body)
-	}
-	if err := json.Unmarshal(body, &a); err != nil {
-		t.Fatalf("POST /v1/containers: %v", err)
+		t.Fatalf("POST /v1/containers %s: %v, want 200", req.ContainerID, err)
 	}
 	return a
 }

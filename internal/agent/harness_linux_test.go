@@ -3,7 +3,7 @@ package agent_test
 import (
 	"bytes"
 	"context"
-	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -385,41 +385,24 @@ func routeTo(h *netlink.Handle, dst netip.Prefix) (bool, error) {
 	return false, nil
 }
 
-// socketClient speaks HTTP to an agent's unix socket.
-func socketClient(sock string) *http.Client {
-	return &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
-		DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
-			var d net.Dialer
-			return d.DialContext(ctx, "unix", sock)
-		},
-		DisableKeepAlives: true,
-	}}
-}
-
-// getContainer asks the agent at sock for a container's record.
+// getContainer asks the agent at sock for a container's record, and says
+// with which HTTP status it answered.
 func getContainer(sock, id string) (int, api.Allocation, error) {
-	var a api.Allocation
-	resp, err := socketClient(sock).Get("http://agent/v1/containers/" + id)
+	a, err := api.NewAgentClient(sock).Container(context.Background(), id)
+	var he *api.HTTPError
+	if errors.As(err, &he) {
+		return he.Status, a, nil
+	}
 	if err != nil {
 		return 0, a, err
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
-	if resp.StatusCode == http.StatusOK {
-		err = json.Unmarshal(b, &a)
-	}
-	return resp.StatusCode, a, err
+	return http.StatusOK, a, nil
 }
 
 func agentStatus(t *testing.T, sock string) api.AgentStatus {
 	t.Helper()
-	resp, err := socketClient(sock).Get("http://agent/v1/status")
+	st, err := api.NewAgentClient(sock).Status(context.Background())
 	if err != nil {
-		t.Fatalf("GET /v1/status: %v", err)
-	}
-	defer resp.Body.Close()
-	var st api.AgentStatus
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
 		t.Fatalf("GET /v1/status: %v", err)
 	}
 	return st

@@ -1,11 +1,11 @@
 package agent_test
 
 import (
+	"context"
 	"crypto/rsa"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
-	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/agent"
+	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/controller"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
@@ -48,12 +49,10 @@ func handshake(t *testing.T, r *running, ns string, to netip.Addr, name string) 
 // starts with prefix.
 func metric(t *testing.T, r *running, prefix string) (float64, bool) {
 	t.Helper()
-	resp, err := socketClient(r.cfg.Socket).Get("http://agent/metrics")
+	b, err := api.NewAgentClient(r.cfg.Socket).Metrics(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	b, _ := io.ReadAll(resp.Body)
 	m := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(prefix) + `\S* (\S+)$`).FindSubmatch(b)
 	if m == nil {
 		return 0, false
