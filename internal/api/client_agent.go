@@ -91,7 +91,8 @@ func (c *AgentClient) Status(ctx context.Context) (AgentStatus, error) {
 	case err != nil:
 		return st, err
 	case status == http.StatusServiceUnavailable:
-		if json.Unmarshal(data, &st) == nil && st.Cell != "" {
+		// A status body (not the {"error":…} of a failure) says why.
+		if json.Unmarshal(data, &st) == nil && (st.Cell != "" || st.Subnet != "" || st.Reason != "") {
 			return st, nil
 		}
 	}
