@@ -215,7 +215,7 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 	if after < 0 {
 		wait = 0
 	}
-	body, err := s.feed.state(r.Context(), c.GUID, after, wait)
+	st, err := s.feed.state(r.Context(), c.GUID, after, wait)
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the cell went away
@@ -229,7 +229,7 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
-	w.Write(body)
+	st.write(w)
 }
 
 // compileInput is what policy.Compile reads, from a snapshot of the store

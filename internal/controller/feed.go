@@ -2,16 +2,14 @@ package controller
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/json"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/policy"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
@@ -52,10 +50,22 @@ type cellFeed struct {
 
 // feedEntry is one cell's compiled desired state.
 type feedEntry struct {
-	rev  int64           // the cell's revision
-	st   api.CellState   // its state, Revision = rev
-	sum  [32]byte        // hash of the state without its revision
-	body json.RawMessage // st as JSON, served to every poll
+	rev int64    // the cell's revision
+	sum [32]byte // hash of the state without its revision
+	// body is the state as JSON, in segments: the parts every cell shares
+	// (the foundation's tagged apps, endpoints and routes) are encoded
+	// once per compile and written to every cell's poll as they are.
+	body [][]byte
+}
+
+// write sends e's state as the answer to a poll.
+func (e *feedEntry) write(w io.Writer) error {
+	for _, b := range e.body {
+		if _, err := w.Write(b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func newCellFeed(st *store.Store, compile func(context.Context, store.Snapshot) (*policy.Snapshot, error), log *slog.Logger, reg prometheus.Registerer) *cellFeed {
@@ -74,7 +84,7 @@ func newCellFeed(st *store.Store, compile func(context.Context, store.Snapshot) 
 // or later; with after >= 0 it waits, at most wait, for one whose revision
 // exceeds after, and otherwise returns the current one. A cell the store
 // does not know is store.ErrNotFound.
-func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait time.Duration) (json.RawMessage, error) {
+func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait time.Duration) (*feedEntry, error) {
 	f.join()
 	defer f.leave()
 	// Read-your-writes: what was committed before this poll shows in it.
@@ -95,12 +105,12 @@ func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait tim
 			return nil, fmt.Errorf("cell %s: %w", cell, store.ErrNotFound)
 		}
 		if after < 0 || e.rev > after {
-			return e.body, nil
+			return e, nil
 		}
 		select {
 		case <-changed:
 		case <-timeout.C:
-			return e.body, nil
+			return e, nil
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
@@ -183,22 +193,17 @@ func (f *cellFeed) compileAtLeast(ctx context.Context, rev int64) error {
 	f.mu.Unlock()
 	cells := make(map[string]*feedEntry, len(states))
 	changes := 0
+	enc := newStateEncoder()
 	for guid, st := range states {
-		st.Revision = 0
-		b, err := json.Marshal(st)
+		e, err := enc.encode(snap.Revision, &st)
 		if err != nil {
 			return fmt.Errorf("encode the state of cell %s: %w", guid, err)
 		}
-		sum := sha256.Sum256(b)
-		if e := old[guid]; e != nil && e.sum == sum {
-			cells[guid] = e
+		if old := old[guid]; old != nil && old.sum == e.sum {
+			cells[guid] = old // unchanged: its poll is not woken
 			continue
 		}
-		st.Revision = snap.Revision
-		if b, err = json.Marshal(st); err != nil {
-			return fmt.Errorf("encode the state of cell %s: %w", guid, err)
-		}
-		cells[guid] = &feedEntry{rev: snap.Revision, st: st, sum: sum, body: b}
+		cells[guid] = e
 		changes++
 	}
 	f.mu.Lock()
