@@ -38,8 +38,8 @@ type fakeController struct {
 	routes   []api.Route
 	policies []api.Policy
 	tokens   []api.TokenRequest
-	issued   []api.Token // the tokens made, as GET /trellis/v1/tokens lists them
-	admin    string      // the admin's token: fakeToken until rotated
+	issued   []api.Token     // the tokens made, as GET /trellis/v1/tokens lists them
+	admin    string          // the admin's token: fakeToken until rotated
 	tls      map[string]bool // app GUID → require_client_cert
 	ca       api.InstanceCA
 }
