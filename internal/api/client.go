@@ -27,7 +27,19 @@ type TokenRequest struct {
 	Name   string   `json:"name,omitempty"`
 	Scope  string   `json:"scope"`
 	Spaces []string `json:"space_guids,omitempty"`
+	// TTLSeconds is how long the token works, in seconds; 0 means the
+	// default, DefaultTokenTTL.
+	TTLSeconds int64 `json:"ttl_seconds,omitempty"`
 }
+
+// Token lifetimes (POST /trellis/v1/tokens ttl_seconds): every token the
+// API creates expires, after DefaultTokenTTL unless told otherwise and
+// after MaxTokenTTL at most. The bootstrap admin token (admin.json) does not
+// expire: it is replaced by rotating it.
+const (
+	DefaultTokenTTL = 30 * 24 * time.Hour
+	MaxTokenTTL     = 365 * 24 * time.Hour
+)
 
 // Filters select what a list call returns; they become the query parameters
 // of docs/api.md. Empty fields do not filter; several fields are ANDed; the
@@ -344,6 +356,33 @@ func (c *Client) Tags(ctx context.Context) ([]Tag, error) {
 func (c *Client) CreateToken(ctx context.Context, r TokenRequest) (Token, error) {
 	var t Token
 	err := c.do(ctx, http.MethodPost, "trellis/v1/tokens", nil, r, &t)
+	return t, err
+}
+
+// Tokens lists API tokens, never their values: every token for an admin,
+// the caller's own token for others.
+func (c *Client) Tokens(ctx context.Context) ([]Token, error) {
+	var l List[Token]
+	err := c.do(ctx, http.MethodGet, "trellis/v1/tokens", nil, nil, &l)
+	return l.Resources, err
+}
+
+// RevokeToken deletes a token: it stops working on the next request, on
+// every controller. An admin may revoke any token, others only their own.
+func (c *Client) RevokeToken(ctx context.Context, guid string) error {
+	p, err := itemPath("trellis/v1/tokens", guid)
+	if err != nil {
+		return err
+	}
+	return c.do(ctx, http.MethodDelete, p, nil, nil, nil)
+}
+
+// RotateAdminToken replaces the foundation's bootstrap admin token (admin
+// only): the old one stops working on the next request, on every
+// controller. The returned Token's Value is the only copy of the new one.
+func (c *Client) RotateAdminToken(ctx context.Context) (Token, error) {
+	var t Token
+	err := c.do(ctx, http.MethodPost, "trellis/v1/admin-token/rotation", nil, nil, &t)
 	return t, err
 }
 

@@ -127,8 +127,10 @@ type V3Errors struct {
 	Errors []V3Error `json:"errors"`
 }
 
-// Token is an API token as the admin creates it (POST /trellis/v1/tokens).
-// Value is returned once, at creation; the controller stores only a hash.
+// Token is an API token as the admin creates it (POST /trellis/v1/tokens)
+// and as GET /trellis/v1/tokens lists it. Value is returned once, at
+// creation (or admin token rotation); the controller stores only a hash and
+// never lists it.
 type Token struct {
 	GUID      string    `json:"guid"`
 	Name      string    `json:"name,omitempty"`
@@ -136,4 +138,12 @@ type Token struct {
 	Spaces    []string  `json:"space_guids,omitempty"`
 	Value     string    `json:"token,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
+	// ExpiresAt is when the token stops working; null is never.
+	ExpiresAt *time.Time `json:"expires_at"`
+	// LastUsedAt is when the token last authenticated a request, to within
+	// a minute; null is never.
+	LastUsedAt *time.Time `json:"last_used_at"`
+	// Bootstrap marks the foundation's bootstrap admin token, the one the
+	// controllers' admin.json holds (rotate-admin-token replaces it).
+	Bootstrap bool `json:"bootstrap,omitempty"`
 }

@@ -151,6 +151,10 @@ func TestUsageErrors(t *testing.T) {
 		{"create-token --scope network.write", 2, "Incorrect Usage: --scope network.write needs --space SPACE"},
 		{"create-token --scope network.admin --space s", 2, "Incorrect Usage: --scope network.admin takes no --space: an admin token acts everywhere"},
 		{"create-token --scope network.write --org o", 2, "Incorrect Usage: --org needs --space: it names the org of the space"},
+		{"create-token --scope network.admin --ttl 8761h", 2, "Incorrect Usage: --ttl must be from 1s to 8760h (365 days), got 8761h0m0s"},
+		{"revoke-token", 2, "Incorrect Usage: the required argument `GUID` was not provided"},
+		{"tokens x", 2, "Incorrect Usage: tokens takes no arguments"},
+		{"rotate-admin-token x", 2, `Incorrect Usage: unexpected argument "x"`},
 	}
 	home := t.TempDir() // empty: no config
 	for _, tt := range tests {

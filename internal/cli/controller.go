@@ -16,9 +16,10 @@ var controllerCommand = &command{
 	name:    "controller",
 	group:   groupControlPlane,
 	summary: "Run the control plane: policy API, apps and routes, CA, store",
-	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL] [--overlay-cidr CIDR --cell-subnet-prefix N] [--instance-cert-validity D] [--trust-domain NAME]",
+	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL] [--admin-config FILE] [--overlay-cidr CIDR --cell-subnet-prefix N] [--instance-cert-validity D] [--trust-domain NAME]",
 	example: "trellis controller --state-dir /var/lib/trellis\n" +
 		"trellis controller --state-dir /var/lib/trellis --listen 0.0.0.0:4002 --database-url 'postgres://trellis:secret@db:5432/trellis?sslmode=require'\n" +
+		"trellis controller --state-dir /var/lib/trellis2 --database-url 'postgres://...' --admin-config /path/to/first/admin.json\n" +
 		"trellis controller --state-dir /tmp/trellis --instance-cert-validity 5m --trust-domain test.internal",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		var cfg controller.Config
@@ -27,6 +28,7 @@ var controllerCommand = &command{
 		fs.StringVar(&cfg.Listen, "listen", controller.DefaultListen, "Serve HTTPS on `ADDR` (host:port)")
 		fs.StringVar(&cfg.DatabaseURL, "database-url", "", "Use PostgreSQL at `URL` (postgres://...) instead of SQLite in the state dir; several controllers may share it")
 		fs.StringVar(&cfg.AdvertiseURL, "advertise-url", "", "API `URL` written to admin.json (default https://ADDR, loopback for a wildcard address)")
+		fs.StringVar(&cfg.AdminConfig, "admin-config", "", "Take the admin token from `FILE` (another controller's admin.json) when the database already has one: a database keeps one admin token")
 		fs.StringVar(&logLevel, "log-level", "info", "Log `LEVEL`: debug, info, warn or error")
 		overlay := fs.String("overlay-cidr", ipam.DefaultOverlay.String(), "The overlay network `CIDR` (fixed at the first start)")
 		subnetLen := fs.Int("cell-subnet-prefix", ipam.DefaultSubnetPrefix, "Lease each cell a subnet of prefix length `N`")

@@ -38,6 +38,8 @@ type fakeController struct {
 	routes   []api.Route
 	policies []api.Policy
 	tokens   []api.TokenRequest
+	issued   []api.Token     // the tokens made, as GET /trellis/v1/tokens lists them
+	admin    string          // the admin's token: fakeToken until rotated
 	tls      map[string]bool // app GUID → require_client_cert
 	ca       api.InstanceCA
 }
@@ -46,7 +48,7 @@ const fakeToken = "trls_admin"
 
 func newFakeController(t *testing.T) *fakeController {
 	t.Helper()
-	f := &fakeController{}
+	f := &fakeController{admin: fakeToken}
 	org := f.addOrg("default")
 	f.addSpace(org, "default")
 	f.domains = append(f.domains, api.Domain{GUID: f.guid("domain"), Name: "apps.internal", Internal: true})
@@ -72,6 +74,14 @@ func newFakeController(t *testing.T) *fakeController {
 	mux.HandleFunc("POST /networking/v1/external/policies", f.createPolicies)
 	mux.HandleFunc("POST /networking/v1/external/policies/delete", f.deletePolicies)
 	mux.HandleFunc("POST /trellis/v1/tokens", f.createToken)
+	mux.HandleFunc("GET /trellis/v1/tokens", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, 200, api.List[api.Token]{Resources: f.issued})
+	})
+	mux.HandleFunc("DELETE /trellis/v1/tokens/{guid}", f.revokeToken)
+	mux.HandleFunc("POST /trellis/v1/admin-token/rotation", func(w http.ResponseWriter, r *http.Request) {
+		f.admin = fmt.Sprintf("trls_admin%d", f.n)
+		writeJSON(w, 201, api.Token{GUID: f.guid("token"), Name: "admin", Scope: "network.admin", Bootstrap: true, Value: f.admin})
+	})
 	f.tls = map[string]bool{}
 	f.ca = api.InstanceCA{Generation: 1, Bundle: fakeBundle("trellis instance root CA 1"), TrustDomain: "trellis.internal",
 		ValiditySeconds: 86400, IntermediateName: "trellis instance CA 1"}
@@ -84,12 +94,12 @@ func newFakeController(t *testing.T) *fakeController {
 		w.Write([]byte(`{"pagination":{"total_results":0,"total_pages":1},"resources":[]}`))
 	})
 	f.srv = httptest.NewTLSServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if r.URL.Path != "/health" && r.Header.Get("Authorization") != "Bearer "+fakeToken {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		if r.URL.Path != "/health" && r.Header.Get("Authorization") != "Bearer "+f.admin {
 			writeJSON(w, 401, api.Error{Error: "failed to verify token with uaa"})
 			return
 		}
-		f.mu.Lock()
-		defer f.mu.Unlock()
 		mux.ServeHTTP(w, r)
 	}))
 	t.Cleanup(f.srv.Close)
@@ -372,8 +382,26 @@ func (f *fakeController) createToken(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	f.tokens = append(f.tokens, in)
-	writeJSON(w, 201, api.Token{GUID: f.guid("token"), Name: in.Name, Scope: in.Scope, Spaces: in.Spaces,
-		Value: fmt.Sprintf("trls_secret%d", f.n)})
+	t := api.Token{GUID: f.guid("token"), Name: in.Name, Scope: in.Scope, Spaces: in.Spaces,
+		Value: fmt.Sprintf("trls_secret%d", f.n)}
+	if in.TTLSeconds > 0 {
+		exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC).Add(time.Duration(in.TTLSeconds) * time.Second)
+		t.ExpiresAt = &exp
+	}
+	listed := t
+	listed.Value = ""
+	f.issued = append(f.issued, listed)
+	writeJSON(w, 201, t)
+}
+
+func (f *fakeController) revokeToken(w http.ResponseWriter, r *http.Request) {
+	n := len(f.issued)
+	f.issued = slices.DeleteFunc(f.issued, func(t api.Token) bool { return t.GUID == r.PathValue("guid") })
+	if len(f.issued) == n {
+		writeJSON(w, 404, api.Error{Error: "token not found"})
+		return
+	}
+	w.WriteHeader(http.StatusNoContent)
 }
 
 // fakeBundle is a PEM self-signed CA certificate named cn, valid until 2035.

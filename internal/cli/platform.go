@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 )
@@ -259,9 +260,10 @@ var createTokenCommand = &command{
 	name:    "create-token",
 	group:   groupControlPlane,
 	summary: "Create an API token (admin only); it is shown once",
-	usage: "create-token --scope network.write --space SPACE [--org ORG] [--name NAME] [--json]\n" +
-		"create-token --scope network.admin [--name NAME] [--json]",
+	usage: "create-token --scope network.write --space SPACE [--org ORG] [--name NAME] [--ttl DURATION] [--json]\n" +
+		"create-token --scope network.admin [--name NAME] [--ttl DURATION] [--json]",
 	example: "trellis create-token --scope network.write --space my-space --name ci\n" +
+		"trellis create-token --scope network.write --space my-space --name deploy --ttl 24h\n" +
 		"trellis create-token --scope network.admin --name ops --json",
 	config: true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
@@ -269,6 +271,7 @@ var createTokenCommand = &command{
 		spaceFlag := fs.String("space", "", "Let a network.write token act in `SPACE`")
 		orgFlag := fs.String("org", "", "The `ORG` of --space (default: the targeted org)")
 		name := fs.String("name", "", "Label the token with `NAME`")
+		ttl := fs.Duration("ttl", 0, "The token expires after `DURATION` (default 720h, 30 days; at most 8760h, 365 days)")
 		asJSON := fs.Bool("json", false, "Print the token as JSON")
 		return func(ctx context.Context, args []string) error {
 			if err := wantArgs(args); err != nil {
@@ -286,6 +289,8 @@ var createTokenCommand = &command{
 				return badUsage("--scope %s needs --space SPACE", scopeWrite)
 			case *scope == scopeAdmin && *spaceFlag != "":
 				return badUsage("--scope %s takes no --space: an admin token acts everywhere", scopeAdmin)
+			case setFlags(fs)["ttl"] && (*ttl < time.Second || *ttl > api.MaxTokenTTL):
+				return badUsage("--ttl must be from 1s to 8760h (365 days), got %v", *ttl)
 			}
 			for _, n := range [][2]string{{"token", *name}, {"space", *spaceFlag}, {"org", *orgFlag}} {
 				if n[1] != "" {
@@ -298,7 +303,7 @@ var createTokenCommand = &command{
 			if err != nil {
 				return err
 			}
-			req := api.TokenRequest{Name: *name, Scope: *scope}
+			req := api.TokenRequest{Name: *name, Scope: *scope, TTLSeconds: int64((*ttl + time.Second - 1) / time.Second)}
 			what := "with scope " + *scope
 			if *name != "" {
 				what = *name + " " + what
@@ -322,6 +327,9 @@ var createTokenCommand = &command{
 				return s.printJSON(tok)
 			}
 			s.printf("%s\n", tok.Value)
+			if tok.ExpiresAt != nil {
+				s.printf("Expires at %s\n", tok.ExpiresAt.Format(time.RFC3339))
+			}
 			s.ok()
 			return nil
 		}

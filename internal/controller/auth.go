@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/store"
 )
@@ -72,9 +73,12 @@ func HashToken(value string) []byte {
 
 // The 401 messages are Cloud Foundry's policy server's, byte for byte (it
 // verifies tokens with UAA; trellis verifies them against its store).
+// A revoked token is unknown; an expired one says so, so that its holder
+// knows to ask for a new one.
 var (
-	errMissingAuth = errors.New("missing authorization header")
-	errBadToken    = errors.New("failed to verify token with uaa")
+	errMissingAuth  = errors.New("missing authorization header")
+	errBadToken     = errors.New("failed to verify token with uaa")
+	errTokenExpired = errors.New("token expired")
 )
 
 // authenticate resolves the bearer token of r.
@@ -98,6 +102,17 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Read from the store on every request, never cached: a revocation or
+	// rotation on any controller holds from the next request on.
+	now := time.Now()
+	if t.Expired(now) {
+		return nil, errTokenExpired
+	}
+	if now.Sub(t.LastUsedAt) >= store.TokenTouchInterval {
+		if err := s.store.TouchToken(r.Context(), t.GUID); err != nil {
+			s.log.Warn("record token use", "token", t.GUID, "err", err)
+		}
+	}
 	return &principal{TokenGUID: t.GUID, Name: t.Name, Scope: t.Scope, Spaces: t.SpaceGUIDs}, nil
 }
 
@@ -111,7 +126,7 @@ func (s *Server) requireAuth(writeErr errorWriter, scopes []string, h http.Handl
 	return func(w http.ResponseWriter, r *http.Request) {
 		p, err := s.authenticate(r)
 		if err != nil {
-			if errors.Is(err, errMissingAuth) || errors.Is(err, errBadToken) {
+			if errors.Is(err, errMissingAuth) || errors.Is(err, errBadToken) || errors.Is(err, errTokenExpired) {
 				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 				writeErr(w, http.StatusUnauthorized, err.Error())
 				return

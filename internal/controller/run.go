@@ -23,8 +23,10 @@ import (
 // loopback, on Cloud Foundry's policy-server port.
 const DefaultListen = "127.0.0.1:4002"
 
-// AdminConfigFile is the client config the controller writes to its state
-// directory on first start.
+// AdminConfigFile is the client config, holding the foundation's bootstrap
+// admin token, that the controller writes to its state directory: on the
+// first start on a database, or when given the database's admin config
+// (Config.AdminConfig).
 const AdminConfigFile = "admin.json"
 
 // Config configures Run.
@@ -35,6 +37,12 @@ type Config struct {
 	// AdvertiseURL is the API URL written to admin.json; default derived
 	// from the listening address.
 	AdvertiseURL string
+	// AdminConfig is an admin config (another controller's admin.json) to
+	// take the admin token from when the database already has one and the
+	// state dir has no valid admin.json: a database keeps its one bootstrap
+	// admin token, so a second controller is given it rather than making
+	// another.
+	AdminConfig string
 	// Overlay is the overlay network and its division into cell subnets;
 	// zero means 10.255.0.0/16 in /24s.
 	Overlay ipam.Pool
@@ -106,7 +114,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if err != nil {
 		return err
 	}
-	if err := ensureAdminConfig(ctx, st, filepath.Join(cfg.StateDir, AdminConfigFile), apiURL, string(ca.CertPEM), log); err != nil {
+	if err := ensureAdminConfig(ctx, st, filepath.Join(cfg.StateDir, AdminConfigFile), cfg.AdminConfig, apiURL, string(ca.CertPEM), log); err != nil {
 		return err
 	}
 
@@ -179,26 +187,60 @@ func certHosts(a *net.TCPAddr, apiURL string) []string {
 	return hosts
 }
 
-// ensureAdminConfig writes path with an admin token on first start. On
-// later starts it keeps the token (if the store still knows it) and
-// refreshes the URL and CA, so a controller that moved port is still found.
-func ensureAdminConfig(ctx context.Context, st *store.Store, path, apiURL, caPEM string, log *slog.Logger) error {
+// ensureAdminConfig keeps path, the state dir's admin.json, holding the
+// database's bootstrap admin token, which is made once per database:
+//   - an admin.json whose token is still valid is kept, its URL and CA
+//     refreshed, so a controller that moved port is still found;
+//   - else, given from (another controller's admin.json, --admin-config),
+//     its token is taken if the database knows it as a valid admin token;
+//   - else the bootstrap admin token is made and written, unless the
+//     database already has one (another controller made it): then nothing
+//     is written, and the log says how to get it.
+func ensureAdminConfig(ctx context.Context, st *store.Store, path, from, apiURL, caPEM string, log *slog.Logger) error {
 	cfg, err := api.LoadClientConfig(path)
 	switch {
 	case err == nil:
-		if _, err := st.TokenByHash(ctx, HashToken(cfg.Token)); err == nil {
+		t, err := st.TokenByHash(ctx, HashToken(cfg.Token))
+		if err == nil && t.Scope == ScopeAdmin && !t.Expired(time.Now()) {
 			cfg.APIURL, cfg.CACert = apiURL, caPEM
 			return cfg.Save(path)
-		} else if !errors.Is(err, store.ErrNotFound) {
+		}
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
 			return fmt.Errorf("check admin token: %w", err)
 		}
-		log.Warn("admin token in admin.json is unknown to the store: issuing a new one", "path", path)
+		log.Warn("the admin token in admin.json is no longer valid (rotated, revoked or expired)", "path", path)
 	case errors.Is(err, fs.ErrNotExist):
 	default:
 		return fmt.Errorf("read %s: %w", path, err)
 	}
+	if from != "" {
+		given, err := api.LoadClientConfig(from)
+		if err != nil {
+			return fmt.Errorf("read --admin-config: %w", err)
+		}
+		t, err := st.TokenByHash(ctx, HashToken(given.Token))
+		if err != nil && !errors.Is(err, store.ErrNotFound) {
+			return fmt.Errorf("check admin token of %s: %w", from, err)
+		}
+		if err != nil || t.Scope != ScopeAdmin || t.Expired(time.Now()) {
+			return fmt.Errorf("--admin-config %s: its token is not a valid admin token of this database (rotated, revoked, expired, or another foundation's)", from)
+		}
+		cfg = api.ClientConfig{APIURL: apiURL, CACert: caPEM, Token: given.Token}
+		if err := cfg.Save(path); err != nil {
+			return fmt.Errorf("write %s: %w", path, err)
+		}
+		log.Info("wrote admin client config with the given admin token", "path", path, "from", from)
+		return nil
+	}
 	value, hash := NewToken()
-	if _, err := st.CreateToken(ctx, store.Token{Name: "admin", Scope: ScopeAdmin}, hash); err != nil {
+	_, err = st.CreateToken(ctx, store.Token{Name: bootstrapAdminName, Scope: ScopeAdmin, Bootstrap: true}, hash)
+	if errors.Is(err, store.ErrConflict) {
+		log.Warn("the database already has an admin token (another controller made it): not making another, and not writing admin.json. "+
+			"To get it, copy admin.json from that controller's state dir to this path, or restart with --admin-config FILE; "+
+			"`trellis rotate-admin-token` replaces it", "path", path)
+		return nil
+	}
+	if err != nil {
 		return fmt.Errorf("create admin token: %w", err)
 	}
 	cfg = api.ClientConfig{APIURL: apiURL, CACert: caPEM, Token: value}

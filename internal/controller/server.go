@@ -101,6 +101,9 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v3/apps/{guid}/processes/web/actions/scale", s.requireAuth(writeV3Error, anyScope, s.scaleApp))
 
 	m.HandleFunc("POST /trellis/v1/tokens", s.requireAuth(writeNetError, adminScope, s.createToken))
+	m.HandleFunc("GET /trellis/v1/tokens", s.requireAuth(writeNetError, anyScope, s.listTokens))
+	m.HandleFunc("DELETE /trellis/v1/tokens/{guid}", s.requireAuth(writeNetError, anyScope, s.revokeToken))
+	m.HandleFunc("POST /trellis/v1/admin-token/rotation", s.requireAuth(writeNetError, adminScope, s.rotateAdminToken))
 	m.HandleFunc("GET /trellis/v1/instances", s.requireAuth(writeNetError, anyScope, s.listInstances))
 
 	// Cells: joining with a one-time token, then mutual TLS.

@@ -47,7 +47,13 @@ func newEnv(t testing.TB, engine string) *env {
 // creates the instance CA before serving.
 func newEnvWith(t testing.TB, engine string, id InstanceIdentity) *env {
 	t.Helper()
-	dbURL := storetest.URL(t, engine)
+	return newEnvAt(t, storetest.URL(t, engine), id)
+}
+
+// newEnvAt is a controller on the database at dbURL, which other
+// controllers of the test may share.
+func newEnvAt(t testing.TB, dbURL string, id InstanceIdentity) *env {
+	t.Helper()
 	st := storetest.OpenURL(t, dbURL)
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 	ca, err := identity.LoadOrCreateCA(t.TempDir(), "test CA")
@@ -700,7 +706,8 @@ func TestCORSPreflight(t *testing.T) {
 			"/networking/v1/external/tags": {"GET", "HEAD"},
 			"/v3/apps":                     {"GET", "HEAD", "POST"},
 			"/v3/apps/" + app:              {"GET", "HEAD", "PATCH", "DELETE"},
-			"/trellis/v1/tokens":           {"POST"},
+			"/trellis/v1/tokens":           {"GET", "HEAD", "POST"},
+			"/trellis/v1/tokens/x":         {"DELETE"},
 			"/metrics":                     {"GET", "HEAD"},
 		}
 		for path, served := range paths {

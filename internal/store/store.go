@@ -103,6 +103,19 @@ type Token struct {
 	GUID, Name, Scope string
 	SpaceGUIDs        []string
 	CreatedAt         time.Time
+	// ExpiresAt is when the token stops authenticating; zero is never.
+	ExpiresAt time.Time
+	// LastUsedAt is when the token last authenticated a request, to within
+	// TokenTouchInterval; zero is never.
+	LastUsedAt time.Time
+	// Bootstrap marks the foundation's one bootstrap admin token, the one
+	// the controllers' admin.json holds.
+	Bootstrap bool
+}
+
+// Expired reports whether t no longer authenticates at now.
+func (t Token) Expired(now time.Time) bool {
+	return !t.ExpiresAt.IsZero() && !now.Before(t.ExpiresAt)
 }
 
 // Filters select rows; empty fields do not filter. Several fields are ANDed;
@@ -113,6 +126,7 @@ type (
 	AppFilter    struct{ GUIDs, Names, SpaceGUIDs []string }
 	DomainFilter struct{ GUIDs, Names []string }
 	RouteFilter  struct{ GUIDs, Hosts, DomainGUIDs, AppGUIDs []string }
+	TokenFilter  struct{ GUIDs []string }
 	// PolicyFilter: IDs matches source OR destination; SourceIDs and DestIDs
 	// match their side. SpaceGUIDs, when set, keeps only policies whose source
 	// and destination apps are both in those spaces (a network.write caller).
