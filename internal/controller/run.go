@@ -78,6 +78,14 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer st.Close()
+	for _, m := range st.RouteMigrations() {
+		if m.Deleted {
+			log.Warn("migration: deleted a route no space could own", "route", m.URL, "route_guid", m.RouteGUID)
+			continue
+		}
+		log.Warn("migration: route's apps spanned spaces: kept in its oldest app's space, unmapped the others",
+			"route", m.URL, "route_guid", m.RouteGUID, "space", m.SpaceGUID, "removed_apps", m.RemovedAppGUIDs)
+	}
 
 	if !cfg.Overlay.Overlay.IsValid() {
 		cfg.Overlay, _ = ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
