@@ -143,4 +143,3 @@ func must[T any](v T, err error) func(testing.TB) T {
 		return v
 	}
 }
-
