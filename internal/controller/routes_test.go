@@ -68,8 +68,9 @@ func TestRouteHijackAcrossSpaces(t *testing.T) {
 		}
 
 		// Nothing changed: B's route, the revision, the cell's state.
-		if rts := must(e.store.Routes(t.Context(), store.RouteFilter{GUIDs: []string{routeB.GUID}}))(t); len(rts) != 1 || !slices.Equal(rts[0].AppGUIDs, []string{appB}) {
-			t.Errorf("B's route after the attack = %+v, want it to send to %s only", rts, appB)
+		rts, err := e.store.Routes(t.Context(), store.RouteFilter{GUIDs: []string{routeB.GUID}})
+		if err != nil || len(rts) != 1 || !slices.Equal(rts[0].AppGUIDs, []string{appB}) {
+			t.Errorf("B's route after the attack = %+v, %v; want it to send to %s only", rts, err, appB)
 		}
 		if got := e.revision(); got != rev {
 			t.Errorf("revision after the attack = %d, want %d", got, rev)
@@ -130,16 +131,4 @@ func destinationsBody(apps ...string) string {
 	}
 	b, _ := json.Marshal(req)
 	return string(b)
-}
-
-// must returns a function that fails the test if err is not nil and
-// otherwise returns v.
-func must[T any](v T, err error) func(testing.TB) T {
-	return func(t testing.TB) T {
-		t.Helper()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return v
-	}
 }
