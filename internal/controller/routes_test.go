@@ -1,7 +1,9 @@
 package controller
 
 import (
+	"bytes"
 	"encoding/json"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -131,4 +133,24 @@ func destinationsBody(apps ...string) string {
 	}
 	b, _ := json.Marshal(req)
 	return string(b)
+}
+
+func TestLogRouteMigrations(t *testing.T) {
+	var buf bytes.Buffer
+	log := slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{ReplaceAttr: func(_ []string, a slog.Attr) slog.Attr {
+		if a.Key == slog.TimeKey {
+			return slog.Attr{}
+		}
+		return a
+	}}))
+	logRouteMigrations(log, []store.RouteMigration{
+		{RouteGUID: "r1", URL: "shared.apps.internal", SpaceGUID: "s1", RemovedAppGUIDs: []string{"a1", "a2"}},
+		{RouteGUID: "r2", URL: "lost.apps.internal", Deleted: true},
+	})
+	want := `level=WARN msg="migration: route's apps spanned spaces: kept in its oldest app's space, unmapped the others" route=shared.apps.internal route_guid=r1 space=s1 removed_apps="[a1 a2]"
+level=WARN msg="migration: deleted a route no space could own" route=lost.apps.internal route_guid=r2
+`
+	if got := buf.String(); got != want {
+		t.Errorf("logRouteMigrations logged\n%s\nwant\n%s", got, want)
+	}
 }
