@@ -49,7 +49,7 @@ type (
 	SpaceFilter  struct{ Names, GUIDs, OrgGUIDs []string }
 	AppFilter    struct{ Names, GUIDs, SpaceGUIDs []string }
 	DomainFilter struct{ Names, GUIDs []string }
-	RouteFilter  struct{ Hosts, DomainGUIDs, AppGUIDs, GUIDs []string }
+	RouteFilter  struct{ Hosts, DomainGUIDs, SpaceGUIDs, AppGUIDs, GUIDs []string }
 	// PolicyFilter: IDs matches source OR destination; SourceIDs and DestIDs
 	// match their side and are ANDed when both are given.
 	PolicyFilter struct{ IDs, SourceIDs, DestIDs []string }
@@ -269,19 +269,31 @@ func (c *Client) CreateDomain(ctx context.Context, name string, internal bool) (
 
 // Routes lists routes.
 func (c *Client) Routes(ctx context.Context, f RouteFilter) ([]Route, error) {
-	q := query("hosts", f.Hosts, "domain_guids", f.DomainGUIDs, "app_guids", f.AppGUIDs, "guids", f.GUIDs)
+	q := query("hosts", f.Hosts, "domain_guids", f.DomainGUIDs, "space_guids", f.SpaceGUIDs, "app_guids", f.AppGUIDs, "guids", f.GUIDs)
 	var l List[Route]
 	err := c.do(ctx, http.MethodGet, "v3/routes", q, nil, &l)
 	return l.Resources, err
 }
 
-// CreateRoute creates the route HOST.DOMAIN with no destinations.
-func (c *Client) CreateRoute(ctx context.Context, domainGUID, host string) (Route, error) {
+// Route gets one route by GUID.
+func (c *Client) Route(ctx context.Context, guid string) (Route, error) {
+	p, err := itemPath("v3/routes", guid)
+	if err != nil {
+		return Route{}, err
+	}
+	var r Route
+	err = c.do(ctx, http.MethodGet, p, nil, nil, &r)
+	return r, err
+}
+
+// CreateRoute creates the route HOST.DOMAIN in a space, with no
+// destinations.
+func (c *Client) CreateRoute(ctx context.Context, spaceGUID, domainGUID, host string) (Route, error) {
 	var r Route
 	err := c.do(ctx, http.MethodPost, "v3/routes", nil, struct {
 		Host          string             `json:"host"`
 		Relationships RouteRelationships `json:"relationships"`
-	}{host, RouteRelationships{Domain: ToOne{Data: Ref{GUID: domainGUID}}}}, &r)
+	}{host, RouteRelationships{Domain: ToOne{Data: Ref{GUID: domainGUID}}, Space: ToOne{Data: Ref{GUID: spaceGUID}}}}, &r)
 	return r, err
 }
 

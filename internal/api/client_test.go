@@ -199,19 +199,26 @@ func TestClientRequests(t *testing.T) {
 			name:   "routes",
 			answer: answer{200, `{"resources":[{"guid":"r1","host":"backend","url":"backend.apps.internal","destinations":[{"guid":"x","app":{"guid":"a1"}}]}]}`},
 			call: func(c *Client) (any, error) {
-				return c.Routes(ctx, RouteFilter{Hosts: []string{"backend"}, DomainGUIDs: []string{"d1"}})
+				return c.Routes(ctx, RouteFilter{Hosts: []string{"backend"}, DomainGUIDs: []string{"d1"}, SpaceGUIDs: []string{"s1"}})
 			},
 			want: []Route{{GUID: "r1", Host: "backend", URL: "backend.apps.internal",
 				Destinations: []RouteDestination{{GUID: "x", App: Ref{GUID: "a1"}}}}},
-			req: request{Method: "GET", Path: "/v3/routes", Query: "domain_guids=d1&hosts=backend"},
+			req: request{Method: "GET", Path: "/v3/routes", Query: "domain_guids=d1&hosts=backend&space_guids=s1"},
 		},
 		{
 			name:   "create route",
-			answer: answer{201, `{"guid":"r1","host":"backend"}`},
-			call:   func(c *Client) (any, error) { return c.CreateRoute(ctx, "d1", "backend") },
-			want:   Route{GUID: "r1", Host: "backend"},
+			answer: answer{201, `{"guid":"r1","host":"backend","relationships":{"space":{"data":{"guid":"s1"}}}}`},
+			call:   func(c *Client) (any, error) { return c.CreateRoute(ctx, "s1", "d1", "backend") },
+			want:   Route{GUID: "r1", Host: "backend", Relationships: RouteRelationships{Space: ToOne{Data: Ref{GUID: "s1"}}}},
 			req: request{Method: "POST", Path: "/v3/routes", ContentType: "application/json",
-				Body: `{"host":"backend","relationships":{"domain":{"data":{"guid":"d1"}}}}`},
+				Body: `{"host":"backend","relationships":{"domain":{"data":{"guid":"d1"}},"space":{"data":{"guid":"s1"}}}}`},
+		},
+		{
+			name:   "route",
+			answer: answer{200, `{"guid":"r1","host":"backend"}`},
+			call:   func(c *Client) (any, error) { return c.Route(ctx, "r1") },
+			want:   Route{GUID: "r1", Host: "backend"},
+			req:    request{Method: "GET", Path: "/v3/routes/r1"},
 		},
 		{
 			name:   "delete route",

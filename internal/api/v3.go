@@ -87,9 +87,12 @@ type Domain struct {
 	UpdatedAt time.Time `json:"updated_at"`
 }
 
-// RouteRelationships links a route to its domain.
+// RouteRelationships links a route to its domain and to the space it
+// belongs to: its destinations are apps of that space, and only tokens of
+// that space (and admins) see and manage it.
 type RouteRelationships struct {
 	Domain ToOne `json:"domain"`
+	Space  ToOne `json:"space"`
 }
 
 // RouteDestination is one app a route sends to.
@@ -98,7 +101,7 @@ type RouteDestination struct {
 	App  Ref    `json:"app"`
 }
 
-// Route is HOST.DOMAIN mapped to one or more apps.
+// Route is HOST.DOMAIN in a space, mapped to apps of that space.
 type Route struct {
 	GUID          string             `json:"guid"`
 	Host          string             `json:"host"`

@@ -318,7 +318,7 @@ func dnsPropagation(ctx context.Context, rep *Report, c *api.Client, dst api.App
 	if err != nil || len(domains) == 0 {
 		return fmt.Errorf("apps.internal: %v", err)
 	}
-	route, err := c.CreateRoute(ctx, domains[0].GUID, "bench-destination")
+	route, err := c.CreateRoute(ctx, dst.Relationships.Space.Data.GUID, domains[0].GUID, "bench-destination")
 	if err != nil {
 		return err
 	}

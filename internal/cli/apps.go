@@ -268,7 +268,7 @@ var createDomainCommand = &command{
 }
 
 var routesCommand = listCommand(listing[api.Route]{
-	command: command{name: "routes", group: groupApps, summary: "List routes and the apps they send to",
+	command: command{name: "routes", group: groupApps, summary: "List the routes you can see: their space and the apps they send to",
 		usage: "routes [--json]", example: "trellis routes"},
 	fetch: func(ctx context.Context, l *listRun) ([]api.Route, error) {
 		l.heading("Getting routes as %s...", l.user())
@@ -276,14 +276,25 @@ var routesCommand = listCommand(listing[api.Route]{
 	},
 	order:  func(a, b api.Route) int { return strings.Compare(a.URL, b.URL) },
 	noun:   "routes",
-	header: []string{"host", "domain", "apps"},
+	header: []string{"space", "host", "domain", "apps"},
 	rows:   routeRows,
 })
 
-// routeRows are the rows of routes: each route's host, domain name and
-// the names of the apps it sends to.
+// routeRows are the rows of routes: each route's space, host, domain name
+// and the names of the apps it sends to.
 func routeRows(ctx context.Context, l *listRun, routes []api.Route) ([][]string, error) {
 	domains, err := l.client.Domains(ctx, api.DomainFilter{})
+	if err != nil {
+		return nil, err
+	}
+	spaceGUIDs := make([]string, len(routes))
+	for i, r := range routes {
+		spaceGUIDs[i] = r.Relationships.Space.Data.GUID
+	}
+	spaces := map[string]api.Space{}
+	err = byGUID(spaceGUIDs, spaces, func(c []string) ([]api.Space, error) {
+		return l.client.Spaces(ctx, api.SpaceFilter{GUIDs: c})
+	}, func(sp api.Space) string { return sp.GUID })
 	if err != nil {
 		return nil, err
 	}
@@ -307,8 +318,8 @@ func routeRows(ctx context.Context, l *listRun, routes []api.Route) ([][]string,
 		for _, d := range r.Destinations {
 			names = append(names, orDefault(apps[d.App.GUID].Name, d.App.GUID))
 		}
-		domain := r.Relationships.Domain.Data.GUID
-		rows = append(rows, []string{r.Host, orDefault(domainNames[domain], domain), strings.Join(uniq(names), ", ")})
+		domain, space := r.Relationships.Domain.Data.GUID, r.Relationships.Space.Data.GUID
+		rows = append(rows, []string{orDefault(spaces[space].Name, space), r.Host, orDefault(domainNames[domain], domain), strings.Join(uniq(names), ", ")})
 	}
 	return rows, nil
 }
@@ -346,7 +357,7 @@ func hostnameFlag(fs *flag.FlagSet) *string {
 var mapRouteCommand = &command{
 	name:    "map-route",
 	group:   groupApps,
-	summary: "Map a route to an app, creating the route if needed",
+	summary: "Map a route to an app, creating the route in the app's space if needed",
 	usage:   "map-route APP_NAME DOMAIN --hostname HOST",
 	example: "trellis map-route backend apps.internal --hostname backend",
 	config:  true,
@@ -367,7 +378,7 @@ var mapRouteCommand = &command{
 			}
 			if !found {
 				s.printf("Creating route %s for org %s / space %s as %s...\n", r.url(), t.org.Name, t.space.Name, s.user())
-				route, err = s.client.CreateRoute(ctx, domain.GUID, r.host)
+				route, err = s.client.CreateRoute(ctx, t.space.GUID, domain.GUID, r.host)
 				if he := (*api.HTTPError)(nil); errors.As(err, &he) && he.Status == http.StatusUnprocessableEntity {
 					// Created meanwhile, or invalid: look again.
 					if r2, found, err2 := s.route(ctx, domain, r.host); err2 == nil && found {

@@ -283,7 +283,7 @@ func (f *fakeController) listRoutes(w http.ResponseWriter, r *http.Request) {
 		hasApp := r.URL.Query().Get("app_guids") == "" || slices.ContainsFunc(rt.Destinations,
 			func(d api.RouteDestination) bool { return matches(r, "app_guids", d.App.GUID) })
 		return hasApp && matches(r, "hosts", rt.Host) && matches(r, "guids", rt.GUID) &&
-			matches(r, "domain_guids", rt.Relationships.Domain.Data.GUID)
+			matches(r, "domain_guids", rt.Relationships.Domain.Data.GUID) && matches(r, "space_guids", rt.Relationships.Space.Data.GUID)
 	})
 }
 
@@ -293,6 +293,10 @@ func (f *fakeController) createRoute(w http.ResponseWriter, r *http.Request) {
 		Relationships api.RouteRelationships
 	}
 	if !decode(w, r, &in) {
+		return
+	}
+	if !slices.ContainsFunc(f.spaces, func(sp api.Space) bool { return sp.GUID == in.Relationships.Space.Data.GUID }) {
+		v3Error(w, 422, "CF-UnprocessableEntity", "Invalid space. Ensure that the space exists and you have access to it.")
 		return
 	}
 	i := slices.IndexFunc(f.domains, func(d api.Domain) bool { return d.GUID == in.Relationships.Domain.Data.GUID })
@@ -323,6 +327,13 @@ func (f *fakeController) addDestinations(w http.ResponseWriter, r *http.Request)
 	rt := f.route(w, r)
 	if rt == nil {
 		return
+	}
+	for _, d := range in.Destinations {
+		i := slices.IndexFunc(f.apps, func(a api.App) bool { return a.GUID == d.App.GUID })
+		if i < 0 || f.apps[i].Relationships.Space != rt.Relationships.Space {
+			v3Error(w, 422, "CF-UnprocessableEntity", "Routes destinations must be in the route's space.")
+			return
+		}
 	}
 	for _, d := range in.Destinations {
 		if !slices.ContainsFunc(rt.Destinations, func(x api.RouteDestination) bool { return x.App.GUID == d.App.GUID }) {

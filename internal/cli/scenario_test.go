@@ -180,8 +180,8 @@ OK
 		{args: "routes", stdout: `
 Getting routes as admin...
 
-host      domain          apps
-backend   apps.internal   backend
+space     host      domain          apps
+default   backend   apps.internal   backend
 `},
 		{args: "unmap-route backend apps.internal --hostname backend", stdout: `
 Removing route backend.apps.internal from app backend in org default / space default as admin...

@@ -48,13 +48,12 @@ func (e *env) register(c *http.Client, guid, app string, index int, ip string) {
 	}
 }
 
-// mapRoute maps host.domain to app, creating the route.
+// mapRoute maps host.domain to app, creating the route in the app's space.
 func (e *env) mapRoute(app, host, domain string) {
 	e.t.Helper()
-	var ds api.List[api.Domain]
-	e.must(e.admin, "GET", "/v3/domains?names="+domain, "", 200, &ds)
-	var rt api.Route
-	e.must(e.admin, "POST", "/v3/routes", fmt.Sprintf(`{"host":%q,"relationships":{"domain":{"data":{"guid":%q}}}}`, host, ds.Resources[0].GUID), 201, &rt)
+	var a api.App
+	e.must(e.admin, "GET", "/v3/apps/"+app, "", 200, &a)
+	rt := e.createRoute(e.admin, a.Relationships.Space.Data.GUID, host, domain)
 	e.must(e.admin, "POST", "/v3/routes/"+rt.GUID+"/destinations", fmt.Sprintf(`{"destinations":[{"app":{"guid":%q}}]}`, app), 200, nil)
 }
 

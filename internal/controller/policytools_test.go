@@ -54,7 +54,7 @@ func TestCellStatePolicies(t *testing.T) {
 		var ds api.List[api.Domain]
 		e.must(e.admin, "GET", "/v3/domains?names=apps.internal", "", 200, &ds)
 		var rt api.Route
-		e.must(e.admin, "POST", "/v3/routes", fmt.Sprintf(`{"host":"backend","relationships":{"domain":{"data":{"guid":%q}}}}`, ds.Resources[0].GUID), 201, &rt)
+		e.must(e.admin, "POST", "/v3/routes", fmt.Sprintf(`{"host":"backend","relationships":{"domain":{"data":{"guid":%q}},"space":{"data":{"guid":%q}}}}`, ds.Resources[0].GUID, e.defaultSpace()), 201, &rt)
 		e.must(e.admin, "POST", "/v3/routes/"+rt.GUID+"/destinations", fmt.Sprintf(`{"destinations":[{"app":{"guid":%q}}]}`, be), 200, nil)
 		cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state", &st)
 		if len(st.Domains) != 1 || st.Domains[0] != "apps.internal" || len(st.Routes) != 1 || st.Routes[0].Host != "backend" || st.Routes[0].AppGUIDs[0] != be {

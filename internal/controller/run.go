@@ -86,6 +86,7 @@ func Run(ctx context.Context, cfg Config) error {
 		return fmt.Errorf("open store: %w", err)
 	}
 	defer st.Close()
+	logRouteMigrations(log, st.RouteMigrations())
 
 	if !cfg.Overlay.Overlay.IsValid() {
 		cfg.Overlay, _ = ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
@@ -249,4 +250,17 @@ func ensureAdminConfig(ctx context.Context, st *store.Store, path, from, apiURL,
 	}
 	log.Info("wrote admin client config", "path", path)
 	return nil
+}
+
+// logRouteMigrations logs what the migration giving routes a space changed
+// beyond that: the operator must know which apps lost a route.
+func logRouteMigrations(log *slog.Logger, ms []store.RouteMigration) {
+	for _, m := range ms {
+		if m.Deleted {
+			log.Warn("migration: deleted a route no space could own", "route", m.URL, "route_guid", m.RouteGUID)
+			continue
+		}
+		log.Warn("migration: route's apps spanned spaces: kept in its oldest app's space, unmapped the others",
+			"route", m.URL, "route_guid", m.RouteGUID, "space", m.SpaceGUID, "removed_apps", m.RemovedAppGUIDs)
+	}
 }

@@ -92,7 +92,8 @@ func (s *Server) routes() {
 	m.HandleFunc("POST /v3/domains", s.requireAuth(writeV3Error, adminScope, s.createDomain))
 	m.HandleFunc("GET /v3/routes", s.requireAuth(writeV3Error, anyScope, s.listRoutes))
 	m.HandleFunc("POST /v3/routes", s.requireAuth(writeV3Error, anyScope, s.createRoute))
-	m.HandleFunc("DELETE /v3/routes/{guid}", s.requireAuth(writeV3Error, adminScope, s.deleteRoute))
+	m.HandleFunc("GET /v3/routes/{guid}", s.requireAuth(writeV3Error, anyScope, s.getRoute))
+	m.HandleFunc("DELETE /v3/routes/{guid}", s.requireAuth(writeV3Error, anyScope, s.deleteRoute))
 	m.HandleFunc("POST /v3/routes/{guid}/destinations", s.requireAuth(writeV3Error, anyScope, s.addRouteDestinations))
 	m.HandleFunc("DELETE /v3/routes/{guid}/destinations/{app}", s.requireAuth(writeV3Error, anyScope, s.removeRouteDestination))
 

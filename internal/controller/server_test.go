@@ -138,6 +138,24 @@ func (e *env) createApp(space, name string) string {
 	return a.GUID
 }
 
+// createRoute creates host.domain in space as token; the route must be created.
+func (e *env) createRoute(token, space, host, domain string) api.Route {
+	e.t.Helper()
+	var ds api.List[api.Domain]
+	e.must(e.admin, "GET", "/v3/domains?names="+domain, "", 200, &ds)
+	if len(ds.Resources) != 1 {
+		e.t.Fatalf("domain %s: got %d", domain, len(ds.Resources))
+	}
+	var rt api.Route
+	e.must(token, "POST", "/v3/routes", routeBody(host, ds.Resources[0].GUID, space), 201, &rt)
+	return rt
+}
+
+// routeBody is the body of POST /v3/routes.
+func routeBody(host, domain, space string) string {
+	return fmt.Sprintf(`{"host":%q,"relationships":{"domain":{"data":{"guid":%q}},"space":{"data":{"guid":%q}}}}`, host, domain, space)
+}
+
 func policyBody(ps ...[5]any) string {
 	var req api.PoliciesRequest
 	for _, p := range ps {
@@ -488,15 +506,24 @@ func TestV3Resources(t *testing.T) {
 		// Routes: host validation, mapping, listing by app.
 		domain := ds.Resources[0].GUID
 		for _, host := range []string{"", "-x", "x-", "under_score", strings.Repeat("a", 64), "dot.ted"} {
-			code, got := e.do(e.admin, "POST", "/v3/routes", fmt.Sprintf(`{"host":%q,"relationships":{"domain":{"data":{"guid":%q}}}}`, host, domain))
+			code, got := e.do(e.admin, "POST", "/v3/routes", routeBody(host, domain, space))
 			if code != 422 || !strings.Contains(got, "invalid hostname") {
 				t.Errorf("route host %q = %d %s, want 422 invalid hostname", host, code, got)
 			}
 		}
 		var rt api.Route
-		e.must(e.admin, "POST", "/v3/routes", fmt.Sprintf(`{"host":"Backend","relationships":{"domain":{"data":{"guid":%q}}}}`, domain), 201, &rt)
-		if rt.URL != "backend.apps.internal" {
-			t.Errorf("route url = %q, want backend.apps.internal", rt.URL)
+		e.must(e.admin, "POST", "/v3/routes", routeBody("Backend", domain, space), 201, &rt)
+		if rt.URL != "backend.apps.internal" || rt.Relationships.Space.Data.GUID != space {
+			t.Errorf("route = url %q space %q, want backend.apps.internal in %s", rt.URL, rt.Relationships.Space.Data.GUID, space)
+		}
+		// The space is required, and must exist.
+		for _, body := range []string{
+			fmt.Sprintf(`{"host":"nospace","relationships":{"domain":{"data":{"guid":%q}}}}`, domain),
+			routeBody("nospace", domain, "00000000-0000-4000-8000-000000000000"),
+		} {
+			if code, got := e.do(e.admin, "POST", "/v3/routes", body); code != 422 || !strings.Contains(got, "pace") {
+				t.Errorf("POST /v3/routes %s = %d %s, want 422 naming the space", body, code, got)
+			}
 		}
 		e.must(e.admin, "POST", "/v3/routes/"+rt.GUID+"/destinations", fmt.Sprintf(`{"destinations":[{"app":{"guid":%q}}]}`, app), 200, nil)
 		var rts api.List[api.Route]

@@ -348,7 +348,8 @@ func (s *Server) createDomain(w http.ResponseWriter, r *http.Request) {
 func routeJSON(rt store.Route) api.Route {
 	out := api.Route{GUID: rt.GUID, Host: rt.Host, URL: rt.Host + "." + rt.DomainName,
 		CreatedAt: rt.CreatedAt, UpdatedAt: rt.UpdatedAt, Destinations: []api.RouteDestination{},
-		Relationships: api.RouteRelationships{Domain: api.ToOne{Data: api.Ref{GUID: rt.DomainGUID}}}}
+		Relationships: api.RouteRelationships{Domain: api.ToOne{Data: api.Ref{GUID: rt.DomainGUID}},
+			Space: api.ToOne{Data: api.Ref{GUID: rt.SpaceGUID}}}}
 	for _, a := range rt.AppGUIDs {
 		out.Destinations = append(out.Destinations, api.RouteDestination{GUID: a, App: api.Ref{GUID: a}})
 	}
@@ -371,36 +372,20 @@ func (s *Server) appsOfCaller(r *http.Request, p *principal) ([]string, error) {
 	return out, nil
 }
 
+// listRoutes lists the routes of the caller's spaces (every route for an
+// admin), narrowed by the query's filters.
 func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
-	f := store.RouteFilter{GUIDs: query(r, "guids"), Hosts: query(r, "hosts"), DomainGUIDs: query(r, "domain_guids"), AppGUIDs: query(r, "app_guids")}
-	for i := range f.Hosts {
-		f.Hosts[i] = strings.ToLower(f.Hosts[i])
+	spaces, ok := restrict(principalFrom(r.Context()), query(r, "space_guids"))
+	if !ok {
+		writeJSON(w, http.StatusOK, list[api.Route](r, nil))
+		return
 	}
+	f := store.RouteFilter{GUIDs: query(r, "guids"), Hosts: query(r, "hosts"), DomainGUIDs: query(r, "domain_guids"),
+		SpaceGUIDs: spaces, AppGUIDs: query(r, "app_guids")}
 	rts, err := s.store.Routes(r.Context(), f)
 	if err != nil {
 		s.storeError(w, "list routes", err)
 		return
-	}
-	p := principalFrom(r.Context())
-	if !p.admin() {
-		// A network.write caller sees routes that lead to its apps, and
-		// routes that lead nowhere yet.
-		mine, err := s.appsOfCaller(r, p)
-		if err != nil {
-			s.storeError(w, "list routes", err)
-			return
-		}
-		rts = slices.DeleteFunc(rts, func(rt store.Route) bool {
-			if len(rt.AppGUIDs) == 0 {
-				return false
-			}
-			for _, a := range rt.AppGUIDs {
-				if slices.Contains(mine, a) {
-					return false
-				}
-			}
-			return true
-		})
 	}
 	out := make([]api.Route, len(rts))
 	for i, rt := range rts {
@@ -409,6 +394,29 @@ func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, list(r, out))
 }
 
+// visibleRoute loads one route of the caller's spaces, or answers 404: a
+// route of another space is answered as if it did not exist, as apps are.
+func (s *Server) visibleRoute(w http.ResponseWriter, r *http.Request, guid string) (store.Route, bool) {
+	rts, err := s.store.Routes(r.Context(), store.RouteFilter{GUIDs: []string{guid}})
+	if err != nil {
+		s.storeError(w, "get route", err)
+		return store.Route{}, false
+	}
+	if len(rts) == 0 || !principalFrom(r.Context()).inSpace(rts[0].SpaceGUID) {
+		writeV3Error(w, http.StatusNotFound, "Route not found")
+		return store.Route{}, false
+	}
+	return rts[0], true
+}
+
+func (s *Server) getRoute(w http.ResponseWriter, r *http.Request) {
+	if rt, ok := s.visibleRoute(w, r, r.PathValue("guid")); ok {
+		writeJSON(w, http.StatusOK, routeJSON(rt))
+	}
+}
+
+// createRoute creates a route in a space of the caller's
+// (relationships.space, required as in Cloud Foundry).
 func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Host          string                 `json:"host"`
@@ -422,8 +430,26 @@ func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) {
 		writeV3Error(w, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
+	space := req.Relationships.Space.Data.GUID
+	if space == "" {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Relationships Space must be given: relationships.space.data.guid is required")
+		return
+	}
+	const invalidSpace = "Invalid space. Ensure that the space exists and you have access to it."
+	p := principalFrom(r.Context())
+	if !p.inSpace(space) {
+		writeV3Error(w, http.StatusUnprocessableEntity, invalidSpace)
+		return
+	}
+	if sps, err := s.store.Spaces(r.Context(), store.SpaceFilter{GUIDs: []string{space}}); err != nil {
+		s.storeError(w, "create route", err)
+		return
+	} else if len(sps) == 0 {
+		writeV3Error(w, http.StatusUnprocessableEntity, invalidSpace)
+		return
+	}
 	domain := req.Relationships.Domain.Data.GUID
-	rt, err := s.store.CreateRoute(r.Context(), domain, host)
+	rt, err := s.store.CreateRoute(r.Context(), space, domain, host)
 	if errors.Is(err, store.ErrNotFound) {
 		writeV3Error(w, http.StatusUnprocessableEntity, "Invalid domain. Ensure that the domain exists and you have access to it.")
 		return
@@ -436,19 +462,25 @@ func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "create route", err)
 		return
 	}
-	s.log.Info("created route", "url", rt.Host+"."+rt.DomainName, "guid", rt.GUID, "user", principalFrom(r.Context()).user())
+	s.log.Info("created route", "url", rt.Host+"."+rt.DomainName, "guid", rt.GUID, "space", space, "user", p.user())
 	writeJSON(w, http.StatusCreated, routeJSON(rt))
 }
 
 func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) {
-	if err := s.store.DeleteRoute(r.Context(), r.PathValue("guid")); err != nil {
+	rt, ok := s.visibleRoute(w, r, r.PathValue("guid"))
+	if !ok {
+		return
+	}
+	if err := s.store.DeleteRoute(r.Context(), rt.GUID); err != nil {
 		s.storeError(w, "delete route", err)
 		return
 	}
-	s.log.Info("deleted route", "guid", r.PathValue("guid"), "user", principalFrom(r.Context()).user())
+	s.log.Info("deleted route", "url", rt.Host+"."+rt.DomainName, "guid", rt.GUID, "user", principalFrom(r.Context()).user())
 	w.WriteHeader(http.StatusNoContent)
 }
 
+// addRouteDestinations maps apps to a route of the caller's spaces; the
+// apps must be the caller's and in the route's space.
 func (s *Server) addRouteDestinations(w http.ResponseWriter, r *http.Request) {
 	var req api.RouteDestinations
 	if !readV3(w, r, &req) {
@@ -466,21 +498,37 @@ func (s *Server) addRouteDestinations(w http.ResponseWriter, r *http.Request) {
 		}
 		guids[i] = d.App.GUID
 	}
+	rt, ok := s.visibleRoute(w, r, r.PathValue("guid"))
+	if !ok {
+		return
+	}
 	p := principalFrom(r.Context())
+	f := store.AppFilter{GUIDs: guids}
 	if !p.admin() {
-		apps, err := s.store.Apps(r.Context(), store.AppFilter{GUIDs: guids, SpaceGUIDs: p.Spaces})
-		if err != nil {
-			s.storeError(w, "add route destinations", err)
+		f.SpaceGUIDs = p.Spaces
+	}
+	apps, err := s.store.Apps(r.Context(), f)
+	if err != nil {
+		s.storeError(w, "add route destinations", err)
+		return
+	}
+	for _, g := range guids {
+		i := slices.IndexFunc(apps, func(a store.App) bool { return a.GUID == g })
+		if i < 0 {
+			writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("App(s) with guid(s) \"%s\" do not exist or you do not have access.", g))
 			return
 		}
-		for _, g := range guids {
-			if !slices.ContainsFunc(apps, func(a store.App) bool { return a.GUID == g }) {
-				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("App(s) with guid(s) \"%s\" do not exist or you do not have access.", g))
-				return
-			}
+		if apps[i].SpaceGUID != rt.SpaceGUID {
+			writeV3Error(w, http.StatusUnprocessableEntity, routeSpaceError(g))
+			return
 		}
 	}
-	rt, err := s.store.AddRouteDestinations(r.Context(), r.PathValue("guid"), guids)
+	rt, err = s.store.AddRouteDestinations(r.Context(), rt.GUID, guids)
+	if errors.Is(err, store.ErrOtherSpace) {
+		// The app moved or the route changed since the check above.
+		writeV3Error(w, http.StatusUnprocessableEntity, routeSpaceError(strings.Join(guids, ", ")))
+		return
+	}
 	if err != nil {
 		s.storeError(w, "add route destinations", err)
 		return
@@ -489,18 +537,23 @@ func (s *Server) addRouteDestinations(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, api.RouteDestinations{Destinations: routeJSON(rt).Destinations})
 }
 
+// routeSpaceError is the 422 for destinations outside the route's space
+// (Cloud Foundry's words, without its shared spaces).
+func routeSpaceError(apps string) string {
+	return fmt.Sprintf("Routes destinations must be in the route's space: app(s) %s are in another space.", apps)
+}
+
+// removeRouteDestination unmaps an app from a route of the caller's spaces.
 func (s *Server) removeRouteDestination(w http.ResponseWriter, r *http.Request) {
-	app := r.PathValue("app")
-	p := principalFrom(r.Context())
-	if !p.admin() {
-		if _, ok := s.visibleApp(w, r, app); !ok {
-			return
-		}
+	rt, ok := s.visibleRoute(w, r, r.PathValue("guid"))
+	if !ok {
+		return
 	}
-	if err := s.store.RemoveRouteDestination(r.Context(), r.PathValue("guid"), app); err != nil {
+	app := r.PathValue("app")
+	if err := s.store.RemoveRouteDestination(r.Context(), rt.GUID, app); err != nil {
 		s.storeError(w, "remove route destination", err)
 		return
 	}
-	s.log.Info("unmapped route", "route", r.PathValue("guid"), "app", app, "user", p.user())
+	s.log.Info("unmapped route", "url", rt.Host+"."+rt.DomainName, "route", rt.GUID, "app", app, "user", principalFrom(r.Context()).user())
 	w.WriteHeader(http.StatusNoContent)
 }

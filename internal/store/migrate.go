@@ -32,6 +32,9 @@ type migration struct {
 	version int
 	name    string
 	sql     string
+	// after, if set, runs in the migration's transaction after its SQL: the
+	// part SQL alone cannot do, such as reporting what it changed.
+	after func(ctx context.Context, r runner) ([]RouteMigration, error)
 }
 
 // migrations returns the embedded migrations, ordered by version.
@@ -51,7 +54,11 @@ func migrations() ([]migration, error) {
 		if err != nil {
 			return nil, err
 		}
-		ms = append(ms, migration{version: version, name: e.Name(), sql: string(b)})
+		m := migration{version: version, name: e.Name(), sql: string(b)}
+		if version == routeSpacesVersion {
+			m.after = splitRoutes
+		}
+		ms = append(ms, m)
 	}
 	sort.Slice(ms, func(i, j int) bool { return ms[i].version < ms[j].version })
 	for i := 1; i < len(ms); i++ {
@@ -62,11 +69,13 @@ func migrations() ([]migration, error) {
 	return ms, nil
 }
 
-// migrate applies the pending migrations and creates the default org, space
-// and internal domain if missing, all in one transaction. On PostgreSQL an
-// advisory lock held until commit makes concurrent controllers take turns;
-// on SQLite the transaction is IMMEDIATE, which does the same.
-func (s *Store) migrate(ctx context.Context) error {
+// migrate applies the pending migrations up to version target (0: all) and
+// creates the default org, space and internal domain if missing, all in one
+// transaction. On PostgreSQL an advisory lock held until commit makes
+// concurrent controllers take turns; on SQLite the transaction is
+// IMMEDIATE, which does the same. What the migrations report is kept in
+// s.routeMigrations.
+func (s *Store) migrate(ctx context.Context, target int) error {
 	ms, err := migrations()
 	if err != nil {
 		return err
@@ -96,14 +105,22 @@ func (s *Store) migrate(ctx context.Context) error {
 	if latest := ms[len(ms)-1].version; current > latest {
 		return fmt.Errorf("database schema version %d is newer than this trellis knows (%d)", current, latest)
 	}
+	var report []RouteMigration
 	for _, m := range ms {
-		if m.version <= current {
+		if m.version <= current || (target > 0 && m.version > target) {
 			continue
 		}
 		// Exec without arguments: both drivers run every statement of the file.
 		sql := strings.NewReplacer("{{autoid}}", autoID[s.pg], "{{now}}", strconv.FormatInt(micros(now()), 10)).Replace(m.sql)
 		if _, err := tx.ExecContext(ctx, sql); err != nil {
 			return fmt.Errorf("migration %s: %w", m.name, err)
+		}
+		if m.after != nil {
+			rs, err := m.after(ctx, r)
+			if err != nil {
+				return fmt.Errorf("migration %s: %w", m.name, err)
+			}
+			report = append(report, rs...)
 		}
 		if _, err := r.exec(ctx, "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
 			m.version, m.name, micros(now())); err != nil {
@@ -113,7 +130,90 @@ func (s *Store) migrate(ctx context.Context) error {
 	if err := createDefaults(ctx, r); err != nil {
 		return fmt.Errorf("create defaults: %w", err)
 	}
-	return tx.Commit()
+	if err := tx.Commit(); err != nil {
+		return err
+	}
+	s.routeMigrations = report
+	return nil
+}
+
+// routeSpacesVersion is the migration that gives every route a space.
+const routeSpacesVersion = 5
+
+// RouteMigration is a route that the migration giving routes a space
+// (0005_route_spaces.sql) changed beyond setting its space: its apps spanned
+// spaces, so it kept its oldest app's space and lost the destinations in
+// others; or, with no space in the store at all, it was deleted.
+type RouteMigration struct {
+	RouteGUID, URL string
+	// SpaceGUID is the space the route now belongs to ("" if deleted).
+	SpaceGUID string
+	// RemovedAppGUIDs are the destinations unmapped, sorted.
+	RemovedAppGUIDs []string
+	// Deleted: no space existed to give the route (it had no destination).
+	Deleted bool
+}
+
+// RouteMigrations reports the routes that Open's migration to routes owned
+// by spaces changed; nil if this Open did not run that migration or it
+// changed no route beyond giving it a space. The controller logs them.
+func (s *Store) RouteMigrations() []RouteMigration { return s.routeMigrations }
+
+// splitRoutes runs after 0005_route_spaces.sql has given each route the space
+// of its oldest app: it unmaps the destinations in another space than their
+// route's, deletes the routes left with no space, and reports both. If it
+// changed anything it bumps the revision, so that cells fetch their state.
+func splitRoutes(ctx context.Context, r runner) ([]RouteMigration, error) {
+	rows, err := r.query(ctx, `SELECT rt.guid, rt.host || '.' || d.name, COALESCE(rt.space_guid, ''), COALESCE(rd.app_guid, '')
+		FROM routes rt
+		JOIN domains d ON d.guid = rt.domain_guid
+		LEFT JOIN route_destinations rd ON rd.route_guid = rt.guid
+		LEFT JOIN apps a ON a.guid = rd.app_guid
+		WHERE rt.space_guid IS NULL OR a.space_guid <> rt.space_guid
+		ORDER BY d.name, rt.host, rt.guid, rd.app_guid`)
+	if err != nil {
+		return nil, fmt.Errorf("find routes across spaces: %w", err)
+	}
+	var out []RouteMigration
+	for rows.Next() {
+		var m RouteMigration
+		var app string
+		if err := rows.Scan(&m.RouteGUID, &m.URL, &m.SpaceGUID, &app); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("find routes across spaces: %w", err)
+		}
+		if n := len(out); n == 0 || out[n-1].RouteGUID != m.RouteGUID {
+			m.Deleted = m.SpaceGUID == ""
+			out = append(out, m)
+		}
+		if app != "" {
+			last := &out[len(out)-1]
+			last.RemovedAppGUIDs = append(last.RemovedAppGUIDs, app)
+		}
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("find routes across spaces: %w", err)
+	}
+	for _, m := range out {
+		if m.Deleted {
+			if _, err := r.exec(ctx, "DELETE FROM routes WHERE guid = ?", m.RouteGUID); err != nil {
+				return nil, fmt.Errorf("delete route %s: %w", m.URL, err)
+			}
+			continue
+		}
+		for _, app := range m.RemovedAppGUIDs {
+			if _, err := r.exec(ctx, "DELETE FROM route_destinations WHERE route_guid = ? AND app_guid = ?", m.RouteGUID, app); err != nil {
+				return nil, fmt.Errorf("unmap app %s from route %s: %w", app, m.URL, err)
+			}
+		}
+	}
+	if len(out) > 0 {
+		if _, err := r.exec(ctx, "UPDATE revision SET value = value + 1 WHERE id = 1"); err != nil {
+			return nil, fmt.Errorf("bump revision: %w", err)
+		}
+	}
+	return out, nil
 }
 
 // createDefaults creates the default org, its default space and the

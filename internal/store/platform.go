@@ -302,22 +302,29 @@ func domains(ctx context.Context, r runner, f DomainFilter) ([]Domain, error) {
 	return out, nil
 }
 
-// CreateRoute creates the route host.domain, with no destinations; the host
-// is stored lowercase. ErrNotFound if the domain is missing, ErrConflict if
-// the route exists.
-func (s *Store) CreateRoute(ctx context.Context, domainGUID, host string) (Route, error) {
+// CreateRoute creates the route host.domain in a space, with no
+// destinations; the host is stored lowercase. ErrNotFound if the space or the
+// domain is missing, ErrConflict if the route exists (in any space).
+func (s *Store) CreateRoute(ctx context.Context, spaceGUID, domainGUID, host string) (Route, error) {
 	t := now()
-	rt := Route{GUID: newGUID(), Host: strings.ToLower(host), DomainGUID: domainGUID, CreatedAt: t, UpdatedAt: t}
+	rt := Route{GUID: newGUID(), Host: strings.ToLower(host), DomainGUID: domainGUID, SpaceGUID: spaceGUID, CreatedAt: t, UpdatedAt: t}
 	err := s.write(ctx, func(r runner) (bool, error) {
-		err := r.queryRow(ctx, "SELECT name FROM domains WHERE guid = ?", domainGUID).Scan(&rt.DomainName)
+		ok, err := r.exists(ctx, "SELECT 1 FROM spaces WHERE guid = ?", spaceGUID)
+		if err != nil {
+			return false, err
+		}
+		if !ok {
+			return false, fmt.Errorf("space %s: %w", spaceGUID, ErrNotFound)
+		}
+		err = r.queryRow(ctx, "SELECT name FROM domains WHERE guid = ?", domainGUID).Scan(&rt.DomainName)
 		if errors.Is(err, sql.ErrNoRows) {
 			return false, fmt.Errorf("domain %s: %w", domainGUID, ErrNotFound)
 		}
 		if err != nil {
 			return false, err
 		}
-		n, err := r.execCount(ctx, "INSERT INTO routes (guid, domain_guid, host, created_at, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-			rt.GUID, domainGUID, rt.Host, micros(t), micros(t))
+		n, err := r.execCount(ctx, "INSERT INTO routes (guid, domain_guid, host, space_guid, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+			rt.GUID, domainGUID, rt.Host, spaceGUID, micros(t), micros(t))
 		if err != nil {
 			return false, err
 		}
@@ -348,11 +355,12 @@ func routes(ctx context.Context, r runner, f RouteFilter) ([]Route, error) {
 	w.in("r.guid", f.GUIDs)
 	w.in("r.host", lower(f.Hosts))
 	w.in("r.domain_guid", f.DomainGUIDs)
+	w.in("r.space_guid", f.SpaceGUIDs)
 	if len(f.AppGUIDs) > 0 {
 		cond, arg := r.in("app_guid", f.AppGUIDs)
 		w.add("r.guid IN (SELECT route_guid FROM route_destinations WHERE "+cond+")", arg)
 	}
-	rows, err := r.query(ctx, `SELECT r.guid, r.host, r.domain_guid, d.name, r.created_at, r.updated_at, rd.app_guid
+	rows, err := r.query(ctx, `SELECT r.guid, r.host, r.domain_guid, d.name, COALESCE(r.space_guid, ''), r.created_at, r.updated_at, rd.app_guid
 		FROM routes r
 		JOIN domains d ON d.guid = r.domain_guid
 		LEFT JOIN route_destinations rd ON rd.route_guid = r.guid`+w.String()+`
@@ -366,7 +374,7 @@ func routes(ctx context.Context, r runner, f RouteFilter) ([]Route, error) {
 		var rt Route
 		var created, updated int64
 		var app sql.NullString
-		if err := rows.Scan(&rt.GUID, &rt.Host, &rt.DomainGUID, &rt.DomainName, &created, &updated, &app); err != nil {
+		if err := rows.Scan(&rt.GUID, &rt.Host, &rt.DomainGUID, &rt.DomainName, &rt.SpaceGUID, &created, &updated, &app); err != nil {
 			return nil, err
 		}
 		if n := len(out); n == 0 || out[n-1].GUID != rt.GUID {
@@ -399,19 +407,21 @@ func (s *Store) DeleteRoute(ctx context.Context, guid string) error {
 	return nil
 }
 
-// AddRouteDestinations maps a route to apps, keeping existing mappings, and
-// returns the route with all its destinations. ErrNotFound, and nothing
-// changes, if the route or any app is missing.
+// AddRouteDestinations maps a route to apps of its space, keeping existing
+// mappings, and returns the route with all its destinations. Nothing
+// changes if the route or any app is missing (ErrNotFound) or any app is in
+// another space than the route (ErrOtherSpace).
 func (s *Store) AddRouteDestinations(ctx context.Context, routeGUID string, appGUIDs []string) (Route, error) {
 	apps := distinct(appGUIDs)
 	var rt Route
 	err := s.write(ctx, func(r runner) (bool, error) {
-		ok, err := r.exists(ctx, "SELECT 1 FROM routes WHERE guid = ?", routeGUID)
+		var space sql.NullString
+		err := r.queryRow(ctx, "SELECT space_guid FROM routes WHERE guid = ?", routeGUID).Scan(&space)
+		if errors.Is(err, sql.ErrNoRows) {
+			return false, fmt.Errorf("route %s: %w", routeGUID, ErrNotFound)
+		}
 		if err != nil {
 			return false, err
-		}
-		if !ok {
-			return false, fmt.Errorf("route %s: %w", routeGUID, ErrNotFound)
 		}
 		var added int64
 		if len(apps) > 0 {
@@ -423,6 +433,15 @@ func (s *Store) AddRouteDestinations(ctx context.Context, routeGUID string, appG
 			for _, a := range apps {
 				if !found[a] {
 					return false, fmt.Errorf("app %s: %w", a, ErrNotFound)
+				}
+			}
+			inSpace, err := r.stringSet(ctx, "SELECT guid FROM apps WHERE "+cond+" AND space_guid = ?", arg, space.String)
+			if err != nil {
+				return false, err
+			}
+			for _, a := range apps {
+				if !inSpace[a] {
+					return false, fmt.Errorf("app %s, route %s in space %s: %w", a, routeGUID, space.String, ErrOtherSpace)
 				}
 			}
 			ins, err := r.prepare(ctx, "INSERT INTO route_destinations (route_guid, app_guid) VALUES (?, ?) ON CONFLICT DO NOTHING")

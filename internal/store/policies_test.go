@@ -338,9 +338,9 @@ func TestDeleteApp(t *testing.T) {
 		ctx := t.Context()
 		f := newFixture(t, s)
 		a := f.apps(t, "a", "b", "c", "d")
-		only := must(s.CreateRoute(ctx, f.domain.GUID, "only-a"))(t)
-		shared := must(s.CreateRoute(ctx, f.domain.GUID, "shared"))(t)
-		empty := must(s.CreateRoute(ctx, f.domain.GUID, "empty"))(t)
+		only := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "only-a"))(t)
+		shared := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "shared"))(t)
+		empty := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "empty"))(t)
 		must(s.AddRouteDestinations(ctx, only.GUID, []string{a["a"]}))(t)
 		must(s.AddRouteDestinations(ctx, shared.GUID, []string{a["a"], a["b"]}))(t)
 		ps := []Policy{tcp(a["a"], a["b"], 80), tcp(a["b"], a["c"], 80), tcp(a["c"], a["a"], 80), tcp(a["a"], a["d"], 80), tcp(a["a"], a["a"], 80)}
@@ -359,8 +359,8 @@ func TestDeleteApp(t *testing.T) {
 			t.Errorf("Apps(a) after DeleteApp(a) = %v, want none", apps)
 		}
 		wantRoutes := []Route{
-			{GUID: empty.GUID, Host: "empty", DomainGUID: f.domain.GUID, DomainName: DefaultDomain},
-			{GUID: shared.GUID, Host: "shared", DomainGUID: f.domain.GUID, DomainName: DefaultDomain, AppGUIDs: []string{a["b"]}},
+			{GUID: empty.GUID, Host: "empty", DomainGUID: f.domain.GUID, SpaceGUID: f.space.GUID, DomainName: DefaultDomain},
+			{GUID: shared.GUID, Host: "shared", DomainGUID: f.domain.GUID, SpaceGUID: f.space.GUID, DomainName: DefaultDomain, AppGUIDs: []string{a["b"]}},
 		}
 		if diff := cmp.Diff(wantRoutes, must(s.Routes(ctx, RouteFilter{}))(t), cmpopts.IgnoreFields(Route{}, "CreatedAt", "UpdatedAt")); diff != "" {
 			t.Errorf("Routes() after DeleteApp(a) (-want +got):\n%s", diff)
@@ -409,7 +409,7 @@ func TestRevision(t *testing.T) {
 			{"CreateSpace", func() error { _, err := s.CreateSpace(ctx, f.org.GUID, "s"); return err }, 1},
 			{"CreateApp", func() (err error) { app, err = s.CreateApp(ctx, f.space.GUID, "c"); return err }, 1},
 			{"CreateDomain", func() error { _, err := s.CreateDomain(ctx, "example.com", false); return err }, 1},
-			{"CreateRoute", func() (err error) { route, err = s.CreateRoute(ctx, f.domain.GUID, "r"); return err }, 1},
+			{"CreateRoute", func() (err error) { route, err = s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "r"); return err }, 1},
 			{"AddRouteDestinations", func() error {
 				_, err := s.AddRouteDestinations(ctx, route.GUID, []string{app.GUID, a["a"]})
 				return err
@@ -425,7 +425,7 @@ func TestRevision(t *testing.T) {
 			{"DeletePolicies", func() error { _, err := s.DeletePolicies(ctx, []Policy{tcp(a["a"], a["b"], 80)}, nil); return err }, 1},
 			{"DeleteApp", func() error { return s.DeleteApp(ctx, app.GUID) }, 1}, // and its route and policy
 			{"DeleteRoute", func() error {
-				r := must(s.CreateRoute(ctx, f.domain.GUID, "gone"))(t)
+				r := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "gone"))(t)
 				return s.DeleteRoute(ctx, r.GUID)
 			}, 2},
 			// Tokens are no cell's state: they do not wake cells.

@@ -34,7 +34,7 @@ func TestSnapshot(t *testing.T) {
 		if err := s.CreatePolicies(ctx, []Policy{tcp(apps["frontend"], apps["backend"], 8080), tcp(apps["backend"], apps["idle"], 9090)}, CreatePoliciesOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		rt := must(s.CreateRoute(ctx, f.domain.GUID, "backend"))(t)
+		rt := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "backend"))(t)
 		if _, err := s.AddRouteDestinations(ctx, rt.GUID, []string{apps["backend"]}); err != nil {
 			t.Fatal(err)
 		}

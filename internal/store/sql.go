@@ -33,6 +33,9 @@ type Store struct {
 	changed    chan struct{}
 	flowsAdded chan struct{} // closed (and replaced) when flows are added
 	stopListen context.CancelFunc
+
+	// routeMigrations is what Open's migrations reported; see RouteMigrations.
+	routeMigrations []RouteMigration
 }
 
 // sqliteParams open every SQLite connection waiting up to 10 s for a lock
@@ -48,6 +51,12 @@ const sqliteParams = "_pragma=busy_timeout(10000)&_pragma=journal_mode(WAL)&_pra
 // (optionally prefixed "sqlite:"). It creates the default org, space and
 // apps.internal domain if missing.
 func Open(ctx context.Context, url string) (*Store, error) {
+	return open(ctx, url, 0)
+}
+
+// open is Open migrating up to schema version target (0: the latest); tests
+// use it to make a database at an older version.
+func open(ctx context.Context, url string, target int) (*Store, error) {
 	s := &Store{maxTag: MaxTag, changed: make(chan struct{}), flowsAdded: make(chan struct{})}
 	var err error
 	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
@@ -68,7 +77,7 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	// SQLITE_BUSY where the busy timeout does not apply (switching the
 	// file to WAL): try again for a while.
 	for try := 0; ; try++ {
-		err = s.migrate(ctx)
+		err = s.migrate(ctx, target)
 		if err == nil || s.pg || try == 50 || !strings.Contains(err.Error(), "SQLITE_BUSY") {
 			break
 		}

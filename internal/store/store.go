@@ -18,6 +18,8 @@ var (
 	ErrAppNotFound   = errors.New("one or more applications cannot be found")
 	ErrQuotaExceeded = errors.New("policy quota exceeded")
 	ErrTagsExhausted = errors.New("tags exhausted: all 65535 policy tags are in use")
+	// ErrOtherSpace: a route's destinations must be apps of the route's space.
+	ErrOtherSpace = errors.New("app is not in the route's space")
 )
 
 // MaxTag is the highest 16-bit policy tag. Tag 0 is never issued: it is the
@@ -75,9 +77,10 @@ type Domain struct {
 	CreatedAt, UpdatedAt time.Time
 }
 
-// Route is Host.Domain mapped to apps.
+// Route is Host.Domain in a space, mapped to apps of that space.
 type Route struct {
 	GUID, Host, DomainGUID string
+	SpaceGUID              string
 	DomainName             string   // filled by reads
 	AppGUIDs               []string // destinations, sorted
 	CreatedAt, UpdatedAt   time.Time
@@ -125,7 +128,7 @@ type (
 	SpaceFilter  struct{ GUIDs, Names, OrgGUIDs []string }
 	AppFilter    struct{ GUIDs, Names, SpaceGUIDs []string }
 	DomainFilter struct{ GUIDs, Names []string }
-	RouteFilter  struct{ GUIDs, Hosts, DomainGUIDs, AppGUIDs []string }
+	RouteFilter  struct{ GUIDs, Hosts, DomainGUIDs, SpaceGUIDs, AppGUIDs []string }
 	TokenFilter  struct{ GUIDs []string }
 	// PolicyFilter: IDs matches source OR destination; SourceIDs and DestIDs
 	// match their side. SpaceGUIDs, when set, keeps only policies whose source

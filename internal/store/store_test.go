@@ -290,7 +290,7 @@ func TestCreateConflicts(t *testing.T) {
 		other := must(s.CreateOrg(ctx, "other"))(t)
 		must(s.CreateApp(ctx, f.space.GUID, "web"))(t)
 		must(s.CreateDomain(ctx, "example.com", false))(t)
-		must(s.CreateRoute(ctx, f.domain.GUID, "web"))(t)
+		must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "web"))(t)
 		tests := []struct {
 			name    string
 			create  func() error
@@ -302,10 +302,10 @@ func TestCreateConflicts(t *testing.T) {
 			{"app", func() error { _, err := s.CreateApp(ctx, f.space.GUID, "web"); return err }, ErrConflict},
 			{"app in other space", func() error { _, err := s.CreateApp(ctx, f.otherSpace.GUID, "web"); return err }, nil},
 			{"domain", func() error { _, err := s.CreateDomain(ctx, "Example.COM", true); return err }, ErrConflict},
-			{"route", func() error { _, err := s.CreateRoute(ctx, f.domain.GUID, "WEB"); return err }, ErrConflict},
+			{"route", func() error { _, err := s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "WEB"); return err }, ErrConflict},
 			{"route in other domain", func() error {
 				d := must(s.CreateDomain(ctx, "apps.example", false))(t)
-				_, err := s.CreateRoute(ctx, d.GUID, "web")
+				_, err := s.CreateRoute(ctx, f.space.GUID, d.GUID, "web")
 				return err
 			}, nil},
 		}
@@ -329,7 +329,7 @@ func TestMissingParents(t *testing.T) {
 		ctx := t.Context()
 		f := newFixture(t, s)
 		app := must(s.CreateApp(ctx, f.space.GUID, "web"))(t)
-		route := must(s.CreateRoute(ctx, f.domain.GUID, "web"))(t)
+		route := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "web"))(t)
 		const missing = "00000000-0000-4000-8000-000000000000"
 		tests := []struct {
 			name string
@@ -337,7 +337,8 @@ func TestMissingParents(t *testing.T) {
 		}{
 			{"CreateSpace", func() error { _, err := s.CreateSpace(ctx, missing, "s"); return err }},
 			{"CreateApp", func() error { _, err := s.CreateApp(ctx, missing, "a"); return err }},
-			{"CreateRoute", func() error { _, err := s.CreateRoute(ctx, missing, "h"); return err }},
+			{"CreateRoute", func() error { _, err := s.CreateRoute(ctx, f.space.GUID, missing, "h"); return err }},
+			{"CreateRoute in missing space", func() error { _, err := s.CreateRoute(ctx, missing, f.domain.GUID, "h"); return err }},
 			{"DeleteApp", func() error { return s.DeleteApp(ctx, missing) }},
 			{"DeleteRoute", func() error { return s.DeleteRoute(ctx, missing) }},
 			{"AddRouteDestinations to missing route", func() error {
@@ -443,11 +444,11 @@ func TestRoutes(t *testing.T) {
 		ctx := t.Context()
 		f := newFixture(t, s)
 		a := f.apps(t, "a", "b", "c")
-		web := must(s.CreateRoute(ctx, f.domain.GUID, "Web"))(t)
+		web := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "Web"))(t)
 		if web.Host != "web" || web.DomainName != DefaultDomain {
 			t.Errorf("CreateRoute(Web) = %+v, want host web in %s", web, DefaultDomain)
 		}
-		api := must(s.CreateRoute(ctx, f.domain.GUID, "api"))(t)
+		api := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "api"))(t)
 
 		rev := revision(t, s)
 		got := must(s.AddRouteDestinations(ctx, web.GUID, []string{a["b"], a["a"], a["b"]}))(t)
@@ -468,21 +469,42 @@ func TestRoutes(t *testing.T) {
 		}
 		must(s.AddRouteDestinations(ctx, api.GUID, []string{a["c"]}))(t)
 
+		// A route's destinations are apps of its space: mapping an app of
+		// another space (alone or with one of the route's) changes nothing.
+		other := must(s.CreateRoute(ctx, f.otherSpace.GUID, f.domain.GUID, "other"))(t)
+		rev = revision(t, s)
+		for _, apps := range [][]string{{a["a"]}, {f.appsIn(t, f.otherSpace.GUID, "o")["o"], a["b"]}} {
+			rev = revision(t, s)
+			if _, err := s.AddRouteDestinations(ctx, other.GUID, apps); !errors.Is(err, ErrOtherSpace) {
+				t.Errorf("AddRouteDestinations(other, %v) = %v, want %v", apps, err, ErrOtherSpace)
+			}
+			if r := revision(t, s); r != rev {
+				t.Errorf("AddRouteDestinations(other, %v): revision %d → %d, want unchanged", apps, rev, r)
+			}
+		}
+
 		tests := []struct {
 			f    RouteFilter
 			want []Route
 		}{
 			{RouteFilter{}, []Route{
-				{GUID: api.GUID, Host: "api", DomainGUID: f.domain.GUID, DomainName: DefaultDomain, AppGUIDs: []string{a["c"]}},
-				{GUID: web.GUID, Host: "web", DomainGUID: f.domain.GUID, DomainName: DefaultDomain, AppGUIDs: want},
+				{GUID: api.GUID, Host: "api", DomainGUID: f.domain.GUID, SpaceGUID: f.space.GUID, DomainName: DefaultDomain, AppGUIDs: []string{a["c"]}},
+				{GUID: other.GUID, Host: "other", DomainGUID: f.domain.GUID, SpaceGUID: f.otherSpace.GUID, DomainName: DefaultDomain},
+				{GUID: web.GUID, Host: "web", DomainGUID: f.domain.GUID, SpaceGUID: f.space.GUID, DomainName: DefaultDomain, AppGUIDs: want},
 			}},
 			{RouteFilter{AppGUIDs: []string{a["a"]}}, []Route{
-				{GUID: web.GUID, Host: "web", DomainGUID: f.domain.GUID, DomainName: DefaultDomain, AppGUIDs: want},
+				{GUID: web.GUID, Host: "web", DomainGUID: f.domain.GUID, SpaceGUID: f.space.GUID, DomainName: DefaultDomain, AppGUIDs: want},
 			}},
 			{RouteFilter{Hosts: []string{"API"}, DomainGUIDs: []string{f.domain.GUID}}, []Route{
-				{GUID: api.GUID, Host: "api", DomainGUID: f.domain.GUID, DomainName: DefaultDomain, AppGUIDs: []string{a["c"]}},
+				{GUID: api.GUID, Host: "api", DomainGUID: f.domain.GUID, SpaceGUID: f.space.GUID, DomainName: DefaultDomain, AppGUIDs: []string{a["c"]}},
 			}},
 			{RouteFilter{GUIDs: []string{web.GUID}, AppGUIDs: []string{a["c"]}}, nil},
+			{RouteFilter{SpaceGUIDs: []string{f.otherSpace.GUID}}, []Route{
+				{GUID: other.GUID, Host: "other", DomainGUID: f.domain.GUID, SpaceGUID: f.otherSpace.GUID, DomainName: DefaultDomain},
+			}},
+			{RouteFilter{SpaceGUIDs: []string{f.space.GUID}, Hosts: []string{"other", "api"}}, []Route{
+				{GUID: api.GUID, Host: "api", DomainGUID: f.domain.GUID, SpaceGUID: f.space.GUID, DomainName: DefaultDomain, AppGUIDs: []string{a["c"]}},
+			}},
 		}
 		for _, tt := range tests {
 			got := must(s.Routes(ctx, tt.f))(t)
