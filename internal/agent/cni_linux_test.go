@@ -209,6 +209,7 @@ func TestCNISocketAPI(t *testing.T) {
 		t.Fatalf("ADD d with the controller back: %v", err)
 	}
 	want := []string{runningAs("inst-a", ctrA), runningAs("inst-b", ctrB), runningAs("inst-d", ctrD)}
+	slices.Sort(want) // as instances lists them
 	took = poll(t, 30*time.Second, "deregistration of e, deleted while the controller was down", func() (bool, error) {
 		return slices.Equal(instances(t, c, app), want), nil
 	})

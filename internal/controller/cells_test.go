@@ -228,6 +228,9 @@ func TestRegisterInstanceChecks(t *testing.T) {
 			{"a UUID", uuid1, "10.255.1.2", 204, ""},
 			{"a Cloud Foundry instance GUID", "41653aa4-3a3a-486a-4431-ef25", "10.255.1.3", 204, ""},
 			{"a container ID", strings.Repeat("ab", 32), "10.255.1.254", 204, ""},
+			{"a nerdctl container ID", "default-" + strings.Repeat("cd", 32), "10.255.1.100", 204, ""},
+			{"a namespace with a slash", "a/b-" + strings.Repeat("cd", 32), "10.255.1.101", 422, "invalid instance guid"},
+			{"a namespace alone", "default-", "10.255.1.101", 422, "invalid instance guid"},
 			{"an address in use", uuid2, "10.255.1.2", 409, "ip 10.255.1.2 is already used by instance " + uuid1},
 			{"moving onto an address in use", uuid1, "10.255.1.3", 409, "already used by instance 41653aa4-3a3a-486a-4431-ef25"},
 			{"the same again", uuid1, "10.255.1.2", 204, ""},
@@ -243,7 +246,8 @@ func TestRegisterInstanceChecks(t *testing.T) {
 		for _, in := range ins.Resources {
 			got[in.GUID] = in.IP
 		}
-		want := map[string]string{uuid1: "10.255.1.2", "41653aa4-3a3a-486a-4431-ef25": "10.255.1.3", strings.Repeat("ab", 32): "10.255.1.254"}
+		want := map[string]string{uuid1: "10.255.1.2", "41653aa4-3a3a-486a-4431-ef25": "10.255.1.3", strings.Repeat("ab", 32): "10.255.1.254",
+			"default-" + strings.Repeat("cd", 32): "10.255.1.100"}
 		if diff := cmp.Diff(want, got); diff != "" {
 			t.Errorf("instances after the refused registrations (-want +got):\n%s", diff)
 		}

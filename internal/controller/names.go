@@ -65,13 +65,41 @@ func unsafeWhat(r rune) string {
 // which becomes its certificate's common name, DNS name and SPIFFE path. It
 // must be a UUID (8-4-4-4-12 hex digits: what the controller gives the
 // instances it schedules), Cloud Foundry's instance GUID (8-4-4-4-4), or a
-// container ID of 64 hex digits (what runtimes make, and the CNI plugin's
-// default). So it can be no other name, such as a route's.
+// container ID — 64 hex digits, as runtimes make them and the CNI plugin
+// takes by default, optionally after a containerd namespace and '-', as
+// nerdctl makes them. So it can be no name that anyone dials, such as a
+// route's.
 func validateInstanceGUID(g string) error {
-	if hexGroups(g, 8, 4, 4, 4, 12) || hexGroups(g, 8, 4, 4, 4, 4) || hexGroups(g, 64) {
+	if hexGroups(g, 8, 4, 4, 4, 12) || hexGroups(g, 8, 4, 4, 4, 4) || containerID(g) {
 		return nil
 	}
-	return fmt.Errorf("invalid instance guid %q: must be a UUID (8-4-4-4-12 hex digits), a Cloud Foundry instance GUID (8-4-4-4-4) or a container ID (64 hex digits)", g)
+	return fmt.Errorf("invalid instance guid %q: must be a UUID (8-4-4-4-12 hex digits), a Cloud Foundry instance GUID (8-4-4-4-4) or a container ID (64 hex digits, optionally after NAMESPACE-)", g)
+}
+
+// containerID reports whether s is 64 hex digits, optionally after a
+// containerd namespace (1-76 of [A-Za-z0-9._-], beginning with a letter or
+// digit) and '-'.
+func containerID(s string) bool {
+	if len(s) < 64 || !hexGroups(s[len(s)-64:], 64) {
+		return false
+	}
+	if len(s) == 64 {
+		return true
+	}
+	ns, ok := strings.CutSuffix(s[:len(s)-64], "-")
+	if !ok || ns == "" || len(ns) > 76 || !isAlnum(ns[0]) {
+		return false
+	}
+	for i := 0; i < len(ns); i++ {
+		if c := ns[i]; !isAlnum(c) && c != '.' && c != '_' && c != '-' {
+			return false
+		}
+	}
+	return true
+}
+
+func isAlnum(c byte) bool {
+	return c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9'
 }
 
 // hexGroups reports whether s is groups of hex digits of the given sizes
