@@ -71,7 +71,9 @@ func instances(t *testing.T, c *ctrl, app string) []string {
 	return out
 }
 
-func runningAs(guid string, c *container) string { return fmt.Sprintf("%s RUNNING %s", guid, c.ip) }
+func runningAs(name string, c *container) string {
+	return fmt.Sprintf("%s RUNNING %s", instGUID(name), c.ip)
+}
 
 func wantInstances(t *testing.T, c *ctrl, app string, want ...string) {
 	t.Helper()
@@ -207,6 +209,7 @@ func TestCNISocketAPI(t *testing.T) {
 		t.Fatalf("ADD d with the controller back: %v", err)
 	}
 	want := []string{runningAs("inst-a", ctrA), runningAs("inst-b", ctrB), runningAs("inst-d", ctrD)}
+	slices.Sort(want) // as instances lists them
 	took = poll(t, 30*time.Second, "deregistration of e, deleted while the controller was down", func() (bool, error) {
 		return slices.Equal(instances(t, c, app), want), nil
 	})
@@ -373,7 +376,7 @@ func TestCNIGC(t *testing.T) {
 		}
 		id := fmt.Sprintf("%s-pending-%d", w.prefix, i)
 		al := allocate(t, a.cfg.Socket, api.AllocateRequest{ContainerID: id, NetNS: "/run/netns/" + id, IfName: "eth0",
-			Identity: api.Identity{AppGUID: app, InstanceGUID: id}})
+			Identity: api.Identity{AppGUID: app, InstanceGUID: instGUID(id)}})
 		valid = append(valid, types.GCAttachment{ContainerID: id, IfName: "eth0"})
 		allocated = append(allocated, al.IP)
 		if al.IP == ipam.LastHost(subnet).String() {

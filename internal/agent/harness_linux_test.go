@@ -20,6 +20,7 @@ import (
 
 	"github.com/containernetworking/cni/libcni"
 	current "github.com/containernetworking/cni/pkg/types/100"
+	"github.com/google/uuid"
 	"github.com/vishvananda/netlink"
 
 	"github.com/trellis-c2c/trellis/internal/agent"
@@ -441,8 +442,14 @@ func (w *world) newContainer(id string, cell int, app, guid string) *container {
 	w.t.Helper()
 	c := &container{id: w.prefix + "-" + id, ns: w.namespace(id), cell: cell}
 	c.rt = &libcni.RuntimeConf{ContainerID: c.id, NetNS: c.ns, IfName: "eth0", Args: [][2]string{
-		{"TRELLIS_APP_GUID", app}, {"TRELLIS_INSTANCE_GUID", guid}}}
+		{"TRELLIS_APP_GUID", app}, {"TRELLIS_INSTANCE_GUID", instGUID(guid)}}}
 	return c
+}
+
+// instGUID is the instance GUID the tests give the instance they call
+// name: a UUID, as the controller accepts, derived from name.
+func instGUID(name string) string {
+	return uuid.NewSHA1(uuid.NameSpaceURL, []byte("trellis-test:"+name)).String()
 }
 
 // startTwo starts the agents of cells 1 and 2 under c and waits until each

@@ -77,6 +77,7 @@ func TestInstanceIdentity(t *testing.T) {
 	list := cniList(t, a)
 	app := createApp(t, c, "web").GUID
 	srv := w.newContainer("srv", 1, app, "inst-srv")
+	srvGUID := instGUID("inst-srv")
 	cli := w.newContainer("cli", 1, app, "inst-cli")
 	for _, ctr := range []*container{srv, cli} {
 		if err := w.add(p, list, ctr, ctr.rt); err != nil {
@@ -85,17 +86,17 @@ func TestInstanceIdentity(t *testing.T) {
 	}
 
 	// Served the moment ADD returned: no polling here.
-	leaf, err := handshake(t, a, cli.ns, srv.ip, "inst-srv")
+	leaf, err := handshake(t, a, cli.ns, srv.ip, srvGUID)
 	if err != nil {
 		t.Fatalf("handshake with 61443 right after ADD: %v", err)
 	}
-	if leaf.Subject.CommonName != "inst-srv" || len(leaf.IPAddresses) != 1 || leaf.IPAddresses[0].String() != srv.ip.String() {
-		t.Errorf("served certificate CN %q IPs %v, want inst-srv and %s", leaf.Subject.CommonName, leaf.IPAddresses, srv.ip)
+	if leaf.Subject.CommonName != srvGUID || len(leaf.IPAddresses) != 1 || leaf.IPAddresses[0].String() != srv.ip.String() {
+		t.Errorf("served certificate CN %q IPs %v, want %s and %s", leaf.Subject.CommonName, leaf.IPAddresses, srvGUID, srv.ip)
 	}
 	if pub, ok := leaf.PublicKey.(*rsa.PublicKey); !ok || pub.N.BitLen() != 3072 {
 		t.Errorf("served key %T, want RSA 3072 (--instance-key-type rsa-3072)", leaf.PublicKey)
 	}
-	dir := filepath.Join(cfg.StateDir, "credentials", "inst-srv")
+	dir := filepath.Join(cfg.StateDir, "credentials", srvGUID)
 	onDisk, err := tls.LoadX509KeyPair(filepath.Join(dir, "instance.crt"), filepath.Join(dir, "instance.key"))
 	if err != nil || !onDisk.Leaf.Equal(leaf) {
 		t.Errorf("credentials on disk: %v; the served certificate must be the one in %s", err, dir)
@@ -103,7 +104,7 @@ func TestInstanceIdentity(t *testing.T) {
 	if fi, err := os.Stat(filepath.Join(dir, "instance.key")); err != nil || fi.Mode().Perm() != 0o600 {
 		t.Errorf("instance.key: %v %v, want mode 0600", fi.Mode(), err)
 	}
-	if v, ok := metric(t, a, `trellis_agent_instance_certificate_expiry_seconds{instance="inst-srv"}`); !ok || v <= 0 || v > 70 {
+	if v, ok := metric(t, a, `trellis_agent_instance_certificate_expiry_seconds{instance="`+srvGUID+`"}`); !ok || v <= 0 || v > 70 {
 		t.Errorf("expiry metric = %v %v, want the seconds left of a one-minute certificate", v, ok)
 	}
 	for _, name := range []string{"go_gc_duration_seconds_count", "process_resident_memory_bytes"} {
@@ -119,18 +120,18 @@ func TestInstanceIdentity(t *testing.T) {
 		v, _ := metric(t, a, `trellis_agent_instance_certificate_renewals_total{result="failed"}`)
 		return v > 0, nil
 	})
-	again, err := handshake(t, a, cli.ns, srv.ip, "inst-srv")
+	again, err := handshake(t, a, cli.ns, srv.ip, srvGUID)
 	if err != nil || !again.Equal(leaf) {
 		t.Errorf("61443 after a failed renewal: %v; want the valid certificate still served", err)
 	}
-	if v, ok := metric(t, a, `trellis_agent_instance_certificate_expiry_seconds{instance="inst-srv"}`); !ok || v <= 0 || v > 10 {
+	if v, ok := metric(t, a, `trellis_agent_instance_certificate_expiry_seconds{instance="`+srvGUID+`"}`); !ok || v <= 0 || v > 10 {
 		t.Errorf("expiry metric after the failed renewal = %v %v, want the few seconds left", v, ok)
 	}
 
 	// Back: the next retry renews.
 	c.start()
 	poll(t, 60*time.Second, "a renewed certificate on 61443", func() (bool, error) {
-		got, err := handshake(t, a, cli.ns, srv.ip, "inst-srv")
+		got, err := handshake(t, a, cli.ns, srv.ip, srvGUID)
 		return err == nil && !got.Equal(leaf), nil
 	})
 
@@ -142,7 +143,7 @@ func TestInstanceIdentity(t *testing.T) {
 	restarted.JoinToken, restarted.CACertFile, restarted.ControllerURL = "", "", ""
 	a = w.startAgent(t, restarted)
 	poll(t, 10*time.Second, "61443 served again after the agent's restart", func() (bool, error) {
-		_, err := handshake(t, a, cli.ns, srv.ip, "inst-srv")
+		_, err := handshake(t, a, cli.ns, srv.ip, srvGUID)
 		return err == nil, nil
 	})
 

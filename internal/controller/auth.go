@@ -127,6 +127,7 @@ func (s *Server) requireAuth(writeErr errorWriter, scopes []string, h http.Handl
 		p, err := s.authenticate(r)
 		if err != nil {
 			if errors.Is(err, errMissingAuth) || errors.Is(err, errBadToken) || errors.Is(err, errTokenExpired) {
+				s.logAuthFailure(r, err)
 				w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 				writeErr(w, http.StatusUnauthorized, err.Error())
 				return

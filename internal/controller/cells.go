@@ -11,6 +11,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/ipam"
 	"github.com/trellis-c2c/trellis/internal/policy"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
@@ -117,6 +118,7 @@ func (s *Server) joinCell(w http.ResponseWriter, r *http.Request) {
 	c, err := s.store.JoinCell(r.Context(), HashToken(token), req.Name, ip, s.pool)
 	switch {
 	case errors.Is(err, store.ErrBadJoinToken):
+		s.logAuthFailure(r, err)
 		w.Header().Set("WWW-Authenticate", `Bearer realm="trellis"`)
 		writeNetError(w, http.StatusUnauthorized, "join token is unknown, used or expired: create a new one with `trellis create-join-token`")
 		return
@@ -321,14 +323,18 @@ func (s *Server) registerInstance(w http.ResponseWriter, r *http.Request) {
 	if !readV3(w, r, &req) {
 		return
 	}
-	ip, err := netip.ParseAddr(req.IP)
-	if err != nil || !c.Subnet.Contains(ip) {
-		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid ip %q: must be in this cell's subnet %s", req.IP, c.Subnet))
-		return
-	}
 	guid := r.PathValue("guid")
 	if req.AppGUID == "" || guid == "" || req.Index < 0 {
 		writeNetError(w, http.StatusBadRequest, "app_guid, instance guid and a non-negative index are required")
+		return
+	}
+	if err := validateInstanceGUID(guid); err != nil {
+		writeNetError(w, http.StatusUnprocessableEntity, err.Error())
+		return
+	}
+	ip, err := instanceAddr(c.Subnet, req.IP)
+	if err != nil {
+		writeNetError(w, http.StatusUnprocessableEntity, err.Error())
 		return
 	}
 	err = s.store.RegisterInstance(r.Context(), c.GUID, store.Instance{GUID: guid, AppGUID: req.AppGUID, Index: req.Index, IP: ip, ContainerID: req.ContainerID})
@@ -346,6 +352,25 @@ func (s *Server) registerInstance(w http.ResponseWriter, r *http.Request) {
 	}
 	s.log.Info("instance attached", "cell", c.Name, "instance", guid, "app", req.AppGUID, "index", req.Index, "ip", ip)
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// instanceAddr parses the overlay address a cell registers for an
+// instance: one of the container addresses of the cell's subnet, never its
+// VTEP's, the address kept back after it, or the broadcast address.
+func instanceAddr(subnet netip.Prefix, s string) (netip.Addr, error) {
+	ip, err := netip.ParseAddr(s)
+	if err != nil || !ip.Is4() || ip.Zone() != "" {
+		return netip.Addr{}, fmt.Errorf("invalid ip %q: must be an IPv4 address of this cell's subnet %s", s, subnet)
+	}
+	if !subnet.Contains(ip) {
+		return netip.Addr{}, fmt.Errorf("invalid ip %s: outside this cell's subnet %s", ip, subnet)
+	}
+	first, last := ipam.FirstHost(subnet), ipam.LastHost(subnet)
+	if ip.Less(first) || last.Less(ip) {
+		return netip.Addr{}, fmt.Errorf("invalid ip %s: not a container address of subnet %s (%s is the cell's VTEP, the broadcast address is never used): use %s to %s",
+			ip, subnet, ipam.VTEPAddr(subnet), first, last)
+	}
+	return ip, nil
 }
 
 func (s *Server) deregisterInstance(w http.ResponseWriter, r *http.Request) {
@@ -430,10 +455,22 @@ func (s *Server) updateApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	u := store.AppUpdate{Command: req.Command, Env: req.Env, CellGUID: req.CellGUID}
+	if req.Command != nil {
+		for i, arg := range *req.Command {
+			if strings.ContainsRune(arg, 0) {
+				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("invalid command: argument %d contains a NUL byte", i))
+				return
+			}
+		}
+	}
 	if req.Env != nil {
-		for k := range *req.Env {
+		for k, v := range *req.Env {
 			if k == "" || strings.ContainsAny(k, "=\x00") {
 				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("invalid environment variable name %q", k))
+				return
+			}
+			if strings.ContainsRune(v, 0) {
+				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("invalid value of environment variable %s: contains a NUL byte", k))
 				return
 			}
 			if strings.HasPrefix(k, "CF_INSTANCE_") || k == "PORT" {

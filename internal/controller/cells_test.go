@@ -7,12 +7,17 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/google/go-cmp/cmp"
+
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/store"
 )
 
 // joinCell joins a cell through the API and returns an HTTP client that
@@ -115,10 +120,10 @@ func TestCellsJoinAndWatch(t *testing.T) {
 			t.Errorf("register = %d", code)
 		}
 		after := time.Now()
-		if code := put(in.GUID, fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.2.2"}`, app)); code != 400 {
-			t.Errorf("register with another cell's address = %d, want 400", code)
+		if code := put(in.GUID, fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.2.2"}`, app)); code != 422 {
+			t.Errorf("register with another cell's address = %d, want 422", code)
 		}
-		if code := put("podman-1", `{"app_guid":"nope","index":0,"ip":"10.255.1.3"}`); code != 422 {
+		if code := put(strings.Repeat("c0", 32), `{"app_guid":"nope","index":0,"ip":"10.255.1.3"}`); code != 422 {
 			t.Errorf("register for an unknown app = %d, want 422", code)
 		}
 		var ins api.List[api.Instance]
@@ -186,5 +191,86 @@ func TestJoinBadInput(t *testing.T) {
 	}
 	if code, _ := join(tok.Token, "cell2", "198.51.100.12", string(csr)); code != 401 {
 		t.Errorf("second join with the same token = %d, want 401", code)
+	}
+}
+
+// TestRegisterInstanceChecks checks what a cell may register: an instance
+// GUID of the shapes runtimes give (never a name such as a route's, which
+// would become a DNS name of its certificate), a container address of its
+// own subnet (not the VTEP's, the one kept back, the broadcast address or
+// another cell's), not held by another instance.
+func TestRegisterInstanceChecks(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		_, c1 := e.joinCell("cell1", "198.51.100.11") // 10.255.1.0/24
+		e.joinCell("cell2", "198.51.100.12")
+		app := e.createApp(e.defaultSpace(), "web")
+		const (
+			uuid1 = "0b2b6c5e-8f6a-4c1e-9a51-3f2d8c1e0a01"
+			uuid2 = "0b2b6c5e-8f6a-4c1e-9a51-3f2d8c1e0a02"
+		)
+		body := func(ip string) string { return fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":%q}`, app, ip) }
+		for _, tt := range []struct {
+			name, guid, ip string
+			code           int
+			want           string
+		}{
+			{"a route's name", "bsvc.apps.internal", "10.255.1.7", 422, "invalid instance guid"},
+			{"a word", "web-0", "10.255.1.7", 422, "invalid instance guid"},
+			{"a UUID with braces", "{" + uuid1 + "}", "10.255.1.7", 422, "invalid instance guid"},
+			{"a short container ID", "0123456789ab", "10.255.1.7", 422, "invalid instance guid"},
+			{"the VTEP's address", uuid1, "10.255.1.0", 422, "not a container address of subnet 10.255.1.0/24"},
+			{"the address kept back", uuid1, "10.255.1.1", 422, "use 10.255.1.2 to 10.255.1.254"},
+			{"the broadcast address", uuid1, "10.255.1.255", 422, "not a container address"},
+			{"another cell's address", uuid1, "10.255.2.2", 422, "outside this cell's subnet 10.255.1.0/24"},
+			{"outside the overlay", uuid1, "192.0.2.1", 422, "outside this cell's subnet"},
+			{"IPv6", uuid1, "fd00::1", 422, "must be an IPv4 address"},
+			{"not an address", uuid1, "10.255.1", 422, "invalid ip"},
+			{"a UUID", uuid1, "10.255.1.2", 204, ""},
+			{"a Cloud Foundry instance GUID", "41653aa4-3a3a-486a-4431-ef25", "10.255.1.3", 204, ""},
+			{"a container ID", strings.Repeat("ab", 32), "10.255.1.254", 204, ""},
+			{"a nerdctl container ID", "default-" + strings.Repeat("cd", 32), "10.255.1.100", 204, ""},
+			{"a namespace with a slash", "a/b-" + strings.Repeat("cd", 32), "10.255.1.101", 422, "invalid instance guid"},
+			{"a namespace alone", "default-", "10.255.1.101", 422, "invalid instance guid"},
+			{"an address in use", uuid2, "10.255.1.2", 409, "ip 10.255.1.2 is already used by instance " + uuid1},
+			{"moving onto an address in use", uuid1, "10.255.1.3", 409, "already used by instance 41653aa4-3a3a-486a-4431-ef25"},
+			{"the same again", uuid1, "10.255.1.2", 204, ""},
+		} {
+			code, got := e.cellCall(c1, "PUT", "/trellis/v1/cell/instances/"+url.PathEscape(tt.guid), body(tt.ip))
+			if code != tt.code || !strings.Contains(got, tt.want) {
+				t.Errorf("%s: PUT instance %s ip %s = %d %s, want %d %q", tt.name, tt.guid, tt.ip, code, got, tt.code, tt.want)
+			}
+		}
+		var ins api.List[api.Instance]
+		e.must(e.admin, "GET", "/trellis/v1/instances?app_guids="+app, "", 200, &ins)
+		got := map[string]string{}
+		for _, in := range ins.Resources {
+			got[in.GUID] = in.IP
+		}
+		want := map[string]string{uuid1: "10.255.1.2", "41653aa4-3a3a-486a-4431-ef25": "10.255.1.3", strings.Repeat("ab", 32): "10.255.1.254",
+			"default-" + strings.Repeat("cd", 32): "10.255.1.100"}
+		if diff := cmp.Diff(want, got); diff != "" {
+			t.Errorf("instances after the refused registrations (-want +got):\n%s", diff)
+		}
+	})
+}
+
+// TestCertificateNamesOnlyValidGUIDs checks that an instance registered
+// under a name (before GUIDs were checked at registration) gets no
+// certificate: its GUID would be a DNS name of it, and could be another
+// app's route.
+func TestCertificateNamesOnlyValidGUIDs(t *testing.T) {
+	e := newEnv(t, "sqlite")
+	j, c1 := e.joinCell("cell1", "198.51.100.11")
+	app := e.createApp(e.defaultSpace(), "a")
+	victim := e.createApp(e.defaultSpace(), "bsvc")
+	e.mapRoute(victim, "bsvc", "apps.internal")
+	// As an older controller let it be registered.
+	ip := netip.MustParseAddr("10.255.1.9")
+	if err := e.store.RegisterInstance(t.Context(), j.Cell.GUID, store.Instance{GUID: "bsvc.apps.internal", AppGUID: app, IP: ip}); err != nil {
+		t.Fatal(err)
+	}
+	code, got := e.cellCall(c1, "POST", "/trellis/v1/cell/instances/bsvc.apps.internal/certificate", certRequest(newCSR(t, "", "x")))
+	if code != 422 || !strings.Contains(got, "invalid instance guid") {
+		t.Errorf("certificate for instance bsvc.apps.internal = %d %s, want 422 invalid instance guid", code, got)
 	}
 }

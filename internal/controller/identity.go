@@ -201,6 +201,12 @@ func (s *Server) signInstanceCertificate(w http.ResponseWriter, r *http.Request)
 	}
 	in := ins[0]
 	switch {
+	case validateInstanceGUID(in.GUID) != nil:
+		// Registered before GUIDs were checked: it must not become a
+		// DNS name of a certificate (it could be another app's route).
+		s.refuseCertificate(w, c, guid, http.StatusUnprocessableEntity, refusedInvalidIdentity,
+			fmt.Sprintf("cannot certify instance %s: %v", guid, validateInstanceGUID(in.GUID)))
+		return
 	case in.CellGUID != c.GUID:
 		s.refuseCertificate(w, c, guid, http.StatusForbidden, refusedForeign,
 			fmt.Sprintf("instance %s is not on cell %s: a cell gets certificates only for its own instances", guid, c.Name))

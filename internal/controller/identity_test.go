@@ -112,11 +112,11 @@ func TestSignInstanceCertificate(t *testing.T) {
 		e.mapRoute(be, "backend", "apps.internal")
 		e.must(e.admin, "POST", "/v3/domains", `{"name":"svc.internal","internal":true}`, 201, nil)
 		e.mapRoute(be, "api", "svc.internal")
-		e.register(c1, "be-0", be, 0, "10.255.1.5")
+		e.register(c1, "be000000-0000-4000-8000-000000000000", be, 0, "10.255.1.5")
 
-		path := "/trellis/v1/cell/instances/be-0/certificate"
+		path := "/trellis/v1/cell/instances/be000000-0000-4000-8000-000000000000/certificate"
 		start := time.Now()
-		code, body := e.cellCall(c1, "POST", path, certRequest(newCSR(t, identity.KeyECDSAP256, "be-0")))
+		code, body := e.cellCall(c1, "POST", path, certRequest(newCSR(t, identity.KeyECDSAP256, "be000000-0000-4000-8000-000000000000")))
 		if code != 201 {
 			t.Fatalf("POST %s = %d %s, want 201", path, code, body)
 		}
@@ -129,20 +129,20 @@ func TestSignInstanceCertificate(t *testing.T) {
 			t.Fatalf("certificate holds %d certificates, want the leaf and the intermediate", len(chain))
 		}
 		leaf := chain[0]
-		if leaf.Subject.CommonName != "be-0" {
-			t.Errorf("CN = %q, want be-0", leaf.Subject.CommonName)
+		if leaf.Subject.CommonName != "be000000-0000-4000-8000-000000000000" {
+			t.Errorf("CN = %q, want be000000-0000-4000-8000-000000000000", leaf.Subject.CommonName)
 		}
 		wantOU := []string{"organization:" + org, "space:" + space, "app:" + be}
 		if got := slices.Sorted(slices.Values(leaf.Subject.OrganizationalUnit)); !slices.Equal(got, slices.Sorted(slices.Values(wantOU))) {
 			t.Errorf("OU = %v, want %v", leaf.Subject.OrganizationalUnit, wantOU)
 		}
-		if diff := cmp.Diff([]string{"be-0", "api.svc.internal", "backend.apps.internal"}, leaf.DNSNames); diff != "" {
+		if diff := cmp.Diff([]string{"be000000-0000-4000-8000-000000000000", "api.svc.internal", "backend.apps.internal"}, leaf.DNSNames); diff != "" {
 			t.Errorf("DNS SANs (-want +got):\n%s", diff)
 		}
 		if len(leaf.IPAddresses) != 1 || !leaf.IPAddresses[0].Equal(net.ParseIP("10.255.1.5")) {
 			t.Errorf("IP SANs = %v, want 10.255.1.5", leaf.IPAddresses)
 		}
-		wantURI := fmt.Sprintf("spiffe://trellis.internal/org/%s/space/%s/app/%s/instance/be-0", org, space, be)
+		wantURI := fmt.Sprintf("spiffe://trellis.internal/org/%s/space/%s/app/%s/instance/be000000-0000-4000-8000-000000000000", org, space, be)
 		if len(leaf.URIs) != 1 || leaf.URIs[0].String() != wantURI {
 			t.Errorf("URIs = %v, want %s", leaf.URIs, wantURI)
 		}
@@ -162,11 +162,11 @@ func TestSignInstanceCertificate(t *testing.T) {
 			t.Errorf("the certificate does not verify with the CA's bundle: %v", err)
 		}
 		id, err := identity.ParsePeer(leaf)
-		if err != nil || id.App != be || id.Instance != "be-0" || id.Space != space || id.Org != org {
+		if err != nil || id.App != be || id.Instance != "be000000-0000-4000-8000-000000000000" || id.Space != space || id.Org != org {
 			t.Errorf("ParsePeer = %+v, %v", id, err)
 		}
 		// RSA 3072 keys are signed too, with key encipherment.
-		code, body = e.cellCall(c1, "POST", path, certRequest(newCSR(t, identity.KeyRSA3072, "be-0")))
+		code, body = e.cellCall(c1, "POST", path, certRequest(newCSR(t, identity.KeyRSA3072, "be000000-0000-4000-8000-000000000000")))
 		if code != 201 {
 			t.Fatalf("POST %s (RSA 3072) = %d %s", path, code, body)
 		}
@@ -199,12 +199,12 @@ func TestSignInstanceCertificate(t *testing.T) {
 			code     int
 			want     string
 		}{
-			{"another cell's instance", c2, "be-0", good, 403, "instance be-0 is not on cell cell2"},
+			{"another cell's instance", c2, "be000000-0000-4000-8000-000000000000", good, 403, "instance be000000-0000-4000-8000-000000000000 is not on cell cell2"},
 			{"unregistered instance", c1, "nope", good, 404, "instance nope is not registered"},
 			{"scheduled, not attached", scheduledClient, scheduled.GUID, good, 409, "has no overlay address"},
-			{"garbage CSR", c1, "be-0", `{"csr":"garbage"}`, 400, "malformed CSR: not a PEM CERTIFICATE REQUEST"},
-			{"RSA 1024", c1, "be-0", certRequest(weakCSR), 400, "RSA key of 1024 bits: at least 2048 needed"},
-			{"not JSON", c1, "be-0", `{"csr":`, 400, "parse error"},
+			{"garbage CSR", c1, "be000000-0000-4000-8000-000000000000", `{"csr":"garbage"}`, 400, "malformed CSR: not a PEM CERTIFICATE REQUEST"},
+			{"RSA 1024", c1, "be000000-0000-4000-8000-000000000000", certRequest(weakCSR), 400, "RSA key of 1024 bits: at least 2048 needed"},
+			{"not JSON", c1, "be000000-0000-4000-8000-000000000000", `{"csr":`, 400, "parse error"},
 		} {
 			code, got := e.cellCall(tt.client, "POST", "/trellis/v1/cell/instances/"+tt.instance+"/certificate", tt.body)
 			if code != tt.code || !strings.Contains(got, tt.want) {
@@ -238,8 +238,8 @@ func TestInstanceIdentitySettings(t *testing.T) {
 	e := newEnvWith(t, "sqlite", InstanceIdentity{Validity: 5 * time.Minute, TrustDomain: "example.test"})
 	_, c1 := e.joinCell("cell1", "198.51.100.11")
 	app := e.createApp(e.defaultSpace(), "web")
-	e.register(c1, "web-0", app, 0, "10.255.1.9")
-	code, body := e.cellCall(c1, "POST", "/trellis/v1/cell/instances/web-0/certificate", certRequest(newCSR(t, "", "web-0")))
+	e.register(c1, "eb000000-0000-4000-8000-000000000000", app, 0, "10.255.1.9")
+	code, body := e.cellCall(c1, "POST", "/trellis/v1/cell/instances/eb000000-0000-4000-8000-000000000000/certificate", certRequest(newCSR(t, "", "eb000000-0000-4000-8000-000000000000")))
 	if code != 201 {
 		t.Fatalf("POST certificate = %d %s", code, body)
 	}
@@ -278,9 +278,9 @@ func TestCellStateIdentity(t *testing.T) {
 		be, fe, worker, pinger := e.createApp(space, "backend"), e.createApp(space, "frontend"), e.createApp(space, "worker"), e.createApp(space, "pinger")
 		e.mapRoute(be, "backend", "apps.internal")
 		e.mapRoute(be, "api", "apps.internal")
-		e.register(c1, "be-0", be, 0, "10.255.1.2")
-		e.register(c1, "be-1", be, 1, "10.255.1.3")
-		e.register(c2, "fe-0", fe, 0, "10.255.2.2")
+		e.register(c1, "be000000-0000-4000-8000-000000000000", be, 0, "10.255.1.2")
+		e.register(c1, "be000000-0000-4000-8000-000000000001", be, 1, "10.255.1.3")
+		e.register(c2, "fe000000-0000-4000-8000-000000000000", fe, 0, "10.255.2.2")
 		e.must(e.admin, "POST", policiesPath, policyBody(
 			[5]any{fe, be, "tcp", 61443, 61443},     // a TLS client
 			[5]any{worker, be, "tcp", 60000, 62000}, // a range holding 61443
@@ -333,11 +333,11 @@ func TestInstanceCARotationAPI(t *testing.T) {
 		_, c1 := e.joinCell("cell1", "198.51.100.11")
 		space := e.defaultSpace()
 		app := e.createApp(space, "backend")
-		e.register(c1, "be-0", app, 0, "10.255.1.2")
+		e.register(c1, "be000000-0000-4000-8000-000000000000", app, 0, "10.255.1.2")
 		writer := e.token(ScopeWrite, []string{space})
 		sign := func() []*x509.Certificate {
 			t.Helper()
-			code, body := e.cellCall(c1, "POST", "/trellis/v1/cell/instances/be-0/certificate", certRequest(newCSR(t, "", "be-0")))
+			code, body := e.cellCall(c1, "POST", "/trellis/v1/cell/instances/be000000-0000-4000-8000-000000000000/certificate", certRequest(newCSR(t, "", "be000000-0000-4000-8000-000000000000")))
 			if code != 201 {
 				t.Fatalf("POST certificate = %d %s", code, body)
 			}
@@ -506,7 +506,7 @@ func TestIdentityThroughClient(t *testing.T) {
 	e := newEnv(t, "sqlite")
 	_, c1 := e.joinCell("cell1", "198.51.100.11")
 	app := e.createApp(e.defaultSpace(), "web")
-	e.register(c1, "web-0", app, 0, "10.255.1.4")
+	e.register(c1, "eb000000-0000-4000-8000-000000000000", app, 0, "10.255.1.4")
 	serverCA := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.srv.Certificate().Raw}))
 	cell, err := api.NewCellClient(e.srv.URL, serverCA, c1.Transport.(*http.Transport).TLSClientConfig.Certificates[0])
 	if err != nil {
@@ -517,17 +517,17 @@ func TestIdentityThroughClient(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	ic, err := cell.InstanceCertificate(ctx, "web-0", newCSR(t, "", "web-0"))
+	ic, err := cell.InstanceCertificate(ctx, "eb000000-0000-4000-8000-000000000000", newCSR(t, "", "eb000000-0000-4000-8000-000000000000"))
 	if err != nil {
 		t.Fatalf("InstanceCertificate = %v", err)
 	}
-	if chain := parsePEMChain(t, ic.Certificate); len(chain) != 2 || chain[0].Subject.CommonName != "web-0" || verifyChain(chain, ic.CA.Bundle) != nil {
+	if chain := parsePEMChain(t, ic.Certificate); len(chain) != 2 || chain[0].Subject.CommonName != "eb000000-0000-4000-8000-000000000000" || verifyChain(chain, ic.CA.Bundle) != nil {
 		t.Errorf("InstanceCertificate gave %d certificates, or one that does not verify", len(chain))
 	}
 	if _, err := cell.InstanceCertificate(ctx, "other", newCSR(t, "", "other")); !api.IsNotFound(err) {
 		t.Errorf("InstanceCertificate(unregistered) = %v, want 404", err)
 	}
-	if _, err := admin.InstanceCertificate(ctx, "web-0", newCSR(t, "", "web-0")); err == nil {
+	if _, err := admin.InstanceCertificate(ctx, "eb000000-0000-4000-8000-000000000000", newCSR(t, "", "eb000000-0000-4000-8000-000000000000")); err == nil {
 		t.Error("InstanceCertificate with an admin token = nil error, want 401")
 	}
 	ca, err := cell.InstanceCA(ctx)

@@ -29,10 +29,10 @@ func TestCellStatePolicies(t *testing.T) {
 		space := e.defaultSpace()
 		fe, be := e.createApp(space, "frontend"), e.createApp(space, "backend")
 		// backend attached on cell1 (as a runtime's instance), frontend too.
-		if code := e.cellDo(c1, "PUT", "/trellis/v1/cell/instances/be-0", fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.1.2"}`, be)); code != 204 {
+		if code := e.cellDo(c1, "PUT", "/trellis/v1/cell/instances/be000000-0000-4000-8000-000000000000", fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.1.2"}`, be)); code != 204 {
 			t.Fatalf("register backend = %d", code)
 		}
-		if code := e.cellDo(c1, "PUT", "/trellis/v1/cell/instances/fe-0", fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.1.3"}`, fe)); code != 204 {
+		if code := e.cellDo(c1, "PUT", "/trellis/v1/cell/instances/fe000000-0000-4000-8000-000000000000", fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.1.3"}`, fe)); code != 204 {
 			t.Fatalf("register frontend = %d", code)
 		}
 		var st api.CellState

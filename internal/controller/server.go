@@ -43,6 +43,8 @@ type Server struct {
 	// feed compiles the cells' desired states once per change and wakes
 	// only the cells a change touches.
 	feed *cellFeed
+	// authFailures logs refused credentials, rate-limited.
+	authFailures *logLimiter
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,
@@ -58,6 +60,7 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 		checked, _ = InstanceIdentity{}.withDefaults()
 	}
 	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
+	s.authFailures = newLogLimiter(log, slog.LevelWarn, "authentication failures")
 	s.metrics = newHTTPMetrics(s.reg)
 	s.certs = newCertMetrics(s.reg)
 	s.feed = newCellFeed(st, s.compileInput, log, s.reg)
@@ -70,7 +73,8 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 func (s *Server) routes() {
 	m := s.mux
 	m.HandleFunc("GET /health", s.health)
-	m.Handle("GET /metrics", s.requireAuth(writeNetError, anyScope,
+	// Store-wide counts are the whole foundation's: admins only.
+	m.Handle("GET /metrics", s.requireAuth(writeNetError, adminScope,
 		promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}).ServeHTTP))
 
 	// Cloud Foundry networking API.
@@ -132,14 +136,25 @@ func (s *Server) routes() {
 	m.HandleFunc("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
 }
 
-// TLSConfig is the controller's server TLS: TLS 1.2+, its certificate, and
-// client certificates from its CA accepted (and verified) when offered,
-// which is how cells authenticate.
+// TLSConfig is the controller's server TLS: TLS 1.2+ with forward-secret
+// AEAD suites only (as the cells' port 61443), its certificate, and client
+// certificates from its CA accepted (and verified) when offered, which is
+// how cells authenticate.
 func TLSConfig(cert tls.Certificate, ca *identity.CA) *tls.Config {
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS12,
+		MinVersion: tls.VersionTLS12,
+		// TLS 1.2: ECDHE and AEAD only, no CBC or static-RSA suites. TLS
+		// 1.3 suites are all AEAD and not configurable.
+		CipherSuites: []uint16{
+			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+		},
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    pool,

@@ -51,9 +51,11 @@ func (s *Server) createToken(w http.ResponseWriter, r *http.Request) {
 		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid scope %q: must be network.admin or network.write", req.Scope))
 		return
 	}
-	if len(req.Name) > 255 {
-		writeNetError(w, http.StatusBadRequest, "invalid name: at most 255 characters")
-		return
+	if req.Name != "" {
+		if err := validateName("token", req.Name); err != nil {
+			writeNetError(w, http.StatusUnprocessableEntity, err.Error())
+			return
+		}
 	}
 	maxTTL := int64(api.MaxTokenTTL / time.Second)
 	if req.TTLSeconds < 0 || req.TTLSeconds > maxTTL {

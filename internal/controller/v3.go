@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/store"
@@ -52,6 +53,12 @@ func readV3(w http.ResponseWriter, r *http.Request, v any) bool {
 		writeV3Error(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body too large: limit is %d bytes", maxV3Body))
 		return false
 	}
+	// encoding/json would turn invalid UTF-8 into U+FFFD: refuse it
+	// rather than store something else than what was sent.
+	if !utf8.Valid(body) {
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("request body is not valid UTF-8 (at byte %d)", invalidUTF8At(body)))
+		return false
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
@@ -66,6 +73,18 @@ func readV3(w http.ResponseWriter, r *http.Request, v any) bool {
 		return false
 	}
 	return true
+}
+
+// invalidUTF8At returns the offset of the first invalid UTF-8 sequence in b.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n <= 1 {
+			return i
+		}
+		i += n
+	}
+	return len(b)
 }
 
 // storeError maps a store error onto a v3 answer.

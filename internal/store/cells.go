@@ -411,7 +411,8 @@ func instances(ctx context.Context, r runner, f InstanceFilter) ([]Instance, err
 // RegisterInstance records that an instance is attached on cell with an
 // overlay address. A managed instance must be scheduled on that cell; any
 // other is created (its app must exist). Registering the same attachment
-// again is a no-op.
+// again is a no-op. It fails with ErrConflict if another instance holds the
+// address on cell, or the instance is on another cell.
 func (s *Store) RegisterInstance(ctx context.Context, cell string, in Instance) error {
 	err := s.write(ctx, func(r runner) (bool, error) {
 		var managed bool
@@ -419,6 +420,16 @@ func (s *Store) RegisterInstance(ctx context.Context, cell string, in Instance) 
 		err := r.queryRow(ctx, "SELECT managed, COALESCE(cell_guid, ''), COALESCE(ip, ''), COALESCE(container_id, ''), state FROM instances WHERE guid = ?", in.GUID).
 			Scan(&managed, &at, &ip, &container, &state)
 		t := micros(now())
+		if err == nil || errors.Is(err, sql.ErrNoRows) {
+			var holder string
+			herr := r.queryRow(ctx, "SELECT guid FROM instances WHERE cell_guid = ? AND ip = ? AND guid <> ?", cell, in.IP.String(), in.GUID).Scan(&holder)
+			if herr == nil {
+				return false, fmt.Errorf("ip %s is already used by instance %s on this cell: %w", in.IP, holder, ErrConflict)
+			}
+			if !errors.Is(herr, sql.ErrNoRows) {
+				return false, herr
+			}
+		}
 		switch {
 		case errors.Is(err, sql.ErrNoRows):
 			if ok, err := r.exists(ctx, "SELECT 1 FROM apps WHERE guid = ?", in.AppGUID); err != nil || !ok {

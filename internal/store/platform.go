@@ -228,7 +228,7 @@ func (s *Store) DeleteApp(ctx context.Context, guid string) error {
 		if _, err := r.exec(ctx, "DELETE FROM policies WHERE dest_app = ?", guid); err != nil {
 			return false, err
 		}
-		if _, err := r.exec(ctx, "UPDATE tags SET app_guid = NULL WHERE app_guid = ?", guid); err != nil {
+		if err := freeTag(ctx, r, guid); err != nil {
 			return false, err
 		}
 		delete(peers, guid)

@@ -5,6 +5,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"time"
 )
 
 // CreatePolicies creates the policies that do not exist yet, all or none,
@@ -22,7 +23,7 @@ func (s *Store) CreatePolicies(ctx context.Context, ps []Policy, o CreatePolicie
 		if err := checkPolicyApps(ctx, r, apps, o.SpaceGUIDs); err != nil {
 			return false, err
 		}
-		tags, err := allocateTags(ctx, r, apps, s.maxTag)
+		tags, err := allocateTags(ctx, r, apps, s.maxTag, now().Add(-s.tagQuarantine))
 		if err != nil {
 			return false, err
 		}
@@ -238,11 +239,12 @@ func checkPolicyApps(ctx context.Context, r runner, apps, spaceGUIDs []string) e
 	return nil
 }
 
-// allocateTags gives each of apps that has no tag the lowest free one, in
-// order, and returns the tags of all apps; ErrTagsExhausted if none is free.
-// Callers run in a write transaction, so no other writer allocates at the
-// same time.
-func allocateTags(ctx context.Context, r runner, apps []string, maxTag int) (map[string]uint16, error) {
+// allocateTags gives each of apps that has no tag the lowest free one that
+// was not freed after freedBefore (the tag quarantine), in order, and
+// returns the tags of all apps; ErrTagsExhausted if none is free. Callers
+// run in a write transaction, so no other writer allocates at the same
+// time.
+func allocateTags(ctx context.Context, r runner, apps []string, maxTag int, freedBefore time.Time) (map[string]uint16, error) {
 	cond, arg := r.in("app_guid", apps)
 	rows, err := r.query(ctx, "SELECT app_guid, tag FROM tags WHERE "+cond, arg)
 	if err != nil {
@@ -265,8 +267,8 @@ func allocateTags(ctx context.Context, r runner, apps []string, maxTag int) (map
 	if len(tags) == len(apps) {
 		return tags, nil
 	}
-	alloc, err := r.prepare(ctx, `UPDATE tags SET app_guid = ?
-		WHERE tag = (SELECT MIN(tag) FROM tags WHERE app_guid IS NULL AND tag <= ?)
+	alloc, err := r.prepare(ctx, `UPDATE tags SET app_guid = ?, freed_at = NULL
+		WHERE tag = (SELECT MIN(tag) FROM tags WHERE app_guid IS NULL AND tag <= ? AND (freed_at IS NULL OR freed_at <= ?))
 		RETURNING tag`)
 	if err != nil {
 		return nil, err
@@ -277,7 +279,7 @@ func allocateTags(ctx context.Context, r runner, apps []string, maxTag int) (map
 			continue
 		}
 		var tag uint16
-		err := alloc.QueryRowContext(ctx, a, maxTag).Scan(&tag)
+		err := alloc.QueryRowContext(ctx, a, maxTag, micros(freedBefore)).Scan(&tag)
 		if errors.Is(err, sql.ErrNoRows) {
 			return nil, ErrTagsExhausted
 		}
@@ -289,14 +291,21 @@ func allocateTags(ctx context.Context, r runner, apps []string, maxTag int) (map
 	return tags, nil
 }
 
-// recycleTags frees the tags of those apps that are in no policy.
+// freeTag frees the tag of app, if it has one; it is quarantined from now.
+func freeTag(ctx context.Context, r runner, app string) error {
+	_, err := r.exec(ctx, "UPDATE tags SET app_guid = NULL, freed_at = ? WHERE app_guid = ?", micros(now()), app)
+	return err
+}
+
+// recycleTags frees the tags of those apps that are in no policy; they are
+// quarantined from now.
 func recycleTags(ctx context.Context, r runner, apps []string) error {
 	if len(apps) == 0 {
 		return nil
 	}
 	cond, arg := r.in("app_guid", apps)
-	_, err := r.exec(ctx, "UPDATE tags SET app_guid = NULL WHERE "+cond+`
+	_, err := r.exec(ctx, "UPDATE tags SET app_guid = NULL, freed_at = ? WHERE "+cond+`
 		AND NOT EXISTS (SELECT 1 FROM policies p WHERE p.source_app = tags.app_guid)
-		AND NOT EXISTS (SELECT 1 FROM policies p WHERE p.dest_app = tags.app_guid)`, arg)
+		AND NOT EXISTS (SELECT 1 FROM policies p WHERE p.dest_app = tags.app_guid)`, micros(now()), arg)
 	return err
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/google/go-cmp/cmp"
 	"github.com/google/go-cmp/cmp/cmpopts"
@@ -137,6 +138,7 @@ func TestCreatePoliciesAllOrNothing(t *testing.T) {
 func TestTags(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *Store) {
 		ctx := t.Context()
+		s.tagQuarantine = 0 // freed tags are reused at once: TestTagQuarantine tests the quarantine
 		f := newFixture(t, s)
 		a := f.apps(t, "a", "b", "c", "d", "e")
 		create := func(ps ...Policy) {
@@ -181,10 +183,74 @@ func TestTags(t *testing.T) {
 	})
 }
 
+// TestTagQuarantine checks that a freed tag (of an app left in no policy,
+// or deleted) goes to no other app until TagQuarantine has passed, so that a
+// cell still applying the old app's rules never applies them to a new one.
+func TestTagQuarantine(t *testing.T) {
+	forEachStore(t, func(t *testing.T, s *Store) {
+		ctx := t.Context()
+		f := newFixture(t, s)
+		a := f.apps(t, "a", "b", "c", "d", "e", "f", "g")
+		create := func(p Policy) {
+			t.Helper()
+			if err := s.CreatePolicies(ctx, []Policy{p}, CreatePoliciesOptions{}); err != nil {
+				t.Fatalf("CreatePolicies(%v) = %v", p, err)
+			}
+		}
+		// freedAgo makes every freed tag look freed d ago.
+		freedAgo := func(d time.Duration) {
+			t.Helper()
+			if _, err := s.r().exec(ctx, "UPDATE tags SET freed_at = ? WHERE freed_at IS NOT NULL", micros(now().Add(-d))); err != nil {
+				t.Fatal(err)
+			}
+		}
+		steps := []struct {
+			name string
+			do   func()
+			want map[string]uint16 // app name → tag
+		}{
+			{"a→b", func() { create(tcp(a["a"], a["b"], 80)) }, map[string]uint16{"a": 1, "b": 2}},
+			{"delete a→b frees 1 and 2", func() {
+				if _, err := s.DeletePolicies(ctx, []Policy{tcp(a["a"], a["b"], 80)}, nil); err != nil {
+					t.Fatal(err)
+				}
+			}, map[string]uint16{}},
+			{"c→d does not get the quarantined 1 and 2", func() { create(tcp(a["c"], a["d"], 80)) }, map[string]uint16{"c": 3, "d": 4}},
+			{"deleting c frees 3 and 4", func() {
+				if err := s.DeleteApp(ctx, a["c"]); err != nil {
+					t.Fatal(err)
+				}
+			}, map[string]uint16{}},
+			{"e→f after a deletion", func() { create(tcp(a["e"], a["f"], 80)) }, map[string]uint16{"e": 5, "f": 6}},
+			{"a minute before the quarantine ends", func() {
+				freedAgo(TagQuarantine - time.Minute)
+				create(tcp(a["g"], a["e"], 80))
+			}, map[string]uint16{"e": 5, "f": 6, "g": 7}},
+			{"once the quarantine has passed, the lowest freed tag is given again", func() {
+				freedAgo(TagQuarantine + time.Second)
+				create(tcp(a["b"], a["e"], 80))
+			}, map[string]uint16{"b": 1, "e": 5, "f": 6, "g": 7}},
+		}
+		for _, step := range steps {
+			step.do()
+			got := make(map[string]uint16)
+			for name, guid := range a {
+				if tag, ok := tagsByApp(t, s)[guid]; ok {
+					got[name] = tag
+				}
+			}
+			if diff := cmp.Diff(step.want, got); diff != "" {
+				t.Errorf("after %s: tags (-want +got):\n%s", step.name, diff)
+			}
+		}
+	})
+}
+
 func TestTagsExhausted(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *Store) {
 		ctx := t.Context()
 		s.maxTag = 3 // as if tags 4…65535 were taken
+		s.tagQuarantine = 0
 		f := newFixture(t, s)
 		a := f.apps(t, "a", "b", "c", "d")
 		if err := s.CreatePolicies(ctx, []Policy{tcp(a["a"], a["b"], 80)}, CreatePoliciesOptions{}); err != nil {
@@ -336,6 +402,7 @@ func TestPolicyFilters(t *testing.T) {
 func TestDeleteApp(t *testing.T) {
 	forEachStore(t, func(t *testing.T, s *Store) {
 		ctx := t.Context()
+		s.tagQuarantine = 0 // a freed tag is reused at once
 		f := newFixture(t, s)
 		a := f.apps(t, "a", "b", "c", "d")
 		only := must(s.CreateRoute(ctx, f.space.GUID, f.domain.GUID, "only-a"))(t)
@@ -396,6 +463,7 @@ func TestRevision(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, url string) {
 		ctx := t.Context()
 		s := openStore(t, url)
+		s.tagQuarantine = 0 // freed tags are reused at once
 		f := newFixture(t, s)
 		a := f.apps(t, "a", "b")
 		var route Route
@@ -451,6 +519,7 @@ func TestRevision(t *testing.T) {
 		s.Close()
 
 		s = openStore(t, url)
+		s.tagQuarantine = 0
 		if got := revision(t, s); got != rev {
 			t.Errorf("Revision() after reopening = %d, want %d", got, rev)
 		}

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -25,6 +27,9 @@ type Store struct {
 
 	// maxTag bounds tag allocation; MaxTag except in tests of exhaustion.
 	maxTag int
+	// tagQuarantine is how long a freed tag stays unallocated;
+	// TagQuarantine except in tests.
+	tagQuarantine time.Duration
 
 	// changed is closed (and replaced) after every commit of this Store, to
 	// wake WaitRevision at once; changes by other controllers sharing the
@@ -57,13 +62,16 @@ func Open(ctx context.Context, url string) (*Store, error) {
 // open is Open migrating up to schema version target (0: the latest); tests
 // use it to make a database at an older version.
 func open(ctx context.Context, url string, target int) (*Store, error) {
-	s := &Store{maxTag: MaxTag, changed: make(chan struct{}), flowsAdded: make(chan struct{})}
+	s := &Store{maxTag: MaxTag, tagQuarantine: TagQuarantine, changed: make(chan struct{}), flowsAdded: make(chan struct{})}
 	var err error
 	if strings.HasPrefix(url, "postgres://") || strings.HasPrefix(url, "postgresql://") {
 		s.pg = true
 		s.db, err = sql.Open("pgx", url)
 	} else {
 		path := strings.TrimPrefix(url, "sqlite:")
+		if err := privateFiles(path); err != nil {
+			return nil, fmt.Errorf("open store: %w", err)
+		}
 		sep := "?"
 		if strings.Contains(path, "?") {
 			sep = "&"
@@ -93,6 +101,29 @@ func open(ctx context.Context, url string, target int) (*Store, error) {
 		go s.listen(lctx, url)
 	}
 	return s, nil
+}
+
+// privateFiles makes the SQLite database at path (and its -wal and -shm
+// files, if any) readable and writable by the owner only, creating it if
+// missing: it holds the instance CA's keys. SQLite creates the -wal and
+// -shm files with the permissions of the database file, so they are
+// private too. In-memory and URI-named databases are left alone.
+func privateFiles(path string) error {
+	path, _, _ = strings.Cut(path, "?")
+	if path == "" || strings.HasPrefix(path, ":memory:") || strings.HasPrefix(path, "file:") {
+		return nil
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return fmt.Errorf("create %s: %w", path, err)
+	}
+	f.Close()
+	for _, p := range []string{path, path + "-wal", path + "-shm"} {
+		if err := os.Chmod(p, 0o600); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("make %s private: %w", p, err)
+		}
+	}
+	return nil
 }
 
 // Close releases the database.

@@ -26,6 +26,15 @@ var (
 // "no mark" of the dataplane.
 const MaxTag = 65535
 
+// TagQuarantine is how long a freed policy tag (of an app deleted or left
+// in no policy) is given to no other app. A cell applies a new state within
+// seconds of a change (its long poll answers at once, and it polls at
+// least every 30 s), so after this every cell reachable from the
+// controller has dropped the old app's rules, and a lagging cell never
+// applies them to a new app that got its tag. A cell cut off for longer
+// keeps its last state: remove it (trellis delete-cell) before then.
+const TagQuarantine = 10 * time.Minute
+
 // Default names: Open creates this org, its space and this internal domain
 // if missing.
 const (
