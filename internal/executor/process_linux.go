@@ -239,7 +239,7 @@ func initCmd(ctx context.Context, spec Spec, command []string, root bool) (*exec
 	args = append(args, command...)
 	cmd := exec.CommandContext(ctx, Executable, args...)
 	cmd.Env = append([]string{}, spec.Env...) // never nil: nil would pass our environment on
-	cmd.Dir = "/" // the command's, spec.Dir, is entered after the mounts
+	cmd.Dir = "/"                             // the command's, spec.Dir, is entered after the mounts
 	return cmd, nil
 }
 
