@@ -51,6 +51,8 @@ func TestMain(m *testing.M) {
 			os.Exit(startAndExit())
 		case execSharedCommand:
 			os.Exit(execShared())
+		case probeCommand:
+			os.Exit(probe())
 		}
 	}
 	if os.Geteuid() == 0 {

@@ -239,7 +239,9 @@ func initCmd(ctx context.Context, spec Spec, command []string, root bool) (*exec
 	args = append(args, command...)
 	cmd := exec.CommandContext(ctx, Executable, args...)
 	cmd.Env = append([]string{}, spec.Env...) // never nil: nil would pass our environment on
-	cmd.Dir = "/"                             // the command's, spec.Dir, is entered after the mounts
+	// The command's working directory, spec.Dir, is entered after the
+	// mounts; instance-init starts in /.
+	cmd.Dir = "/"
 	return cmd, nil
 }
 
