@@ -28,8 +28,9 @@ const probeCommand = "executor-test-probe"
 
 // probe is run as an instance's command. Paths and PIDs come in its
 // environment: AGENT_PID (the test process, as an agent), CELL_KEY and
-// OTHER_KEY (files in a hidden directory), OWN_KEY (the instance's own key, mounted), HOST_TMP (a
-// file in the host's /tmp).
+// OTHER_KEY (files in a hidden directory), OWN_KEY (the instance's own
+// key, mounted), HOST_TMP (a file in the host's /tmp), ETC_FILE (a file
+// to make in /etc).
 func probe() int {
 	result := func(err error) string {
 		if err == nil {
@@ -70,7 +71,7 @@ func probe() int {
 		say("read "+env, result(err))
 	}
 	say("write OWN_KEY", result(os.WriteFile(os.Getenv("OWN_KEY"), nil, 0)))
-	say("write /etc", result(os.WriteFile("/etc/trellis-probe", nil, 0o644)))
+	say("write /etc", result(os.WriteFile(os.Getenv("ETC_FILE"), nil, 0o644)))
 	pid, _ := strconv.Atoi(os.Getenv("AGENT_PID"))
 	say("kill agent", result(unix.Kill(pid, 0)))
 	say("kill init", result(unix.Kill(1, unix.SIGTERM)))
@@ -140,7 +141,8 @@ func TestSandbox(t *testing.T) {
 	cellKey := filepath.Join(agentDir, "cell.key")
 	otherKey := filepath.Join(agentDir, "credentials", "other", "instance.key")
 	hostTmp := filepath.Join(os.TempDir(), "trellis-probe-"+filepath.Base(agentDir))
-	t.Cleanup(func() { os.Remove(hostTmp) })
+	etcFile := "/etc/trellis-probe-" + filepath.Base(agentDir) // must not be made
+	t.Cleanup(func() { os.Remove(hostTmp); os.Remove(etcFile) })
 	for path, mode := range map[string]os.FileMode{cellKey: 0o600, otherKey: 0o644, hostTmp: 0o644} {
 		os.MkdirAll(filepath.Dir(path), 0o755)
 		if err := os.WriteFile(path, []byte("secret\n"), mode); err != nil {
@@ -163,7 +165,7 @@ func TestSandbox(t *testing.T) {
 	spec.Hide = []string{agentDir}
 	spec.StateDir = filepath.Join(agentDir, "instances", spec.ID)
 	spec.Env = append(spec.Env, "HOME="+executor.Home, "AGENT_PID="+strconv.Itoa(os.Getpid()),
-		"CELL_KEY="+cellKey, "OTHER_KEY="+otherKey, "HOST_TMP="+hostTmp,
+		"CELL_KEY="+cellKey, "OTHER_KEY="+otherKey, "HOST_TMP="+hostTmp, "ETC_FILE="+etcFile,
 		"OWN_KEY="+credsInside+"/instance.key")
 
 	p, err := executor.Start(spec)
