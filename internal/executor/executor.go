@@ -9,7 +9,8 @@
 //
 // An instance's command never runs as root. It runs as the instance's own
 // user (UserID: a uid and gid chosen per instance from [UIDBase,
-// UIDBase+UIDCount), with no supplementary groups), with no capabilities
+// UIDBase+UIDCount), with no supplementary groups, named UserName in the
+// instance's /etc/passwd and /etc/group), with no capabilities
 // (the permitted, effective, inheritable, ambient and bounding sets are
 // empty) and no_new_privs set, so no setuid program or file capability
 // gives any back. It sees its own processes only (its own PID namespace and
@@ -42,7 +43,9 @@ import (
 	"errors"
 	"fmt"
 	"hash/fnv"
+	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 )
 
@@ -128,7 +131,27 @@ func UserID(id string) int {
 const (
 	recordFile = "process.json"
 	resolvFile = "resolv.conf"
+	passwdFile = "passwd" // the host's /etc/passwd and the instance's user
+	groupFile  = "group"  // the host's /etc/group and the instance's group
 )
+
+// UserName is the name of every instance's user (and group) in its
+// /etc/passwd and /etc/group, as Cloud Foundry names it.
+const UserName = "vcap"
+
+// userFiles returns /etc/passwd and /etc/group for the instance running
+// as uid: the host's (read from etc) with its user and group added.
+func userFiles(etc string, uid int) (passwd, group []byte) {
+	line := func(file, entry string) []byte {
+		b, _ := os.ReadFile(filepath.Join(etc, file))
+		if len(b) > 0 && b[len(b)-1] != '\n' {
+			b = append(b, '\n')
+		}
+		return append(b, entry...)
+	}
+	id := strconv.Itoa(uid)
+	return line("passwd", UserName+":x:"+id+":"+id+"::"+Home+":/bin/sh\n"), line("group", UserName+":x:"+id+":\n")
+}
 
 func (s Spec) validate() error {
 	if s.ID == "" {

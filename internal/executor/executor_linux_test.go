@@ -341,12 +341,13 @@ func TestStartStop(t *testing.T) {
 		echo "env: $GREETING"
 		echo "pwd: $(pwd)"
 		echo "uid: $(id -u) $(id -g) $(id -G)"
+		echo "user: $(id -un) $(id -gn) $HOME"
 		echo "hostname: $(hostname)"
 		echo to-stderr >&2
 		sleep 1000 &
 		echo ready
 		wait`)
-	spec.Env = append(spec.Env, "GREETING=hello instance")
+	spec.Env = append(spec.Env, "GREETING=hello instance", "HOME="+executor.Home)
 	spec.Dir = "/etc"
 
 	p, err := executor.Start(spec)
@@ -363,6 +364,7 @@ func TestStartStop(t *testing.T) {
 		"env":      "hello instance",
 		"pwd":      "/etc",
 		"uid":      uid + " " + uid + " " + uid,
+		"user":     "vcap vcap " + executor.Home,
 		"hostname": spec.ID,
 	}
 	for k, v := range want {

@@ -96,7 +96,7 @@ func Start(spec Spec) (*Process, error) {
 	cmd.Stdout, cmd.Stderr = log, log
 	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: namespaces, Setsid: true}
 	if err := run(cmd, spec.NetNS); err != nil {
-		os.Remove(filepath.Join(spec.StateDir, resolvFile))
+		removeFiles(spec.StateDir)
 		return nil, fmt.Errorf("start instance %s: %w", spec.ID, err)
 	}
 
@@ -110,7 +110,7 @@ func Start(spec Spec) (*Process, error) {
 	if err != nil {
 		_ = unix.Kill(-p.pid, unix.SIGKILL)
 		_ = cmd.Wait()
-		os.Remove(filepath.Join(spec.StateDir, resolvFile))
+		removeFiles(spec.StateDir)
 		return nil, fmt.Errorf("start instance %s: %w", spec.ID, err)
 	}
 	go func() {
@@ -221,6 +221,18 @@ func initCmd(ctx context.Context, spec Spec, command []string, root bool) (*exec
 	}
 	if spec.Dir != "" {
 		args = append(args, "--dir", spec.Dir)
+	}
+	// The instance's user has a name: in /etc/passwd and /etc/group.
+	passwd, group := userFiles("/etc", UserID(spec.ID))
+	for _, f := range []struct {
+		name, target string
+		data         []byte
+	}{{passwdFile, "/etc/passwd", passwd}, {groupFile, "/etc/group", group}} {
+		path := filepath.Join(spec.StateDir, f.name)
+		if err := writeFileAtomic(path, f.data, 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args, "--mount", path+":"+f.target)
 	}
 	for _, p := range spec.Hide {
 		args = append(args, "--hide", p)
@@ -411,12 +423,19 @@ func (p *Process) Stop(ctx context.Context, grace time.Duration) error {
 		return fmt.Errorf("stop instance %s (pid %d): %w", p.spec.ID, p.pid, err)
 	}
 	p.stopped = true
-	for _, name := range []string{recordFile, resolvFile} {
+	for _, name := range []string{recordFile, resolvFile, passwdFile, groupFile} {
 		if err := os.Remove(filepath.Join(p.spec.StateDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("stop instance %s: %w", p.spec.ID, err)
 		}
 	}
 	return nil
+}
+
+// removeFiles removes what initCmd wrote to stateDir, after a failed start.
+func removeFiles(stateDir string) {
+	for _, name := range []string{resolvFile, passwdFile, groupFile} {
+		os.Remove(filepath.Join(stateDir, name))
+	}
 }
 
 // killGroup sends SIGKILL to process group pgid until none of its members
