@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"sort"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,7 @@ type instances struct {
 	nsPrefix   string // of instance namespace names
 	state      func() (api.CellState, bool)
 	creds      credentialDirs
+	hide       []string // the agent's state dir and socket, hidden in every instance
 	dir        string
 	cni        *libcni.CNIConfig
 	list       *libcni.NetworkConfigList
@@ -103,10 +105,27 @@ func newInstances(cfg instancesConfig) (*instances, error) {
 		return nil, fmt.Errorf("load CNI config: %w", err)
 	}
 	in := &instances{log: cfg.Log, nsPath: cfg.NetNS, underlayIP: cfg.UnderlayIP.String(), nsPrefix: cfg.NetNSPrefix,
-		state: cfg.State, creds: cfg.Credentials, dir: dir, list: list, wake: make(chan struct{}, 1), running: map[string]*instance{},
+		state: cfg.State, creds: cfg.Credentials, hide: hiddenPaths(cfg.StateDir, cfg.Socket),
+		dir: dir, list: list, wake: make(chan struct{}, 1), running: map[string]*instance{},
 		cni: libcni.NewCNIConfigWithCacheDir([]string{bin}, filepath.Join(cfg.StateDir, "cni-cache"), nil)}
 	in.adopt()
 	return in, nil
+}
+
+// hiddenPaths are what no instance may see of the agent: its state dir
+// (the cell's key, every instance's key and record) and its socket, when
+// that is elsewhere.
+func hiddenPaths(stateDir, socket string) []string {
+	paths := []string{stateDir}
+	if abs, err := filepath.Abs(stateDir); err == nil {
+		paths[0] = abs
+	}
+	if socket != "" {
+		if abs, err := filepath.Abs(socket); err == nil && !strings.HasPrefix(abs, paths[0]+"/") {
+			paths = append(paths, abs)
+		}
+	}
+	return paths
 }
 
 // linkPlugin puts trellis-cni (this binary) into dir.
@@ -310,7 +329,9 @@ func (in *instances) runtimeConf(inst *instance, nsPath string) *libcni.RuntimeC
 }
 
 // spec is how the instance's process runs: the app's command (or the
-// sample app) with the platform's environment, as Cloud Foundry sets it.
+// sample app) with the platform's environment, as Cloud Foundry sets it,
+// unprivileged as the executor runs every instance (its own user, HOME on
+// a private tmpfs), with the agent's state dir and socket hidden.
 func (in *instances) spec(inst *instance, dir string) executor.Spec {
 	d := inst.Desired
 	command := d.Command
@@ -321,7 +342,7 @@ func (in *instances) spec(inst *instance, dir string) executor.Spec {
 	port := strconv.Itoa(AppPort)
 	env := map[string]string{
 		"PATH":                    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-		"HOME":                    "/root",
+		"HOME":                    executor.Home,
 		"LANG":                    "C.UTF-8",
 		"PORT":                    port,
 		"CF_INSTANCE_GUID":        d.GUID,
@@ -360,7 +381,7 @@ func (in *instances) spec(inst *instance, dir string) executor.Spec {
 			{Source: in.creds.credentialsDir(d.GUID), Target: CredentialsDir},
 			{Source: in.creds.systemCertsDir(), Target: SystemCertsDir},
 		},
-		LogPath: filepath.Join(dir, "app.log"), StateDir: dir,
+		LogPath: filepath.Join(dir, "app.log"), StateDir: dir, Hide: in.hide,
 	}
 }
 

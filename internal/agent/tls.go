@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/proxy"
 )
@@ -381,8 +382,16 @@ func (id *identities) write(guid string, certPEM, keyPEM []byte) error {
 	if err := os.Mkdir(filepath.Join(dir, gen), 0o755); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, gen, keyFile), keyPEM, 0o600); err != nil {
+	// The key is the instance's alone: its own user owns it (mode 0400),
+	// as the executor runs the instance (root reads it for the proxy).
+	key := filepath.Join(dir, gen, keyFile)
+	if err := os.WriteFile(key, keyPEM, 0o400); err != nil {
 		return err
+	}
+	if uid := executor.UserID(guid); os.Geteuid() == 0 {
+		if err := os.Chown(key, uid, uid); err != nil {
+			return fmt.Errorf("give the key of instance %s to its user: %w", guid, err)
+		}
 	}
 	if err := os.WriteFile(filepath.Join(dir, gen, certFile), certPEM, 0o644); err != nil {
 		return err

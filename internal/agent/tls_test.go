@@ -12,12 +12,14 @@ import (
 	"path/filepath"
 	"regexp"
 	"strconv"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/agent"
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -101,8 +103,10 @@ func TestInstanceIdentity(t *testing.T) {
 	if err != nil || !onDisk.Leaf.Equal(leaf) {
 		t.Errorf("credentials on disk: %v; the served certificate must be the one in %s", err, dir)
 	}
-	if fi, err := os.Stat(filepath.Join(dir, "instance.key")); err != nil || fi.Mode().Perm() != 0o600 {
-		t.Errorf("instance.key: %v %v, want mode 0600", fi.Mode(), err)
+	// The instance's own user alone may read its key.
+	if fi, err := os.Stat(filepath.Join(dir, "instance.key")); err != nil || fi.Mode().Perm() != 0o400 ||
+		fi.Sys().(*syscall.Stat_t).Uid != uint32(executor.UserID("inst-srv")) {
+		t.Errorf("instance.key: %v %v, want mode 0400 owned by uid %d", fi.Mode(), err, executor.UserID("inst-srv"))
 	}
 	if v, ok := metric(t, a, `trellis_agent_instance_certificate_expiry_seconds{instance="`+srvGUID+`"}`); !ok || v <= 0 || v > 70 {
 		t.Errorf("expiry metric = %v %v, want the seconds left of a one-minute certificate", v, ok)

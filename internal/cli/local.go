@@ -381,12 +381,14 @@ func (e *exitCodeError) Error() string { return fmt.Sprintf("exit status %d", e.
 var execCommand = &command{
 	name:    "exec",
 	group:   groupLocal,
-	summary: "Run a command inside an app instance (its network, mounts and environment)",
-	usage:   "exec APP [-i INDEX] [--state-dir DIR] -- COMMAND ARGS...",
-	example: "trellis exec frontend -- wget -qO- http://backend.apps.internal:8080/\ntrellis exec backend -i 1 -- cat /etc/resolv.conf",
-	config:  true,
+	summary: "Run a command inside an app instance, as its unprivileged user (--root: as root, admin only)",
+	usage:   "exec APP [-i INDEX] [--root] [--state-dir DIR] -- COMMAND ARGS...",
+	example: "trellis exec frontend -- wget -qO- http://backend.apps.internal:8080/\ntrellis exec backend -i 1 -- cat /etc/resolv.conf\n" +
+		"trellis exec --root backend -- nft list ruleset",
+	config: true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		index := fs.Int("i", 0, "The instance `INDEX`")
+		root := fs.Bool("root", false, "Run as root with every capability, in the instance's namespaces (an admin token only)")
 		dir := stateDirFlag(fs, e)
 		return func(ctx context.Context, args []string) error {
 			if len(args) < 2 {
@@ -396,9 +398,16 @@ var execCommand = &command{
 			if err != nil {
 				return err
 			}
+			run := executor.Exec
+			if *root {
+				if err := requireAdmin(ctx, e); err != nil {
+					return err
+				}
+				run = executor.ExecAsRoot
+			}
 			spec.StateDir = filepath.Join(os.TempDir(), "trellis-exec-"+spec.ID)
 			defer os.RemoveAll(spec.StateDir)
-			code, err := executor.Exec(ctx, spec, e.stdin, e.stdout, e.stderr, args[1:])
+			code, err := run(ctx, spec, e.stdin, e.stdout, e.stderr, args[1:])
 			if err != nil {
 				return err
 			}
@@ -408,6 +417,20 @@ var execCommand = &command{
 			return nil
 		}
 	},
+}
+
+// requireAdmin fails unless the CLI's token has the admin scope: the
+// controller lets it list the cells, which only an admin may. Running as
+// root inside an instance is for operators, not for a space's developers.
+func requireAdmin(ctx context.Context, e *env) error {
+	s, err := e.session()
+	if err != nil {
+		return err
+	}
+	if _, err := s.client.Cells(ctx); err != nil {
+		return fmt.Errorf("exec --root is for admins (the holder of the foundation's admin.json): the token of %s is refused: %w", s.user(), err)
+	}
+	return nil
 }
 
 var logsCommand = &command{

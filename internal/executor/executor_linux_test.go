@@ -51,6 +51,8 @@ func TestMain(m *testing.M) {
 			os.Exit(startAndExit())
 		case execSharedCommand:
 			os.Exit(execShared())
+		case probeCommand:
+			os.Exit(probe())
 		}
 	}
 	if os.Geteuid() == 0 {
@@ -285,45 +287,96 @@ func interfaces(netdev string) []string {
 	return names
 }
 
+// logLines polls the log at path until it has a line "ready", failing
+// the test after 10 seconds, and returns its "key: value" lines.
+func logLines(t *testing.T, path string) map[string]string {
+	t.Helper()
+	var b []byte
+	waitFor(t, "the instance to be ready", func() bool {
+		b, _ = os.ReadFile(path)
+		return bytes.Contains(b, []byte("\nready\n")) || bytes.HasPrefix(b, []byte("ready\n"))
+	})
+	lines := map[string]string{}
+	for l := range strings.Lines(string(b)) {
+		if k, v, ok := strings.Cut(strings.TrimSpace(l), ": "); ok {
+			lines[k] = v
+		}
+	}
+	return lines
+}
+
+// pidNamespace returns the inode of the PID namespace of pid.
+func pidNamespace(t *testing.T, pid int) string {
+	t.Helper()
+	ns, err := os.Readlink(fmt.Sprintf("/proc/%d/ns/pid", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns
+}
+
+// inPIDNamespace lists the processes of the machine in PID namespace ns.
+func inPIDNamespace(ns string) []int {
+	var pids []int
+	dirs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, d := range dirs {
+		if l, err := os.Readlink(d + "/ns/pid"); err == nil && l == ns {
+			pid, _ := strconv.Atoi(filepath.Base(d))
+			if alive(pid) {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
 func TestStartStop(t *testing.T) {
 	dataplanetest.RequireRoot(t)
 	hostResolv := readFile(t, "/etc/resolv.conf")
 	ns := newNetns(t, "start")
-	out := t.TempDir()
 	spec := newSpec(t, ns, "/bin/sh", "-c", `
-		cat /etc/resolv.conf > "$OUT/resolv"
-		cat /proc/self/net/dev > "$OUT/netdev"
-		readlink /proc/self/ns/net > "$OUT/netns"
-		echo "$GREETING" > "$OUT/env"
-		pwd > "$OUT/pwd"
-		echo to-stdout; echo to-stderr >&2
-		sleep 1000 & echo $! > "$OUT/child"
-		touch "$OUT/ready"
+		echo "resolv: $(cat /etc/resolv.conf | tr '\n' ' ')"
+		echo "netdev: $(tail -n +3 /proc/self/net/dev | cut -d: -f1 | tr -d ' ' | tr '\n' ' ')"
+		echo "netns: $(readlink /proc/self/ns/net)"
+		echo "env: $GREETING"
+		echo "pwd: $(pwd)"
+		echo "uid: $(id -u) $(id -g) $(id -G)"
+		echo "user: $(id -un) $(id -gn) $HOME"
+		echo "hostname: $(hostname)"
+		echo to-stderr >&2
+		sleep 1000 &
+		echo ready
 		wait`)
-	spec.Env = append(spec.Env, "OUT="+out, "GREETING=hello instance")
-	spec.Dir = out
+	spec.Env = append(spec.Env, "GREETING=hello instance", "HOME="+executor.Home)
+	spec.Dir = "/etc"
 
 	p, err := executor.Start(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stopAtEnd(t, p)
-	waitFor(t, "the instance to be ready", func() bool { _, err := os.Stat(filepath.Join(out, "ready")); return err == nil })
-
-	for _, c := range []struct{ what, got, want string }{
-		{"/etc/resolv.conf", readFile(t, filepath.Join(out, "resolv")), testResolv},
-		{"network namespace", strings.TrimSpace(readFile(t, filepath.Join(out, "netns"))), netnsInode(t, ns)},
-		{"$GREETING", strings.TrimSpace(readFile(t, filepath.Join(out, "env"))), "hello instance"},
-		{"working directory", strings.TrimSpace(readFile(t, filepath.Join(out, "pwd"))), out},
-		{"log", readFile(t, spec.LogPath), "to-stdout\nto-stderr\n"},
-		{"host /etc/resolv.conf", readFile(t, "/etc/resolv.conf"), hostResolv},
-	} {
-		if c.got != c.want {
-			t.Errorf("instance %s = %q, want %q", c.what, c.got, c.want)
+	got := logLines(t, spec.LogPath)
+	uid := strconv.Itoa(executor.UserID(spec.ID))
+	want := map[string]string{
+		"resolv":   strings.ReplaceAll(testResolv, "\n", " "),
+		"netdev":   "lo ",
+		"netns":    netnsInode(t, ns),
+		"env":      "hello instance",
+		"pwd":      "/etc",
+		"uid":      uid + " " + uid + " " + uid,
+		"user":     "vcap vcap " + executor.Home,
+		"hostname": spec.ID,
+	}
+	for k, v := range want {
+		if strings.TrimSpace(got[k]) != strings.TrimSpace(v) {
+			t.Errorf("instance %s = %q, want %q", k, got[k], v)
 		}
 	}
-	if got, want := interfaces(readFile(t, filepath.Join(out, "netdev"))), []string{"lo"}; !slices.Equal(got, want) {
-		t.Errorf("instance sees interfaces %v, want %v", got, want)
+	if log := readFile(t, spec.LogPath); !strings.Contains(log, "to-stderr\n") {
+		t.Errorf("log = %q, want the command's stderr in it", log)
+	}
+	if got := readFile(t, "/etc/resolv.conf"); got != hostResolv {
+		t.Errorf("host /etc/resolv.conf = %q, want %q", got, hostResolv)
 	}
 	if p.ExitCode() != -1 {
 		t.Errorf("ExitCode() of a running instance = %d, want -1", p.ExitCode())
@@ -347,7 +400,11 @@ func TestStartStop(t *testing.T) {
 		t.Errorf("second Start on one state dir = %v, want an already-running error", err)
 	}
 
-	child, _ := strconv.Atoi(strings.TrimSpace(readFile(t, filepath.Join(out, "child"))))
+	// The instance's init, sh and sleep run in the instance's PID namespace.
+	pidns := pidNamespace(t, p.PID())
+	if pids := inPIDNamespace(pidns); len(pids) != 3 {
+		t.Errorf("processes in the instance's PID namespace = %v, want init, sh and sleep", pids)
+	}
 	if err := p.Stop(t.Context(), 5*time.Second); err != nil {
 		t.Fatal(err)
 	}
@@ -355,8 +412,8 @@ func TestStartStop(t *testing.T) {
 	if got, want := p.ExitCode(), 128+int(syscall.SIGTERM); got != want {
 		t.Errorf("ExitCode() after Stop = %d, want %d", got, want)
 	}
-	if alive(p.PID()) || alive(child) {
-		t.Errorf("after Stop: instance alive %v, its child alive %v; want both gone", alive(p.PID()), alive(child))
+	if pids := inPIDNamespace(pidns); len(pids) != 0 {
+		t.Errorf("after Stop: processes %v still run in the instance's PID namespace", pids)
 	}
 	if _, err := os.Stat(filepath.Join(spec.StateDir, "process.json")); !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("record after Stop: %v, want it removed", err)
@@ -369,14 +426,14 @@ func TestStartStop(t *testing.T) {
 func TestStopEscalatesToKill(t *testing.T) {
 	dataplanetest.RequireRoot(t)
 	ns := newNetns(t, "kill")
-	ready := filepath.Join(t.TempDir(), "ready")
 	// Ignoring SIGTERM is inherited by the sleeps, so only SIGKILL ends it.
-	p, err := executor.Start(newSpec(t, ns, "sh", "-c", `trap "" TERM; touch `+ready+`; while :; do sleep 0.05; done`))
+	spec := newSpec(t, ns, "sh", "-c", `trap "" TERM; echo ready; while :; do sleep 0.05; done`)
+	p, err := executor.Start(spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	stopAtEnd(t, p)
-	waitFor(t, "the instance to be ready", func() bool { _, err := os.Stat(ready); return err == nil })
+	logLines(t, spec.LogPath)
 	if err := p.Stop(t.Context(), 200*time.Millisecond); err != nil {
 		t.Fatal(err)
 	}
@@ -553,11 +610,15 @@ func TestExec(t *testing.T) {
 	if err := os.WriteFile(secret, []byte("s3cret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	target := filepath.Join(tmp, "inside", "creds", "cred.txt") // missing: created
 	spec := newSpec(t, ns)
+	if err := os.Chown(secret, executor.UserID(spec.ID), executor.UserID(spec.ID)); err != nil {
+		t.Fatal(err)
+	}
+	// Missing, and under the instance's private /tmp: made there.
+	target := filepath.Join(tmp, "inside", "creds", "cred.txt")
 	spec.Mounts = []executor.Mount{{Source: secret, Target: target}}
 	spec.Env = append(spec.Env, "T="+target)
-	spec.Dir = tmp
+	spec.Dir = filepath.Dir(target)
 	hostResolv := readFile(t, "/etc/resolv.conf")
 
 	var stdout, stderr bytes.Buffer
@@ -576,15 +637,15 @@ func TestExec(t *testing.T) {
 	if code != 3 {
 		t.Errorf("Exec exit code = %d, want 3", code)
 	}
-	want := "from stdin\n" + testResolv + "s3cret\n" + netnsInode(t, ns) + "\n" + tmp + "\n"
+	want := "from stdin\n" + testResolv + "s3cret\n" + netnsInode(t, ns) + "\n" + spec.Dir + "\n"
 	if got := stdout.String(); got != want {
 		t.Errorf("Exec stdout = %q, want %q", got, want)
 	}
 	if got := stderr.String(); !strings.Contains(got, "Read-only file system") || !strings.HasSuffix(got, "oops\n") {
 		t.Errorf("Exec stderr = %q, want a read-only error and oops", got)
 	}
-	if got := readFile(t, target); got != "" {
-		t.Errorf("mount target on the host = %q, want an empty placeholder", got)
+	if _, err := os.Stat(filepath.Join(tmp, "inside")); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("mount target on the host: %v, want none (it is on the instance's /tmp)", err)
 	}
 	if got := readFile(t, "/etc/resolv.conf"); got != hostResolv {
 		t.Errorf("host /etc/resolv.conf after Exec = %q, want %q", got, hostResolv)

@@ -63,8 +63,10 @@ func (p *Process) ExitCode() int {
 }
 
 // Start starts the instance described by spec in its network namespace and
-// a new mount namespace, as the leader of a new session, and records it in
-// spec.StateDir. It returns once the instance's command has been executed,
+// new mount, PID, UTS and IPC namespaces, unprivileged (see the package
+// documentation), as the leader of a new session, and records it in
+// spec.StateDir. The recorded process is the instance's init (see
+// InitMain); the command is its child. It returns once the instance's command has been executed,
 // or with an error if setting up its namespace or finding its command
 // failed. The instance is not tied to the caller: it keeps running when the
 // caller exits, and Adopt finds it again.
@@ -87,14 +89,14 @@ func Start(spec Spec) (*Process, error) {
 		return nil, fmt.Errorf("instance %s: %w", spec.ID, err)
 	}
 	defer log.Close()
-	cmd, err := initCmd(context.Background(), spec, spec.Command)
+	cmd, err := initCmd(context.Background(), spec, spec.Command, false)
 	if err != nil {
 		return nil, fmt.Errorf("instance %s: %w", spec.ID, err)
 	}
 	cmd.Stdout, cmd.Stderr = log, log
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNS, Setsid: true}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: namespaces, Setsid: true}
 	if err := run(cmd, spec.NetNS); err != nil {
-		os.Remove(filepath.Join(spec.StateDir, resolvFile))
+		removeFiles(spec.StateDir)
 		return nil, fmt.Errorf("start instance %s: %w", spec.ID, err)
 	}
 
@@ -108,7 +110,7 @@ func Start(spec Spec) (*Process, error) {
 	if err != nil {
 		_ = unix.Kill(-p.pid, unix.SIGKILL)
 		_ = cmd.Wait()
-		os.Remove(filepath.Join(spec.StateDir, resolvFile))
+		removeFiles(spec.StateDir)
 		return nil, fmt.Errorf("start instance %s: %w", spec.ID, err)
 	}
 	go func() {
@@ -120,9 +122,12 @@ func Start(spec Spec) (*Process, error) {
 }
 
 // Exec runs command once inside the instance of spec: in its network
-// namespace, with its environment, working directory and a mount view like
-// the instance's (its own mount namespace with the same bind mounts), and
-// with the given streams (nil means /dev/null). It returns the command's
+// namespace, as its user and as unprivileged (see the package
+// documentation), with its environment, working directory, hostname and a
+// mount view like the instance's (its own mount namespace with the same
+// mounts), and with the given streams (nil means /dev/null). The command
+// has a PID namespace, /tmp and /home of its own: it does not see the
+// instance's processes or temporary files. It returns the command's
 // exit code, or 128+N when signal N killed it; an error means the command
 // could not be run. Cancelling ctx kills the command.
 //
@@ -131,6 +136,21 @@ func Start(spec Spec) (*Process, error) {
 // waits at most a second for output that processes left behind by the
 // command still write.
 func Exec(ctx context.Context, spec Spec, stdin io.Reader, stdout, stderr io.Writer, command []string) (int, error) {
+	return execIn(ctx, spec, false, stdin, stdout, stderr, command)
+}
+
+// ExecAsRoot is Exec for operators: the command runs as root with every
+// capability (in the instance's namespaces, with its mounts), as
+// `trellis exec --root` does for an admin. Never run an app's command so.
+func ExecAsRoot(ctx context.Context, spec Spec, stdin io.Reader, stdout, stderr io.Writer, command []string) (int, error) {
+	return execIn(ctx, spec, true, stdin, stdout, stderr, command)
+}
+
+// namespaces are those that instance-init gets of its own: all but the
+// network namespace, which it inherits from the thread that starts it.
+const namespaces = unix.CLONE_NEWNS | unix.CLONE_NEWPID | unix.CLONE_NEWUTS | unix.CLONE_NEWIPC
+
+func execIn(ctx context.Context, spec Spec, root bool, stdin io.Reader, stdout, stderr io.Writer, command []string) (int, error) {
 	if err := spec.validate(); err != nil {
 		return -1, err
 	}
@@ -140,13 +160,13 @@ func Exec(ctx context.Context, spec Spec, stdin io.Reader, stdout, stderr io.Wri
 	if err := os.MkdirAll(spec.StateDir, 0o700); err != nil {
 		return -1, fmt.Errorf("exec in instance %s: %w", spec.ID, err)
 	}
-	cmd, err := initCmd(ctx, spec, command)
+	cmd, err := initCmd(ctx, spec, command, root)
 	if err != nil {
 		return -1, fmt.Errorf("exec in instance %s: %w", spec.ID, err)
 	}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	cmd.WaitDelay = time.Second
-	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: unix.CLONE_NEWNS}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Cloneflags: namespaces}
 
 	// Feed stdin through a pipe of our own that is closed when the
 	// command exits, so that Exec does not wait for stdin to end.
@@ -188,10 +208,35 @@ func Exec(ctx context.Context, spec Spec, stdin io.Reader, stdout, stderr io.Wri
 	return exitCode(cmd.ProcessState), nil
 }
 
-// initCmd builds the command that runs instance-init for spec and command.
-// Cancelling ctx kills instance-init or the command it became.
-func initCmd(ctx context.Context, spec Spec, command []string) (*exec.Cmd, error) {
-	args := []string{InitCommand}
+// initCmd builds the command that runs instance-init for spec and command,
+// as the instance's user or, if root, as root. Cancelling ctx kills
+// instance-init, and with it every process of its PID namespace.
+func initCmd(ctx context.Context, spec Spec, command []string, root bool) (*exec.Cmd, error) {
+	args := []string{InitCommand, "--hostname", hostname(spec.ID)}
+	if root {
+		args = append(args, "--root")
+	} else {
+		uid := strconv.Itoa(UserID(spec.ID))
+		args = append(args, "--uid", uid, "--gid", uid)
+	}
+	if spec.Dir != "" {
+		args = append(args, "--dir", spec.Dir)
+	}
+	// The instance's user has a name: in /etc/passwd and /etc/group.
+	passwd, group := userFiles("/etc", UserID(spec.ID))
+	for _, f := range []struct {
+		name, target string
+		data         []byte
+	}{{passwdFile, "/etc/passwd", passwd}, {groupFile, "/etc/group", group}} {
+		path := filepath.Join(spec.StateDir, f.name)
+		if err := writeFileAtomic(path, f.data, 0o644); err != nil {
+			return nil, err
+		}
+		args = append(args, "--mount", path+":"+f.target)
+	}
+	for _, p := range spec.Hide {
+		args = append(args, "--hide", p)
+	}
 	if spec.ResolvConf != nil {
 		path := filepath.Join(spec.StateDir, resolvFile)
 		if err := writeFileAtomic(path, spec.ResolvConf, 0o644); err != nil {
@@ -206,12 +251,15 @@ func initCmd(ctx context.Context, spec Spec, command []string) (*exec.Cmd, error
 	args = append(args, command...)
 	cmd := exec.CommandContext(ctx, Executable, args...)
 	cmd.Env = append([]string{}, spec.Env...) // never nil: nil would pass our environment on
-	cmd.Dir = spec.Dir
-	if cmd.Dir == "" {
-		cmd.Dir = "/"
-	}
+	// The command's working directory, spec.Dir, is entered after the
+	// mounts; instance-init starts in /.
+	cmd.Dir = "/"
 	return cmd, nil
 }
+
+// hostname is the instance's hostname for its ID: at most 64 bytes, as
+// the kernel allows.
+func hostname(id string) string { return id[:min(len(id), 64)] }
 
 // run starts cmd from a thread in the network namespace at nsPath and
 // returns once instance-init has executed the command, or with the error
@@ -375,12 +423,19 @@ func (p *Process) Stop(ctx context.Context, grace time.Duration) error {
 		return fmt.Errorf("stop instance %s (pid %d): %w", p.spec.ID, p.pid, err)
 	}
 	p.stopped = true
-	for _, name := range []string{recordFile, resolvFile} {
+	for _, name := range []string{recordFile, resolvFile, passwdFile, groupFile} {
 		if err := os.Remove(filepath.Join(p.spec.StateDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return fmt.Errorf("stop instance %s: %w", p.spec.ID, err)
 		}
 	}
 	return nil
+}
+
+// removeFiles removes what initCmd wrote to stateDir, after a failed start.
+func removeFiles(stateDir string) {
+	for _, name := range []string{resolvFile, passwdFile, groupFile} {
+		os.Remove(filepath.Join(stateDir, name))
+	}
 }
 
 // killGroup sends SIGKILL to process group pgid until none of its members
