@@ -105,8 +105,8 @@ func TestInstanceIdentity(t *testing.T) {
 	}
 	// The instance's own user alone may read its key.
 	if fi, err := os.Stat(filepath.Join(dir, "instance.key")); err != nil || fi.Mode().Perm() != 0o400 ||
-		fi.Sys().(*syscall.Stat_t).Uid != uint32(executor.UserID("inst-srv")) {
-		t.Errorf("instance.key: %v %v, want mode 0400 owned by uid %d", fi.Mode(), err, executor.UserID("inst-srv"))
+		fi.Sys().(*syscall.Stat_t).Uid != uint32(executor.UserID(srvGUID)) {
+		t.Errorf("instance.key: %v %v, want mode 0400 owned by uid %d", fi.Mode(), err, executor.UserID(srvGUID))
 	}
 	if v, ok := metric(t, a, `trellis_agent_instance_certificate_expiry_seconds{instance="`+srvGUID+`"}`); !ok || v <= 0 || v > 70 {
 		t.Errorf("expiry metric = %v %v, want the seconds left of a one-minute certificate", v, ok)
