@@ -82,7 +82,7 @@ type authzSpace struct {
 
 // guids are what no token of another space may see.
 func (sp *authzSpace) guids() []string {
-	return []string{sp.space, sp.app, sp.app2, sp.route, sp.instance, sp.writeGUID, sp.revokedGUID, sp.expiredGUID}
+	return []string{sp.org, sp.space, sp.app, sp.app2, sp.route, sp.instance, sp.writeGUID, sp.revokedGUID, sp.expiredGUID}
 }
 
 // authzFixtures are the two spaces and a counter for fresh names.
