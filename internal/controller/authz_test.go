@@ -66,8 +66,9 @@ func allWant(code int) authzWant {
 }
 
 // authzSpace is the fixtures of one space: an org of its own, two apps, a
-// route mapped to the first, a policy between them, a cell with an
-// instance of the first, its tokens, and a flow.
+// route mapped to the first, a policy between them (and one to the other
+// space's first app), a cell with an instance of the first, its tokens,
+// and a flow.
 type authzSpace struct {
 	name                                string
 	org, space, app, app2, route        string
@@ -166,6 +167,8 @@ func newAuthzFixtures(t *testing.T, e *env) *authzFixtures {
 			f.b = sp
 		}
 	}
+	// A policy across the spaces, which neither write token may see.
+	e.must(e.admin, "POST", policiesPath, policyBody([5]any{f.a.app, f.b.app, "tcp", 7000, 7000}), 200, nil)
 	return f
 }
 
