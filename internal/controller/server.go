@@ -37,6 +37,9 @@ type Server struct {
 	metrics *httpMetrics
 	certs   *certMetrics
 	mux     *http.ServeMux
+	// patterns are the mux's patterns in the order routes registered
+	// them, so that tests can check each one's authorization.
+	patterns []string
 	// caCache is the instance CA last read from the store, parsed: a cache
 	// checked against the store at every use, not state.
 	caCache instanceCACache
@@ -71,69 +74,76 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 }
 
 func (s *Server) routes() {
-	m := s.mux
-	m.HandleFunc("GET /health", s.health)
+	m := s.handle
+	m("GET /health", s.health)
 	// Store-wide counts are the whole foundation's: admins only.
-	m.Handle("GET /metrics", s.requireAuth(writeNetError, adminScope,
+	m("GET /metrics", s.requireAuth(writeNetError, adminScope,
 		promhttp.HandlerFor(s.reg, promhttp.HandlerOpts{}).ServeHTTP))
 
 	// Cloud Foundry networking API.
-	m.HandleFunc("GET /networking/{version}/external/policies", s.requireAuth(writeNetError, anyScope, s.listPolicies))
-	m.HandleFunc("POST /networking/{version}/external/policies", s.requireAuth(writeNetError, anyScope, s.createPolicies))
-	m.HandleFunc("POST /networking/{version}/external/policies/delete", s.requireAuth(writeNetError, anyScope, s.deletePolicies))
-	m.HandleFunc("GET /networking/{version}/external/tags", s.requireAuth(writeNetError, adminScope, s.listTags))
+	m("GET /networking/{version}/external/policies", s.requireAuth(writeNetError, anyScope, s.listPolicies))
+	m("POST /networking/{version}/external/policies", s.requireAuth(writeNetError, anyScope, s.createPolicies))
+	m("POST /networking/{version}/external/policies/delete", s.requireAuth(writeNetError, anyScope, s.deletePolicies))
+	m("GET /networking/{version}/external/tags", s.requireAuth(writeNetError, adminScope, s.listTags))
 
 	// v3-shaped platform resources.
-	m.HandleFunc("GET /v3/organizations", s.requireAuth(writeV3Error, anyScope, s.listOrgs))
-	m.HandleFunc("POST /v3/organizations", s.requireAuth(writeV3Error, adminScope, s.createOrg))
-	m.HandleFunc("GET /v3/spaces", s.requireAuth(writeV3Error, anyScope, s.listSpaces))
-	m.HandleFunc("POST /v3/spaces", s.requireAuth(writeV3Error, adminScope, s.createSpace))
-	m.HandleFunc("GET /v3/apps", s.requireAuth(writeV3Error, anyScope, s.listApps))
-	m.HandleFunc("GET /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.getApp))
-	m.HandleFunc("POST /v3/apps", s.requireAuth(writeV3Error, anyScope, s.createApp))
-	m.HandleFunc("DELETE /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.deleteApp))
-	m.HandleFunc("GET /v3/domains", s.requireAuth(writeV3Error, anyScope, s.listDomains))
-	m.HandleFunc("POST /v3/domains", s.requireAuth(writeV3Error, adminScope, s.createDomain))
-	m.HandleFunc("GET /v3/routes", s.requireAuth(writeV3Error, anyScope, s.listRoutes))
-	m.HandleFunc("POST /v3/routes", s.requireAuth(writeV3Error, anyScope, s.createRoute))
-	m.HandleFunc("GET /v3/routes/{guid}", s.requireAuth(writeV3Error, anyScope, s.getRoute))
-	m.HandleFunc("DELETE /v3/routes/{guid}", s.requireAuth(writeV3Error, anyScope, s.deleteRoute))
-	m.HandleFunc("POST /v3/routes/{guid}/destinations", s.requireAuth(writeV3Error, anyScope, s.addRouteDestinations))
-	m.HandleFunc("DELETE /v3/routes/{guid}/destinations/{app}", s.requireAuth(writeV3Error, anyScope, s.removeRouteDestination))
+	m("GET /v3/organizations", s.requireAuth(writeV3Error, anyScope, s.listOrgs))
+	m("POST /v3/organizations", s.requireAuth(writeV3Error, adminScope, s.createOrg))
+	m("GET /v3/spaces", s.requireAuth(writeV3Error, anyScope, s.listSpaces))
+	m("POST /v3/spaces", s.requireAuth(writeV3Error, adminScope, s.createSpace))
+	m("GET /v3/apps", s.requireAuth(writeV3Error, anyScope, s.listApps))
+	m("GET /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.getApp))
+	m("POST /v3/apps", s.requireAuth(writeV3Error, anyScope, s.createApp))
+	m("DELETE /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.deleteApp))
+	m("GET /v3/domains", s.requireAuth(writeV3Error, anyScope, s.listDomains))
+	m("POST /v3/domains", s.requireAuth(writeV3Error, adminScope, s.createDomain))
+	m("GET /v3/routes", s.requireAuth(writeV3Error, anyScope, s.listRoutes))
+	m("POST /v3/routes", s.requireAuth(writeV3Error, anyScope, s.createRoute))
+	m("GET /v3/routes/{guid}", s.requireAuth(writeV3Error, anyScope, s.getRoute))
+	m("DELETE /v3/routes/{guid}", s.requireAuth(writeV3Error, anyScope, s.deleteRoute))
+	m("POST /v3/routes/{guid}/destinations", s.requireAuth(writeV3Error, anyScope, s.addRouteDestinations))
+	m("DELETE /v3/routes/{guid}/destinations/{app}", s.requireAuth(writeV3Error, anyScope, s.removeRouteDestination))
 
-	m.HandleFunc("PATCH /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.updateApp))
-	m.HandleFunc("POST /v3/apps/{guid}/actions/{action}", s.requireAuth(writeV3Error, anyScope, s.appAction))
-	m.HandleFunc("POST /v3/apps/{guid}/processes/web/actions/scale", s.requireAuth(writeV3Error, anyScope, s.scaleApp))
+	m("PATCH /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.updateApp))
+	m("POST /v3/apps/{guid}/actions/{action}", s.requireAuth(writeV3Error, anyScope, s.appAction))
+	m("POST /v3/apps/{guid}/processes/web/actions/scale", s.requireAuth(writeV3Error, anyScope, s.scaleApp))
 
-	m.HandleFunc("POST /trellis/v1/tokens", s.requireAuth(writeNetError, adminScope, s.createToken))
-	m.HandleFunc("GET /trellis/v1/tokens", s.requireAuth(writeNetError, anyScope, s.listTokens))
-	m.HandleFunc("DELETE /trellis/v1/tokens/{guid}", s.requireAuth(writeNetError, anyScope, s.revokeToken))
-	m.HandleFunc("POST /trellis/v1/admin-token/rotation", s.requireAuth(writeNetError, adminScope, s.rotateAdminToken))
-	m.HandleFunc("GET /trellis/v1/instances", s.requireAuth(writeNetError, anyScope, s.listInstances))
+	m("POST /trellis/v1/tokens", s.requireAuth(writeNetError, adminScope, s.createToken))
+	m("GET /trellis/v1/tokens", s.requireAuth(writeNetError, anyScope, s.listTokens))
+	m("DELETE /trellis/v1/tokens/{guid}", s.requireAuth(writeNetError, anyScope, s.revokeToken))
+	m("POST /trellis/v1/admin-token/rotation", s.requireAuth(writeNetError, adminScope, s.rotateAdminToken))
+	m("GET /trellis/v1/instances", s.requireAuth(writeNetError, anyScope, s.listInstances))
 
 	// Cells: joining with a one-time token, then mutual TLS.
-	m.HandleFunc("POST /trellis/v1/join-tokens", s.requireAuth(writeNetError, adminScope, s.createJoinToken))
-	m.HandleFunc("GET /trellis/v1/cells", s.requireAuth(writeNetError, adminScope, s.listCells))
-	m.HandleFunc("DELETE /trellis/v1/cells/{guid}", s.requireAuth(writeNetError, adminScope, s.deleteCell))
-	m.HandleFunc("POST /trellis/v1/cells/join", s.joinCell)
-	m.HandleFunc("GET /trellis/v1/cell/state", s.requireCell(s.cellState))
-	m.HandleFunc("PUT /trellis/v1/cell/instances/{guid}", s.requireCell(s.registerInstance))
-	m.HandleFunc("DELETE /trellis/v1/cell/instances/{guid}", s.requireCell(s.deregisterInstance))
-	m.HandleFunc("DELETE /trellis/v1/cell", s.requireCell(s.leaveCell))
-	m.HandleFunc("POST /trellis/v1/cell/flows", s.requireCell(s.reportFlows))
-	m.HandleFunc("POST /trellis/v1/cell/instances/{guid}/certificate", s.requireCell(s.signInstanceCertificate))
+	m("POST /trellis/v1/join-tokens", s.requireAuth(writeNetError, adminScope, s.createJoinToken))
+	m("GET /trellis/v1/cells", s.requireAuth(writeNetError, adminScope, s.listCells))
+	m("DELETE /trellis/v1/cells/{guid}", s.requireAuth(writeNetError, adminScope, s.deleteCell))
+	m("POST /trellis/v1/cells/join", s.joinCell)
+	m("GET /trellis/v1/cell/state", s.requireCell(s.cellState))
+	m("PUT /trellis/v1/cell/instances/{guid}", s.requireCell(s.registerInstance))
+	m("DELETE /trellis/v1/cell/instances/{guid}", s.requireCell(s.deregisterInstance))
+	m("DELETE /trellis/v1/cell", s.requireCell(s.leaveCell))
+	m("POST /trellis/v1/cell/flows", s.requireCell(s.reportFlows))
+	m("POST /trellis/v1/cell/instances/{guid}/certificate", s.requireCell(s.signInstanceCertificate))
 
 	// Instance identity: the CA, its rotation, and each app's TLS on 61443.
-	m.HandleFunc("GET /trellis/v1/instance-ca", s.requireAuthOrCell(writeNetError, anyScope, s.getInstanceCA))
-	m.HandleFunc("POST /trellis/v1/instance-ca/rotation", s.requireAuth(writeNetError, adminScope, s.rotateInstanceCA))
-	m.HandleFunc("GET /trellis/v1/apps/{guid}/tls", s.requireAuth(writeNetError, anyScope, s.getAppTLS))
-	m.HandleFunc("PUT /trellis/v1/apps/{guid}/tls", s.requireAuth(writeNetError, anyScope, s.setAppTLS))
+	m("GET /trellis/v1/instance-ca", s.requireAuthOrCell(writeNetError, anyScope, s.getInstanceCA))
+	m("POST /trellis/v1/instance-ca/rotation", s.requireAuth(writeNetError, adminScope, s.rotateInstanceCA))
+	m("GET /trellis/v1/apps/{guid}/tls", s.requireAuth(writeNetError, anyScope, s.getAppTLS))
+	m("PUT /trellis/v1/apps/{guid}/tls", s.requireAuth(writeNetError, anyScope, s.setAppTLS))
 
 	// Policy tools: why was it denied, would it be allowed, the switch.
-	m.HandleFunc("GET /trellis/v1/flows", s.requireAuth(writeNetError, anyScope, s.listFlows))
-	m.HandleFunc("GET /trellis/v1/explain", s.requireAuth(writeNetError, anyScope, s.explain))
-	m.HandleFunc("GET /trellis/v1/enforcement", s.requireAuth(writeNetError, anyScope, s.getEnforcement))
-	m.HandleFunc("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
+	m("GET /trellis/v1/flows", s.requireAuth(writeNetError, anyScope, s.listFlows))
+	m("GET /trellis/v1/explain", s.requireAuth(writeNetError, anyScope, s.explain))
+	m("GET /trellis/v1/enforcement", s.requireAuth(writeNetError, anyScope, s.getEnforcement))
+	m("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
+}
+
+// handle registers h for pattern on the mux and records the pattern: every
+// route is registered through it.
+func (s *Server) handle(pattern string, h http.HandlerFunc) {
+	s.mux.HandleFunc(pattern, h)
+	s.patterns = append(s.patterns, pattern)
 }
 
 // TLSConfig is the controller's server TLS: TLS 1.2+ with forward-secret

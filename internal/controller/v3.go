@@ -139,8 +139,33 @@ func orgJSON(o store.Org) api.Organization {
 	return api.Organization{GUID: o.GUID, Name: o.Name, CreatedAt: o.CreatedAt, UpdatedAt: o.UpdatedAt}
 }
 
+// listOrgs lists the organizations: every one for an admin, those of its
+// spaces for a network.write token (as Cloud Foundry shows a space
+// developer only the orgs it belongs to).
 func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request) {
-	orgs, err := s.store.Orgs(r.Context(), store.OrgFilter{GUIDs: query(r, "guids"), Names: query(r, "names")})
+	f := store.OrgFilter{GUIDs: query(r, "guids"), Names: query(r, "names")}
+	if p := principalFrom(r.Context()); !p.admin() {
+		var mine []string
+		if len(p.Spaces) > 0 {
+			spaces, err := s.store.Spaces(r.Context(), store.SpaceFilter{GUIDs: p.Spaces})
+			if err != nil {
+				s.storeError(w, "list organizations", err)
+				return
+			}
+			for _, sp := range spaces {
+				mine = append(mine, sp.OrgGUID)
+			}
+		}
+		if len(f.GUIDs) > 0 {
+			mine = intersect(f.GUIDs, mine)
+		}
+		if len(mine) == 0 {
+			writeJSON(w, http.StatusOK, list[api.Organization](r, nil))
+			return
+		}
+		f.GUIDs = mine
+	}
+	orgs, err := s.store.Orgs(r.Context(), f)
 	if err != nil {
 		s.storeError(w, "list organizations", err)
 		return
