@@ -45,25 +45,7 @@ func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
 	if _, err := ensureInstanceCA(ctx, st, log); err != nil {
 		b.Fatal(err)
 	}
-	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
-	apps := make([]string, nApps)
-	for i := range apps {
-		a, err := st.CreateApp(ctx, spaces[0].GUID, fmt.Sprintf("app-%05d", i))
-		if err != nil {
-			b.Fatal(err)
-		}
-		apps[i] = a.GUID
-	}
-	var batch []store.Policy
-	for i := range nPolicies {
-		batch = append(batch, store.Policy{SourceApp: apps[i/3], DestApp: apps[(i/3+1+i%3)%nApps], Protocol: "tcp", StartPort: 8080, EndPort: 8080})
-		if len(batch) == 1000 {
-			if err := st.CreatePolicies(ctx, batch, store.CreatePoliciesOptions{}); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
+	apps := loadApps(b, st, nApps, nPolicies)
 	cells := make([]store.Cell, nCells)
 	for i := range cells {
 		hash := []byte(fmt.Sprintf("join-%d", i))

@@ -155,16 +155,8 @@ func TLSConfig(cert tls.Certificate, ca *identity.CA) *tls.Config {
 	pool.AddCert(ca.Cert)
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		// TLS 1.2: ECDHE and AEAD only, no CBC or static-RSA suites. TLS
-		// 1.3 suites are all AEAD and not configurable.
-		CipherSuites: []uint16{
-			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-		},
+		// TLS 1.2: ECDHE and AEAD only.
+		CipherSuites: identity.CipherSuites(),
 		Certificates: []tls.Certificate{cert},
 		ClientAuth:   tls.VerifyClientCertIfGiven,
 		ClientCAs:    pool,

@@ -31,27 +31,8 @@ func BenchmarkAPI(b *testing.B) {
 
 func benchAPI(b *testing.B, st *store.Store) {
 	ctx := context.Background()
-	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
 	const nApps, nPolicies = 20000, 60000
-	apps := make([]string, nApps)
-	for i := range apps {
-		a, err := st.CreateApp(ctx, spaces[0].GUID, fmt.Sprintf("app-%05d", i))
-		if err != nil {
-			b.Fatal(err)
-		}
-		apps[i] = a.GUID
-	}
-	// 3 policies per app: to the next three apps.
-	var batch []store.Policy
-	for i := 0; i < nPolicies; i++ {
-		batch = append(batch, store.Policy{SourceApp: apps[i/3], DestApp: apps[(i/3+1+i%3)%nApps], Protocol: "tcp", StartPort: 8080, EndPort: 8080})
-		if len(batch) == 1000 {
-			if err := st.CreatePolicies(ctx, batch, store.CreatePoliciesOptions{}); err != nil {
-				b.Fatal(err)
-			}
-			batch = batch[:0]
-		}
-	}
+	apps := loadApps(b, st, nApps, nPolicies)
 	ca, err := identity.LoadOrCreateCA(b.TempDir(), "bench CA")
 	if err != nil {
 		b.Fatal(err)
@@ -100,4 +81,31 @@ func benchAPI(b *testing.B, st *store.Store) {
 			call(b, "GET", policiesPath+"?id="+apps[i%nApps], "")
 		}
 	})
+}
+
+// loadApps creates nApps apps in the default space and nPolicies policies
+// among them, 3 per app (to the next three apps), and returns the apps'
+// GUIDs.
+func loadApps(b *testing.B, st *store.Store, nApps, nPolicies int) []string {
+	ctx := context.Background()
+	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
+	apps := make([]string, nApps)
+	for i := range apps {
+		a, err := st.CreateApp(ctx, spaces[0].GUID, fmt.Sprintf("app-%05d", i))
+		if err != nil {
+			b.Fatal(err)
+		}
+		apps[i] = a.GUID
+	}
+	var batch []store.Policy
+	for i := range nPolicies {
+		batch = append(batch, store.Policy{SourceApp: apps[i/3], DestApp: apps[(i/3+1+i%3)%nApps], Protocol: "tcp", StartPort: 8080, EndPort: 8080})
+		if len(batch) == 1000 || i == nPolicies-1 {
+			if err := st.CreatePolicies(ctx, batch, store.CreatePoliciesOptions{}); err != nil {
+				b.Fatal(err)
+			}
+			batch = batch[:0]
+		}
+	}
+	return apps
 }

@@ -20,6 +20,8 @@ import (
 	"unicode"
 
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/trellis-c2c/trellis/internal/identity"
 )
 
 // Port is where the Server listens in every instance's namespace, the port
@@ -362,16 +364,8 @@ func (s *Server) newServed(inst Instance, cert *tls.Certificate, leaf *x509.Cert
 func baseConfig() *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS12,
-		// TLS 1.2: forward secrecy and AEAD only. TLS 1.3 suites are all
-		// AEAD and not configurable.
-		CipherSuites: []uint16{
-			tls.TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
-			tls.TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
-			tls.TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
-			tls.TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
-		},
+		// TLS 1.2: ECDHE and AEAD only.
+		CipherSuites: identity.CipherSuites(),
 		// A resumed session skips the certificate: the validity and SNI
 		// checks would still run, but a ticket is the only thing that would
 		// tie a client to an instance, and the keys would be shared by every
