@@ -107,8 +107,8 @@ func IsNotFound(err error) bool {
 // database). It sends each request to the controller in use; when that one
 // does not answer — a failure to connect or to get the answer, a timeout, a
 // 5xx — it tries the next, in the order given and each once, after a short
-// jittered pause, and keeps the first that answers in use for the requests
-// after. A 4xx answer is the controller's word and is returned as it is. A
+// jittered pause; the one it tries is in use from then on, for the requests
+// after too. A 4xx answer is the controller's word and is returned as it is. A
 // POST, which may not be safe to send twice, moves on only when it surely
 // was not handled: the connection could not be made, or the answer was 503.
 type Client struct {
@@ -500,6 +500,10 @@ func (c *Client) send(ctx context.Context, method, path, rawQuery string, body [
 			}
 		}
 		k := (start + i) % n
+		if i > 0 && c.cur.CompareAndSwap((k+n-1)%n, k) {
+			// In use from now: a long poll held by k shows it at once.
+			c.failovers.Add(1)
+		}
 		base := c.bases[k]
 		u := base.JoinPath(path)
 		u.RawQuery = rawQuery
@@ -514,9 +518,6 @@ func (c *Client) send(ctx context.Context, method, path, rawQuery string, body [
 		c.setHeaders(req, hasBody)
 		resp, err := c.http.Do(req)
 		if err == nil && (!failover5xx || resp.StatusCode < 500) {
-			if k != start && c.cur.CompareAndSwap(start, k) {
-				c.failovers.Add(1)
-			}
 			return resp, nil
 		}
 		retry := false
