@@ -195,3 +195,18 @@ func TestClientConfigURLs(t *testing.T) {
 		}
 	}
 }
+
+func TestLoadClientConfigWithSeveralURLs(t *testing.T) {
+	path := t.TempDir() + "/config.json"
+	cfg := ClientConfig{APIURLs: []string{"https://a:4002", "https://b:4002"}, CACert: "CA", Token: "t"}
+	if err := cfg.Save(path); err != nil {
+		t.Fatal(err)
+	}
+	got, err := LoadClientConfig(path)
+	if err != nil {
+		t.Fatalf("LoadClientConfig = %v", err)
+	}
+	if got.APIURL != "https://a:4002" || strings.Join(got.URLs(), " ") != "https://a:4002 https://b:4002" {
+		t.Errorf("LoadClientConfig: api_url %q, URLs %v; want the first of api_urls, and both", got.APIURL, got.URLs())
+	}
+}
