@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -284,10 +285,13 @@ func (a *Agent) run(parent context.Context) error {
 			if isForgotten(err) {
 				return fmt.Errorf("the controller no longer knows cell %s: %w; to join again, start the agent with the same --state-dir and a new --join-token", a.id.Cell.Name, err)
 			}
-			a.log.Warn("watch desired state: keeping the last one", "err", err, "retry_in", backoff)
+			// Jittered, so that the cells of a foundation whose controllers
+			// are all down do not come back to them at once.
+			d := backoff/2 + rand.N(backoff/2+1)
+			a.log.Warn("watch desired state: keeping the last one", "err", err, "retry_in", d.Round(time.Millisecond))
 			select {
 			case <-ctx.Done():
-			case <-time.After(backoff):
+			case <-time.After(d):
 			}
 			backoff = min(backoff*2, 10*time.Second)
 			continue
