@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -30,10 +31,12 @@ import (
 
 // Config configures an agent.
 type Config struct {
-	ControllerURL string // https://… ; needed to join (then remembered)
-	JoinToken     string // one-time, for the first start
-	CACertFile    string // the controller's CA, for the first start
-	StateDir      string
+	// ControllerURLs are the controllers' URLs (https://…), tried in turn
+	// when one does not answer; needed to join (then remembered).
+	ControllerURLs []string
+	JoinToken      string // one-time, for the first start
+	CACertFile     string // the controller's CA, for the first start
+	StateDir       string
 	// NetNS names (or is the path of) the network namespace that plays this
 	// host: kernel objects go there. Empty means the agent's own namespace
 	// (real hosts only).
@@ -169,6 +172,7 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	// the controller exposes them: the agent shares one Go runtime with the
 	// TLS proxy of every local instance.
 	a.metrics.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
+	a.metrics.MustRegister(newControllerCollector(a.controller))
 	report := func(ctx context.Context, evs api.FlowEvents) error { return a.controller.ReportFlows(ctx, evs) }
 	a.enforcer = newEnforcer(dataplane.New(a.nsPath, a.log), a.log, a.containers, a.desired, report, a.metrics)
 	a.tls, err = newIdentities(identitiesConfig{Log: a.log, StateDir: cfg.StateDir, KeyType: cfg.InstanceKeyType, Registerer: a.metrics,
@@ -281,18 +285,23 @@ func (a *Agent) run(parent context.Context) error {
 			if isForgotten(err) {
 				return fmt.Errorf("the controller no longer knows cell %s: %w; to join again, start the agent with the same --state-dir and a new --join-token", a.id.Cell.Name, err)
 			}
-			a.log.Warn("watch desired state: keeping the last one", "err", err, "retry_in", backoff)
+			// Jittered, so that the cells of a foundation whose controllers
+			// are all down do not come back to them at once.
+			d := backoff/2 + rand.N(backoff/2+1)
+			a.log.Warn("watch desired state: keeping the last one", "err", err, "retry_in", d.Round(time.Millisecond))
 			select {
 			case <-ctx.Done():
-			case <-time.After(backoff):
+			case <-time.After(d):
 			}
 			backoff = min(backoff*2, 10*time.Second)
 			continue
 		}
 		backoff = time.Second
-		a.apply(ctx, st)
+		// after is the revision applied: a state older than it (from a
+		// controller that numbers the cell's states lower) is not, and the
+		// next poll waits for a state newer than the one in force.
+		after = a.apply(ctx, st)
 		a.socket.retryReleases(ctx)
-		after = st.Revision
 		if ready != nil && a.ready() {
 			ready()
 			ready = nil
@@ -311,11 +320,23 @@ func (a *Agent) run(parent context.Context) error {
 	return nil
 }
 
-// apply makes the kernel (and the executor) match st, and keeps st.
+// apply makes the kernel (and the executor) match st, and keeps st; it
+// returns the revision of the state in force after. A state older than the
+// one kept (a lower revision: after a failover, a controller whose feed
+// lags, or numbers the cell's states from an earlier start) is never
+// applied: the kept one is applied again instead, as a resync.
 // The DNS table goes first: it needs nothing else, and a started or
 // stopped instance then shows in answers without waiting for the overlay,
 // the policy table and the saved state (DNS opens no access by itself).
-func (a *Agent) apply(ctx context.Context, st api.CellState) {
+func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
+	a.mu.Lock()
+	kept := a.state
+	a.mu.Unlock()
+	if st.Revision < kept.Revision {
+		a.log.Info("skip a desired state older than the one in force", "revision", st.Revision, "in_force", kept.Revision,
+			"controller", a.controller.Controller())
+		st = kept
+	}
 	if a.dns != nil {
 		a.dns.SetTable(dnsTable(st))
 	}
@@ -338,6 +359,7 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) {
 	if a.tls != nil {
 		a.tls.poke()
 	}
+	return st.Revision
 }
 
 // socketPath is where the agent serves the CNI plugin.
@@ -388,7 +410,8 @@ func (a *Agent) desired() api.CellState {
 func (a *Agent) status() api.AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	st := api.AgentStatus{Cell: a.id.Cell.Name, Subnet: a.cell.Subnet.String(), Revision: a.state.Revision, Ready: a.applied}
+	st := api.AgentStatus{Cell: a.id.Cell.Name, Subnet: a.cell.Subnet.String(), Revision: a.state.Revision, Ready: a.applied,
+		Controller: a.controller.Controller(), Failovers: a.controller.Failovers()}
 	switch {
 	case a.applyErr != nil:
 		st.Reason = "desired state not applied: " + a.applyErr.Error()
@@ -408,4 +431,30 @@ func (a *Agent) applyPolicy(ctx context.Context) {
 	if err := a.enforcer.apply(ctx, a.desired(), nil); err != nil {
 		a.log.Error("apply policy", "err", err)
 	}
+}
+
+// controllerCollector exposes which controller the agent's client talks to
+// and how often it moved to another, read from the client at each scrape.
+type controllerCollector struct {
+	c                *api.Client
+	inUse, failovers *prometheus.Desc
+}
+
+func newControllerCollector(c *api.Client) controllerCollector {
+	return controllerCollector{c: c,
+		inUse: prometheus.NewDesc("trellis_agent_controller",
+			"The controller the agent talks to now (1, with its URL).", []string{"url"}, nil),
+		failovers: prometheus.NewDesc("trellis_agent_controller_failovers_total",
+			"Times the agent moved to another controller because the one in use did not answer.", nil, nil),
+	}
+}
+
+func (cc controllerCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- cc.inUse
+	ch <- cc.failovers
+}
+
+func (cc controllerCollector) Collect(ch chan<- prometheus.Metric) {
+	ch <- prometheus.MustNewConstMetric(cc.inUse, prometheus.GaugeValue, 1, cc.c.Controller())
+	ch <- prometheus.MustNewConstMetric(cc.failovers, prometheus.CounterValue, float64(cc.c.Failovers()))
 }

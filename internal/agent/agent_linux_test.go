@@ -140,7 +140,7 @@ func TestJoinAndConverge(t *testing.T) {
 		t.Fatalf("agent.Run(cell1) = %v after cancel, want nil", err)
 	}
 	again := cfg1
-	again.JoinToken, again.CACertFile, again.ControllerURL = "", "", ""
+	again.JoinToken, again.CACertFile, again.ControllerURLs = "", "", nil
 	w.startAgent(t, again)
 	if diff := cmp.Diff(cells, cellsByName(t, c), cmp.FilterPath(func(p cmp.Path) bool {
 		return p.Last().String() == ".LastSeen"

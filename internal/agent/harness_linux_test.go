@@ -239,7 +239,7 @@ func (c *ctrl) joinToken(t *testing.T) string {
 func (w *world) agentCfg(t *testing.T, c *ctrl, i int) agent.Config {
 	dir := t.TempDir()
 	return agent.Config{
-		ControllerURL:     c.url,
+		ControllerURLs:    []string{c.url},
 		JoinToken:         c.joinToken(t),
 		CACertFile:        c.caFile(),
 		StateDir:          dir,

@@ -11,6 +11,8 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
@@ -27,8 +29,28 @@ const (
 
 // cellIdentity is what the agent keeps of its cell across restarts.
 type cellIdentity struct {
-	Cell          api.Cell `json:"cell"`
-	ControllerURL string   `json:"controller_url"`
+	Cell api.Cell `json:"cell"`
+	// ControllerURL is the first controller; ControllerURLs every one, in
+	// the order the agent tries them (absent from the files of agents that
+	// knew one controller).
+	ControllerURL  string   `json:"controller_url"`
+	ControllerURLs []string `json:"controller_urls,omitempty"`
+}
+
+// urls are the controllers the identity names.
+func (id cellIdentity) urls() []string {
+	if len(id.ControllerURLs) > 0 {
+		return id.ControllerURLs
+	}
+	return []string{id.ControllerURL}
+}
+
+// setURLs makes the identity name the controllers at urls.
+func (id *cellIdentity) setURLs(urls []string) {
+	id.ControllerURL, id.ControllerURLs = urls[0], nil
+	if len(urls) > 1 {
+		id.ControllerURLs = slices.Clone(urls)
+	}
 }
 
 // loadOrJoin returns the cell's identity and a controller client that
@@ -50,8 +72,8 @@ func loadOrJoin(ctx context.Context, cfg Config, underlayIP string) (id cellIden
 		}
 		cfg.Log.Warn("the controller no longer knows this cell: joining again with the join token",
 			"cell", id.Cell.Name, "old_guid", id.Cell.GUID, "old_subnet", id.Cell.Subnet)
-		if cfg.ControllerURL == "" {
-			cfg.ControllerURL = id.ControllerURL
+		if len(cfg.ControllerURLs) == 0 {
+			cfg.ControllerURLs = id.urls()
 		}
 		if cfg.CACertFile == "" {
 			cfg.CACertFile = filepath.Join(dir, caFile)
@@ -78,13 +100,13 @@ func loadIdentity(cfg Config) (id cellIdentity, c *api.Client, found bool, err e
 	if err := json.Unmarshal(b, &id); err != nil {
 		return id, nil, false, fmt.Errorf("read %s: %w", cellFile, err)
 	}
-	if cfg.ControllerURL != "" && cfg.ControllerURL != id.ControllerURL {
-		id.ControllerURL = cfg.ControllerURL
+	if len(cfg.ControllerURLs) > 0 && !slices.Equal(cfg.ControllerURLs, id.urls()) {
+		id.setURLs(cfg.ControllerURLs)
 		if err := saveJSON(filepath.Join(dir, cellFile), id); err != nil {
 			return id, nil, false, err
 		}
 	}
-	c, err = cellClient(id.ControllerURL, dir)
+	c, err = cellClient(id.urls(), dir)
 	return id, c, true, err
 }
 
@@ -93,9 +115,10 @@ func loadIdentity(cfg Config) (id cellIdentity, c *api.Client, found bool, err e
 func join(ctx context.Context, cfg Config, underlayIP string) (cellIdentity, *api.Client, error) {
 	dir := cfg.StateDir
 	var id cellIdentity
-	if cfg.ControllerURL == "" {
+	if len(cfg.ControllerURLs) == 0 {
 		return id, nil, errors.New("--controller is required to join")
 	}
+	controllers := strings.Join(cfg.ControllerURLs, ",")
 	caPEM, err := os.ReadFile(cfg.CACertFile)
 	if err != nil {
 		return id, nil, fmt.Errorf("read controller CA (--ca-cert): %w", err)
@@ -103,9 +126,9 @@ func join(ctx context.Context, cfg Config, underlayIP string) (cellIdentity, *ap
 	if !x509.NewCertPool().AppendCertsFromPEM(caPEM) {
 		return id, nil, fmt.Errorf("--ca-cert %s holds no PEM certificate", cfg.CACertFile)
 	}
-	jc, err := api.NewClient(api.ClientConfig{APIURL: cfg.ControllerURL, CACert: string(caPEM), Token: cfg.JoinToken})
+	jc, err := api.NewClient(api.ClientConfig{APIURL: cfg.ControllerURLs[0], APIURLs: cfg.ControllerURLs, CACert: string(caPEM), Token: cfg.JoinToken})
 	if err != nil {
-		return id, nil, fmt.Errorf("--controller %q: %w", cfg.ControllerURL, err)
+		return id, nil, fmt.Errorf("--controller %q: %w", controllers, err)
 	}
 	defer jc.CloseIdleConnections()
 	keyPEM, csrPEM, err := identity.NewKeyAndCSR(cfg.Name)
@@ -116,11 +139,12 @@ func join(ctx context.Context, cfg Config, underlayIP string) (cellIdentity, *ap
 	if err != nil {
 		var uerr x509.UnknownAuthorityError
 		if errors.As(err, &uerr) {
-			return id, nil, fmt.Errorf("join %s: the controller's certificate is not signed by the CA in %s: give the controller's ca.crt", cfg.ControllerURL, cfg.CACertFile)
+			return id, nil, fmt.Errorf("join %s: the controller's certificate is not signed by the CA in %s: give the controller's ca.crt", controllers, cfg.CACertFile)
 		}
-		return id, nil, fmt.Errorf("join %s: %w", cfg.ControllerURL, err)
+		return id, nil, fmt.Errorf("join %s: %w", controllers, err)
 	}
-	id = cellIdentity{Cell: jr.Cell, ControllerURL: cfg.ControllerURL}
+	id = cellIdentity{Cell: jr.Cell}
+	id.setURLs(cfg.ControllerURLs)
 	for _, f := range []struct {
 		name string
 		data []byte
@@ -137,7 +161,7 @@ func join(ctx context.Context, cfg Config, underlayIP string) (cellIdentity, *ap
 	if err := saveJSON(filepath.Join(dir, cellFile), id); err != nil {
 		return id, nil, err
 	}
-	c, err := cellClient(id.ControllerURL, dir)
+	c, err := cellClient(id.urls(), dir)
 	return id, c, err
 }
 
@@ -150,9 +174,9 @@ func saveJSON(path string, v any) error {
 	return identity.WriteFileAtomic(path, append(b, '\n'), 0o600)
 }
 
-// cellClient makes the client that talks to the controller as the cell,
-// over mutual TLS, with the cell's certificate and the CA in dir.
-func cellClient(base, dir string) (*api.Client, error) {
+// cellClient makes the client that talks to the controllers at urls as
+// the cell, over mutual TLS, with the cell's certificate and the CA in dir.
+func cellClient(urls []string, dir string) (*api.Client, error) {
 	caPEM, err := os.ReadFile(filepath.Join(dir, caFile))
 	if err != nil {
 		return nil, err
@@ -161,7 +185,7 @@ func cellClient(base, dir string) (*api.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load cell certificate: %w", err)
 	}
-	return api.NewCellClient(base, string(caPEM), cert)
+	return api.NewCellClient(urls, string(caPEM), cert)
 }
 
 // forgotten reports whether the controller says it does not know the cell

@@ -144,7 +144,7 @@ func TestInstanceIdentity(t *testing.T) {
 		t.Fatalf("agent.Run = %v after cancel, want nil", err)
 	}
 	restarted := cfg
-	restarted.JoinToken, restarted.CACertFile, restarted.ControllerURL = "", "", ""
+	restarted.JoinToken, restarted.CACertFile, restarted.ControllerURLs = "", "", nil
 	a = w.startAgent(t, restarted)
 	poll(t, 10*time.Second, "61443 served again after the agent's restart", func() (bool, error) {
 		_, err := handshake(t, a, cli.ns, srv.ip, srvGUID)

@@ -58,4 +58,8 @@ type AgentStatus struct {
 	Revision int64  `json:"revision"`
 	Ready    bool   `json:"ready"`
 	Reason   string `json:"reason,omitempty"`
+	// Controller is the URL of the controller the agent talks to now, and
+	// Failovers the times it moved to another because one did not answer.
+	Controller string `json:"controller,omitempty"`
+	Failovers  int64  `json:"failovers,omitempty"`
 }

@@ -9,9 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
+	"net"
 	"net/http"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 )
@@ -99,14 +102,41 @@ func IsNotFound(err error) bool {
 // controller's CA. It authenticates every request with a bearer token (a
 // user's, or a join token) or, made by NewCellClient, with a cell's client
 // certificate. It is safe for concurrent use.
+//
+// A Client may know several controllers (of one foundation, sharing one
+// database). It sends each request to the controller in use; when that one
+// does not answer — a failure to connect or to get the answer, a timeout, a
+// 5xx — it tries the next, in the order given and each once, after a short
+// jittered pause; the one it tries is in use from then on, for the requests
+// after too. A 4xx answer is the controller's word and is returned as it is. A
+// POST, which may not be safe to send twice, moves on only when it surely
+// was not handled: the connection could not be made, or the answer was 503.
 type Client struct {
-	base  *url.URL
+	bases []*url.URL
 	token string
 	http  *http.Client
+	// retryBase and retryMax bound the pause before trying the next
+	// controller: retryBase before the second, doubling, at most retryMax,
+	// each between half and all of it.
+	retryBase, retryMax time.Duration
+
+	cur       atomic.Int64 // index in bases of the controller in use
+	failovers atomic.Int64 // times the controller in use changed
 }
 
 // clientTimeout bounds a whole request, answer included.
 const clientTimeout = 30 * time.Second
+
+// dialTimeout bounds a connection attempt, so that an unreachable
+// controller (a host cut off, which drops packets) is left for the next
+// well within a CNI ADD's time.
+const dialTimeout = 3 * time.Second
+
+// Pauses between trying one controller and the next (see Client).
+const (
+	failoverPause    = 100 * time.Millisecond
+	maxFailoverPause = 2 * time.Second
+)
 
 // maxErrorBody bounds how much of an error answer is read.
 const maxErrorBody = 64 << 10
@@ -114,33 +144,42 @@ const maxErrorBody = 64 << 10
 // NewClient returns a Client for cfg. The connection trusts only the CA in
 // cfg.CACert and speaks TLS 1.2 or later. It does not use HTTP(S)_PROXY: a
 // controller is reached directly, as agents on the same network reach it.
-// cfg.Token is a user's API token, or a join token for Join.
+// cfg.Token is a user's API token, or a join token for Join. The Client
+// knows every controller of cfg.URLs.
 func NewClient(cfg ClientConfig) (*Client, error) {
-	return newClient(cfg.APIURL, cfg.CACert, cfg.Token, nil)
+	return newClient(cfg.URLs(), cfg.CACert, cfg.Token, nil)
 }
 
 // NewCellClient returns a Client that authenticates as a cell, with the
 // client certificate the controller's CA issued it at join (mutual TLS)
 // instead of a token: for the /trellis/v1/cell/ calls, such as CellState
-// and InstanceCertificate. It trusts only the CA in caPEM. Its requests are
-// bounded by their contexts only, as a long poll of CellState is held for
-// up to its wait.
-func NewCellClient(apiURL, caPEM string, cert tls.Certificate) (*Client, error) {
+// and InstanceCertificate. It knows the controllers at apiURLs (one at
+// least), the first in use first, and trusts only the CA in caPEM. Its
+// requests are bounded by their contexts only, as a long poll of CellState
+// is held for up to its wait.
+func NewCellClient(apiURLs []string, caPEM string, cert tls.Certificate) (*Client, error) {
 	if len(cert.Certificate) == 0 {
 		return nil, errors.New("invalid cell certificate: empty")
 	}
-	return newClient(apiURL, caPEM, "", &cert)
+	return newClient(apiURLs, caPEM, "", &cert)
 }
 
 // newClient makes a Client that authenticates with token, or with cert
 // when cert is not nil.
-func newClient(apiURL, caPEM, token string, cert *tls.Certificate) (*Client, error) {
-	u, err := url.Parse(apiURL)
-	if err != nil {
-		return nil, fmt.Errorf("invalid api_url %q: %w", apiURL, err)
+func newClient(apiURLs []string, caPEM, token string, cert *tls.Certificate) (*Client, error) {
+	if len(apiURLs) == 0 {
+		return nil, errors.New("invalid api_url: none given")
 	}
-	if u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
-		return nil, fmt.Errorf("invalid api_url %q: must be https://HOST[:PORT]", apiURL)
+	var bases []*url.URL
+	for _, s := range apiURLs {
+		u, err := url.Parse(s)
+		if err != nil {
+			return nil, fmt.Errorf("invalid api_url %q: %w", s, err)
+		}
+		if u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return nil, fmt.Errorf("invalid api_url %q: must be https://HOST[:PORT]", s)
+		}
+		bases = append(bases, u)
 	}
 	if token == "" && cert == nil {
 		return nil, errors.New("invalid config: token is empty")
@@ -150,6 +189,7 @@ func newClient(apiURL, caPEM, token string, cert *tls.Certificate) (*Client, err
 		return nil, errors.New("invalid ca_cert: no PEM certificate found")
 	}
 	tr := &http.Transport{
+		DialContext:         (&net.Dialer{Timeout: dialTimeout, KeepAlive: 30 * time.Second}).DialContext,
 		TLSClientConfig:     &tls.Config{RootCAs: pool, MinVersion: tls.VersionTLS12},
 		ForceAttemptHTTP2:   true,
 		TLSHandshakeTimeout: 10 * time.Second,
@@ -161,8 +201,28 @@ func newClient(apiURL, caPEM, token string, cert *tls.Certificate) (*Client, err
 		tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
 		hc.Timeout = 0
 	}
-	return &Client{base: u, token: token, http: hc}, nil
+	return &Client{bases: bases, token: token, http: hc, retryBase: failoverPause, retryMax: maxFailoverPause}, nil
 }
+
+// Controller is the URL of the controller in use: the one the next
+// request goes to first.
+func (c *Client) Controller() string {
+	return c.bases[c.cur.Load()].String()
+}
+
+// Controllers are the URLs of every controller the Client knows, in the
+// order it tries them.
+func (c *Client) Controllers() []string {
+	out := make([]string, len(c.bases))
+	for i, u := range c.bases {
+		out[i] = u.String()
+	}
+	return out
+}
+
+// Failovers counts the times the Client moved to another controller
+// because the one in use did not answer.
+func (c *Client) Failovers() int64 { return c.failovers.Load() }
 
 // CloseIdleConnections closes the connections kept for later requests, so
 // that none outlives its user (a server shutting down would wait for it).
@@ -401,26 +461,124 @@ func (c *Client) RotateAdminToken(ctx context.Context) (Token, error) {
 // Raw sends one request to path (which may carry a query, "/v3/apps?names=a")
 // with body, if not nil, as JSON, and returns the answer's status and body
 // whatever the status: for tests and debugging, to see what the typed
-// methods interpret. err is only a failure to send or to read.
+// methods interpret. err is only a failure to send or to read. It moves to
+// the next controller only when one does not answer at all.
 func (c *Client) Raw(ctx context.Context, method, path string, body io.Reader) (status int, out []byte, err error) {
 	ref, err := url.Parse(path)
 	if err != nil {
 		return 0, nil, fmt.Errorf("invalid path %q: %w", path, err)
 	}
-	u := c.base.JoinPath(ref.EscapedPath())
-	u.RawQuery = ref.RawQuery
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
-	if err != nil {
-		return 0, nil, err
+	var b []byte
+	if body != nil {
+		if b, err = io.ReadAll(body); err != nil {
+			return 0, nil, err
+		}
 	}
-	c.setHeaders(req, body != nil)
-	resp, err := c.http.Do(req)
+	resp, err := c.send(ctx, method, ref.EscapedPath(), ref.RawQuery, b, body != nil, false)
 	if err != nil {
 		return 0, nil, err
 	}
 	defer resp.Body.Close()
 	out, err = io.ReadAll(resp.Body)
 	return resp.StatusCode, out, err
+}
+
+// send sends one request — body, if hasBody, as JSON — to the controller
+// in use, and to the next ones as the Client's doc says when it gets no
+// answer (with failover5xx, a 5xx answer counts as none). It returns the
+// first answer, or an error matching ErrUnreachable that names what failed
+// at each controller tried.
+func (c *Client) send(ctx context.Context, method, path, rawQuery string, body []byte, hasBody, failover5xx bool) (*http.Response, error) {
+	n := int64(len(c.bases))
+	start := c.cur.Load()
+	var errs []error
+	var why []string
+	for i := range n {
+		if i > 0 {
+			if !c.pause(ctx, i) {
+				break
+			}
+		}
+		k := (start + i) % n
+		if i > 0 && c.cur.CompareAndSwap((k+n-1)%n, k) {
+			// In use from now: a long poll held by k shows it at once.
+			c.failovers.Add(1)
+		}
+		base := c.bases[k]
+		u := base.JoinPath(path)
+		u.RawQuery = rawQuery
+		var r io.Reader
+		if body != nil {
+			r = bytes.NewReader(body)
+		}
+		req, err := http.NewRequestWithContext(ctx, method, u.String(), r)
+		if err != nil {
+			return nil, err
+		}
+		c.setHeaders(req, hasBody)
+		resp, err := c.http.Do(req)
+		if err == nil && (!failover5xx || resp.StatusCode < 500) {
+			return resp, nil
+		}
+		retry := false
+		if err != nil { // a *url.Error: it names the method and URL
+			why = append(why, err.Error())
+			retry = method != http.MethodPost || isDialError(err)
+		} else {
+			err = decodeError(resp)
+			resp.Body.Close()
+			why = append(why, fmt.Sprintf("%s %s: %v", method, u.Redacted(), err))
+			retry = method != http.MethodPost || resp.StatusCode == http.StatusServiceUnavailable
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			// Out of time on this one (a controller that hangs): the next
+			// request goes to the next controller.
+			if errors.Is(ctx.Err(), context.DeadlineExceeded) && n > 1 && c.cur.CompareAndSwap(k, (k+1)%n) {
+				c.failovers.Add(1)
+			}
+			break
+		}
+		if !retry {
+			break
+		}
+	}
+	if len(errs) == 1 {
+		return nil, &unreachableError{err: errs[0]}
+	}
+	return nil, &unreachableError{err: errors.Join(errs...), msg: "no controller answered: " + strings.Join(why, "; ")}
+}
+
+// pause waits pauseFor(i) before the try number i of a request, or returns
+// false if ctx ends first.
+func (c *Client) pause(ctx context.Context, i int64) bool {
+	t := time.NewTimer(c.pauseFor(i))
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// pauseFor is the jittered pause before the try number i (1 for the second
+// controller) of a request: retryBase doubled i-1 times, at most retryMax,
+// and between half and all of it, so that the cells of a controller that
+// died do not all reach the next at once.
+func (c *Client) pauseFor(i int64) time.Duration {
+	d := c.retryMax
+	if i-1 < 32 && c.retryBase<<(i-1) < d && c.retryBase<<(i-1) > 0 {
+		d = c.retryBase << (i - 1)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// isDialError reports whether err is a failure to connect: the request
+// was not sent.
+func isDialError(err error) bool {
+	var oe *net.OpError
+	return errors.As(err, &oe) && oe.Op == "dial"
 }
 
 func (c *Client) setHeaders(req *http.Request, hasBody bool) {
@@ -458,41 +616,30 @@ func itemPath(collection, guid string) (string, error) {
 // do sends one request: in, when not nil, as a JSON body; a 2xx answer's
 // body decoded into out when out is not nil; any other answer returned as
 // an *HTTPError. A failure to send, or a 5xx answer, also matches
-// ErrUnreachable.
+// ErrUnreachable (once no controller the Client knows answered).
 func (c *Client) do(ctx context.Context, method, path string, q url.Values, in, out any) error {
-	u := c.base.JoinPath(path)
-	u.RawQuery = q.Encode()
-	var body io.Reader
+	var body []byte
 	if in != nil {
 		b, err := json.Marshal(in)
 		if err != nil {
-			return fmt.Errorf("%s %s: encode request: %w", method, u.Path, err)
+			return fmt.Errorf("%s %s: encode request: %w", method, path, err)
 		}
-		body = bytes.NewReader(b)
+		body = b
 	}
-	req, err := http.NewRequestWithContext(ctx, method, u.String(), body)
+	resp, err := c.send(ctx, method, path, q.Encode(), body, in != nil, true)
 	if err != nil {
 		return err
-	}
-	c.setHeaders(req, in != nil)
-	resp, err := c.http.Do(req)
-	if err != nil {
-		return &unreachableError{err: err} // a *url.Error: it names the method and URL
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		err := decodeError(resp)
-		if resp.StatusCode >= 500 {
-			return &unreachableError{err: err}
-		}
-		return err
+		return decodeError(resp) // a 4xx: send returns no 5xx
 	}
 	if out == nil || resp.StatusCode == http.StatusNoContent {
 		_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
 		return nil
 	}
 	if err := json.NewDecoder(resp.Body).Decode(out); err != nil {
-		return fmt.Errorf("%s %s: decode answer: %w", method, u.Path, err)
+		return fmt.Errorf("%s %s: decode answer: %w", method, resp.Request.URL.Path, err)
 	}
 	return nil
 }

@@ -123,7 +123,7 @@ func TestCellClientRequests(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			f, caPEM, cert := newCellController(t, map[string]answer{tt.req.Method + " " + tt.req.Path: tt.answer})
-			c, err := NewCellClient(f.srv.URL, caPEM, cert)
+			c, err := NewCellClient([]string{f.srv.URL}, caPEM, cert)
 			if err != nil {
 				t.Fatalf("NewCellClient: %v", err)
 			}
@@ -145,10 +145,10 @@ func TestCellClientRequests(t *testing.T) {
 
 func TestCellClientSendsNoToken(t *testing.T) {
 	f := newFakeController(t, map[string]answer{"GET /trellis/v1/instance-ca": {200, `{"generation":1}`}})
-	if _, err := NewCellClient(f.srv.URL, f.config().CACert, tls.Certificate{}); err == nil {
+	if _, err := NewCellClient([]string{f.srv.URL}, f.config().CACert, tls.Certificate{}); err == nil {
 		t.Error("NewCellClient(no certificate) = nil error, want one")
 	}
-	c, err := NewCellClient(f.srv.URL, f.config().CACert, tls.Certificate{Certificate: [][]byte{f.srv.Certificate().Raw}})
+	c, err := NewCellClient([]string{f.srv.URL}, f.config().CACert, tls.Certificate{Certificate: [][]byte{f.srv.Certificate().Raw}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,13 +23,14 @@ var agentCommand = &command{
 	name:    "agent",
 	group:   groupControlPlane,
 	summary: "Run a cell's agent: overlay lease, VXLAN, CNI socket, instances",
-	usage:   "agent --controller URL --join-token T --ca-cert FILE --state-dir DIR [--netns NAME] [--underlay-interface IF] [--name CELL]",
+	usage:   "agent --controller URL[,URL...] --join-token T --ca-cert FILE --state-dir DIR [--netns NAME] [--underlay-interface IF] [--name CELL]",
 	example: "trellis agent --controller https://10.0.0.5:4002 --join-token trlsj_... --ca-cert ca.crt --state-dir /var/lib/trellis-agent\n" +
 		"trellis agent --state-dir /var/lib/trellis-agent",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		var cfg agent.Config
 		var logLevel string
-		fs.StringVar(&cfg.ControllerURL, "controller", "", "The controller's API `URL` (needed to join; remembered)")
+		var controllers string
+		fs.StringVar(&controllers, "controller", "", "The controllers' API `URL`s, comma-separated, tried in turn when one does not answer (needed to join; remembered)")
 		fs.StringVar(&cfg.JoinToken, "join-token", "", "One-time `TOKEN` from `trellis create-join-token` (first start only)")
 		fs.StringVar(&cfg.CACertFile, "ca-cert", "", "The controller's CA certificate `FILE` (its state dir's ca.crt; first start only)")
 		fs.StringVar(&cfg.StateDir, "state-dir", "", "Keep the cell's identity, key and container records in `DIR` (required)")
@@ -56,14 +57,20 @@ var agentCommand = &command{
 			if cfg.StateDir == "" {
 				return badUsage("--state-dir is required")
 			}
-			if cfg.JoinToken != "" && (cfg.ControllerURL == "" || cfg.CACertFile == "") {
+			for u := range strings.SplitSeq(controllers, ",") {
+				if u = strings.TrimSpace(u); u == "" {
+					continue
+				}
+				if !strings.HasPrefix(u, "https://") {
+					return badInput("invalid --controller %q: must be an https:// URL", u)
+				}
+				cfg.ControllerURLs = append(cfg.ControllerURLs, u)
+			}
+			if cfg.JoinToken != "" && (len(cfg.ControllerURLs) == 0 || cfg.CACertFile == "") {
 				return badUsage("--join-token needs --controller and --ca-cert")
 			}
 			if cfg.InstanceKeyType != "ecdsa-p256" && cfg.InstanceKeyType != "rsa-3072" {
 				return badInput("invalid --instance-key-type %q: use ecdsa-p256 or rsa-3072", cfg.InstanceKeyType)
-			}
-			if cfg.ControllerURL != "" && !strings.HasPrefix(cfg.ControllerURL, "https://") {
-				return badInput("invalid --controller %q: must be an https:// URL", cfg.ControllerURL)
 			}
 			var level slog.Level
 			if err := level.UnmarshalText([]byte(logLevel)); err != nil {

@@ -195,9 +195,13 @@ var statusCommand = &command{
 				if c.Reason != "" {
 					healthy += " (" + c.Reason + ")"
 				}
-				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, c.CNIConfList})
+				controller := c.Controller
+				if c.Failovers > 0 {
+					controller += fmt.Sprintf(" (%d failovers)", c.Failovers)
+				}
+				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, controller, c.CNIConfList})
 			}
-			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "cni config"}, rows)
+			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "controller", "cni config"}, rows)
 			return nil
 		}
 	},

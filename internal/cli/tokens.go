@@ -138,7 +138,7 @@ var rotateAdminTokenCommand = &command{
 				saved = true
 			}
 			if *adminConfig != "" {
-				cfg := api.ClientConfig{APIURL: s.cfg.APIURL, CACert: s.cfg.CACert, Token: tok.Value}
+				cfg := api.ClientConfig{APIURL: s.cfg.APIURL, APIURLs: s.cfg.APIURLs, CACert: s.cfg.CACert, Token: tok.Value}
 				if err := cfg.Save(*adminConfig); err != nil {
 					return fmt.Errorf("write %s: %w (the new admin token is %s)", *adminConfig, err, tok.Value)
 				}

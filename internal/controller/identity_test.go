@@ -508,7 +508,7 @@ func TestIdentityThroughClient(t *testing.T) {
 	app := e.createApp(e.defaultSpace(), "web")
 	e.register(c1, "eb000000-0000-4000-8000-000000000000", app, 0, "10.255.1.4")
 	serverCA := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.srv.Certificate().Raw}))
-	cell, err := api.NewCellClient(e.srv.URL, serverCA, c1.Transport.(*http.Transport).TLSClientConfig.Certificates[0])
+	cell, err := api.NewCellClient([]string{e.srv.URL}, serverCA, c1.Transport.(*http.Transport).TLSClientConfig.Certificates[0])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -24,6 +24,10 @@ type CellStatus struct {
 	Subnet  string `json:"subnet"`
 	Healthy bool   `json:"healthy"`
 	Reason  string `json:"reason,omitempty"` // why it is not healthy
+	// Controller is the controller the agent talks to now, and Failovers
+	// the times it moved to another (api.AgentStatus).
+	Controller string `json:"controller,omitempty"`
+	Failovers  int64  `json:"failovers,omitempty"`
 }
 
 // Status reads the foundation in stateDir and asks its controller and
@@ -43,6 +47,7 @@ func Status(ctx context.Context, stateDir string) (FoundationStatus, error) {
 			cs.Reason = "agent unreachable: " + err.Error()
 		} else {
 			cs.Subnet, cs.Healthy, cs.Reason = st.Subnet, st.Ready, st.Reason
+			cs.Controller, cs.Failovers = st.Controller, st.Failovers
 		}
 		s.Cells = append(s.Cells, cs)
 	}

@@ -26,7 +26,7 @@ func TestStatusAsksEveryAgent(t *testing.T) {
 	}
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusServiceUnavailable)
-		w.Write([]byte(`{"ready":false,"subnet":"10.255.3.0/24","reason":"no overlay yet"}`))
+		w.Write([]byte(`{"ready":false,"subnet":"10.255.3.0/24","reason":"no overlay yet","controller":"https://127.0.0.1:2","failovers":1}`))
 	})}
 	go srv.Serve(ln)
 	t.Cleanup(func() { srv.Close() })
@@ -56,7 +56,7 @@ func TestStatusAsksEveryAgent(t *testing.T) {
 	if len(st.Cells) != 2 {
 		t.Fatalf("Status has %d cells, want 2", len(st.Cells))
 	}
-	want := CellStatus{Cell: f.Cells[0], Subnet: "10.255.3.0/24", Reason: "no overlay yet"}
+	want := CellStatus{Cell: f.Cells[0], Subnet: "10.255.3.0/24", Reason: "no overlay yet", Controller: "https://127.0.0.1:2", Failovers: 1}
 	if diff := cmp.Diff(want, st.Cells[0], cmp.AllowUnexported(Process{})); diff != "" {
 		t.Errorf("Status cell1 (-want +got):\n%s", diff)
 	}

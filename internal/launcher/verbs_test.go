@@ -171,7 +171,7 @@ func TestLocalFoundationVerbs(t *testing.T) {
 			}
 		}
 		for _, c := range f.Cells {
-			want := []string{c.Name, c.NetNS, c.UnderlayIP, subnets[c.Name], "true", c.CNIConfList}
+			want := []string{c.Name, c.NetNS, c.UnderlayIP, subnets[c.Name], "true", f.APIURL, c.CNIConfList}
 			if row := tableRow(out, c.Name); !slices.Equal(row, want) {
 				t.Errorf("status row of %s = %q, want %q:\n%s", c.Name, row, want, out)
 			}
@@ -193,6 +193,7 @@ func TestLocalFoundationVerbs(t *testing.T) {
 				Healthy     bool   `json:"healthy"`
 				CNIConfList string `json:"cni_conflist"`
 				Socket      string `json:"agent_socket"`
+				Controller  string `json:"controller"`
 			} `json:"cells"`
 		}
 		if err := json.Unmarshal([]byte(fd(t).cli(0, "status", "--json")), &st); err != nil {
@@ -215,8 +216,8 @@ func TestLocalFoundationVerbs(t *testing.T) {
 		}
 		for i, c := range st.Cells {
 			want := f.Cells[i]
-			if c.Name != want.Name || c.NetNS != want.NetNS || c.UnderlayIP != want.UnderlayIP || c.Socket != want.Socket {
-				t.Errorf("status --json cell %d = %+v, want %s %s %s", i, c, want.Name, want.NetNS, want.UnderlayIP)
+			if c.Name != want.Name || c.NetNS != want.NetNS || c.UnderlayIP != want.UnderlayIP || c.Socket != want.Socket || c.Controller != f.APIURL {
+				t.Errorf("status --json cell %d = %+v, want %s %s %s, controller %s", i, c, want.Name, want.NetNS, want.UnderlayIP, f.APIURL)
 			}
 			if !slices.Contains(namespaces, c.NetNS) {
 				t.Errorf("cell %s namespace %q is not in ip netns list", c.Name, c.NetNS)
