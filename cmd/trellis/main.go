@@ -20,7 +20,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == executor.InitCommand {
 		os.Exit(executor.InitMain(os.Args[2:]))
 	}
-	// Runtimes run the plugin as trellis-cni with CNI_COMMAND set.
+	// Runtimes run the plugin with CNI_COMMAND set: normally the trellis-cni
+	// binary (cmd/trellis-cni), which starts faster; this binary serves when
+	// it is installed as trellis-cni itself (cni.PluginBinary).
 	if os.Getenv("CNI_COMMAND") != "" {
 		os.Exit(cni.Main())
 	}

@@ -79,7 +79,7 @@ type instancesConfig struct {
 	UnderlayIP netip.Addr
 	Cell       string // the cell's name, in the CNI configuration
 	Socket     string // the agent's CNI socket
-	CNIBinDir  string // holds trellis-cni; "" links this binary into STATE/bin
+	CNIBinDir  string // holds trellis-cni; "" links cni.PluginBinary of this binary into STATE/bin
 	// NetNSPrefix prefixes the names of instance namespaces.
 	NetNSPrefix string
 	// State is the desired state last received, and whether it applied.
@@ -128,18 +128,20 @@ func hiddenPaths(stateDir, socket string) []string {
 	return paths
 }
 
-// linkPlugin puts trellis-cni (this binary) into dir.
+// linkPlugin puts trellis-cni into dir: the trellis-cni binary next to this
+// one, else this binary.
 func linkPlugin(dir string) error {
 	self, err := os.Executable()
 	if err != nil {
 		return err
 	}
+	plugin := cni.PluginBinary(self)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
 	link := filepath.Join(dir, cni.PluginType)
 	os.Remove(link)
-	return os.Symlink(self, link)
+	return os.Symlink(plugin, link)
 }
 
 // adopt finds the instances a previous run of the agent started.

@@ -14,6 +14,7 @@ import (
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/uuid"
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/cni"
 	"github.com/trellis-c2c/trellis/internal/launcher"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
@@ -26,11 +27,14 @@ import (
 // responder container on the same cell is echoed back — which takes a
 // policy from the new container's app to the responder's, so the policy
 // table must know the container too. Every container stays attached until
-// the end, so the last adds run with n-1 others present.
-func (r *run) cniSetup(exe string, n int) ([]float64, int, error) {
+// the end, so the last adds run with n-1 others present. It also times the
+// start of the plugin the foundation installed (pluginStart). The samples
+// go into s.
+func (r *run) cniSetup(exe string, p overlayParams, s *setupResult) error {
+	n := p.adds
 	dir, err := os.MkdirTemp("", "trbench-cni-")
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	r.onCleanup(func() error { return os.RemoveAll(dir) })
 	r.logf("container setup through CNI: starting a local foundation with 1 cell")
@@ -40,38 +44,46 @@ func (r *run) cniSetup(exe string, n int) ([]float64, int, error) {
 	// containers' namespaces.
 	r.onCleanup(func() error { return launcher.Down(context.WithoutCancel(r.ctx), state, true, io.Discard) })
 	if err != nil {
-		return nil, 0, fmt.Errorf("local foundation: %w", err)
+		return fmt.Errorf("local foundation: %w", err)
+	}
+	if exe == "" { // the launcher checked that it is not a test binary
+		if exe, err = os.Executable(); err != nil {
+			return err
+		}
+	}
+	if s.start, err = r.pluginStart(f.CNIPlugin, exe, cni.PluginBinary(exe) == exe, p.starts); err != nil {
+		return fmt.Errorf("plugin start: %w", err)
 	}
 	cfg, err := api.LoadClientConfig(f.Admin)
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	c, err := api.NewClient(cfg)
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	spaces, err := c.Spaces(r.ctx, api.SpaceFilter{Names: []string{"default"}})
 	if err != nil || len(spaces) == 0 {
-		return nil, 0, fmt.Errorf("default space: %v", err)
+		return fmt.Errorf("default space: %v", err)
 	}
 	src, err := c.CreateApp(r.ctx, spaces[0].GUID, "setup-source")
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	dst, err := c.CreateApp(r.ctx, spaces[0].GUID, "setup-echo")
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	err = c.CreatePolicies(r.ctx, []api.Policy{{Source: api.Source{ID: src.GUID},
 		Destination: api.Destination{ID: dst.GUID, Protocol: "udp", Ports: api.Ports{Start: echoPort, End: echoPort}}}})
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 
 	cell := f.Cells[0]
 	list, err := libcni.ConfListFromFile(cell.CNIConfList)
 	if err != nil {
-		return nil, 0, fmt.Errorf("the cell's CNI config: %w", err)
+		return fmt.Errorf("the cell's CNI config: %w", err)
 	}
 	cache := filepath.Join(dir, "cni-cache")
 	plugin := libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(f.CNIPlugin)}, cache, nil)
@@ -97,34 +109,32 @@ func (r *run) cniSetup(exe string, n int) ([]float64, int, error) {
 
 	echoNS, err := r.namespace("cni-echo")
 	if err != nil {
-		return nil, 0, err
+		return err
 	}
 	echoIP, err := add(echoNS, dst.GUID, 0)
 	if err != nil {
-		return nil, 0, fmt.Errorf("attach the responder: %w", err)
+		return fmt.Errorf("attach the responder: %w", err)
 	}
 	echoAt := netip.AddrPortFrom(echoIP, echoPort)
 	if err := r.echo(echoNS, echoAt); err != nil {
-		return nil, 0, err
+		return err
 	}
 	r.logf("container setup through CNI: %d sequential adds, each timed until the first echo", n)
-	times := make([]float64, 0, n)
-	resent := 0
 	for i := range n {
 		if err := r.ctx.Err(); err != nil {
-			return nil, 0, err
+			return err
 		}
 		d, re, err := r.timedAdd(fmt.Sprintf("cni-%d", i), echoAt, func(path string) error {
 			_, err := add(path, src.GUID, i)
 			return err
 		})
 		if err != nil {
-			return nil, 0, fmt.Errorf("CNI add %d: %w", i+1, err)
+			return fmt.Errorf("CNI add %d: %w", i+1, err)
 		}
-		times = append(times, ms(d))
+		s.cni = append(s.cni, ms(d))
 		if re > 0 {
-			resent++
+			s.cniResent++
 		}
 	}
-	return times, resent, nil
+	return nil
 }

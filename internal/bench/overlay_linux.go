@@ -135,16 +135,19 @@ func Overlay(ctx context.Context, o OverlayOptions) (rep *Report, err error) {
 	if err != nil {
 		return nil, err
 	}
-	if setup.cni, setup.cniResent, err = r.cniSetup(o.Exe, p.adds); err != nil {
+	if err = r.cniSetup(o.Exe, p, setup); err != nil {
 		return nil, err
 	}
 	rep.Figures = append(tput.figures(), setup.figures()...)
 	rep.Notes = append(tput.notes(p), setup.notes()...)
 	rep.Samples = map[string][]float64{
-		"setup/trellis":              setup.trellis,
-		"setup/trellis-addcontainer": setup.wire,
-		"setup/plain-veth":           setup.bare,
-		"setup/trellis-cni":          setup.cni,
+		"setup/trellis":               setup.trellis,
+		"setup/trellis-addcontainer":  setup.wire,
+		"setup/plain-veth":            setup.bare,
+		"setup/trellis-cni":           setup.cni,
+		"plugin-start/trellis-cni":    setup.start.plugin,
+		"plugin-start/trellis-binary": setup.start.trellis,
+		"plugin-start/hello-world":    setup.start.hello,
 	}
 	for path, key := range pathKeys {
 		for _, n := range streamCounts {
@@ -669,9 +672,10 @@ func (t *tputResult) notes(p overlayParams) []string {
 // setupResult holds the setup latency of every add, in ms, in order.
 type setupResult struct {
 	trellis, bare []float64
-	wire          []float64 // the dataplane.AddContainer part of trellis
-	cni           []float64 // CNI ADD through the plugin and the agent of a local foundation
-	cniResent     int       // adds of cni whose first datagram got no echo within probeResend
+	wire          []float64   // the dataplane.AddContainer part of trellis
+	cni           []float64   // CNI ADD through the plugin and the agent of a local foundation
+	cniResent     int         // adds of cni whose first datagram got no echo within probeResend
+	start         *startTimes // the plugin start figures' samples
 	// resent counts the adds whose first datagram got no echo within
 	// probeResend, trellis and baseline.
 	resent [2]int
@@ -952,7 +956,7 @@ func (r *run) echo(path string, at netip.AddrPort) error {
 
 func (s *setupResult) figures() []Figure {
 	early, late := earlyLate(len(s.cni))
-	return []Figure{
+	return append([]Figure{
 		newFigure("overlay/setup-p50", "container setup, CNI ADD to first packet, p50", "ms",
 			percentile(s.cni, 50), percentile(s.bare, 50), "plain veth on a bridge (wiring only)",
 			&goal{atMost: true, limit: 20}),
@@ -966,7 +970,7 @@ func (s *setupResult) figures() []Figure {
 			percentile(s.trellis, 50), percentile(s.bare, 50), "plain veth on a bridge", nil),
 		newFigure("overlay/setup-wiring-growth", fmt.Sprintf("container wiring alone, mean of %s", late), "ms",
 			mean(late.of(s.trellis)), mean(early.of(s.trellis)), fmt.Sprintf("mean of %s", early), nil),
-	}
+	}, s.start.figures()...)
 }
 
 func (s *setupResult) notes() []string {
@@ -987,6 +991,7 @@ func (s *setupResult) notes() []string {
 			"%d sequential CNI ADDs with libcni from the cell's namespace (the trellis-cni plugin, the agent's address, wiring, registration with the controller, policy table and instance certificate), "+
 			"each timed from the ADD until the responder's echo; all stay attached; the first datagram was resent (after %v) in %d of them.",
 			echoPort, len(s.cni), probeResend, s.cniResent),
+		s.start.note(),
 	}
 	return notes
 }

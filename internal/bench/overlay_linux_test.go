@@ -127,6 +127,7 @@ func TestOverlayQuick(t *testing.T) {
 	wantIDs := []string{
 		"overlay/tcp-1-vs-vxlan", "overlay/tcp-1-vs-veth", "overlay/tcp-4-vs-vxlan", "overlay/tcp-4-vs-veth",
 		"overlay/setup-p50", "overlay/setup-p99", "overlay/setup-growth", "overlay/setup-wiring-p50", "overlay/setup-wiring-growth",
+		"overlay/plugin-start", "overlay/plugin-start-trellis",
 	}
 	var ids []string
 	for _, f := range rep.Figures {
@@ -207,11 +208,14 @@ func TestOverlayWithoutIPerf3(t *testing.T) {
 }
 
 // buildTrellis builds the trellis binary for the benches' local
-// foundations and returns its path.
+// foundations, with trellis-cni next to it (the plugin they install), and
+// returns its path.
 func buildTrellis(t *testing.T) string {
 	t.Helper()
-	exe := filepath.Join(t.TempDir(), "trellis")
-	if out, err := exec.Command("go", "build", "-o", exe, "github.com/trellis-c2c/trellis/cmd/trellis").CombinedOutput(); err != nil {
+	dir := t.TempDir()
+	exe := filepath.Join(dir, "trellis")
+	if out, err := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/trellis-c2c/trellis/cmd/trellis", "github.com/trellis-c2c/trellis/cmd/trellis-cni").CombinedOutput(); err != nil {
 		t.Fatalf("build trellis: %v\n%s", err, out)
 	}
 	return exe

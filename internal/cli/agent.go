@@ -169,7 +169,7 @@ const defaultAgentSocket = "/var/lib/trellis-agent/agent.sock"
 var cniConfigCommand = &command{
 	name:    "cni-config",
 	group:   groupControlPlane,
-	summary: "Print the CNI network configuration list for a cell's runtime",
+	summary: "Print the CNI network configuration list for a cell's runtime (its plugin: the trellis-cni binary, in the runtime's CNI path)",
 	usage: "cni-config [--cell CELL] [--socket PATH] [--name NETWORK]   (a real cell: its agent's socket)\n" +
 		"cni-config --cell CELL [--state-dir DIR] [--name NETWORK]   (a cell of the local foundation: its agent's socket under DIR)",
 	example: "trellis cni-config --cell cell1 --socket /var/lib/trellis-agent/agent.sock > /etc/cni/net.d/10-trellis.conflist\n" +

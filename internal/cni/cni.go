@@ -3,10 +3,13 @@
 // agent on the same cell for an address over the agent's unix socket and
 // building the veth pair with package dataplane.
 //
-// The plugin is the trellis binary itself, run by a container runtime with
-// CNI_COMMAND set (installed as, or linked to, "trellis-cni" in the
-// runtime's CNI_PATH); Main is its entry point. It runs in the namespace the
-// runtime starts it in, which is the cell's (the host's) namespace.
+// Main is the plugin's entry point: the trellis-cni binary (cmd/trellis-cni)
+// calls it, and so does the trellis binary when a runtime runs it with
+// CNI_COMMAND set (installed as "trellis-cni" where no trellis-cni binary
+// was built: PluginBinary). The package links only the agent-socket client
+// and the container wiring, so that the plugin starts fast. It runs in the
+// namespace the runtime starts it in, which is the cell's (the host's)
+// namespace.
 //
 // ADD allocates, wires, then commits; when wiring or committing fails it
 // undoes both, so a failed ADD leaves nothing behind. DEL is idempotent.
@@ -36,7 +39,7 @@ import (
 )
 
 // PluginType is the plugin's "type" in a network configuration, and so the
-// file name the trellis binary must have in the runtime's CNI_PATH.
+// file name the plugin binary must have in the runtime's CNI_PATH.
 const PluginType = "trellis-cni"
 
 // SupportedVersions are the CNI specification versions the plugin speaks.

@@ -26,7 +26,8 @@ import (
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
-// trellisBin is the trellis binary the foundation tests run, built once.
+// trellisBin is the trellis binary the foundation tests run, built once,
+// with trellis-cni next to it (as `go build -o . ./cmd/...` builds them).
 var trellisBin string
 
 func TestMain(m *testing.M) {
@@ -41,7 +42,8 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		trellisBin = filepath.Join(dir, "trellis")
-		out, err := exec.Command("go", "build", "-o", trellisBin, "github.com/trellis-c2c/trellis/cmd/trellis").CombinedOutput()
+		out, err := exec.Command("go", "build", "-o", dir+"/",
+			"github.com/trellis-c2c/trellis/cmd/trellis", "github.com/trellis-c2c/trellis/cmd/trellis-cni").CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
 			return 1

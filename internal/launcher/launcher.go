@@ -76,7 +76,9 @@ type Process struct {
 type Options struct {
 	StateDir string
 	Cells    int
-	// Exe is the trellis binary to run; default the running one.
+	// Exe is the trellis binary to run; default the running one. The CNI
+	// plugin installed is cni.PluginBinary(Exe): the trellis-cni binary
+	// next to it, else Exe itself.
 	Exe string
 	// Progress receives one line per step.
 	Progress io.Writer
@@ -199,9 +201,15 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	}
 	f.save()
 
-	step("installing the CNI plugin and configuration for each cell")
+	plugin := cni.PluginBinary(o.Exe)
+	if plugin == o.Exe {
+		step("installing the CNI plugin and configuration for each cell: no %s next to %s, so the plugin is the trellis binary itself (slower to start; `go build -o . ./cmd/...` builds both)",
+			cni.PluginType, o.Exe)
+	} else {
+		step("installing the CNI plugin (%s) and configuration for each cell", plugin)
+	}
 	f.CNIPlugin = filepath.Join(dir, "bin", cni.PluginType)
-	if err := copyFile(o.Exe, f.CNIPlugin, 0o755); err != nil {
+	if err := copyFile(plugin, f.CNIPlugin, 0o755); err != nil {
 		return f, fmt.Errorf("install the CNI plugin: %w", err)
 	}
 	for _, c := range f.Cells {

@@ -14,6 +14,7 @@ import (
 	"testing"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/cni"
 	"github.com/trellis-c2c/trellis/internal/executor"
 )
 
@@ -208,6 +209,26 @@ func TestLocalFoundationVerbs(t *testing.T) {
 		}
 		if fi, err := os.Stat(st.CNIPlugin); err != nil || fi.Mode()&0o111 == 0 {
 			t.Errorf("status --json cni_plugin %q: %v, want an executable", st.CNIPlugin, err)
+		}
+		// The plugin up installs, and the one each agent runs for its
+		// instances, is the trellis-cni binary built next to trellis.
+		built := filepath.Join(filepath.Dir(trellisBin), cni.PluginType)
+		want, err := os.ReadFile(built)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got, err := os.ReadFile(st.CNIPlugin); err != nil || !bytes.Equal(got, want) {
+			t.Errorf("status --json cni_plugin %q (%d bytes, %v) is not %s (%d bytes)", st.CNIPlugin, len(got), err, built, len(want))
+		}
+		real, err := filepath.EvalSymlinks(built)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range f.Cells {
+			link := filepath.Join(c.StateDir, "bin", cni.PluginType)
+			if got, err := filepath.EvalSymlinks(link); err != nil || got != real {
+				t.Errorf("the agent of %s runs %s = %s (%v), want %s", c.Name, link, got, err, real)
+			}
 		}
 		overlay := netip.MustParsePrefix("10.255.0.0/16")
 		underlay := netip.MustParsePrefix("198.51.100.0/24")
