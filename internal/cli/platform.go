@@ -154,7 +154,7 @@ func (s *session) printTarget() {
 }
 
 var orgsCommand = listCommand(listing[api.Organization]{
-	command: command{name: "orgs", group: groupControlPlane, summary: "List all orgs",
+	command: command{name: "orgs", group: groupControlPlane, summary: "List the orgs you can see (a space token: its spaces' orgs)",
 		usage: "orgs [--json]", example: "trellis orgs"},
 	fetch: func(ctx context.Context, l *listRun) ([]api.Organization, error) {
 		l.heading("Getting orgs as %s...", l.user())

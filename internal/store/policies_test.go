@@ -170,13 +170,7 @@ func TestTags(t *testing.T) {
 		}
 		for _, step := range steps {
 			step.do()
-			got := make(map[string]uint16)
-			for name, guid := range a {
-				if tag, ok := tagsByApp(t, s)[guid]; ok {
-					got[name] = tag
-				}
-			}
-			if diff := cmp.Diff(step.want, got); diff != "" {
+			if diff := cmp.Diff(step.want, tagsByName(t, s, a)); diff != "" {
 				t.Errorf("after %s: tags (-want +got):\n%s", step.name, diff)
 			}
 		}
@@ -233,13 +227,7 @@ func TestTagQuarantine(t *testing.T) {
 		}
 		for _, step := range steps {
 			step.do()
-			got := make(map[string]uint16)
-			for name, guid := range a {
-				if tag, ok := tagsByApp(t, s)[guid]; ok {
-					got[name] = tag
-				}
-			}
-			if diff := cmp.Diff(step.want, got); diff != "" {
+			if diff := cmp.Diff(step.want, tagsByName(t, s, a)); diff != "" {
 				t.Errorf("after %s: tags (-want +got):\n%s", step.name, diff)
 			}
 		}
@@ -596,4 +584,17 @@ func TestConcurrentCreatePolicies(t *testing.T) {
 			t.Errorf("Counts().Policies = %d, want %d", c.Policies, 2*workers*perWorker)
 		}
 	})
+}
+
+// tagsByName is the tag of each app of a (name → GUID) that has one.
+func tagsByName(t *testing.T, s *Store, a map[string]string) map[string]uint16 {
+	t.Helper()
+	byApp := tagsByApp(t, s)
+	got := make(map[string]uint16)
+	for name, guid := range a {
+		if tag, ok := byApp[guid]; ok {
+			got[name] = tag
+		}
+	}
+	return got
 }
