@@ -210,8 +210,12 @@ func TestCNISocketAPI(t *testing.T) {
 	}
 	want := []string{runningAs("inst-a", ctrA), runningAs("inst-b", ctrB), runningAs("inst-d", ctrD)}
 	slices.Sort(want) // as instances lists them
+	// The controller forgets e when the agent's retried DELETE commits;
+	// the agent drops e's record when that DELETE's answer arrives, a
+	// moment later. Both must happen.
 	took = poll(t, 30*time.Second, "deregistration of e, deleted while the controller was down", func() (bool, error) {
-		return slices.Equal(instances(t, c, app), want), nil
+		_, err := os.Stat(filepath.Join(a1.cfg.StateDir, "containers", ctrE.id+".json"))
+		return errors.Is(err, os.ErrNotExist) && slices.Equal(instances(t, c, app), want), nil
 	})
 	t.Logf("e deregistered %v after the controller came back", took)
 	wantNoRecord(t, a1, ctrE)
