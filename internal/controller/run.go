@@ -81,7 +81,7 @@ func Run(ctx context.Context, cfg Config) error {
 	if dbURL == "" {
 		dbURL = filepath.Join(cfg.StateDir, "trellis.db")
 	}
-	st, err := store.Open(ctx, dbURL)
+	st, err := openStore(ctx, dbURL, log)
 	if err != nil {
 		return fmt.Errorf("open store: %w", err)
 	}
@@ -150,6 +150,26 @@ func Run(ctx context.Context, cfg Config) error {
 	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	return srv.Shutdown(shutCtx)
+}
+
+// openStore opens the store at url, waiting for its database while it is
+// unavailable (down, or starting), so that controllers may start before
+// their database or during its failover; other errors end the wait.
+func openStore(ctx context.Context, url string, log *slog.Logger) (*store.Store, error) {
+	wait := 100 * time.Millisecond
+	for {
+		st, err := store.Open(ctx, url)
+		if err == nil || !store.IsUnavailable(err) || ctx.Err() != nil {
+			return st, err
+		}
+		log.Warn("database unavailable: waiting for it", "err", err, "retry_in", wait)
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, 5*time.Second)
+	}
 }
 
 func storeKind(url string) string {

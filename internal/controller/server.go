@@ -164,8 +164,9 @@ func TLSConfig(cert tls.Certificate, ca *identity.CA) *tls.Config {
 }
 
 // ServeHTTP serves the API with Cloud Foundry's security headers, CORS
-// preflights answered, a recovered panic turned into a 500, and request
-// metrics.
+// preflights answered, a recovered panic turned into a 500, a 500 while
+// the database is down turned into a 503 "database unavailable", and
+// request metrics.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
 	h := w.Header()
@@ -180,6 +181,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+	uw := &unavailableWriter{ResponseWriter: rec, r: r, down: s.databaseDown}
 	defer func() {
 		if v := recover(); v != nil {
 			if v == http.ErrAbortHandler {
@@ -187,7 +189,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 			}
 			s.log.Error("panic serving request", "method", r.Method, "path", r.URL.Path, "panic", v)
 			if !rec.wrote {
-				writeNetError(rec, http.StatusInternalServerError, "internal error")
+				writeNetError(uw, http.StatusInternalServerError, "internal error")
 			}
 		}
 		route := r.Pattern
@@ -196,7 +198,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		}
 		s.metrics.observe(route, rec.status, time.Since(start))
 	}()
-	s.mux.ServeHTTP(rec, r)
+	s.mux.ServeHTTP(uw, r)
 }
 
 // corsMethods are the methods a CORS preflight may be told a path serves.
@@ -257,8 +259,8 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	rev, err := s.store.Revision(ctx)
 	if err != nil {
-		s.log.Warn("health: store unavailable", "err", err)
-		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": "store unavailable"})
+		s.log.Warn("health: database unavailable", "err", err)
+		writeJSON(w, http.StatusServiceUnavailable, map[string]any{"status": msgDatabaseUnavailable})
 		return
 	}
 	writeJSON(w, http.StatusOK, map[string]any{"status": "ok", "revision": rev})

@@ -31,6 +31,7 @@ var v3Titles = map[int]struct {
 	http.StatusRequestEntityTooLarge: {"CF-MessageParseError", 1001},
 	http.StatusUnprocessableEntity:   {"CF-UnprocessableEntity", 10008},
 	http.StatusConflict:              {"CF-UnprocessableEntity", 10008},
+	http.StatusServiceUnavailable:    {"CF-ServiceUnavailable", 10015},
 }
 
 // writeV3Error writes the v3 API's error shape.

@@ -23,12 +23,18 @@ func (s *Store) wake() {
 
 // listen keeps a connection LISTENing on notifyChannel until ctx ends,
 // waking watchers on every notification; it reconnects after failures
-// (polling covers the gap).
+// and then wakes the watchers, as notifications of the gap were lost
+// (polling covers the gap too).
 func (s *Store) listen(ctx context.Context, url string) {
 	for ctx.Err() == nil {
 		conn, err := pgx.Connect(ctx, url)
 		if err == nil {
 			_, err = conn.Exec(ctx, "LISTEN "+notifyChannel)
+			if err == nil {
+				// Notifications sent while not listening are lost:
+				// wake the watchers to look at the revision now.
+				s.wake()
+			}
 			for err == nil {
 				_, err = conn.WaitForNotification(ctx)
 				if err == nil {

@@ -186,15 +186,21 @@ var RevisionPoll = 250 * time.Millisecond
 // WaitRevision returns the store's revision as soon as it is greater than
 // after, or when ctx is done (then with ctx's error and the revision last
 // read). Changes committed through this Store wake it at once; others within
-// RevisionPoll.
+// RevisionPoll. While the database is unavailable (IsUnavailable) it keeps
+// polling rather than returning the error.
 func (s *Store) WaitRevision(ctx context.Context, after int64) (int64, error) {
 	for {
 		s.mu.Lock()
 		ch := s.changed
 		s.mu.Unlock()
 		rev, err := s.Revision(ctx)
-		if err != nil || rev > after {
+		if err != nil && (!IsUnavailable(err) || ctx.Err() != nil) {
 			return rev, err
+		}
+		// While the database does not answer, keep looking at the poll's
+		// pace: a watcher resumes within RevisionPoll of its return.
+		if err == nil && rev > after {
+			return rev, nil
 		}
 		t := time.NewTimer(RevisionPoll)
 		select {
