@@ -1,14 +1,21 @@
 package controller
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"log/slog"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/store/storetest"
 )
 
@@ -105,4 +112,169 @@ func pollState(c *http.Client, base string, rev int64, wait int) heldPoll {
 		h.err = json.NewDecoder(resp.Body).Decode(&h.state)
 	}
 	return h
+}
+
+// TestControllersShareWorkPostgres starts three controllers at once on one
+// new PostgreSQL database, then has them do the same work at once: the
+// controller has no timer of its own, and every piece of work that would be
+// one (migrating, making the instance CA and the bootstrap admin token,
+// allocating and recycling tags, rotating the CA) runs inside a store
+// transaction serialized by the revision row or the migration lock — so it
+// is done once whatever the number of controllers.
+func TestControllersShareWorkPostgres(t *testing.T) {
+	db := storetest.URL(t, "postgres")
+	// One CA for the API, as an operator gives every controller.
+	dirs := []string{t.TempDir(), t.TempDir(), t.TempDir()}
+	if _, err := identity.LoadOrCreateCA(dirs[0], "trellis CA"); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dirs[1:] {
+		for _, f := range []string{identity.CACertFile, identity.CAKeyFile} {
+			b, err := os.ReadFile(filepath.Join(dirs[0], f))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := os.WriteFile(filepath.Join(d, f), b, 0o600); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	urls := make([]string, len(dirs))
+	ready := make(chan struct {
+		i   int
+		url string
+	}, len(dirs))
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	for i, d := range dirs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := Run(ctx, Config{StateDir: d, Listen: "127.0.0.1:0", DatabaseURL: db,
+				Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
+				Ready: func(url string) {
+					ready <- struct {
+						i   int
+						url string
+					}{i, url}
+				}})
+			if err != nil {
+				t.Errorf("controller %d: Run = %v", i, err)
+			}
+		}()
+	}
+	for range dirs {
+		select {
+		case r := <-ready:
+			urls[r.i] = r.url
+		case <-time.After(time.Minute):
+			t.Fatal("three controllers starting at once on a new database: not all serving after a minute")
+		}
+	}
+
+	// One bootstrap admin token: exactly one controller wrote admin.json.
+	var admin api.ClientConfig
+	written := 0
+	for _, d := range dirs {
+		if cfg, err := api.LoadClientConfig(filepath.Join(d, AdminConfigFile)); err == nil {
+			admin, written = cfg, written+1
+		}
+	}
+	if written != 1 {
+		t.Fatalf("%d controllers wrote admin.json, want 1 (one bootstrap admin token per database)", written)
+	}
+	st := storetest.OpenURL(t, db)
+	if ca, ok, err := st.InstanceCA(context.Background()); err != nil || !ok || ca.Generation != 1 {
+		t.Errorf("instance CA after three starts: generation %d, present %v, err %v; want one CA, generation 1", ca.Generation, ok, err)
+	}
+	clients := make([]*api.Client, len(urls))
+	for i, u := range urls {
+		c, err := api.NewClient(api.ClientConfig{APIURL: u, CACert: admin.CACert, Token: admin.Token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		clients[i] = c
+	}
+	raw := func(i int, method, path, body string) (int, string) {
+		code, out, err := clients[i].Raw(context.Background(), method, path, strings.NewReader(body))
+		if err != nil {
+			t.Fatalf("controller %d: %s %s: %v", i, method, path, err)
+		}
+		return code, string(out)
+	}
+	_, out := raw(0, "GET", "/v3/spaces?names=default", "")
+	var spaces api.List[api.Space]
+	if err := json.Unmarshal([]byte(out), &spaces); err != nil || len(spaces.Resources) != 1 {
+		t.Fatalf("default space: %s (%v)", out, err)
+	}
+	space := spaces.Resources[0].GUID
+
+	// Apps and policies made through all three at once: every app in a
+	// policy gets a tag of its own.
+	const perController = 8
+	var mu sync.Mutex
+	apps := map[string]bool{}
+	var writers sync.WaitGroup
+	for i := range clients {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			for n := range perController {
+				code, out := raw(i, "POST", "/v3/apps", fmt.Sprintf(`{"name":"app-%d-%d","relationships":{"space":{"data":{"guid":%q}}}}`, i, n, space))
+				var a api.App
+				if code != 201 || json.Unmarshal([]byte(out), &a) != nil {
+					t.Errorf("controller %d: create app = %d %s", i, code, out)
+					return
+				}
+				if code, out := raw(i, "POST", "/networking/v1/external/policies", policyBody([5]any{a.GUID, a.GUID, "tcp", 8080, 8080})); code != 200 {
+					t.Errorf("controller %d: create policy = %d %s", i, code, out)
+				}
+				mu.Lock()
+				apps[a.GUID] = true
+				mu.Unlock()
+			}
+		}()
+	}
+	// The CA rotation begun by all three at once: one begins it, the
+	// others are told it is under way.
+	codes := make(chan int, len(clients))
+	for i := range clients {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			code, _ := raw(i, "POST", "/trellis/v1/instance-ca/rotation", `{"action":"begin"}`)
+			codes <- code
+		}()
+	}
+	writers.Wait()
+	close(codes)
+	began := 0
+	for c := range codes {
+		if c == 200 {
+			began++
+		} else if c != http.StatusConflict {
+			t.Errorf("begin rotation = %d, want 200 or 409", c)
+		}
+	}
+	if ca, _, err := st.InstanceCA(context.Background()); began != 1 || err != nil || ca.Generation != 2 {
+		t.Errorf("three controllers beginning a rotation at once: %d began it, generation %d (err %v); want 1, generation 2", began, ca.Generation, err)
+	}
+
+	_, out = raw(2, "GET", "/networking/v1/external/tags", "")
+	var tags api.TagsResponse
+	if err := json.Unmarshal([]byte(out), &tags); err != nil {
+		t.Fatalf("tags: %s (%v)", out, err)
+	}
+	seen := map[string]string{}
+	for _, tg := range tags.Tags {
+		if other, dup := seen[tg.Tag]; dup {
+			t.Errorf("tag %s given to %s and %s", tg.Tag, other, tg.ID)
+		}
+		seen[tg.Tag] = tg.ID
+		delete(apps, tg.ID)
+	}
+	if len(apps) != 0 {
+		t.Errorf("apps in a policy without a tag: %v", apps)
+	}
 }
