@@ -242,14 +242,7 @@ func (a *Agent) run(parent context.Context) error {
 		// shutting down would wait for it).
 		a.controller.CloseIdleConnections()
 	}()
-	// The last known state first: the dataplane keeps working while the
-	// controller is down.
-	if b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, lastStateFile)); err == nil {
-		var st api.CellState
-		if json.Unmarshal(b, &st) == nil {
-			a.apply(ctx, st)
-		}
-	}
+	a.applyFirst(ctx)
 	sock := a.socketPath()
 	ln, err := listenUnix(sock)
 	if err != nil {
@@ -318,6 +311,39 @@ func (a *Agent) run(parent context.Context) error {
 	}
 	a.log.Info("agent stopped", "cell", a.id.Cell.Name)
 	return nil
+}
+
+// firstPollTimeout bounds the agent's first question to the controllers at
+// start, before it falls back to its saved state.
+const firstPollTimeout = 3 * time.Second
+
+// applyFirst applies, at start, the controllers' state of the cell when one
+// answers at once, and else the last state saved (so that the dataplane
+// works while no controller answers). A saved state older than the
+// controllers' (a state file restored, or saved before changes made while
+// the agent was stopped) is so never applied, not even for a moment: it
+// could open what a removed policy closed. The saved state is the one in
+// force all the same, for the rule that never applies an older state.
+func (a *Agent) applyFirst(ctx context.Context) {
+	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, lastStateFile))
+	if err != nil {
+		return
+	}
+	var saved api.CellState
+	if json.Unmarshal(b, &saved) != nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, firstPollTimeout)
+	st, err := a.controller.CellState(pctx, -1, 0)
+	cancel()
+	a.mu.Lock()
+	a.state = saved
+	a.mu.Unlock()
+	if err != nil {
+		a.log.Info("no controller answered: applying the saved desired state", "revision", saved.Revision, "err", err)
+		st = saved
+	}
+	a.apply(ctx, st)
 }
 
 // apply makes the kernel (and the executor) match st, and keeps st; it

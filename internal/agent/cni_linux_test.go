@@ -40,16 +40,22 @@ func freePort(t *testing.T) string {
 
 func createApp(t *testing.T, c *ctrl, name string) api.App {
 	t.Helper()
+	return createAppWith(t, c.admin, name)
+}
+
+// createAppWith creates app name in a space of its own through admin.
+func createAppWith(t *testing.T, admin *api.Client, name string) api.App {
+	t.Helper()
 	ctx := context.Background()
-	org, err := c.admin.CreateOrg(ctx, "org-"+name)
+	org, err := admin.CreateOrg(ctx, "org-"+name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	space, err := c.admin.CreateSpace(ctx, org.GUID, "space-"+name)
+	space, err := admin.CreateSpace(ctx, org.GUID, "space-"+name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	app, err := c.admin.CreateApp(ctx, space.GUID, name)
+	app, err := admin.CreateApp(ctx, space.GUID, name)
 	if err != nil {
 		t.Fatal(err)
 	}

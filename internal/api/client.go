@@ -110,7 +110,9 @@ func IsNotFound(err error) bool {
 // jittered pause; the one it tries is in use from then on, for the requests
 // after too. A 4xx answer is the controller's word and is returned as it is. A
 // POST, which may not be safe to send twice, moves on only when it surely
-// was not handled: the connection could not be made, or the answer was 503.
+// was not handled: the connection could not be made, the request could not
+// be written, or the answer was 503 — except the policy writes, which are
+// idempotent and move on as a GET does.
 type Client struct {
 	bases []*url.URL
 	token string
@@ -523,12 +525,12 @@ func (c *Client) send(ctx context.Context, method, path, rawQuery string, body [
 		retry := false
 		if err != nil { // a *url.Error: it names the method and URL
 			why = append(why, err.Error())
-			retry = method != http.MethodPost || isDialError(err)
+			retry = method != http.MethodPost || idempotentPOST[path] || notSent(err)
 		} else {
 			err = decodeError(resp)
 			resp.Body.Close()
 			why = append(why, fmt.Sprintf("%s %s: %v", method, u.Redacted(), err))
-			retry = method != http.MethodPost || resp.StatusCode == http.StatusServiceUnavailable
+			retry = method != http.MethodPost || idempotentPOST[path] || resp.StatusCode == http.StatusServiceUnavailable
 		}
 		errs = append(errs, err)
 		if ctx.Err() != nil {
@@ -574,11 +576,18 @@ func (c *Client) pauseFor(i int64) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }
 
-// isDialError reports whether err is a failure to connect: the request
-// was not sent.
-func isDialError(err error) bool {
+// idempotentPOST are the POSTs that are safe to send twice, so that they
+// move to the next controller as other methods do: creating a policy that
+// exists, or deleting one that does not, changes nothing.
+var idempotentPOST = map[string]bool{policiesPath: true, policiesPath + "/delete": true}
+
+// notSent reports whether err means the request surely did not reach the
+// controller whole, so that it cannot have been handled: a failure to
+// connect, or to write the request (a kept-alive connection to a
+// controller that died meanwhile fails so: broken pipe, reset).
+func notSent(err error) bool {
 	var oe *net.OpError
-	return errors.As(err, &oe) && oe.Op == "dial"
+	return errors.As(err, &oe) && (oe.Op == "dial" || oe.Op == "write")
 }
 
 func (c *Client) setHeaders(req *http.Request, hasBody bool) {

@@ -3,9 +3,14 @@ package api
 import (
 	"context"
 	"errors"
+	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
+	"os"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -208,5 +213,45 @@ func TestLoadClientConfigWithSeveralURLs(t *testing.T) {
 	}
 	if got.APIURL != "https://a:4002" || strings.Join(got.URLs(), " ") != "https://a:4002 https://b:4002" {
 		t.Errorf("LoadClientConfig: api_url %q, URLs %v; want the first of api_urls, and both", got.APIURL, got.URLs())
+	}
+}
+
+// TestNotSent: a POST moves to the next controller only on errors that
+// mean the request did not reach the controller whole.
+func TestNotSent(t *testing.T) {
+	for _, tt := range []struct {
+		err  error
+		want bool
+	}{
+		{&url.Error{Op: "Post", URL: "https://c", Err: &net.OpError{Op: "dial", Err: syscall.ECONNREFUSED}}, true},
+		{&url.Error{Op: "Post", URL: "https://c", Err: &net.OpError{Op: "write", Err: os.NewSyscallError("write", syscall.EPIPE)}}, true},
+		{&url.Error{Op: "Post", URL: "https://c", Err: &net.OpError{Op: "read", Err: syscall.ECONNRESET}}, false},
+		{&url.Error{Op: "Post", URL: "https://c", Err: io.ErrUnexpectedEOF}, false},
+	} {
+		if got := notSent(tt.err); got != tt.want {
+			t.Errorf("notSent(%v) = %v, want %v", tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestClientPolicyWritesFailOver: creating and deleting policies are safe
+// to send twice, so a 5xx moves them to the next controller as a GET.
+func TestClientPolicyWritesFailOver(t *testing.T) {
+	ctx := context.Background()
+	a := newFakeController(t, map[string]answer{
+		"POST /networking/v1/external/policies":        {500, `{"error":"boom"}`},
+		"POST /networking/v1/external/policies/delete": {500, `{"error":"boom"}`}})
+	b := newFakeController(t, map[string]answer{
+		"POST /networking/v1/external/policies":        {200, `{}`},
+		"POST /networking/v1/external/policies/delete": {200, `{}`}})
+	c := multiClient(t, a, b)
+	if err := c.CreatePolicies(ctx, []Policy{{}}); err != nil {
+		t.Errorf("CreatePolicies with the first controller failing = %v, want the second's answer", err)
+	}
+	if err := c.DeletePolicies(ctx, []Policy{{}}); err != nil {
+		t.Errorf("DeletePolicies = %v, want the second's answer", err)
+	}
+	if c.Controller() != b.srv.URL {
+		t.Errorf("Controller() = %s, want the second", c.Controller())
 	}
 }
