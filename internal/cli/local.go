@@ -43,6 +43,8 @@ var upCommand = &command{
 		dir := stateDirFlag(fs, e)
 		detach := fs.Bool("detach", false, "Return once it is up and leave it running (stop it with `trellis down`)")
 		config := fs.String("config", "", "Point the CLI config `FILE` at it (default ~/.trellis/config.json)")
+		controllers := fs.Int("controllers", 1, "Run `N` controllers (more than one share the PostgreSQL database of --database-url)")
+		dbURL := fs.String("database-url", "", "The controllers' PostgreSQL database `URL` (postgres://…; default SQLite in the state dir)")
 		validity := fs.Duration("instance-cert-validity", 0, "Instance identity certificates are valid for `DURATION` (default 24h; at least 1m — short ones show rotation)")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
@@ -54,7 +56,14 @@ var upCommand = &command{
 			if *cells < 1 || *cells > 50 {
 				return badInput("invalid --cells %d: must be 1 to 50", *cells)
 			}
-			f, err := launcher.Up(ctx, launcher.Options{StateDir: *dir, Cells: *cells, Progress: e.stderr, InstanceCertValidity: *validity})
+			if *controllers < 1 || *controllers > 9 {
+				return badInput("invalid --controllers %d: must be 1 to 9", *controllers)
+			}
+			if *controllers > 1 && *dbURL == "" {
+				return badInput("invalid --controllers %d: several controllers share one PostgreSQL database: give --database-url postgres://…", *controllers)
+			}
+			f, err := launcher.Up(ctx, launcher.Options{StateDir: *dir, Cells: *cells, Progress: e.stderr, InstanceCertValidity: *validity,
+				Controllers: *controllers, DatabaseURL: *dbURL})
 			if errors.Is(err, launcher.ErrAlreadyUp) {
 				return err
 			}
@@ -73,7 +82,7 @@ var upCommand = &command{
 				fmt.Fprintf(e.stderr, "could not write the CLI config (%v): use --config %s\n", err, f.Admin)
 				path, shown = f.Admin, f.Admin
 			}
-			e.printf("trellis is up: %d cells, controller at %s\n", len(f.Cells), f.APIURL)
+			e.printf("trellis is up: %d cells, controller at %s\n", len(f.Cells), strings.Join(f.URLs(), ", "))
 			e.printf("admin config: %s (the admin token; mode 0600)\n", f.Admin)
 			e.printf("CLI config:   %s (points at it)\n", shown)
 			e.printf("state:        %s\n\n", f.StateDir)
@@ -186,7 +195,9 @@ var statusCommand = &command{
 			if *asJSON {
 				return e.printJSON(st)
 			}
-			e.printf("controller   %s   healthy: %v\n", st.APIURL, st.ControllerHealthy)
+			for _, c := range st.ControllerStatus {
+				e.printf("controller   %s   healthy: %v\n", c.URL, c.Healthy)
+			}
 			e.printf("underlay     %s (198.51.100.0/24)\n", st.Underlay)
 			e.printf("cni plugin   %s\n\n", st.CNIPlugin)
 			rows := [][]string{}

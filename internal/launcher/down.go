@@ -58,9 +58,11 @@ func Down(ctx context.Context, stateDir string, purge bool, progress io.Writer) 
 		step("stopping process %d left in the foundation's namespaces", pid)
 		errs = append(errs, stop(pid, 2*time.Second))
 	}
-	for _, pid := range daemons("controller", filepath.Join(f.StateDir, "controller")) {
-		step("stopping the controller (pid %d)", pid)
-		errs = append(errs, stop(pid, 5*time.Second))
+	for _, d := range f.ControllerDirs() {
+		for _, pid := range daemons("controller", d) {
+			step("stopping the controller of %s (pid %d)", d, pid)
+			errs = append(errs, stop(pid, 5*time.Second))
+		}
 	}
 	if len(names) > 0 {
 		step("deleting %d namespaces %s-*", len(names), f.Prefix)

@@ -40,15 +40,19 @@ const AdminFile = "admin.json"
 
 // Foundation is what `trellis up` started, as tools (and `down`) find it.
 type Foundation struct {
-	Prefix     string    `json:"prefix"` // every namespace's name starts with it
-	StateDir   string    `json:"state_dir"`
-	Underlay   string    `json:"underlay_netns"`
-	Controller Process   `json:"controller"`
-	APIURL     string    `json:"api_url"`
-	Admin      string    `json:"admin_config"` // STATE/admin.json
-	CNIPlugin  string    `json:"cni_plugin"`
-	Cells      []Cell    `json:"cells"`
-	StartedAt  time.Time `json:"started_at"`
+	Prefix     string  `json:"prefix"` // every namespace's name starts with it
+	StateDir   string  `json:"state_dir"`
+	Underlay   string  `json:"underlay_netns"`
+	Controller Process `json:"controller"`
+	APIURL     string  `json:"api_url"`
+	// Controllers are all the foundation's controllers, the first (the
+	// one of Controller and APIURL) included, when it runs several
+	// (Options.Controllers); empty for one.
+	Controllers []ControllerProcess `json:"controllers,omitempty"`
+	Admin       string              `json:"admin_config"` // STATE/admin.json
+	CNIPlugin   string              `json:"cni_plugin"`
+	Cells       []Cell              `json:"cells"`
+	StartedAt   time.Time           `json:"started_at"`
 }
 
 // Cell is one cell of the foundation.
@@ -60,6 +64,13 @@ type Cell struct {
 	Socket      string  `json:"agent_socket"`
 	CNIConfList string  `json:"cni_conflist"`
 	Agent       Process `json:"agent"`
+}
+
+// ControllerProcess is one of several controllers of a foundation.
+type ControllerProcess struct {
+	Process
+	URL      string `json:"url"`
+	StateDir string `json:"state_dir"`
 }
 
 // Process is a process the launcher started.
@@ -85,6 +96,13 @@ type Options struct {
 	// InstanceCertValidity, when not zero, is how long instance identity
 	// certificates are valid (the controller's --instance-cert-validity).
 	InstanceCertValidity time.Duration
+	// Controllers is how many controllers to run (0 means 1); more than
+	// one share the PostgreSQL database DatabaseURL, and every agent and
+	// the admin config know them all.
+	Controllers int
+	// DatabaseURL is the controllers' PostgreSQL database (postgres://…);
+	// empty means SQLite in the controller's state dir (one controller).
+	DatabaseURL string
 }
 
 // Load reads the foundation of stateDir.
@@ -114,6 +132,12 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	}
 	if o.Cells < 1 || o.Cells > 50 {
 		return nil, fmt.Errorf("--cells %d: must be 1 to 50", o.Cells)
+	}
+	if o.Controllers < 0 || o.Controllers > 9 {
+		return nil, fmt.Errorf("--controllers %d: must be 1 to 9", o.Controllers)
+	}
+	if o.Controllers > 1 && !strings.HasPrefix(o.DatabaseURL, "postgres://") && !strings.HasPrefix(o.DatabaseURL, "postgresql://") {
+		return nil, fmt.Errorf("--controllers %d: several controllers share one PostgreSQL database: give --database-url postgres://… (scripts/postgres-up starts one)", o.Controllers)
 	}
 	progress := o.Progress
 	if progress == nil {
@@ -178,11 +202,17 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 		return f, err
 	}
 	ctrlDir := filepath.Join(dir, "controller")
-	args := []string{"controller", "--state-dir", ctrlDir, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}
-	if o.InstanceCertValidity != 0 {
-		args = append(args, "--instance-cert-validity", o.InstanceCertValidity.String())
+	ctrlArgs := func(stateDir string, port int) []string {
+		args := []string{"controller", "--state-dir", stateDir, "--listen", fmt.Sprintf("127.0.0.1:%d", port)}
+		if o.InstanceCertValidity != 0 {
+			args = append(args, "--instance-cert-validity", o.InstanceCertValidity.String())
+		}
+		if o.DatabaseURL != "" {
+			args = append(args, "--database-url", o.DatabaseURL)
+		}
+		return args
 	}
-	f.Controller, err = start(o.Exe, filepath.Join(dir, "logs", "controller.log"), args...)
+	f.Controller, err = start(o.Exe, filepath.Join(dir, "logs", "controller.log"), ctrlArgs(ctrlDir, port)...)
 	if err != nil {
 		return f, err
 	}
@@ -192,11 +222,22 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	if err != nil {
 		return f, err
 	}
+	if o.Controllers > 1 {
+		step("starting %d more controllers on the same database", o.Controllers-1)
+		if client, err = f.startMoreControllers(ctx, o, ctrlArgs); err != nil {
+			return f, err
+		}
+	}
 	// The controller keeps its admin config in its own state dir; the
 	// foundation's copy sits at the top, where `trellis up` tells the
-	// operator to find it.
+	// operator to find it, with every controller's URL.
 	f.Admin = filepath.Join(dir, AdminFile)
-	if err := copyFile(filepath.Join(ctrlDir, AdminFile), f.Admin, 0o600); err != nil {
+	admin, err := api.LoadClientConfig(filepath.Join(ctrlDir, AdminFile))
+	if err == nil {
+		admin.APIURLs = f.URLs()
+		err = admin.Save(f.Admin)
+	}
+	if err != nil {
 		return f, fmt.Errorf("copy the admin config: %w", err)
 	}
 	f.save()
@@ -242,7 +283,7 @@ func (f *Foundation) StartAgent(ctx context.Context, client *api.Client, i int, 
 	c := &f.Cells[i]
 	ctrlDir := filepath.Join(f.StateDir, "controller")
 	args := []string{"agent", "--state-dir", c.StateDir, "--netns", c.NetNS, "--underlay-interface", underlay.Device,
-		"--name", c.Name, "--run-instances", "--instance-netns-prefix", f.Prefix + "-" + c.Name + "-i-", "--controller", f.APIURL}
+		"--name", c.Name, "--run-instances", "--instance-netns-prefix", f.Prefix + "-" + c.Name + "-i-", "--controller", strings.Join(f.URLs(), ",")}
 	if _, err := os.Stat(filepath.Join(c.StateDir, "cell.json")); err != nil {
 		tok, err := client.CreateJoinToken(ctx, 600)
 		if err != nil {
@@ -260,6 +301,86 @@ func (f *Foundation) StartAgent(ctx context.Context, client *api.Client, i int, 
 
 // WaitAgent waits until the agent of cell i serves with its state applied.
 func (f *Foundation) WaitAgent(ctx context.Context, i int) error { return waitAgent(ctx, f.Cells[i]) }
+
+// URLs are the URLs of every controller of the foundation, the first's
+// first.
+func (f *Foundation) URLs() []string {
+	if len(f.Controllers) == 0 {
+		return []string{f.APIURL}
+	}
+	urls := make([]string, len(f.Controllers))
+	for i, c := range f.Controllers {
+		urls[i] = c.URL
+	}
+	return urls
+}
+
+// ControllerDirs are the state dirs of every controller of the foundation.
+func (f *Foundation) ControllerDirs() []string {
+	dirs := []string{filepath.Join(f.StateDir, "controller")}
+	for _, c := range f.Controllers[min(1, len(f.Controllers)):] {
+		dirs = append(dirs, c.StateDir)
+	}
+	return dirs
+}
+
+// startMoreControllers starts controllers 2 to o.Controllers next to the
+// first (running, on o.DatabaseURL), each in a state dir of its own with the
+// first's CA and admin token, and returns an admin client that knows them
+// all once every one answers.
+func (f *Foundation) startMoreControllers(ctx context.Context, o Options, args func(dir string, port int) []string) (*api.Client, error) {
+	first := filepath.Join(f.StateDir, "controller")
+	f.Controllers = []ControllerProcess{{Process: f.Controller, URL: f.APIURL, StateDir: first}}
+	for i := 2; i <= o.Controllers; i++ {
+		dir := filepath.Join(f.StateDir, fmt.Sprintf("controller-%d", i))
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return nil, err
+		}
+		for _, name := range []string{identity.CACertFile, identity.CAKeyFile} {
+			if err := copyFile(filepath.Join(first, name), filepath.Join(dir, name), 0o600); err != nil {
+				return nil, fmt.Errorf("give controller %d the CA: %w", i, err)
+			}
+		}
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		a := append(args(dir, port), "--admin-config", filepath.Join(first, AdminFile))
+		p, err := start(o.Exe, filepath.Join(f.StateDir, "logs", fmt.Sprintf("controller-%d.log", i)), a...)
+		if err != nil {
+			return nil, err
+		}
+		f.Controllers = append(f.Controllers, ControllerProcess{Process: p, URL: fmt.Sprintf("https://127.0.0.1:%d", port), StateDir: dir})
+		f.save()
+	}
+	cfg, err := api.LoadClientConfig(filepath.Join(first, AdminFile))
+	if err != nil {
+		return nil, err
+	}
+	for i, c := range f.Controllers[1:] {
+		one := cfg
+		one.APIURL = c.URL
+		cl, err := api.NewClient(one)
+		if err != nil {
+			return nil, err
+		}
+		deadline := time.Now().Add(60 * time.Second)
+		for {
+			if _, err = cl.Health(ctx); err == nil {
+				break
+			}
+			if c.exited("controller") {
+				return nil, fmt.Errorf("controller %d exited; its log (%s) ends:\n%s", i+2, c.Log, lastLines(c.Log, 10))
+			}
+			if time.Now().After(deadline) || ctx.Err() != nil {
+				return nil, fmt.Errorf("controller %d did not answer within 60s; see %s", i+2, c.Log)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+	}
+	cfg.APIURLs = f.URLs()
+	return api.NewClient(cfg)
+}
 
 func (f *Foundation) save() error {
 	b, _ := json.MarshalIndent(f, "", "  ")

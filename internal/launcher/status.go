@@ -13,9 +13,19 @@ import (
 type FoundationStatus struct {
 	*Foundation
 	ControllerHealthy bool `json:"controller_healthy"`
+	// ControllerStatus is each controller's URL and health, the first's
+	// first.
+	ControllerStatus []ControllerStatus `json:"controller_status"`
 	// Cells are the foundation's cells, each with its status; they stand
 	// for Foundation.Cells in the JSON.
 	Cells []CellStatus `json:"cells"`
+}
+
+// ControllerStatus is one controller of a foundation and whether it
+// answers its health check (which needs its database).
+type ControllerStatus struct {
+	URL     string `json:"url"`
+	Healthy bool   `json:"healthy"`
 }
 
 // CellStatus is a cell of the foundation and its status from its agent.
@@ -39,7 +49,12 @@ func Status(ctx context.Context, stateDir string) (FoundationStatus, error) {
 	if err != nil {
 		return FoundationStatus{}, err
 	}
-	s := FoundationStatus{Foundation: f, ControllerHealthy: controllerHealthy(ctx, f.Admin)}
+	s := FoundationStatus{Foundation: f}
+	for _, u := range f.URLs() {
+		ok := controllerHealthy(ctx, f.Admin, u)
+		s.ControllerStatus = append(s.ControllerStatus, ControllerStatus{URL: u, Healthy: ok})
+		s.ControllerHealthy = s.ControllerHealthy || ok
+	}
 	for _, c := range f.Cells {
 		cs := CellStatus{Cell: c}
 		st, err := AgentStatus(ctx, c.Socket)
@@ -54,13 +69,14 @@ func Status(ctx context.Context, stateDir string) (FoundationStatus, error) {
 	return s, nil
 }
 
-// controllerHealthy reports whether the controller of the admin config
-// file admin answers its health check.
-func controllerHealthy(ctx context.Context, admin string) bool {
+// controllerHealthy reports whether the controller at url answers its
+// health check, asked with the admin config file admin.
+func controllerHealthy(ctx context.Context, admin, url string) bool {
 	cfg, err := api.LoadClientConfig(admin)
 	if err != nil {
 		return false
 	}
+	cfg.APIURL, cfg.APIURLs = url, nil
 	c, err := api.NewClient(cfg)
 	if err != nil {
 		return false
