@@ -278,3 +278,52 @@ func TestControllersShareWorkPostgres(t *testing.T) {
 		t.Errorf("apps in a policy without a tag: %v", apps)
 	}
 }
+
+// TestStartBeforeDatabasePostgres starts a controller while its database
+// is down: it waits for it (rather than exiting) and serves once it is up.
+func TestStartBeforeDatabasePostgres(t *testing.T) {
+	pg := storetest.StartPostgres(t)
+	db := pg.NewDatabase("trellis")
+	t0 := time.Now()
+	pg.Stop()
+	t.Logf("database stopped in %v", time.Since(t0))
+	var logs syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	ready := make(chan string, 1)
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Config{StateDir: t.TempDir(), Listen: "127.0.0.1:0", DatabaseURL: db,
+			Log: slog.New(slog.NewTextHandler(&logs, nil)), Ready: func(url string) { ready <- url }})
+	}()
+	t.Cleanup(func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("Run = %v", err)
+		}
+	})
+	deadline := time.Now().Add(time.Minute)
+	for len(logs.lines("database unavailable: waiting for it")) == 0 {
+		select {
+		case err := <-done:
+			done <- err
+			t.Fatalf("Run with the database down = %v, want it to wait", err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("Run did not log that it waits for the database")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t0 = time.Now()
+	pg.Start()
+	t.Logf("database started in %v", time.Since(t0))
+	select {
+	case <-ready:
+		t.Logf("serving %v after the database started", time.Since(t0))
+	case err := <-done:
+		done <- err
+		t.Fatalf("Run = %v after the database started, want it serving", err)
+	case <-time.After(time.Minute):
+		t.Fatal("not serving a minute after the database started")
+	}
+}

@@ -168,7 +168,7 @@ func openStore(ctx context.Context, url string, log *slog.Logger) (*store.Store,
 			return nil, err
 		case <-time.After(wait):
 		}
-		wait = min(2*wait, 5*time.Second)
+		wait = min(2*wait, 2*time.Second)
 	}
 }
 
