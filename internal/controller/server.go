@@ -48,6 +48,8 @@ type Server struct {
 	feed *cellFeed
 	// authFailures logs refused credentials, rate-limited.
 	authFailures *logLimiter
+	// jwt is the key that signs and verifies users' tokens (see jwt.go).
+	jwt jwtKeys
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,
@@ -137,6 +139,9 @@ func (s *Server) routes() {
 	m("GET /trellis/v1/explain", s.requireAuth(writeNetError, anyScope, s.explain))
 	m("GET /trellis/v1/enforcement", s.requireAuth(writeNetError, anyScope, s.getEnforcement))
 	m("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
+
+	// The cf CLI's way in: root document, UAA-style tokens, users (uaa.go).
+	s.uaaRoutes()
 }
 
 // handle registers h for pattern on the mux and records the pattern: every
