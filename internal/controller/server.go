@@ -72,6 +72,11 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 	s.reg.MustRegister(&storeCollector{store: st, log: log})
 	s.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	s.routes()
+	// The key that signs users' tokens, made now if the store has none
+	// (else at first use), so that serving a request never writes it.
+	if _, err := s.signer(context.Background()); err != nil {
+		log.Warn("token signing key: will retry at first use", "err", err)
+	}
 	return s
 }
 
