@@ -159,9 +159,9 @@ func TestPassword(t *testing.T) {
 		}
 	}
 	for pw, want := range map[string]string{
-		"short":                     "invalid password: 5 bytes long, at least 8 needed",
-		strings.Repeat("x", 1025):   "invalid password: 1025 bytes long, at most 1024 allowed",
-		"abcdefgh\xff":              "invalid password: not valid UTF-8",
+		"short":                    "invalid password: 5 bytes long, at least 8 needed",
+		strings.Repeat("x", 1025):  "invalid password: 1025 bytes long, at most 1024 allowed",
+		"abcdefgh\xff":             "invalid password: not valid UTF-8",
 		"long enough and fine ü 🔑": "",
 	} {
 		got := ""
