@@ -74,7 +74,7 @@ var createUserCommand = &command{
 		"create-user NAME --space-developer [ORG/]SPACE... [--password-file FILE]",
 	example: "trellis create-user alice --space-developer my-org/my-space --password-file alice.txt\n" +
 		"trellis create-user ops --admin\n" +
-		"echo 'a long passphrase' | trellis create-user bob --space-developer dev --password-file -",
+		"trellis create-user bob --space-developer dev --password-file -",
 	config: true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		admin := fs.Bool("admin", false, "The user acts everywhere (network.admin)")
@@ -238,7 +238,7 @@ var setPasswordCommand = &command{
 	group:   groupControlPlane,
 	summary: "Set a user's password: the user's tokens from before stop working (admin only)",
 	usage:   "set-password NAME --password-file FILE",
-	example: "trellis set-password alice --password-file alice.txt\necho 'a new passphrase' | trellis set-password alice --password-file -",
+	example: "trellis set-password alice --password-file alice.txt\ntrellis set-password alice --password-file -",
 	config:  true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		pwFile := fs.String("password-file", "", "Read the new password from the first line of `FILE` (\"-\": stdin)")
