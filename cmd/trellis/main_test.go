@@ -54,7 +54,7 @@ func TestScripts(t *testing.T) {
 					env.Defer(c.stop)
 					env.Setenv("TRELLIS_CONFIG", filepath.Join(c.stateDir, controller.AdminConfigFile))
 					env.Setenv("HOME", env.WorkDir)
-					return setupCF(env, c, cf)
+					return setupCFAuth(env, c, cf)
 				},
 				// [cf]: Cloud Foundry's cf CLI is there (see cfCLI).
 				Condition: func(cond string) (bool, error) {
@@ -100,10 +100,10 @@ func cfCLI(t *testing.T) string {
 	return ""
 }
 
-// setupCF gives a script what it needs to run the cf CLI against its
+// setupCFAuth gives a script what it needs to run the cf CLI against its
 // controller: $CF (the binary), $CF_HOME (the cf CLI's config, in the
 // script's work dir), $API_URL and $WORK/ca.pem (the controller's CA).
-func setupCF(env *testscript.Env, c *scriptController, cf string) error {
+func setupCFAuth(env *testscript.Env, c *scriptController, cf string) error {
 	cfg, err := api.LoadClientConfig(filepath.Join(c.stateDir, controller.AdminConfigFile))
 	if err != nil {
 		return err

@@ -50,6 +50,8 @@ type Server struct {
 	authFailures *logLimiter
 	// jwt is the key that signs and verifies users' tokens (see jwt.go).
 	jwt jwtKeys
+	// lockout locks user names after repeated wrong passwords.
+	lockout lockout
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,

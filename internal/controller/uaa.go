@@ -208,8 +208,15 @@ func (s *Server) passwordGrant(w http.ResponseWriter, r *http.Request, clientID,
 		oauthError(w, http.StatusBadRequest, "invalid_request", "username and password are required")
 		return
 	}
+	if s.lockout.locked(name, time.Now()) {
+		checkPassword(dummyHash(), pw)
+		s.logAuthFailure(r, errors.New("user locked after repeated failures"))
+		oauthError(w, http.StatusUnauthorized, "unauthorized", "Your account has been locked because of too many failed attempts to login.")
+		return
+	}
 	u, err := s.store.UserByName(r.Context(), name)
 	if errors.Is(err, store.ErrNotFound) || len(pw) > maxPassword {
+		s.lockout.fail(name, time.Now())
 		checkPassword(dummyHash(), pw) // as long as a wrong password
 		s.logAuthFailure(r, errors.New("bad credentials"))
 		badCredentials(w)
@@ -220,10 +227,12 @@ func (s *Server) passwordGrant(w http.ResponseWriter, r *http.Request, clientID,
 		return
 	}
 	if !checkPassword(u.PasswordHash, pw) {
+		s.lockout.fail(name, time.Now())
 		s.logAuthFailure(r, errors.New("bad credentials"))
 		badCredentials(w)
 		return
 	}
+	s.lockout.succeed(name)
 	s.issueUserTokens(w, r, u)
 }
 

@@ -6,6 +6,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"encoding/json"
+	"fmt"
 	"net/url"
 	"strings"
 	"testing"
@@ -342,5 +343,51 @@ func TestRootDocument(t *testing.T) {
 	}
 	if code, body := e.do("", "GET", "/no-such-page", ""); code != 404 {
 		t.Errorf("GET /no-such-page = %d %s, want 404 (the root document is / alone)", code, body)
+	}
+}
+
+// TestLockout: five wrong passwords for a name within five minutes lock it
+// (the right password too is refused) until they are five minutes old; a
+// success before that forgets the failures; other names are not affected.
+func TestLockout(t *testing.T) {
+	var l lockout
+	t0 := time.Now()
+	for i := range lockoutFailures - 1 {
+		l.fail("alice", t0.Add(time.Duration(i)*time.Second))
+	}
+	if l.locked("alice", t0.Add(time.Minute)) {
+		t.Fatalf("locked after %d failures, want %d", lockoutFailures-1, lockoutFailures)
+	}
+	l.succeed("alice")
+	for i := range lockoutFailures {
+		l.fail("alice", t0.Add(time.Duration(i)*time.Second))
+	}
+	if !l.locked("alice", t0.Add(time.Minute)) {
+		t.Errorf("not locked after %d failures", lockoutFailures)
+	}
+	if l.locked("bob", t0.Add(time.Minute)) {
+		t.Errorf("bob locked by alice's failures")
+	}
+	if l.locked("alice", t0.Add(lockoutWindow+time.Second)) {
+		t.Errorf("still locked once the failures are %v old", lockoutWindow)
+	}
+	for i := range maxLockoutNames + 10 {
+		l.fail(fmt.Sprintf("u%d", i), t0)
+	}
+	if n := len(l.names); n > maxLockoutNames {
+		t.Errorf("lockout keeps %d names, want at most %d", n, maxLockoutNames)
+	}
+
+	// Through the token endpoint, with UAA's message.
+	e := newEnv(t, "sqlite")
+	u := e.createUser("carol", false, e.defaultSpace())
+	for range lockoutFailures {
+		if code, _ := e.tokenRequest(url.Values{"grant_type": {"password"}, "username": {"carol"}, "password": {"wrong password"}}, ""); code != 401 {
+			t.Fatalf("wrong password = %d, want 401", code)
+		}
+	}
+	code, out := e.tokenRequest(url.Values{"grant_type": {"password"}, "username": {u.Name}, "password": {testPassword}}, "")
+	if want := "Your account has been locked because of too many failed attempts to login."; code != 401 || out["error_description"] != want {
+		t.Errorf("the right password after %d wrong ones = %d %v, want 401 %q", lockoutFailures, code, out, want)
 	}
 }
