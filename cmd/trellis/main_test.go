@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -121,6 +122,9 @@ func setupCFAuth(env *testscript.Env, c *scriptController, cf string) error {
 // scriptController is a controller running in this process for one script.
 type scriptController struct {
 	stateDir, databaseURL string
+	userTokenTTL          time.Duration // 0: the default
+	listen                string        // "": a free port of 127.0.0.1
+	url                   string        // where it serves
 	mu                    sync.Mutex
 	cancel                context.CancelFunc
 	done                  chan error
@@ -132,9 +136,9 @@ func (c *scriptController) start() error {
 	done := make(chan error, 1)
 	go func() {
 		done <- controller.Run(ctx, controller.Config{
-			StateDir: c.stateDir, Listen: "127.0.0.1:0", DatabaseURL: c.databaseURL,
+			StateDir: c.stateDir, Listen: cmp.Or(c.listen, "127.0.0.1:0"), DatabaseURL: c.databaseURL, UserTokenTTL: c.userTokenTTL,
 			Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Ready: func(string) { close(ready) },
+			Ready: func(url string) { c.url = url; close(ready) },
 		})
 	}()
 	select {
@@ -164,9 +168,20 @@ func (c *scriptController) stop() {
 }
 
 // cmdController: controller stop|start|restart — stop and start the
-// script's controller on the same state dir (and database).
+// script's controller on the same state dir (and database);
+// controller user-token-ttl DURATION — restart it, on the same port, with
+// users' access tokens valid for DURATION.
 func cmdController(ts *testscript.TestScript, neg bool, args []string) {
 	c := ts.Value("controller").(*scriptController)
+	if !neg && len(args) == 2 && args[0] == "user-token-ttl" {
+		d, err := time.ParseDuration(args[1])
+		ts.Check(err)
+		c.stop()
+		c.userTokenTTL = d
+		c.listen = strings.TrimPrefix(c.url, "https://") // the cf CLI keeps the URL
+		ts.Check(c.start())
+		return
+	}
 	if neg || len(args) != 1 {
 		ts.Fatalf("usage: controller stop|start|restart")
 	}

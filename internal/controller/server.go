@@ -52,6 +52,8 @@ type Server struct {
 	jwt jwtKeys
 	// lockout locks user names after repeated wrong passwords.
 	lockout lockout
+	// accessTTL is how long users' access tokens are valid.
+	accessTTL time.Duration
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,
@@ -66,7 +68,7 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 		log.Error("instance identity settings: using the defaults", "err", err)
 		checked, _ = InstanceIdentity{}.withDefaults()
 	}
-	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
+	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux(), accessTTL: accessTokenTTL}
 	s.authFailures = newLogLimiter(log, slog.LevelWarn, "authentication failures")
 	s.metrics = newHTTPMetrics(s.reg)
 	s.certs = newCertMetrics(s.reg)

@@ -284,7 +284,7 @@ func (s *Server) issueUserTokens(w http.ResponseWriter, r *http.Request, u store
 	now := time.Now()
 	scope := []string{"openid", userScope(u)}
 	c := jwtClaims{JTI: uuid.NewString(), Sub: u.GUID, Scope: scope, ClientID: cfClient, CID: cfClient, Azp: cfClient,
-		GrantType: "password", UserID: u.GUID, Origin: "uaa", UserName: u.Name, IAT: now.Unix(), EXP: now.Add(accessTokenTTL).Unix(),
+		GrantType: "password", UserID: u.GUID, Origin: "uaa", UserName: u.Name, IAT: now.Unix(), EXP: now.Add(s.accessTTL).Unix(),
 		ISS: baseURL(r) + "/oauth/token", ZID: "uaa", AUD: []string{"openid", cfClient}, RevSig: revSig(u.GUID, u.PasswordHash), Use: useAccess}
 	access, err := sg.sign(c)
 	if err != nil {
@@ -299,7 +299,7 @@ func (s *Server) issueUserTokens(w http.ResponseWriter, r *http.Request, u store
 		return
 	}
 	writeJSON(w, http.StatusOK, tokenResponse{AccessToken: access, TokenType: "bearer", RefreshToken: refresh,
-		ExpiresIn: int64(accessTokenTTL / time.Second), Scope: strings.Join(scope, " "), JTI: c.JTI})
+		ExpiresIn: int64(s.accessTTL / time.Second), Scope: strings.Join(scope, " "), JTI: c.JTI})
 }
 
 // clientCredentialsGrant exchanges a trellis token (its GUID and value as
@@ -326,7 +326,7 @@ func (s *Server) clientCredentialsGrant(w http.ResponseWriter, r *http.Request, 
 		return
 	}
 	now := time.Now()
-	exp := now.Add(accessTokenTTL)
+	exp := now.Add(s.accessTTL)
 	if !t.ExpiresAt.IsZero() && t.ExpiresAt.Before(exp) {
 		exp = t.ExpiresAt
 	}
