@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"context"
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/base64"
@@ -91,3 +92,23 @@ func checkPassword(encoded, pw string) bool {
 // wrong name takes as long as a wrong password and does not tell which
 // names exist.
 var dummyHash = sync.OnceValue(func() string { return HashPassword("trellis: no such user") })
+
+// maxHashing bounds the password hashes computed at once: each takes
+// argonMemory (19 MiB), so a flood of logins must queue for a slot rather
+// than take the controller's memory.
+const maxHashing = 4
+
+// hashSlots is a semaphore of maxHashing slots.
+type hashSlots chan struct{}
+
+// acquire waits for a slot until ctx is done; false if it is.
+func (h hashSlots) acquire(ctx context.Context) bool {
+	select {
+	case h <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (h hashSlots) release() { <-h }

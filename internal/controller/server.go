@@ -54,6 +54,8 @@ type Server struct {
 	lockout lockout
 	// accessTTL is how long users' access tokens are valid.
 	accessTTL time.Duration
+	// hashing bounds the password hashes computed at once.
+	hashing hashSlots
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,
@@ -68,7 +70,8 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 		log.Error("instance identity settings: using the defaults", "err", err)
 		checked, _ = InstanceIdentity{}.withDefaults()
 	}
-	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux(), accessTTL: accessTokenTTL}
+	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux(), accessTTL: accessTokenTTL,
+		hashing: make(hashSlots, maxHashing)}
 	s.authFailures = newLogLimiter(log, slog.LevelWarn, "authentication failures")
 	s.metrics = newHTTPMetrics(s.reg)
 	s.certs = newCertMetrics(s.reg)

@@ -208,6 +208,12 @@ func (s *Server) passwordGrant(w http.ResponseWriter, r *http.Request, clientID,
 		oauthError(w, http.StatusBadRequest, "invalid_request", "username and password are required")
 		return
 	}
+	// Hashing takes memory: a bounded number at once; the others wait.
+	if !s.hashing.acquire(r.Context()) {
+		oauthError(w, http.StatusServiceUnavailable, "temporarily_unavailable", "too many logins at once: try again")
+		return
+	}
+	defer s.hashing.release()
 	if s.lockout.locked(name, time.Now()) {
 		checkPassword(dummyHash(), pw)
 		s.logAuthFailure(r, errors.New("user locked after repeated failures"))

@@ -391,3 +391,23 @@ func TestLockout(t *testing.T) {
 		t.Errorf("the right password after %d wrong ones = %d %v, want 401 %q", lockoutFailures, code, out, want)
 	}
 }
+
+// TestHashSlots: at most maxHashing password hashes at once; a login
+// waiting for a slot gives up when its request ends.
+func TestHashSlots(t *testing.T) {
+	h := make(hashSlots, maxHashing)
+	for i := range maxHashing {
+		if !h.acquire(context.Background()) {
+			t.Fatalf("acquire %d of %d failed", i+1, maxHashing)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Millisecond)
+	defer cancel()
+	if h.acquire(ctx) {
+		t.Fatalf("acquired slot %d of %d", maxHashing+1, maxHashing)
+	}
+	h.release()
+	if !h.acquire(context.Background()) {
+		t.Errorf("no slot after a release")
+	}
+}
