@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -33,6 +34,7 @@ func TestMain(m *testing.M) {
 // (this test binary re-executed as trellis) against a real controller
 // started for each script, on SQLite and on PostgreSQL.
 func TestScripts(t *testing.T) {
+	cf := cfCLI(t)
 	for _, engine := range storetest.Engines {
 		t.Run(engine, func(t *testing.T) {
 			if engine == "postgres" {
@@ -53,7 +55,14 @@ func TestScripts(t *testing.T) {
 					env.Defer(c.stop)
 					env.Setenv("TRELLIS_CONFIG", filepath.Join(c.stateDir, controller.AdminConfigFile))
 					env.Setenv("HOME", env.WorkDir)
-					return nil
+					return setupCFAuth(env, c, cf)
+				},
+				// [cf]: Cloud Foundry's cf CLI is there (see cfCLI).
+				Condition: func(cond string) (bool, error) {
+					if cond == "cf" {
+						return cf != "", nil
+					}
+					return false, fmt.Errorf("unknown condition %q", cond)
 				},
 				Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 					"controller": cmdController,
@@ -65,9 +74,57 @@ func TestScripts(t *testing.T) {
 	}
 }
 
+// defaultCFCLI is where the cf CLI (v8.18.4) is kept on this project's
+// machines, beside the checkout.
+const defaultCFCLI = "/work/shared/tools/cf/cf"
+
+// cfCLI returns the path of Cloud Foundry's cf CLI for the scripts that
+// run it: $TRELLIS_CF_CLI, else defaultCFCLI when it is there. Without
+// one those scripts skip, except under CI=true, where a missing cf CLI
+// fails the test: CI must run them.
+func cfCLI(t *testing.T) string {
+	path := os.Getenv("TRELLIS_CF_CLI")
+	if path == "" {
+		if _, err := os.Stat(defaultCFCLI); err == nil {
+			path = defaultCFCLI
+		}
+	}
+	if path != "" {
+		if _, err := os.Stat(path); err != nil {
+			t.Fatalf("TRELLIS_CF_CLI: %v", err)
+		}
+		return path
+	}
+	if os.Getenv("CI") == "true" {
+		t.Fatalf("no cf CLI: set TRELLIS_CF_CLI to Cloud Foundry's cf binary (v8) or install it at %s", defaultCFCLI)
+	}
+	return ""
+}
+
+// setupCFAuth gives a script what it needs to run the cf CLI against its
+// controller: $CF (the binary), $CF_HOME (the cf CLI's config, in the
+// script's work dir), $API_URL and $WORK/ca.pem (the controller's CA).
+func setupCFAuth(env *testscript.Env, c *scriptController, cf string) error {
+	cfg, err := api.LoadClientConfig(filepath.Join(c.stateDir, controller.AdminConfigFile))
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(env.WorkDir, "ca.pem"), []byte(cfg.CACert), 0o644); err != nil {
+		return err
+	}
+	env.Setenv("CF", cf)
+	env.Setenv("CF_HOME", filepath.Join(env.WorkDir, "cfhome"))
+	env.Setenv("CF_COLOR", "false")
+	env.Setenv("API_URL", cfg.APIURL)
+	return nil
+}
+
 // scriptController is a controller running in this process for one script.
 type scriptController struct {
 	stateDir, databaseURL string
+	userTokenTTL          time.Duration // 0: the default
+	listen                string        // "": a free port of 127.0.0.1
+	url                   string        // where it serves
 	mu                    sync.Mutex
 	cancel                context.CancelFunc
 	done                  chan error
@@ -79,9 +136,9 @@ func (c *scriptController) start() error {
 	done := make(chan error, 1)
 	go func() {
 		done <- controller.Run(ctx, controller.Config{
-			StateDir: c.stateDir, Listen: "127.0.0.1:0", DatabaseURL: c.databaseURL,
+			StateDir: c.stateDir, Listen: cmp.Or(c.listen, "127.0.0.1:0"), DatabaseURL: c.databaseURL, UserTokenTTL: c.userTokenTTL,
 			Log:   slog.New(slog.NewTextHandler(io.Discard, nil)),
-			Ready: func(string) { close(ready) },
+			Ready: func(url string) { c.url = url; close(ready) },
 		})
 	}()
 	select {
@@ -111,9 +168,20 @@ func (c *scriptController) stop() {
 }
 
 // cmdController: controller stop|start|restart — stop and start the
-// script's controller on the same state dir (and database).
+// script's controller on the same state dir (and database);
+// controller user-token-ttl DURATION — restart it, on the same port, with
+// users' access tokens valid for DURATION.
 func cmdController(ts *testscript.TestScript, neg bool, args []string) {
 	c := ts.Value("controller").(*scriptController)
+	if !neg && len(args) == 2 && args[0] == "user-token-ttl" {
+		d, err := time.ParseDuration(args[1])
+		ts.Check(err)
+		c.stop()
+		c.userTokenTTL = d
+		c.listen = strings.TrimPrefix(c.url, "https://") // the cf CLI keeps the URL
+		ts.Check(c.start())
+		return
+	}
 	if neg || len(args) != 1 {
 		ts.Fatalf("usage: controller stop|start|restart")
 	}

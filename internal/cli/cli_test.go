@@ -111,6 +111,14 @@ func TestUsageErrors(t *testing.T) {
 		{"apps extra", 2, `Incorrect Usage: unexpected argument "extra"`},
 		{"target -o", 2, "Incorrect Usage: flag needs an argument: -o"},
 
+		// Users (issue 15).
+		{"create-user", 2, "Incorrect Usage: the required argument `NAME` was not provided"},
+		{"create-user alice", 2, "Incorrect Usage: a user needs --admin or at least one --space-developer [ORG/]SPACE"},
+		{"create-user alice --admin --space-developer dev", 2, "Incorrect Usage: --admin takes no --space-developer: an admin user acts in every space"},
+		{"create-user alice --admin --password-file /nonexistent/pw", 2, "trellis: --password-file: open /nonexistent/pw: no such file or directory"},
+		{"set-password alice", 2, "Incorrect Usage: the required flag `--password-file' was not specified"},
+		{"delete-user", 2, "Incorrect Usage: the required argument `NAME` was not provided"},
+
 		// add-network-policy, with the cf CLI's messages.
 		{"add-network-policy frontend backend --port 8080", 2, "Incorrect Usage: --protocol and --port flags must be specified together"},
 		{"add-network-policy frontend backend --protocol tcp", 2, "Incorrect Usage: --protocol and --port flags must be specified together"},

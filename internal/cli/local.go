@@ -86,6 +86,10 @@ var upCommand = &command{
 			e.printf("admin config: %s (the admin token; mode 0600)\n", f.Admin)
 			e.printf("CLI config:   %s (points at it)\n", shown)
 			e.printf("state:        %s\n\n", f.StateDir)
+			if f.AdminPassword != "" {
+				e.printf("Log in with Cloud Foundry's cf CLI (user admin, its password in %s, mode 0600):\n", f.AdminPassword)
+				e.printf("  cf api %s --skip-ssl-validation && cf auth admin \"$(cat %s)\"\n\n", f.APIURL, f.AdminPassword)
+			}
 			e.printf("Try:\n")
 			for _, line := range tryHints(e, f.StateDir, path) {
 				e.printf("  %s\n", line)

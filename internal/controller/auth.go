@@ -30,6 +30,9 @@ type principal struct {
 	Name      string
 	Scope     string
 	Spaces    []string // network.write only
+	// UserGUID is the user a JWT was issued to (empty for trellis tokens
+	// and client-credentials JWTs).
+	UserGUID string
 }
 
 func (p *principal) admin() bool { return p.Scope == ScopeAdmin }
@@ -92,6 +95,9 @@ func (s *Server) authenticate(r *http.Request) (*principal, error) {
 		return nil, errBadToken
 	}
 	value = strings.TrimSpace(value)
+	if looksLikeJWT(value) {
+		return s.authenticateJWT(r.Context(), value)
+	}
 	if !strings.HasPrefix(value, tokenPrefix) || len(value) > 128 {
 		return nil, errBadToken
 	}

@@ -92,6 +92,9 @@ type authzFixtures struct {
 	domain string // apps.internal
 	a, b   *authzSpace
 	seq    int
+	// admin is the admin kind's credential: e.admin, or an admin user's
+	// JWT when the table is replayed with user JWTs.
+	admin string
 }
 
 func (f *authzFixtures) next() int { f.seq++; return f.seq }
@@ -118,7 +121,7 @@ func (f *authzFixtures) tokenGUID(value string) string {
 }
 
 func newAuthzFixtures(t *testing.T, e *env) *authzFixtures {
-	f := &authzFixtures{e: e}
+	f := &authzFixtures{e: e, admin: e.admin}
 	var ds api.List[api.Domain]
 	e.must(e.admin, "GET", "/v3/domains?names=apps.internal", "", 200, &ds)
 	f.domain = ds.Resources[0].GUID
@@ -221,7 +224,11 @@ func (f *authzFixtures) state() string {
 	if err != nil {
 		f.e.t.Fatal(err)
 	}
-	b, err := json.MarshalIndent(map[string]any{"snapshot": snap, "orgs": orgs, "tokens": toks, "flows": flows}, "", " ")
+	users, err := f.e.store.Users(ctx, store.UserFilter{})
+	if err != nil {
+		f.e.t.Fatal(err)
+	}
+	b, err := json.MarshalIndent(map[string]any{"snapshot": snap, "orgs": orgs, "tokens": toks, "flows": flows, "users": users}, "", " ")
 	if err != nil {
 		f.e.t.Fatal(err)
 	}
@@ -499,6 +506,37 @@ func authzRows() []authzRow {
 		{pattern: "PUT /trellis/v1/enforcement", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
 			return authzReq{method: "PUT", path: "/trellis/v1/enforcement", body: `{"enabled":true}`}
 		}, want: adminWant(200), changes: admin},
+
+		// The cf CLI's way in (issue 15): public documents, and a token
+		// endpoint that takes a grant, not a bearer token or a cell's
+		// certificate (a JSON body is no grant: 400 for everyone).
+		{pattern: "GET /{$}", req: get("/"), want: allWant(200)},
+		{pattern: "GET /v3/info", req: get("/v3/info"), want: allWant(200)},
+		{pattern: "GET /v2/info", req: get("/v2/info"), want: allWant(200)},
+		{pattern: "GET /login", req: get("/login"), want: allWant(200)},
+		{pattern: "GET /token_keys", req: get("/token_keys"), want: allWant(200)},
+		{pattern: "POST /oauth/token", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+			return authzReq{method: "POST", path: "/oauth/token", body: `{"grant_type":"client_credentials"}`}
+		}, want: allWant(400)},
+		// Users.
+		{pattern: "POST /trellis/v1/users", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "POST", path: "/trellis/v1/users",
+					body: fmt.Sprintf(`{"name":"user-%d","password":"password-%d","spaces":[{"space_guid":%q,"role":"developer"}]}`, f.next(), f.seq, t.space)}
+			}, want: adminWant(201), changes: admin},
+		{pattern: "GET /trellis/v1/users", req: get("/trellis/v1/users"), want: adminWant(200)},
+		{pattern: "DELETE /trellis/v1/users/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				u := f.e.createUser(fmt.Sprintf("fresh-%d", f.next()), false, t.space)
+				return authzReq{method: "DELETE", path: "/trellis/v1/users/" + u.GUID}
+			}, want: adminWant(204), changes: admin},
+		// Another user of the target space: a user sets only its own
+		// password (TestUserPassword), others' are not found.
+		{pattern: "PUT /trellis/v1/users/{guid}/password", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				u := f.e.createUser(fmt.Sprintf("fresh-%d", f.next()), false, t.space)
+				return authzReq{method: "PUT", path: "/trellis/v1/users/" + u.GUID + "/password", body: `{"password":"another-password"}`}
+			}, want: userWant(204, 404, 404), changes: admin},
 	}
 }
 
@@ -513,7 +551,21 @@ func authzRows() []authzRow {
 // A registered pattern without a row, or a row for a pattern not
 // registered, fails the test.
 func TestAuthorization(t *testing.T) {
-	forEachEngine(t, func(t *testing.T, e *env) {
+	forEachEngine(t, func(t *testing.T, e *env) { runAuthorization(t, e, false) })
+}
+
+// TestAuthorizationUserJWTs replays the authorization table with the JWTs
+// of users (issue 15) in place of trellis tokens: an admin user's, those
+// of space developers of the target and the other space, a deleted user's
+// and an expired one. Users get what tokens of the same scope and spaces
+// get, on every route.
+func TestAuthorizationUserJWTs(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) { runAuthorization(t, e, true) })
+}
+
+// runAuthorization runs the authorization table, with user JWTs if jwts.
+func runAuthorization(t *testing.T, e *env, jwts bool) {
+	{
 		srv := e.srv.Config.Handler.(*Server)
 		rows := authzRows()
 		covered := map[string]bool{}
@@ -533,6 +585,9 @@ func TestAuthorization(t *testing.T) {
 		}
 
 		f := newAuthzFixtures(t, e)
+		if jwts {
+			f.useUserJWTs()
+		}
 		for _, row := range rows {
 			targets := [][2]*authzSpace{{f.a, f.b}}
 			if row.spaced {
@@ -550,7 +605,25 @@ func TestAuthorization(t *testing.T) {
 				}
 			}
 		}
-	})
+	}
+}
+
+// useUserJWTs replaces the credentials of the token kinds by users' JWTs:
+// an admin user's; for each space, a developer of the space's (write),
+// a user's deleted after it logged in (revoked), and one past its exp
+// (expired), signed by the controller's key.
+func (f *authzFixtures) useUserJWTs() {
+	e := f.e
+	e.t.Helper()
+	f.admin = e.login(e.createUser("jwt-admin", true), testPassword)
+	for _, sp := range []*authzSpace{f.a, f.b} {
+		dev := e.createUser("dev-"+sp.name, false, sp.space)
+		sp.write, sp.writeGUID = e.login(dev, testPassword), dev.GUID
+		gone := e.createUser("gone-"+sp.name, false, sp.space)
+		sp.revoked, sp.revokedGUID = e.login(gone, testPassword), gone.GUID
+		e.must(e.admin, "DELETE", "/trellis/v1/users/"+gone.GUID, "", 204, nil)
+		sp.expired, sp.expiredGUID = e.userJWT(dev, time.Now().Add(-time.Second)), dev.GUID
+	}
 }
 
 // check sends one request of the table and checks its answer.
@@ -575,7 +648,7 @@ func (f *authzFixtures) check(t *testing.T, srv *Server, row authzRow, name stri
 		}
 		code, body = f.e.cellCall(c, req.method, req.path, req.body)
 	default:
-		token := map[authzKind]string{kindAdmin: f.e.admin, kindOwn: target.write, kindOther: other.write,
+		token := map[authzKind]string{kindAdmin: f.admin, kindOwn: target.write, kindOther: other.write,
 			kindRevoked: target.revoked, kindExpired: target.expired}[k]
 		code, body = f.e.do(token, req.method, req.path, req.body)
 	}

@@ -55,6 +55,9 @@ type Config struct {
 	Log         *slog.Logger
 	// Ready, if set, is called once the controller is serving, with its URL.
 	Ready func(url string)
+	// UserTokenTTL is how long the access tokens of users (cf auth) are
+	// valid: default 20m. Tests shorten it to see the cf CLI refresh.
+	UserTokenTTL time.Duration
 }
 
 // Run starts the controller and serves until ctx is done, then shuts down
@@ -124,9 +127,13 @@ func Run(ctx context.Context, cfg Config) error {
 	// whole wait.
 	baseCtx, cancelBase := context.WithCancel(context.Background())
 	defer cancelBase()
+	handler := NewServer(st, ca, cfg.Overlay, id, log)
+	if cfg.UserTokenTTL > 0 {
+		handler.accessTTL = cfg.UserTokenTTL
+	}
 	srv := &http.Server{
 		BaseContext:       func(net.Listener) context.Context { return baseCtx },
-		Handler:           NewServer(st, ca, cfg.Overlay, id, log),
+		Handler:           handler,
 		TLSConfig:         TLSConfig(cert, ca),
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       60 * time.Second,

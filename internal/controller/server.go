@@ -48,6 +48,14 @@ type Server struct {
 	feed *cellFeed
 	// authFailures logs refused credentials, rate-limited.
 	authFailures *logLimiter
+	// jwt is the key that signs and verifies users' tokens (see jwt.go).
+	jwt jwtKeys
+	// lockout locks user names after repeated wrong passwords.
+	lockout lockout
+	// accessTTL is how long users' access tokens are valid.
+	accessTTL time.Duration
+	// hashing bounds the password hashes computed at once.
+	hashing hashSlots
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,
@@ -62,7 +70,8 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 		log.Error("instance identity settings: using the defaults", "err", err)
 		checked, _ = InstanceIdentity{}.withDefaults()
 	}
-	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux()}
+	s := &Server{store: st, ca: ca, pool: pool, id: checked, log: log, reg: prometheus.NewRegistry(), mux: http.NewServeMux(), accessTTL: accessTokenTTL,
+		hashing: make(hashSlots, maxHashing)}
 	s.authFailures = newLogLimiter(log, slog.LevelWarn, "authentication failures")
 	s.metrics = newHTTPMetrics(s.reg)
 	s.certs = newCertMetrics(s.reg)
@@ -70,6 +79,11 @@ func NewServer(st *store.Store, ca *identity.CA, pool ipam.Pool, id InstanceIden
 	s.reg.MustRegister(&storeCollector{store: st, log: log})
 	s.reg.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	s.routes()
+	// The key that signs users' tokens, made now if the store has none
+	// (else at first use), so that serving a request never writes it.
+	if _, err := s.signer(context.Background()); err != nil {
+		log.Warn("token signing key: will retry at first use", "err", err)
+	}
 	return s
 }
 
@@ -137,6 +151,9 @@ func (s *Server) routes() {
 	m("GET /trellis/v1/explain", s.requireAuth(writeNetError, anyScope, s.explain))
 	m("GET /trellis/v1/enforcement", s.requireAuth(writeNetError, anyScope, s.getEnforcement))
 	m("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
+
+	// The cf CLI's way in: root document, UAA-style tokens, users (uaa.go).
+	s.uaaRoutes()
 }
 
 // handle registers h for pattern on the mux and records the pattern: every

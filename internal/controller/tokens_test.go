@@ -127,7 +127,7 @@ func TestTokenExpired(t *testing.T) {
 			t.Errorf("networking API with an expired token = %d %s, want 401 token expired", code, got)
 		}
 		code, got = e.do(value, "GET", "/v3/apps", "")
-		if code != 401 || got != `{"errors":[{"detail":"token expired","title":"CF-NotAuthenticated","code":10002}]}` {
+		if code != 401 || got != `{"errors":[{"detail":"token expired","title":"CF-InvalidAuthToken","code":1000}]}` {
 			t.Errorf("v3 API with an expired token = %d %s, want 401 token expired", code, got)
 		}
 		// A token a second from expiry works, then does not.

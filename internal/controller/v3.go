@@ -40,6 +40,12 @@ func writeV3Error(w http.ResponseWriter, status int, msg string) {
 	if !ok {
 		t.title, t.code = "UnknownError", 10001
 	}
+	// A token that is there but does not verify (expired, revoked, not
+	// ours) is CF's CF-InvalidAuthToken: on it the cf CLI refreshes its
+	// token and retries.
+	if status == http.StatusUnauthorized && msg != errMissingAuth.Error() {
+		t.title, t.code = "CF-InvalidAuthToken", 1000
+	}
 	writeJSON(w, status, api.V3Errors{Errors: []api.V3Error{{Detail: msg, Title: t.title, Code: t.code}}})
 }
 

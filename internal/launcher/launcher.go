@@ -38,6 +38,14 @@ const DefaultStateDir = "/var/lib/trellis/local"
 // controller's (STATE/controller/admin.json), which writes it.
 const AdminFile = "admin.json"
 
+// AdminPasswordFile holds the password of the foundation's admin user
+// (mode 0600, in the state dir), who logs in with the cf CLI:
+// `cf auth admin "$(cat STATE/admin-password)"`.
+const AdminPasswordFile = "admin-password"
+
+// AdminUser is the name of the foundation's admin user.
+const AdminUser = "admin"
+
 // Foundation is what `trellis up` started, as tools (and `down`) find it.
 type Foundation struct {
 	Prefix     string  `json:"prefix"` // every namespace's name starts with it
@@ -53,6 +61,10 @@ type Foundation struct {
 	CNIPlugin   string              `json:"cni_plugin"`
 	Cells       []Cell              `json:"cells"`
 	StartedAt   time.Time           `json:"started_at"`
+
+	// AdminPassword is the file of the admin user's password
+	// (STATE/admin-password).
+	AdminPassword string `json:"admin_password_file,omitempty"`
 }
 
 // Cell is one cell of the foundation.
@@ -239,6 +251,10 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	}
 	if err != nil {
 		return f, fmt.Errorf("copy the admin config: %w", err)
+	}
+	f.AdminPassword = filepath.Join(dir, AdminPasswordFile)
+	if err := ensureAdminUser(ctx, client, f.AdminPassword); err != nil {
+		return f, fmt.Errorf("the admin user: %w", err)
 	}
 	f.save()
 

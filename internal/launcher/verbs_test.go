@@ -3,8 +3,12 @@ package launcher
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/json"
+	"net/http"
 	"net/netip"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -150,6 +154,48 @@ func TestLocalFoundationVerbs(t *testing.T) {
 		}
 		if code, out, errOut := run(t, []string{"TRELLIS_CONFIG=" + other}, "cells"); code != 0 || !strings.Contains(out, "cell2") {
 			t.Errorf("trellis cells with the login's config = exit %d: %s%s", code, out, errOut)
+		}
+	})
+
+	// The admin user (issue 15): its password in a 0600 file, the cf
+	// CLI's login line printed, and the password logs in.
+	t.Run("up/admin user", func(t *testing.T) {
+		pwFile := filepath.Join(dir, AdminPasswordFile)
+		if f.AdminPassword != pwFile {
+			t.Errorf("foundation admin password file = %s, want %s", f.AdminPassword, pwFile)
+		}
+		st, err := os.Stat(pwFile)
+		if err != nil {
+			t.Fatalf("STATE/%s: %v", AdminPasswordFile, err)
+		}
+		if st.Mode().Perm() != 0o600 {
+			t.Errorf("STATE/%s mode = %v, want 0600", AdminPasswordFile, st.Mode().Perm())
+		}
+		if want := "cf api " + f.APIURL + " --skip-ssl-validation && cf auth admin \"$(cat " + pwFile + ")\""; !strings.Contains(upOut, want) {
+			t.Errorf("up's output lacks the cf CLI's login line %s:\n%s", want, upOut)
+		}
+		b, err := os.ReadFile(pwFile)
+		if err != nil {
+			t.Fatal(err)
+		}
+		cfg, err := api.LoadClientConfig(filepath.Join(dir, "admin.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pool := x509.NewCertPool()
+		pool.AppendCertsFromPEM([]byte(cfg.CACert))
+		hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+		form := url.Values{"grant_type": {"password"}, "username": {AdminUser}, "password": {strings.TrimSpace(string(b))}}
+		req, _ := http.NewRequest("POST", f.APIURL+"/oauth/token", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.SetBasicAuth("cf", "")
+		resp, err := hc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Errorf("log in as admin with STATE/%s = %s, want 200", AdminPasswordFile, resp.Status)
 		}
 	})
 
