@@ -102,7 +102,7 @@ func ccAppOf(r *http.Request, a store.App) ccApp {
 
 type ccDomain struct {
 	api.Domain
-	SupportedProtocols []string `json:"supported_protocols"`
+	SupportedProtocols []string  `json:"supported_protocols"`
 	RouterGroup        *struct{} `json:"router_group"`
 	Relationships      struct {
 		Organization        ccNullToOne `json:"organization"`
