@@ -53,13 +53,15 @@ func TestScripts(t *testing.T) {
 					env.Defer(c.stop)
 					env.Setenv("TRELLIS_CONFIG", filepath.Join(c.stateDir, controller.AdminConfigFile))
 					env.Setenv("HOME", env.WorkDir)
-					return nil
+					return setupCF(env)
 				},
 				Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 					"controller": cmdController,
 					"api":        cmdAPI,
 					"capture":    cmdCapture,
+					"cflogin":    cmdCFLogin,
 				},
+				Condition: cfCondition,
 			})
 		})
 	}

@@ -359,6 +359,18 @@ func authzRows() []authzRow {
 			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
 				return authzReq{method: "GET", path: "/v3/organizations/" + t.org + "/relationships/default_isolation_segment"}
 			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/spaces/{guid}/relationships/isolation_segment", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/spaces/" + t.space + "/relationships/isolation_segment"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/spaces/{guid}/running_security_groups", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/spaces/" + t.space + "/running_security_groups"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/spaces/{guid}/staging_security_groups", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/spaces/" + t.space + "/staging_security_groups"}
+			}, want: userWant(200, 200, 404)},
 		{pattern: "GET /v3/spaces/{guid}", spaced: true,
 			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
 				return authzReq{method: "GET", path: "/v3/spaces/" + t.space}
@@ -436,7 +448,6 @@ func authzRows() []authzRow {
 		{pattern: "GET /v3/organization_quotas", req: get("/v3/organization_quotas"), want: userWant(200, 200, 200)},
 		{pattern: "GET /v3/space_quotas", req: get("/v3/space_quotas"), want: userWant(200, 200, 200)},
 		{pattern: "GET /v3/service_instances", req: get("/v3/service_instances"), want: userWant(200, 200, 200)},
-		{pattern: "GET /v3/security_groups", req: get("/v3/security_groups"), want: userWant(200, 200, 200)},
 		{pattern: "GET /v3/isolation_segments", req: get("/v3/isolation_segments"), want: userWant(200, 200, 200)},
 		{pattern: "/v3/", req: get("/v3/no-such-thing"), want: userWant(404, 404, 404)},
 		{pattern: "/v3/", what: "a method the path is not served with", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {

@@ -195,6 +195,10 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o, err := s.store.CreateOrg(r.Context(), req.Name)
+	if errors.Is(err, store.ErrConflict) {
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Organization '%s' already exists.", req.Name))
+		return
+	}
 	if err != nil {
 		s.storeError(w, "create organization", err)
 		return
@@ -245,6 +249,10 @@ func (s *Server) createSpace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sp, err := s.store.CreateSpace(r.Context(), org, req.Name)
+	if errors.Is(err, store.ErrConflict) {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Name must be unique per organization")
+		return
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		writeV3Error(w, http.StatusUnprocessableEntity, "Invalid organization. Ensure the organization exists and you have access to it.")
 		return

@@ -400,3 +400,24 @@ func (s *Server) getOrgIsolationSegment(w http.ResponseWriter, r *http.Request) 
 		Links ccLinks  `json:"links"`
 	}{nil, links(r, "self", g)})
 }
+
+// getSpaceIsolationSegment answers a space's isolation segment: none.
+func (s *Server) getSpaceIsolationSegment(w http.ResponseWriter, r *http.Request) {
+	sp, ok := s.visibleSpace(w, r, r.PathValue("guid"))
+	if !ok {
+		return
+	}
+	g := "/v3/spaces/" + sp.GUID + "/relationships/isolation_segment"
+	writeJSON(w, http.StatusOK, struct {
+		Data  *api.Ref `json:"data"`
+		Links ccLinks  `json:"links"`
+	}{nil, links(r, "self", g)})
+}
+
+// listSpaceSecurityGroups answers a space's running or staging security
+// groups for cf space: none here (the egress work binds them).
+func (s *Server) listSpaceSecurityGroups(w http.ResponseWriter, r *http.Request) {
+	if _, ok := s.visibleSpace(w, r, r.PathValue("guid")); ok {
+		writeList[struct{}](w, r, nil)
+	}
+}

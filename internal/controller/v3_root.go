@@ -8,6 +8,10 @@ import "net/http"
 // rather than a stats request per process.
 const ccAPIVersion = "3.211.0"
 
+// baseURL is the API's absolute URL as the request reached it. (The auth
+// work defines the same; at the merge, this file gives way to its.)
+func baseURL(r *http.Request) string { return "https://" + r.Host }
+
 // rootInfo answers GET / (no token), Cloud Controller's root document:
 // where the v3 API, the token endpoints and the policy API are. The auth
 // work (issue 15) owns this document; this is the least the resources

@@ -5,6 +5,8 @@ package controller
 // the /v3 catch-all that answers CF-NotFound.
 func (s *Server) ccRoutes() {
 	m := s.handle
+	// The root document is the auth work's (uaa.go there); this one, and
+	// v3_root.go, give way to it at the merge.
 	m("GET /{$}", s.rootInfo)
 	m("GET /v3/organizations/{guid}", s.requireAuth(writeV3Error, anyScope, s.getOrg))
 	m("DELETE /v3/organizations/{guid}", s.requireAuth(writeV3Error, adminScope, s.deleteOrg))
@@ -25,9 +27,12 @@ func (s *Server) ccRoutes() {
 	m("GET /v3/processes/{guid}/sidecars", s.requireAuth(writeV3Error, anyScope, s.listProcessSidecars))
 	m("GET /v3/apps/{guid}/droplets/current", s.requireAuth(writeV3Error, anyScope, s.getCurrentDroplet))
 	m("GET /v3/organizations/{guid}/relationships/default_isolation_segment", s.requireAuth(writeV3Error, anyScope, s.getOrgIsolationSegment))
+	m("GET /v3/spaces/{guid}/running_security_groups", s.requireAuth(writeV3Error, anyScope, s.listSpaceSecurityGroups))
+	m("GET /v3/spaces/{guid}/staging_security_groups", s.requireAuth(writeV3Error, anyScope, s.listSpaceSecurityGroups))
+	m("GET /v3/spaces/{guid}/relationships/isolation_segment", s.requireAuth(writeV3Error, anyScope, s.getSpaceIsolationSegment))
 	m("POST /v3/roles", s.requireAuth(writeV3Error, adminScope, s.createRole))
 	for _, p := range []string{"/v3/service_route_bindings", "/v3/deployments", "/v3/packages", "/v3/droplets", "/v3/roles",
-		"/v3/organization_quotas", "/v3/space_quotas", "/v3/service_instances", "/v3/security_groups", "/v3/isolation_segments"} {
+		"/v3/organization_quotas", "/v3/space_quotas", "/v3/service_instances", "/v3/isolation_segments"} {
 		m("GET "+p, s.requireAuth(writeV3Error, anyScope, s.listEmpty))
 	}
 	m("/v3/", s.requireAuth(writeV3Error, anyScope, s.v3NotFound))

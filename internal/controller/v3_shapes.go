@@ -33,9 +33,6 @@ type ccNullToOne struct {
 	Data *api.Ref `json:"data"`
 }
 
-// baseURL is the API's absolute URL as the request reached it.
-func baseURL(r *http.Request) string { return "https://" + r.Host }
-
 // links makes ccLinks from name, path pairs under the request's base URL.
 func links(r *http.Request, pairs ...string) ccLinks {
 	b := baseURL(r)
