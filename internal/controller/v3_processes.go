@@ -95,7 +95,18 @@ type ccProcessStats struct {
 func processInstances(a store.App, ins []store.Instance, now time.Time) []ccProcessStats {
 	var out []ccProcessStats
 	have := map[int]bool{}
+	running := map[int]bool{}
 	for _, in := range ins {
+		if in.State == store.InstanceRunning && in.IP.IsValid() {
+			running[in.Index] = true
+		}
+	}
+	for _, in := range ins {
+		if running[in.Index] && (in.State != store.InstanceRunning || !in.IP.IsValid()) {
+			// The index runs elsewhere: this one is not an instance of
+			// its own (a managed placeholder the running one stands for).
+			continue
+		}
 		st := ccProcessStats{Type: webProcess, Index: in.Index, State: in.State, Usage: ccInstanceUsage{Time: now}}
 		if in.State == store.InstanceRunning && in.IP.IsValid() {
 			st.InstanceInternalIP = in.IP.String()

@@ -35,5 +35,6 @@ func (s *Server) ccRoutes() {
 		"/v3/organization_quotas", "/v3/space_quotas", "/v3/service_instances", "/v3/isolation_segments"} {
 		m("GET "+p, s.requireAuth(writeV3Error, anyScope, s.listEmpty))
 	}
-	m("/v3/", s.requireAuth(writeV3Error, anyScope, s.v3NotFound))
+	// Unauthenticated, as the mux's own 404 and 405 are: it reads nothing.
+	m("/v3/", s.v3NotFound)
 }
