@@ -444,6 +444,33 @@ func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
 		writeList[ccRoute](w, r, nil)
 		return
 	}
+	// Routes of internal domains have no path: a path filter other than
+	// none matches nothing.
+	for _, p := range query(r, "paths") {
+		if p != "" && p != "/" {
+			writeList[ccRoute](w, r, nil)
+			return
+		}
+	}
+	if orgs := query(r, "organization_guids"); len(orgs) > 0 {
+		sps, err := s.store.Spaces(r.Context(), store.SpaceFilter{OrgGUIDs: orgs})
+		if err != nil {
+			s.storeError(w, "list routes", err)
+			return
+		}
+		var in []string
+		for _, sp := range sps {
+			in = append(in, sp.GUID)
+		}
+		if len(spaces) > 0 {
+			in = intersect(spaces, in)
+		}
+		if len(in) == 0 {
+			writeList[ccRoute](w, r, nil)
+			return
+		}
+		spaces = in
+	}
 	f := store.RouteFilter{GUIDs: query(r, "guids"), Hosts: query(r, "hosts"), DomainGUIDs: query(r, "domain_guids"),
 		SpaceGUIDs: spaces, AppGUIDs: query(r, "app_guids")}
 	rts, err := s.store.Routes(r.Context(), f)

@@ -298,3 +298,37 @@ func (e *env) tokenGUIDOf(value string) string {
 	}
 	return t.GUID
 }
+
+// TestV3RouteFilters checks the route filters the cf CLI sends beyond
+// trellis's own: organization_guids, and paths (internal routes have none).
+func TestV3RouteFilters(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		var org api.Organization
+		e.must(e.admin, "POST", "/v3/organizations", `{"name":"o2"}`, 201, &org)
+		var sp api.Space
+		e.must(e.admin, "POST", "/v3/spaces", fmt.Sprintf(`{"name":"s","relationships":{"organization":{"data":{"guid":%q}}}}`, org.GUID), 201, &sp)
+		mine := e.createRoute(e.admin, sp.GUID, "mine", "apps.internal")
+		e.createRoute(e.admin, e.defaultSpace(), "theirs", "apps.internal")
+		tok := e.token(ScopeWrite, []string{e.defaultSpace()})
+		for _, c := range []struct {
+			token, query string
+			want         []string
+		}{
+			{e.admin, "organization_guids=" + org.GUID, []string{mine.GUID}},
+			{e.admin, "organization_guids=" + org.GUID + "&paths=", []string{mine.GUID}},
+			{e.admin, "organization_guids=" + org.GUID + "&paths=/x", nil},
+			{e.admin, "organization_guids=" + org.GUID + "&space_guids=" + e.defaultSpace(), nil},
+			{tok, "organization_guids=" + org.GUID, nil},
+		} {
+			var l api.List[api.Route]
+			e.must(c.token, "GET", "/v3/routes?"+c.query, "", 200, &l)
+			var got []string
+			for _, rt := range l.Resources {
+				got = append(got, rt.GUID)
+			}
+			if !cmp.Equal(got, c.want) {
+				t.Errorf("GET /v3/routes?%s = %v, want %v", c.query, got, c.want)
+			}
+		}
+	})
+}
