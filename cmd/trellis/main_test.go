@@ -55,20 +55,18 @@ func TestScripts(t *testing.T) {
 					env.Defer(c.stop)
 					env.Setenv("TRELLIS_CONFIG", filepath.Join(c.stateDir, controller.AdminConfigFile))
 					env.Setenv("HOME", env.WorkDir)
-					return setupCFAuth(env, c, cf)
-				},
-				// [cf]: Cloud Foundry's cf CLI is there (see cfCLI).
-				Condition: func(cond string) (bool, error) {
-					if cond == "cf" {
-						return cf != "", nil
+					if err := setupCF(env); err != nil {
+						return err
 					}
-					return false, fmt.Errorf("unknown condition %q", cond)
+					return setupCFAuth(env, c, cf)
 				},
 				Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 					"controller": cmdController,
 					"api":        cmdAPI,
 					"capture":    cmdCapture,
+					"cflogin":    cmdCFLogin,
 				},
+				Condition: cfCondition,
 			})
 		})
 	}

@@ -346,6 +346,120 @@ func authzRows() []authzRow {
 			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
 				return authzReq{method: "POST", path: "/v3/apps/" + f.freshApp(t) + "/processes/web/actions/scale", body: `{"instances":2}`}
 			}, want: userWant(200, 200, 404), changes: adminOwn},
+		// Cloud Controller v3 as the cf CLI reads it (v3_routes.go).
+		{pattern: "GET /{$}", req: get("/"), want: allWant(200)},
+		{pattern: "GET /v3/organizations/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/organizations/" + t.org}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "DELETE /v3/organizations/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				var org api.Organization
+				f.e.must(f.e.admin, "POST", "/v3/organizations", fmt.Sprintf(`{"name":"del-%d"}`, f.next()), 201, &org)
+				return authzReq{method: "DELETE", path: "/v3/organizations/" + org.GUID}
+			}, want: adminWant(202), changes: admin},
+		{pattern: "GET /v3/organizations/{guid}/domains", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/organizations/" + t.org + "/domains"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/organizations/{guid}/relationships/default_isolation_segment", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/organizations/" + t.org + "/relationships/default_isolation_segment"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/spaces/{guid}/relationships/isolation_segment", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/spaces/" + t.space + "/relationships/isolation_segment"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/spaces/{guid}/running_security_groups", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/spaces/" + t.space + "/running_security_groups"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/spaces/{guid}/staging_security_groups", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/spaces/" + t.space + "/staging_security_groups"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/spaces/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/spaces/" + t.space}
+			}, want: userWant(200, 200, 404)},
+		// An admin deletes a fresh space of the target's org (with an app
+		// in it); a write token may not delete even its own space.
+		{pattern: "DELETE /v3/spaces/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				var sp api.Space
+				f.e.must(f.e.admin, "POST", "/v3/spaces", fmt.Sprintf(`{"name":"del-%d","relationships":{"organization":{"data":{"guid":%q}}}}`, f.next(), t.org), 201, &sp)
+				f.e.createApp(sp.GUID, "doomed")
+				return authzReq{method: "DELETE", path: "/v3/spaces/" + sp.GUID}
+			}, want: adminWant(202), changes: admin},
+		{pattern: "DELETE /v3/spaces/{guid}", what: "the target's own space", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "DELETE", path: "/v3/spaces/" + t.space}
+			}, want: adminWant(422)},
+		{pattern: "GET /v3/jobs/{guid}", req: get("/v3/jobs/00000000-0000-4000-8000-000000000000"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/domains/{guid}", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+			return authzReq{method: "GET", path: "/v3/domains/" + f.domain}
+		}, want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/domains/{guid}/route_reservations", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+			return authzReq{method: "GET", path: "/v3/domains/" + f.domain + "/route_reservations?host=svc-a"}
+		}, want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/routes/{guid}/destinations", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/routes/" + t.route + "/destinations"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/apps/{guid}/routes", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/apps/" + t.app + "/routes"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/apps/{guid}/droplets/current", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/apps/" + t.app + "/droplets/current"}
+			}, want: userWant(404, 404, 404)},
+		{pattern: "GET /v3/processes", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/processes?embed=process_instances&space_guids=" + t.space}
+			}, want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/processes", what: "unfiltered", req: get("/v3/processes?embed=process_instances"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/processes/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/processes/" + t.app + "?embed=process_instances"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/processes/{guid}/stats", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/processes/" + t.app + "/stats"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/processes/{guid}/sidecars", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/processes/" + t.app + "/sidecars"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/apps/{guid}/processes", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/apps/" + t.app + "/processes"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/apps/{guid}/processes/{type}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/apps/" + t.app + "/processes/web"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "GET /v3/apps/{guid}/processes/{type}/stats", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/apps/" + t.app + "/processes/web/stats"}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "POST /v3/roles", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "POST", path: "/v3/roles", body: fmt.Sprintf(`{"type":"space_developer","relationships":{"user":{"data":{"guid":"u-1"}},"space":{"data":{"guid":%q}}}}`, t.space)}
+			}, want: adminWant(201)},
+		{pattern: "GET /v3/service_route_bindings", req: get("/v3/service_route_bindings"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/deployments", req: get("/v3/deployments"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/packages", req: get("/v3/packages"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/droplets", req: get("/v3/droplets"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/roles", req: get("/v3/roles"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/organization_quotas", req: get("/v3/organization_quotas"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/space_quotas", req: get("/v3/space_quotas"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/service_instances", req: get("/v3/service_instances"), want: userWant(200, 200, 200)},
+		{pattern: "GET /v3/isolation_segments", req: get("/v3/isolation_segments"), want: userWant(200, 200, 200)},
+		{pattern: "/v3/", req: get("/v3/no-such-thing"), want: allWant(404)},
+		{pattern: "/v3/", what: "a method the path is not served with", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+			return authzReq{method: "PUT", path: "/v3/apps"}
+		}, want: allWant(405)},
 		{pattern: "GET /v3/domains", req: get("/v3/domains"), want: userWant(200, 200, 200)},
 		{pattern: "POST /v3/domains",
 			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {

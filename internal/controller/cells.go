@@ -497,7 +497,7 @@ func (s *Server) applyAppUpdate(w http.ResponseWriter, r *http.Request, a store.
 		return
 	}
 	s.log.Info(what, "app", a.Name, "guid", a.GUID, "state", got.State, "instances", got.Instances, "user", principalFrom(r.Context()).user())
-	writeJSON(w, http.StatusOK, appJSON(got))
+	writeJSON(w, http.StatusOK, ccAppOf(r, got))
 }
 
 func (s *Server) appAction(w http.ResponseWriter, r *http.Request) {

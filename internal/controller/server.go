@@ -121,6 +121,8 @@ func (s *Server) routes() {
 	m("PATCH /v3/apps/{guid}", s.requireAuth(writeV3Error, anyScope, s.updateApp))
 	m("POST /v3/apps/{guid}/actions/{action}", s.requireAuth(writeV3Error, anyScope, s.appAction))
 	m("POST /v3/apps/{guid}/processes/web/actions/scale", s.requireAuth(writeV3Error, anyScope, s.scaleApp))
+	// What else of Cloud Controller's v3 the cf CLI reads (v3_routes.go).
+	s.ccRoutes()
 
 	m("POST /trellis/v1/tokens", s.requireAuth(writeNetError, adminScope, s.createToken))
 	m("GET /trellis/v1/tokens", s.requireAuth(writeNetError, anyScope, s.listTokens))

@@ -167,7 +167,7 @@ func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request) {
 			mine = intersect(f.GUIDs, mine)
 		}
 		if len(mine) == 0 {
-			writeJSON(w, http.StatusOK, list[api.Organization](r, nil))
+			writeList[ccOrg](w, r, nil)
 			return
 		}
 		f.GUIDs = mine
@@ -177,18 +177,24 @@ func (s *Server) listOrgs(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "list organizations", err)
 		return
 	}
-	out := make([]api.Organization, len(orgs))
+	out := make([]ccOrg, len(orgs))
 	for i, o := range orgs {
-		out[i] = orgJSON(o)
+		out[i] = ccOrgOf(r, o)
 	}
-	writeJSON(w, http.StatusOK, list(r, out))
+	writeList(w, r, out)
 }
 
 func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) {
 	var req struct {
-		Name string `json:"name"`
+		Name      string          `json:"name"`
+		Suspended bool            `json:"suspended"`
+		Metadata  json.RawMessage `json:"metadata"`
 	}
 	if !readV3(w, r, &req) {
+		return
+	}
+	if req.Suspended {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Suspended is not supported: trellis has no suspended organizations")
 		return
 	}
 	if err := validateName("organization", req.Name); err != nil {
@@ -196,12 +202,16 @@ func (s *Server) createOrg(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	o, err := s.store.CreateOrg(r.Context(), req.Name)
+	if errors.Is(err, store.ErrConflict) {
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Organization '%s' already exists.", req.Name))
+		return
+	}
 	if err != nil {
 		s.storeError(w, "create organization", err)
 		return
 	}
 	s.log.Info("created organization", "name", o.Name, "guid", o.GUID, "user", principalFrom(r.Context()).user())
-	writeJSON(w, http.StatusCreated, orgJSON(o))
+	writeJSON(w, http.StatusCreated, ccOrgOf(r, o))
 }
 
 func spaceJSON(sp store.Space) api.Space {
@@ -212,7 +222,7 @@ func spaceJSON(sp store.Space) api.Space {
 func (s *Server) listSpaces(w http.ResponseWriter, r *http.Request) {
 	guids, ok := restrict(principalFrom(r.Context()), query(r, "guids"))
 	if !ok {
-		writeJSON(w, http.StatusOK, list[api.Space](r, nil))
+		writeList[ccSpace](w, r, nil)
 		return
 	}
 	spaces, err := s.store.Spaces(r.Context(), store.SpaceFilter{GUIDs: guids, Names: query(r, "names"), OrgGUIDs: query(r, "organization_guids")})
@@ -220,17 +230,18 @@ func (s *Server) listSpaces(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "list spaces", err)
 		return
 	}
-	out := make([]api.Space, len(spaces))
+	out := make([]ccSpace, len(spaces))
 	for i, sp := range spaces {
-		out[i] = spaceJSON(sp)
+		out[i] = ccSpaceOf(r, sp)
 	}
-	writeJSON(w, http.StatusOK, list(r, out))
+	writeList(w, r, out)
 }
 
 func (s *Server) createSpace(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Name          string                 `json:"name"`
 		Relationships api.SpaceRelationships `json:"relationships"`
+		Metadata      json.RawMessage        `json:"metadata"`
 	}
 	if !readV3(w, r, &req) {
 		return
@@ -245,6 +256,10 @@ func (s *Server) createSpace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	sp, err := s.store.CreateSpace(r.Context(), org, req.Name)
+	if errors.Is(err, store.ErrConflict) {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Name must be unique per organization")
+		return
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		writeV3Error(w, http.StatusUnprocessableEntity, "Invalid organization. Ensure the organization exists and you have access to it.")
 		return
@@ -254,7 +269,7 @@ func (s *Server) createSpace(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("created space", "name", sp.Name, "guid", sp.GUID, "org", org, "user", principalFrom(r.Context()).user())
-	writeJSON(w, http.StatusCreated, spaceJSON(sp))
+	writeJSON(w, http.StatusCreated, ccSpaceOf(r, sp))
 }
 
 func appJSON(a store.App) api.App {
@@ -265,7 +280,7 @@ func appJSON(a store.App) api.App {
 func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 	spaces, ok := restrict(principalFrom(r.Context()), query(r, "space_guids"))
 	if !ok {
-		writeJSON(w, http.StatusOK, list[api.App](r, nil))
+		writeList[ccApp](w, r, nil)
 		return
 	}
 	apps, err := s.store.Apps(r.Context(), store.AppFilter{GUIDs: query(r, "guids"), Names: query(r, "names"), SpaceGUIDs: spaces})
@@ -273,11 +288,11 @@ func (s *Server) listApps(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "list apps", err)
 		return
 	}
-	out := make([]api.App, len(apps))
+	out := make([]ccApp, len(apps))
 	for i, a := range apps {
-		out[i] = appJSON(a)
+		out[i] = ccAppOf(r, a)
 	}
-	writeJSON(w, http.StatusOK, list(r, out))
+	writeList(w, r, out)
 }
 
 // visibleApp loads one app the caller may see, or answers 404.
@@ -296,7 +311,7 @@ func (s *Server) visibleApp(w http.ResponseWriter, r *http.Request, guid string)
 
 func (s *Server) getApp(w http.ResponseWriter, r *http.Request) {
 	if a, ok := s.visibleApp(w, r, r.PathValue("guid")); ok {
-		writeJSON(w, http.StatusOK, appJSON(a))
+		writeJSON(w, http.StatusOK, ccAppOf(r, a))
 	}
 }
 
@@ -304,6 +319,8 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Name          string               `json:"name"`
 		Relationships api.AppRelationships `json:"relationships"`
+		Metadata      json.RawMessage      `json:"metadata"`
+		Lifecycle     *v3Lifecycle         `json:"lifecycle"`
 	}
 	if !readV3(w, r, &req) {
 		return
@@ -333,7 +350,7 @@ func (s *Server) createApp(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("created app", "name", a.Name, "guid", a.GUID, "space", space, "user", p.user())
-	writeJSON(w, http.StatusCreated, appJSON(a))
+	writeJSON(w, http.StatusCreated, ccAppOf(r, a))
 }
 
 func (s *Server) deleteApp(w http.ResponseWriter, r *http.Request) {
@@ -359,17 +376,20 @@ func (s *Server) listDomains(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "list domains", err)
 		return
 	}
-	out := make([]api.Domain, len(ds))
+	out := make([]ccDomain, len(ds))
 	for i, d := range ds {
-		out[i] = domainJSON(d)
+		out[i] = ccDomainOf(r, d)
 	}
-	writeJSON(w, http.StatusOK, list(r, out))
+	writeList(w, r, out)
 }
 
 func (s *Server) createDomain(w http.ResponseWriter, r *http.Request) {
 	var req struct {
-		Name     string `json:"name"`
-		Internal bool   `json:"internal"`
+		Name          string          `json:"name"`
+		Internal      bool            `json:"internal"`
+		Metadata      json.RawMessage `json:"metadata"`
+		Relationships json.RawMessage `json:"relationships"`
+		RouterGroup   json.RawMessage `json:"router_group"`
 	}
 	if !readV3(w, r, &req) {
 		return
@@ -393,7 +413,7 @@ func (s *Server) createDomain(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("created domain", "name", d.Name, "guid", d.GUID, "user", principalFrom(r.Context()).user())
-	writeJSON(w, http.StatusCreated, domainJSON(d))
+	writeJSON(w, http.StatusCreated, ccDomainOf(r, d))
 }
 
 func routeJSON(rt store.Route) api.Route {
@@ -428,8 +448,35 @@ func (s *Server) appsOfCaller(r *http.Request, p *principal) ([]string, error) {
 func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
 	spaces, ok := restrict(principalFrom(r.Context()), query(r, "space_guids"))
 	if !ok {
-		writeJSON(w, http.StatusOK, list[api.Route](r, nil))
+		writeList[ccRoute](w, r, nil)
 		return
+	}
+	// Routes of internal domains have no path: a path filter other than
+	// none matches nothing.
+	for _, p := range query(r, "paths") {
+		if p != "" && p != "/" {
+			writeList[ccRoute](w, r, nil)
+			return
+		}
+	}
+	if orgs := query(r, "organization_guids"); len(orgs) > 0 {
+		sps, err := s.store.Spaces(r.Context(), store.SpaceFilter{OrgGUIDs: orgs})
+		if err != nil {
+			s.storeError(w, "list routes", err)
+			return
+		}
+		var in []string
+		for _, sp := range sps {
+			in = append(in, sp.GUID)
+		}
+		if len(spaces) > 0 {
+			in = intersect(spaces, in)
+		}
+		if len(in) == 0 {
+			writeList[ccRoute](w, r, nil)
+			return
+		}
+		spaces = in
 	}
 	f := store.RouteFilter{GUIDs: query(r, "guids"), Hosts: query(r, "hosts"), DomainGUIDs: query(r, "domain_guids"),
 		SpaceGUIDs: spaces, AppGUIDs: query(r, "app_guids")}
@@ -438,11 +485,11 @@ func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
 		s.storeError(w, "list routes", err)
 		return
 	}
-	out := make([]api.Route, len(rts))
+	out := make([]ccRoute, len(rts))
 	for i, rt := range rts {
-		out[i] = routeJSON(rt)
+		out[i] = ccRouteOf(r, rt)
 	}
-	writeJSON(w, http.StatusOK, list(r, out))
+	writeList(w, r, out)
 }
 
 // visibleRoute loads one route of the caller's spaces, or answers 404: a
@@ -462,7 +509,7 @@ func (s *Server) visibleRoute(w http.ResponseWriter, r *http.Request, guid strin
 
 func (s *Server) getRoute(w http.ResponseWriter, r *http.Request) {
 	if rt, ok := s.visibleRoute(w, r, r.PathValue("guid")); ok {
-		writeJSON(w, http.StatusOK, routeJSON(rt))
+		writeJSON(w, http.StatusOK, ccRouteOf(r, rt))
 	}
 }
 
@@ -471,9 +518,20 @@ func (s *Server) getRoute(w http.ResponseWriter, r *http.Request) {
 func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) {
 	var req struct {
 		Host          string                 `json:"host"`
+		Path          string                 `json:"path"`
+		Port          *int                   `json:"port"`
 		Relationships api.RouteRelationships `json:"relationships"`
+		Metadata      json.RawMessage        `json:"metadata"`
 	}
 	if !readV3(w, r, &req) {
+		return
+	}
+	if req.Path != "" {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Path is not supported: routes of internal domains have no path")
+		return
+	}
+	if req.Port != nil {
+		writeV3Error(w, http.StatusUnprocessableEntity, "Port is not supported: routes of internal domains have no port")
 		return
 	}
 	host := strings.ToLower(req.Host)
@@ -506,7 +564,11 @@ func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if errors.Is(err, store.ErrConflict) {
-		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Route already exists with host '%s' for domain %s.", host, domain))
+		name := domain
+		if ds, err := s.store.Domains(r.Context(), store.DomainFilter{GUIDs: []string{domain}}); err == nil && len(ds) == 1 {
+			name = ds[0].Name
+		}
+		writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Route already exists with host '%s' for domain '%s'.", host, name))
 		return
 	}
 	if err != nil {
@@ -514,7 +576,7 @@ func (s *Server) createRoute(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("created route", "url", rt.Host+"."+rt.DomainName, "guid", rt.GUID, "space", space, "user", p.user())
-	writeJSON(w, http.StatusCreated, routeJSON(rt))
+	writeJSON(w, http.StatusCreated, ccRouteOf(r, rt))
 }
 
 func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) {
@@ -533,7 +595,7 @@ func (s *Server) deleteRoute(w http.ResponseWriter, r *http.Request) {
 // addRouteDestinations maps apps to a route of the caller's spaces; the
 // apps must be the caller's and in the route's space.
 func (s *Server) addRouteDestinations(w http.ResponseWriter, r *http.Request) {
-	var req api.RouteDestinations
+	var req v3DestinationsRequest
 	if !readV3(w, r, &req) {
 		return
 	}
@@ -545,6 +607,18 @@ func (s *Server) addRouteDestinations(w http.ResponseWriter, r *http.Request) {
 	for i, d := range req.Destinations {
 		if d.App.GUID == "" {
 			writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Destinations[%d]: app guid must be given", i))
+			return
+		}
+		if d.App.Process != nil && d.App.Process.Type != "web" {
+			writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Destinations[%d]: process type %q: trellis apps have one process, web", i, d.App.Process.Type))
+			return
+		}
+		if d.Port != nil && *d.Port != appPort {
+			writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Destinations[%d]: port %d: apps listen on %d", i, *d.Port, appPort))
+			return
+		}
+		if d.Protocol != "" && d.Protocol != "http1" {
+			writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Destinations[%d]: protocol %q: use http1", i, d.Protocol))
 			return
 		}
 		guids[i] = d.App.GUID
@@ -585,7 +659,10 @@ func (s *Server) addRouteDestinations(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("mapped route", "url", rt.Host+"."+rt.DomainName, "apps", guids, "user", p.user())
-	writeJSON(w, http.StatusOK, api.RouteDestinations{Destinations: routeJSON(rt).Destinations})
+	writeJSON(w, http.StatusOK, struct {
+		Destinations []ccDestination `json:"destinations"`
+		Links        ccLinks         `json:"links"`
+	}{ccDestinationsOf(routeJSON(rt)), links(r, "self", "/v3/routes/"+rt.GUID+"/destinations", "route", "/v3/routes/"+rt.GUID)})
 }
 
 // routeSpaceError is the 422 for destinations outside the route's space
