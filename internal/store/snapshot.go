@@ -19,8 +19,8 @@ type Snapshot struct {
 	// PolicyIDs are the policies' ids (in the order of Policies): the keys
 	// of their changes in ChangesSince.
 	PolicyIDs []int64
-	Domains   []Domain   // ordered by name
-	Routes    []Route    // ordered by domain name and host
+	Domains   []Domain // ordered by name
+	Routes    []Route  // ordered by domain name and host
 	// Settings are the foundation-wide settings (Setting), by key.
 	Settings map[string]string
 	// InstanceCA is the stored instance CA, if HasInstanceCA.
