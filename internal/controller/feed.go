@@ -50,6 +50,9 @@ type cellFeed struct {
 	model  *policy.Model
 	enc    *stateEncoder
 	encGen uint64
+	// alwaysRebuild (benchmarks only) compiles every cell from a snapshot
+	// on every change, as the feed did before it kept a model.
+	alwaysRebuild bool
 
 	mu       sync.Mutex
 	rev      int64 // store revision of the last compiled snapshot (-1: none)
@@ -203,7 +206,7 @@ func (f *cellFeed) compileAtLeast(ctx context.Context, rev int64) error {
 		return nil // another caller compiled meanwhile
 	}
 	start := time.Now()
-	if f.model != nil {
+	if f.model != nil && !f.alwaysRebuild {
 		done, err := f.applyChanges(ctx, start)
 		if err != nil {
 			f.model = nil // it may be ahead of the states: rebuild next time

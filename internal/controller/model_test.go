@@ -65,6 +65,8 @@ type walk struct {
 	nextIP   map[string]int // cell → next host number in its subnet
 	n        int            // names made so far
 	settings int            // enforcement settings written
+	// noSettings leaves settings alone (their change rebuilds the model).
+	noSettings bool
 }
 
 func newWalk(t *testing.T, st *store.Store, seed uint64) *walk {
@@ -288,6 +290,9 @@ func (w *walk) step() string {
 			return "require client cert " + a.Name
 		}
 	default:
+		if w.noSettings {
+			return "nothing"
+		}
 		w.settings++
 		st.SetSetting(ctx, enforcementKey, []string{"true", "false"}[w.rnd.IntN(2)])
 		return "set enforcement"
@@ -344,5 +349,27 @@ func (w *walk) check(i int, what string) {
 		if entries[guid] == nil || entries[guid].sum != e.sum {
 			w.t.Fatalf("step %d (%s): the feed's state of cell %s is not the compiled one", i, what, guid)
 		}
+	}
+}
+
+// TestCellFeedRebuildsWhenPruned: a feed whose model is further behind
+// than the store's change feed reaches rebuilds it from a snapshot, and its
+// states are again those of a full compile.
+func TestCellFeedRebuildsWhenPruned(t *testing.T) {
+	for _, engine := range storetest.Engines {
+		t.Run(engine, func(t *testing.T) {
+			defer func(kept int) { store.ChangesKept = kept }(store.ChangesKept)
+			store.ChangesKept = 20
+			w := newWalk(t, storetest.Open(t, engine), 2)
+			before := testutil.ToFloat64(w.s.feed.rebuilds)
+			w.noSettings = true
+			for range 200 { // more than the store's prune interval of revisions
+				w.step()
+			}
+			w.check(0, "200 steps at once")
+			if got := testutil.ToFloat64(w.s.feed.rebuilds); got != before+1 {
+				t.Errorf("rebuilds = %v after the feed was pruned past the model, want %v", got, before+1)
+			}
+		})
 	}
 }
