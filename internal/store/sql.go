@@ -348,6 +348,17 @@ func (r runner) in(col string, vals []string) (string, any) {
 	return col + " IN (SELECT value FROM json_each(?))", string(b)
 }
 
+// bytewise is the collation that orders text by its bytes, as Go's
+// strings.Compare does (SQLite's default; PostgreSQL's "C"): listings the
+// controller's model of the cells' states keeps in the same order use it,
+// whatever the database's default collation.
+func (r runner) bytewise() string {
+	if r.pg {
+		return ` COLLATE "C"`
+	}
+	return ""
+}
+
 // inInts is in for integers.
 func (r runner) inInts(col string, vals []int64) (string, any) {
 	if r.pg {
