@@ -254,39 +254,78 @@ func (s *Server) compileInput(ctx context.Context, snap store.Snapshot) (*policy
 		Overlay:    api.Overlay{CIDR: s.pool.Overlay, SubnetPrefix: s.pool.SubnetLen, VNI: VNI, Port: VXLANPort},
 		Enforce:    enforced(v, set),
 		InstanceCA: s.instanceCAJSON(ca, stored.Generation),
-		Cells:      make([]api.Cell, len(snap.Cells)),
-		Spaces:     make([]policy.Space, len(snap.Spaces)),
-		Apps:       make([]policy.App, len(snap.Apps)),
-		Instances:  make([]policy.Instance, len(snap.Instances)),
-		Tags:       make([]policy.Tag, len(snap.Tags)),
-		Policies:   make([]policy.Policy, len(snap.Policies)),
+		Cells:      policyCells(snap.Cells),
+		Spaces:     policySpaces(snap.Spaces),
+		Apps:       policyApps(snap.Apps),
+		Instances:  policyInstances(snap.Instances),
+		Tags:       policyTags(snap.Tags),
+		Policies:   policyPolicies(snap.Policies),
+		PolicyIDs:  snap.PolicyIDs,
 		Domains:    policyDomains(snap.Domains),
 		Routes:     policyRoutes(snap.Routes),
 	}
-	for i, c := range snap.Cells {
+	return in, nil
+}
+
+// compileDelta is what policy.Model.Apply reads, from changes of the store.
+func compileDelta(c *store.Changes) *policy.Delta {
+	return &policy.Delta{Revision: c.Revision, Cells: policyCells(c.Cells), Spaces: policySpaces(c.Spaces),
+		Apps: policyApps(c.Apps), Instances: policyInstances(c.Instances), Tags: policyTags(c.Tags),
+		Policies: policyPolicies(c.Policies), PolicyIDs: c.PolicyIDs, Domains: policyDomains(c.Domains),
+		Routes: policyRoutes(c.Routes), Deleted: c.Deleted}
+}
+
+func policyCells(cs []store.Cell) []api.Cell {
+	out := make([]api.Cell, len(cs))
+	for i, c := range cs {
 		// A desired state carries no observations (when a cell was last
 		// heard from): it changes only when what the cells must do changes.
-		in.Cells[i] = api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP, Subnet: c.Subnet}
+		out[i] = api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP, Subnet: c.Subnet}
 	}
-	for i, sp := range snap.Spaces {
-		in.Spaces[i] = policy.Space{GUID: sp.GUID, OrgGUID: sp.OrgGUID}
+	return out
+}
+
+func policySpaces(ss []store.Space) []policy.Space {
+	out := make([]policy.Space, len(ss))
+	for i, sp := range ss {
+		out[i] = policy.Space{GUID: sp.GUID, OrgGUID: sp.OrgGUID}
 	}
-	for i, a := range snap.Apps {
-		in.Apps[i] = policy.App{GUID: a.GUID, Name: a.Name, SpaceGUID: a.SpaceGUID, Command: a.Command, Env: a.Env,
+	return out
+}
+
+func policyApps(as []store.App) []policy.App {
+	out := make([]policy.App, len(as))
+	for i, a := range as {
+		out[i] = policy.App{GUID: a.GUID, Name: a.Name, SpaceGUID: a.SpaceGUID, Command: a.Command, Env: a.Env,
 			RequireClientCert: a.RequireClientCert}
 	}
-	for i, x := range snap.Instances {
-		in.Instances[i] = policy.Instance{GUID: x.GUID, AppGUID: x.AppGUID, Index: x.Index, Managed: x.Managed,
+	return out
+}
+
+func policyInstances(xs []store.Instance) []policy.Instance {
+	out := make([]policy.Instance, len(xs))
+	for i, x := range xs {
+		out[i] = policy.Instance{GUID: x.GUID, AppGUID: x.AppGUID, Index: x.Index, Managed: x.Managed,
 			CellGUID: x.CellGUID, Running: x.State == store.InstanceRunning, IP: x.IP}
 	}
-	for i, t := range snap.Tags {
-		in.Tags[i] = policy.Tag{AppGUID: t.AppGUID, Tag: t.Tag}
+	return out
+}
+
+func policyTags(ts []store.Tag) []policy.Tag {
+	out := make([]policy.Tag, len(ts))
+	for i, t := range ts {
+		out[i] = policy.Tag{AppGUID: t.AppGUID, Tag: t.Tag}
 	}
-	for i, p := range snap.Policies {
-		in.Policies[i] = policy.Policy{SourceApp: p.SourceApp, DestApp: p.DestApp, SourceTag: p.SourceTag,
+	return out
+}
+
+func policyPolicies(ps []store.Policy) []policy.Policy {
+	out := make([]policy.Policy, len(ps))
+	for i, p := range ps {
+		out[i] = policy.Policy{SourceApp: p.SourceApp, DestApp: p.DestApp, SourceTag: p.SourceTag,
 			Protocol: p.Protocol, StartPort: p.StartPort, EndPort: p.EndPort}
 	}
-	return in, nil
+	return out
 }
 
 func policyDomains(ds []store.Domain) []policy.Domain {
@@ -300,7 +339,7 @@ func policyDomains(ds []store.Domain) []policy.Domain {
 func policyRoutes(rs []store.Route) []policy.Route {
 	out := make([]policy.Route, len(rs))
 	for i, rt := range rs {
-		out[i] = policy.Route{Host: rt.Host, DomainGUID: rt.DomainGUID, DomainName: rt.DomainName, AppGUIDs: rt.AppGUIDs}
+		out[i] = policy.Route{GUID: rt.GUID, Host: rt.Host, DomainGUID: rt.DomainGUID, DomainName: rt.DomainName, AppGUIDs: rt.AppGUIDs}
 	}
 	return out
 }

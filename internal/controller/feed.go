@@ -2,26 +2,33 @@ package controller
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/policy"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
 
 // cellFeed is what the cells' long polls wait on. One watcher (running
-// while any cell polls) waits for the store's revision to move, reads one
-// snapshot, compiles every cell's desired state once, and wakes the polls;
-// a poll answers only when its own cell's state changed. So a change costs
-// one snapshot and one compile, whatever the number of cells watching, and
-// a cell whose state a change does not touch (an app with no instances, a
-// policy to apps that run elsewhere, when their tags exist already) is not
-// woken at all.
+// while any cell polls) waits for the store's revision to move, reads what
+// changed since its model's revision from the store's change feed, applies
+// it to the model (policy.Model), compiles the desired state of the cells
+// the change may affect, and wakes the polls; a poll answers only when its
+// own cell's state changed. So a change costs what it changes — not a
+// snapshot of the store, nor a compile of every cell — whatever the number
+// of cells watching, and a cell whose state a change does not touch (an app
+// with no instances, a policy to apps that run elsewhere, when their tags
+// exist already) is not woken at all. The model is built from a snapshot
+// at the first poll, and again when the change feed no longer reaches back
+// to it or carries a change it does not apply (a setting's).
 //
 // Each cell's state carries a revision of its own: the store revision of
 // the snapshot in which its content last changed. A poll with ?after=R
@@ -36,6 +43,16 @@ type cellFeed struct {
 	log     *slog.Logger
 
 	compiling sync.Mutex // one compile at a time; holders of mu never wait for it
+	// Held with compiling: the model of every cell's state, at the
+	// revision of the last compile (nil until the first, and after a
+	// failed one), and the encoder of the states, kept while the model's
+	// shared parts stay the same (encGen).
+	model  *policy.Model
+	enc    *stateEncoder
+	encGen uint64
+	// alwaysRebuild (benchmarks only) compiles every cell from a snapshot
+	// on every change, as the feed did before it kept a model.
+	alwaysRebuild bool
 
 	mu       sync.Mutex
 	rev      int64 // store revision of the last compiled snapshot (-1: none)
@@ -46,6 +63,8 @@ type cellFeed struct {
 
 	compileSeconds prometheus.Histogram
 	cellChanges    prometheus.Counter
+	cellsCompiled  prometheus.Counter
+	rebuilds       prometheus.Counter
 }
 
 // feedEntry is one cell's compiled desired state.
@@ -71,12 +90,16 @@ func (e *feedEntry) write(w io.Writer) error {
 func newCellFeed(st *store.Store, compile func(context.Context, store.Snapshot) (*policy.Snapshot, error), log *slog.Logger, reg prometheus.Registerer) *cellFeed {
 	f := &cellFeed{store: st, compile: compile, log: log, rev: -1, changed: make(chan struct{}),
 		compileSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "trellis_controller_cell_state_compile_seconds",
-			Help:    "Time to read one snapshot of the store and compile every cell's desired state from it.",
+			Help:    "Time to bring the cells' desired states to the store's revision: read its changes, apply them to the model and compile the cells they affect (or, on a rebuild, read a snapshot and compile every cell).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
 		cellChanges: prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_controller_cell_state_changes_total",
 			Help: "Cells whose desired state a compile changed (each wakes that cell's poll)."}),
+		cellsCompiled: prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_controller_cell_states_compiled_total",
+			Help: "Cells' desired states compiled: those a change may have affected, or every cell on a rebuild."}),
+		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_controller_cell_model_rebuilds_total",
+			Help: "Times the model of the cells' states was built from a snapshot of the store rather than brought forward by its changes."}),
 	}
-	reg.MustRegister(f.compileSeconds, f.cellChanges)
+	reg.MustRegister(f.compileSeconds, f.cellChanges, f.cellsCompiled, f.rebuilds)
 	return f
 }
 
@@ -166,9 +189,13 @@ func (f *cellFeed) watch(ctx context.Context, rev int64) {
 	}
 }
 
-// compileAtLeast makes sure the compiled states come from a snapshot of
-// revision rev or later: a burst of changes is compiled once, by whichever
-// caller gets there first.
+// compileAtLeast makes sure the compiled states are of revision rev or
+// later: a burst of changes is compiled once, by whichever caller gets
+// there first. It brings the model forward by the store's changes since
+// its revision and encodes the cells they affect; it rebuilds the model
+// from a snapshot at the first call, when the change feed no longer
+// reaches back, or on a change the model does not know (such as a
+// setting's).
 func (f *cellFeed) compileAtLeast(ctx context.Context, rev int64) error {
 	if f.compiled() >= rev {
 		return nil
@@ -179,6 +206,73 @@ func (f *cellFeed) compileAtLeast(ctx context.Context, rev int64) error {
 		return nil // another caller compiled meanwhile
 	}
 	start := time.Now()
+	if f.model != nil && !f.alwaysRebuild {
+		done, err := f.applyChanges(ctx, start)
+		if err != nil {
+			f.model = nil // it may be ahead of the states: rebuild next time
+		}
+		if done || err != nil {
+			return err
+		}
+	}
+	err := f.rebuild(ctx, start)
+	if err != nil {
+		f.model = nil
+	}
+	return err
+}
+
+// applyChanges brings the model forward by the store's changes; done is
+// false when only a rebuild can (the feed was pruned, the gap is too
+// large, or a change is not one the model applies).
+func (f *cellFeed) applyChanges(ctx context.Context, start time.Time) (done bool, err error) {
+	ch, err := f.store.ChangesSince(ctx, f.model.Revision())
+	switch {
+	case errors.Is(err, store.ErrChangesPruned) || errors.Is(err, store.ErrTooManyChanges):
+		f.log.Info("the change feed does not reach the model's revision: rebuilding it from a snapshot", "revision", f.model.Revision(), "err", err)
+		return false, nil
+	case err != nil:
+		return false, err
+	case len(ch.Other) > 0:
+		f.log.Debug("changes the model does not apply: rebuilding it from a snapshot", "tables", ch.Other)
+		return false, nil
+	}
+	cells, err := f.model.Apply(compileDelta(&ch))
+	if err != nil {
+		f.model = nil
+		f.log.Info("a change the model does not apply: rebuilding it from a snapshot", "err", err)
+		return false, nil
+	}
+	if gen := f.model.SharedGeneration(); gen != f.encGen || f.enc == nil {
+		f.enc, f.encGen = newStateEncoder(), gen
+	}
+	f.mu.Lock()
+	next := maps.Clone(f.cells)
+	f.mu.Unlock()
+	if next == nil {
+		next = map[string]*feedEntry{}
+	}
+	changes := 0
+	for _, guid := range cells {
+		st, err := f.model.Cell(guid)
+		if errors.Is(err, policy.ErrUnknownCell) {
+			delete(next, guid)
+			continue
+		}
+		if err != nil {
+			return false, err
+		}
+		if f.put(next, guid, &st, ch.Revision) {
+			changes++
+		}
+	}
+	f.publish(ch.Revision, next, changes, len(cells), start)
+	return true, nil
+}
+
+// rebuild builds the model from a snapshot and encodes every cell.
+func (f *cellFeed) rebuild(ctx context.Context, start time.Time) error {
+	f.model = nil
 	snap, err := f.store.Snapshot(ctx, store.SnapshotFilter{})
 	if err != nil {
 		return err
@@ -187,34 +281,57 @@ func (f *cellFeed) compileAtLeast(ctx context.Context, rev int64) error {
 	if err != nil {
 		return err
 	}
-	states := policy.Compile(in)
+	f.model = policy.NewModel(in)
+	f.enc, f.encGen = newStateEncoder(), f.model.SharedGeneration()
+	f.rebuilds.Inc()
+	next := map[string]*feedEntry{}
 	f.mu.Lock()
 	old := f.cells
 	f.mu.Unlock()
-	cells := make(map[string]*feedEntry, len(states))
 	changes := 0
-	enc := newStateEncoder()
-	for guid, st := range states {
-		e, err := enc.encode(snap.Revision, &st)
+	for _, guid := range f.model.Cells() {
+		st, err := f.model.Cell(guid)
 		if err != nil {
-			return fmt.Errorf("encode the state of cell %s: %w", guid, err)
+			return err
 		}
-		if old := old[guid]; old != nil && old.sum == e.sum {
-			cells[guid] = old // unchanged: its poll is not woken
-			continue
+		if e := old[guid]; e != nil {
+			next[guid] = e
 		}
-		cells[guid] = e
-		changes++
+		if f.put(next, guid, &st, snap.Revision) {
+			changes++
+		}
 	}
+	f.publish(snap.Revision, next, changes, len(next), start)
+	return nil
+}
+
+// put encodes st into cells[guid] unless its content is what the entry
+// there has already (then the entry, and its revision, stay: its poll is
+// not woken); it reports whether it changed.
+func (f *cellFeed) put(cells map[string]*feedEntry, guid string, st *api.CellState, rev int64) bool {
+	e, err := f.enc.encode(rev, st)
+	if err != nil { // a state is plain data: it always encodes
+		f.log.Error("encode a cell's state", "cell", guid, "err", err)
+		return false
+	}
+	if old := cells[guid]; old != nil && old.sum == e.sum {
+		return false
+	}
+	cells[guid] = e
+	return true
+}
+
+// publish makes cells the states at revision rev and wakes the polls.
+func (f *cellFeed) publish(rev int64, cells map[string]*feedEntry, changes, compiled int, start time.Time) {
 	f.mu.Lock()
-	f.rev, f.cells = snap.Revision, cells
+	f.rev, f.cells = rev, cells
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()
 	f.compileSeconds.Observe(time.Since(start).Seconds())
 	f.cellChanges.Add(float64(changes))
-	f.log.Debug("compiled the cells' desired state", "revision", snap.Revision, "cells", len(cells), "changed", changes, "took", time.Since(start))
-	return nil
+	f.cellsCompiled.Add(float64(compiled))
+	f.log.Debug("compiled the cells' desired state", "revision", rev, "cells", len(cells), "compiled", compiled, "changed", changes, "took", time.Since(start))
 }
 
 func (f *cellFeed) compiled() int64 {

@@ -5,23 +5,31 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net/http"
+	"net/http/httptest"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/ipam"
+	"github.com/trellis-c2c/trellis/internal/policy"
 	"github.com/trellis-c2c/trellis/internal/store"
 	"github.com/trellis-c2c/trellis/internal/store/storetest"
 )
 
-// BenchmarkCellFeedCompile measures what one change costs the cells'
+// BenchmarkCellFeedCompile measures what one policy add costs the cells'
 // feed at Cloud Foundry's validated scale — 50 cells, 20,000 apps, 60,000
-// policies, 1,000 attached instances — against 1,000 policies: one
-// snapshot of the store and one compile of every cell (what a policy add
-// waits for before any cell hears of it):
+// policies, 1,000 attached instances — against 1,000 policies, from the
+// write to every cell's state encoded (what a policy add waits for before
+// any cell hears of it): "snapshot" is the feed before it kept a model (one
+// snapshot of the store and one compile of every cell), "model" the feed
+// now (the changes since the model's revision, applied, and the affected
+// cells compiled), on the same store in the same run:
 //
 //	TRELLIS_TEST_POSTGRES=postgres://… go test -run '^$' -bench CellFeedCompile -benchtime 10x ./internal/controller/
 func BenchmarkCellFeedCompile(b *testing.B) {
@@ -32,6 +40,26 @@ func BenchmarkCellFeedCompile(b *testing.B) {
 			})
 		}
 	}
+}
+
+// compileFromSnapshot is what the feed did on every change before it kept
+// a model: one snapshot, one compile of every cell, every cell encoded.
+func compileFromSnapshot(ctx context.Context, s *Server) error {
+	snap, err := s.store.Snapshot(ctx, store.SnapshotFilter{})
+	if err != nil {
+		return err
+	}
+	in, err := s.compileInput(ctx, snap)
+	if err != nil {
+		return err
+	}
+	enc := newStateEncoder()
+	for _, st := range policy.Compile(in) {
+		if _, err := enc.encode(snap.Revision, &st); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
@@ -77,17 +105,141 @@ func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
 	if err := s.feed.compileAtLeast(ctx, 0); err != nil {
 		b.Fatal(err)
 	}
-	for i := 0; b.Loop(); i++ {
-		p := store.Policy{SourceApp: apps[i%nInstances], DestApp: apps[(i+7)%nInstances], Protocol: "udp", StartPort: 1000 + i, EndPort: 1000 + i}
-		if err := st.CreatePolicies(ctx, []store.Policy{p}, store.CreatePoliciesOptions{}); err != nil {
+	port := 1000
+	for _, mode := range []string{"snapshot", "model"} {
+		b.Run(mode, func(b *testing.B) {
+			for i := 0; b.Loop(); i++ {
+				port++
+				p := store.Policy{SourceApp: apps[i%nInstances], DestApp: apps[(i+7)%nInstances], Protocol: "udp", StartPort: port, EndPort: port}
+				if err := st.CreatePolicies(ctx, []store.Policy{p}, store.CreatePoliciesOptions{}); err != nil {
+					b.Fatal(err)
+				}
+				rev, err := st.Revision(ctx)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if mode == "snapshot" {
+					err = compileFromSnapshot(ctx, s)
+				} else {
+					err = s.feed.compileAtLeast(ctx, rev)
+				}
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			if mode == "model" {
+				b.ReportMetric(testutil.ToFloat64(s.feed.rebuilds), "rebuilds")
+			}
+		})
+	}
+}
+
+// BenchmarkAPIWriteWatched measures an API write through HTTPS (a policy
+// create between two apps running on one cell; an app create, which
+// touches no cell) until every cell's state is brought to its revision,
+// with 0, 10 and 40 cells (each running 10 instances) watching the feed,
+// on 1,000 apps and 3,000 policies: "snapshot" compiles every cell from a
+// snapshot on every change, as the feed did before it kept a model;
+// "model" is the feed now. Same store, same run:
+//
+//	TRELLIS_TEST_POSTGRES=postgres://… go test -run '^$' -bench APIWriteWatched ./internal/controller/
+func BenchmarkAPIWriteWatched(b *testing.B) {
+	for _, engine := range storetest.Engines {
+		for _, nCells := range []int{0, 10, 40} {
+			b.Run(fmt.Sprintf("%s/cells=%d", engine, nCells), func(b *testing.B) {
+				benchAPIWatched(b, storetest.Open(b, engine), nCells)
+			})
+		}
+	}
+}
+
+func benchAPIWatched(b *testing.B, st *store.Store, nCells int) {
+	ctx := context.Background()
+	pool, _ := ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
+	if err := st.OverlaySettings(ctx, pool); err != nil {
+		b.Fatal(err)
+	}
+	log := slog.New(slog.NewTextHandler(io.Discard, nil))
+	if _, err := ensureInstanceCA(ctx, st, log); err != nil {
+		b.Fatal(err)
+	}
+	apps := loadApps(b, st, 1000, 3000)
+	for i := range nCells {
+		hash := []byte(fmt.Sprintf("join-%d", i))
+		if err := st.CreateJoinToken(ctx, hash, time.Now().Add(time.Hour)); err != nil {
 			b.Fatal(err)
 		}
-		rev, err := st.Revision(ctx)
+		c, err := st.JoinCell(ctx, hash, fmt.Sprintf("cell%d", i), netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}), pool)
 		if err != nil {
 			b.Fatal(err)
 		}
-		if err := s.feed.compileAtLeast(ctx, rev); err != nil {
+		ip := c.Subnet.Addr().Next()
+		for j := range 10 {
+			ip = ip.Next()
+			if err := st.RegisterInstance(ctx, c.GUID, store.Instance{GUID: uuid.NewString(), AppGUID: apps[10*i+j], IP: ip, ContainerID: fmt.Sprint(i, j)}); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+	ca, err := identity.LoadOrCreateCA(b.TempDir(), "bench CA")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := NewServer(st, ca, pool, InstanceIdentity{}, log)
+	srv := httptest.NewUnstartedServer(s)
+	srv.StartTLS()
+	defer srv.Close()
+	value, hash := NewToken()
+	if _, err := st.CreateToken(ctx, store.Token{Scope: ScopeAdmin}, hash); err != nil {
+		b.Fatal(err)
+	}
+	client := srv.Client()
+	call := func(b *testing.B, path, body string) {
+		req, _ := http.NewRequest("POST", srv.URL+path, strings.NewReader(body))
+		req.Header.Set("Authorization", "Bearer "+value)
+		req.Header.Set("Content-Type", "application/json")
+		resp, err := client.Do(req)
+		if err != nil {
 			b.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 && resp.StatusCode != 201 {
+			b.Fatalf("POST %s = %d", path, resp.StatusCode)
+		}
+	}
+	if nCells > 0 {
+		s.feed.join() // the cells' polls keep the watch running
+		defer s.feed.leave()
+	}
+	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
+	n := 0
+	for _, mode := range []string{"snapshot", "model"} {
+		for _, write := range []string{"CreatePolicy", "CreateApp"} {
+			b.Run(mode+"/"+write, func(b *testing.B) {
+				s.feed.compiling.Lock()
+				s.feed.alwaysRebuild = mode == "snapshot"
+				s.feed.compiling.Unlock()
+				for b.Loop() {
+					n++
+					if write == "CreatePolicy" {
+						src, dst := apps[n%max(1, 10*nCells)], apps[(n+1)%max(1, 10*nCells)]
+						call(b, policiesPath, policyBody([5]any{src, dst, "udp", 1000 + n, 1000 + n}))
+					} else {
+						call(b, "/v3/apps", fmt.Sprintf(`{"name":"new-%d","relationships":{"space":{"data":{"guid":%q}}}}`, n, spaces[0].GUID))
+					}
+					if nCells == 0 {
+						continue // no cell watches: nothing compiles
+					}
+					rev, err := st.Revision(ctx)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if err := s.feed.compileAtLeast(ctx, rev); err != nil {
+						b.Fatal(err)
+					}
+				}
+			})
 		}
 	}
 }

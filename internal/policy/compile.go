@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"iter"
 	"net/netip"
 	"slices"
 	"strings"
@@ -38,8 +39,11 @@ type Snapshot struct {
 	// Policies may leave out those whose destination app has no instance
 	// attached on the cells compiled: they allow nothing there.
 	Policies []Policy
-	Domains  []Domain
-	Routes   []Route
+	// PolicyIDs are the policies' store ids, in the order of Policies: a
+	// Model needs them (to apply changes), Compile does not.
+	PolicyIDs []int64
+	Domains   []Domain
+	Routes    []Route
 }
 
 // Space is a space: apps inherit its org.
@@ -94,6 +98,8 @@ type Domain struct {
 
 // Route is Host.DomainName mapped to apps.
 type Route struct {
+	// GUID is the route's key in changes (Compile does not read it).
+	GUID                         string
 	Host, DomainGUID, DomainName string
 	AppGUIDs                     []string
 }
@@ -119,31 +125,61 @@ func CompileCell(s *Snapshot, cell string) (api.CellState, error) {
 	return NewIndex(s).Cell(cell)
 }
 
-// Index is a snapshot arranged so that compiling one cell reads only what
-// concerns that cell (its instances, the policies to its apps) and the
-// parts every cell shares, which it computes once. Build it with NewIndex;
-// it does not change afterwards, so Cell may be called from several
-// goroutines.
-type Index struct {
-	s      *Snapshot
-	cells  map[string]int      // cell GUID → index in s.Cells
-	apps   map[string]*App     // by GUID
-	orgOf  map[string]string   // space GUID → org GUID
-	onCell map[string][]int    // cell GUID → indexes in s.Instances, in order
-	toApp  map[string][]int    // destination app → indexes in s.Policies, in order
-	hosts  map[string][]string // app → FQDNs of its internal routes, sorted
+// source is what compiling one cell reads: the parts every cell shares,
+// computed once, and lookups of what concerns the cell. Index (from a
+// snapshot) and Model (kept up to date by changes) both implement it, so
+// that the one compileCell gives the same state from either.
+type source interface {
+	// header returns the revision, overlay, enforcement and instance CA.
+	header() *Snapshot
+	// cellList returns the cells, ordered by name.
+	cellList() []api.Cell
+	// app returns an app by GUID (nil if missing).
+	app(guid string) *App
+	// orgOf returns the org of a space.
+	orgOf(space string) string
+	// onCell yields the instances placed on a cell, ordered by app GUID,
+	// index and GUID.
+	onCell(cell string) iter.Seq[*Instance]
+	// policiesTo yields the policies to an app, in the order they were
+	// created.
+	policiesTo(app string) iter.Seq[*Policy]
+	// hosts returns the sorted FQDNs of an app's internal routes.
+	hosts(app string) []string
+	// shared returns the parts of every cell's state that do not depend
+	// on the cell.
+	shared() *sharedParts
+}
 
-	// The parts of every cell's state that do not depend on the cell.
+// sharedParts are the parts of every cell's state that do not depend on
+// the cell.
+type sharedParts struct {
 	tagged    []api.TaggedApp
 	endpoints []api.Endpoint
 	domains   []string
 	routes    []api.RouteEntry
 }
 
+// Index is a snapshot arranged so that compiling one cell reads only what
+// concerns that cell (its instances, the policies to its apps) and the
+// parts every cell shares, which it computes once. Build it with NewIndex;
+// it does not change afterwards, so Cell may be called from several
+// goroutines.
+type Index struct {
+	s        *Snapshot
+	cells    map[string]int      // cell GUID → index in s.Cells
+	apps     map[string]*App     // by GUID
+	orgs     map[string]string   // space GUID → org GUID
+	instOn   map[string][]int    // cell GUID → indexes in s.Instances, in order
+	toApp    map[string][]int    // destination app → indexes in s.Policies, in order
+	hostsOf  map[string][]string // app → FQDNs of its internal routes, sorted
+	sharedOf sharedParts
+}
+
 // NewIndex indexes s in one pass over each of its slices.
 func NewIndex(s *Snapshot) *Index {
 	x := &Index{s: s, cells: make(map[string]int, len(s.Cells)), apps: make(map[string]*App, len(s.Apps)),
-		orgOf: make(map[string]string, len(s.Spaces)), onCell: map[string][]int{}, toApp: map[string][]int{}}
+		orgs: make(map[string]string, len(s.Spaces)), instOn: map[string][]int{}, toApp: map[string][]int{}}
 	for i, c := range s.Cells {
 		x.cells[c.GUID] = i
 	}
@@ -151,47 +187,82 @@ func NewIndex(s *Snapshot) *Index {
 		x.apps[s.Apps[i].GUID] = &s.Apps[i]
 	}
 	for _, sp := range s.Spaces {
-		x.orgOf[sp.GUID] = sp.OrgGUID
+		x.orgs[sp.GUID] = sp.OrgGUID
 	}
-	x.tagged = make([]api.TaggedApp, 0, len(s.Tags))
-	for _, t := range s.Tags {
+	for i, in := range s.Instances {
+		if x.apps[in.AppGUID] != nil && in.CellGUID != "" {
+			x.instOn[in.CellGUID] = append(x.instOn[in.CellGUID], i)
+		}
+	}
+	for i, p := range s.Policies {
+		x.toApp[p.DestApp] = append(x.toApp[p.DestApp], i)
+	}
+	x.sharedOf = computeShared(s.Tags, s.Instances, s.Domains, s.Routes, x.app)
+	x.hostsOf = RouteHosts(s.Domains, s.Routes)
+	return x
+}
+
+// computeShared computes the parts of every cell's state that do not
+// depend on the cell, from rows in the orders a Snapshot keeps.
+func computeShared(tags []Tag, instances []Instance, domains []Domain, routes []Route, app func(string) *App) sharedParts {
+	var x sharedParts
+	x.tagged = make([]api.TaggedApp, 0, len(tags))
+	for _, t := range tags {
 		name := ""
-		if a := x.apps[t.AppGUID]; a != nil {
+		if a := app(t.AppGUID); a != nil {
 			name = a.Name
 		}
 		x.tagged = append(x.tagged, api.TaggedApp{GUID: t.AppGUID, Name: name, Tag: t.Tag})
 	}
 	x.endpoints = []api.Endpoint{}
-	for i, in := range s.Instances {
-		a := x.apps[in.AppGUID]
+	for _, in := range instances {
+		a := app(in.AppGUID)
 		if a == nil {
 			continue // its app is gone
-		}
-		if in.CellGUID != "" {
-			x.onCell[in.CellGUID] = append(x.onCell[in.CellGUID], i)
 		}
 		if attached(in) {
 			x.endpoints = append(x.endpoints, api.Endpoint{IP: in.IP, Instance: in.GUID, AppGUID: a.GUID,
 				AppName: a.Name, Index: in.Index, CellGUID: in.CellGUID})
 		}
 	}
-	for i, p := range s.Policies {
-		x.toApp[p.DestApp] = append(x.toApp[p.DestApp], i)
-	}
 	x.domains = []string{}
-	for _, d := range s.Domains {
+	for _, d := range domains {
 		if d.Internal {
 			x.domains = append(x.domains, d.Name)
 		}
 	}
 	x.routes = []api.RouteEntry{}
-	for _, rt := range s.Routes {
+	for _, rt := range routes {
 		if len(rt.AppGUIDs) > 0 {
 			x.routes = append(x.routes, api.RouteEntry{Host: rt.Host, Domain: rt.DomainName, AppGUIDs: rt.AppGUIDs})
 		}
 	}
-	x.hosts = RouteHosts(s.Domains, s.Routes)
 	return x
+}
+
+func (x *Index) header() *Snapshot         { return x.s }
+func (x *Index) cellList() []api.Cell      { return x.s.Cells }
+func (x *Index) app(guid string) *App      { return x.apps[guid] }
+func (x *Index) orgOf(space string) string { return x.orgs[space] }
+func (x *Index) hosts(app string) []string { return x.hostsOf[app] }
+func (x *Index) shared() *sharedParts      { return &x.sharedOf }
+func (x *Index) onCell(cell string) iter.Seq[*Instance] {
+	return func(yield func(*Instance) bool) {
+		for _, i := range x.instOn[cell] {
+			if !yield(&x.s.Instances[i]) {
+				return
+			}
+		}
+	}
+}
+func (x *Index) policiesTo(app string) iter.Seq[*Policy] {
+	return func(yield func(*Policy) bool) {
+		for _, i := range x.toApp[app] {
+			if !yield(&x.s.Policies[i]) {
+				return
+			}
+		}
+	}
 }
 
 // RouteHosts maps every app to the sorted FQDNs of its internal routes:
@@ -223,30 +294,36 @@ func RouteHosts(domains []Domain, routes []Route) map[string][]string {
 func attached(in Instance) bool { return in.Running && in.IP.IsValid() }
 
 // Cell returns the desired state of one cell, or ErrUnknownCell.
-func (x *Index) Cell(cell string) (api.CellState, error) {
-	s := x.s
-	ci, ok := x.cells[cell]
-	if !ok {
+func (x *Index) Cell(cell string) (api.CellState, error) { return compileCell(x, cell) }
+
+// compileCell compiles one cell's desired state from src.
+func compileCell(src source, cell string) (api.CellState, error) {
+	h, cells := src.header(), src.cellList()
+	ci := slices.IndexFunc(cells, func(c api.Cell) bool { return c.GUID == cell })
+	if ci < 0 {
 		return api.CellState{}, fmt.Errorf("cell %s: %w", cell, ErrUnknownCell)
 	}
-	st := api.CellState{Revision: s.Revision, Cell: s.Cells[ci], Overlay: s.Overlay, Enforce: s.Enforce,
-		Peers: make([]api.Cell, 0, len(s.Cells)-1), Instances: []api.DesiredInstance{},
-		Apps: x.tagged, Endpoints: x.endpoints, Domains: x.domains, Routes: x.routes, InstanceCA: s.InstanceCA}
-	for i, c := range s.Cells {
+	sh := src.shared()
+	st := api.CellState{Revision: h.Revision, Cell: cells[ci], Overlay: h.Overlay, Enforce: h.Enforce,
+		Peers: make([]api.Cell, 0, len(cells)-1), Instances: []api.DesiredInstance{},
+		Apps: sh.tagged, Endpoints: sh.endpoints, Domains: sh.domains, Routes: sh.routes, InstanceCA: h.InstanceCA}
+	for i, c := range cells {
 		if i != ci {
 			st.Peers = append(st.Peers, c)
 		}
 	}
 	var local []string                    // apps attached here, first seen first
 	localIPs := map[string][]netip.Addr{} // app → its addresses here
-	for _, i := range x.onCell[cell] {
-		in := s.Instances[i]
-		a := x.apps[in.AppGUID]
+	for in := range src.onCell(cell) {
+		a := src.app(in.AppGUID)
+		if a == nil {
+			continue // its app is gone
+		}
 		if in.Managed {
 			st.Instances = append(st.Instances, api.DesiredInstance{GUID: in.GUID, AppGUID: a.GUID, AppName: a.Name,
-				SpaceGUID: a.SpaceGUID, OrgGUID: x.orgOf[a.SpaceGUID], Index: in.Index, Command: a.Command, Env: a.Env})
+				SpaceGUID: a.SpaceGUID, OrgGUID: src.orgOf(a.SpaceGUID), Index: in.Index, Command: a.Command, Env: a.Env})
 		}
-		if attached(in) {
+		if attached(*in) {
 			if localIPs[a.GUID] == nil {
 				local = append(local, a.GUID)
 			}
@@ -256,9 +333,8 @@ func (x *Index) Cell(cell string) (api.CellState, error) {
 	st.Allows = []api.Allow{}
 	clients := map[string][]string{} // app → apps allowed to reach its 61443
 	for _, app := range local {
-		for _, i := range x.toApp[app] {
-			p := s.Policies[i]
-			if !validRange(p) {
+		for p := range src.policiesTo(app) {
+			if !validRange(*p) {
 				continue
 			}
 			for _, ip := range localIPs[app] {
@@ -275,7 +351,7 @@ func (x *Index) Cell(cell string) (api.CellState, error) {
 	slices.Sort(local)
 	st.LocalApps = make([]api.LocalApp, 0, len(local))
 	for _, app := range local {
-		la := api.LocalApp{GUID: app, Hosts: x.hosts[app], RequireClientCert: x.apps[app].RequireClientCert, TLSClients: clients[app]}
+		la := api.LocalApp{GUID: app, Hosts: src.hosts(app), RequireClientCert: src.app(app).RequireClientCert, TLSClients: clients[app]}
 		if la.Hosts == nil {
 			la.Hosts = []string{}
 		}

@@ -143,7 +143,7 @@ func cells(ctx context.Context, r runner, f CellFilter) ([]Cell, error) {
 	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("name", f.Names)
-	rows, err := w.r.query(ctx, "SELECT guid, name, underlay_ip, subnet, created_at, updated_at, last_seen FROM cells"+w.String()+" ORDER BY name", w.args...)
+	rows, err := w.r.query(ctx, "SELECT guid, name, underlay_ip, subnet, created_at, updated_at, last_seen FROM cells"+w.String()+" ORDER BY name"+r.bytewise(), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list cells: %w", err)
 	}
@@ -388,7 +388,7 @@ func instances(ctx context.Context, r runner, f InstanceFilter) ([]Instance, err
 	w.in("app_guid", f.AppGUIDs)
 	w.in("cell_guid", f.CellGUIDs)
 	rows, err := w.r.query(ctx, `SELECT guid, app_guid, idx, managed, COALESCE(cell_guid, ''), COALESCE(ip, ''), COALESCE(container_id, ''), state, created_at, updated_at
-		FROM instances`+w.String()+" ORDER BY app_guid, idx, guid", w.args...)
+		FROM instances`+w.String()+" ORDER BY app_guid"+r.bytewise()+", idx, guid"+r.bytewise(), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list instances: %w", err)
 	}

@@ -127,6 +127,11 @@ func (s *Store) migrate(ctx context.Context, target int) error {
 			return fmt.Errorf("record migration %s: %w", m.name, err)
 		}
 	}
+	if version := max(current, appliedUpTo(ms, target)); version >= changesVersion {
+		if err := ensureChangeTriggers(ctx, r); err != nil {
+			return fmt.Errorf("create change triggers: %w", err)
+		}
+	}
 	if err := createDefaults(ctx, r); err != nil {
 		return fmt.Errorf("create defaults: %w", err)
 	}
@@ -236,4 +241,102 @@ func createDefaults(ctx context.Context, r runner) error {
 	_, err := r.exec(ctx, "INSERT INTO domains (guid, name, internal, created_at, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
 		newGUID(), DefaultDomain, true, t, t)
 	return err
+}
+
+// appliedUpTo is the schema version migrate leaves with target (0: all).
+func appliedUpTo(ms []migration, target int) int {
+	v := 0
+	for _, m := range ms {
+		if target == 0 || m.version <= target {
+			v = m.version
+		}
+	}
+	return v
+}
+
+// changesVersion is the migration that creates the change feed.
+const changesVersion = 10
+
+// changeTrigger is a table whose changes the change feed records: its key
+// columns (one or two) and, if set, the only columns whose update counts
+// (others, such as a cell's last_seen, change without bumping the
+// revision).
+type changeTrigger struct {
+	table   string
+	keys    []string
+	columns []string
+}
+
+// changeTriggers are the tables the cells' desired states are compiled
+// from. A table added to the compile needs one line here (and, to be
+// applied incrementally rather than by a rebuild, a case in ChangesSince and
+// the controller's model).
+var changeTriggers = []changeTrigger{
+	{table: "cells", keys: []string{"guid"}, columns: []string{"name", "underlay_ip", "subnet"}},
+	{table: "spaces", keys: []string{"guid"}},
+	{table: "apps", keys: []string{"guid"}},
+	{table: "instances", keys: []string{"guid"}},
+	{table: "tags", keys: []string{"tag"}, columns: []string{"app_guid"}},
+	{table: "policies", keys: []string{"id"}},
+	{table: "domains", keys: []string{"guid"}},
+	{table: "routes", keys: []string{"guid"}},
+	{table: "route_destinations", keys: []string{"route_guid", "app_guid"}},
+	{table: "settings", keys: []string{"key"}},
+}
+
+// pgRecordChange is the PostgreSQL trigger function every change trigger
+// runs: it records the row's key (named by the trigger's arguments) at the
+// revision of the transaction, which bumped it as its first statement.
+const pgRecordChange = `CREATE OR REPLACE FUNCTION trellis_record_change() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE k jsonb;
+BEGIN
+	IF TG_OP = 'DELETE' THEN k := to_jsonb(OLD); ELSE k := to_jsonb(NEW); END IF;
+	INSERT INTO changes (revision, tbl, op, key1, key2)
+		SELECT value, TG_TABLE_NAME, left(TG_OP, 1), k ->> TG_ARGV[0], COALESCE(k ->> TG_ARGV[1], '') FROM revision WHERE id = 1;
+	RETURN NULL;
+END $$`
+
+// changeTriggerSQL returns the statements that create t's triggers (or
+// leave them as they are), for PostgreSQL or SQLite.
+func changeTriggerSQL(t changeTrigger, pg bool) []string {
+	var out []string
+	for _, op := range []struct{ name, event, row string }{{"i", "INSERT", "NEW"}, {"u", "UPDATE", "NEW"}, {"d", "DELETE", "OLD"}} {
+		event := op.event
+		if op.event == "UPDATE" && len(t.columns) > 0 {
+			event += " OF " + strings.Join(t.columns, ", ")
+		}
+		name := "changes_" + t.table + "_" + op.name
+		if pg {
+			args := "'" + strings.Join(t.keys, "', '") + "'"
+			out = append(out, fmt.Sprintf("CREATE OR REPLACE TRIGGER %s AFTER %s ON %s FOR EACH ROW EXECUTE FUNCTION trellis_record_change(%s)",
+				name, event, t.table, args))
+			continue
+		}
+		key2 := "''"
+		if len(t.keys) > 1 {
+			key2 = "CAST(" + op.row + "." + t.keys[1] + " AS TEXT)"
+		}
+		out = append(out, fmt.Sprintf("CREATE TRIGGER IF NOT EXISTS %s AFTER %s ON %s BEGIN "+
+			"INSERT INTO changes (revision, tbl, op, key1, key2) SELECT value, '%s', '%s', CAST(%s.%s AS TEXT), %s FROM revision WHERE id = 1; END",
+			name, event, t.table, t.table, strings.ToUpper(op.name), op.row, t.keys[0], key2))
+	}
+	return out
+}
+
+// ensureChangeTriggers creates the change feed's triggers that are missing:
+// on every Open, so that a table added to changeTriggers gets its triggers.
+func ensureChangeTriggers(ctx context.Context, r runner) error {
+	if r.pg {
+		if _, err := r.exec(ctx, pgRecordChange); err != nil {
+			return err
+		}
+	}
+	for _, t := range changeTriggers {
+		for _, q := range changeTriggerSQL(t, r.pg) {
+			if _, err := r.exec(ctx, q); err != nil {
+				return fmt.Errorf("%s: %w", t.table, err)
+			}
+		}
+	}
+	return nil
 }

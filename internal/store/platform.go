@@ -281,7 +281,7 @@ func domains(ctx context.Context, r runner, f DomainFilter) ([]Domain, error) {
 	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("name", lower(f.Names))
-	rows, err := w.r.query(ctx, "SELECT guid, name, internal, created_at, updated_at FROM domains"+w.String()+" ORDER BY name", w.args...)
+	rows, err := w.r.query(ctx, "SELECT guid, name, internal, created_at, updated_at FROM domains"+w.String()+" ORDER BY name"+r.bytewise(), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list domains: %w", err)
 	}
@@ -364,7 +364,7 @@ func routes(ctx context.Context, r runner, f RouteFilter) ([]Route, error) {
 		FROM routes r
 		JOIN domains d ON d.guid = r.domain_guid
 		LEFT JOIN route_destinations rd ON rd.route_guid = r.guid`+w.String()+`
-		ORDER BY d.name, r.host, r.guid, rd.app_guid`, w.args...)
+		ORDER BY d.name`+r.bytewise()+`, r.host`+r.bytewise()+`, r.guid`+r.bytewise()+`, rd.app_guid`+r.bytewise(), w.args...)
 	if err != nil {
 		return nil, err
 	}

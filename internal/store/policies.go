@@ -129,7 +129,18 @@ func (s *Store) Policies(ctx context.Context, f PolicyFilter) ([]Policy, error) 
 }
 
 func policies(ctx context.Context, r runner, f PolicyFilter) ([]Policy, error) {
+	ps, _, err := policiesWithIDs(ctx, r, f, nil)
+	return ps, err
+}
+
+// policiesWithIDs is policies, with each one's id (the order of creation),
+// narrowed to ids if not nil.
+func policiesWithIDs(ctx context.Context, r runner, f PolicyFilter, ids []int64) ([]Policy, []int64, error) {
 	w := where{r: r}
+	if ids != nil {
+		cond, arg := r.inInts("p.id", ids)
+		w.add(cond, arg)
+	}
 	if len(f.IDs) > 0 {
 		src, srcArg := r.in("p.source_app", f.IDs)
 		dst, dstArg := r.in("p.dest_app", f.IDs)
@@ -146,29 +157,30 @@ func policies(ctx context.Context, r runner, f PolicyFilter) ([]Policy, error) {
 	// thousands of policies by doubling, which costs more than the count.
 	var n int
 	if err := r.queryRow(ctx, "SELECT COUNT(*) FROM policies p"+w.String(), w.args...).Scan(&n); err != nil {
-		return nil, fmt.Errorf("list policies: %w", err)
+		return nil, nil, fmt.Errorf("list policies: %w", err)
 	}
-	rows, err := r.query(ctx, `SELECT p.source_app, p.dest_app, p.protocol, p.start_port, p.end_port, p.source_tag, p.dest_tag
+	rows, err := r.query(ctx, `SELECT p.id, p.source_app, p.dest_app, p.protocol, p.start_port, p.end_port, p.source_tag, p.dest_tag
 		FROM policies p`+w.String()+`
 		ORDER BY p.id`, w.args...)
 	if err != nil {
-		return nil, fmt.Errorf("list policies: %w", err)
+		return nil, nil, fmt.Errorf("list policies: %w", err)
 	}
 	defer rows.Close()
-	out := make([]Policy, 0, n)
+	out, outIDs := make([]Policy, 0, n), make([]int64, 0, n)
 	for rows.Next() {
 		var p Policy
+		var id int64
 		var srcTag, dstTag int64 // not uint16: database/sql would convert through strings
-		if err := rows.Scan(&p.SourceApp, &p.DestApp, &p.Protocol, &p.StartPort, &p.EndPort, &srcTag, &dstTag); err != nil {
-			return nil, fmt.Errorf("list policies: %w", err)
+		if err := rows.Scan(&id, &p.SourceApp, &p.DestApp, &p.Protocol, &p.StartPort, &p.EndPort, &srcTag, &dstTag); err != nil {
+			return nil, nil, fmt.Errorf("list policies: %w", err)
 		}
 		p.SourceTag, p.DestTag = uint16(srcTag), uint16(dstTag)
-		out = append(out, p)
+		out, outIDs = append(out, p), append(outIDs, id)
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("list policies: %w", err)
+		return nil, nil, fmt.Errorf("list policies: %w", err)
 	}
-	return out, nil
+	return out, outIDs, nil
 }
 
 // Tags lists the assigned tags, ordered by tag.
@@ -177,7 +189,18 @@ func (s *Store) Tags(ctx context.Context) ([]Tag, error) {
 }
 
 func tags(ctx context.Context, r runner) ([]Tag, error) {
-	rows, err := r.query(ctx, "SELECT app_guid, tag FROM tags WHERE app_guid IS NOT NULL ORDER BY tag")
+	return tagsIn(ctx, r, nil)
+}
+
+// tagsIn lists the assigned tags among only (all if nil), ordered by tag.
+func tagsIn(ctx context.Context, r runner, only []int64) ([]Tag, error) {
+	w := where{r: r}
+	w.add("app_guid IS NOT NULL")
+	if only != nil {
+		cond, arg := r.inInts("tag", only)
+		w.add(cond, arg)
+	}
+	rows, err := r.query(ctx, "SELECT app_guid, tag FROM tags"+w.String()+" ORDER BY tag", w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list tags: %w", err)
 	}

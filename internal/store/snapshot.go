@@ -16,8 +16,11 @@ type Snapshot struct {
 	Instances []Instance // ordered by app, index
 	Tags      []Tag      // ordered by tag
 	Policies  []Policy   // in the order they were created
-	Domains   []Domain   // ordered by name
-	Routes    []Route    // ordered by domain name and host
+	// PolicyIDs are the policies' ids (in the order of Policies): the keys
+	// of their changes in ChangesSince.
+	PolicyIDs []int64
+	Domains   []Domain // ordered by name
+	Routes    []Route  // ordered by domain name and host
 	// Settings are the foundation-wide settings (Setting), by key.
 	Settings map[string]string
 	// InstanceCA is the stored instance CA, if HasInstanceCA.
@@ -87,7 +90,7 @@ func (s *Store) snapshot(ctx context.Context, f SnapshotFilter) (Snapshot, error
 		pf.DestIDs = attachedApps(snap.Instances, f.Cells)
 	}
 	if len(f.Cells) == 0 || len(pf.DestIDs) > 0 {
-		if snap.Policies, err = policies(ctx, r, pf); err != nil {
+		if snap.Policies, snap.PolicyIDs, err = policiesWithIDs(ctx, r, pf, nil); err != nil {
 			return Snapshot{}, err
 		}
 	}

@@ -60,7 +60,7 @@ func TestSnapshot(t *testing.T) {
 			InstanceCA:    InstanceCA{State: "ca state", Generation: 1},
 			HasInstanceCA: true,
 		}
-		opts := []cmp.Option{cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}), cmpopts.IgnoreFields(Snapshot{}, "Settings")}
+		opts := []cmp.Option{cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{}), cmpopts.IgnoreFields(Snapshot{}, "Settings", "PolicyIDs")}
 		if diff := cmp.Diff(want, got, opts...); diff != "" {
 			t.Errorf("Snapshot (-single reads +snapshot):\n%s", diff)
 		}

@@ -159,12 +159,18 @@ func (s *Store) write(ctx context.Context, fn func(r runner) (changed bool, err 
 	}
 	defer tx.Rollback() // no-op after Commit
 	r := runner{q: tx, pg: s.pg}
-	if _, err := r.exec(ctx, "UPDATE revision SET value = value + 1 WHERE id = 1"); err != nil {
+	var rev int64
+	if err := r.queryRow(ctx, "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value").Scan(&rev); err != nil {
 		return fmt.Errorf("bump revision: %w", err)
 	}
 	changed, err := fn(r)
 	if err != nil || !changed {
 		return err
+	}
+	if rev%pruneEvery == 0 {
+		if err := pruneChanges(ctx, r); err != nil {
+			return fmt.Errorf("prune the change feed: %w", err)
+		}
 	}
 	if s.pg {
 		// Delivered to every listener when (and only if) the commit succeeds.
@@ -345,6 +351,29 @@ func (r runner) in(col string, vals []string) (string, any) {
 		return col + " = ANY(?)", vals
 	}
 	b, _ := json.Marshal(vals) // cannot fail for strings
+	return col + " IN (SELECT value FROM json_each(?))", string(b)
+}
+
+// bytewise is the collation that orders text by its bytes, as Go's
+// strings.Compare does (SQLite's default; PostgreSQL's "C"): listings the
+// controller's model of the cells' states keeps in the same order use it,
+// whatever the database's default collation.
+func (r runner) bytewise() string {
+	if r.pg {
+		return ` COLLATE "C"`
+	}
+	return ""
+}
+
+// inInts is in for integers.
+func (r runner) inInts(col string, vals []int64) (string, any) {
+	if r.pg {
+		return col + " = ANY(?)", vals
+	}
+	if vals == nil {
+		vals = []int64{}
+	}
+	b, _ := json.Marshal(vals) // cannot fail for integers
 	return col + " IN (SELECT value FROM json_each(?))", string(b)
 }
 

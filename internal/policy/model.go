@@ -1,0 +1,403 @@
+package policy
+
+import (
+	"cmp"
+	"errors"
+	"iter"
+	"maps"
+	"reflect"
+	"slices"
+	"strconv"
+	"strings"
+
+	"github.com/trellis-c2c/trellis/internal/api"
+)
+
+// Delta is what changed in the store after a Model's revision, up to
+// Revision: the rows changed, as they are at Revision, and the keys of
+// those deleted, by table ("cells", "spaces", "apps", "instances", "tags"
+// (the tag, in decimal), "policies" (the id), "domains", "routes").
+type Delta struct {
+	Revision  int64
+	Cells     []api.Cell
+	Spaces    []Space
+	Apps      []App
+	Instances []Instance
+	Tags      []Tag
+	Policies  []Policy
+	PolicyIDs []int64 // of Policies, in order
+	Domains   []Domain
+	Routes    []Route
+	Deleted   map[string][]string
+}
+
+// ErrUnknownChange is the error of applying a delta that deletes from a
+// table the model does not hold: rebuild it from a snapshot.
+var ErrUnknownChange = errors.New("change the model does not understand")
+
+// Model is every cell's desired state kept up to date change by change:
+// built once from a snapshot (NewModel), then brought forward by Apply,
+// which reports the cells whose state the change may have changed. Cell
+// returns exactly what Compile would from a snapshot at the model's
+// revision: both compile with compileCell, the model from indexes it keeps.
+// A Model is not safe for concurrent use.
+type Model struct {
+	hdr Snapshot // Revision, Overlay, Enforce, InstanceCA
+
+	cells     []api.Cell // ordered by name
+	apps      map[string]*App
+	orgs      map[string]string
+	instances map[string]*Instance
+	instOn    map[string][]*Instance // cell → instances, ordered by app, index, GUID
+	instOf    map[string][]*Instance // app → instances
+	tags      map[uint16]string      // tag → app
+	tagOf     map[string]uint16      // app → tag
+	policies  map[int64]*Policy
+	toApp     map[string][]policyRef // destination app → policies, ordered by id
+	domains   map[string]Domain
+	routes    map[string]*Route
+
+	// Recomputed when dirty: what every cell shares.
+	sharedOf    sharedParts
+	hostsOf     map[string][]string
+	sharedDirty bool
+	sharedGen   uint64 // counts refreshes
+}
+
+type policyRef struct {
+	id int64
+	p  *Policy
+}
+
+// NewModel builds a model from a snapshot (with its PolicyIDs and route
+// GUIDs); it keeps no reference to s's slices.
+func NewModel(s *Snapshot) *Model {
+	m := &Model{hdr: Snapshot{Revision: s.Revision, Overlay: s.Overlay, Enforce: s.Enforce, InstanceCA: s.InstanceCA},
+		cells: slices.Clone(s.Cells), apps: make(map[string]*App, len(s.Apps)), orgs: make(map[string]string, len(s.Spaces)),
+		instances: make(map[string]*Instance, len(s.Instances)), instOn: map[string][]*Instance{}, instOf: map[string][]*Instance{},
+		tags: make(map[uint16]string, len(s.Tags)), tagOf: make(map[string]uint16, len(s.Tags)),
+		policies: make(map[int64]*Policy, len(s.Policies)), toApp: map[string][]policyRef{},
+		domains: make(map[string]Domain, len(s.Domains)), routes: make(map[string]*Route, len(s.Routes))}
+	for _, a := range s.Apps {
+		m.apps[a.GUID] = &a
+	}
+	for _, sp := range s.Spaces {
+		m.orgs[sp.GUID] = sp.OrgGUID
+	}
+	for _, in := range s.Instances { // in the order onCell keeps
+		m.instances[in.GUID] = &in
+		if in.CellGUID != "" {
+			m.instOn[in.CellGUID] = append(m.instOn[in.CellGUID], &in)
+		}
+		m.instOf[in.AppGUID] = append(m.instOf[in.AppGUID], &in)
+	}
+	for _, t := range s.Tags {
+		m.tags[t.Tag], m.tagOf[t.AppGUID] = t.AppGUID, t.Tag
+	}
+	for i, p := range s.Policies { // by id
+		m.policies[s.PolicyIDs[i]] = &p
+		m.toApp[p.DestApp] = append(m.toApp[p.DestApp], policyRef{s.PolicyIDs[i], &p})
+	}
+	for _, d := range s.Domains {
+		m.domains[d.GUID] = d
+	}
+	for _, rt := range s.Routes {
+		m.routes[rt.GUID] = &rt
+	}
+	m.refresh()
+	return m
+}
+
+// Revision is the store revision the model is at.
+func (m *Model) Revision() int64 { return m.hdr.Revision }
+
+// Cells returns the GUIDs of the cells, ordered by name.
+func (m *Model) Cells() []string {
+	out := make([]string, len(m.cells))
+	for i, c := range m.cells {
+		out[i] = c.GUID
+	}
+	return out
+}
+
+// Cell returns one cell's desired state, or ErrUnknownCell. The slices
+// every cell shares are shared with the model: treat them as read-only.
+func (m *Model) Cell(cell string) (api.CellState, error) { return compileCell(m, cell) }
+
+// SetHeader sets what is not rows of tables (the overlay, enforcement,
+// the instance CA) and returns whether it changed; the caller compiles
+// every cell again if it did.
+func (m *Model) SetHeader(overlay api.Overlay, enforce bool, ca api.InstanceCA) bool {
+	changed := m.hdr.Overlay != overlay || m.hdr.Enforce != enforce || !reflect.DeepEqual(m.hdr.InstanceCA, ca)
+	m.hdr.Overlay, m.hdr.Enforce, m.hdr.InstanceCA = overlay, enforce, ca
+	return changed
+}
+
+// Apply brings the model to d.Revision and returns the cells whose state
+// the change may have changed (those deleted included: Cell says
+// ErrUnknownCell for them). With ErrUnknownChange the model is unusable:
+// build a new one.
+func (m *Model) Apply(d *Delta) ([]string, error) {
+	aff := affected{m: m, cells: map[string]bool{}}
+	for tbl := range d.Deleted {
+		switch tbl {
+		case "cells", "spaces", "apps", "instances", "tags", "policies", "domains", "routes":
+		default:
+			return nil, ErrUnknownChange
+		}
+	}
+	m.hdr.Revision = d.Revision
+	// Apps first: the other changes look them up.
+	for _, a := range d.Apps {
+		old := m.apps[a.GUID]
+		if old != nil && old.Name != a.Name && m.shows(a.GUID) {
+			aff.all = true // tagged apps and endpoints carry names
+		}
+		aff.app(a.GUID)
+		m.apps[a.GUID] = &a
+	}
+	for _, guid := range d.Deleted["apps"] {
+		if m.shows(guid) {
+			aff.all = true
+		}
+		aff.app(guid)
+		delete(m.apps, guid)
+	}
+	for _, sp := range d.Spaces {
+		if org, ok := m.orgs[sp.GUID]; ok && org != sp.OrgGUID {
+			aff.all = true // managed instances carry their org
+		}
+		m.orgs[sp.GUID] = sp.OrgGUID
+	}
+	for _, guid := range d.Deleted["spaces"] {
+		delete(m.orgs, guid) // no app is left in it
+	}
+	for _, in := range d.Instances {
+		m.removeInstance(in.GUID, &aff)
+		m.instances[in.GUID] = &in
+		if in.CellGUID != "" {
+			m.instOn[in.CellGUID] = insertInstance(m.instOn[in.CellGUID], &in)
+			aff.cells[in.CellGUID] = true
+		}
+		m.instOf[in.AppGUID] = append(m.instOf[in.AppGUID], &in)
+		if attached(in) {
+			aff.all = true // endpoints
+		}
+	}
+	for _, guid := range d.Deleted["instances"] {
+		m.removeInstance(guid, &aff)
+	}
+	for _, t := range d.Tags {
+		m.dropTag(t.Tag)
+		m.tags[t.Tag], m.tagOf[t.AppGUID] = t.AppGUID, t.Tag
+		aff.all = true
+	}
+	for _, k := range d.Deleted["tags"] {
+		tag, err := strconv.ParseUint(k, 10, 16)
+		if err != nil {
+			return nil, ErrUnknownChange
+		}
+		m.dropTag(uint16(tag))
+		aff.all = true
+	}
+	for _, k := range d.Deleted["policies"] {
+		id, err := strconv.ParseInt(k, 10, 64)
+		if err != nil {
+			return nil, ErrUnknownChange
+		}
+		m.removePolicy(id, &aff)
+	}
+	for i, p := range d.Policies {
+		id := d.PolicyIDs[i]
+		m.removePolicy(id, &aff)
+		m.policies[id] = &p
+		refs := m.toApp[p.DestApp]
+		at, _ := slices.BinarySearchFunc(refs, id, func(r policyRef, id int64) int { return cmp.Compare(r.id, id) })
+		m.toApp[p.DestApp] = slices.Insert(refs, at, policyRef{id, &p})
+		aff.attachedCells(p.DestApp)
+	}
+	for _, dom := range d.Domains {
+		m.domains[dom.GUID] = dom
+		aff.all = true
+	}
+	for _, guid := range d.Deleted["domains"] {
+		delete(m.domains, guid)
+		aff.all = true
+	}
+	for _, rt := range d.Routes {
+		m.routes[rt.GUID] = &rt
+		aff.all = true
+	}
+	for _, guid := range d.Deleted["routes"] {
+		delete(m.routes, guid)
+		aff.all = true
+	}
+	if len(d.Cells) > 0 || len(d.Deleted["cells"]) > 0 {
+		aff.all = true // peers
+		byGUID := map[string]api.Cell{}
+		for _, c := range m.cells {
+			byGUID[c.GUID] = c
+		}
+		for _, c := range d.Cells {
+			byGUID[c.GUID] = c
+		}
+		for _, guid := range d.Deleted["cells"] {
+			delete(byGUID, guid)
+			aff.cells[guid] = true
+		}
+		m.cells = slices.SortedFunc(maps.Values(byGUID), func(a, b api.Cell) int { return strings.Compare(a.Name, b.Name) })
+	}
+	if aff.all {
+		m.sharedDirty = true
+		for _, c := range m.cells {
+			aff.cells[c.GUID] = true
+		}
+	}
+	if m.sharedDirty {
+		m.refresh()
+	}
+	return slices.Sorted(maps.Keys(aff.cells)), nil
+}
+
+// shows reports whether an app's name is in every cell's state: it has a
+// tag or an attached instance.
+func (m *Model) shows(app string) bool {
+	if _, ok := m.tagOf[app]; ok {
+		return true
+	}
+	return slices.ContainsFunc(m.instOf[app], func(in *Instance) bool { return attached(*in) })
+}
+
+// affected collects the cells a delta may change.
+type affected struct {
+	m     *Model
+	all   bool
+	cells map[string]bool
+}
+
+// app marks the cells where an app has instances.
+func (a *affected) app(guid string) {
+	for _, in := range a.m.instOf[guid] {
+		if in.CellGUID != "" {
+			a.cells[in.CellGUID] = true
+		}
+	}
+}
+
+// attachedCells marks the cells where an app has attached instances: those
+// policies to it change.
+func (a *affected) attachedCells(guid string) {
+	for _, in := range a.m.instOf[guid] {
+		if attached(*in) {
+			a.cells[in.CellGUID] = true
+		}
+	}
+}
+
+func (m *Model) removeInstance(guid string, aff *affected) {
+	old := m.instances[guid]
+	if old == nil {
+		return
+	}
+	delete(m.instances, guid)
+	if old.CellGUID != "" {
+		aff.cells[old.CellGUID] = true
+		m.instOn[old.CellGUID] = slices.DeleteFunc(m.instOn[old.CellGUID], func(in *Instance) bool { return in == old })
+		if len(m.instOn[old.CellGUID]) == 0 {
+			delete(m.instOn, old.CellGUID)
+		}
+	}
+	m.instOf[old.AppGUID] = slices.DeleteFunc(m.instOf[old.AppGUID], func(in *Instance) bool { return in == old })
+	if len(m.instOf[old.AppGUID]) == 0 {
+		delete(m.instOf, old.AppGUID)
+	}
+	if attached(*old) {
+		aff.all = true // endpoints
+	}
+}
+
+// insertInstance inserts in into ins, ordered by app, index and GUID.
+func insertInstance(ins []*Instance, in *Instance) []*Instance {
+	at, _ := slices.BinarySearchFunc(ins, in, compareInstances)
+	return slices.Insert(ins, at, in)
+}
+
+func compareInstances(a, b *Instance) int {
+	return cmp.Or(strings.Compare(a.AppGUID, b.AppGUID), cmp.Compare(a.Index, b.Index), strings.Compare(a.GUID, b.GUID))
+}
+
+func (m *Model) dropTag(tag uint16) {
+	if app, ok := m.tags[tag]; ok {
+		delete(m.tags, tag)
+		if m.tagOf[app] == tag {
+			delete(m.tagOf, app)
+		}
+	}
+}
+
+func (m *Model) removePolicy(id int64, aff *affected) {
+	old := m.policies[id]
+	if old == nil {
+		return
+	}
+	delete(m.policies, id)
+	m.toApp[old.DestApp] = slices.DeleteFunc(m.toApp[old.DestApp], func(r policyRef) bool { return r.id == id })
+	if len(m.toApp[old.DestApp]) == 0 {
+		delete(m.toApp, old.DestApp)
+	}
+	aff.attachedCells(old.DestApp)
+}
+
+// refresh recomputes what every cell shares, in the orders a snapshot
+// keeps: tags by tag, instances by app, index and GUID, domains by name,
+// routes by domain name, host and GUID.
+func (m *Model) refresh() {
+	tags := make([]Tag, 0, len(m.tags))
+	for _, tag := range slices.Sorted(maps.Keys(m.tags)) {
+		tags = append(tags, Tag{AppGUID: m.tags[tag], Tag: tag})
+	}
+	var ins []Instance
+	for _, in := range m.instances {
+		if attached(*in) {
+			ins = append(ins, *in)
+		}
+	}
+	slices.SortFunc(ins, func(a, b Instance) int { return compareInstances(&a, &b) })
+	domains := slices.SortedFunc(maps.Values(m.domains), func(a, b Domain) int { return strings.Compare(a.Name, b.Name) })
+	routes := make([]Route, 0, len(m.routes))
+	for _, rt := range m.routes {
+		routes = append(routes, *rt)
+	}
+	slices.SortFunc(routes, func(a, b Route) int {
+		return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
+	})
+	m.sharedOf = computeShared(tags, ins, domains, routes, m.app)
+	m.hostsOf = RouteHosts(domains, routes)
+	m.sharedDirty = false
+	m.sharedGen++
+}
+
+// SharedGeneration changes whenever the slices every cell's state shares
+// (tagged apps, endpoints, domains, routes) are replaced: while it does not,
+// states from Cell share the same slices, and an encoder may reuse its
+// encoding of them.
+func (m *Model) SharedGeneration() uint64 { return m.sharedGen }
+
+func (m *Model) header() *Snapshot         { return &m.hdr }
+func (m *Model) cellList() []api.Cell      { return m.cells }
+func (m *Model) app(guid string) *App      { return m.apps[guid] }
+func (m *Model) orgOf(space string) string { return m.orgs[space] }
+func (m *Model) hosts(app string) []string { return m.hostsOf[app] }
+func (m *Model) shared() *sharedParts      { return &m.sharedOf }
+func (m *Model) onCell(cell string) iter.Seq[*Instance] {
+	return slices.Values(m.instOn[cell])
+}
+func (m *Model) policiesTo(app string) iter.Seq[*Policy] {
+	return func(yield func(*Policy) bool) {
+		for _, r := range m.toApp[app] {
+			if !yield(r.p) {
+				return
+			}
+		}
+	}
+}
