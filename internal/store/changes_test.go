@@ -84,3 +84,29 @@ func TestChangesSince(t *testing.T) {
 		}
 	})
 }
+
+// TestMigrateChanges: a store upgraded to the change feed reads changes
+// from the revision it had then, not before (they were not recorded).
+func TestMigrateChanges(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		old, err := open(ctx, url, changesVersion-1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f := newFixture(t, old)
+		f.apps(t, "before")
+		rev := must(old.Revision(ctx))(t)
+		old.Close()
+		s := openStore(t, url)
+		if _, err := s.ChangesSince(ctx, rev-1); !errors.Is(err, ErrChangesPruned) {
+			t.Errorf("ChangesSince(before the upgrade) err = %v, want ErrChangesPruned", err)
+		}
+		f.s = s
+		f.apps(t, "after")
+		c := must(s.ChangesSince(ctx, rev))(t)
+		if len(c.Apps) != 1 || c.Apps[0].Name != "after" {
+			t.Errorf("ChangesSince(the upgrade) apps = %v, want the app made after", c.Apps)
+		}
+	})
+}
