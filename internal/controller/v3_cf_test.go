@@ -152,11 +152,11 @@ func TestV3Processes(t *testing.T) {
 			t.Fatalf("processes = %+v, want one", procs.Resources)
 		}
 		p := procs.Resources[0]
-		if p.GUID != app || p.Type != "web" || p.Instances != 2 || p.Embedded == nil {
+		if p.GUID != app || p.Type != "web" || p.Instances != 2 {
 			t.Fatalf("process = %+v", p)
 		}
 		var states []string
-		for _, in := range p.Embedded.ProcessInstances {
+		for _, in := range p.ProcessInstances {
 			states = append(states, fmt.Sprintf("%d:%s", in.Index, in.State))
 		}
 		if want := []string{"0:RUNNING", "1:STARTING"}; !cmp.Equal(states, want) {
