@@ -332,3 +332,44 @@ func TestV3RouteFilters(t *testing.T) {
 		}
 	})
 }
+
+// TestV3Roles checks the roles trellis knows: a write token is a space
+// developer of its spaces; an admin sees every token's, a token its own.
+func TestV3Roles(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		a, b := e.defaultSpace(), e.createSpace("b")
+		ta, tb := e.token(ScopeWrite, []string{a}), e.token(ScopeWrite, []string{a, b})
+		ga, gb := e.tokenGUIDOf(ta), e.tokenGUIDOf(tb)
+		type role struct {
+			Type          string
+			Relationships struct {
+				User  struct{ Data api.Ref }
+				Space struct{ Data *api.Ref }
+			}
+		}
+		roles := func(token, q string) []string {
+			var l api.List[role]
+			e.must(token, "GET", "/v3/roles?"+q, "", 200, &l)
+			var out []string
+			for _, r := range l.Resources {
+				out = append(out, fmt.Sprintf("%s %s %s", r.Type, r.Relationships.User.Data.GUID, r.Relationships.Space.Data.GUID))
+			}
+			return out
+		}
+		dev := func(tok, sp string) string { return "space_developer " + tok + " " + sp }
+		for _, c := range []struct {
+			token, q string
+			want     []string
+		}{
+			{e.admin, "space_guids=" + b, []string{dev(gb, b)}},
+			{e.admin, "user_guids=" + ga, []string{dev(ga, a)}},
+			{e.admin, "types=space_manager", nil},
+			{ta, "", []string{dev(ga, a)}},
+			{tb, "space_guids=" + b, []string{dev(gb, b)}},
+		} {
+			if got := roles(c.token, c.q); !cmp.Equal(got, c.want) {
+				t.Errorf("GET /v3/roles?%s = %v, want %v", c.q, got, c.want)
+			}
+		}
+	})
+}
