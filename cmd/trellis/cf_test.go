@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
@@ -8,17 +9,21 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/http/httputil"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/controller"
+	"github.com/trellis-c2c/trellis/internal/identity"
 )
 
 // Cloud Foundry's own CLI in scripts (cf_*.txtar): the unmodified cf
@@ -57,6 +62,7 @@ func setupCF(env *testscript.Env) error {
 	env.Setenv("CF_HOME", filepath.Join(env.WorkDir, "cf"))
 	env.Setenv("CF_COLOR", "false")
 	env.Values["cfgateway"] = &cfGateway{tokens: map[string]string{}}
+	env.Values["cell"] = &scriptCell{}
 	return nil
 }
 
@@ -149,4 +155,59 @@ func fakeJWT(user string) string {
 	claims, _ := json.Marshal(map[string]any{"user_name": user, "user_id": "user-" + user, "origin": "uaa",
 		"client_id": "cf", "exp": time.Now().Add(24 * time.Hour).Unix(), "iat": time.Now().Unix()})
 	return enc([]byte(`{"alg":"none","typ":"JWT"}`)) + "." + enc(claims) + "." + enc([]byte("unsigned"))
+}
+
+// scriptCell is a cell the script joined through the API, registering
+// instances as a cell's agent does once it has wired them: what makes an
+// instance RUNNING without network namespaces.
+type scriptCell struct {
+	client *api.Client
+	subnet netip.Prefix
+	next   netip.Addr
+}
+
+// cmdCellRun: cellrun APP INDEX — registers an instance of APP (by name,
+// any space) at INDEX on the script's cell (joined on first use), with the
+// next address of its subnet.
+func cmdCellRun(ts *testscript.TestScript, neg bool, args []string) {
+	if neg || len(args) != 2 {
+		ts.Fatalf("usage: cellrun APP INDEX")
+	}
+	index, err := strconv.Atoi(args[1])
+	ts.Check(err)
+	c := ts.Value("controller").(*scriptController)
+	cfg, err := api.LoadClientConfig(filepath.Join(c.stateDir, controller.AdminConfigFile))
+	ts.Check(err)
+	admin, err := api.NewClient(cfg)
+	ts.Check(err)
+	ctx := context.Background()
+	cell := ts.Value("cell").(*scriptCell)
+	if cell.client == nil {
+		jt, err := admin.CreateJoinToken(ctx, 60)
+		ts.Check(err)
+		joinCfg := cfg
+		joinCfg.Token = jt.Token
+		joiner, err := api.NewClient(joinCfg)
+		ts.Check(err)
+		keyPEM, csrPEM, err := identity.NewKeyAndCSR("script-cell")
+		ts.Check(err)
+		resp, err := joiner.Join(ctx, api.JoinRequest{Name: "script-cell", UnderlayIP: "198.51.100.31", CSR: string(csrPEM)})
+		ts.Check(err)
+		cert, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)
+		ts.Check(err)
+		cell.client, err = api.NewCellClient(cfg.URLs(), cfg.CACert, cert)
+		ts.Check(err)
+		// Past the network, gateway and VTEP addresses.
+		cell.subnet, cell.next = resp.Cell.Subnet, resp.Cell.Subnet.Addr().Next().Next().Next()
+	}
+	status, body, err := admin.Raw(ctx, "GET", "/v3/apps?names="+url.QueryEscape(args[0]), nil)
+	ts.Check(err)
+	var apps api.List[api.App]
+	ts.Check(json.Unmarshal(body, &apps))
+	if status != 200 || len(apps.Resources) != 1 {
+		ts.Fatalf("app %s: %d %s", args[0], status, body)
+	}
+	cell.next = cell.next.Next()
+	ts.Check(cell.client.RegisterInstance(ctx, uuid.NewString(),
+		api.InstanceRegistration{AppGUID: apps.Resources[0].GUID, Index: index, IP: cell.next.String(), ContainerID: "script"}))
 }

@@ -65,6 +65,7 @@ func TestScripts(t *testing.T) {
 					"api":        cmdAPI,
 					"capture":    cmdCapture,
 					"cflogin":    cmdCFLogin,
+					"cellrun":    cmdCellRun,
 				},
 				Condition: cfCondition,
 			})

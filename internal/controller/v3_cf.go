@@ -421,3 +421,64 @@ func (s *Server) listSpaceSecurityGroups(w http.ResponseWriter, r *http.Request)
 		writeList[struct{}](w, r, nil)
 	}
 }
+
+// listRoles answers GET /v3/roles from what trellis knows: a network.write
+// token is a space developer of each of its spaces (the token is the
+// user; an expired token holds no role). An admin sees every token's
+// roles, a write token its own. Filters: types, space_guids,
+// organization_guids, user_guids.
+func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
+	p := principalFrom(r.Context())
+	var f store.TokenFilter
+	if !p.admin() {
+		f.GUIDs = []string{p.TokenGUID}
+	}
+	toks, err := s.store.Tokens(r.Context(), f)
+	if err != nil {
+		s.storeError(w, "list roles", err)
+		return
+	}
+	types, users, spaces := query(r, "types"), query(r, "user_guids"), query(r, "space_guids")
+	if len(types) > 0 && !slices.Contains(types, "space_developer") {
+		writeList[ccRole](w, r, nil)
+		return
+	}
+	if orgs := query(r, "organization_guids"); len(orgs) > 0 {
+		sps, err := s.store.Spaces(r.Context(), store.SpaceFilter{OrgGUIDs: orgs})
+		if err != nil {
+			s.storeError(w, "list roles", err)
+			return
+		}
+		var in []string
+		for _, sp := range sps {
+			in = append(in, sp.GUID)
+		}
+		if len(spaces) > 0 {
+			in = intersect(spaces, in)
+		}
+		if len(in) == 0 {
+			writeList[ccRole](w, r, nil)
+			return
+		}
+		spaces = in
+	}
+	now := time.Now()
+	var out []ccRole
+	for _, t := range toks {
+		if t.Scope != ScopeWrite || t.Expired(now) || (len(users) > 0 && !slices.Contains(users, t.GUID)) {
+			continue
+		}
+		for _, sp := range t.SpaceGUIDs {
+			if len(spaces) > 0 && !slices.Contains(spaces, sp) {
+				continue
+			}
+			role := ccRole{GUID: uuid.NewSHA1(uuid.NameSpaceURL, []byte("trellis:role:"+t.GUID+":"+sp)).String(),
+				Type: "space_developer", CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.CreatedAt.UTC()}
+			role.Relationships.User.Data.GUID = t.GUID
+			role.Relationships.Space.Data = &api.Ref{GUID: sp}
+			role.Links = links(r, "self", "/v3/roles/"+role.GUID, "user", "/v3/users/"+t.GUID, "space", "/v3/spaces/"+sp)
+			out = append(out, role)
+		}
+	}
+	writeList(w, r, out)
+}

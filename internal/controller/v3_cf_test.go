@@ -152,11 +152,11 @@ func TestV3Processes(t *testing.T) {
 			t.Fatalf("processes = %+v, want one", procs.Resources)
 		}
 		p := procs.Resources[0]
-		if p.GUID != app || p.Type != "web" || p.Instances != 2 || p.Embedded == nil {
+		if p.GUID != app || p.Type != "web" || p.Instances != 2 {
 			t.Fatalf("process = %+v", p)
 		}
 		var states []string
-		for _, in := range p.Embedded.ProcessInstances {
+		for _, in := range p.ProcessInstances {
 			states = append(states, fmt.Sprintf("%d:%s", in.Index, in.State))
 		}
 		if want := []string{"0:RUNNING", "1:STARTING"}; !cmp.Equal(states, want) {
@@ -328,6 +328,47 @@ func TestV3RouteFilters(t *testing.T) {
 			}
 			if !cmp.Equal(got, c.want) {
 				t.Errorf("GET /v3/routes?%s = %v, want %v", c.query, got, c.want)
+			}
+		}
+	})
+}
+
+// TestV3Roles checks the roles trellis knows: a write token is a space
+// developer of its spaces; an admin sees every token's, a token its own.
+func TestV3Roles(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		a, b := e.defaultSpace(), e.createSpace("b")
+		ta, tb := e.token(ScopeWrite, []string{a}), e.token(ScopeWrite, []string{a, b})
+		ga, gb := e.tokenGUIDOf(ta), e.tokenGUIDOf(tb)
+		type role struct {
+			Type          string
+			Relationships struct {
+				User  struct{ Data api.Ref }
+				Space struct{ Data *api.Ref }
+			}
+		}
+		roles := func(token, q string) []string {
+			var l api.List[role]
+			e.must(token, "GET", "/v3/roles?"+q, "", 200, &l)
+			var out []string
+			for _, r := range l.Resources {
+				out = append(out, fmt.Sprintf("%s %s %s", r.Type, r.Relationships.User.Data.GUID, r.Relationships.Space.Data.GUID))
+			}
+			return out
+		}
+		dev := func(tok, sp string) string { return "space_developer " + tok + " " + sp }
+		for _, c := range []struct {
+			token, q string
+			want     []string
+		}{
+			{e.admin, "space_guids=" + b, []string{dev(gb, b)}},
+			{e.admin, "user_guids=" + ga, []string{dev(ga, a)}},
+			{e.admin, "types=space_manager", nil},
+			{ta, "", []string{dev(ga, a)}},
+			{tb, "space_guids=" + b, []string{dev(gb, b)}},
+		} {
+			if got := roles(c.token, c.q); !cmp.Equal(got, c.want) {
+				t.Errorf("GET /v3/roles?%s = %v, want %v", c.q, got, c.want)
 			}
 		}
 	})

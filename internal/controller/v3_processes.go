@@ -50,9 +50,9 @@ type ccProcess struct {
 	UpdatedAt time.Time  `json:"updated_at"`
 	Metadata  ccMetadata `json:"metadata"`
 	Links     ccLinks    `json:"links"`
-	Embedded  *struct {
-		ProcessInstances []ccProcessInstance `json:"process_instances"`
-	} `json:"embedded,omitempty"`
+	// ProcessInstances are embedded (embed=process_instances) at the top
+	// level, where Cloud Controller puts them and the cf CLI reads them.
+	ProcessInstances []ccProcessInstance `json:"process_instances,omitempty"`
 }
 
 // ccInstanceUsage is an instance's resource use; trellis measures none.
@@ -156,11 +156,8 @@ func processOf(r *http.Request, a store.App, embed bool, ins []store.Instance) c
 		p.Instances = a.Instances
 	}
 	if embed {
-		p.Embedded = &struct {
-			ProcessInstances []ccProcessInstance `json:"process_instances"`
-		}{ProcessInstances: []ccProcessInstance{}}
 		for _, st := range processInstances(a, ins, time.Now()) {
-			p.Embedded.ProcessInstances = append(p.Embedded.ProcessInstances, ccProcessInstance{Index: st.Index, State: st.State, Since: st.Since})
+			p.ProcessInstances = append(p.ProcessInstances, ccProcessInstance{Index: st.Index, State: st.State, Since: st.Since})
 		}
 	}
 	return p

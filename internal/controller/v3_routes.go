@@ -27,8 +27,9 @@ func (s *Server) ccRoutes() {
 	m("GET /v3/spaces/{guid}/running_security_groups", s.requireAuth(writeV3Error, anyScope, s.listSpaceSecurityGroups))
 	m("GET /v3/spaces/{guid}/staging_security_groups", s.requireAuth(writeV3Error, anyScope, s.listSpaceSecurityGroups))
 	m("GET /v3/spaces/{guid}/relationships/isolation_segment", s.requireAuth(writeV3Error, anyScope, s.getSpaceIsolationSegment))
+	m("GET /v3/roles", s.requireAuth(writeV3Error, anyScope, s.listRoles))
 	m("POST /v3/roles", s.requireAuth(writeV3Error, adminScope, s.createRole))
-	for _, p := range []string{"/v3/service_route_bindings", "/v3/deployments", "/v3/packages", "/v3/droplets", "/v3/roles",
+	for _, p := range []string{"/v3/service_route_bindings", "/v3/deployments", "/v3/packages", "/v3/droplets",
 		"/v3/organization_quotas", "/v3/space_quotas", "/v3/service_instances", "/v3/isolation_segments"} {
 		m("GET "+p, s.requireAuth(writeV3Error, anyScope, s.listEmpty))
 	}
