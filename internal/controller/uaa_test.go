@@ -15,6 +15,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/store/storetest"
 )
 
 // testPassword is the password of the users tests create.
@@ -439,5 +440,38 @@ func BenchmarkVerifyJWT(b *testing.B) {
 		if _, err := sg.verify(tok, time.Now()); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestJWTAcrossControllers: two controllers on one database sign with one
+// key (the first's, kept in the store): a user logs in on one and its
+// tokens work on the other, until the user is deleted through either.
+func TestJWTAcrossControllers(t *testing.T) {
+	for _, engine := range storetest.Engines {
+		t.Run(engine, func(t *testing.T) {
+			dbURL := storetest.URL(t, engine)
+			c1, c2 := newEnvAt(t, dbURL, InstanceIdentity{}), newEnvAt(t, dbURL, InstanceIdentity{})
+			k1, err := c1.srv.Config.Handler.(*Server).signer(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			k2, err := c2.srv.Config.Handler.(*Server).signer(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k1.kid != k2.kid {
+				t.Fatalf("controllers on one database sign with keys %s and %s, want one key", k1.kid, k2.kid)
+			}
+			u := c1.createUser("dev", false, c1.defaultSpace())
+			tok := c1.login(u, testPassword)
+			c2.must(tok, "GET", "/v3/apps", "", 200, nil)
+			code, out := c2.tokenRequest(url.Values{"grant_type": {"password"}, "username": {"dev"}, "password": {testPassword}}, "")
+			if code != 200 {
+				t.Fatalf("log in on the second controller = %d %v", code, out)
+			}
+			c1.must(out["access_token"].(string), "GET", "/v3/apps", "", 200, nil)
+			c2.must(c2.admin, "DELETE", "/trellis/v1/users/"+u.GUID, "", 204, nil)
+			c1.must(tok, "GET", "/v3/apps", "", 401, nil)
+		})
 	}
 }
