@@ -334,8 +334,8 @@ func TestRootDocument(t *testing.T) {
 			t.Errorf("links.%s = %+v, want %s", k, doc.Links[k], want)
 		}
 	}
-	if v := doc.Links["cloud_controller_v3"].Meta["version"]; v != CCAPIVersion {
-		t.Errorf("cloud_controller_v3 version = %v, want %s", v, CCAPIVersion)
+	if v := doc.Links["cloud_controller_v3"].Meta["version"]; v != ccAPIVersion {
+		t.Errorf("cloud_controller_v3 version = %v, want %s", v, ccAPIVersion)
 	}
 	var keys struct{ Keys []jwk }
 	e.must("", "GET", "/token_keys", "", 200, &keys)
