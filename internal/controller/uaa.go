@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -396,9 +395,4 @@ func (s *Server) authenticateJWT(ctx context.Context, value string) (*principal,
 		}
 	}
 	return p, nil
-}
-
-// basicAuth is "Basic base64(id:secret)", for tests and clients.
-func basicAuth(id, secret string) string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+secret))
 }

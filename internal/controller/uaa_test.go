@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -17,6 +18,11 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/store/storetest"
 )
+
+// basicAuth is "Basic base64(id:secret)".
+func basicAuth(id, secret string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+secret))
+}
 
 // testPassword is the password of the users tests create.
 const testPassword = "correct horse battery"
