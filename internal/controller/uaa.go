@@ -3,7 +3,6 @@ package controller
 import (
 	"context"
 	"crypto/subtle"
-	"encoding/base64"
 	"errors"
 	"fmt"
 	"net/http"
@@ -21,11 +20,11 @@ import (
 // controller is its own login server and UAA: the root document's login
 // and uaa links are the controller itself.
 
-// CCAPIVersion is the Cloud Controller v3 API version the root document
+// ccAPIVersion is the Cloud Controller v3 API version the root document
 // announces. The cf CLI (v8) needs at least 3.99.0, and from 3.211.0 on it
 // reads app instances with /v3/processes?embed=process_instances (one
 // request for `cf apps`) rather than one /stats request per process.
-const CCAPIVersion = "3.211.0"
+const ccAPIVersion = "3.211.0"
 
 // Token lifetimes: Cloud Foundry's defaults for the cf client.
 const (
@@ -72,7 +71,7 @@ func (s *Server) rootInfo(w http.ResponseWriter, r *http.Request) {
 		"self":                &href{Href: base},
 		"bits_service":        nil,
 		"cloud_controller_v2": nil,
-		"cloud_controller_v3": &href{Href: base + "/v3", Meta: map[string]any{"version": CCAPIVersion}},
+		"cloud_controller_v3": &href{Href: base + "/v3", Meta: map[string]any{"version": ccAPIVersion}},
 		"network_policy_v0":   &href{Href: base + "/networking/v0/external"},
 		"network_policy_v1":   &href{Href: base + "/networking/v1/external"},
 		"login":               &href{Href: base},
@@ -396,9 +395,4 @@ func (s *Server) authenticateJWT(ctx context.Context, value string) (*principal,
 		}
 	}
 	return p, nil
-}
-
-// basicAuth is "Basic base64(id:secret)", for tests and clients.
-func basicAuth(id, secret string) string {
-	return "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+secret))
 }

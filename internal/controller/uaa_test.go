@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"net/url"
@@ -15,7 +16,13 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/store/storetest"
 )
+
+// basicAuth is "Basic base64(id:secret)".
+func basicAuth(id, secret string) string {
+	return "Basic " + base64.StdEncoding.EncodeToString([]byte(id+":"+secret))
+}
 
 // testPassword is the password of the users tests create.
 const testPassword = "correct horse battery"
@@ -333,8 +340,8 @@ func TestRootDocument(t *testing.T) {
 			t.Errorf("links.%s = %+v, want %s", k, doc.Links[k], want)
 		}
 	}
-	if v := doc.Links["cloud_controller_v3"].Meta["version"]; v != CCAPIVersion {
-		t.Errorf("cloud_controller_v3 version = %v, want %s", v, CCAPIVersion)
+	if v := doc.Links["cloud_controller_v3"].Meta["version"]; v != ccAPIVersion {
+		t.Errorf("cloud_controller_v3 version = %v, want %s", v, ccAPIVersion)
 	}
 	var keys struct{ Keys []jwk }
 	e.must("", "GET", "/token_keys", "", 200, &keys)
@@ -409,5 +416,68 @@ func TestHashSlots(t *testing.T) {
 	h.release()
 	if !h.acquire(context.Background()) {
 		t.Errorf("no slot after a release")
+	}
+}
+
+// BenchmarkCheckPassword is the cost of a login's password check (argon2id,
+// 19 MiB, 2 passes); BenchmarkHashToken, a trellis token's check, is the
+// baseline.
+func BenchmarkCheckPassword(b *testing.B) {
+	h := HashPassword("correct horse battery")
+	for b.Loop() {
+		checkPassword(h, "correct horse battery")
+	}
+}
+
+func BenchmarkHashToken(b *testing.B) {
+	v, _ := NewToken()
+	for b.Loop() {
+		HashToken(v)
+	}
+}
+
+// BenchmarkVerifyJWT is the signature and claims check of every request
+// with a user's JWT (before its store read, which trellis tokens need too).
+func BenchmarkVerifyJWT(b *testing.B) {
+	k, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	sg := &jwtSigner{key: k, kid: "k"}
+	tok, _ := sg.sign(jwtClaims{UserID: "u", EXP: time.Now().Add(time.Hour).Unix(), Use: useAccess})
+	for b.Loop() {
+		if _, err := sg.verify(tok, time.Now()); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// TestJWTAcrossControllers: two controllers on one database sign with one
+// key (the first's, kept in the store): a user logs in on one and its
+// tokens work on the other, until the user is deleted through either.
+func TestJWTAcrossControllers(t *testing.T) {
+	for _, engine := range storetest.Engines {
+		t.Run(engine, func(t *testing.T) {
+			dbURL := storetest.URL(t, engine)
+			c1, c2 := newEnvAt(t, dbURL, InstanceIdentity{}), newEnvAt(t, dbURL, InstanceIdentity{})
+			k1, err := c1.srv.Config.Handler.(*Server).signer(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			k2, err := c2.srv.Config.Handler.(*Server).signer(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			if k1.kid != k2.kid {
+				t.Fatalf("controllers on one database sign with keys %s and %s, want one key", k1.kid, k2.kid)
+			}
+			u := c1.createUser("dev", false, c1.defaultSpace())
+			tok := c1.login(u, testPassword)
+			c2.must(tok, "GET", "/v3/apps", "", 200, nil)
+			code, out := c2.tokenRequest(url.Values{"grant_type": {"password"}, "username": {"dev"}, "password": {testPassword}}, "")
+			if code != 200 {
+				t.Fatalf("log in on the second controller = %d %v", code, out)
+			}
+			c1.must(out["access_token"].(string), "GET", "/v3/apps", "", 200, nil)
+			c2.must(c2.admin, "DELETE", "/trellis/v1/users/"+u.GUID, "", 204, nil)
+			c1.must(tok, "GET", "/v3/apps", "", 401, nil)
+		})
 	}
 }
