@@ -244,10 +244,14 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 	// foundation's copy sits at the top, where `trellis up` tells the
 	// operator to find it, with every controller's URL.
 	f.Admin = filepath.Join(dir, AdminFile)
-	admin, err := api.LoadClientConfig(filepath.Join(ctrlDir, AdminFile))
-	if err == nil {
-		admin.APIURLs = f.URLs()
-		err = admin.Save(f.Admin)
+	if len(f.Controllers) == 0 {
+		err = copyFile(filepath.Join(ctrlDir, AdminFile), f.Admin, 0o600)
+	} else {
+		var admin api.ClientConfig
+		if admin, err = api.LoadClientConfig(filepath.Join(ctrlDir, AdminFile)); err == nil {
+			admin.APIURLs = f.URLs()
+			err = admin.Save(f.Admin)
+		}
 	}
 	if err != nil {
 		return f, fmt.Errorf("copy the admin config: %w", err)
