@@ -263,6 +263,7 @@ func (s *Server) compileInput(ctx context.Context, snap store.Snapshot) (*policy
 		Domains:    policyDomains(snap.Domains),
 		Routes:     policyRoutes(snap.Routes),
 	}
+	in.SecurityGroups = s.policySecurityGroups(snap.SecurityGroups)
 	for i, c := range snap.Cells {
 		// A desired state carries no observations (when a cell was last
 		// heard from): it changes only when what the cells must do changes.

@@ -137,6 +137,8 @@ func (s *Server) routes() {
 	m("GET /trellis/v1/explain", s.requireAuth(writeNetError, anyScope, s.explain))
 	m("GET /trellis/v1/enforcement", s.requireAuth(writeNetError, anyScope, s.getEnforcement))
 	m("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
+
+	s.securityGroupRoutes()
 }
 
 // handle registers h for pattern on the mux and records the pattern: every

@@ -40,6 +40,8 @@ type Snapshot struct {
 	Policies []Policy
 	Domains  []Domain
 	Routes   []Route
+	// SecurityGroups allow egress (see egress.go).
+	SecurityGroups []SecurityGroup
 }
 
 // Space is a space: apps inherit its org.
@@ -286,6 +288,7 @@ func (x *Index) Cell(cell string) (api.CellState, error) {
 		}
 		st.LocalApps = append(st.LocalApps, la)
 	}
+	st.Egress = x.egress(cell)
 	return st, nil
 }
 
