@@ -21,7 +21,9 @@ import (
 const (
 	denyLogGroup  = 41
 	allowLogGroup = 42
-	logRate       = 100 // per second per group
+	// egressDenyLogGroup receives refused egress (security groups).
+	egressDenyLogGroup = 43
+	logRate            = 100 // per second per group
 )
 
 // enforcer keeps the cell's dataplane in step with the desired state and
@@ -104,6 +106,38 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 	return p
 }
 
+// egress computes the cell's egress state from st: the rules of the
+// attached instances that the controller and this agent agree on (as for
+// allows), default deny for the rest; nil while st names no overlay.
+func (e *enforcer) egress(st api.CellState) *dataplane.Egress {
+	if !st.Overlay.CIDR.IsValid() {
+		return nil
+	}
+	eg := &dataplane.Egress{Overlay: st.Overlay.CIDR, DenyLogGroup: egressDenyLogGroup, LogRate: logRate}
+	if st.Cell.UnderlayIP.IsValid() {
+		eg.Guarded = []netip.Addr{st.Cell.UnderlayIP}
+	}
+	owner := map[netip.Addr]string{}
+	for _, rec := range e.containers.list() {
+		if !rec.Deleting {
+			owner[rec.IP] = rec.Identity.InstanceGUID
+		}
+	}
+	agreed := map[netip.Addr]bool{}
+	for _, ep := range st.Endpoints {
+		if ep.CellGUID == st.Cell.GUID && owner[ep.IP] == ep.Instance {
+			agreed[ep.IP] = true
+		}
+	}
+	for _, r := range st.Egress {
+		if agreed[r.SrcIP] {
+			eg.Rules = append(eg.Rules, dataplane.EgressRule{SrcIP: r.SrcIP, Protocol: r.Protocol, DestStart: r.DestStart, DestEnd: r.DestEnd,
+				StartPort: r.StartPort, EndPort: r.EndPort, ICMPType: r.ICMPType, ICMPCode: r.ICMPCode})
+		}
+	}
+	return eg
+}
+
 // apply makes the dataplane hold st: overlay, if not nil, then the policy
 // for st and the attached containers; then it cuts established flows that
 // the policy no longer allows. A state of the revision already applied is a
@@ -125,7 +159,7 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState, overlay *datapla
 	} else if p.Enforce {
 		e.warned = false
 	}
-	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p,
+	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p, Egress: e.egress(st),
 		Verify: e.last != nil && st.Revision == e.last.Revision})
 	if err != nil {
 		if failedPart(err) == "policy" {
@@ -138,6 +172,9 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState, overlay *datapla
 		e.applySeconds.Observe(ch.PolicyTook.Seconds())
 	}
 	e.applied.Set(float64(st.Revision))
+	if ch.EgressCut > 0 {
+		e.log.Info("cut established egress connections the security groups no longer allow", "flows", ch.EgressCut, "revision", st.Revision)
+	}
 	if ch.Revoked {
 		// Established connections that the policy no longer allows are cut,
 		// as a user revoking access expects.
@@ -164,7 +201,7 @@ func failedPart(err error) string {
 func (e *enforcer) watchFlows(ctx context.Context) {
 	go e.reportFlows(ctx, e.events)
 	for ctx.Err() == nil {
-		err := flowlog.Listen(ctx, e.dp.NetNS(), []uint16{denyLogGroup, allowLogGroup}, func(pk flowlog.Packet) {
+		err := flowlog.Listen(ctx, e.dp.NetNS(), []uint16{denyLogGroup, allowLogGroup, egressDenyLogGroup}, func(pk flowlog.Packet) {
 			e.record(e.event(pk))
 		})
 		if err != nil && ctx.Err() == nil {
@@ -215,6 +252,8 @@ func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
 	}
 	src, dst := nameOr(ev.SrcAppName, ev.SrcIP), nameOr(ev.DstAppName, ev.DstIP)
 	switch {
+	case pk.Group == egressDenyLogGroup:
+		ev.Reason = egressReason(pk.Protocol, pk.DstIP, pk.DstPort, src)
 	case ev.Verdict == "allowed":
 		ev.Reason = fmt.Sprintf("allowed: a policy from %s to %s covers %s/%d", nameOr(tagApp, src), dst, ev.Protocol, ev.DstPort)
 	case tag == 0 && ev.SrcAppName != "":
@@ -282,4 +321,14 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 		}
 		batch, suppressed = batch[:0], 0
 	}
+}
+
+// egressReason says why egress was refused, as the flow log shows it:
+// "egress: no security group allows tcp to 203.0.113.10:5432 for app backend".
+func egressReason(proto string, dst netip.Addr, port uint16, app string) string {
+	to := dst.String()
+	if port != 0 {
+		to = netip.AddrPortFrom(dst, port).String()
+	}
+	return fmt.Sprintf("egress: no security group allows %s to %s for app %s", proto, to, app)
 }
