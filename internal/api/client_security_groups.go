@@ -4,6 +4,7 @@ import (
 	"context"
 	"net/http"
 	"net/url"
+	"strconv"
 )
 
 // SecurityGroupFilter narrows SecurityGroups; empty fields match all.
@@ -76,4 +77,17 @@ func (c *Client) UnbindSecurityGroup(ctx context.Context, guid, lifecycle, space
 		return err
 	}
 	return c.do(ctx, http.MethodDelete, p+"/relationships/"+lifecycle+"_spaces/"+url.PathEscape(space), nil, nil, nil)
+}
+
+// ExplainEgress says whether the app source may reach to (an IPv4
+// address) on protocol and port (0 for icmp and all), and by which
+// security group rule.
+func (c *Client) ExplainEgress(ctx context.Context, source, to, protocol string, port int) (EgressExplanation, error) {
+	q := url.Values{"source": {source}, "to": {to}, "protocol": {protocol}}
+	if port != 0 {
+		q.Set("port", strconv.Itoa(port))
+	}
+	var e EgressExplanation
+	err := c.do(ctx, http.MethodGet, "/trellis/v1/explain", q, nil, &e)
+	return e, err
 }

@@ -90,3 +90,16 @@ type EgressRule struct {
 	Group     string     `json:"group"`
 	Rule      int        `json:"rule"`
 }
+
+// EgressExplanation answers GET /trellis/v1/explain?source=APP&to=IP: may
+// the app's instances open a connection to IP (protocol, port), and by
+// which security group rule, or what is missing.
+type EgressExplanation struct {
+	Allowed bool `json:"allowed"`
+	// Group and Rule (0-based) name the rule that allows it.
+	Group  string `json:"group,omitempty"`
+	Rule   int    `json:"rule"`
+	Reason string `json:"reason"`
+	// Groups are the security groups that apply to the app's space.
+	Groups []string `json:"groups"`
+}

@@ -5,7 +5,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
+	"strconv"
 	"strings"
 
 	"github.com/trellis-c2c/trellis/internal/api"
@@ -472,4 +475,54 @@ func globalListCommand(life string) *command {
 			}
 		},
 	}
+}
+
+// explainEgress is `explain SOURCE_APP --to IP[:PORT]`.
+func (e *env) explainEgress(ctx context.Context, args []string, to, port, protocol string, asJSON bool) error {
+	if len(args) != 1 {
+		return badUsage("explain --to needs SOURCE_APP only")
+	}
+	if host, p, err := net.SplitHostPort(to); err == nil {
+		if port != "" && port != p {
+			return badUsage("--port %s differs from the port in --to %s", port, to)
+		}
+		to, port = host, p
+	}
+	if ip, err := netip.ParseAddr(to); err != nil || !ip.Is4() {
+		return badInput("--to %q is not an IPv4 address or IP:PORT", to)
+	}
+	if protocol != "tcp" && protocol != "udp" && protocol != "icmp" {
+		return badInput(`PROTOCOL must be "tcp", "udp" or "icmp"`)
+	}
+	p := 0
+	if protocol != "icmp" {
+		if port == "" {
+			return badUsage("--port (or --to IP:PORT) is required for %s", protocol)
+		}
+		var err error
+		if p, err = strconv.Atoi(port); err != nil || p < 1 || p > 65535 {
+			return badInput("PORT must be an integer in 1-65535")
+		}
+	}
+	s, _, src, err := e.targetApp(ctx, args[0])
+	if err != nil {
+		return err
+	}
+	x, err := s.client.ExplainEgress(ctx, src.GUID, to, protocol, p)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		return e.printJSON(x)
+	}
+	verdict := "DENIED"
+	if x.Allowed {
+		verdict = "ALLOWED"
+	}
+	dst := to
+	if p != 0 {
+		dst = net.JoinHostPort(to, strconv.Itoa(p))
+	}
+	e.printf("%s: %s -> %s on %s (egress)\n%s\n", verdict, src.Name, dst, protocol, x.Reason)
+	return nil
 }

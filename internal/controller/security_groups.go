@@ -2,9 +2,12 @@ package controller
 
 import (
 	"errors"
+	"fmt"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/policy"
@@ -321,4 +324,102 @@ func (s *Server) policySecurityGroups(gs []store.SecurityGroup) []policy.Securit
 		out = append(out, policy.SecurityGroup{GUID: g.GUID, Name: g.Name, Rules: rules, GlobalRunning: g.GlobalRunning, RunningSpaces: g.RunningSpaces})
 	}
 	return out
+}
+
+// explainEgress answers /trellis/v1/explain?source=APP&to=IP[&protocol=P&port=N]:
+// whether the app's instances may reach IP, by the first rule of the
+// groups that apply to its space (global running ones first, then those
+// bound to it, each by name) that allows it.
+func (s *Server) explainEgress(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	proto := q.Get("protocol")
+	if proto == "" {
+		proto = policy.TCP
+	}
+	if proto != policy.TCP && proto != policy.UDP && proto != policy.ICMP {
+		writeNetError(w, http.StatusBadRequest, "invalid protocol: specify tcp, udp or icmp")
+		return
+	}
+	to, err := netip.ParseAddr(q.Get("to"))
+	if err != nil || !to.Is4() {
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid to %q: must be an IPv4 address", q.Get("to")))
+		return
+	}
+	port := 0
+	if proto != policy.ICMP {
+		if port, err = strconv.Atoi(q.Get("port")); err != nil || port < 1 || port > 65535 {
+			writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid port %q: must be in range 1-65535", q.Get("port")))
+			return
+		}
+	}
+	apps, err := s.store.Apps(r.Context(), store.AppFilter{GUIDs: []string{q.Get("source")}})
+	if err != nil {
+		s.storeError(w, "explain", err)
+		return
+	}
+	if len(apps) == 0 || !principalFrom(r.Context()).inSpace(apps[0].SpaceGUID) {
+		writeNetError(w, http.StatusForbidden, msgAppsNotFound)
+		return
+	}
+	app := apps[0]
+	spaceName := app.SpaceGUID
+	if sps, err := s.store.Spaces(r.Context(), store.SpaceFilter{GUIDs: []string{app.SpaceGUID}}); err == nil && len(sps) == 1 {
+		spaceName = sps[0].Name
+	}
+	gs, err := s.store.SecurityGroups(r.Context(), store.SecurityGroupFilter{})
+	if err != nil {
+		s.storeError(w, "explain", err)
+		return
+	}
+	out := api.EgressExplanation{Groups: []string{}}
+	for _, g := range s.policySecurityGroups(gs) {
+		if !g.GlobalRunning && !slices.Contains(g.RunningSpaces, app.SpaceGUID) {
+			continue
+		}
+		out.Groups = append(out.Groups, g.Name)
+		for i, rule := range g.Rules {
+			if !out.Allowed && ruleAllows(rule, proto, to, port) {
+				out.Allowed, out.Group, out.Rule = true, g.Name, i
+				how := "bound to space " + spaceName
+				if g.GlobalRunning {
+					how = "globally enabled for running"
+				}
+				out.Reason = fmt.Sprintf("allowed: rule %d of security group %s (%s) covers %s to %s", i, g.Name, how, proto, target(to, port))
+			}
+		}
+	}
+	if !out.Allowed {
+		out.Reason = fmt.Sprintf("egress: no security group allows %s to %s for app %s in space %s", proto, target(to, port), app.Name, spaceName)
+		if len(out.Groups) > 0 {
+			out.Reason += " (groups that apply: " + strings.Join(out.Groups, ", ") + ")"
+		}
+	}
+	writeJSON(w, http.StatusOK, out)
+}
+
+func target(to netip.Addr, port int) string {
+	if port == 0 {
+		return to.String()
+	}
+	return netip.AddrPortFrom(to, uint16(port)).String()
+}
+
+// ruleAllows reports whether rule admits proto to (to, port).
+func ruleAllows(rule policy.Rule, proto string, to netip.Addr, port int) bool {
+	if rule.Protocol != policy.All && rule.Protocol != proto {
+		return false
+	}
+	in := false
+	for _, d := range rule.Destinations {
+		in = in || d.Contains(to)
+	}
+	if !in || rule.Protocol == policy.All || proto == policy.ICMP {
+		return in
+	}
+	for _, p := range rule.Ports {
+		if int(p.From) <= port && port <= int(p.To) {
+			return true
+		}
+	}
+	return false
 }

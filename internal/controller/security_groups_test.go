@@ -94,6 +94,25 @@ func TestSecurityGroupsAPI(t *testing.T) {
 			t.Errorf("cell egress = %v, want %s", groups, want)
 		}
 
+		// Explain: by which rule, or what is missing.
+		for _, c := range []struct {
+			query, want string
+			allowed     bool
+		}{
+			{"&to=203.0.113.10&port=5432", "allowed: rule 0 of security group db (bound to space default) covers tcp to 203.0.113.10:5432", true},
+			{"&to=203.0.113.10&port=5433", "egress: no security group allows tcp to 203.0.113.10:5433 for app backend in space default (groups that apply: db, dns)", false},
+			{"&to=198.51.100.1&protocol=udp&port=53", "allowed: rule 0 of security group dns (globally enabled for running) covers udp to 198.51.100.1:53", true},
+			{"&to=203.0.113.10&protocol=icmp", "egress: no security group allows icmp to 203.0.113.10 for app backend", false},
+		} {
+			var x api.EgressExplanation
+			e.must(e.admin, "GET", "/trellis/v1/explain?source="+app+c.query, "", 200, &x)
+			if x.Allowed != c.allowed || !strings.HasPrefix(x.Reason, c.want) {
+				t.Errorf("explain %s = %v %q, want %v %q", c.query, x.Allowed, x.Reason, c.allowed, c.want)
+			}
+		}
+		e.must(e.admin, "GET", "/trellis/v1/explain?source="+app+"&to=nope&port=1", "", 400, nil)
+		e.must(e.token(ScopeWrite, []string{other}), "GET", "/trellis/v1/explain?source="+app+"&to=203.0.113.10&port=5432", "", 403, nil)
+
 		// Update, unbind, delete.
 		e.must(e.admin, "PATCH", securityGroupsPath+"/"+g.GUID, `{"rules":[{"protocol":"tcp","destination":"203.0.113.10","ports":"0"}]}`, 422, nil)
 		e.must(e.admin, "PATCH", securityGroupsPath+"/"+g.GUID, `{"name":"dns"}`, 422, nil)

@@ -1,10 +1,10 @@
 package launcher
 
 import (
+	"encoding/json"
 	"errors"
 	"os"
 	"path/filepath"
-	"strings"
 	"syscall"
 	"testing"
 )
@@ -28,8 +28,11 @@ func TestEgressFoundation(t *testing.T) {
 	if fd.f.Outside == nil || fd.f.Outside.IP != "203.0.113.10" {
 		t.Fatalf("foundation outside = %+v, want the host 203.0.113.10", fd.f.Outside)
 	}
-	if out := fd.cli(0, "status", "--json"); !strings.Contains(out, `"outside":{"netns":"`+fd.f.Outside.NetNS+`","ip":"203.0.113.10"`) {
-		t.Errorf("status --json does not name the outside host:\n%s", out)
+	var st struct {
+		Outside struct{ NetNS, IP string }
+	}
+	if out := fd.cli(0, "status", "--json"); json.Unmarshal([]byte(out), &st) != nil || st.Outside.NetNS != fd.f.Outside.NetNS || st.Outside.IP != "203.0.113.10" {
+		t.Errorf("status --json does not name the outside host (outside.netns, outside.ip):\n%s", out)
 	}
 	fd.cli(0, "push", "a", "-i", "1")
 	a := fd.instances("a")[0]

@@ -134,6 +134,17 @@ func (u *Underlay) buildOutside(uh *netlink.Handle, br *netlink.Bridge, prefix s
 	if err := oh.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: OutsideIP.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
 		return fmt.Errorf("add %s: %w", OutsideIP, err)
 	}
+	// Its answers leave from OutsideIP, also those of sockets bound to
+	// the wildcard address (a UDP echo): the cells' conntrack matches
+	// replies by address.
+	dev, err := oh.LinkByName(Device)
+	if err != nil {
+		return err
+	}
+	if err := oh.RouteReplace(&netlink.Route{LinkIndex: dev.Attrs().Index, Scope: netlink.SCOPE_LINK, Src: OutsideIP.AsSlice(),
+		Dst: &net.IPNet{IP: Prefix.Addr().AsSlice(), Mask: net.CIDRMask(Prefix.Bits(), 32)}}); err != nil {
+		return fmt.Errorf("route to the underlay from %s: %w", OutsideIP, err)
+	}
 	for _, c := range u.Cells {
 		ch, err := netns.Handle(netns.Path(c.NetNS))
 		if err != nil {
