@@ -106,7 +106,7 @@ var explainCommand = &command{
 		"explain SOURCE_APP --to IP[:PORT] [--port P] [--protocol tcp|udp|icmp]   (egress: security groups)",
 	example: "trellis explain frontend backend --port 8080\ntrellis explain frontend backend --protocol udp --port 53\n" +
 		"trellis explain backend --to 203.0.113.10:5432",
-	config:  true,
+	config: true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		port := fs.String("port", "", "Destination `PORT`")
 		protocol := fs.String("protocol", "tcp", "`PROTOCOL`: tcp or udp")
