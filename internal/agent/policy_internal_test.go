@@ -103,3 +103,18 @@ func TestLoadContainersDropsTornRecords(t *testing.T) {
 		t.Errorf("good.json: %v, %v; want mode 0600", info, err)
 	}
 }
+
+func TestEgressReason(t *testing.T) {
+	for _, c := range []struct {
+		proto string
+		port  uint16
+		want  string
+	}{
+		{"tcp", 5432, "egress: no security group allows tcp to 203.0.113.10:5432 for app backend"},
+		{"icmp", 0, "egress: no security group allows icmp to 203.0.113.10 for app backend"},
+	} {
+		if got := egressReason(c.proto, netip.MustParseAddr("203.0.113.10"), c.port, "backend"); got != c.want {
+			t.Errorf("egressReason(%s, %d) = %q, want %q", c.proto, c.port, got, c.want)
+		}
+	}
+}

@@ -68,6 +68,9 @@ func tcpRule(src, lo, hi string, plo, phi uint16) EgressRule {
 func (l *egressLab) probe(t *testing.T, src, dst, svc string) (outcome, string) {
 	t.Helper()
 	proto, port, _ := strings.Cut(svc, "/")
+	if proto == "icmp" {
+		return ping(t, l.ctr[src].NetNS, dst), ""
+	}
 	to := netip.AddrPortFrom(netip.MustParseAddr(dst), uint16(atoi(t, port)))
 	start := time.Now()
 	var conn net.Conn
@@ -133,6 +136,7 @@ func TestEgress(t *testing.T) {
 			tcpRule("10.255.1.3", "203.0.113.1", "203.0.113.20", 5432, 5432),
 			tcpRule("10.255.1.3", "203.0.113.10", "203.0.113.10", 80, 80), // overlaps the range: kept apart
 			{SrcIP: netip.MustParseAddr("10.255.1.2"), Protocol: "udp", DestStart: netip.MustParseAddr(out), DestEnd: netip.MustParseAddr(out), StartPort: 53, EndPort: 53},
+			{SrcIP: netip.MustParseAddr("10.255.1.2"), Protocol: "icmp", DestStart: netip.MustParseAddr(out), DestEnd: netip.MustParseAddr(out), ICMPType: 8, ICMPCode: -1},
 			// partly overlapping the one above
 			{SrcIP: netip.MustParseAddr("10.255.1.2"), Protocol: "udp", DestStart: netip.MustParseAddr("203.0.113.5"), DestEnd: netip.MustParseAddr("203.0.113.15"), StartPort: 50, EndPort: 52},
 			{SrcIP: netip.MustParseAddr("10.255.1.2"), Protocol: "udp", DestStart: netip.MustParseAddr("203.0.113.8"), DestEnd: netip.MustParseAddr("203.0.113.12"), StartPort: 51, EndPort: 60},
@@ -148,6 +152,8 @@ func TestEgress(t *testing.T) {
 		{"A", out, "tcp/80", [4]outcome{no, ok, ok, no}},
 		{"A", out, "tcp/5432", [4]outcome{no, no, no, no}},
 		{"A", out, "udp/53", [4]outcome{no, no, ok, no}},
+		{"A", out, "icmp/8", [4]outcome{no, no, ok, no}},
+		{"B", out, "icmp/8", [4]outcome{no, no, no, no}},
 		{"B", out, "tcp/80", [4]outcome{no, no, ok, no}},
 		{"B", out, "tcp/5432", [4]outcome{no, no, ok, no}},
 		{"A", cellIP, "tcp/7000", [4]outcome{no, no, no, no}},
@@ -205,4 +211,57 @@ func (l *egressLab) dialOut(t *testing.T, src, dst string, port int) *bufConn {
 		t.Fatalf("%s -> %s tcp/%d: greeting: %v", src, dst, port, err)
 	}
 	return c
+}
+
+// ping sends one ICMP echo request from the namespace ns to dst over a raw
+// socket: an echo reply is "allowed", an ICMP destination unreachable
+// (the cell's admin-prohibited) "refused".
+func ping(t *testing.T, ns, dst string) outcome {
+	t.Helper()
+	var c net.PacketConn
+	inNS(t, ns, func() (err error) {
+		c, err = net.ListenPacket("ip4:icmp", "0.0.0.0")
+		return err
+	})
+	defer c.Close()
+	id := uint16(time.Now().UnixNano())
+	msg := []byte{8, 0, 0, 0, byte(id >> 8), byte(id), 0, 1, 'p', 'i', 'n', 'g'}
+	sum := icmpChecksum(msg)
+	msg[2], msg[3] = byte(sum>>8), byte(sum)
+	if _, err := c.WriteTo(msg, &net.IPAddr{IP: net.ParseIP(dst)}); err != nil {
+		if errors.Is(err, syscall.EPERM) || errors.Is(err, syscall.EHOSTUNREACH) {
+			return no
+		}
+		t.Errorf("ping %s: %v", dst, err)
+		return ""
+	}
+	c.SetReadDeadline(time.Now().Add(probeTimeout))
+	buf := make([]byte, 1500)
+	for {
+		n, _, err := c.ReadFrom(buf)
+		if err != nil {
+			t.Errorf("ping %s: no answer: %v", dst, err)
+			return ""
+		}
+		switch {
+		case n >= 8 && buf[0] == 0 && uint16(buf[4])<<8|uint16(buf[5]) == id:
+			return ok
+		case n >= 8 && buf[0] == 3:
+			return no
+		}
+	}
+}
+
+func icmpChecksum(b []byte) uint16 {
+	var s uint32
+	for i := 0; i+1 < len(b); i += 2 {
+		s += uint32(b[i])<<8 | uint32(b[i+1])
+	}
+	if len(b)%2 == 1 {
+		s += uint32(b[len(b)-1]) << 8
+	}
+	for s>>16 != 0 {
+		s = s&0xffff + s>>16
+	}
+	return ^uint16(s)
 }
