@@ -23,7 +23,9 @@ const (
 	allowLogGroup = 42
 	// egressDenyLogGroup receives refused egress (security groups).
 	egressDenyLogGroup = 43
-	logRate            = 100 // per second per group
+	// egressAllowLogGroup receives egress accepted by rules with log: true.
+	egressAllowLogGroup = 44
+	logRate             = 100 // per second per group
 )
 
 // enforcer keeps the cell's dataplane in step with the desired state and
@@ -113,7 +115,7 @@ func (e *enforcer) egress(st api.CellState) *dataplane.Egress {
 	if !st.Overlay.CIDR.IsValid() {
 		return nil
 	}
-	eg := &dataplane.Egress{Overlay: st.Overlay.CIDR, DenyLogGroup: egressDenyLogGroup, LogRate: logRate}
+	eg := &dataplane.Egress{Overlay: st.Overlay.CIDR, DenyLogGroup: egressDenyLogGroup, AllowLogGroup: egressAllowLogGroup, LogRate: logRate}
 	if st.Cell.UnderlayIP.IsValid() {
 		eg.Guarded = []netip.Addr{st.Cell.UnderlayIP}
 	}
@@ -132,7 +134,7 @@ func (e *enforcer) egress(st api.CellState) *dataplane.Egress {
 	for _, r := range st.Egress {
 		if agreed[r.SrcIP] {
 			eg.Rules = append(eg.Rules, dataplane.EgressRule{SrcIP: r.SrcIP, Protocol: r.Protocol, DestStart: r.DestStart, DestEnd: r.DestEnd,
-				StartPort: r.StartPort, EndPort: r.EndPort, ICMPType: r.ICMPType, ICMPCode: r.ICMPCode})
+				StartPort: r.StartPort, EndPort: r.EndPort, ICMPType: r.ICMPType, ICMPCode: r.ICMPCode, Log: r.Log})
 		}
 	}
 	return eg
@@ -201,7 +203,7 @@ func failedPart(err error) string {
 func (e *enforcer) watchFlows(ctx context.Context) {
 	go e.reportFlows(ctx, e.events)
 	for ctx.Err() == nil {
-		err := flowlog.Listen(ctx, e.dp.NetNS(), []uint16{denyLogGroup, allowLogGroup, egressDenyLogGroup}, func(pk flowlog.Packet) {
+		err := flowlog.Listen(ctx, e.dp.NetNS(), []uint16{denyLogGroup, allowLogGroup, egressDenyLogGroup, egressAllowLogGroup}, func(pk flowlog.Packet) {
 			e.record(e.event(pk))
 		})
 		if err != nil && ctx.Err() == nil {
@@ -229,7 +231,7 @@ func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
 	st := e.state()
 	ev := api.FlowEvent{Time: pk.Time.UTC(), Protocol: pk.Protocol, SrcIP: pk.SrcIP.String(), SrcPort: int(pk.SrcPort),
 		DstIP: pk.DstIP.String(), DstPort: int(pk.DstPort), Verdict: "denied"}
-	if pk.Group == allowLogGroup {
+	if pk.Group == allowLogGroup || pk.Group == egressAllowLogGroup {
 		ev.Verdict = "allowed"
 	}
 	for _, ep := range st.Endpoints {
@@ -254,6 +256,8 @@ func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
 	switch {
 	case pk.Group == egressDenyLogGroup:
 		ev.Reason = egressReason(pk.Protocol, pk.DstIP, pk.DstPort, src)
+	case pk.Group == egressAllowLogGroup:
+		ev.Reason = egressAllowedReason(st.Egress, pk)
 	case ev.Verdict == "allowed":
 		ev.Reason = fmt.Sprintf("allowed: a policy from %s to %s covers %s/%d", nameOr(tagApp, src), dst, ev.Protocol, ev.DstPort)
 	case tag == 0 && ev.SrcAppName != "":
@@ -331,4 +335,18 @@ func egressReason(proto string, dst netip.Addr, port uint16, app string) string 
 		to = netip.AddrPortFrom(dst, port).String()
 	}
 	return fmt.Sprintf("egress: no security group allows %s to %s for app %s", proto, to, app)
+}
+
+// egressAllowedReason names the logged security group rule that allowed
+// the egress packet pk.
+func egressAllowedReason(rules []api.EgressRule, pk flowlog.Packet) string {
+	for _, r := range rules {
+		if !r.Log || r.SrcIP != pk.SrcIP || pk.DstIP.Less(r.DestStart) || r.DestEnd.Less(pk.DstIP) {
+			continue
+		}
+		if r.Protocol == "all" || r.Protocol == pk.Protocol && (r.Protocol == "icmp" || r.StartPort <= pk.DstPort && pk.DstPort <= r.EndPort) {
+			return fmt.Sprintf("egress allowed: rule %d of security group %s covers %s to %s", r.Rule, r.Group, pk.Protocol, pk.DstIP)
+		}
+	}
+	return fmt.Sprintf("egress allowed: a security group covers %s to %s", pk.Protocol, pk.DstIP)
 }

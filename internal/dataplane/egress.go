@@ -25,6 +25,9 @@ const EgressTable = "trellis_egress"
 // LogPrefixEgressDenied prefixes the NFLOG messages of refused egress.
 const LogPrefixEgressDenied = "trellis-egress-deny"
 
+// LogPrefixEgressAllowed prefixes the NFLOG messages of logged egress.
+const LogPrefixEgressAllowed = "trellis-egress-allow"
+
 // ctMarkEgress is set in the conntrack mark of every egress connection the
 // table accepted, so that a revocation finds them.
 const ctMarkEgress = 0x20000
@@ -42,6 +45,10 @@ type Egress struct {
 	// DenyLogGroup is the NFLOG group that receives refused egress
 	// attempts (rate limited as policy logs are); 0 logs nothing.
 	DenyLogGroup uint16
+	// AllowLogGroup is the NFLOG group that receives the first packet of
+	// accepted new connections between a source and a destination that a
+	// rule with Log names (rate limited); 0 logs nothing.
+	AllowLogGroup uint16
 	// LogRate is the log limit per second; 0 means DefaultLogRate.
 	LogRate int
 }
@@ -55,6 +62,9 @@ type EgressRule struct {
 	DestStart, DestEnd netip.Addr
 	StartPort, EndPort uint16
 	ICMPType, ICMPCode int
+	// Log asks for the rule's accepted connections to be logged (see
+	// Egress.AllowLogGroup).
+	Log bool
 }
 
 // String describes the rule for errors and logs:
@@ -95,6 +105,10 @@ type egressPlan struct {
 	guarded []netip.Addr
 	elems   []egressElem
 	logGrp  uint16
+	// allowGrp and logged: accepted new connections from a source to a
+	// destination range in logged are logged to allowGrp.
+	allowGrp uint16
+	logged   []egressElem
 	rate    int
 	sum     string
 }
@@ -164,8 +178,18 @@ func compileEgress(e Egress) (*egressPlan, error) {
 		}
 	}
 	p.elems = disjoint(elems)
+	if e.AllowLogGroup != 0 {
+		p.allowGrp = e.AllowLogGroup
+		var logged []egressElem
+		for _, r := range e.Rules {
+			if r.Log {
+				logged = append(logged, egressElem{src: r.SrcIP, proto: protoAll, dlo: u32(r.DestStart), dhi: u32(r.DestEnd)})
+			}
+		}
+		p.logged = disjoint(logged)
+	}
 	h := sha256.New()
-	fmt.Fprintln(h, p.overlay, p.guarded, p.logGrp, p.rate, p.elems)
+	fmt.Fprintln(h, p.overlay, p.guarded, p.logGrp, p.rate, p.elems, p.allowGrp, p.logged)
 	p.sum = hex.EncodeToString(h.Sum(nil)[:8])
 	return p, nil
 }

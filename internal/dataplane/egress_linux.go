@@ -19,6 +19,8 @@ const (
 	setEgressICMP    = "egress_icmp"
 	setEgressAll     = "egress_all"
 	setEgressGuarded = "guarded"
+	setEgressLogged  = "egress_logged"
+	chainEgressLog   = "egress_accept"
 	chainEgressCheck = "egress_check"
 )
 
@@ -45,6 +47,7 @@ func (d *Dataplane) applyEgress(p *egressPlan) error {
 		setEgressICMP:    {Table: t, Name: setEgressICMP, KeyType: egressICMPType, Concatenation: true, Interval: true},
 		setEgressAll:     {Table: t, Name: setEgressAll, KeyType: egressAllType, Concatenation: true, Interval: true},
 		setEgressGuarded: {Table: t, Name: setEgressGuarded, KeyType: nftables.TypeIPAddr},
+		setEgressLogged:  {Table: t, Name: setEgressLogged, KeyType: egressAllType, Concatenation: true, Interval: true},
 	}
 	elems := map[string][]nftables.SetElement{}
 	for _, e := range p.elems {
@@ -62,10 +65,14 @@ func (d *Dataplane) applyEgress(p *egressPlan) error {
 				KeyEnd: concat(a4(e.src), pad4(e.proto), dhi, port4(e.phi))})
 		}
 	}
+	for _, e := range p.logged {
+		elems[setEgressLogged] = append(elems[setEgressLogged], nftables.SetElement{
+			Key: concat(a4(e.src), a4(addr32(e.dlo))), KeyEnd: concat(a4(e.src), a4(addr32(e.dhi)))})
+	}
 	for _, a := range p.guarded {
 		elems[setEgressGuarded] = append(elems[setEgressGuarded], nftables.SetElement{Key: a4(a)})
 	}
-	for _, name := range []string{setEgressPorts, setEgressICMP, setEgressAll, setEgressGuarded} {
+	for _, name := range []string{setEgressPorts, setEgressICMP, setEgressAll, setEgressGuarded, setEgressLogged} {
 		s := sets[name]
 		if err := c.AddSet(s, nil); err != nil {
 			return fmt.Errorf("add set %s: %w", name, err)
@@ -110,6 +117,20 @@ func (d *Dataplane) applyEgress(p *egressPlan) error {
 		}
 		c.AddRule(&nftables.Rule{Table: t, Chain: ch, Exprs: all})
 	}
+	// egress_accept accepts a new connection a set allowed: it logs it
+	// when a logged rule names its source and destination, and marks it
+	// for revocation.
+	acceptChain := c.AddChain(&nftables.Chain{Name: chainEgressLog, Table: t})
+	if p.allowGrp != 0 {
+		add(acceptChain, []expr.Any{
+			&expr.Payload{DestRegister: reg32(0), Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
+			&expr.Payload{DestRegister: reg32(1), Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
+			lookup(setEgressLogged),
+			&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(p.rate), Unit: expr.LimitTimeSecond, Burst: uint32(p.rate)},
+			&expr.Log{Key: 1<<unix.NFTA_LOG_GROUP | 1<<unix.NFTA_LOG_PREFIX, Group: p.allowGrp, Data: []byte(LogPrefixEgressAllowed)}})
+	}
+	add(acceptChain, markEgress, []expr.Any{accept})
+	toAccept := []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainEgressLog}}
 	check := c.AddChain(&nftables.Chain{Name: chainEgressCheck, Table: t})
 	add(check, []expr.Any{
 		&expr.Ct{Key: expr.CtKeySTATE, Register: reg1},
@@ -121,18 +142,18 @@ func (d *Dataplane) applyEgress(p *egressPlan) error {
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(1)},
 		&expr.Payload{DestRegister: reg32(2), Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Payload{DestRegister: reg32(3), Base: expr.PayloadBaseTransportHeader, Offset: 2, Len: 2},
-		lookup(setEgressPorts)}, markEgress, []expr.Any{accept})
+		lookup(setEgressPorts)}, toAccept)
 	add(check, []expr.Any{
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
 		&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_ICMP}},
 		&expr.Payload{DestRegister: reg32(0), Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 		&expr.Payload{DestRegister: reg32(1), Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Payload{DestRegister: reg32(2), Base: expr.PayloadBaseTransportHeader, Offset: 0, Len: 2},
-		lookup(setEgressICMP)}, markEgress, []expr.Any{accept})
+		lookup(setEgressICMP)}, toAccept)
 	add(check, []expr.Any{
 		&expr.Payload{DestRegister: reg32(0), Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 		&expr.Payload{DestRegister: reg32(1), Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
-		lookup(setEgressAll)}, markEgress, []expr.Any{accept})
+		lookup(setEgressAll)}, toAccept)
 	if p.logGrp != 0 {
 		add(check, []expr.Any{
 			&expr.Limit{Type: expr.LimitTypePkts, Rate: uint64(p.rate), Unit: expr.LimitTimeSecond, Burst: uint32(p.rate)},

@@ -265,3 +265,38 @@ func icmpChecksum(b []byte) uint16 {
 	}
 	return ^uint16(s)
 }
+
+// TestEgressLogs: refused egress is logged to the deny group, and accepted
+// egress of a rule with Log to the allow group; other accepted egress not.
+func TestEgressLogs(t *testing.T) {
+	l := newEgressLab(t)
+	logs := nflogListen(t, l.cell.NetNS, 7, 8)
+	logged := tcpRule("10.255.1.2", "203.0.113.10", "203.0.113.10", 80, 80)
+	logged.Log = true
+	quiet := tcpRule("10.255.1.3", "203.0.113.10", "203.0.113.10", 80, 80)
+	if _, err := l.cell.dp.Set(context.Background(), Desired{Egress: &Egress{Overlay: overlay, Rules: []EgressRule{logged, quiet},
+		DenyLogGroup: 7, AllowLogGroup: 8}}); err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range []struct {
+		src, svc string
+		want     outcome
+	}{{"B", "tcp/80", ok}, {"A", "tcp/80", ok}, {"A", "tcp/5432", no}} {
+		if got, _ := l.probe(t, p.src, "203.0.113.10", p.svc); got != p.want {
+			t.Errorf("%s -> outside %s = %s, want %s", p.src, p.svc, got, p.want)
+		}
+	}
+	var got []string
+	timeout := time.After(5 * time.Second)
+	for len(got) < 2 {
+		select {
+		case m := <-logs:
+			got = append(got, fmt.Sprintf("%d %s", m.group, m.prefix))
+		case <-timeout:
+			t.Fatalf("logged %v, want an allow and a deny", got)
+		}
+	}
+	if want := []string{"8 " + LogPrefixEgressAllowed, "7 " + LogPrefixEgressDenied}; strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Errorf("logged %v, want %v (B's accepted connection is not logged)", got, want)
+	}
+}
