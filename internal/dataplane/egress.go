@@ -109,8 +109,8 @@ type egressPlan struct {
 	// destination range in logged are logged to allowGrp.
 	allowGrp uint16
 	logged   []egressElem
-	rate    int
-	sum     string
+	rate     int
+	sum      string
 }
 
 // protoAll is the egressElem proto of rules for every protocol.
