@@ -209,10 +209,11 @@ var securityGroupsCommand = &command{
 	name:    "security-groups",
 	group:   groupPolicies,
 	summary: "List the application security groups and where they are bound",
-	usage:   "security-groups",
-	example: "trellis security-groups",
+	usage:   "security-groups [--json]",
+	example: "trellis security-groups\ntrellis security-groups --json",
 	config:  true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		asJSON := fs.Bool("json", false, "Print JSON")
 		return func(ctx context.Context, args []string) error {
 			if err := wantArgs(args); err != nil {
 				return err
@@ -220,6 +221,16 @@ var securityGroupsCommand = &command{
 			s, err := e.session()
 			if err != nil {
 				return err
+			}
+			if *asJSON {
+				gs, err := s.client.SecurityGroups(ctx, api.SecurityGroupFilter{})
+				if err != nil {
+					return err
+				}
+				if gs == nil {
+					gs = []api.SecurityGroup{}
+				}
+				return e.printJSON(gs)
 			}
 			s.printf("Getting security groups as %s...\n", s.user())
 			gs, err := s.client.SecurityGroups(ctx, api.SecurityGroupFilter{})
@@ -246,10 +257,11 @@ var securityGroupCommand = &command{
 	name:    "security-group",
 	group:   groupPolicies,
 	summary: "Show an application security group's rules and bindings",
-	usage:   "security-group SECURITY_GROUP",
+	usage:   "security-group SECURITY_GROUP [--json]",
 	example: "trellis security-group db",
 	config:  true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
+		asJSON := fs.Bool("json", false, "Print JSON")
 		return func(ctx context.Context, args []string) error {
 			if err := wantArgs(args, "SECURITY_GROUP"); err != nil {
 				return err
@@ -257,6 +269,13 @@ var securityGroupCommand = &command{
 			s, err := e.session()
 			if err != nil {
 				return err
+			}
+			if *asJSON {
+				g, err := s.securityGroup(ctx, args[0])
+				if err != nil {
+					return err
+				}
+				return e.printJSON(g)
 			}
 			s.printf("Getting info for security group %s as %s...\n\n", args[0], s.user())
 			g, err := s.securityGroup(ctx, args[0])

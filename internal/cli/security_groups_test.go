@@ -56,6 +56,8 @@ func TestSecurityGroupVerbs(t *testing.T) {
 		{"bind-security-group db default --lifecycle sideways", 2, []string{"--lifecycle must be running or staging"}},
 		{"bind-running-security-group dns", 0, []string{"Binding security group dns to defaults for running as admin...", "OK"}},
 		{"running-security-groups", 0, []string{"name", "dns"}},
+		{"security-groups --json", 0, []string{`"name": "db"`, `"name": "dns"`}},
+		{"security-group dns --json", 0, []string{`"running": true`}},
 		{"security-groups", 0, []string{"name   organization   space     lifecycle", "db     default        default   running", "dns    <all>          <all>     running"}},
 		{"security-group db", 0, []string{"name:    db", `"destination": "203.0.113.10"`, "organization   space     lifecycle", "default        default   running"}},
 		{"create-app backend", 0, []string{"OK"}},
