@@ -21,7 +21,11 @@ import (
 const (
 	denyLogGroup  = 41
 	allowLogGroup = 42
-	logRate       = 100 // per second per group
+	// egressDenyLogGroup receives refused egress (security groups).
+	egressDenyLogGroup = 43
+	// egressAllowLogGroup receives egress accepted by rules with log: true.
+	egressAllowLogGroup = 44
+	logRate             = 100 // per second per group
 )
 
 // enforcer keeps the cell's dataplane in step with the desired state and
@@ -104,6 +108,38 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 	return p
 }
 
+// egress computes the cell's egress state from st: the rules of the
+// attached instances that the controller and this agent agree on (as for
+// allows), default deny for the rest; nil while st names no overlay.
+func (e *enforcer) egress(st api.CellState) *dataplane.Egress {
+	if !st.Overlay.CIDR.IsValid() {
+		return nil
+	}
+	eg := &dataplane.Egress{Overlay: st.Overlay.CIDR, DenyLogGroup: egressDenyLogGroup, AllowLogGroup: egressAllowLogGroup, LogRate: logRate}
+	if st.Cell.UnderlayIP.IsValid() {
+		eg.Guarded = []netip.Addr{st.Cell.UnderlayIP}
+	}
+	owner := map[netip.Addr]string{}
+	for _, rec := range e.containers.list() {
+		if !rec.Deleting {
+			owner[rec.IP] = rec.Identity.InstanceGUID
+		}
+	}
+	agreed := map[netip.Addr]bool{}
+	for _, ep := range st.Endpoints {
+		if ep.CellGUID == st.Cell.GUID && owner[ep.IP] == ep.Instance {
+			agreed[ep.IP] = true
+		}
+	}
+	for _, r := range st.Egress {
+		if agreed[r.SrcIP] {
+			eg.Rules = append(eg.Rules, dataplane.EgressRule{SrcIP: r.SrcIP, Protocol: r.Protocol, DestStart: r.DestStart, DestEnd: r.DestEnd,
+				StartPort: r.StartPort, EndPort: r.EndPort, ICMPType: r.ICMPType, ICMPCode: r.ICMPCode, Log: r.Log})
+		}
+	}
+	return eg
+}
+
 // apply makes the dataplane hold st: overlay, if not nil, then the policy
 // for st and the attached containers; then it cuts established flows that
 // the policy no longer allows. A state of the revision already applied is a
@@ -125,7 +161,7 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState, overlay *datapla
 	} else if p.Enforce {
 		e.warned = false
 	}
-	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p,
+	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p, Egress: e.egress(st),
 		Verify: e.last != nil && st.Revision == e.last.Revision})
 	if err != nil {
 		if failedPart(err) == "policy" {
@@ -138,6 +174,9 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState, overlay *datapla
 		e.applySeconds.Observe(ch.PolicyTook.Seconds())
 	}
 	e.applied.Set(float64(st.Revision))
+	if ch.EgressCut > 0 {
+		e.log.Info("cut established egress connections the security groups no longer allow", "flows", ch.EgressCut, "revision", st.Revision)
+	}
 	if ch.Revoked {
 		// Established connections that the policy no longer allows are cut,
 		// as a user revoking access expects.
@@ -164,7 +203,7 @@ func failedPart(err error) string {
 func (e *enforcer) watchFlows(ctx context.Context) {
 	go e.reportFlows(ctx, e.events)
 	for ctx.Err() == nil {
-		err := flowlog.Listen(ctx, e.dp.NetNS(), []uint16{denyLogGroup, allowLogGroup}, func(pk flowlog.Packet) {
+		err := flowlog.Listen(ctx, e.dp.NetNS(), []uint16{denyLogGroup, allowLogGroup, egressDenyLogGroup, egressAllowLogGroup}, func(pk flowlog.Packet) {
 			e.record(e.event(pk))
 		})
 		if err != nil && ctx.Err() == nil {
@@ -192,7 +231,7 @@ func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
 	st := e.state()
 	ev := api.FlowEvent{Time: pk.Time.UTC(), Protocol: pk.Protocol, SrcIP: pk.SrcIP.String(), SrcPort: int(pk.SrcPort),
 		DstIP: pk.DstIP.String(), DstPort: int(pk.DstPort), Verdict: "denied"}
-	if pk.Group == allowLogGroup {
+	if pk.Group == allowLogGroup || pk.Group == egressAllowLogGroup {
 		ev.Verdict = "allowed"
 	}
 	for _, ep := range st.Endpoints {
@@ -215,6 +254,10 @@ func (e *enforcer) event(pk flowlog.Packet) api.FlowEvent {
 	}
 	src, dst := nameOr(ev.SrcAppName, ev.SrcIP), nameOr(ev.DstAppName, ev.DstIP)
 	switch {
+	case pk.Group == egressDenyLogGroup:
+		ev.Reason = egressReason(pk.Protocol, pk.DstIP, pk.DstPort, src)
+	case pk.Group == egressAllowLogGroup:
+		ev.Reason = egressAllowedReason(st.Egress, pk)
 	case ev.Verdict == "allowed":
 		ev.Reason = fmt.Sprintf("allowed: a policy from %s to %s covers %s/%d", nameOr(tagApp, src), dst, ev.Protocol, ev.DstPort)
 	case tag == 0 && ev.SrcAppName != "":
@@ -282,4 +325,28 @@ func (e *enforcer) reportFlows(ctx context.Context, events <-chan api.FlowEvent)
 		}
 		batch, suppressed = batch[:0], 0
 	}
+}
+
+// egressReason says why egress was refused, as the flow log shows it:
+// "egress: no security group allows tcp to 203.0.113.10:5432 for app backend".
+func egressReason(proto string, dst netip.Addr, port uint16, app string) string {
+	to := dst.String()
+	if port != 0 {
+		to = netip.AddrPortFrom(dst, port).String()
+	}
+	return fmt.Sprintf("egress: no security group allows %s to %s for app %s", proto, to, app)
+}
+
+// egressAllowedReason names the logged security group rule that allowed
+// the egress packet pk.
+func egressAllowedReason(rules []api.EgressRule, pk flowlog.Packet) string {
+	for _, r := range rules {
+		if !r.Log || r.SrcIP != pk.SrcIP || pk.DstIP.Less(r.DestStart) || r.DestEnd.Less(pk.DstIP) {
+			continue
+		}
+		if r.Protocol == "all" || r.Protocol == pk.Protocol && (r.Protocol == "icmp" || r.StartPort <= pk.DstPort && pk.DstPort <= r.EndPort) {
+			return fmt.Sprintf("egress allowed: rule %d of security group %s covers %s to %s", r.Rule, r.Group, pk.Protocol, pk.DstIP)
+		}
+	}
+	return fmt.Sprintf("egress allowed: a security group covers %s to %s", pk.Protocol, pk.DstIP)
 }

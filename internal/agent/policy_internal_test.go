@@ -12,6 +12,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
+	"github.com/trellis-c2c/trellis/internal/flowlog"
 )
 
 // TestPolicyAddressReuse: an allow reaches the kernel only while the
@@ -101,5 +102,36 @@ func TestLoadContainersDropsTornRecords(t *testing.T) {
 	}
 	if info, err := os.Stat(filepath.Join(dir, "good.json")); err != nil || info.Mode().Perm() != 0o600 {
 		t.Errorf("good.json: %v, %v; want mode 0600", info, err)
+	}
+}
+
+func TestEgressReason(t *testing.T) {
+	for _, c := range []struct {
+		proto string
+		port  uint16
+		want  string
+	}{
+		{"tcp", 5432, "egress: no security group allows tcp to 203.0.113.10:5432 for app backend"},
+		{"icmp", 0, "egress: no security group allows icmp to 203.0.113.10 for app backend"},
+	} {
+		if got := egressReason(c.proto, netip.MustParseAddr("203.0.113.10"), c.port, "backend"); got != c.want {
+			t.Errorf("egressReason(%s, %d) = %q, want %q", c.proto, c.port, got, c.want)
+		}
+	}
+}
+
+func TestEgressAllowedReason(t *testing.T) {
+	ip := netip.MustParseAddr
+	rules := []api.EgressRule{
+		{SrcIP: ip("10.255.1.2"), Protocol: "tcp", DestStart: ip("203.0.113.10"), DestEnd: ip("203.0.113.10"), StartPort: 80, EndPort: 80, Group: "quiet"},
+		{SrcIP: ip("10.255.1.2"), Protocol: "tcp", DestStart: ip("203.0.113.0"), DestEnd: ip("203.0.113.255"), StartPort: 1, EndPort: 1000, Log: true, Group: "web", Rule: 2},
+	}
+	pk := flowlog.Packet{Protocol: "tcp", SrcIP: ip("10.255.1.2"), DstIP: ip("203.0.113.10"), DstPort: 80}
+	if got, want := egressAllowedReason(rules, pk), "egress allowed: rule 2 of security group web covers tcp to 203.0.113.10"; got != want {
+		t.Errorf("egressAllowedReason = %q, want %q", got, want)
+	}
+	pk.DstPort = 2000
+	if got := egressAllowedReason(rules, pk); !strings.HasPrefix(got, "egress allowed: a security group") {
+		t.Errorf("egressAllowedReason(no logged rule matches) = %q", got)
 	}
 }

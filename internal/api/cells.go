@@ -84,6 +84,9 @@ type CellState struct {
 	// request, renew and serve instance certificates (port 61443).
 	InstanceCA InstanceCA `json:"instance_ca"`
 	LocalApps  []LocalApp `json:"local_apps"`
+	// Egress are the egress tuples the security groups allow this cell's
+	// attached instances (default deny; see EgressRule), in a stable order.
+	Egress []EgressRule `json:"egress"`
 }
 
 // RouteEntry is an internal route: Host.Domain leads to the apps.

@@ -102,16 +102,22 @@ var explainCommand = &command{
 	name:    "explain",
 	group:   groupPolicies,
 	summary: "Say whether one app may connect to another on a port, and by which policy",
-	usage:   "explain SOURCE_APP DESTINATION_APP --port P [--protocol tcp|udp] [-s DEST_SPACE [-o DEST_ORG]]",
-	example: "trellis explain frontend backend --port 8080\ntrellis explain frontend backend --protocol udp --port 53",
-	config:  true,
+	usage: "explain SOURCE_APP DESTINATION_APP --port P [--protocol tcp|udp] [-s DEST_SPACE [-o DEST_ORG]]\n" +
+		"explain SOURCE_APP --to IP[:PORT] [--port P] [--protocol tcp|udp|icmp]   (egress: security groups)",
+	example: "trellis explain frontend backend --port 8080\ntrellis explain frontend backend --protocol udp --port 53\n" +
+		"trellis explain backend --to 203.0.113.10:5432",
+	config: true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		port := fs.String("port", "", "Destination `PORT`")
 		protocol := fs.String("protocol", "tcp", "`PROTOCOL`: tcp or udp")
 		space := fs.String("s", "", "The destination app's `SPACE` (default: the target)")
 		org := fs.String("o", "", "The destination app's `ORG` (default: the target)")
 		asJSON := fs.Bool("json", false, "Print JSON")
+		to := fs.String("to", "", "Explain egress to `IP` or IP:PORT outside the overlay (security groups)")
 		return func(ctx context.Context, args []string) error {
+			if *to != "" {
+				return e.explainEgress(ctx, args, *to, *port, *protocol, *asJSON)
+			}
 			if len(args) != 2 {
 				return badUsage("explain needs SOURCE_APP and DESTINATION_APP")
 			}

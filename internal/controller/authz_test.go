@@ -651,7 +651,41 @@ func authzRows() []authzRow {
 				u := f.e.createUser(fmt.Sprintf("fresh-%d", f.next()), false, t.space)
 				return authzReq{method: "PUT", path: "/trellis/v1/users/" + u.GUID + "/password", body: `{"password":"another-password"}`}
 			}, want: userWant(204, 404, 404), changes: admin},
+		// Application security groups (issue 17): the admin writes; a
+		// write token sees the groups bound to its spaces.
+		{pattern: "GET /v3/security_groups", req: get("/v3/security_groups"), want: userWant(200, 200, 200)},
+		{pattern: "POST /v3/security_groups", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "POST", path: "/v3/security_groups", body: fmt.Sprintf(`{"name":"asg-%d","rules":[{"protocol":"tcp","destination":"203.0.113.10","ports":"80"}],"relationships":{"running_spaces":{"data":[{"guid":%q}]}}}`, f.next(), t.space)}
+			}, want: adminWant(201), changes: admin},
+		{pattern: "GET /v3/security_groups/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/v3/security_groups/" + f.freshGroup(t)}
+			}, want: userWant(200, 200, 404)},
+		{pattern: "PATCH /v3/security_groups/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "PATCH", path: "/v3/security_groups/" + f.freshGroup(t), body: `{"rules":[{"protocol":"all","destination":"203.0.113.0/24"}]}`}
+			}, want: adminWant(200), changes: admin},
+		{pattern: "DELETE /v3/security_groups/{guid}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "DELETE", path: "/v3/security_groups/" + f.freshGroup(t)}
+			}, want: adminWant(202), changes: admin},
+		{pattern: "POST /v3/security_groups/{guid}/relationships/{lifecycle}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "POST", path: "/v3/security_groups/" + f.freshGroup(o) + "/relationships/running_spaces", body: fmt.Sprintf(`{"data":[{"guid":%q}]}`, t.space)}
+			}, want: adminWant(200), changes: admin},
+		{pattern: "DELETE /v3/security_groups/{guid}/relationships/{lifecycle}/{space}", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "DELETE", path: "/v3/security_groups/" + f.freshGroup(t) + "/relationships/running_spaces/" + t.space}
+			}, want: adminWant(204), changes: admin},
 	}
+}
+
+// freshGroup creates a security group bound to sp for running.
+func (f *authzFixtures) freshGroup(sp *authzSpace) string {
+	var g api.SecurityGroup
+	f.e.must(f.e.admin, "POST", "/v3/security_groups", fmt.Sprintf(`{"name":"fresh-asg-%d","rules":[{"protocol":"tcp","destination":"203.0.113.10","ports":"443"}],"relationships":{"running_spaces":{"data":[{"guid":%q}]}}}`, f.next(), sp.space), 201, &g)
+	return g.GUID
 }
 
 // TestAuthorization is issue 14's authorization table: every endpoint the

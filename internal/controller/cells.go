@@ -264,6 +264,7 @@ func (s *Server) compileInput(ctx context.Context, snap store.Snapshot) (*policy
 		Domains:    policyDomains(snap.Domains),
 		Routes:     policyRoutes(snap.Routes),
 	}
+	in.SecurityGroups = s.policySecurityGroups(snap.SecurityGroups)
 	return in, nil
 }
 

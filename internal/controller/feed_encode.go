@@ -59,6 +59,8 @@ func (e *stateEncoder) encode(rev int64, st *api.CellState) (*feedEntry, error) 
 	w.value(st.InstanceCA)
 	w.lit(`,"local_apps":`)
 	w.value(st.LocalApps)
+	w.lit(`,"egress":`)
+	w.value(st.Egress)
 	w.lit(`}`)
 	if w.err != nil {
 		return nil, w.err

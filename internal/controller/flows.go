@@ -154,6 +154,10 @@ func (s *Server) writeFlows(w http.ResponseWriter, r *http.Request, fs []store.F
 // explain answers GET /trellis/v1/explain?source=&destination=&protocol=&port=.
 func (s *Server) explain(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
+	if q.Has("to") { // egress: security groups (security_groups.go)
+		s.explainEgress(w, r)
+		return
+	}
 	proto := q.Get("protocol")
 	if proto == "" {
 		proto = policy.TCP

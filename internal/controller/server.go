@@ -156,6 +156,8 @@ func (s *Server) routes() {
 
 	// The cf CLI's way in: root document, UAA-style tokens, users (uaa.go).
 	s.uaaRoutes()
+
+	s.securityGroupRoutes()
 }
 
 // handle registers h for pattern on the mux and records the pattern: every

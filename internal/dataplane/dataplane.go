@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"sync"
 	"time"
@@ -33,6 +34,8 @@ type Dataplane struct {
 	// updates and replaces count how Set applied policy changes: as
 	// differences of set elements, or by replacing the table. For tests.
 	updates, replaces int
+	// egress is the egress plan last applied (nil: none since New).
+	egress *egressPlan
 }
 
 // New returns the dataplane of the cell whose network namespace is at
@@ -63,6 +66,8 @@ type Desired struct {
 	Overlay *Overlay
 	// Policy is what the cell enforces.
 	Policy *Policy
+	// Egress is what the cell's instances may reach outside the overlay.
+	Egress *Egress
 	// Verify makes Set read the policy table back in full and repair
 	// whatever differs from Policy, instead of trusting the fingerprint the
 	// table holds: the periodic resync's check for changes made behind
@@ -90,6 +95,11 @@ type Changes struct {
 	// turned on, or this is the first policy enforced since New. The
 	// caller cuts those connections with CutDisallowed.
 	Revoked bool
+	// Egress reports whether the egress table changed, and EgressCut how
+	// many established egress connections the change cut (those it no
+	// longer allows; Set cuts them itself).
+	Egress    bool
+	EgressCut int
 }
 
 // SetError is Set's error: the part of Desired ("overlay" or "policy")
@@ -132,7 +142,44 @@ func (d *Dataplane) Set(ctx context.Context, want Desired) (Changes, error) {
 			return ch, &SetError{"policy", err}
 		}
 	}
+	if e := want.Egress; e != nil {
+		if err := d.setEgress(*e, want.Revision, &ch); err != nil {
+			return ch, &SetError{"egress", err}
+		}
+	}
 	return ch, nil
+}
+
+// setEgress is Set's egress part: it replaces the egress table when the
+// plan differs from the last one applied, then cuts the established
+// connections the new plan no longer allows.
+func (d *Dataplane) setEgress(e Egress, rev int64, ch *Changes) error {
+	plan, err := compileEgress(e)
+	if err != nil {
+		return err
+	}
+	if d.egress != nil && d.egress.sum == plan.sum {
+		return nil
+	}
+	if !d.strict {
+		if err := d.makeConntrackStrict(); err != nil {
+			return err
+		}
+		d.strict = true
+	}
+	start := time.Now()
+	if err := d.applyEgress(plan); err != nil {
+		return fmt.Errorf("set egress in %s: %w", d.ns, err)
+	}
+	ch.Egress = true
+	d.egress = plan
+	n, err := d.cutEgress(plan)
+	ch.EgressCut = n
+	if err != nil {
+		return err
+	}
+	d.log.Debug("egress applied", "revision", rev, "rules", len(e.Rules), "cut", n, "took", time.Since(start))
+	return nil
 }
 
 // setPolicy is Set's policy part.

@@ -84,7 +84,7 @@ func peersOf(cells ...nsCell) []Peer {
 
 // meshed makes an underlay with n cells and converges every cell's overlay
 // with all the others (each given the full list, itself included).
-func meshed(t *testing.T, n int) (*dataplanetest.Underlay, []nsCell) {
+func meshed(t testing.TB, n int) (*dataplanetest.Underlay, []nsCell) {
 	t.Helper()
 	u := dataplanetest.NewUnderlay(t, n)
 	var cells []nsCell
@@ -105,7 +105,7 @@ func meshed(t *testing.T, n int) (*dataplanetest.Underlay, []nsCell) {
 }
 
 // addContainerNS creates a container namespace on the cell and wires it in.
-func addContainerNS(t *testing.T, cell nsCell, name, ip string) Container {
+func addContainerNS(t testing.TB, cell nsCell, name, ip string) Container {
 	t.Helper()
 	c := Container{
 		HostNS: cell.NetNS,
@@ -139,14 +139,14 @@ func addContainerNS(t *testing.T, cell nsCell, name, ip string) Container {
 }
 
 // inNS runs fn in the namespace at path (to open a socket there).
-func inNS(t *testing.T, path string, fn func() error) {
+func inNS(t testing.TB, path string, fn func() error) {
 	t.Helper()
 	if err := netns.Do(path, fn); err != nil {
 		t.Fatal(err)
 	}
 }
 
-func listenTCP(t *testing.T, c Container, port int) net.Listener {
+func listenTCP(t testing.TB, c Container, port int) net.Listener {
 	t.Helper()
 	var l net.Listener
 	inNS(t, c.NetNS, func() (err error) {

@@ -44,3 +44,10 @@ func DelContainer(c Container) error { return errors.ErrUnsupported }
 
 // CheckContainer needs Linux.
 func CheckContainer(c Container) error { return errors.ErrUnsupported }
+
+func (d *Dataplane) applyEgress(p *egressPlan) error { return errors.ErrUnsupported }
+
+func (d *Dataplane) cutEgress(p *egressPlan) (int, error) { return 0, errors.ErrUnsupported }
+
+// TeardownEgress is not supported on this system.
+func (d *Dataplane) TeardownEgress() error { return errors.ErrUnsupported }

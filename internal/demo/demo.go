@@ -237,6 +237,36 @@ func (d *demo) story(ctx context.Context) error {
 	if _, err := d.run(ctx, "explain", "frontend", "backend", "--port", "9000"); err != nil {
 		return d.fail("explain", err)
 	}
+
+	d.title("egress: the outside host 203.0.113.10 is out of reach until a security group allows it")
+	outside := "http://203.0.113.10/"
+	if _, err := d.run(ctx, "exec", "frontend", "--", "curl", "-sS", "-m", "3", "-o", "/dev/null", outside); err == nil {
+		return d.fail("default deny egress", errors.New("frontend reached the outside host without a security group"))
+	}
+	if _, err := d.run(ctx, "create-security-group", "web", `[{"protocol":"tcp","destination":"203.0.113.10","ports":"80"}]`); err != nil {
+		return d.fail("create-security-group", err)
+	}
+	egressProbe := d.probe(ctx, frontendNS, netip.MustParseAddrPort("203.0.113.10:80"))
+	t1 := time.Now()
+	if _, err := d.run(ctx, "bind-security-group", "web", "default", "--space", "default"); err != nil {
+		return d.fail("bind-security-group", err)
+	}
+	select {
+	case at := <-egressProbe:
+		d.say("from the bind command to frontend's first connection out: %.1f ms (probing every 2 ms)", float64(at.Sub(t1).Microseconds())/1000)
+	case <-time.After(10 * time.Second):
+		return d.fail("egress propagation", errors.New("frontend could not connect out 10 s after the bind"))
+	}
+	if err := d.retry(ctx, 10*time.Second, func() error {
+		_, err := d.runQuiet(ctx, "exec", "frontend", "--", "curl", "-sS", "-m", "3", "-o", "/dev/null", outside)
+		return err
+	}); err != nil {
+		return d.fail("egress after the security group", err)
+	}
+	d.say("frontend now reaches the outside host, masqueraded to cell1's underlay address %s", cell1.UnderlayIP)
+	if _, err := d.run(ctx, "explain", "frontend", "--to", "203.0.113.10:80"); err != nil {
+		return d.fail("explain --to", err)
+	}
 	fmt.Fprintf(d.o.Out, "\n== every step behaved as it says (%.1f s)\n", time.Since(d.start).Seconds())
 	return nil
 }

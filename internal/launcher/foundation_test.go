@@ -429,8 +429,8 @@ func TestUpForegroundCtrlC(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ownNamespaces(f.Prefix)) != 2 {
-		t.Errorf("namespaces while up = %v, want underlay and cell1", ownNamespaces(f.Prefix))
+	if len(ownNamespaces(f.Prefix)) != 3 {
+		t.Errorf("namespaces while up = %v, want underlay, cell1 and outside", ownNamespaces(f.Prefix))
 	}
 	cmd.Process.Signal(os.Interrupt)
 	errc := make(chan error, 1)

@@ -24,6 +24,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/cni"
 	"github.com/trellis-c2c/trellis/internal/identity"
+	"github.com/trellis-c2c/trellis/internal/netns"
 	"github.com/trellis-c2c/trellis/internal/underlay"
 )
 
@@ -65,6 +66,18 @@ type Foundation struct {
 	// AdminPassword is the file of the admin user's password
 	// (STATE/admin-password).
 	AdminPassword string `json:"admin_password_file,omitempty"`
+	// Outside is the host outside the overlay that instances may reach
+	// only where a security group allows it.
+	Outside *Outside `json:"outside,omitempty"`
+}
+
+// Outside is the local foundation's outside world: a namespace routed
+// from the underlay, holding IP (203.0.113.10) and running the sample app
+// on tcp/80 and udp/80 and 53 (UDP echo).
+type Outside struct {
+	NetNS string  `json:"netns"`
+	IP    string  `json:"ip"`
+	App   Process `json:"app"`
 }
 
 // Cell is one cell of the foundation.
@@ -204,6 +217,15 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 		f.Cells = append(f.Cells, Cell{Name: c.Name, NetNS: c.NetNS, UnderlayIP: c.IP.String(), StateDir: cd,
 			Socket: filepath.Join(cd, "agent.sock"), CNIConfList: filepath.Join(dir, "cni", c.Name, "10-trellis.conflist")})
 	}
+	if err := f.save(); err != nil {
+		return f, err
+	}
+	step("starting the sample app on the outside host %s (namespace %s)", underlay.OutsideIP, u.Outside)
+	app, err := startIn(netns.Path(u.Outside), []string{"PORT=80"}, o.Exe, filepath.Join(dir, "logs", "outside.log"), "sample-app", "--also-port", "53")
+	if err != nil {
+		return f, err
+	}
+	f.Outside = &Outside{NetNS: u.Outside, IP: underlay.OutsideIP.String(), App: app}
 	if err := f.save(); err != nil {
 		return f, err
 	}
@@ -418,7 +440,21 @@ func freePort() (int, error) {
 
 // start runs the trellis binary with args as a daemon of its own session,
 // logging to logPath, so it outlives the CLI that started it.
+// startIn is start in the network namespace at nsPath, with env added.
+// The child is forked from a thread in that namespace, so it starts there.
+func startIn(nsPath string, env []string, exe, logPath string, args ...string) (p Process, err error) {
+	err = netns.Do(nsPath, func() error {
+		p, err = startEnv(env, exe, logPath, args...)
+		return err
+	})
+	return p, err
+}
+
 func start(exe, logPath string, args ...string) (Process, error) {
+	return startEnv(nil, exe, logPath, args...)
+}
+
+func startEnv(env []string, exe, logPath string, args ...string) (Process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
 		return Process{}, err
@@ -426,7 +462,7 @@ func start(exe, logPath string, args ...string) (Process, error) {
 	defer logf.Close()
 	cmd := exec.Command(exe, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
-	cmd.Env = append(os.Environ(), "TRELLIS_CONFIG=/dev/null")
+	cmd.Env = append(append(os.Environ(), "TRELLIS_CONFIG=/dev/null"), env...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
 	if err := cmd.Start(); err != nil {
 		return Process{}, fmt.Errorf("start trellis %s: %w", args[0], err)

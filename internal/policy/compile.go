@@ -44,6 +44,8 @@ type Snapshot struct {
 	PolicyIDs []int64
 	Domains   []Domain
 	Routes    []Route
+	// SecurityGroups allow egress (see egress.go).
+	SecurityGroups []SecurityGroup
 }
 
 // Space is a space: apps inherit its org.
@@ -149,6 +151,8 @@ type source interface {
 	// shared returns the parts of every cell's state that do not depend
 	// on the cell.
 	shared() *sharedParts
+	// securityGroups returns the application security groups.
+	securityGroups() []SecurityGroup
 }
 
 // sharedParts are the parts of every cell's state that do not depend on
@@ -240,12 +244,13 @@ func computeShared(tags []Tag, instances []Instance, domains []Domain, routes []
 	return x
 }
 
-func (x *Index) header() *Snapshot         { return x.s }
-func (x *Index) cellList() []api.Cell      { return x.s.Cells }
-func (x *Index) app(guid string) *App      { return x.apps[guid] }
-func (x *Index) orgOf(space string) string { return x.orgs[space] }
-func (x *Index) hosts(app string) []string { return x.hostsOf[app] }
-func (x *Index) shared() *sharedParts      { return &x.sharedOf }
+func (x *Index) header() *Snapshot               { return x.s }
+func (x *Index) cellList() []api.Cell            { return x.s.Cells }
+func (x *Index) app(guid string) *App            { return x.apps[guid] }
+func (x *Index) orgOf(space string) string       { return x.orgs[space] }
+func (x *Index) hosts(app string) []string       { return x.hostsOf[app] }
+func (x *Index) shared() *sharedParts            { return &x.sharedOf }
+func (x *Index) securityGroups() []SecurityGroup { return x.s.SecurityGroups }
 func (x *Index) onCell(cell string) iter.Seq[*Instance] {
 	return func(yield func(*Instance) bool) {
 		for _, i := range x.instOn[cell] {
@@ -362,6 +367,7 @@ func compileCell(src source, cell string) (api.CellState, error) {
 		}
 		st.LocalApps = append(st.LocalApps, la)
 	}
+	st.Egress = egress(src, cell)
 	return st, nil
 }
 

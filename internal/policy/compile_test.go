@@ -182,6 +182,7 @@ func TestCompileCell(t *testing.T) {
 			{GUID: "backend", Hosts: []string{"api.apps.internal", "backend.apps.internal"}, RequireClientCert: true, TLSClients: []string{"frontend"}},
 			{GUID: "frontend", Hosts: []string{}, TLSClients: []string{}},
 		},
+		Egress: []api.EgressRule{},
 	}
 	if diff := cmp.Diff(want, got, equateAddrs); diff != "" {
 		t.Errorf("CompileCell(c1) (-want +got):\n%s", diff)

@@ -56,6 +56,7 @@ type Model struct {
 	toApp     map[string][]policyRef // destination app → policies, ordered by id
 	domains   map[string]Domain
 	routes    map[string]*Route
+	groups    []SecurityGroup // replaced whole: their changes rebuild the model
 
 	// Recomputed when dirty: what every cell shares.
 	sharedOf    sharedParts
@@ -77,7 +78,8 @@ func NewModel(s *Snapshot) *Model {
 		instances: make(map[string]*Instance, len(s.Instances)), instOn: map[string][]*Instance{}, instOf: map[string][]*Instance{},
 		tags: make(map[uint16]string, len(s.Tags)), tagOf: make(map[string]uint16, len(s.Tags)),
 		policies: make(map[int64]*Policy, len(s.Policies)), toApp: map[string][]policyRef{},
-		domains: make(map[string]Domain, len(s.Domains)), routes: make(map[string]*Route, len(s.Routes))}
+		domains: make(map[string]Domain, len(s.Domains)), routes: make(map[string]*Route, len(s.Routes)),
+		groups: slices.Clone(s.SecurityGroups)}
 	for _, a := range s.Apps {
 		m.apps[a.GUID] = &a
 	}
@@ -383,12 +385,13 @@ func (m *Model) refresh() {
 // encoding of them.
 func (m *Model) SharedGeneration() uint64 { return m.sharedGen }
 
-func (m *Model) header() *Snapshot         { return &m.hdr }
-func (m *Model) cellList() []api.Cell      { return m.cells }
-func (m *Model) app(guid string) *App      { return m.apps[guid] }
-func (m *Model) orgOf(space string) string { return m.orgs[space] }
-func (m *Model) hosts(app string) []string { return m.hostsOf[app] }
-func (m *Model) shared() *sharedParts      { return &m.sharedOf }
+func (m *Model) header() *Snapshot               { return &m.hdr }
+func (m *Model) cellList() []api.Cell            { return m.cells }
+func (m *Model) app(guid string) *App            { return m.apps[guid] }
+func (m *Model) orgOf(space string) string       { return m.orgs[space] }
+func (m *Model) hosts(app string) []string       { return m.hostsOf[app] }
+func (m *Model) shared() *sharedParts            { return &m.sharedOf }
+func (m *Model) securityGroups() []SecurityGroup { return m.groups }
 func (m *Model) onCell(cell string) iter.Seq[*Instance] {
 	return slices.Values(m.instOn[cell])
 }

@@ -282,6 +282,8 @@ var changeTriggers = []changeTrigger{
 	{table: "routes", keys: []string{"guid"}},
 	{table: "route_destinations", keys: []string{"route_guid", "app_guid"}},
 	{table: "settings", keys: []string{"key"}},
+	{table: "security_groups", keys: []string{"guid"}},
+	{table: "security_group_spaces", keys: []string{"group_guid", "space_guid"}},
 }
 
 // pgRecordChange is the PostgreSQL trigger function every change trigger

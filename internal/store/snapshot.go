@@ -26,6 +26,8 @@ type Snapshot struct {
 	// InstanceCA is the stored instance CA, if HasInstanceCA.
 	InstanceCA    InstanceCA
 	HasInstanceCA bool
+	// SecurityGroups are the application security groups, ordered by name.
+	SecurityGroups []SecurityGroup
 }
 
 // SnapshotFilter narrows a Snapshot to what some cells' states need.
@@ -93,6 +95,9 @@ func (s *Store) snapshot(ctx context.Context, f SnapshotFilter) (Snapshot, error
 		if snap.Policies, snap.PolicyIDs, err = policiesWithIDs(ctx, r, pf, nil); err != nil {
 			return Snapshot{}, err
 		}
+	}
+	if snap.SecurityGroups, err = securityGroups(ctx, r, SecurityGroupFilter{}); err != nil {
+		return Snapshot{}, err
 	}
 	if snap.Settings, err = settings(ctx, r); err != nil {
 		return Snapshot{}, err

@@ -29,10 +29,23 @@ const (
 	Device = "eth0"
 )
 
+// The outside world of the local foundation: a host in the documentation
+// network 203.0.113.0/24, reached from the cells through a router on the
+// underlay. Nothing of the overlay routes to it: instances reach it only
+// through their cell's egress (security groups, masquerade).
+var (
+	OutsidePrefix = netip.MustParsePrefix("203.0.113.0/24")
+	OutsideIP     = netip.MustParseAddr("203.0.113.10")
+	RouterIP      = netip.MustParseAddr("198.51.100.254")
+)
+
 // Underlay is an underlay namespace with cells attached.
 type Underlay struct {
 	NetNS string // namespace name
 	Cells []Cell
+	// Outside is the namespace of the outside host (prefix+"-outside"):
+	// the router at RouterIP on the underlay, holding OutsideIP.
+	Outside string
 }
 
 // Cell is one cell namespace on the underlay.
@@ -88,7 +101,66 @@ func Build(prefix string, n int) (u *Underlay, err error) {
 			return u, fmt.Errorf("attach %s to the underlay: %w", c.Name, err)
 		}
 	}
+	if err := u.buildOutside(uh, br, prefix); err != nil {
+		return u, fmt.Errorf("build the outside host: %w", err)
+	}
 	return u, nil
+}
+
+// buildOutside makes the outside namespace: attached to the bridge at
+// RouterIP, OutsideIP on its loopback, and a route to OutsidePrefix
+// through it in every cell.
+func (u *Underlay) buildOutside(uh *netlink.Handle, br *netlink.Bridge, prefix string) error {
+	u.Outside = prefix + "-outside"
+	if _, err := netns.Create(u.Outside); err != nil {
+		return err
+	}
+	o := Cell{Name: "outside", NetNS: u.Outside, IP: RouterIP, Port: "outside"}
+	if err := attach(uh, br, o); err != nil {
+		return err
+	}
+	oh, err := netns.Handle(netns.Path(u.Outside))
+	if err != nil {
+		return err
+	}
+	defer oh.Close()
+	lo, err := oh.LinkByName("lo")
+	if err != nil {
+		return err
+	}
+	if err := oh.LinkSetUp(lo); err != nil {
+		return err
+	}
+	if err := oh.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: OutsideIP.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		return fmt.Errorf("add %s: %w", OutsideIP, err)
+	}
+	// Its answers leave from OutsideIP, also those of sockets bound to
+	// the wildcard address (a UDP echo): the cells' conntrack matches
+	// replies by address.
+	dev, err := oh.LinkByName(Device)
+	if err != nil {
+		return err
+	}
+	if err := oh.RouteReplace(&netlink.Route{LinkIndex: dev.Attrs().Index, Scope: netlink.SCOPE_LINK, Src: OutsideIP.AsSlice(),
+		Dst: &net.IPNet{IP: Prefix.Addr().AsSlice(), Mask: net.CIDRMask(Prefix.Bits(), 32)}}); err != nil {
+		return fmt.Errorf("route to the underlay from %s: %w", OutsideIP, err)
+	}
+	for _, c := range u.Cells {
+		ch, err := netns.Handle(netns.Path(c.NetNS))
+		if err != nil {
+			return err
+		}
+		dev, err := ch.LinkByName(Device)
+		if err == nil {
+			err = ch.RouteAdd(&netlink.Route{LinkIndex: dev.Attrs().Index, Gw: RouterIP.AsSlice(),
+				Dst: &net.IPNet{IP: OutsidePrefix.Addr().AsSlice(), Mask: net.CIDRMask(OutsidePrefix.Bits(), 32)}})
+		}
+		ch.Close()
+		if err != nil {
+			return fmt.Errorf("route to %s in %s: %w", OutsidePrefix, c.NetNS, err)
+		}
+	}
+	return nil
 }
 
 func attach(uh *netlink.Handle, br *netlink.Bridge, c Cell) error {
@@ -131,6 +203,9 @@ func (u *Underlay) Destroy() error {
 	var errs []error
 	for _, c := range u.Cells {
 		errs = append(errs, netns.Delete(c.NetNS))
+	}
+	if u.Outside != "" {
+		errs = append(errs, netns.Delete(u.Outside))
 	}
 	errs = append(errs, netns.Delete(u.NetNS))
 	return errors.Join(errs...)

@@ -228,3 +228,53 @@ func attach(uh *netlink.Handle, br *netlink.Bridge, c Cell) error {
 	}
 	return nil
 }
+
+// Outside is a host outside the overlay: a namespace on the underlay
+// bridge at RouterIP that also holds IP (from the documentation range
+// 203.0.113.0/24), routed to from every cell through RouterIP.
+type Outside struct {
+	NetNS    string
+	IP       netip.Addr
+	RouterIP netip.Addr
+}
+
+// OutsidePrefix is the network outside hosts live in.
+var OutsidePrefix = netip.MustParsePrefix("203.0.113.0/24")
+
+// AddOutside makes the outside namespace of u, attached to its bridge at
+// 198.51.100.254 and holding 203.0.113.10, and gives every cell of u a
+// route to 203.0.113.0/24 through it. Everything goes with the test.
+func (u *Underlay) AddOutside(t testing.TB) Outside {
+	t.Helper()
+	o := Outside{NetNS: Namespace(t, "outside"), IP: netip.MustParseAddr("203.0.113.10"), RouterIP: netip.MustParseAddr("198.51.100.254")}
+	uh := Handle(t, u.NetNS)
+	br, err := uh.LinkByName(u.Bridge)
+	if err != nil {
+		t.Fatalf("bridge %s: %v", u.Bridge, err)
+	}
+	c := Cell{Name: "outside", Device: "eth0", IP: o.RouterIP, Port: "outside", NetNS: o.NetNS}
+	if err := attach(uh, br.(*netlink.Bridge), c); err != nil {
+		t.Fatalf("attach the outside host: %v", err)
+	}
+	oh := Handle(t, o.NetNS)
+	lo, err := oh.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := oh.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: o.IP.AsSlice(), Mask: net.CIDRMask(32, 32)}}); err != nil {
+		t.Fatalf("add %s to the outside host: %v", o.IP, err)
+	}
+	for _, cell := range u.Cells {
+		ch := Handle(t, cell.NetNS)
+		dev, err := ch.LinkByName(cell.Device)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &netlink.Route{LinkIndex: dev.Attrs().Index, Dst: &net.IPNet{IP: OutsidePrefix.Addr().AsSlice(), Mask: net.CIDRMask(OutsidePrefix.Bits(), 32)},
+			Gw: o.RouterIP.AsSlice()}
+		if err := ch.RouteAdd(r); err != nil {
+			t.Fatalf("route to %s in %s: %v", OutsidePrefix, cell.NetNS, err)
+		}
+	}
+	return o
+}
