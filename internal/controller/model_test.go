@@ -284,11 +284,19 @@ func (w *walk) step() string {
 			st.DeleteRoute(ctx, rt.GUID)
 			return "delete route " + rt.Host
 		}
-	case op < 98:
+	case op < 96:
 		if a, ok := pick(w, w.apps()); ok {
 			st.SetAppRequireClientCert(ctx, a.GUID, w.rnd.IntN(2) == 0)
 			return "require client cert " + a.Name
 		}
+	case op < 98:
+		// A security group change rebuilds the model (its change
+		// triggers must record it, or the model falls behind).
+		if w.noSettings {
+			return "nothing"
+		}
+		w.settings++
+		return w.securityGroupStep()
 	default:
 		if w.noSettings {
 			return "nothing"
@@ -298,6 +306,37 @@ func (w *walk) step() string {
 		return "set enforcement"
 	}
 	return "nothing"
+}
+
+// securityGroupStep creates a group bound to a space (or globally),
+// binds or unbinds one, or deletes one.
+func (w *walk) securityGroupStep() string {
+	ctx, st := w.ctx, w.st
+	groups, _ := st.SecurityGroups(ctx, store.SecurityGroupFilter{})
+	spaces, _ := st.Spaces(ctx, store.SpaceFilter{})
+	sp, _ := pick(w, spaces)
+	g, ok := pick(w, groups)
+	switch op := w.rnd.IntN(4); {
+	case op == 0 || !ok:
+		ng := store.SecurityGroup{Name: w.name("asg"), GlobalRunning: w.rnd.IntN(3) == 0,
+			Rules: []api.SecurityGroupRule{{Protocol: "tcp", Destination: fmt.Sprintf("203.0.113.%d", 1+w.rnd.IntN(200)), Ports: "443"}}}
+		if !ng.GlobalRunning {
+			ng.RunningSpaces = []string{sp.GUID}
+		}
+		if _, err := st.CreateSecurityGroup(ctx, ng); err != nil {
+			w.t.Fatal(err)
+		}
+		return "create security group " + ng.Name
+	case op == 1:
+		st.BindSecurityGroup(ctx, g.GUID, store.Running, []string{sp.GUID})
+		return "bind security group " + g.Name
+	case op == 2 && len(g.RunningSpaces) > 0:
+		st.UnbindSecurityGroup(ctx, g.GUID, store.Running, g.RunningSpaces[0])
+		return "unbind security group " + g.Name
+	default:
+		st.DeleteSecurityGroup(ctx, g.GUID)
+		return "delete security group " + g.Name
+	}
 }
 
 // check brings the feed to the store's revision and compares every cell's
