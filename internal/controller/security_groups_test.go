@@ -67,6 +67,23 @@ func TestSecurityGroupsAPI(t *testing.T) {
 				t.Errorf("GET %s%s = %s, want %s", securityGroupsPath, c.query, got, c.want)
 			}
 		}
+		// A space's own lists (cf space): its bindings and the global ones.
+		for _, c := range []struct{ path, want string }{
+			{"/v3/spaces/" + space + "/running_security_groups", "db,dns"},
+			{"/v3/spaces/" + space + "/staging_security_groups", ""},
+			{"/v3/spaces/" + other + "/running_security_groups", "dns"},
+			{"/v3/spaces/" + other + "/staging_security_groups", "hidden"},
+		} {
+			var l api.List[api.SecurityGroup]
+			e.must(e.admin, "GET", c.path, "", 200, &l)
+			var got []string
+			for _, g := range l.Resources {
+				got = append(got, g.Name)
+			}
+			if strings.Join(got, ",") != c.want {
+				t.Errorf("GET %s = %v, want %s", c.path, got, c.want)
+			}
+		}
 		writer := e.token(ScopeWrite, []string{space})
 		e.must(writer, "GET", securityGroupsPath+"/"+hidden.GUID, "", 404, nil)
 		e.must(writer, "POST", securityGroupsPath, `{"name":"mine"}`, 403, nil)

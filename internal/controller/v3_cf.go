@@ -415,11 +415,31 @@ func (s *Server) getSpaceIsolationSegment(w http.ResponseWriter, r *http.Request
 }
 
 // listSpaceSecurityGroups answers a space's running or staging security
-// groups for cf space: none here (the egress work binds them).
+// groups for cf space: the groups bound to it for that lifecycle and
+// those enabled globally for it.
 func (s *Server) listSpaceSecurityGroups(w http.ResponseWriter, r *http.Request) {
-	if _, ok := s.visibleSpace(w, r, r.PathValue("guid")); ok {
-		writeList[struct{}](w, r, nil)
+	sp, ok := s.visibleSpace(w, r, r.PathValue("guid"))
+	if !ok {
+		return
 	}
+	gs, err := s.store.SecurityGroups(r.Context(), store.SecurityGroupFilter{})
+	if err != nil {
+		s.storeError(w, "list security groups", err)
+		return
+	}
+	staging := strings.HasSuffix(r.URL.Path, "/staging_security_groups")
+	p := principalFrom(r.Context())
+	out := []api.SecurityGroup{}
+	for _, g := range gs {
+		global, spaces := g.GlobalRunning, g.RunningSpaces
+		if staging {
+			global, spaces = g.GlobalStaging, g.StagingSpaces
+		}
+		if global || slices.Contains(spaces, sp.GUID) {
+			out = append(out, securityGroupJSON(r, p, g))
+		}
+	}
+	writeJSON(w, http.StatusOK, list(r, out))
 }
 
 // listRoles answers GET /v3/roles from what trellis knows: a network.write
