@@ -151,6 +151,12 @@ type haWorld struct {
 	agents   []*running // agents[i] runs cell i+1
 	policy   api.Policy // src -> dst on echoPort
 	a, b, o  *container
+	dbURL    string
+	apps     map[string]api.App // src, dst, other
+	// link is cell1's agent's way to the controllers, which CellCut cuts
+	// (cell2's agent reaches them directly).
+	link *ctrlLink
+	d    *container // of app dst on cell1, made by CellCut
 }
 
 func newHAWorld(t *testing.T, tag string) *haWorld {
@@ -158,6 +164,7 @@ func newHAWorld(t *testing.T, tag string) *haWorld {
 	h := &haWorld{world: newWorld(t, tag, 2)}
 	h.pg = storetest.StartPostgres(t)
 	db := h.pg.NewDatabase("trellis")
+	h.dbURL = db
 	first := t.TempDir()
 	h.ctrls = append(h.ctrls, startProcCtrl(t, testControllerConfig{StateDir: first, Listen: freePort(t), DatabaseURL: db}))
 	for range 2 {
@@ -188,20 +195,26 @@ func newHAWorld(t *testing.T, tag string) *haWorld {
 	if h.admin, err = api.NewClient(cc); err != nil {
 		t.Fatal(err)
 	}
+	h.link = newCtrlLink(t, h.urls)
 	ctx := context.Background()
 	for i := 1; i <= 2; i++ {
+		urls := h.urls
+		if i == 1 {
+			urls = h.link.urls
+		}
 		tok, err := h.admin.CreateJoinToken(ctx, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
 		h.agents = append(h.agents, h.startAgent(t, agent.Config{
-			ControllerURLs: h.urls, JoinToken: tok.Token, CACertFile: filepath.Join(first, identity.CACertFile),
+			ControllerURLs: urls, JoinToken: tok.Token, CACertFile: filepath.Join(first, identity.CACertFile),
 			StateDir: dir, NetNS: h.cell(i).NetNS, UnderlayInterface: underlay.Device, Name: h.cell(i).Name,
 			Socket: filepath.Join(dir, "agent.sock"),
 		}))
 	}
 	src, dst, other := createAppWith(t, h.admin, "src"), createAppWith(t, h.admin, "dst"), createAppWith(t, h.admin, "other")
+	h.apps = map[string]api.App{"src": src, "dst": dst, "other": other}
 	p := installPlugin(t)
 	l1, l2 := cniList(t, h.agents[0]), cniList(t, h.agents[1])
 	h.a = h.newContainer("a", 1, src.GUID, "a")
@@ -407,6 +420,13 @@ func faultKills() int {
 //     not even before the first poll.
 //   - AllControllersDown: every controller killed for 3 s: the cells keep
 //     enforcing their last state, and converge once they return.
+//   - CellCut: cell1 cut off (underlay link and controllers) for
+//     TRELLIS_FAULT_CUT seconds (10): its local pair keeps working, and
+//     once back it applies what changed meanwhile; see cellCut.
+//   - ControllerUpgrade: a controller replaced by a newer build with a
+//     schema migration: no agent notices beyond a failover; see
+//     controllerUpgrade. Last: the older build cannot start again on the
+//     newer schema.
 func TestFaultsPostgres(t *testing.T) {
 	h := newHAWorld(t, "ha")
 	pr := startProber(t)
@@ -575,6 +595,9 @@ func TestFaultsPostgres(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		pr.check(t, "AllControllersDown")
 	})
+
+	t.Run("CellCut", func(t *testing.T) { h.cellCut(t, pr) })
+	t.Run("ControllerUpgrade", func(t *testing.T) { h.controllerUpgrade(t, pr) })
 }
 
 func mustRead(t *testing.T, path string) string {
