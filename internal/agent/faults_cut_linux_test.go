@@ -240,7 +240,7 @@ func (h *haWorld) cellCut(t *testing.T, pr *prober) {
 	pr.set(h.a, h.b, false)
 
 	// d and e: instances of dst on cell1, found in DNS as dst.apps.internal.
-	p := installPlugin(t)
+	p := installPlugin(h.world.t)
 	l1 := cniList(t, h.agents[0])
 	d, e := h.newContainer("d", 1, dst.GUID, "d"), h.newContainer("e", 1, dst.GUID, "e")
 	for _, c := range []*container{d, e} {
@@ -248,9 +248,10 @@ func (h *haWorld) cellCut(t *testing.T, pr *prober) {
 			t.Fatalf("ADD %s: %v", c.id, err)
 		}
 	}
+	// d serves until the whole test ends: ControllerUpgrade probes it too.
 	h.d = d
-	echoServer(t, d.ns, echoPort)
-	echoServer(t, d.ns, echoPort+1)
+	echoServer(h.world.t, d.ns, echoPort)
+	echoServer(h.world.t, d.ns, echoPort+1)
 	doms, err := h.admin.Domains(ctx, api.DomainFilter{Names: []string{"apps.internal"}})
 	if err != nil || len(doms) != 1 {
 		t.Fatalf("domain apps.internal: %v %v", doms, err)
@@ -297,8 +298,8 @@ func (h *haWorld) cellCut(t *testing.T, pr *prober) {
 	if err := h.admin.CreatePolicies(ctx, []api.Policy{late}); err != nil {
 		t.Fatalf("create policy other -> dst:%d during the cut: %v", echoPort+1, err)
 	}
-	// e stops: its DEL removes its wiring at once, and its deregistration
-	// waits for a controller to answer (the DEL does not wait for that).
+	// e stops: its DEL removes its wiring at once and tries to deregister
+	// it for a while; the agent retries once a controller answers.
 	delDone := make(chan error, 1)
 	var delTook time.Duration
 	go func() {
@@ -390,6 +391,10 @@ func (h *haWorld) controllerUpgrade(t *testing.T, pr *prober) {
 	pr.unset(h.a, h.b)
 	waitReach(t, h.a, h.b, true)
 	pr.set(h.a, h.b, false)
+	// Both agents at the latest revision first (CellCut's last write).
+	poll(t, time.Minute, "both agents at one revision", func() (bool, error) {
+		return agentStatus(t, h.agents[0].cfg.Socket).Revision == agentStatus(t, h.agents[1].cfg.Socket).Revision, nil
+	})
 	before := make([]api.AgentStatus, len(h.agents))
 	for i, r := range h.agents {
 		before[i] = agentStatus(t, r.cfg.Socket)
@@ -439,7 +444,7 @@ func (h *haWorld) controllerUpgrade(t *testing.T, pr *prober) {
 		t.Errorf("a -> b (allowed) failed %d probes during the upgrade, want 0", n)
 	}
 	if n := pr.failures(h.a, d) - local; n > 0 {
-		t.Errorf("a -> d (allowed) failed %d probes during the upgrade, want 0", n)
+		t.Errorf("a -> d (allowed) failed %d probes during the upgrade, want 0: at %v (the upgrade began %s)", n, pr.failedAt(h.a, d), t0.Format("15:04:05.000"))
 	}
 	// A write through the upgraded controller alone reaches the agents.
 	cl, err := api.NewClient(api.ClientConfig{APIURL: c.url, CACert: h.adminCfg.CACert, Token: h.adminCfg.Token})
