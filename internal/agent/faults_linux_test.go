@@ -293,8 +293,8 @@ type probePair struct {
 	from, to *container
 	deny     bool // must not connect (else: should)
 	probes   int
-	failures int // of an allowed pair
-	failedAt []string
+	failures int      // of an allowed pair
+	failedAt []string // when those failed (HH:MM:SS.mmm)
 }
 
 func startProber(t *testing.T) *prober {
