@@ -447,11 +447,17 @@ func (s *socketServer) collect(ctx context.Context, id string) (bool, error) {
 	return s.release(ctx, id), nil
 }
 
+// deregisterWait bounds one attempt to tell the controller a container is
+// gone: a CNI DEL while no controller answers (the cell cut off) returns
+// well within the plugin's wait for the agent (10 s), and the retry loop
+// finishes the deregistration once a controller answers.
+const deregisterWait = 3 * time.Second
+
 // deregister tells the controller a container is gone and then drops its
 // record; on failure the record stays (Deleting) for the retry loop.
 func (s *socketServer) deregister(ctx context.Context, rec record) {
 	if rec.Committed {
-		ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		ctx, cancel := context.WithTimeout(ctx, deregisterWait)
 		err := s.registry.DeregisterInstance(ctx, rec.Identity.InstanceGUID)
 		cancel()
 		if err != nil {

@@ -138,9 +138,9 @@ func (c *procCtrl) stop() {
 
 // haWorld is a foundation of three controller processes on a private
 // PostgreSQL server, two cells whose agents know every controller, and
-// three instances: a of app src on cell1, b of app dst on cell2 (serving
-// echo on echoPort), o of app other on cell1. No policy ever lets other
-// reach dst.
+// three instances, each serving echo on echoPort: a of app src on cell1,
+// b of app dst on cell2, o of app other on cell1. No policy ever lets
+// other reach dst, nor any pair but src -> dst connect on echoPort.
 type haWorld struct {
 	*world
 	pg       *storetest.Postgres
@@ -151,6 +151,12 @@ type haWorld struct {
 	agents   []*running // agents[i] runs cell i+1
 	policy   api.Policy // src -> dst on echoPort
 	a, b, o  *container
+	dbURL    string
+	apps     map[string]api.App // src, dst, other
+	// link is cell1's agent's way to the controllers, which CellCut cuts
+	// (cell2's agent reaches them directly).
+	link *ctrlLink
+	d    *container // of app dst on cell1, made by CellCut
 }
 
 func newHAWorld(t *testing.T, tag string) *haWorld {
@@ -158,6 +164,7 @@ func newHAWorld(t *testing.T, tag string) *haWorld {
 	h := &haWorld{world: newWorld(t, tag, 2)}
 	h.pg = storetest.StartPostgres(t)
 	db := h.pg.NewDatabase("trellis")
+	h.dbURL = db
 	first := t.TempDir()
 	h.ctrls = append(h.ctrls, startProcCtrl(t, testControllerConfig{StateDir: first, Listen: freePort(t), DatabaseURL: db}))
 	for range 2 {
@@ -188,20 +195,26 @@ func newHAWorld(t *testing.T, tag string) *haWorld {
 	if h.admin, err = api.NewClient(cc); err != nil {
 		t.Fatal(err)
 	}
+	h.link = newCtrlLink(t, h.urls)
 	ctx := context.Background()
 	for i := 1; i <= 2; i++ {
+		urls := h.urls
+		if i == 1 {
+			urls = h.link.urls
+		}
 		tok, err := h.admin.CreateJoinToken(ctx, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
 		dir := t.TempDir()
 		h.agents = append(h.agents, h.startAgent(t, agent.Config{
-			ControllerURLs: h.urls, JoinToken: tok.Token, CACertFile: filepath.Join(first, identity.CACertFile),
+			ControllerURLs: urls, JoinToken: tok.Token, CACertFile: filepath.Join(first, identity.CACertFile),
 			StateDir: dir, NetNS: h.cell(i).NetNS, UnderlayInterface: underlay.Device, Name: h.cell(i).Name,
 			Socket: filepath.Join(dir, "agent.sock"),
 		}))
 	}
 	src, dst, other := createAppWith(t, h.admin, "src"), createAppWith(t, h.admin, "dst"), createAppWith(t, h.admin, "other")
+	h.apps = map[string]api.App{"src": src, "dst": dst, "other": other}
 	p := installPlugin(t)
 	l1, l2 := cniList(t, h.agents[0]), cniList(t, h.agents[1])
 	h.a = h.newContainer("a", 1, src.GUID, "a")
@@ -215,7 +228,11 @@ func newHAWorld(t *testing.T, tag string) *haWorld {
 			t.Fatalf("ADD %s: %v", x.c.id, err)
 		}
 	}
-	echoServer(t, h.b.ns, echoPort)
+	// Every instance serves echo, so that a probe of any pair would
+	// connect if a packet got through.
+	for _, c := range []*container{h.a, h.b, h.o} {
+		echoServer(t, c.ns, echoPort)
+	}
 	h.policy = api.Policy{Source: api.Source{ID: src.GUID},
 		Destination: api.Destination{ID: dst.GUID, Protocol: "tcp", Ports: api.Ports{Start: echoPort, End: echoPort}}}
 	return h
@@ -276,7 +293,8 @@ type probePair struct {
 	from, to *container
 	deny     bool // must not connect (else: should)
 	probes   int
-	failures int // of an allowed pair
+	failures int      // of an allowed pair
+	failedAt []string // when those failed (HH:MM:SS.mmm)
 }
 
 func startProber(t *testing.T) *prober {
@@ -326,29 +344,39 @@ func (p *prober) run() {
 		p.mu.Lock()
 		pairs := slices.Clone(p.pairs)
 		p.mu.Unlock()
+		// The pairs at once: a round lasts as long as its slowest probe,
+		// not the sum of the denied pairs' timeouts.
+		var wg sync.WaitGroup
 		for _, q := range pairs {
-			p.mu.Lock()
-			deny := q.deny
-			p.mu.Unlock()
-			// A denied pair's SYN is dropped: a short timeout is enough
-			// to see it is; an allowed one gets more on a loaded machine.
-			timeout := 300 * time.Millisecond
-			if !deny {
-				timeout = 2 * time.Second
-			}
-			at := time.Now()
-			ok := reach(q.from, q.to, timeout)
-			p.mu.Lock()
-			if q.deny == deny && slices.Contains(p.pairs, q) {
-				q.probes++
-				if ok && deny {
-					p.falseAllows = append(p.falseAllows, fmt.Sprintf("%s -> %s at %s", q.from.id, q.to.id, at.Format("15:04:05.000")))
-				}
-				if !ok && !deny {
-					q.failures++
-				}
-			}
-			p.mu.Unlock()
+			wg.Go(func() { p.probe(q) })
+		}
+		wg.Wait()
+	}
+}
+
+// probe probes q once and counts the result.
+func (p *prober) probe(q *probePair) {
+	p.mu.Lock()
+	deny := q.deny
+	p.mu.Unlock()
+	// A denied pair's SYN is dropped: a short timeout is enough to see it
+	// is; an allowed one gets more on a loaded machine.
+	timeout := 300 * time.Millisecond
+	if !deny {
+		timeout = 2 * time.Second
+	}
+	at := time.Now()
+	ok := reach(q.from, q.to, timeout)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if q.deny == deny && slices.Contains(p.pairs, q) {
+		q.probes++
+		if ok && deny {
+			p.falseAllows = append(p.falseAllows, fmt.Sprintf("%s -> %s at %s", q.from.id, q.to.id, at.Format("15:04:05.000")))
+		}
+		if !ok && !deny {
+			q.failures++
+			q.failedAt = append(q.failedAt, at.Format("15:04:05.000"))
 		}
 	}
 }
@@ -362,8 +390,20 @@ func (p *prober) check(t *testing.T, phase string) {
 		t.Errorf("%s: false allows (a pair with no policy reached): %v", phase, p.falseAllows)
 	}
 	for _, q := range p.pairs {
-		t.Logf("%s: %s -> %s (deny %v): %d probes, %d failures", phase, q.from.id, q.to.id, q.deny, q.probes, q.failures)
+		t.Logf("%s: %s -> %s (deny %v): %d probes, %d failures %v", phase, q.from.id, q.to.id, q.deny, q.probes, q.failures, q.failedAt)
 	}
+}
+
+// failedAt is when probes of an allowed from -> to failed.
+func (p *prober) failedAt(from, to *container) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, q := range p.pairs {
+		if q.from == from && q.to == to {
+			return slices.Clone(q.failedAt)
+		}
+	}
+	return nil
 }
 
 // failures is how many probes of an allowed from -> to failed.
@@ -389,9 +429,10 @@ func faultKills() int {
 
 // TestFaultsPostgres runs a foundation of three controller processes on a
 // private PostgreSQL server and two cells through faults, in turn, with a
-// prober running throughout: instance o (app other, which no policy lets
-// reach dst) must never reach b (app dst) at any moment, and a (app src)
-// must not reach b while the policy src -> dst is known removed.
+// prober running throughout over every pair of the three apps' instances:
+// no pair but a -> b (src -> dst) may connect at any moment (o, of app
+// other, never reaches b, nor a o, nor b a...), and a (app src) must not
+// reach b while the policy src -> dst is known removed.
 //
 //   - ControllerKill: kill -9 of the controller the destination cell's
 //     agent uses, a policy change written right after (through the CLI's
@@ -407,10 +448,22 @@ func faultKills() int {
 //     not even before the first poll.
 //   - AllControllersDown: every controller killed for 3 s: the cells keep
 //     enforcing their last state, and converge once they return.
+//   - CellCut: cell1 cut off (underlay link and controllers) for
+//     TRELLIS_FAULT_CUT seconds (10): its local pair keeps working, and
+//     once back it applies what changed meanwhile; see cellCut.
+//   - ControllerUpgrade: a controller replaced by a newer build with a
+//     schema migration: no agent notices beyond a failover; see
+//     controllerUpgrade. Last: the older build cannot start again on the
+//     newer schema.
 func TestFaultsPostgres(t *testing.T) {
 	h := newHAWorld(t, "ha")
 	pr := startProber(t)
-	pr.set(h.o, h.b, true)
+	// The matrix of the three apps' instances: src -> dst (a -> b) is the
+	// only pair a policy may allow, which the subtests add and remove;
+	// every other pair, on one cell or across, never has one.
+	for _, q := range [][2]*container{{h.o, h.b}, {h.a, h.o}, {h.o, h.a}, {h.b, h.a}, {h.b, h.o}} {
+		pr.set(q[0], q[1], true)
+	}
 	h.setPolicy(t, true)
 	waitReach(t, h.a, h.b, true)
 
@@ -575,6 +628,9 @@ func TestFaultsPostgres(t *testing.T) {
 		time.Sleep(500 * time.Millisecond)
 		pr.check(t, "AllControllersDown")
 	})
+
+	t.Run("CellCut", func(t *testing.T) { h.cellCut(t, pr) })
+	t.Run("ControllerUpgrade", func(t *testing.T) { h.controllerUpgrade(t, pr) })
 }
 
 func mustRead(t *testing.T, path string) string {

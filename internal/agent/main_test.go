@@ -14,6 +14,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/cni"
 	"github.com/trellis-c2c/trellis/internal/controller"
 	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
+	"github.com/trellis-c2c/trellis/internal/store"
 )
 
 // TestMain makes the test binary the CNI plugin when libcni runs it with
@@ -37,7 +38,14 @@ const envTestController = "TRELLIS_TEST_CONTROLLER"
 // testControllerConfig is what a controller process of a test runs.
 type testControllerConfig struct {
 	StateDir, Listen, DatabaseURL, AdminConfig string
+	// Upgrade, if set, is the SQL of a schema migration this build lacks:
+	// the controller plays a newer build (store.ExtraMigrations).
+	Upgrade string
 }
+
+// upgradeVersion is the version of the migration of testControllerConfig's
+// Upgrade: above any trellis has.
+const upgradeVersion = 9000
 
 // readyFile, in the controller's state dir, holds its URL once it serves.
 const readyFile = "ready.url"
@@ -48,6 +56,9 @@ func runTestController(js string) int {
 	if err := json.Unmarshal([]byte(js), &c); err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 2
+	}
+	if c.Upgrade != "" {
+		store.ExtraMigrations = []store.ExtraMigration{{Version: upgradeVersion, Name: fmt.Sprintf("%04d_test_upgrade.sql", upgradeVersion), SQL: c.Upgrade}}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()

@@ -1,6 +1,7 @@
 package store
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/google/go-cmp/cmp"
@@ -111,6 +112,43 @@ func TestMigrateRouteWithoutSpace(t *testing.T) {
 		}
 		if rs := must(s.Routes(ctx, RouteFilter{}))(t); len(rs) != 0 {
 			t.Errorf("Routes() = %v, want none", rs)
+		}
+	})
+}
+
+// TestExtraMigrations plays an upgrade in place: a database made by this
+// trellis is opened by a newer build (a migration more, as
+// ExtraMigrations), which applies and records it and still reads what was
+// there; this build then refuses the newer schema, saying so.
+func TestExtraMigrations(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, url string) {
+		ctx := t.Context()
+		s, err := Open(ctx, url)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.Close()
+		t.Cleanup(func() { ExtraMigrations = nil })
+		ExtraMigrations = []ExtraMigration{{Version: 9000, Name: "9000_test.sql",
+			SQL: "ALTER TABLE policies ADD COLUMN note TEXT NOT NULL DEFAULT '';\nCREATE TABLE upgrade_probe (id BIGINT PRIMARY KEY);"}}
+		newer, err := Open(ctx, url)
+		if err != nil {
+			t.Fatalf("open with a migration more: %v", err)
+		}
+		var name string
+		if err := newer.r().queryRow(ctx, "SELECT name FROM schema_migrations WHERE version = ?", 9000).Scan(&name); err != nil || name != "9000_test.sql" {
+			t.Errorf("migration 9000 recorded as %q, %v; want 9000_test.sql", name, err)
+		}
+		if _, err := newer.Policies(ctx, PolicyFilter{}); err != nil {
+			t.Errorf("policies after the migration: %v", err)
+		}
+		newer.Close()
+		ExtraMigrations = nil
+		if s, err := Open(ctx, url); err == nil {
+			s.Close()
+			t.Fatal("this build opened a database of a newer schema")
+		} else if !strings.Contains(err.Error(), "newer than this trellis knows") {
+			t.Errorf("open a newer schema: %v, want it to say the schema is newer", err)
 		}
 	})
 }
