@@ -333,8 +333,9 @@ func TestV3RouteFilters(t *testing.T) {
 	})
 }
 
-// TestV3Roles checks the roles trellis knows: a write token is a space
-// developer of its spaces; an admin sees every token's, a token its own.
+// TestV3Roles checks the roles trellis knows: a write token or a user is a
+// space developer of its spaces; an admin sees every token's and user's,
+// a token or user its own.
 func TestV3Roles(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *env) {
 		a, b := e.defaultSpace(), e.createSpace("b")
@@ -357,15 +358,22 @@ func TestV3Roles(t *testing.T) {
 			return out
 		}
 		dev := func(tok, sp string) string { return "space_developer " + tok + " " + sp }
+		// Users: a developer of b (logged in), an admin (no space roles).
+		carol, root := e.createUser("carol", false, b), e.createUser("root", true)
+		carolJWT := e.login(carol, testPassword)
 		for _, c := range []struct {
 			token, q string
 			want     []string
 		}{
-			{e.admin, "space_guids=" + b, []string{dev(gb, b)}},
+			{e.admin, "space_guids=" + b, []string{dev(gb, b), dev(carol.GUID, b)}},
 			{e.admin, "user_guids=" + ga, []string{dev(ga, a)}},
 			{e.admin, "types=space_manager", nil},
 			{ta, "", []string{dev(ga, a)}},
 			{tb, "space_guids=" + b, []string{dev(gb, b)}},
+			{e.admin, "space_guids=" + b + "&user_guids=" + carol.GUID, []string{dev(carol.GUID, b)}},
+			{e.admin, "user_guids=" + root.GUID, nil},
+			{carolJWT, "", []string{dev(carol.GUID, b)}},
+			{carolJWT, "space_guids=" + a, nil},
 		} {
 			if got := roles(c.token, c.q); !cmp.Equal(got, c.want) {
 				t.Errorf("GET /v3/roles?%s = %v, want %v", c.q, got, c.want)
