@@ -16,6 +16,7 @@ import (
 	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/cftest"
 	"github.com/trellis-c2c/trellis/internal/controller"
 	"github.com/trellis-c2c/trellis/internal/identity"
 )
@@ -24,32 +25,9 @@ import (
 // binary, logged in for real (cf api, cf auth) as users the script makes
 // with trellis create-user.
 
-// cfCLI returns the path of Cloud Foundry's cf CLI (v8) for the scripts
-// that run it: $TRELLIS_CF_CLI, else the project's copy beside the
-// checkout (../shared/tools/cf/cf from the repository's root, or
-// /work/shared/tools/cf/cf). Without one those scripts skip ([!cf]),
-// except under CI=true, where a missing cf CLI fails the test: CI must
-// run them.
-func cfCLI(t *testing.T) string {
-	if p := os.Getenv("TRELLIS_CF_CLI"); p != "" {
-		if st, err := os.Stat(p); err != nil || st.IsDir() {
-			t.Fatalf("TRELLIS_CF_CLI=%s: not a file (%v)", p, err)
-		}
-		return p
-	}
-	// The test runs in cmd/trellis: the repository's root is ../..
-	for _, p := range []string{"../../../shared/tools/cf/cf", "/work/shared/tools/cf/cf"} {
-		if abs, err := filepath.Abs(p); err == nil {
-			if st, err := os.Stat(abs); err == nil && !st.IsDir() {
-				return abs
-			}
-		}
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("no cf CLI: set TRELLIS_CF_CLI to Cloud Foundry's cf binary (v8) or install it at ../shared/tools/cf/cf (CI=true: the cf scripts must run)")
-	}
-	return ""
-}
+// cfCLI returns the path of Cloud Foundry's cf CLI for the scripts that
+// run it (see cftest.Path), "" to skip them ([!cf]; never under CI=true).
+func cfCLI(t *testing.T) string { return cftest.Path(t) }
 
 // cfCondition is the [cf] condition: the cf CLI is there.
 func cfCondition(cf string) func(string) (bool, error) {
