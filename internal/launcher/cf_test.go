@@ -20,8 +20,8 @@ import (
 // internal route backend.apps.internal, maps it, and adds a network
 // policy, which the cells then enforce: an instance of frontend on each
 // cell reaches backend.apps.internal:8080. After cf remove-network-policy
-// it is refused again. (Apps are pushed with trellis: cf push is not
-// part of trellis.)
+// it is refused again; cf stop and cf start stop and start an app on the
+// cells. (Apps are pushed with trellis: cf push is not part of trellis.)
 func TestCFCLIOnFoundation(t *testing.T) {
 	cf := cftest.Path(t)
 	if cf == "" {
@@ -133,4 +133,12 @@ func TestCFCLIOnFoundation(t *testing.T) {
 	for _, in := range byIndex(fd.instances("backend")) {
 		has(run(0, "app", "backend"), `^#`+strconv.Itoa(in.Index)+`\s+running\s`)
 	}
+
+	// cf stop and cf start: the cells stop the instances and start them
+	// again, and cf start waits until they run.
+	has(run(0, "stop", "frontend"), `^OK$`)
+	waitFor(t, "frontend's instances to stop", func() bool { return len(fd.instances("frontend")) == 0 })
+	has(run(0, "apps"), `^frontend\s+stopped\s+web:0/2\s*$`)
+	has(run(0, "start", "frontend"), `^requested state:\s+started$`)
+	has(run(0, "apps"), `^frontend\s+started\s+web:2/2\s*$`)
 }
