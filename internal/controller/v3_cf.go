@@ -446,6 +446,8 @@ func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 	type grant struct {
 		user, space string
 		created     time.Time
+		name        string // the user's or the token's
+		isUser      bool
 	}
 	var grants []grant
 	now := time.Now()
@@ -464,7 +466,7 @@ func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			for _, sp := range t.SpaceGUIDs {
-				grants = append(grants, grant{t.GUID, sp, t.CreatedAt})
+				grants = append(grants, grant{t.GUID, sp, t.CreatedAt, t.Name, false})
 			}
 		}
 	}
@@ -483,7 +485,7 @@ func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			for _, sp := range u.Spaces {
-				grants = append(grants, grant{u.GUID, sp.SpaceGUID, u.CreatedAt})
+				grants = append(grants, grant{u.GUID, sp.SpaceGUID, u.CreatedAt, u.Name, true})
 			}
 		}
 	}
@@ -512,6 +514,7 @@ func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 		spaces = in
 	}
 	var out []ccRole
+	who := map[string]grant{}
 	for _, g := range grants {
 		if (len(users) > 0 && !slices.Contains(users, g.user)) || (len(spaces) > 0 && !slices.Contains(spaces, g.space)) {
 			continue
@@ -522,6 +525,41 @@ func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 		role.Relationships.Space.Data = &api.Ref{GUID: g.space}
 		role.Links = links(r, "self", "/v3/roles/"+role.GUID, "user", "/v3/users/"+g.user, "space", "/v3/spaces/"+g.space)
 		out = append(out, role)
+		who[g.user] = g
 	}
-	writeList(w, r, out)
+	if !slices.Contains(strings.Split(r.URL.Query().Get("include"), ","), "user") {
+		writeList(w, r, out)
+		return
+	}
+	// include=user (cf space-users): the page's users, as Cloud
+	// Controller includes them; a token is a client (no username, no
+	// origin), a user is UAA's.
+	writeListIncluded(w, r, out, func(page []ccRole) any {
+		type ccUser struct {
+			GUID             string    `json:"guid"`
+			Username         *string   `json:"username"`
+			PresentationName string    `json:"presentation_name"`
+			Origin           *string   `json:"origin"`
+			CreatedAt        time.Time `json:"created_at"`
+			UpdatedAt        time.Time `json:"updated_at"`
+			Links            ccLinks   `json:"links"`
+		}
+		users := []ccUser{}
+		seen := map[string]bool{}
+		for _, role := range page {
+			g := who[role.Relationships.User.Data.GUID]
+			if seen[g.user] {
+				continue
+			}
+			seen[g.user] = true
+			u := ccUser{GUID: g.user, PresentationName: g.name, CreatedAt: g.created.UTC(), UpdatedAt: g.created.UTC(),
+				Links: links(r, "self", "/v3/users/"+g.user)}
+			if g.isUser {
+				name, origin := g.name, "uaa"
+				u.Username, u.Origin = &name, &origin
+			}
+			users = append(users, u)
+		}
+		return map[string]any{"users": users}
+	})
 }

@@ -379,5 +379,30 @@ func TestV3Roles(t *testing.T) {
 				t.Errorf("GET /v3/roles?%s = %v, want %v", c.q, got, c.want)
 			}
 		}
+		// include=user (cf space-users): a user is UAA's, a token a client.
+		var inc struct {
+			Included struct {
+				Users []struct {
+					GUID             string
+					Username, Origin *string
+					PresentationName string `json:"presentation_name"`
+				}
+			}
+		}
+		e.must(e.admin, "GET", "/v3/roles?include=user&space_guids="+b, "", 200, &inc)
+		got := map[string]string{}
+		for _, u := range inc.Included.Users {
+			switch {
+			case u.Username != nil && u.Origin != nil:
+				got[u.GUID] = *u.Username + " (" + *u.Origin + ")"
+			case u.Username == nil && u.Origin == nil:
+				got[u.GUID] = u.PresentationName + " (client)"
+			default:
+				got[u.GUID] = "half a user"
+			}
+		}
+		if want := map[string]string{carol.GUID: "carol (uaa)", gb: ScopeWrite + " (client)"}; !cmp.Equal(got, want) {
+			t.Errorf("GET /v3/roles?include=user: included users %v, want %v", got, want)
+		}
 	})
 }
