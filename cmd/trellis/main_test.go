@@ -55,67 +55,18 @@ func TestScripts(t *testing.T) {
 					env.Defer(c.stop)
 					env.Setenv("TRELLIS_CONFIG", filepath.Join(c.stateDir, controller.AdminConfigFile))
 					env.Setenv("HOME", env.WorkDir)
-					if err := setupCF(env); err != nil {
-						return err
-					}
-					return setupCFAuth(env, c, cf)
+					return setupCF(env, c, cf)
 				},
 				Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){
 					"controller": cmdController,
 					"api":        cmdAPI,
 					"capture":    cmdCapture,
-					"cflogin":    cmdCFLogin,
 					"cellrun":    cmdCellRun,
 				},
-				Condition: cfCondition,
+				Condition: cfCondition(cf),
 			})
 		})
 	}
-}
-
-// defaultCFCLI is where the cf CLI (v8.18.4) is kept on this project's
-// machines, beside the checkout.
-const defaultCFCLI = "/work/shared/tools/cf/cf"
-
-// cfCLI returns the path of Cloud Foundry's cf CLI for the scripts that
-// run it: $TRELLIS_CF_CLI, else defaultCFCLI when it is there. Without
-// one those scripts skip, except under CI=true, where a missing cf CLI
-// fails the test: CI must run them.
-func cfCLI(t *testing.T) string {
-	path := os.Getenv("TRELLIS_CF_CLI")
-	if path == "" {
-		if _, err := os.Stat(defaultCFCLI); err == nil {
-			path = defaultCFCLI
-		}
-	}
-	if path != "" {
-		if _, err := os.Stat(path); err != nil {
-			t.Fatalf("TRELLIS_CF_CLI: %v", err)
-		}
-		return path
-	}
-	if os.Getenv("CI") == "true" {
-		t.Fatalf("no cf CLI: set TRELLIS_CF_CLI to Cloud Foundry's cf binary (v8) or install it at %s", defaultCFCLI)
-	}
-	return ""
-}
-
-// setupCFAuth gives a script what it needs to run the cf CLI against its
-// controller: $CF (the binary), $CF_HOME (the cf CLI's config, in the
-// script's work dir), $API_URL and $WORK/ca.pem (the controller's CA).
-func setupCFAuth(env *testscript.Env, c *scriptController, cf string) error {
-	cfg, err := api.LoadClientConfig(filepath.Join(c.stateDir, controller.AdminConfigFile))
-	if err != nil {
-		return err
-	}
-	if err := os.WriteFile(filepath.Join(env.WorkDir, "ca.pem"), []byte(cfg.CACert), 0o644); err != nil {
-		return err
-	}
-	env.Setenv("CF", cf)
-	env.Setenv("CF_HOME", filepath.Join(env.WorkDir, "cfhome"))
-	env.Setenv("CF_COLOR", "false")
-	env.Setenv("API_URL", cfg.APIURL)
-	return nil
 }
 
 // scriptController is a controller running in this process for one script.

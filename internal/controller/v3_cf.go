@@ -84,7 +84,7 @@ func (s *Server) getSpace(w http.ResponseWriter, r *http.Request) {
 
 // deleteSpaceApps deletes the apps of the spaces, as Cloud Foundry deletes
 // a space's apps with it, after checking that no token is scoped to any
-// of the spaces (which would make the space undeletable: nothing is
+// of the spaces and no user is a developer of any (which would make the space undeletable: nothing is
 // deleted then). It answers and returns false on failure.
 func (s *Server) deleteSpaceApps(w http.ResponseWriter, r *http.Request, what string, spaces []store.Space) bool {
 	guids := make([]string, len(spaces))
@@ -100,6 +100,19 @@ func (s *Server) deleteSpaceApps(w http.ResponseWriter, r *http.Request, what st
 		for _, sp := range spaces {
 			if slices.Contains(t.SpaceGUIDs, sp.GUID) {
 				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Space '%s' cannot be deleted: token %s is scoped to it; revoke it first (trellis revoke-token %s)", sp.Name, t.GUID, t.GUID))
+				return false
+			}
+		}
+	}
+	users, err := s.store.Users(r.Context(), store.UserFilter{})
+	if err != nil {
+		s.storeError(w, "delete "+what, err)
+		return false
+	}
+	for _, u := range users {
+		for _, sp := range spaces {
+			if slices.ContainsFunc(u.Spaces, func(us store.UserSpace) bool { return us.SpaceGUID == sp.GUID }) {
+				writeV3Error(w, http.StatusUnprocessableEntity, fmt.Sprintf("Space '%s' cannot be deleted: user %s is a developer of it; delete the user first (trellis delete-user %s)", sp.Name, u.Name, u.Name))
 				return false
 			}
 		}
@@ -442,21 +455,59 @@ func (s *Server) listSpaceSecurityGroups(w http.ResponseWriter, r *http.Request)
 	writeJSON(w, http.StatusOK, list(r, out))
 }
 
-// listRoles answers GET /v3/roles from what trellis knows: a network.write
-// token is a space developer of each of its spaces (the token is the
-// user; an expired token holds no role). An admin sees every token's
-// roles, a write token its own. Filters: types, space_guids,
-// organization_guids, user_guids.
+// listRoles answers GET /v3/roles from what trellis knows: a user is a
+// space developer of each space of its (user_spaces), and a network.write
+// token of each of its spaces (the token is the user; an expired token
+// holds no role). An admin sees every user's and token's roles, anyone
+// else its own. Filters: types, space_guids, organization_guids,
+// user_guids.
 func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 	p := principalFrom(r.Context())
-	var f store.TokenFilter
-	if !p.admin() {
-		f.GUIDs = []string{p.TokenGUID}
+	type grant struct {
+		user, space string
+		created     time.Time
+		name        string // the user's or the token's
+		isUser      bool
 	}
-	toks, err := s.store.Tokens(r.Context(), f)
-	if err != nil {
-		s.storeError(w, "list roles", err)
-		return
+	var grants []grant
+	now := time.Now()
+	if p.admin() || p.UserGUID == "" {
+		var f store.TokenFilter
+		if !p.admin() {
+			f.GUIDs = []string{p.TokenGUID}
+		}
+		toks, err := s.store.Tokens(r.Context(), f)
+		if err != nil {
+			s.storeError(w, "list roles", err)
+			return
+		}
+		for _, t := range toks {
+			if t.Scope != ScopeWrite || t.Expired(now) {
+				continue
+			}
+			for _, sp := range t.SpaceGUIDs {
+				grants = append(grants, grant{t.GUID, sp, t.CreatedAt, t.Name, false})
+			}
+		}
+	}
+	if p.admin() || p.UserGUID != "" {
+		var f store.UserFilter
+		if !p.admin() {
+			f.GUIDs = []string{p.UserGUID}
+		}
+		us, err := s.store.Users(r.Context(), f)
+		if err != nil {
+			s.storeError(w, "list roles", err)
+			return
+		}
+		for _, u := range us {
+			if u.Admin {
+				continue
+			}
+			for _, sp := range u.Spaces {
+				grants = append(grants, grant{u.GUID, sp.SpaceGUID, u.CreatedAt, u.Name, true})
+			}
+		}
 	}
 	types, users, spaces := query(r, "types"), query(r, "user_guids"), query(r, "space_guids")
 	if len(types) > 0 && !slices.Contains(types, "space_developer") {
@@ -482,23 +533,53 @@ func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 		}
 		spaces = in
 	}
-	now := time.Now()
 	var out []ccRole
-	for _, t := range toks {
-		if t.Scope != ScopeWrite || t.Expired(now) || (len(users) > 0 && !slices.Contains(users, t.GUID)) {
+	who := map[string]grant{}
+	for _, g := range grants {
+		if (len(users) > 0 && !slices.Contains(users, g.user)) || (len(spaces) > 0 && !slices.Contains(spaces, g.space)) {
 			continue
 		}
-		for _, sp := range t.SpaceGUIDs {
-			if len(spaces) > 0 && !slices.Contains(spaces, sp) {
+		role := ccRole{GUID: uuid.NewSHA1(uuid.NameSpaceURL, []byte("trellis:role:"+g.user+":"+g.space)).String(),
+			Type: "space_developer", CreatedAt: g.created.UTC(), UpdatedAt: g.created.UTC()}
+		role.Relationships.User.Data.GUID = g.user
+		role.Relationships.Space.Data = &api.Ref{GUID: g.space}
+		role.Links = links(r, "self", "/v3/roles/"+role.GUID, "user", "/v3/users/"+g.user, "space", "/v3/spaces/"+g.space)
+		out = append(out, role)
+		who[g.user] = g
+	}
+	if !slices.Contains(strings.Split(r.URL.Query().Get("include"), ","), "user") {
+		writeList(w, r, out)
+		return
+	}
+	// include=user (cf space-users): the page's users, as Cloud
+	// Controller includes them; a token is a client (no username, no
+	// origin), a user is UAA's.
+	writeListIncluded(w, r, out, func(page []ccRole) any {
+		type ccUser struct {
+			GUID             string    `json:"guid"`
+			Username         *string   `json:"username"`
+			PresentationName string    `json:"presentation_name"`
+			Origin           *string   `json:"origin"`
+			CreatedAt        time.Time `json:"created_at"`
+			UpdatedAt        time.Time `json:"updated_at"`
+			Links            ccLinks   `json:"links"`
+		}
+		users := []ccUser{}
+		seen := map[string]bool{}
+		for _, role := range page {
+			g := who[role.Relationships.User.Data.GUID]
+			if seen[g.user] {
 				continue
 			}
-			role := ccRole{GUID: uuid.NewSHA1(uuid.NameSpaceURL, []byte("trellis:role:"+t.GUID+":"+sp)).String(),
-				Type: "space_developer", CreatedAt: t.CreatedAt.UTC(), UpdatedAt: t.CreatedAt.UTC()}
-			role.Relationships.User.Data.GUID = t.GUID
-			role.Relationships.Space.Data = &api.Ref{GUID: sp}
-			role.Links = links(r, "self", "/v3/roles/"+role.GUID, "user", "/v3/users/"+t.GUID, "space", "/v3/spaces/"+sp)
-			out = append(out, role)
+			seen[g.user] = true
+			u := ccUser{GUID: g.user, PresentationName: g.name, CreatedAt: g.created.UTC(), UpdatedAt: g.created.UTC(),
+				Links: links(r, "self", "/v3/users/"+g.user)}
+			if g.isUser {
+				name, origin := g.name, "uaa"
+				u.Username, u.Origin = &name, &origin
+			}
+			users = append(users, u)
 		}
-	}
-	writeList(w, r, out)
+		return map[string]any{"users": users}
+	})
 }

@@ -333,8 +333,9 @@ func TestV3RouteFilters(t *testing.T) {
 	})
 }
 
-// TestV3Roles checks the roles trellis knows: a write token is a space
-// developer of its spaces; an admin sees every token's, a token its own.
+// TestV3Roles checks the roles trellis knows: a write token or a user is a
+// space developer of its spaces; an admin sees every token's and user's,
+// a token or user its own.
 func TestV3Roles(t *testing.T) {
 	forEachEngine(t, func(t *testing.T, e *env) {
 		a, b := e.defaultSpace(), e.createSpace("b")
@@ -357,19 +358,51 @@ func TestV3Roles(t *testing.T) {
 			return out
 		}
 		dev := func(tok, sp string) string { return "space_developer " + tok + " " + sp }
+		// Users: a developer of b (logged in), an admin (no space roles).
+		carol, root := e.createUser("carol", false, b), e.createUser("root", true)
+		carolJWT := e.login(carol, testPassword)
 		for _, c := range []struct {
 			token, q string
 			want     []string
 		}{
-			{e.admin, "space_guids=" + b, []string{dev(gb, b)}},
+			{e.admin, "space_guids=" + b, []string{dev(gb, b), dev(carol.GUID, b)}},
 			{e.admin, "user_guids=" + ga, []string{dev(ga, a)}},
 			{e.admin, "types=space_manager", nil},
 			{ta, "", []string{dev(ga, a)}},
 			{tb, "space_guids=" + b, []string{dev(gb, b)}},
+			{e.admin, "space_guids=" + b + "&user_guids=" + carol.GUID, []string{dev(carol.GUID, b)}},
+			{e.admin, "user_guids=" + root.GUID, nil},
+			{carolJWT, "", []string{dev(carol.GUID, b)}},
+			{carolJWT, "space_guids=" + a, nil},
 		} {
 			if got := roles(c.token, c.q); !cmp.Equal(got, c.want) {
 				t.Errorf("GET /v3/roles?%s = %v, want %v", c.q, got, c.want)
 			}
+		}
+		// include=user (cf space-users): a user is UAA's, a token a client.
+		var inc struct {
+			Included struct {
+				Users []struct {
+					GUID             string
+					Username, Origin *string
+					PresentationName string `json:"presentation_name"`
+				}
+			}
+		}
+		e.must(e.admin, "GET", "/v3/roles?include=user&space_guids="+b, "", 200, &inc)
+		got := map[string]string{}
+		for _, u := range inc.Included.Users {
+			switch {
+			case u.Username != nil && u.Origin != nil:
+				got[u.GUID] = *u.Username + " (" + *u.Origin + ")"
+			case u.Username == nil && u.Origin == nil:
+				got[u.GUID] = u.PresentationName + " (client)"
+			default:
+				got[u.GUID] = "half a user"
+			}
+		}
+		if want := map[string]string{carol.GUID: "carol (uaa)", gb: ScopeWrite + " (client)"}; !cmp.Equal(got, want) {
+			t.Errorf("GET /v3/roles?include=user: included users %v, want %v", got, want)
 		}
 	})
 }

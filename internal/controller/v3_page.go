@@ -57,6 +57,13 @@ func pageLink(r *http.Request, n, perPage int) *api.Link {
 // pagination (absolute first, last, next and previous links), or a 400
 // for a bad page or per_page.
 func writeList[T any](w http.ResponseWriter, r *http.Request, items []T) {
+	writeListIncluded(w, r, items, nil)
+}
+
+// writeListIncluded is writeList with Cloud Controller's "included"
+// resources (include=…), made by included from the page's items when it
+// is not nil.
+func writeListIncluded[T any](w http.ResponseWriter, r *http.Request, items []T, included func(page []T) any) {
 	page, perPage, paged, err := pageParams(r)
 	if err != nil {
 		writeV3BadQuery(w, err.Error())
@@ -80,5 +87,12 @@ func writeList[T any](w http.ResponseWriter, r *http.Request, items []T) {
 	if page > 1 {
 		p.Previous = pageLink(r, min(page-1, pages), perPage)
 	}
-	writeJSON(w, http.StatusOK, api.List[T]{Pagination: p, Resources: items[lo:hi]})
+	if included == nil {
+		writeJSON(w, http.StatusOK, api.List[T]{Pagination: p, Resources: items[lo:hi]})
+		return
+	}
+	writeJSON(w, http.StatusOK, struct {
+		api.List[T]
+		Included any `json:"included"`
+	}{api.List[T]{Pagination: p, Resources: items[lo:hi]}, included(items[lo:hi])})
 }

@@ -29,7 +29,7 @@ func (s *Store) DeleteSpace(ctx context.Context, guid string) error {
 }
 
 // deletableSpace checks that the space exists, holds no app and has no
-// token scoped to it.
+// token scoped to it and no user of it.
 func deletableSpace(ctx context.Context, r runner, guid string) error {
 	ok, err := r.exists(ctx, "SELECT 1 FROM spaces WHERE guid = ?", guid)
 	if err != nil {
@@ -47,6 +47,11 @@ func deletableSpace(ctx context.Context, r runner, guid string) error {
 		return err
 	} else if ok {
 		return fmt.Errorf("space %s has tokens scoped to it: %w", guid, ErrConflict)
+	}
+	if ok, err = r.exists(ctx, "SELECT 1 FROM user_spaces WHERE space_guid = ?", guid); err != nil {
+		return err
+	} else if ok {
+		return fmt.Errorf("space %s has users: %w", guid, ErrConflict)
 	}
 	return nil
 }

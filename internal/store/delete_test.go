@@ -20,6 +20,8 @@ func TestDeleteSpaceAndOrg(t *testing.T) {
 		app := must(s.CreateApp(ctx, withApp.GUID, "a"))(t)
 		withToken := must(s.CreateSpace(ctx, org.GUID, "token"))(t)
 		tok := must(s.CreateToken(ctx, Token{Name: "t", Scope: "network.write", SpaceGUIDs: []string{withToken.GUID}}, []byte("hash-of-t")))(t)
+		withUser := must(s.CreateSpace(ctx, org.GUID, "user"))(t)
+		user := must(s.CreateUser(ctx, User{Name: "u", PasswordHash: "$argon2id$x", Spaces: []UserSpace{{SpaceGUID: withUser.GUID, Role: "developer"}}}))(t)
 
 		for _, c := range []struct {
 			name string
@@ -28,6 +30,7 @@ func TestDeleteSpaceAndOrg(t *testing.T) {
 		}{
 			{"space with an app", func() error { return s.DeleteSpace(ctx, withApp.GUID) }, ErrConflict},
 			{"space with a token", func() error { return s.DeleteSpace(ctx, withToken.GUID) }, ErrConflict},
+			{"space with a user", func() error { return s.DeleteSpace(ctx, withUser.GUID) }, ErrConflict},
 			{"org with such spaces", func() error { return s.DeleteOrg(ctx, org.GUID) }, ErrConflict},
 			{"missing space", func() error { return s.DeleteSpace(ctx, "00000000-0000-4000-8000-000000000000") }, ErrNotFound},
 			{"missing org", func() error { return s.DeleteOrg(ctx, "00000000-0000-4000-8000-000000000000") }, ErrNotFound},
@@ -51,6 +54,9 @@ func TestDeleteSpaceAndOrg(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := s.DeleteToken(ctx, tok.GUID); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.DeleteUser(ctx, user.GUID); err != nil {
 			t.Fatal(err)
 		}
 		if err := s.DeleteOrg(ctx, org.GUID); err != nil {
