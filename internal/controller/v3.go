@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"net/url"
 	"slices"
@@ -234,7 +235,34 @@ func (s *Server) listSpaces(w http.ResponseWriter, r *http.Request) {
 	for i, sp := range spaces {
 		out[i] = ccSpaceOf(r, sp)
 	}
-	writeList(w, r, out)
+	if !slices.Contains(strings.Split(r.URL.Query().Get("include"), ","), "organization") {
+		writeList(w, r, out)
+		return
+	}
+	// include=organization (cf security-groups): the page's orgs, as
+	// Cloud Controller includes them.
+	orgGUIDs := map[string]bool{}
+	for _, sp := range spaces {
+		orgGUIDs[sp.OrgGUID] = true
+	}
+	orgs, err := s.store.Orgs(r.Context(), store.OrgFilter{GUIDs: slices.Sorted(maps.Keys(orgGUIDs))})
+	if err != nil {
+		s.storeError(w, "list spaces", err)
+		return
+	}
+	writeListIncluded(w, r, out, func(page []ccSpace) any {
+		onPage := map[string]bool{}
+		for _, sp := range page {
+			onPage[sp.Relationships.Organization.Data.GUID] = true
+		}
+		included := []ccOrg{}
+		for _, o := range orgs {
+			if onPage[o.GUID] {
+				included = append(included, ccOrgOf(r, o))
+			}
+		}
+		return map[string][]ccOrg{"organizations": included}
+	})
 }
 
 func (s *Server) createSpace(w http.ResponseWriter, r *http.Request) {
