@@ -426,8 +426,14 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 	if err := stopPID(f.Cells[last].Agent.PID); err != nil {
 		return nil, err
 	}
+	exe := o.Exe
+	if exe == "" {
+		if exe, err = os.Executable(); err != nil {
+			return nil, err
+		}
+	}
 	t0 := time.Now()
-	if err := f.StartAgent(ctx, c, last, o.Exe); err != nil {
+	if err := f.StartAgent(ctx, c, last, exe); err != nil {
 		return nil, err
 	}
 	for {
