@@ -39,7 +39,13 @@ var benchmarks = []benchmark{
 	{"tls", func(ctx context.Context, q bool, p io.Writer) (*bench.Report, error) {
 		return bench.TLS(ctx, bench.TLSOptions{Quick: q, Progress: p})
 	}},
+	{"scale", func(ctx context.Context, q bool, p io.Writer) (*bench.Report, error) {
+		return bench.Scale(ctx, bench.ScaleOptions{Cells: benchCells, Quick: q, Progress: p})
+	}},
 }
+
+// benchCells is the scale bench's --cells (0: its default).
+var benchCells int
 
 // benchNames are the names of benchmarks.
 func benchNames() []string {
@@ -57,15 +63,17 @@ var benchCommand = &command{
 	name:    "bench",
 	group:   groupLocal,
 	summary: "Measure trellis against baselines built in the same run (needs root)",
-	usage:   "bench [" + strings.Join(benchNames(), "|") + "|all] [--quick] [--out DIR] [--json FILE]",
+	usage:   "bench [" + strings.Join(benchNames(), "|") + "|all] [--quick] [--cells N] [--out DIR] [--json FILE]",
 	example: "trellis bench\n" +
 		"trellis bench overlay --quick\n" +
+		"trellis bench scale --cells 20\n" +
 		"trellis bench all --quick --out /tmp/bench --json bench.json",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		quick := fs.Bool("quick", false, "Take fewer and shorter samples, for smoke tests")
 		out := fs.String("out", defaultBenchOut, "Write report.json and report.html (the table and charts) to a new folder `DIR`/TIMESTAMP-WHICH "+
 			"(default "+defaultBenchOut+" in the current directory)")
 		jsonFile := fs.String("json", "", "Also write the report's JSON to `FILE`")
+		cells := fs.Int("cells", 0, "Cells of the scale bench's foundation, 2 to 200 (default 50; 3 with --quick)")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 1 {
 				return badUsage("bench takes at most one benchmark, got %q", strings.Join(args, " "))
@@ -77,6 +85,10 @@ var benchCommand = &command{
 			if which != "all" && !slices.Contains(benchNames(), which) {
 				return badInput("unknown benchmark %q: choose one of %s, or all", which, strings.Join(benchNames(), ", "))
 			}
+			if *cells != 0 && (*cells < 2 || *cells > 200) {
+				return badInput("--cells %d: the scale bench runs 2 to 200 cells", *cells)
+			}
+			benchCells = *cells
 			// Fail now, not after minutes of measuring.
 			if *jsonFile != "" {
 				if fi, err := os.Stat(filepath.Dir(*jsonFile)); err != nil || !fi.IsDir() {

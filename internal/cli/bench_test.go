@@ -30,7 +30,9 @@ func TestBenchUsageErrors(t *testing.T) {
 		args   []string
 		stderr string
 	}{
-		{[]string{"bench", "frob"}, `trellis: unknown benchmark "frob": choose one of overlay, policy, dns, tls, or all`},
+		{[]string{"bench", "frob"}, `trellis: unknown benchmark "frob": choose one of overlay, policy, dns, tls, scale, or all`},
+		{[]string{"bench", "scale", "--cells", "1"}, `trellis: --cells 1: the scale bench runs 2 to 200 cells`},
+		{[]string{"bench", "scale", "--cells", "201"}, `trellis: --cells 201: the scale bench runs 2 to 200 cells`},
 		{[]string{"bench", "overlay", "all"}, `Incorrect Usage: bench takes at most one benchmark, got "overlay all"`},
 		{[]string{"bench", "overlay", "--json", missing}, "trellis: cannot write --json " + missing + ": " + filepath.Dir(missing) + " is not a directory"},
 		{[]string{"bench", "--frobnicate"}, "Incorrect Usage: flag provided but not defined: -frobnicate"},

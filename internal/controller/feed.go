@@ -54,8 +54,16 @@ type cellFeed struct {
 	// on every change, as the feed did before it kept a model.
 	alwaysRebuild bool
 
+	// minPush is the least time between two newer states a cell's long
+	// polls answer with: the first change after a quiet spell is answered
+	// at once, and a burst of changes to a cell costs it at most one push
+	// per minPush (the latest state when the hold ends), however many
+	// writes the burst has.
+	minPush time.Duration
+
 	mu       sync.Mutex
-	rev      int64 // store revision of the last compiled snapshot (-1: none)
+	lastPush map[string]time.Time // cell → when a long poll last answered it with a newer state
+	rev      int64                // store revision of the last compiled snapshot (-1: none)
 	cells    map[string]*feedEntry
 	changed  chan struct{} // closed (and replaced) after each compile
 	watchers int           // polls waiting: the watch runs while there are any
@@ -89,6 +97,7 @@ func (e *feedEntry) write(w io.Writer) error {
 
 func newCellFeed(st *store.Store, compile func(context.Context, store.Snapshot) (*policy.Snapshot, error), log *slog.Logger, reg prometheus.Registerer) *cellFeed {
 	f := &cellFeed{store: st, compile: compile, log: log, rev: -1, changed: make(chan struct{}),
+		minPush: defaultMinPush, lastPush: map[string]time.Time{},
 		compileSeconds: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "trellis_controller_cell_state_compile_seconds",
 			Help:    "Time to bring the cells' desired states to the store's revision: read its changes, apply them to the model and compile the cells they affect (or, on a rebuild, read a snapshot and compile every cell).",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 16)}),
@@ -127,8 +136,11 @@ func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait tim
 		if e == nil {
 			return nil, fmt.Errorf("cell %s: %w", cell, store.ErrNotFound)
 		}
-		if after < 0 || e.rev > after {
+		if after < 0 {
 			return e, nil
+		}
+		if e.rev > after {
+			return f.push(ctx, cell, e)
 		}
 		select {
 		case <-changed:
@@ -138,6 +150,34 @@ func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait tim
 			return nil, ctx.Err()
 		}
 	}
+}
+
+// defaultMinPush is a cell feed's minPush: a thousand writes in a second
+// push a cell at most 21 states.
+const defaultMinPush = 50 * time.Millisecond
+
+// push answers a long poll of cell with a newer state, e, or, if the cell
+// had one less than minPush ago, with the latest when minPush has passed.
+func (f *cellFeed) push(ctx context.Context, cell string, e *feedEntry) (*feedEntry, error) {
+	f.mu.Lock()
+	hold := time.Until(f.lastPush[cell].Add(f.minPush))
+	f.mu.Unlock()
+	if hold > 0 {
+		t := time.NewTimer(hold)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if latest := f.cells[cell]; latest != nil {
+		e = latest
+	}
+	f.lastPush[cell] = time.Now()
+	return e, nil
 }
 
 // join counts a waiting poll and starts the watch for the first.
@@ -325,6 +365,11 @@ func (f *cellFeed) put(cells map[string]*feedEntry, guid string, st *api.CellSta
 func (f *cellFeed) publish(rev int64, cells map[string]*feedEntry, changes, compiled int, start time.Time) {
 	f.mu.Lock()
 	f.rev, f.cells = rev, cells
+	for c := range f.lastPush {
+		if cells[c] == nil {
+			delete(f.lastPush, c) // the cell is gone
+		}
+	}
 	close(f.changed)
 	f.changed = make(chan struct{})
 	f.mu.Unlock()

@@ -11,7 +11,7 @@ import (
 
 // stateEncoder encodes the cells' desired states of one compile as JSON.
 // policy.Compile gives every cell the same slices for what the foundation
-// shares (tagged apps, endpoints, domains, routes); the encoder encodes each
+// shares (endpoints, domains, routes); the encoder encodes each
 // such slice once and hands every cell the same bytes, so that a compile
 // costs the shared parts once, not once per cell. A slice it has not seen
 // is encoded afresh: sharing makes it faster, never different.
@@ -48,7 +48,7 @@ func (e *stateEncoder) encode(rev int64, st *api.CellState) (*feedEntry, error) 
 	w.lit(`,"enforce":` + strconv.FormatBool(st.Enforce) + `,"allows":`)
 	w.value(st.Allows)
 	w.lit(`,"apps":`)
-	w.shared(st.Apps)
+	w.value(st.Apps) // the cell's own: its apps and their peers
 	w.lit(`,"endpoints":`)
 	w.shared(st.Endpoints)
 	w.lit(`,"domains":`)

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 )
@@ -118,4 +119,86 @@ func BenchmarkWriteWithCellsWatching(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestCellFeedCoalescesBursts: a change to a cell after a quiet spell is
+// answered to its long poll at once; a burst of a thousand writes to it
+// costs it at most one push per minPush, and the last push holds the
+// burst's last write.
+func TestCellFeedCoalescesBursts(t *testing.T) {
+	e := newEnv(t, "sqlite")
+	s := e.srv.Config.Handler.(*Server)
+	const minPush = 10 * time.Second
+	s.feed.minPush = minPush
+	_, c1 := e.joinCell("cell1", "198.51.100.11")
+	space := e.defaultSpace()
+	frontend, backend := e.createApp(space, "frontend"), e.createApp(space, "backend")
+	req, _ := http.NewRequest("PUT", e.srv.URL+"/trellis/v1/cell/instances/5a3c8e1e-0000-4000-8000-000000000002",
+		strings.NewReader(fmt.Sprintf(`{"app_guid":%q,"index":0,"ip":"10.255.1.2","container_id":"c2"}`, backend)))
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c1.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	policy := func(port int) string {
+		return fmt.Sprintf(`{"policies":[{"source":{"id":%q},"destination":{"id":%q,"protocol":"tcp","ports":{"start":%d,"end":%d}}}]}`,
+			frontend, backend, port, port)
+	}
+	var st api.CellState
+	if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state", &st); code != 200 {
+		t.Fatalf("GET state = %d", code)
+	}
+	// poll long-polls after rev and returns the answer and how long it took.
+	poll := func(rev int64) (api.CellState, time.Duration) {
+		var st api.CellState
+		start := time.Now()
+		if code := cellGet(t, c1, fmt.Sprintf("%s/trellis/v1/cell/state?after=%d", e.srv.URL, rev), &st); code != 200 {
+			t.Fatalf("poll = %d", code)
+		}
+		return st, time.Since(start)
+	}
+
+	// Isolated: answered long before a hold of minPush would end.
+	e.must(e.admin, "POST", policiesPath, policy(1), 200, nil)
+	got, took := poll(st.Revision)
+	if len(got.Allows) != 1 || took >= minPush {
+		t.Fatalf("isolated change: %d allows after %v; want 1, before %v", len(got.Allows), took, minPush)
+	}
+
+	// A burst of 1,000 writes while the cell polls as an agent does.
+	const writes = 1000
+	done := make(chan struct{})
+	var pushes int
+	var last api.CellState
+	go func() {
+		defer close(done)
+		rev := got.Revision
+		for {
+			st, _ := poll(rev)
+			if st.Revision > rev {
+				pushes++
+				rev, last = st.Revision, st
+			}
+			if len(st.Allows) == 1+writes {
+				return
+			}
+		}
+	}()
+	start := time.Now()
+	for i := range writes {
+		e.must(e.admin, "POST", policiesPath, policy(2+i), 200, nil)
+	}
+	burst := time.Since(start)
+	<-done
+	// The first push of the burst waits for the isolated one's minPush,
+	// each next for the one before: the pushes from the burst's start to
+	// the last write's push fit in burst + minPush.
+	if bound := 1 + int((burst+minPush)/minPush); pushes > bound {
+		t.Errorf("a burst of %d writes in %v pushed the cell %d states; want at most %d (one per %v)", writes, burst, pushes, bound, minPush)
+	}
+	if len(last.Allows) != 1+writes {
+		t.Errorf("last push has %d allows, want %d", len(last.Allows), 1+writes)
+	}
+	t.Logf("%d writes in %v: %d pushes to the cell", writes, burst, pushes)
 }

@@ -36,8 +36,9 @@ type Snapshot struct {
 	Apps      []App
 	Instances []Instance
 	Tags      []Tag
-	// Policies may leave out those whose destination app has no instance
-	// attached on the cells compiled: they allow nothing there.
+	// Policies must hold every policy to or from an app attached on the
+	// cells compiled (the tagged apps of a cell are its apps' peers in
+	// both directions); others may be left out.
 	Policies []Policy
 	// PolicyIDs are the policies' store ids, in the order of Policies: a
 	// Model needs them (to apply changes), Compile does not.
@@ -146,6 +147,10 @@ type source interface {
 	// policiesTo yields the policies to an app, in the order they were
 	// created.
 	policiesTo(app string) iter.Seq[*Policy]
+	// policiesFrom yields the policies from an app.
+	policiesFrom(app string) iter.Seq[*Policy]
+	// tagOf returns an app's tag, if it has one.
+	tagOf(app string) (uint16, bool)
 	// hosts returns the sorted FQDNs of an app's internal routes.
 	hosts(app string) []string
 	// shared returns the parts of every cell's state that do not depend
@@ -158,7 +163,6 @@ type source interface {
 // sharedParts are the parts of every cell's state that do not depend on
 // the cell.
 type sharedParts struct {
-	tagged    []api.TaggedApp
 	endpoints []api.Endpoint
 	domains   []string
 	routes    []api.RouteEntry
@@ -176,6 +180,8 @@ type Index struct {
 	orgs     map[string]string   // space GUID → org GUID
 	instOn   map[string][]int    // cell GUID → indexes in s.Instances, in order
 	toApp    map[string][]int    // destination app → indexes in s.Policies, in order
+	fromApp  map[string][]int    // source app → indexes in s.Policies, in order
+	tags     map[string]uint16   // app → tag
 	hostsOf  map[string][]string // app → FQDNs of its internal routes, sorted
 	sharedOf sharedParts
 }
@@ -183,7 +189,8 @@ type Index struct {
 // NewIndex indexes s in one pass over each of its slices.
 func NewIndex(s *Snapshot) *Index {
 	x := &Index{s: s, cells: make(map[string]int, len(s.Cells)), apps: make(map[string]*App, len(s.Apps)),
-		orgs: make(map[string]string, len(s.Spaces)), instOn: map[string][]int{}, toApp: map[string][]int{}}
+		orgs: make(map[string]string, len(s.Spaces)), instOn: map[string][]int{}, toApp: map[string][]int{},
+		fromApp: map[string][]int{}, tags: make(map[string]uint16, len(s.Tags))}
 	for i, c := range s.Cells {
 		x.cells[c.GUID] = i
 	}
@@ -200,24 +207,20 @@ func NewIndex(s *Snapshot) *Index {
 	}
 	for i, p := range s.Policies {
 		x.toApp[p.DestApp] = append(x.toApp[p.DestApp], i)
+		x.fromApp[p.SourceApp] = append(x.fromApp[p.SourceApp], i)
 	}
-	x.sharedOf = computeShared(s.Tags, s.Instances, s.Domains, s.Routes, x.app)
+	for _, t := range s.Tags {
+		x.tags[t.AppGUID] = t.Tag
+	}
+	x.sharedOf = computeShared(s.Instances, s.Domains, s.Routes, x.app)
 	x.hostsOf = RouteHosts(s.Domains, s.Routes)
 	return x
 }
 
 // computeShared computes the parts of every cell's state that do not
 // depend on the cell, from rows in the orders a Snapshot keeps.
-func computeShared(tags []Tag, instances []Instance, domains []Domain, routes []Route, app func(string) *App) sharedParts {
+func computeShared(instances []Instance, domains []Domain, routes []Route, app func(string) *App) sharedParts {
 	var x sharedParts
-	x.tagged = make([]api.TaggedApp, 0, len(tags))
-	for _, t := range tags {
-		name := ""
-		if a := app(t.AppGUID); a != nil {
-			name = a.Name
-		}
-		x.tagged = append(x.tagged, api.TaggedApp{GUID: t.AppGUID, Name: name, Tag: t.Tag})
-	}
 	x.endpoints = []api.Endpoint{}
 	for _, in := range instances {
 		a := app(in.AppGUID)
@@ -260,9 +263,15 @@ func (x *Index) onCell(cell string) iter.Seq[*Instance] {
 		}
 	}
 }
-func (x *Index) policiesTo(app string) iter.Seq[*Policy] {
+func (x *Index) tagOf(app string) (uint16, bool) {
+	t, ok := x.tags[app]
+	return t, ok
+}
+func (x *Index) policiesTo(app string) iter.Seq[*Policy]   { return x.policies(x.toApp[app]) }
+func (x *Index) policiesFrom(app string) iter.Seq[*Policy] { return x.policies(x.fromApp[app]) }
+func (x *Index) policies(at []int) iter.Seq[*Policy] {
 	return func(yield func(*Policy) bool) {
-		for _, i := range x.toApp[app] {
+		for _, i := range at {
 			if !yield(&x.s.Policies[i]) {
 				return
 			}
@@ -311,7 +320,7 @@ func compileCell(src source, cell string) (api.CellState, error) {
 	sh := src.shared()
 	st := api.CellState{Revision: h.Revision, Cell: cells[ci], Overlay: h.Overlay, Enforce: h.Enforce,
 		Peers: make([]api.Cell, 0, len(cells)-1), Instances: []api.DesiredInstance{},
-		Apps: sh.tagged, Endpoints: sh.endpoints, Domains: sh.domains, Routes: sh.routes, InstanceCA: h.InstanceCA}
+		Endpoints: sh.endpoints, Domains: sh.domains, Routes: sh.routes, InstanceCA: h.InstanceCA}
 	for i, c := range cells {
 		if i != ci {
 			st.Peers = append(st.Peers, c)
@@ -351,6 +360,7 @@ func compileCell(src source, cell string) (api.CellState, error) {
 			}
 		}
 	}
+	st.Apps = taggedApps(src, local)
 	slices.SortFunc(st.Allows, compareAllows)
 	st.Allows = slices.Compact(st.Allows)
 	slices.Sort(local)
@@ -369,6 +379,37 @@ func compileCell(src source, cell string) (api.CellState, error) {
 	}
 	st.Egress = egress(src, cell)
 	return st, nil
+}
+
+// taggedApps returns the tagged apps a cell needs, ordered by tag: those
+// attached on it (its local apps) and their policy peers in both
+// directions — and no other, so that a tag given to an app that concerns
+// no instance of the cell does not change its state.
+func taggedApps(src source, local []string) []api.TaggedApp {
+	need := map[string]bool{}
+	for _, app := range local {
+		need[app] = true
+		for p := range src.policiesTo(app) {
+			need[p.SourceApp] = true
+		}
+		for p := range src.policiesFrom(app) {
+			need[p.DestApp] = true
+		}
+	}
+	out := []api.TaggedApp{}
+	for app := range need {
+		tag, ok := src.tagOf(app)
+		if !ok {
+			continue
+		}
+		name := ""
+		if a := src.app(app); a != nil {
+			name = a.Name
+		}
+		out = append(out, api.TaggedApp{GUID: app, Name: name, Tag: tag})
+	}
+	slices.SortFunc(out, func(a, b api.TaggedApp) int { return cmp.Compare(a.Tag, b.Tag) })
+	return out
 }
 
 // validRange reports whether p's protocol and ports can be enforced; the

@@ -51,9 +51,10 @@ type Model struct {
 	instOn    map[string][]*Instance // cell → instances, ordered by app, index, GUID
 	instOf    map[string][]*Instance // app → instances
 	tags      map[uint16]string      // tag → app
-	tagOf     map[string]uint16      // app → tag
+	appTag    map[string]uint16      // app → tag
 	policies  map[int64]*Policy
 	toApp     map[string][]policyRef // destination app → policies, ordered by id
+	fromApp   map[string][]policyRef // source app → policies, ordered by id
 	domains   map[string]Domain
 	routes    map[string]*Route
 	groups    []SecurityGroup // replaced whole: their changes rebuild the model
@@ -76,8 +77,8 @@ func NewModel(s *Snapshot) *Model {
 	m := &Model{hdr: Snapshot{Revision: s.Revision, Overlay: s.Overlay, Enforce: s.Enforce, InstanceCA: s.InstanceCA},
 		cells: slices.Clone(s.Cells), apps: make(map[string]*App, len(s.Apps)), orgs: make(map[string]string, len(s.Spaces)),
 		instances: make(map[string]*Instance, len(s.Instances)), instOn: map[string][]*Instance{}, instOf: map[string][]*Instance{},
-		tags: make(map[uint16]string, len(s.Tags)), tagOf: make(map[string]uint16, len(s.Tags)),
-		policies: make(map[int64]*Policy, len(s.Policies)), toApp: map[string][]policyRef{},
+		tags: make(map[uint16]string, len(s.Tags)), appTag: make(map[string]uint16, len(s.Tags)),
+		policies: make(map[int64]*Policy, len(s.Policies)), toApp: map[string][]policyRef{}, fromApp: map[string][]policyRef{},
 		domains: make(map[string]Domain, len(s.Domains)), routes: make(map[string]*Route, len(s.Routes)),
 		groups: slices.Clone(s.SecurityGroups)}
 	for _, a := range s.Apps {
@@ -94,11 +95,12 @@ func NewModel(s *Snapshot) *Model {
 		m.instOf[in.AppGUID] = append(m.instOf[in.AppGUID], &in)
 	}
 	for _, t := range s.Tags {
-		m.tags[t.Tag], m.tagOf[t.AppGUID] = t.AppGUID, t.Tag
+		m.tags[t.Tag], m.appTag[t.AppGUID] = t.AppGUID, t.Tag
 	}
 	for i, p := range s.Policies { // by id
 		m.policies[s.PolicyIDs[i]] = &p
 		m.toApp[p.DestApp] = append(m.toApp[p.DestApp], policyRef{s.PolicyIDs[i], &p})
+		m.fromApp[p.SourceApp] = append(m.fromApp[p.SourceApp], policyRef{s.PolicyIDs[i], &p})
 	}
 	for _, d := range s.Domains {
 		m.domains[d.GUID] = d
@@ -189,18 +191,19 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 	for _, guid := range d.Deleted["instances"] {
 		m.removeInstance(guid, &aff)
 	}
+	// A tag is in the states of the cells where its app or a policy peer
+	// of it is attached: marked once the policies are applied.
+	var retagged []string
 	for _, t := range d.Tags {
-		m.dropTag(t.Tag)
-		m.tags[t.Tag], m.tagOf[t.AppGUID] = t.AppGUID, t.Tag
-		aff.all = true
+		retagged = append(retagged, m.dropTag(t.Tag), t.AppGUID)
+		m.tags[t.Tag], m.appTag[t.AppGUID] = t.AppGUID, t.Tag
 	}
 	for _, k := range d.Deleted["tags"] {
 		tag, err := strconv.ParseUint(k, 10, 16)
 		if err != nil {
 			return nil, ErrUnknownChange
 		}
-		m.dropTag(uint16(tag))
-		aff.all = true
+		retagged = append(retagged, m.dropTag(uint16(tag)))
 	}
 	for _, k := range d.Deleted["policies"] {
 		id, err := strconv.ParseInt(k, 10, 64)
@@ -216,7 +219,16 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 		refs := m.toApp[p.DestApp]
 		at, _ := slices.BinarySearchFunc(refs, id, func(r policyRef, id int64) int { return cmp.Compare(r.id, id) })
 		m.toApp[p.DestApp] = slices.Insert(refs, at, policyRef{id, &p})
+		refs = m.fromApp[p.SourceApp]
+		at, _ = slices.BinarySearchFunc(refs, id, func(r policyRef, id int64) int { return cmp.Compare(r.id, id) })
+		m.fromApp[p.SourceApp] = slices.Insert(refs, at, policyRef{id, &p})
 		aff.attachedCells(p.DestApp)
+		aff.attachedCells(p.SourceApp) // its peers' tags
+	}
+	for _, app := range retagged {
+		if app != "" {
+			aff.peers(app)
+		}
 	}
 	for _, dom := range d.Domains {
 		m.domains[dom.GUID] = dom
@@ -264,7 +276,7 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 // shows reports whether an app's name is in every cell's state: it has a
 // tag or an attached instance.
 func (m *Model) shows(app string) bool {
-	if _, ok := m.tagOf[app]; ok {
+	if _, ok := m.appTag[app]; ok {
 		return true
 	}
 	return slices.ContainsFunc(m.instOf[app], func(in *Instance) bool { return attached(*in) })
@@ -286,8 +298,20 @@ func (a *affected) app(guid string) {
 	}
 }
 
+// peers marks the cells whose tagged apps show app's tag: where it or one of
+// its policy peers is attached.
+func (a *affected) peers(app string) {
+	a.attachedCells(app)
+	for _, r := range a.m.toApp[app] {
+		a.attachedCells(r.p.SourceApp)
+	}
+	for _, r := range a.m.fromApp[app] {
+		a.attachedCells(r.p.DestApp)
+	}
+}
+
 // attachedCells marks the cells where an app has attached instances: those
-// policies to it change.
+// policies to or from it change.
 func (a *affected) attachedCells(guid string) {
 	for _, in := range a.m.instOf[guid] {
 		if attached(*in) {
@@ -328,13 +352,16 @@ func compareInstances(a, b *Instance) int {
 	return cmp.Or(strings.Compare(a.AppGUID, b.AppGUID), cmp.Compare(a.Index, b.Index), strings.Compare(a.GUID, b.GUID))
 }
 
-func (m *Model) dropTag(tag uint16) {
-	if app, ok := m.tags[tag]; ok {
+// dropTag removes a tag and returns the app that had it ("" if none).
+func (m *Model) dropTag(tag uint16) string {
+	app, ok := m.tags[tag]
+	if ok {
 		delete(m.tags, tag)
-		if m.tagOf[app] == tag {
-			delete(m.tagOf, app)
+		if m.appTag[app] == tag {
+			delete(m.appTag, app)
 		}
 	}
+	return app
 }
 
 func (m *Model) removePolicy(id int64, aff *affected) {
@@ -347,17 +374,18 @@ func (m *Model) removePolicy(id int64, aff *affected) {
 	if len(m.toApp[old.DestApp]) == 0 {
 		delete(m.toApp, old.DestApp)
 	}
+	m.fromApp[old.SourceApp] = slices.DeleteFunc(m.fromApp[old.SourceApp], func(r policyRef) bool { return r.id == id })
+	if len(m.fromApp[old.SourceApp]) == 0 {
+		delete(m.fromApp, old.SourceApp)
+	}
 	aff.attachedCells(old.DestApp)
+	aff.attachedCells(old.SourceApp)
 }
 
 // refresh recomputes what every cell shares, in the orders a snapshot
 // keeps: tags by tag, instances by app, index and GUID, domains by name,
 // routes by domain name, host and GUID.
 func (m *Model) refresh() {
-	tags := make([]Tag, 0, len(m.tags))
-	for _, tag := range slices.Sorted(maps.Keys(m.tags)) {
-		tags = append(tags, Tag{AppGUID: m.tags[tag], Tag: tag})
-	}
 	var ins []Instance
 	for _, in := range m.instances {
 		if attached(*in) {
@@ -373,7 +401,7 @@ func (m *Model) refresh() {
 	slices.SortFunc(routes, func(a, b Route) int {
 		return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
 	})
-	m.sharedOf = computeShared(tags, ins, domains, routes, m.app)
+	m.sharedOf = computeShared(ins, domains, routes, m.app)
 	m.hostsOf = RouteHosts(domains, routes)
 	m.sharedDirty = false
 	m.sharedGen++
@@ -395,9 +423,15 @@ func (m *Model) securityGroups() []SecurityGroup { return m.groups }
 func (m *Model) onCell(cell string) iter.Seq[*Instance] {
 	return slices.Values(m.instOn[cell])
 }
-func (m *Model) policiesTo(app string) iter.Seq[*Policy] {
+func (m *Model) tagOf(app string) (uint16, bool) {
+	t, ok := m.appTag[app]
+	return t, ok
+}
+func (m *Model) policiesTo(app string) iter.Seq[*Policy]   { return refsOf(m.toApp[app]) }
+func (m *Model) policiesFrom(app string) iter.Seq[*Policy] { return refsOf(m.fromApp[app]) }
+func refsOf(refs []policyRef) iter.Seq[*Policy] {
 	return func(yield func(*Policy) bool) {
-		for _, r := range m.toApp[app] {
+		for _, r := range refs {
 			if !yield(r.p) {
 				return
 			}
