@@ -322,21 +322,7 @@ var bindSecurityGroupCommand = &command{
 		spaceFlag := fs.String("space", "", "Bind to `SPACE` only (default: every space of ORG)")
 		life := lifecycleFlag(fs)
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "SECURITY_GROUP", "ORG"); err != nil {
-				return err
-			}
-			if err := checkLifecycle(*life); err != nil {
-				return err
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			g, err := s.securityGroup(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			org, err := s.org(ctx, args[1])
+			s, g, org, err := bindTarget(ctx, e, args, *life, "SECURITY_GROUP", "ORG")
 			if err != nil {
 				return err
 			}
@@ -373,21 +359,7 @@ var unbindSecurityGroupCommand = &command{
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		life := lifecycleFlag(fs)
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "SECURITY_GROUP", "ORG", "SPACE"); err != nil {
-				return err
-			}
-			if err := checkLifecycle(*life); err != nil {
-				return err
-			}
-			s, err := e.session()
-			if err != nil {
-				return err
-			}
-			g, err := s.securityGroup(ctx, args[0])
-			if err != nil {
-				return err
-			}
-			org, err := s.org(ctx, args[1])
+			s, g, org, err := bindTarget(ctx, e, args, *life, "SECURITY_GROUP", "ORG", "SPACE")
 			if err != nil {
 				return err
 			}
@@ -544,4 +516,27 @@ func (e *env) explainEgress(ctx context.Context, args []string, to, port, protoc
 	}
 	e.printf("%s: %s -> %s on %s (egress)\n%s\n", verdict, src.Name, dst, protocol, x.Reason)
 	return nil
+}
+
+// bindTarget checks the arguments of bind- and unbind-security-group
+// (named by names; the group and org come first) and the lifecycle, and
+// finds the group and the org.
+func bindTarget(ctx context.Context, e *env, args []string, life string, names ...string) (*session, api.SecurityGroup, api.Organization, error) {
+	var g api.SecurityGroup
+	var org api.Organization
+	if err := wantArgs(args, names...); err != nil {
+		return nil, g, org, err
+	}
+	if err := checkLifecycle(life); err != nil {
+		return nil, g, org, err
+	}
+	s, err := e.session()
+	if err != nil {
+		return nil, g, org, err
+	}
+	if g, err = s.securityGroup(ctx, args[0]); err != nil {
+		return nil, g, org, err
+	}
+	org, err = s.org(ctx, args[1])
+	return s, g, org, err
 }

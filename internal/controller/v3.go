@@ -2,6 +2,7 @@ package controller
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -488,17 +489,10 @@ func (s *Server) listRoutes(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	if orgs := query(r, "organization_guids"); len(orgs) > 0 {
-		sps, err := s.store.Spaces(r.Context(), store.SpaceFilter{OrgGUIDs: orgs})
+		in, err := s.spacesOfOrgs(r.Context(), spaces, orgs)
 		if err != nil {
 			s.storeError(w, "list routes", err)
 			return
-		}
-		var in []string
-		for _, sp := range sps {
-			in = append(in, sp.GUID)
-		}
-		if len(spaces) > 0 {
-			in = intersect(spaces, in)
 		}
 		if len(in) == 0 {
 			writeList[ccRoute](w, r, nil)
@@ -712,4 +706,22 @@ func (s *Server) removeRouteDestination(w http.ResponseWriter, r *http.Request) 
 	}
 	s.log.Info("unmapped route", "url", rt.Host+"."+rt.DomainName, "route", rt.GUID, "app", app, "user", principalFrom(r.Context()).user())
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// spacesOfOrgs narrows a space_guids filter (none: every space) to the
+// spaces of orgs, as Cloud Controller's organization_guids filter does;
+// an empty result matches nothing.
+func (s *Server) spacesOfOrgs(ctx context.Context, spaces, orgs []string) ([]string, error) {
+	sps, err := s.store.Spaces(ctx, store.SpaceFilter{OrgGUIDs: orgs})
+	if err != nil {
+		return nil, err
+	}
+	var in []string
+	for _, sp := range sps {
+		in = append(in, sp.GUID)
+	}
+	if len(spaces) > 0 {
+		in = intersect(spaces, in)
+	}
+	return in, nil
 }

@@ -515,17 +515,10 @@ func (s *Server) listRoles(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	if orgs := query(r, "organization_guids"); len(orgs) > 0 {
-		sps, err := s.store.Spaces(r.Context(), store.SpaceFilter{OrgGUIDs: orgs})
+		in, err := s.spacesOfOrgs(r.Context(), spaces, orgs)
 		if err != nil {
 			s.storeError(w, "list roles", err)
 			return
-		}
-		var in []string
-		for _, sp := range sps {
-			in = append(in, sp.GUID)
-		}
-		if len(spaces) > 0 {
-			in = intersect(spaces, in)
 		}
 		if len(in) == 0 {
 			writeList[ccRole](w, r, nil)
