@@ -400,9 +400,29 @@ func (h *haWorld) controllerUpgrade(t *testing.T, pr *prober) {
 	pr.unset(h.a, h.b)
 	waitReach(t, h.a, h.b, true)
 	pr.set(h.a, h.b, false)
-	// Both agents at the latest revision first (CellCut's last write).
-	poll(t, time.Minute, "both agents at one revision", func() (bool, error) {
-		return agentStatus(t, h.agents[0].cfg.Socket).Revision == agentStatus(t, h.agents[1].cfg.Socket).Revision, nil
+	// Quiet first: CellCut's late writes (a deregistration the agent
+	// retries once a controller answers again) must land before the
+	// baseline, or the upgrade is blamed for them. Quiet: the store's
+	// revision and both agents' revisions unchanged over 1.5 s.
+	db0, err := sql.Open("pgx", h.dbURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db0.Close()
+	revisions := func() (rev int64, agents [2]int64) {
+		if err := db0.QueryRowContext(ctx, "SELECT value FROM revision WHERE id = 1").Scan(&rev); err != nil {
+			t.Fatal(err)
+		}
+		for i, r := range h.agents[:2] {
+			agents[i] = agentStatus(t, r.cfg.Socket).Revision
+		}
+		return rev, agents
+	}
+	poll(t, time.Minute, "the store and both agents quiet", func() (bool, error) {
+		r1, a1 := revisions()
+		time.Sleep(1500 * time.Millisecond)
+		r2, a2 := revisions()
+		return r1 == r2 && a1 == a2, nil
 	})
 	before := make([]api.AgentStatus, len(h.agents))
 	for i, r := range h.agents {

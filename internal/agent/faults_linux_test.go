@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -36,7 +35,7 @@ type procCtrl struct {
 	cfg  testControllerConfig
 	url  string
 	cmd  *exec.Cmd
-	done chan struct{}
+	done <-chan struct{}
 }
 
 // startProcCtrl starts a controller process serving cfg until the test
@@ -66,21 +65,10 @@ func (c *procCtrl) start() {
 	cmd := exec.Command(exe)
 	cmd.Env = append(os.Environ(), envTestController+"="+string(js))
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Killed if this process dies first: Pdeathsig follows the thread
-	// that started it, so start and wait on one locked thread.
+	// Killed if this process dies first (see storetest.StartTied).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	started, done := make(chan error), make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		err := cmd.Start()
-		started <- err
-		if err == nil {
-			cmd.Wait()
-		}
-		close(done)
-	}()
-	if err := <-started; err != nil {
+	done, err := storetest.StartTied(cmd)
+	if err != nil {
 		c.t.Fatalf("start controller: %v", err)
 	}
 	c.cmd, c.done = cmd, done

@@ -29,7 +29,7 @@ type Postgres struct {
 	port int
 	cred *syscall.Credential
 	cmd  *exec.Cmd
-	done chan struct{} // closed when cmd exited
+	done <-chan struct{} // closed when cmd exited
 }
 
 // StartPostgres makes and starts a private PostgreSQL server for t, stopped
@@ -144,20 +144,8 @@ func (p *Postgres) Start() {
 	// Its own process group (a ^C to the test is not its), and killed if
 	// the test process dies first.
 	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: p.cred, Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	// Pdeathsig fires when the thread that started the child ends: start
-	// and wait for it on one locked thread, which lives while it runs.
-	started, done := make(chan error), make(chan struct{})
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		err := cmd.Start()
-		started <- err
-		if err == nil {
-			cmd.Wait()
-		}
-		close(done)
-	}()
-	if err := <-started; err != nil {
+	done, err := StartTied(cmd)
+	if err != nil {
 		p.t.Fatalf("start postgres: %v", err)
 	}
 	p.cmd, p.done = cmd, done
@@ -220,4 +208,23 @@ func (p *Postgres) signal(sig syscall.Signal) {
 func (p *Postgres) Log() string {
 	b, _ := os.ReadFile(filepath.Join(p.dir, "postgres.log"))
 	return strings.TrimSpace(string(b))
+}
+
+// StartTied starts cmd, whose SysProcAttr sets Pdeathsig, so that it is
+// killed if the test process dies first: Pdeathsig fires when the thread
+// that started the child ends, so cmd is started and waited for on one
+// locked thread, which lives while it runs. done closes when cmd exits.
+func StartTied(cmd *exec.Cmd) (done <-chan struct{}, err error) {
+	started, exited := make(chan error), make(chan struct{})
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		err := cmd.Start()
+		started <- err
+		if err == nil {
+			cmd.Wait()
+		}
+		close(exited)
+	}()
+	return exited, <-started
 }
