@@ -79,7 +79,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 		}
 	}()
 
-	t, _, err := r.buildCells()
+	t, attach, err := r.buildCells()
 	if err != nil {
 		return err
 	}
@@ -274,7 +274,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 		"Before each measurement, tcp %d (not allowed) is checked to be refused under every filtering and reachable without.",
 		clientTag, how, connRounds, connFor,
 		connPort, iperf3Port, numPolicies, numApps, numPolicies, numPolicies, deniedPort))
-	return nil
+	return r.egressThroughput(rep, attach, t.cell1, client, quick)
 }
 
 // manyAllows returns numPolicies allows ending with needed: the others

@@ -186,10 +186,12 @@ type series struct {
 // their own, so that charts can tell a time from a rate. Groups that back
 // a figure take its unit (see groupOf).
 var sampleUnits = map[string]string{
-	"apply-full": "ms", // policy/apply-10k
-	"api-create": "ms",
-	"dns-map":    "ms", // dns/route-map-p99
-	"dns-unmap":  "ms", // dns/route-unmap-p99
+	"apply-full":              "ms", // policy/apply-10k
+	"api-create":              "ms",
+	"dns-map":                 "ms", // dns/route-map-p99
+	"dns-unmap":               "ms", // dns/route-unmap-p99
+	"egress-unbind":           "ms",
+	"api-bind-security-group": "ms",
 }
 
 // timeUnits are the units of durations: their samples are drawn as
