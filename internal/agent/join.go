@@ -185,7 +185,9 @@ func cellClient(urls []string, dir string) (*api.Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("load cell certificate: %w", err)
 	}
-	return api.NewCellClient(urls, string(caPEM), cert)
+	// A controller named by a host name with several addresses is one
+	// controller per address (see api.NewCellClientResolving).
+	return api.NewCellClientResolving(urls, string(caPEM), cert, api.SystemResolver)
 }
 
 // forgotten reports whether the controller says it does not know the cell

@@ -114,8 +114,10 @@ func IsNotFound(err error) bool {
 // be written, or the answer was 503 — except the policy writes, which are
 // idempotent and move on as a GET does.
 type Client struct {
-	bases []*url.URL
+	bases []*url.URL // the controllers, set by setBases when resolved
 	token string
+	// names resolves controllers' host names (NewCellClientResolving).
+	names *nameTargets
 	http  *http.Client
 	// retryBase and retryMax bound the pause before trying the next
 	// controller: retryBase before the second, doubling, at most retryMax,
@@ -128,6 +130,13 @@ type Client struct {
 
 // clientTimeout bounds a whole request, answer included.
 const clientTimeout = 30 * time.Second
+
+// cellHandshakeTimeout and cellHeaderTimeout bound a cell's TLS handshake
+// and the wait for an answer's head (see NewCellClient).
+const (
+	cellHandshakeTimeout = 3 * time.Second
+	cellHeaderTimeout    = 10 * time.Second
+)
 
 // dialTimeout bounds a connection attempt, so that an unreachable
 // controller (a host cut off, which drops packets) is left for the next
@@ -202,6 +211,14 @@ func newClient(apiURLs []string, caPEM, token string, cert *tls.Certificate) (*C
 	if cert != nil {
 		tr.TLSClientConfig.Certificates = []tls.Certificate{*cert}
 		hc.Timeout = 0
+		// No overall bound (a long poll is held), but bounds on each step,
+		// so that a connection to a controller that went silent is dropped
+		// within seconds: the handshake, the answer's head (a held poll
+		// sends it when the hold starts), and, over HTTP/2, a ping when
+		// nothing was heard for a while.
+		tr.TLSHandshakeTimeout = cellHandshakeTimeout
+		tr.ResponseHeaderTimeout = cellHeaderTimeout
+		tr.HTTP2 = &http.HTTP2Config{SendPingTimeout: 2 * time.Second, PingTimeout: 2 * time.Second}
 	}
 	return &Client{bases: bases, token: token, http: hc, retryBase: failoverPause, retryMax: maxFailoverPause}, nil
 }
@@ -209,14 +226,16 @@ func newClient(apiURLs []string, caPEM, token string, cert *tls.Certificate) (*C
 // Controller is the URL of the controller in use: the one the next
 // request goes to first.
 func (c *Client) Controller() string {
-	return c.bases[c.cur.Load()].String()
+	bases := c.targets()
+	return bases[c.cur.Load()%int64(len(bases))].String()
 }
 
 // Controllers are the URLs of every controller the Client knows, in the
 // order it tries them.
 func (c *Client) Controllers() []string {
-	out := make([]string, len(c.bases))
-	for i, u := range c.bases {
+	bases := c.targets()
+	out := make([]string, len(bases))
+	for i, u := range bases {
 		out[i] = u.String()
 	}
 	return out
@@ -491,8 +510,9 @@ func (c *Client) Raw(ctx context.Context, method, path string, body io.Reader) (
 // first answer, or an error matching ErrUnreachable that names what failed
 // at each controller tried.
 func (c *Client) send(ctx context.Context, method, path, rawQuery string, body []byte, hasBody, failover5xx bool) (*http.Response, error) {
-	n := int64(len(c.bases))
-	start := c.cur.Load()
+	bases := c.targets()
+	n := int64(len(bases))
+	start := c.cur.Load() % n
 	var errs []error
 	var why []string
 	for i := range n {
@@ -506,7 +526,7 @@ func (c *Client) send(ctx context.Context, method, path, rawQuery string, body [
 			// In use from now: a long poll held by k shows it at once.
 			c.failovers.Add(1)
 		}
-		base := c.bases[k]
+		base := bases[k]
 		u := base.JoinPath(path)
 		u.RawQuery = rawQuery
 		var r io.Reader
@@ -518,6 +538,9 @@ func (c *Client) send(ctx context.Context, method, path, rawQuery string, body [
 			return nil, err
 		}
 		c.setHeaders(req, hasBody)
+		if c.names != nil {
+			req.Host = c.names.host(base.Host)
+		}
 		resp, err := c.http.Do(req)
 		if err == nil && (!failover5xx || resp.StatusCode < 500) {
 			return resp, nil
@@ -545,6 +568,7 @@ func (c *Client) send(ctx context.Context, method, path, rawQuery string, body [
 			break
 		}
 	}
+	c.reresolve(ctx)
 	if len(errs) == 1 {
 		return nil, &unreachableError{err: errs[0]}
 	}

@@ -2,6 +2,10 @@ package api
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -31,8 +35,60 @@ func (c *Client) CellState(ctx context.Context, after int64, wait time.Duration)
 		}
 	}
 	var st CellState
-	err := c.do(ctx, http.MethodGet, "trellis/v1/cell/state", q, nil, &st)
-	return st, err
+	if after < 0 || wait <= 0 {
+		err := c.do(ctx, http.MethodGet, cellStatePath, q, nil, &st)
+		return st, err
+	}
+	// A held poll: the controller writes a heartbeat every second (see
+	// controller's cellState). A connection silent for StateSilence is
+	// dropped (a link that lost its packets, a peer gone without a reset),
+	// and the next poll goes to the next controller.
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	resp, err := c.send(ctx, http.MethodGet, cellStatePath, q.Encode(), nil, false, true)
+	if err != nil {
+		return st, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode < 200 || resp.StatusCode > 299 {
+		return st, decodeError(resp)
+	}
+	k := c.cur.Load()
+	silent := errors.New("silent")
+	t := time.AfterFunc(StateSilence, func() { cancel(silent) })
+	defer t.Stop()
+	body := &heardReader{r: resp.Body, heard: func() { t.Reset(StateSilence) }}
+	if err := json.NewDecoder(body).Decode(&st); err != nil {
+		if context.Cause(ctx) == silent {
+			if n := int64(len(c.targets())); n > 1 && c.cur.CompareAndSwap(k, (k+1)%n) {
+				c.failovers.Add(1)
+			}
+			c.reresolve(ctx)
+			return st, &unreachableError{err: fmt.Errorf("GET %s: the controller fell silent for %v: connection dropped", resp.Request.URL.Redacted(), StateSilence)}
+		}
+		return st, fmt.Errorf("GET %s: decode answer: %w", resp.Request.URL.Path, err)
+	}
+	return st, nil
+}
+
+const cellStatePath = "trellis/v1/cell/state"
+
+// StateSilence is how long a held poll of CellState may go without a byte
+// (the controller writes one every second) before it is dropped.
+const StateSilence = 3 * time.Second
+
+// heardReader calls heard after every read that returned bytes.
+type heardReader struct {
+	r     io.Reader
+	heard func()
+}
+
+func (h *heardReader) Read(p []byte) (int, error) {
+	n, err := h.r.Read(p)
+	if n > 0 {
+		h.heard()
+	}
+	return n, err
 }
 
 // RegisterInstance tells the controller that an instance is attached to the

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"log"
+	"net/http"
 	"net/http/httptest"
 	"net/netip"
 	"strings"
@@ -23,6 +24,14 @@ import (
 // certificate of its CA, as the controller's cell endpoints do. It returns
 // the CA's PEM and the certificate of a cell named cell1.
 func newCellController(t *testing.T, answers map[string]answer) (f *fakeController, caPEM string, cell tls.Certificate) {
+	t.Helper()
+	f = &fakeController{answers: answers}
+	f.srv, caPEM, cell = newCellServer(t, f)
+	return f, caPEM, cell
+}
+
+// newCellServer serves h as newCellController's fake controller does.
+func newCellServer(t *testing.T, h http.Handler) (srv *httptest.Server, caPEM string, cell tls.Certificate) {
 	t.Helper()
 	ca, err := identity.LoadOrCreateCA(t.TempDir(), "test CA")
 	if err != nil {
@@ -45,13 +54,13 @@ func newCellController(t *testing.T, answers map[string]answer) (f *fakeControll
 	}
 	cells := x509.NewCertPool()
 	cells.AddCert(ca.Cert)
-	f = &fakeController{answers: answers}
-	f.srv = httptest.NewUnstartedServer(f)
-	f.srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: cells, ClientAuth: tls.RequireAndVerifyClientCert}
-	f.srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
-	f.srv.StartTLS()
-	t.Cleanup(f.srv.Close)
-	return f, string(ca.CertPEM), cell
+	srv = httptest.NewUnstartedServer(h)
+	srv.EnableHTTP2 = true
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{serverCert}, ClientCAs: cells, ClientAuth: tls.RequireAndVerifyClientCert}
+	srv.Config.ErrorLog = log.New(io.Discard, "", 0) // refused handshakes are expected
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	return srv, string(ca.CertPEM), cell
 }
 
 func TestCellClientRequests(t *testing.T) {
@@ -242,3 +251,63 @@ func TestClientUnreachable(t *testing.T) {
 
 // equateNetip compares netip values by ==, which cmp cannot look into.
 var equateNetip = cmpopts.EquateComparable(netip.Addr{}, netip.Prefix{})
+
+// A held poll whose controller falls silent (a link that drops its
+// packets) is dropped after StateSilence without a byte, and the next goes
+// to the next controller; one that hears a heartbeat at least that often
+// is kept however long it is held.
+func TestCellStateSilentPoll(t *testing.T) {
+	ctx := context.Background()
+	stateJSON := `{"revision":8,"cell":{"guid":"g1","name":"cell1","underlay_ip":"198.51.100.11","subnet":"10.255.1.0/24","last_seen":"0001-01-01T00:00:00Z","healthy":true}}`
+	stop := make(chan struct{})
+	defer close(stop)
+	// silent answers 200 and a heartbeat, then nothing.
+	silent, caPEM, cell := newCellServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusOK)
+		w.Write([]byte("\n"))
+		http.NewResponseController(w).Flush()
+		select {
+		case <-r.Context().Done():
+		case <-stop:
+		}
+	}))
+	c, err := NewCellClient([]string{silent.URL, silent.URL}, caPEM, cell)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	t0 := time.Now()
+	_, err = c.CellState(ctx, 7, 30*time.Second)
+	took := time.Since(t0)
+	if !errors.Is(err, ErrUnreachable) || !strings.Contains(err.Error(), "silent") {
+		t.Fatalf("CellState of a silent controller: %v, want an unreachable error naming the silence", err)
+	}
+	t.Logf("silent poll dropped after %v (StateSilence %v)", took.Round(time.Millisecond), StateSilence)
+	if took > 20*time.Second {
+		t.Errorf("silent poll dropped after %v, want about %v", took, StateSilence)
+	}
+	if c.Failovers() != 1 {
+		t.Errorf("failovers after a silent poll: %d, want 1", c.Failovers())
+	}
+
+	// beating writes a heartbeat every 500 ms for twice StateSilence, then
+	// the state.
+	beating, caPEM, cell := newCellServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		for range 2 * StateSilence / (500 * time.Millisecond) {
+			w.Write([]byte("\n"))
+			http.NewResponseController(w).Flush()
+			time.Sleep(500 * time.Millisecond)
+		}
+		w.Write([]byte(stateJSON))
+	}))
+	c, err = NewCellClient([]string{beating.URL}, caPEM, cell)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.CloseIdleConnections()
+	st, err := c.CellState(ctx, 7, 30*time.Second)
+	if err != nil || st.Revision != 8 {
+		t.Fatalf("CellState with heartbeats for %v: %+v %v, want revision 8", 2*StateSilence, st, err)
+	}
+}

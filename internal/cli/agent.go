@@ -30,7 +30,7 @@ var agentCommand = &command{
 		var cfg agent.Config
 		var logLevel string
 		var controllers string
-		fs.StringVar(&controllers, "controller", "", "The controllers' API `URL`s, comma-separated, tried in turn when one does not answer (needed to join; remembered)")
+		fs.StringVar(&controllers, "controller", "", "The controllers' API `URL`s, comma-separated, tried in turn when one does not answer; a host name with several addresses is one controller per address (needed to join; remembered)")
 		fs.StringVar(&cfg.JoinToken, "join-token", "", "One-time `TOKEN` from `trellis create-join-token` (first start only)")
 		fs.StringVar(&cfg.CACertFile, "ca-cert", "", "The controller's CA certificate `FILE` (its state dir's ca.crt; first start only)")
 		fs.StringVar(&cfg.StateDir, "state-dir", "", "Keep the cell's identity, key and container records in `DIR` (required)")

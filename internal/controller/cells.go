@@ -217,10 +217,55 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 	if after < 0 {
 		wait = 0
 	}
-	st, err := s.feed.state(r.Context(), c.GUID, after, wait)
+	type answer struct {
+		e   *feedEntry
+		err error
+	}
+	held, done := make(chan struct{}), make(chan answer, 1)
+	go func() {
+		e, err := s.feed.state(r.Context(), c.GUID, after, wait, func() { close(held) })
+		done <- answer{e, err}
+	}()
+	// While the poll is held, the answer is committed (200) and a
+	// heartbeat, a newline (whitespace before the JSON body, which stays
+	// valid JSON), is written every stateHeartbeat: a cell hears its
+	// controller at least that often, and drops a connection that falls
+	// silent (see api.Client.CellState) rather than wait out the poll.
+	var beat <-chan time.Time
+	committed := false
+	var ans answer
+wait:
+	for {
+		select {
+		case ans = <-done:
+			break wait
+		case <-held:
+			held = nil
+			w.Header().Set("Content-Type", "application/json")
+			w.WriteHeader(http.StatusOK)
+			committed = true
+			t := time.NewTicker(stateHeartbeat)
+			defer t.Stop()
+			beat = t.C
+			if !s.heartbeat(w) {
+				return // the cell went away: the poll ends with r's context
+			}
+		case <-beat:
+			if !s.heartbeat(w) {
+				return
+			}
+		}
+	}
+	st, err := ans.e, ans.err
 	if err != nil {
 		if r.Context().Err() != nil {
 			return // the cell went away
+		}
+		if committed {
+			// Too late for a status (the cell was deleted during the
+			// poll): the cut answer makes the cell ask again, and hear it.
+			s.log.Warn("cell state during a held poll", "cell", c.Name, "err", err)
+			panic(http.ErrAbortHandler)
 		}
 		if errors.Is(err, store.ErrNotFound) {
 			writeNetError(w, http.StatusUnauthorized, "this cell was deleted: join again with a new join token")
@@ -230,8 +275,23 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 		writeNetError(w, http.StatusInternalServerError, "database read failed")
 		return
 	}
-	w.Header().Set("Content-Type", "application/json")
+	if !committed {
+		w.Header().Set("Content-Type", "application/json")
+	}
 	st.write(w)
+}
+
+// stateHeartbeat is how often a held long poll of the cell state writes a
+// heartbeat (see cellState).
+const stateHeartbeat = time.Second
+
+// heartbeat writes and flushes one heartbeat of a held long poll; false if
+// the cell can no longer be written to.
+func (s *Server) heartbeat(w http.ResponseWriter) bool {
+	if _, err := w.Write([]byte("\n")); err != nil {
+		return false
+	}
+	return http.NewResponseController(w).Flush() == nil
 }
 
 // compileInput is what policy.Compile reads, from a snapshot of the store

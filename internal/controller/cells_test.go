@@ -1,6 +1,7 @@
 package controller
 
 import (
+	"bytes"
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
@@ -273,4 +274,79 @@ func TestCertificateNamesOnlyValidGUIDs(t *testing.T) {
 	if code != 422 || !strings.Contains(got, "invalid instance guid") {
 		t.Errorf("certificate for instance bsvc.apps.internal = %d %s, want 422 invalid instance guid", code, got)
 	}
+}
+
+// A held long poll is answered 200 when the hold starts and hears a
+// heartbeat (a newline before the JSON) every stateHeartbeat, so that the
+// cell drops a connection that falls silent; what it ends with is still
+// one JSON state. Errors found before the hold keep their status; the
+// cell's deletion during the hold cuts the answer short, and the next poll
+// hears it as 401.
+func TestCellStateHeartbeat(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		_, c1 := e.joinCell("cell1", "198.51.100.11")
+		var st api.CellState
+		if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state", &st); code != 200 {
+			t.Fatalf("GET state = %d", code)
+		}
+		if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state?after=x", nil); code != 400 {
+			t.Errorf("GET state?after=x = %d, want 400", code)
+		}
+		start := time.Now()
+		resp, err := c1.Get(fmt.Sprintf("%s/trellis/v1/cell/state?after=%d&wait=2.5", e.srv.URL, st.Revision))
+		if err != nil {
+			t.Fatal(err)
+		}
+		head := time.Since(start)
+		b, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if err != nil || resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/json" {
+			t.Fatalf("held poll: %d %q %v", resp.StatusCode, resp.Header.Get("Content-Type"), err)
+		}
+		beats := len(b) - len(bytes.TrimLeft(b, "\n"))
+		var got api.CellState
+		if err := json.Unmarshal(b, &got); err != nil || got.Revision != st.Revision {
+			t.Fatalf("held poll's body %q: %v", b, err)
+		}
+		t.Logf("held poll of 2.5 s: head after %v, %d heartbeats", head.Round(time.Millisecond), beats)
+		if beats < 2 {
+			t.Errorf("held poll of 2.5 s heard %d heartbeats, want 3 (at 0, 1 and 2 s)", beats)
+		}
+		if head > 2*time.Second {
+			t.Errorf("held poll's head after %v, want it when the hold starts", head)
+		}
+
+		// Deleted during the hold: the answer is cut short.
+		errc := make(chan error, 1)
+		go func() {
+			resp, err := c1.Get(fmt.Sprintf("%s/trellis/v1/cell/state?after=%d&wait=20", e.srv.URL, st.Revision))
+			if err == nil {
+				_, err = io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if err == nil {
+					err = fmt.Errorf("status %d, whole answer", resp.StatusCode)
+				} else {
+					err = nil
+				}
+			} else {
+				err = fmt.Errorf("no answer's head: %w", err)
+			}
+			errc <- err
+		}()
+		time.Sleep(500 * time.Millisecond)
+		req, _ := http.NewRequest("DELETE", e.srv.URL+"/trellis/v1/cell", nil)
+		resp, err = c1.Do(req)
+		if err != nil || resp.StatusCode != 204 {
+			t.Fatalf("leave: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		select {
+		case err := <-errc:
+			if err != nil {
+				t.Errorf("poll held while the cell left: %v, want its answer cut short", err)
+			}
+		case <-time.After(15 * time.Second):
+			t.Fatal("poll held while the cell left: not cut short")
+		}
+	})
 }

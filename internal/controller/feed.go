@@ -115,8 +115,10 @@ func newCellFeed(st *store.Store, compile func(context.Context, store.Snapshot) 
 // state returns cell's desired state compiled from the store as it is now
 // or later; with after >= 0 it waits, at most wait, for one whose revision
 // exceeds after, and otherwise returns the current one. A cell the store
-// does not know is store.ErrNotFound.
-func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait time.Duration) (*feedEntry, error) {
+// does not know is store.ErrNotFound. held, if not nil, is called once when
+// the poll starts to wait (no error can come before the answer after it
+// but the cell's deletion and the end of ctx).
+func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait time.Duration, held func()) (*feedEntry, error) {
 	f.join()
 	defer f.leave()
 	// Read-your-writes: what was committed before this poll shows in it.
@@ -141,6 +143,10 @@ func (f *cellFeed) state(ctx context.Context, cell string, after int64, wait tim
 		}
 		if e.rev > after {
 			return f.push(ctx, cell, e)
+		}
+		if held != nil && wait > 0 {
+			held()
+			held = nil
 		}
 		select {
 		case <-changed:
