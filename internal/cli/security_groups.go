@@ -58,14 +58,7 @@ var createSecurityGroupCommand = &command{
 	config: true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "SECURITY_GROUP", "PATH_TO_JSON_RULES_FILE"); err != nil {
-				return err
-			}
-			rules, err := readRules(args[1])
-			if err != nil {
-				return err
-			}
-			s, err := e.session()
+			s, rules, err := rulesTarget(e, args)
 			if err != nil {
 				return err
 			}
@@ -89,14 +82,7 @@ var updateSecurityGroupCommand = &command{
 	config:  true,
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		return func(ctx context.Context, args []string) error {
-			if err := wantArgs(args, "SECURITY_GROUP", "PATH_TO_JSON_RULES_FILE"); err != nil {
-				return err
-			}
-			rules, err := readRules(args[1])
-			if err != nil {
-				return err
-			}
-			s, err := e.session()
+			s, rules, err := rulesTarget(e, args)
 			if err != nil {
 				return err
 			}
@@ -539,4 +525,19 @@ func bindTarget(ctx context.Context, e *env, args []string, life string, names .
 	}
 	org, err = s.org(ctx, args[1])
 	return s, g, org, err
+}
+
+// rulesTarget checks the arguments of create- and update-security-group
+// (SECURITY_GROUP PATH_TO_JSON_RULES_FILE), reads the rules and opens the
+// session.
+func rulesTarget(e *env, args []string) (*session, []api.SecurityGroupRule, error) {
+	if err := wantArgs(args, "SECURITY_GROUP", "PATH_TO_JSON_RULES_FILE"); err != nil {
+		return nil, nil, err
+	}
+	rules, err := readRules(args[1])
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := e.session()
+	return s, rules, err
 }
