@@ -211,6 +211,19 @@ func (s *session) appsByGUID(ctx context.Context, guids []string) (map[string]ap
 	return m, err
 }
 
+// spaceNamesByGUID returns the names of the spaces guids, by GUID.
+func (s *session) spaceNamesByGUID(ctx context.Context, guids []string) (map[string]string, error) {
+	spaces := map[string]api.Space{}
+	err := byGUID(guids, spaces, func(c []string) ([]api.Space, error) {
+		return s.client.Spaces(ctx, api.SpaceFilter{GUIDs: c})
+	}, func(sp api.Space) string { return sp.GUID })
+	names := make(map[string]string, len(spaces))
+	for g, sp := range spaces {
+		names[g] = sp.Name
+	}
+	return names, err
+}
+
 // byGUID looks up the distinct guids with list, in chunks, and adds what
 // it returns to m by the GUID of each (guid).
 func byGUID[T any](guids []string, m map[string]T, list func([]string) ([]T, error), guid func(T) string) error {

@@ -30,15 +30,9 @@ var tokensCommand = listCommand(listing[api.Token]{
 		for _, t := range ts {
 			guids = append(guids, t.Spaces...)
 		}
-		names := map[string]string{}
-		if len(guids) > 0 {
-			spaces, err := l.client.Spaces(ctx, api.SpaceFilter{GUIDs: guids})
-			if err != nil {
-				return nil, err
-			}
-			for _, sp := range spaces {
-				names[sp.GUID] = sp.Name
-			}
+		names, err := l.spaceNamesByGUID(ctx, guids)
+		if err != nil {
+			return nil, err
 		}
 		rows := make([][]string, len(ts))
 		for i, t := range ts {

@@ -161,15 +161,9 @@ var usersCommand = listCommand(listing[api.User]{
 				guids = append(guids, sp.SpaceGUID)
 			}
 		}
-		names := map[string]string{}
-		if len(guids) > 0 {
-			spaces, err := l.client.Spaces(ctx, api.SpaceFilter{GUIDs: guids})
-			if err != nil {
-				return nil, err
-			}
-			for _, sp := range spaces {
-				names[sp.GUID] = sp.Name
-			}
+		names, err := l.spaceNamesByGUID(ctx, guids)
+		if err != nil {
+			return nil, err
 		}
 		rows := make([][]string, len(us))
 		for i, u := range us {
