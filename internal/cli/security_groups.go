@@ -137,25 +137,37 @@ var deleteSecurityGroupCommand = &command{
 	},
 }
 
-// spaceNames maps space GUIDs to "org/space" for the listings.
-func (s *session) spaceNames(ctx context.Context) map[string]string {
-	out := map[string]string{}
-	orgs, err := s.client.Orgs(ctx, api.OrgFilter{})
-	if err != nil {
-		return out
+// spaceNames maps the spaces the groups gs are bound to, by GUID, to
+// "org/space" for the listings. It looks up only those spaces and their
+// orgs, and says when it cannot (the listing would otherwise show GUIDs).
+func (s *session) spaceNames(ctx context.Context, gs ...api.SecurityGroup) (map[string]string, error) {
+	var guids []string
+	for _, g := range gs {
+		for _, r := range append(g.Relationships.RunningSpaces.Data, g.Relationships.StagingSpaces.Data...) {
+			guids = append(guids, r.GUID)
+		}
 	}
-	orgName := map[string]string{}
-	for _, o := range orgs {
-		orgName[o.GUID] = o.Name
+	spaces := map[string]api.Space{}
+	if err := byGUID(guids, spaces, func(c []string) ([]api.Space, error) {
+		return s.client.Spaces(ctx, api.SpaceFilter{GUIDs: c})
+	}, func(sp api.Space) string { return sp.GUID }); err != nil {
+		return nil, err
 	}
-	spaces, err := s.client.Spaces(ctx, api.SpaceFilter{})
-	if err != nil {
-		return out
-	}
+	var orgGUIDs []string
 	for _, sp := range spaces {
-		out[sp.GUID] = orgName[sp.Relationships.Organization.Data.GUID] + "/" + sp.Name
+		orgGUIDs = append(orgGUIDs, sp.Relationships.Organization.Data.GUID)
 	}
-	return out
+	orgs := map[string]api.Organization{}
+	if err := byGUID(orgGUIDs, orgs, func(c []string) ([]api.Organization, error) {
+		return s.client.Orgs(ctx, api.OrgFilter{GUIDs: c})
+	}, func(o api.Organization) string { return o.GUID }); err != nil {
+		return nil, err
+	}
+	out := make(map[string]string, len(spaces))
+	for g, sp := range spaces {
+		out[g] = orgs[sp.Relationships.Organization.Data.GUID].Name + "/" + sp.Name
+	}
+	return out, nil
 }
 
 func lifecycles(g api.SecurityGroup) string {
@@ -227,7 +239,10 @@ var securityGroupsCommand = &command{
 				s.printf("No security groups found.\n")
 				return nil
 			}
-			names := s.spaceNames(ctx)
+			names, err := s.spaceNames(ctx, gs...)
+			if err != nil {
+				return err
+			}
 			var rows [][]string
 			for _, g := range gs {
 				rows = append(rows, bindingRows(g, names)...)
@@ -271,7 +286,11 @@ var securityGroupCommand = &command{
 			s.printf("name:    %s\nrules:\n", g.Name)
 			b, _ := json.MarshalIndent(g.Rules, "  ", "  ")
 			s.printf("  %s\n\n", b)
-			rows := bindingRows(g, s.spaceNames(ctx))
+			names, err := s.spaceNames(ctx, g)
+			if err != nil {
+				return err
+			}
+			rows := bindingRows(g, names)
 			for i := range rows {
 				rows[i] = rows[i][1:]
 			}
