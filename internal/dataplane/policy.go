@@ -658,7 +658,6 @@ const (
 	chainOutput       = "output"
 	chainForward      = "forward"
 	chainFromInstance = "from_instance"
-	chainMark         = "mark_instance"
 	chainToInstance   = "to_instance"
 	chainAllowNew     = "allow_new"
 	chainDenyNew      = "deny_new"
@@ -706,6 +705,9 @@ type (
 	// tcpSynOnly matches TCP packets with SYN set and ACK not: the first
 	// packet of a connection.
 	tcpSynOnly struct{}
+	// tcpNotSynOnly matches the other TCP packets: those that cannot open
+	// a connection.
+	tcpNotSynOnly struct{}
 	// udpDport matches UDP packets to Port.
 	udpDport struct{ Port uint16 }
 	// notrack exempts the packet from connection tracking.
@@ -769,7 +771,10 @@ func (t inAllows) String() string {
 func (t l4proto) String() string  { return "meta l4proto " + protoName(t.Proto) }
 func (t udpDport) String() string { return fmt.Sprintf("udp dport %d", t.Port) }
 func (tcpSynOnly) String() string { return "tcp flags & (syn | ack) == syn" }
-func (notrack) String() string    { return "notrack" }
+func (tcpNotSynOnly) String() string {
+	return "meta l4proto tcp tcp flags & (syn | ack) != syn"
+}
+func (notrack) String() string { return "notrack" }
 func (t limitRate) String() string {
 	return fmt.Sprintf("limit rate %d/second burst %d packets", t.Rate, t.Rate)
 }
@@ -819,13 +824,24 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 	}
 
 	chains := []chainSpec{
-		// Before conntrack (raw), every packet from an instance is checked
-		// and marked. Marking only a connection's first packets (after
-		// conntrack, established ones skipping) was tried and undone: new
-		// connections' SYNs were seen leaving unmarked and refused, about
-		// once per 6,000 connections — most likely SYNs reusing the tuple
-		// of an entry still in TIME_WAIT, which conntrack can classify as
-		// established.
+		// Before conntrack (raw), every packet from an instance is checked:
+		// its device, source address and source MAC must belong together.
+		//
+		// Only the packets the destination checks against the allows carry
+		// the tag in their mark: a TCP SYN (with ACK clear), and every
+		// packet that is not TCP. These are all the packets that can open
+		// a connection (conntrack is strict: nf_conntrack_tcp_loose is 0,
+		// so no other TCP packet creates an entry). The rest of a TCP
+		// connection passes by conntrack and goes unmarked, and that
+		// matters: a packet with a mark cannot use the VXLAN device's
+		// route cache (ip_tunnel_dst_cache_usable), so every marked
+		// packet costs the sending cell a full route lookup of the
+		// underlay. The choice is made on the packet's flags, before
+		// conntrack: marking by conntrack state (established ones
+		// skipping) was tried and undone — new connections' SYNs were seen
+		// leaving unmarked and refused, about once per 6,000 connections,
+		// most likely SYNs reusing the tuple of an entry still in
+		// TIME_WAIT, which conntrack can classify as established.
 		//
 		// The overlay's own packets on the underlay (VXLAN, both ways) are
 		// exempt from conntrack; an instance's packets never are, whatever
@@ -840,11 +856,10 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 			{udpDport{vxlanPort}, notrack{}},
 		}},
 		{name: chainFromInstance, rules: []rule{
-			{nfprotoIPv4{}, inLocalIDs{}, verdict{"goto", chainMark}},
+			{nfprotoIPv4{}, tcpNotSynOnly{}, inLocalIDs{}, verdict{Kind: "accept"}},
+			{nfprotoIPv4{}, inLocalIDs{}, markFromSrcTag{}, verdict{Kind: "accept"}},
+			{nfprotoIPv4{}, inLocalIDs{}, verdict{Kind: "accept"}},
 			{counterRef{counterSpoofed}, verdict{Kind: "drop"}},
-		}},
-		{name: chainMark, rules: []rule{
-			{markFromSrcTag{}},
 		}},
 		// A SYN to a local instance is checked against the allows even
 		// when conntrack calls it established: a SYN reusing the tuple of
