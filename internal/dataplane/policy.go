@@ -687,6 +687,12 @@ type (
 		In     bool
 		Prefix string
 	}
+	// ifNotPrefix matches when the input (In) or output device name does
+	// not start with Prefix.
+	ifNotPrefix struct {
+		In     bool
+		Prefix string
+	}
 	// nfprotoIPv4 matches IPv4 packets.
 	nfprotoIPv4 struct{}
 	// inLocalIDs matches when input device, source address and source
@@ -747,6 +753,13 @@ func (t ifPrefix) String() string {
 		dir = "iifname"
 	}
 	return fmt.Sprintf("%s %q", dir, t.Prefix+"*")
+}
+func (t ifNotPrefix) String() string {
+	dir := "oifname"
+	if t.In {
+		dir = "iifname"
+	}
+	return fmt.Sprintf("%s != %q", dir, t.Prefix+"*")
 }
 func (nfprotoIPv4) String() string { return "meta nfproto ipv4" }
 func (inLocalIDs) String() string {
@@ -847,10 +860,16 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		// exempt from conntrack; an instance's packets never are, whatever
 		// their port: those of local instances go to their checks, and
 		// those of remote ones, decapsulated, come in on the VTEP.
+		//
+		// Every packet the cell forwards or receives walks these chains,
+		// so they are ordered for the fewest expressions per packet (each
+		// costs, and on a connection's few packets the sum shows in the
+		// connection rate): a decapsulated packet fails the VXLAN rule on
+		// its protocol, and a packet forwarded away from the instances
+		// (to the VTEP or the underlay) is accepted by its first rule.
 		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
 			{ifPrefix{true, hostVethPrefix}, verdict{"goto", chainFromInstance}},
-			{ifPrefix{true, VTEPName}, verdict{Kind: "accept"}},
-			{udpDport{vxlanPort}, notrack{}},
+			{udpDport{vxlanPort}, ifNotPrefix{true, VTEPName}, notrack{}},
 		}},
 		{name: chainOutput, hook: "output", prio: -300, rules: []rule{
 			{udpDport{vxlanPort}, notrack{}},
@@ -867,10 +886,11 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		// address now another app's) is "ignored" by conntrack and would
 		// otherwise pass as part of the old, allowed connection.
 		{name: chainForward, hook: "forward", prio: 0, rules: []rule{
-			{ifPrefix{false, hostVethPrefix}, tcpSynOnly{}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
+			{ifNotPrefix{false, hostVethPrefix}, verdict{Kind: "accept"}},
+			{tcpSynOnly{}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
 			{ctState{ctEstablished | ctRelated}, verdict{Kind: "accept"}},
-			{ifPrefix{false, hostVethPrefix}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
-			{ifPrefix{false, hostVethPrefix}, verdict{Kind: "drop"}},
+			{nfprotoIPv4{}, verdict{"goto", chainToInstance}},
+			{verdict{Kind: "drop"}},
 		}},
 		{name: chainToInstance, rules: toInstance},
 		{name: chainAllowNew, rules: allowNew},
