@@ -33,6 +33,10 @@ var (
 	bareVXLANNet = netip.MustParsePrefix("10.99.0.0/24") // the bare VXLAN pair
 	vethNet      = netip.MustParsePrefix("10.98.0.0/24") // the direct veth pair
 	bridgeNet    = netip.MustParsePrefix("10.97.0.0/16") // the setup baseline's bridge
+	// plainNet is the topology without trellis: its VXLAN link is
+	// 10.96.0.0/24, its cells' container subnets 10.96.1.0/24 and
+	// 10.96.2.0/24.
+	plainNet = netip.MustParsePrefix("10.96.0.0/16")
 )
 
 const (
@@ -227,14 +231,18 @@ type overlayTopo struct {
 	cell1, cell2 benchCell
 	// The three paths iperf3 measures, client to server.
 	trellisA, trellisB endpoint // containers on cell1 and cell2
+	plainA, plainB     endpoint // the same topology without trellis
 	vxlanA, vxlanB     endpoint // the bare VXLAN pair
 	vethA, vethB       endpoint // the direct veth pair
 }
 
 func (r *run) buildOverlay() (*overlayTopo, error) {
-	r.logf("building the topology: underlay bridge, 2 cells with trellis, a bare VXLAN pair, a veth pair")
+	r.logf("building the topology: underlay bridge, 2 cells with trellis, the same without trellis, a bare VXLAN pair, a veth pair")
 	t, attach, err := r.buildCells()
 	if err != nil {
+		return nil, err
+	}
+	if t.plainA, t.plainB, err = r.plainCells(attach); err != nil {
 		return nil, err
 	}
 
@@ -431,6 +439,90 @@ func (r *run) bareVXLAN(path string, local, remote netip.Addr, addr netip.Prefix
 	return addrUp(h, "vxlan0", addr)
 }
 
+// plainCells builds trellis's cross-cell path without trellis, with
+// netlink alone: two cell namespaces on the underlay, each forwarding
+// between a container's veth (MTU as trellis's) and a plain VXLAN device
+// (VNI 1, no GBP, learning off, every frame to the other cell) that routes
+// the other cell's container subnet; a container namespace on each. No
+// nftables table anywhere, so no conntrack.
+func (r *run) plainCells(attach attachFunc) (a, b endpoint, err error) {
+	var ends [2]endpoint
+	for i := range 2 {
+		path, ip, err := attach(fmt.Sprintf("plain%d", i+1), byte(31+i))
+		if err != nil {
+			return a, b, err
+		}
+		remote := netip.AddrFrom4([4]byte{198, 51, 100, byte(31 + (1 - i))})
+		h, err := r.handle(path)
+		if err != nil {
+			return a, b, err
+		}
+		eth0, err := h.LinkByName("eth0")
+		if err != nil {
+			return a, b, fmt.Errorf("find eth0: %w", err)
+		}
+		vx := &netlink.Vxlan{
+			LinkAttrs:    netlink.LinkAttrs{Name: "vxlan0", MTU: overlayMTU},
+			VxlanId:      dataplane.DefaultVNI,
+			VtepDevIndex: eth0.Attrs().Index,
+			SrcAddr:      ip.AsSlice(),
+			Group:        remote.AsSlice(),
+			Port:         dataplane.DefaultPort,
+		}
+		if err := h.LinkAdd(vx); err != nil {
+			return a, b, fmt.Errorf("add vxlan0 in %s: %w", path, err)
+		}
+		if err := addrUp(h, "vxlan0", netip.PrefixFrom(nthAddr(plainNet, i+1), 24)); err != nil {
+			return a, b, err
+		}
+		if err := netns.Sysctl(path, "net.ipv4.ip_forward", "1"); err != nil {
+			return a, b, err
+		}
+		// The other cell's containers, through the VXLAN link.
+		other := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 96, byte(2 - i), 0}), 24)
+		if err := h.RouteAdd(&netlink.Route{
+			LinkIndex: vx.Attrs().Index, Dst: ipNet(other), Gw: nthAddr(plainNet, 2-i).AsSlice(),
+		}); err != nil {
+			return a, b, fmt.Errorf("route to %s in %s: %w", other, path, err)
+		}
+		// The container: a veth pair, the cell's end the gateway.
+		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 96, byte(i + 1), 0}), 24)
+		cpath, err := r.namespace(fmt.Sprintf("plainctr%d", i+1))
+		if err != nil {
+			return a, b, err
+		}
+		ch, err := r.handle(cpath)
+		if err != nil {
+			return a, b, err
+		}
+		fd, err := vnetns.GetFromPath(cpath)
+		if err != nil {
+			return a, b, fmt.Errorf("netns %s: %w", cpath, err)
+		}
+		veth := &netlink.Veth{
+			LinkAttrs: netlink.LinkAttrs{Name: "p-ctr", MTU: overlayMTU},
+			PeerName:  "eth0", PeerMTU: overlayMTU, PeerNamespace: netlink.NsFd(fd),
+		}
+		err = h.LinkAdd(veth)
+		fd.Close()
+		if err != nil {
+			return a, b, fmt.Errorf("add container veth in %s: %w", path, err)
+		}
+		gw, ctrIP := nthAddr(subnet, 1), nthAddr(subnet, 2)
+		if err := addrUp(h, "p-ctr", netip.PrefixFrom(gw, 24)); err != nil {
+			return a, b, err
+		}
+		if err := addrUp(ch, "eth0", netip.PrefixFrom(ctrIP, 24)); err != nil {
+			return a, b, err
+		}
+		if err := ch.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: gw.AsSlice()}); err != nil {
+			return a, b, fmt.Errorf("default route in %s: %w", cpath, err)
+		}
+		ends[i] = endpoint{cpath, ctrIP}
+	}
+	return ends[0], ends[1], nil
+}
+
 // vethPair makes two namespaces joined by one veth pair, MTU 1500.
 func (r *run) vethPair() (a, b endpoint, err error) {
 	if a.ns, err = r.namespace("veth1"); err != nil {
@@ -580,14 +672,15 @@ type tputPath int
 
 const (
 	pathTrellis tputPath = iota
+	pathNoTrellis
 	pathVXLAN
 	pathVeth
 	numPaths
 )
 
 var (
-	pathNames = [numPaths]string{"trellis", "bare VXLAN", "direct veth"}
-	pathKeys  = [numPaths]string{"trellis", "bare-vxlan", "veth"} // in Report.Samples
+	pathNames = [numPaths]string{"trellis", "without trellis", "bare VXLAN", "direct veth"}
+	pathKeys  = [numPaths]string{"trellis", "plain", "bare-vxlan", "veth"} // in Report.Samples
 )
 
 var streamCounts = []int{1, 4}
@@ -600,18 +693,38 @@ type tputResult struct {
 // throughput runs iperf3 over the three paths. Runs are interleaved (all
 // paths for run 1, then run 2, ...) so that a change in the machine's load
 // touches every path alike.
-func (r *run) throughput(t *overlayTopo, p overlayParams) (*tputResult, error) {
+func (r *run) throughput(t *overlayTopo, p overlayParams) (res *tputResult, err error) {
 	ends := [numPaths][2]endpoint{
-		pathTrellis: {t.trellisA, t.trellisB},
-		pathVXLAN:   {t.vxlanA, t.vxlanB},
-		pathVeth:    {t.vethA, t.vethB},
+		pathTrellis:   {t.trellisA, t.trellisB},
+		pathNoTrellis: {t.plainA, t.plainB},
+		pathVXLAN:     {t.vxlanA, t.vxlanB},
+		pathVeth:      {t.vethA, t.vethB},
 	}
 	for _, e := range ends {
 		if err := r.iperf3Server(e[1]); err != nil {
 			return nil, err
 		}
 	}
-	res := &tputResult{}
+	// Trellis runs with policies on: the client's cell marks its packets
+	// with its app's tag, the server's denies by default and holds
+	// numPolicies allows, among them the one iperf3 needs. The setup
+	// figures after this run without (their containers are in no policy).
+	dp1, dp2 := t.cell1.dp, t.cell2.dp
+	defer func() {
+		if terr := errors.Join(dp1.TeardownPolicy(), dp2.TeardownPolicy()); terr != nil && err == nil {
+			res, err = nil, terr
+		}
+	}()
+	needed := []dataplane.Allow{{DestIP: t.trellisB.ip, SrcTag: clientTag, Protocol: "tcp", StartPort: iperf3Port, EndPort: iperf3Port}}
+	if _, err := dp1.Set(r.ctx, dataplane.Desired{Policy: &dataplane.Policy{Enforce: true, Locals: []dataplane.Local{{IP: t.trellisA.ip, Tag: clientTag}}}}); err != nil {
+		return nil, err
+	}
+	if _, err := dp2.Set(r.ctx, dataplane.Desired{Policy: &dataplane.Policy{
+		Enforce: true, Locals: []dataplane.Local{{IP: t.trellisB.ip, Tag: serverTag}}, Allows: manyAllows(t.cell2.Subnet, needed),
+	}}); err != nil {
+		return nil, err
+	}
+	res = &tputResult{}
 	for i := range res.samples {
 		res.samples[i] = map[int][]float64{}
 	}
@@ -646,9 +759,11 @@ func (t *tputResult) figures() []Figure {
 		}
 		trellis := t.samples[pathTrellis][n]
 		fs = append(fs,
-			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-vxlan", n), fmt.Sprintf("cross-cell TCP, %d %s, vs bare VXLAN", n, s),
-				"Gbit/s", trellis, t.samples[pathVXLAN][n], "bare VXLAN pair",
+			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-plain", n), fmt.Sprintf("cross-cell TCP, %d %s, policies on, vs the same topology without trellis", n, s),
+				"Gbit/s", trellis, t.samples[pathNoTrellis][n], "container veth, cell forwarding, VXLAN; no nftables",
 				&goal{ratio: true, limit: 0.95}),
+			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-vxlan", n), fmt.Sprintf("cross-cell TCP, %d %s, vs bare VXLAN", n, s),
+				"Gbit/s", trellis, t.samples[pathVXLAN][n], "bare VXLAN pair", nil),
 			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-veth", n), fmt.Sprintf("cross-cell TCP, %d %s, vs direct veth", n, s),
 				"Gbit/s", trellis, t.samples[pathVeth][n], "direct veth pair", nil),
 		)
@@ -663,7 +778,10 @@ func (t *tputResult) notes(p overlayParams) []string {
 	}
 	return []string{
 		"throughput: iperf3 TCP, receiver's rate, " + how + ". trellis: container on cell1 to container on cell2 " +
-			"(veth, cell forwarding, VXLAN-GBP VTEP, underlay bridge, and back; no policy programmed yet); " +
+			fmt.Sprintf("(veth, cell forwarding, VXLAN-GBP VTEP, underlay bridge, and back) with policies on: the client's cell marks it with its app's tag, "+
+				"the server's cell denies by default and holds %d allows among %d app tags, one of them iperf3's; ", numPolicies, numApps) +
+			"without trellis: the same path built with netlink alone, no nftables (two cell namespaces on the underlay forwarding between a container's veth, MTU 1450, " +
+			"and a plain VXLAN device, VNI 1, no GBP, that routes the other cell's container subnet); " +
 			"bare VXLAN: two namespaces on the same underlay with plain vxlan devices (VNI 1, no GBP, MTU 1450); " +
 			"direct veth: two namespaces joined by one veth pair (MTU 1500).",
 	}

@@ -29,7 +29,7 @@ func TestTLSQuick(t *testing.T) {
 			t.Errorf("figure %s = %v (baseline %v)", f.ID, f.Value, f.Baseline)
 		}
 	}
-	wantFigures(t, rep, "tls/added-latency-p50", "tls/added-latency-p99", "tls/added-latency-hop-p50", "tls/added-latency-hop-p99",
+	wantFigures(t, rep, "tls/added-latency-p50-vs-haproxy", "tls/added-latency-p99-vs-haproxy", "tls/added-latency-p50", "tls/added-latency-p99", "tls/added-latency-hop-p50", "tls/added-latency-hop-p99",
 		"tls/latency-p50", "tls/latency-p99",
 		"tls/handshake-request-p50", "tls/handshake-request-p99", "tls/rps-vs-haproxy", "tls/rps-vs-plaintext",
 		"tls/bulk-vs-haproxy", "tls/bulk-vs-plaintext", "tls/cpu-per-request", "tls/cpu-per-gb", "tls/memory-per-instance")
@@ -45,5 +45,29 @@ func TestTLSQuick(t *testing.T) {
 	var page bytes.Buffer
 	if err := WriteHTML(&page, []*Report{rep}); err != nil {
 		t.Errorf("WriteHTML = %v", err)
+	}
+}
+
+// TestAddedRatioFigure checks the per-round ratio of added latencies: the
+// median of the rounds' ratios, rounds where haproxy added nothing left
+// out and counted, and a figure with no round to judge by failing.
+func TestAddedRatioFigure(t *testing.T) {
+	round := func(ms float64) []float64 { return []float64{ms, ms, ms} }
+	byRound := map[string][][]float64{
+		pathPlain:   {round(1), round(1), round(1), round(1)},
+		pathOurs:    {round(1.1), round(1.3), round(1.2), round(1.5)},
+		pathHAProxy: {round(1.2), round(1.2), round(1.4), round(1)}, // the last round: haproxy added nothing
+	}
+	f := addedRatioFigure(byRound, 50, "tls/x", "x")
+	// Ratios 0.5, 1.5, 0.5: median 0.5.
+	if math.Abs(f.Ratio-0.5) > 1e-9 || f.Pass == nil || !*f.Pass {
+		t.Errorf("figure = ratio %v pass %v, want 0.5 and met", f.Ratio, f.Pass)
+	}
+	if !strings.Contains(f.BaselineName, "median of 3 rounds' ratios (4 rounds, 1 left out") {
+		t.Errorf("baseline name %q does not count the rounds", f.BaselineName)
+	}
+	byRound[pathHAProxy] = [][]float64{round(1), round(0.9), round(1), round(1)}
+	if f := addedRatioFigure(byRound, 99, "tls/x", "x"); f.Pass == nil || *f.Pass {
+		t.Errorf("figure with no round where haproxy added latency: pass %v, want not met", f.Pass)
 	}
 }

@@ -19,7 +19,8 @@
 //
 // Set enforces network policy in the cell with one nftables table
 // (inet "trellis"): packets from local instances are checked against their
-// interface, address and MAC and marked with their app's tag, which
+// interface, address and MAC, and those that can open a connection (a TCP
+// SYN, any packet not TCP) are marked with their app's tag, which
 // VXLAN-GBP carries to other cells; new connections to local instances are
 // accepted only for the (tag, destination, protocol, port) tuples allowed,
 // and rejected otherwise. planPolicy renders the table as nft text for the

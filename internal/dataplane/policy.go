@@ -658,7 +658,6 @@ const (
 	chainOutput       = "output"
 	chainForward      = "forward"
 	chainFromInstance = "from_instance"
-	chainMark         = "mark_instance"
 	chainToInstance   = "to_instance"
 	chainAllowNew     = "allow_new"
 	chainDenyNew      = "deny_new"
@@ -688,6 +687,12 @@ type (
 		In     bool
 		Prefix string
 	}
+	// ifNotPrefix matches when the input (In) or output device name does
+	// not start with Prefix.
+	ifNotPrefix struct {
+		In     bool
+		Prefix string
+	}
 	// nfprotoIPv4 matches IPv4 packets.
 	nfprotoIPv4 struct{}
 	// inLocalIDs matches when input device, source address and source
@@ -706,6 +711,9 @@ type (
 	// tcpSynOnly matches TCP packets with SYN set and ACK not: the first
 	// packet of a connection.
 	tcpSynOnly struct{}
+	// tcpNotSynOnly matches the other TCP packets: those that cannot open
+	// a connection.
+	tcpNotSynOnly struct{}
 	// udpDport matches UDP packets to Port.
 	udpDport struct{ Port uint16 }
 	// notrack exempts the packet from connection tracking.
@@ -746,6 +754,13 @@ func (t ifPrefix) String() string {
 	}
 	return fmt.Sprintf("%s %q", dir, t.Prefix+"*")
 }
+func (t ifNotPrefix) String() string {
+	dir := "oifname"
+	if t.In {
+		dir = "iifname"
+	}
+	return fmt.Sprintf("%s != %q", dir, t.Prefix+"*")
+}
 func (nfprotoIPv4) String() string { return "meta nfproto ipv4" }
 func (inLocalIDs) String() string {
 	return "iifname . ip saddr . ether saddr @" + setLocalIDs
@@ -769,7 +784,10 @@ func (t inAllows) String() string {
 func (t l4proto) String() string  { return "meta l4proto " + protoName(t.Proto) }
 func (t udpDport) String() string { return fmt.Sprintf("udp dport %d", t.Port) }
 func (tcpSynOnly) String() string { return "tcp flags & (syn | ack) == syn" }
-func (notrack) String() string    { return "notrack" }
+func (tcpNotSynOnly) String() string {
+	return "meta l4proto tcp tcp flags & (syn | ack) != syn"
+}
+func (notrack) String() string { return "notrack" }
 func (t limitRate) String() string {
 	return fmt.Sprintf("limit rate %d/second burst %d packets", t.Rate, t.Rate)
 }
@@ -819,32 +837,48 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 	}
 
 	chains := []chainSpec{
-		// Before conntrack (raw), every packet from an instance is checked
-		// and marked. Marking only a connection's first packets (after
-		// conntrack, established ones skipping) was tried and undone: new
-		// connections' SYNs were seen leaving unmarked and refused, about
-		// once per 6,000 connections — most likely SYNs reusing the tuple
-		// of an entry still in TIME_WAIT, which conntrack can classify as
-		// established.
+		// Before conntrack (raw), every packet from an instance is checked:
+		// its device, source address and source MAC must belong together.
+		//
+		// Only the packets the destination checks against the allows carry
+		// the tag in their mark: a TCP SYN (with ACK clear), and every
+		// packet that is not TCP. These are all the packets that can open
+		// a connection (conntrack is strict: nf_conntrack_tcp_loose is 0,
+		// so no other TCP packet creates an entry). The rest of a TCP
+		// connection passes by conntrack and goes unmarked, and that
+		// matters: a packet with a mark cannot use the VXLAN device's
+		// route cache (ip_tunnel_dst_cache_usable), so every marked
+		// packet costs the sending cell a full route lookup of the
+		// underlay. The choice is made on the packet's flags, before
+		// conntrack: marking by conntrack state (established ones
+		// skipping) was tried and undone — new connections' SYNs were seen
+		// leaving unmarked and refused, about once per 6,000 connections,
+		// most likely SYNs reusing the tuple of an entry still in
+		// TIME_WAIT, which conntrack can classify as established.
 		//
 		// The overlay's own packets on the underlay (VXLAN, both ways) are
 		// exempt from conntrack; an instance's packets never are, whatever
 		// their port: those of local instances go to their checks, and
 		// those of remote ones, decapsulated, come in on the VTEP.
+		//
+		// Every packet the cell forwards or receives walks these chains,
+		// so they are ordered for the fewest expressions per packet (each
+		// costs, and on a connection's few packets the sum shows in the
+		// connection rate): a decapsulated packet fails the VXLAN rule on
+		// its protocol, and a packet forwarded away from the instances
+		// (to the VTEP or the underlay) is accepted by its first rule.
 		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
 			{ifPrefix{true, hostVethPrefix}, verdict{"goto", chainFromInstance}},
-			{ifPrefix{true, VTEPName}, verdict{Kind: "accept"}},
-			{udpDport{vxlanPort}, notrack{}},
+			{udpDport{vxlanPort}, ifNotPrefix{true, VTEPName}, notrack{}},
 		}},
 		{name: chainOutput, hook: "output", prio: -300, rules: []rule{
 			{udpDport{vxlanPort}, notrack{}},
 		}},
 		{name: chainFromInstance, rules: []rule{
-			{nfprotoIPv4{}, inLocalIDs{}, verdict{"goto", chainMark}},
+			{nfprotoIPv4{}, tcpNotSynOnly{}, inLocalIDs{}, verdict{Kind: "accept"}},
+			{nfprotoIPv4{}, inLocalIDs{}, markFromSrcTag{}, verdict{Kind: "accept"}},
+			{nfprotoIPv4{}, inLocalIDs{}, verdict{Kind: "accept"}},
 			{counterRef{counterSpoofed}, verdict{Kind: "drop"}},
-		}},
-		{name: chainMark, rules: []rule{
-			{markFromSrcTag{}},
 		}},
 		// A SYN to a local instance is checked against the allows even
 		// when conntrack calls it established: a SYN reusing the tuple of
@@ -852,10 +886,11 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		// address now another app's) is "ignored" by conntrack and would
 		// otherwise pass as part of the old, allowed connection.
 		{name: chainForward, hook: "forward", prio: 0, rules: []rule{
-			{ifPrefix{false, hostVethPrefix}, tcpSynOnly{}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
+			{ifNotPrefix{false, hostVethPrefix}, verdict{Kind: "accept"}},
+			{tcpSynOnly{}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
 			{ctState{ctEstablished | ctRelated}, verdict{Kind: "accept"}},
-			{ifPrefix{false, hostVethPrefix}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
-			{ifPrefix{false, hostVethPrefix}, verdict{Kind: "drop"}},
+			{nfprotoIPv4{}, verdict{"goto", chainToInstance}},
+			{verdict{Kind: "drop"}},
 		}},
 		{name: chainToInstance, rules: toInstance},
 		{name: chainAllowNew, rules: allowNew},

@@ -514,6 +514,14 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 			out = append(out,
 				&expr.Meta{Key: key, Register: reg1},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(t.Prefix)})
+		case ifNotPrefix:
+			key := expr.MetaKeyOIFNAME
+			if t.In {
+				key = expr.MetaKeyIIFNAME
+			}
+			out = append(out,
+				&expr.Meta{Key: key, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte(t.Prefix)})
 		case nfprotoIPv4:
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
@@ -561,6 +569,13 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
 				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
 				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{tcpSYN}})
+		case tcpNotSynOnly:
+			out = append(out,
+				&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg1},
+				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte{unix.IPPROTO_TCP}},
+				&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseTransportHeader, Offset: 13, Len: 1},
+				&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 1, Mask: []byte{tcpSYN | tcpACK}, Xor: []byte{0}},
+				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte{tcpSYN}})
 		case notrack:
 			out = append(out, &expr.Notrack{})
 		case limitRate:
