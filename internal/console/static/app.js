@@ -161,6 +161,7 @@ function render() {
   drawLive();
   refocus(focused);
   state.renderMs = performance.now() - t0;
+  document.body.dataset.renderMs = state.renderMs.toFixed(1);
   setStatus(`drawn in ${state.renderMs.toFixed(0)} ms`);
 }
 
