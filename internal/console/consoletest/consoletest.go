@@ -237,4 +237,3 @@ func (b *Browser) CheckClean() {
 		b.t.Errorf("the page was not clean: %s", b.Problems())
 	}
 }
-
