@@ -161,7 +161,11 @@ func (b *Browser) WaitFor(what, js string, timeout time.Duration) time.Duration 
 	b.t.Helper()
 	start := time.Now()
 	for {
-		if Eval[bool](b, "!!("+js+")") {
+		// An error (the page navigating, say) is not yet.
+		ctx, cancel := context.WithTimeout(b.Ctx, 10*time.Second)
+		ok, err := chromedp.Run(ctx, chromedp.Evaluate[bool]("!!("+js+")", chromedp.EvalAwaitPromise))
+		cancel()
+		if err == nil && ok {
 			return time.Since(start)
 		}
 		if time.Since(start) > timeout {

@@ -121,7 +121,7 @@ export function drawSpaces(layer, boxes) {
       'aria-label': (b.collapsed ? 'expand space ' : 'collapse space ') + label,
     });
     g.appendChild(svg('rect', { class: 'space-box', x: b.x, y: b.y, width: b.w, height: head - 6, rx: 6 }));
-    g.appendChild(svg('text', { class: 'space-title', x: b.x + 10, y: b.y + 15 }, (b.collapsed ? '▸ ' : '▾ ') + truncate(label, 40)));
+    g.appendChild(svg('text', { class: 'space-title', x: b.x + 10, y: b.y + 15 }, (b.collapsed ? '▸ ' : '▾ ') + truncate(label, Math.max(8, Math.floor((b.w - 30) / 7.5)))));
     g.appendChild(svg('text', { class: 'space-sub', x: b.x + 10, y: b.y + 28 }, `${b.apps.length} app${b.apps.length === 1 ? '' : 's'}`));
     g.appendChild(svg('title', {}, label));
     frag.appendChild(g);
