@@ -307,6 +307,7 @@ func (s *Server) streamFlows(w http.ResponseWriter, r *http.Request) {
 			}
 			show = append(show, f)
 		}
+		since = time.Time{} // the backlog only: later flows are shown whatever their cells' clocks say
 		for _, ev := range s.flowEvents(r.Context(), show) {
 			b, err := json.Marshal(ev)
 			if err != nil {

@@ -139,6 +139,21 @@ func TestFlowStream(t *testing.T) {
 			t.Fatal("the reported flow did not arrive on the open stream")
 		}
 
+		// A revoked token ends its stream (at the next check of it).
+		doomed := e.token(ScopeWrite, []string{spA})
+		resp = get(doomed, "?seconds=60&after=0")
+		e.must(doomed, "DELETE", "/trellis/v1/tokens/"+e.tokenGUIDOf(doomed), "", 204, nil)
+		ended := make(chan []sseEvent, 1)
+		go func() { ended <- readEvents(t, resp.Body, func(evs []sseEvent) bool { return evs[len(evs)-1].event == "end" }) }()
+		select {
+		case evs := <-ended:
+			if last := evs[len(evs)-1]; last.event != "end" || !strings.Contains(last.data, "no longer valid") {
+				t.Errorf("the revoked token's stream ended with %+v", last)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("the stream of a revoked token did not end")
+		}
+
 		for _, q := range []string{"?after=-1", "?after=x", "?seconds=3601", "?seconds=-1"} {
 			code, body := e.do(e.admin, "GET", "/trellis/v1/flows/stream"+q, "")
 			field := strings.TrimPrefix(strings.SplitN(q, "=", 2)[0], "?")

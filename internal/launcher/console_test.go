@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -217,8 +218,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	b.Enter()
 	b.WaitFor("the cells panel", `document.querySelector('#panel table')`, 10*time.Second)
 	cells := consoletest.Eval[S](b, `document.querySelector('#panel table').textContent`)
-	if !strings.Contains(cells, "cell1") || !strings.Contains(cells, "healthy") {
-		t.Errorf("cells panel = %q", cells)
+	if m := regexp.MustCompile(`cell1healthyon(\d+) / (\d+)`).FindStringSubmatch(cells); m == nil || m[1] != m[2] {
+		t.Errorf("cells panel = %q, want cell1 healthy, enforcing, its applied revision the desired one", cells)
 	}
 	b.Shot("cells")
 	if focused() != "panel-close" {
