@@ -129,6 +129,18 @@ func TestConsoleAtScale(t *testing.T) {
 		t.Errorf("space filter: %d apps shown, want 50", got)
 	}
 	b.Shot("scale-space")
+
+	// Collapse a space: its apps fold into its box, their edges meet there.
+	measure(`const f = document.getElementById('space-filter'); f.value = ''; f.dispatchEvent(new Event('change'))`)
+	collapse, collapseJS := measure(`document.querySelector('[data-action="toggle-space"][aria-label$="space-00"]').dispatchEvent(new MouseEvent('click', { bubbles: true }))`)
+	if got := consoletest.Eval[int](b, `document.querySelectorAll('#layer-nodes .node').length`); got != 950 {
+		t.Errorf("space-00 collapsed: %d apps shown, want 950", got)
+	}
+	if !consoletest.Eval[bool](b, `document.querySelector('[data-action="toggle-space"][aria-label$="space-00"]').getAttribute('aria-expanded') === 'false'`) {
+		t.Errorf("space-00 is not marked collapsed")
+	}
+	b.Shot("scale-collapsed")
+	t.Logf("collapsing a space of 50 apps: %.0f ms to the next frame (%.0f ms drawing)", collapse, collapseJS)
 	t.Logf("1000 apps, 3000 policies, headless chromium (measured in the page with performance.now(); a shared, loaded machine): "+
 		"first render %.0f ms after navigation start (API calls included, painting not); to the next frame after applying a search (50 apps shown) %.0f ms "+
 		"(of which drawing the SVG %.0f ms), clearing it (all shown again) %.0f ms (%.0f ms), a space filter %.0f ms (%.0f ms)",

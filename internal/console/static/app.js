@@ -7,6 +7,8 @@ import { layout, curve, drawSpaces, drawNodes, edgeElement } from './map.js';
 
 const $ = (id) => document.getElementById(id);
 const windowMs = 60 * 1000;
+const refreshMs = 15 * 1000;
+const maxLabelled = 500;
 
 const state = {
   me: null,
@@ -97,6 +99,26 @@ async function enter() {
     if (s === 'unauthorized') showLogin('The token is no longer valid: log in again.');
   });
   setInterval(pruneLive, 1000);
+  setInterval(refresh, refreshMs);
+}
+
+// refresh rereads the apps, spaces and policies (others change them too),
+// and redraws the map if they changed.
+async function refresh() {
+  if (document.hidden || $('confirm').open) return;
+  const before = signature();
+  try {
+    await loadAll();
+  } catch (e) {
+    if (e instanceof api.APIError && e.status === 401) showLogin('The token is no longer valid: log in again.');
+    return;
+  }
+  if (signature() !== before) render();
+}
+
+function signature() {
+  return [...state.spaces.keys()].join() + '|' + [...state.apps.values()].map((a) => a.guid + a.name + a.space).join() + '|' +
+    state.policies.map((p) => p.source.id + p.destination.id + policyText(p)).join();
 }
 
 // --- data ------------------------------------------------------------
@@ -184,6 +206,9 @@ function drawEdges() {
     groups.get(key).policies.push(p);
   }
   for (const [k, e] of state.edges) if (e.kind === 'policy') state.edges.delete(k);
+  // Labels cost most of the drawing: with many edges on the map they are
+  // left to each edge's tooltip and panel (search or filter to see them).
+  const many = groups.size > maxLabelled;
   const frag = document.createDocumentFragment();
   for (const g of groups.values()) {
     state.edges.set(g.key, g);
@@ -192,7 +217,7 @@ function drawEdges() {
     const label = texts.slice(0, 2).join(', ') + (texts.length > 2 ? ` +${texts.length - 2}` : '');
     const first = g.policies[0];
     const title = g.policies.length === 1 ? `policy ${appName(first.source.id)} → ${appName(first.destination.id)} ${policyText(first)}` : `${g.policies.length} policies`;
-    frag.appendChild(edgeElement(g.curve, { class: 'edge policy', 'data-action': 'edge', 'data-key': g.key, 'aria-label': title }, label, title, false));
+    frag.appendChild(edgeElement(g.curve, { class: 'edge policy', 'data-action': 'edge', 'data-key': g.key, 'aria-label': title }, many ? '' : label, title, false));
   }
   $('layer-edges').replaceChildren(frag);
 }

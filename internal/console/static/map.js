@@ -156,7 +156,7 @@ export function edgeElement(c, attrs, label, title, denied) {
   const g = svg('g', Object.assign({ tabindex: 0, role: 'button' }, attrs));
   g.appendChild(svg('path', { class: 'hit', d: c.d }));
   g.appendChild(svg('path', { class: 'line', d: c.d, 'marker-end': denied ? 'url(#arrow-denied)' : 'url(#arrow)' }));
-  g.appendChild(svg('text', { x: c.lx + 3, y: c.ly - 3 }, label));
+  if (label) g.appendChild(svg('text', { x: c.lx + 3, y: c.ly - 3 }, label));
   g.appendChild(svg('title', {}, title));
   return g;
 }
