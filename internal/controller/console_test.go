@@ -144,7 +144,9 @@ func TestFlowStream(t *testing.T) {
 		resp = get(doomed, "?seconds=60&after=0")
 		e.must(doomed, "DELETE", "/trellis/v1/tokens/"+e.tokenGUIDOf(doomed), "", 204, nil)
 		ended := make(chan []sseEvent, 1)
-		go func() { ended <- readEvents(t, resp.Body, func(evs []sseEvent) bool { return evs[len(evs)-1].event == "end" }) }()
+		go func() {
+			ended <- readEvents(t, resp.Body, func(evs []sseEvent) bool { return evs[len(evs)-1].event == "end" })
+		}()
 		select {
 		case evs := <-ended:
 			if last := evs[len(evs)-1]; last.event != "end" || !strings.Contains(last.data, "no longer valid") {
