@@ -217,8 +217,8 @@ func TestConsoleInBrowser(t *testing.T) {
 	tabTo("the cells button", func(s string) bool { return s == "cells-button" })
 	b.Enter()
 	b.WaitFor("the cells panel", `document.querySelector('#panel table')`, 10*time.Second)
-	cells := consoletest.Eval[S](b, `document.querySelector('#panel table').textContent`)
-	if m := regexp.MustCompile(`cell1healthyon(\d+) / (\d+)`).FindStringSubmatch(cells); m == nil || m[1] != m[2] {
+	cells := consoletest.Eval[S](b, `[...document.querySelectorAll('#panel tbody td')].map((td) => td.textContent).join('|')`)
+	if m := regexp.MustCompile(`^cell1\|healthy\|on\|(\d+) / (\d+)\|`).FindStringSubmatch(cells); m == nil || m[1] != m[2] {
 		t.Errorf("cells panel = %q, want cell1 healthy, enforcing, its applied revision the desired one", cells)
 	}
 	b.Shot("cells")
