@@ -133,6 +133,13 @@ func TestConsoleInBrowser(t *testing.T) {
 		t.Errorf("the page has %d img/nested svg/inline script elements, want 1 (the logo): a name was parsed as markup", n)
 	}
 	b.Shot("map")
+	// Its panel names it as text too.
+	eval(fmt.Sprintf(`[...document.querySelectorAll('#layer-nodes .node')].find((n) => n.getAttribute('aria-label') === %q).dispatchEvent(new MouseEvent('click', { bubbles: true }))`, "app "+hostileName))
+	b.WaitFor("the panel of "+hostileName, fmt.Sprintf(`document.querySelector('#panel h2') && document.querySelector('#panel h2').textContent === %q`, hostileName), 10*time.Second)
+	if n := consoletest.Eval[int](b, `document.querySelectorAll('img').length`); n != 1 {
+		t.Errorf("with the panel of %q open the page has %d img elements, want 1 (the logo)", hostileName, n)
+	}
+	b.Do("close the panel", chromedp.Click("#panel-close"))
 
 	// A refused connection: a red edge within 2 s, its reason on click.
 	start := time.Now()
