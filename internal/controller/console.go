@@ -256,6 +256,9 @@ func (s *Server) streamFlows(w http.ResponseWriter, r *http.Request) {
 	h.Set("X-Accel-Buffering", "no")
 	w.WriteHeader(http.StatusOK)
 	rc := http.NewResponseController(w)
+	// A GET has no body to read: no read deadline of the server's
+	// (ReadTimeout) applies to a stream that outlives it.
+	rc.SetReadDeadline(time.Time{})
 	end := func(reason string) {
 		b, _ := json.Marshal(map[string]string{"reason": reason})
 		fmt.Fprintf(w, "event: end\ndata: %s\n\n", b)

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -191,5 +192,26 @@ func TestConsoleFiles(t *testing.T) {
 	}
 	if code, body := e.do("", "GET", "/ui/no-such-file.js", ""); code != 404 {
 		t.Errorf("GET a missing file = %d %s, want 404", code, body)
+	}
+}
+
+// TestFlowStreamOutlivesReadTimeout: a stream longer than the server's
+// ReadTimeout (60 s in Run) ends with its "end" event, not cut by it.
+func TestFlowStreamOutlivesReadTimeout(t *testing.T) {
+	e := newEnv(t, "sqlite")
+	srv := httptest.NewUnstartedServer(e.srv.Config.Handler)
+	srv.Config.ReadTimeout = time.Second
+	srv.StartTLS()
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL+"/trellis/v1/flows/stream?seconds=3", nil)
+	req.Header.Set("Authorization", "Bearer "+e.admin)
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	evs := readEvents(t, resp.Body, func([]sseEvent) bool { return false })
+	if len(evs) == 0 || evs[len(evs)-1].event != "end" || !strings.Contains(evs[len(evs)-1].data, "time is up") {
+		t.Errorf("a 3 s stream under a 1 s ReadTimeout ended with %+v, want its end event", evs)
 	}
 }
