@@ -72,6 +72,7 @@ var commands = []*command{
 	controllerCommand,
 	instanceCACommand,
 	rotateInstanceCACommand,
+	uiCommand,
 
 	// Apps and routes
 	appsCommand,

@@ -621,6 +621,17 @@ func authzRows() []authzRow {
 			return authzReq{method: "PUT", path: "/trellis/v1/enforcement", body: `{"enabled":true}`}
 		}, want: adminWant(200), changes: admin},
 
+		// The web console (issue 20): its static files need no token; its
+		// flow stream shows a write token only its spaces' flows.
+		{pattern: "GET /ui/", req: get("/ui/"), want: allWant(200)},
+		{pattern: "GET /trellis/v1/flows/stream", req: get("/trellis/v1/flows/stream?after=0&seconds=0"), want: userWant(200, 200, 200)},
+		{pattern: "GET /trellis/v1/console/me", req: get("/trellis/v1/console/me"), want: userWant(200, 200, 200)},
+		{pattern: "GET /trellis/v1/console/cells", req: get("/trellis/v1/console/cells"), want: adminWant(200)},
+		{pattern: "GET /trellis/v1/console/apps/{guid}/instances", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "GET", path: "/trellis/v1/console/apps/" + t.app + "/instances"}
+			}, want: userWant(200, 200, 404)},
+
 		// The cf CLI's way in (issue 15): public documents, and a token
 		// endpoint that takes a grant, not a bearer token or a cell's
 		// certificate (a JSON body is no grant: 400 for everyone).

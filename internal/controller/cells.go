@@ -217,6 +217,7 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 	if after < 0 {
 		wait = 0
 	}
+	s.console.polled(c.GUID, after) // the agent polls after the revision it applied
 	type answer struct {
 		e   *feedEntry
 		err error

@@ -118,6 +118,11 @@ func (s *Server) listFlows(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) writeFlows(w http.ResponseWriter, r *http.Request, fs []store.Flow) {
+	writeJSON(w, http.StatusOK, list(r, s.flowEvents(r.Context(), fs)))
+}
+
+// flowEvents are fs as the API shows them, with the apps' and cells' names.
+func (s *Server) flowEvents(ctx context.Context, fs []store.Flow) []api.FlowEvent {
 	names := map[string]string{}
 	var guids []string
 	for _, f := range fs {
@@ -128,7 +133,7 @@ func (s *Server) writeFlows(w http.ResponseWriter, r *http.Request, fs []store.F
 		}
 	}
 	if len(guids) > 0 {
-		apps, err := s.store.Apps(r.Context(), store.AppFilter{GUIDs: guids})
+		apps, err := s.store.Apps(ctx, store.AppFilter{GUIDs: guids})
 		if err == nil {
 			for _, a := range apps {
 				names[a.GUID] = a.Name
@@ -136,7 +141,7 @@ func (s *Server) writeFlows(w http.ResponseWriter, r *http.Request, fs []store.F
 		}
 	}
 	cells := map[string]string{}
-	if cs, err := s.store.Cells(r.Context(), store.CellFilter{}); err == nil {
+	if cs, err := s.store.Cells(ctx, store.CellFilter{}); err == nil {
 		for _, c := range cs {
 			cells[c.GUID] = c.Name
 		}
@@ -148,7 +153,7 @@ func (s *Server) writeFlows(w http.ResponseWriter, r *http.Request, fs []store.F
 			SrcApp: f.SrcApp, SrcAppName: names[f.SrcApp], SrcInstance: f.SrcInstance,
 			DstApp: f.DstApp, DstAppName: names[f.DstApp], DstInstance: f.DstInstance, Reason: f.Reason}
 	}
-	writeJSON(w, http.StatusOK, list(r, out))
+	return out
 }
 
 // explain answers GET /trellis/v1/explain?source=&destination=&protocol=&port=.

@@ -259,6 +259,7 @@ func (s *Server) signInstanceCertificate(w http.ResponseWriter, r *http.Request)
 		return
 	}
 	s.certs.signed.Inc()
+	s.console.certified(guid, leaf.NotAfter)
 	s.log.Info("signed an instance certificate", "cell", c.Name, "instance", guid, "app", app.Name, "serial", leaf.SerialNumber.Text(16),
 		"not_after", leaf.NotAfter, "ca_generation", gen)
 	writeJSON(w, http.StatusCreated, api.InstanceCertificate{Certificate: string(chain), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, CA: s.instanceCAJSON(ca, gen)})

@@ -56,6 +56,8 @@ type Server struct {
 	accessTTL time.Duration
 	// hashing bounds the password hashes computed at once.
 	hashing hashSlots
+	// console is what the web console shows that the store does not keep.
+	console consoleFacts
 }
 
 // NewServer returns a Server for st that signs cell certificates with ca,
@@ -158,6 +160,9 @@ func (s *Server) routes() {
 	s.uaaRoutes()
 
 	s.securityGroupRoutes()
+
+	// The web console and its live flows (console.go).
+	s.consoleRoutes()
 }
 
 // handle registers h for pattern on the mux and records the pattern: every

@@ -23,6 +23,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/cni"
+	"github.com/trellis-c2c/trellis/internal/console"
 	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/netns"
 	"github.com/trellis-c2c/trellis/internal/underlay"
@@ -316,6 +317,7 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 		}
 	}
 	step("foundation up: %d cells", len(f.Cells))
+	step("web console: %s (log in with the token in %s, or as user %s with the password in %s)", console.URL(f.APIURL), f.Admin, AdminUser, f.AdminPassword)
 	return f, f.save()
 }
 
