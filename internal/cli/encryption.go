@@ -8,6 +8,7 @@ import (
 	"strings"
 
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/launcher"
 )
 
 // Encryption between cells (issue 18): the foundation-wide switch and the
@@ -103,4 +104,19 @@ key generation each cell must now reach; trellis status shows it reached.`,
 			return nil
 		}
 	},
+}
+
+// printCellKeys prints, after `trellis status`'s table of cells, whether
+// each cell registered a WireGuard key and at which generation (as the
+// controller says; nothing if it did not answer).
+func (e *env) printCellKeys(st launcher.FoundationStatus) {
+	var keys []string
+	for _, c := range st.Cells {
+		if k := c.KeyStatus(); k != "" {
+			keys = append(keys, c.Name+": "+k)
+		}
+	}
+	if len(keys) > 0 {
+		e.printf("\nwireguard keys   %s\n", strings.Join(keys, "; "))
+	}
 }

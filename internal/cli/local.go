@@ -222,9 +222,10 @@ var statusCommand = &command{
 				if c.Failovers > 0 {
 					controller += fmt.Sprintf(" (%d failovers)", c.Failovers)
 				}
-				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, controller, orDefault(c.KeyStatus(), "?"), c.CNIConfList})
+				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, controller, c.CNIConfList})
 			}
-			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "controller", "wireguard key", "cni config"}, rows)
+			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "controller", "cni config"}, rows)
+			e.printCellKeys(st)
 			return nil
 		}
 	},

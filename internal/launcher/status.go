@@ -39,10 +39,6 @@ type CellStatus struct {
 	Subnet  string `json:"subnet"`
 	Healthy bool   `json:"healthy"`
 	Reason  string `json:"reason,omitempty"` // why it is not healthy
-	// Controller is the controller the agent talks to now, and Failovers
-	// the times it moved to another (api.AgentStatus).
-	Controller string `json:"controller,omitempty"`
-	Failovers  int64  `json:"failovers,omitempty"`
 	// WireGuardKey is whether the cell registered a WireGuard public key
 	// with the controller, KeyGeneration the generation of that key and
 	// WantedKeyGeneration the one the controller asks for (a rotation is
@@ -50,6 +46,10 @@ type CellStatus struct {
 	WireGuardKey        bool  `json:"wireguard_key"`
 	KeyGeneration       int64 `json:"key_generation,omitempty"`
 	WantedKeyGeneration int64 `json:"wanted_key_generation,omitempty"`
+	// Controller is the controller the agent talks to now, and Failovers
+	// the times it moved to another (api.AgentStatus).
+	Controller string `json:"controller,omitempty"`
+	Failovers  int64  `json:"failovers,omitempty"`
 }
 
 // KeyStatus says whether the cell has a WireGuard key and at which
