@@ -106,7 +106,7 @@ key generation each cell must now reach; trellis status shows it reached.`,
 	},
 }
 
-// printCellKeys prints, after `trellis status`'s table of cells, whether
+// printCellKeys prints, in `trellis status`'s header, whether
 // each cell registered a WireGuard key and at which generation (as the
 // controller says; nothing if it did not answer).
 func (e *env) printCellKeys(st launcher.FoundationStatus) {
@@ -117,6 +117,6 @@ func (e *env) printCellKeys(st launcher.FoundationStatus) {
 		}
 	}
 	if len(keys) > 0 {
-		e.printf("\nwireguard keys   %s\n", strings.Join(keys, "; "))
+		e.printf("cell keys    %s\n", strings.Join(keys, "; "))
 	}
 }

@@ -211,6 +211,7 @@ var statusCommand = &command{
 			if st.Encryption != "" {
 				e.printf("encryption   %s\n", st.Encryption)
 			}
+			e.printCellKeys(st)
 			e.printf("\n")
 			rows := [][]string{}
 			for _, c := range st.Cells {
@@ -225,7 +226,6 @@ var statusCommand = &command{
 				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, controller, c.CNIConfList})
 			}
 			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "controller", "cni config"}, rows)
-			e.printCellKeys(st)
 			return nil
 		}
 	},
