@@ -15,6 +15,10 @@ func TestCompileEncryption(t *testing.T) {
 	s.Encryption = api.EncryptionWireGuard
 	s.Cells[0].WireGuardKey, s.Cells[0].WireGuardPort, s.Cells[0].KeyGeneration, s.Cells[0].WireGuardKeyGeneration = "a2V5MQ==", 51820, 3, 2
 	s.Cells[1].WireGuardKey, s.Cells[1].WireGuardPort, s.Cells[1].KeyGeneration = "a2V5Mg==", 51821, 1
+	s.PolicyIDs = make([]int64, len(s.Policies)) // a model needs them
+	for i := range s.PolicyIDs {
+		s.PolicyIDs[i] = int64(i + 1)
+	}
 	m := NewModel(s)
 	for _, from := range []struct {
 		name string
