@@ -270,6 +270,12 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 	now := time.Now()
 	id.mu.Lock()
 	c := id.creds[guid]
+	if c == nil && !id.attached(guid) {
+		// Detached since the caller looked (the loop's list of containers
+		// is older than a DEL): nothing to issue or serve.
+		id.mu.Unlock()
+		return time.Time{}
+	}
 	if c == nil {
 		c = &credential{}
 		if pc, ok := id.prepared[guid]; ok {
@@ -474,13 +480,35 @@ func (id *identities) load(guid string) *tls.Certificate {
 	return &cert
 }
 
-// detach stops serving an instance and deletes its key.
+// attached reports whether the container of instance guid is committed
+// and not being deleted. The caller holds id.mu: a release marks its
+// record before it detaches, so an ensure that found the record attached
+// made its credential before detach looks for it.
+func (id *identities) attached(guid string) bool {
+	if id.containers == nil {
+		return true
+	}
+	for _, rec := range id.containers.list() {
+		if rec.Identity.InstanceGUID == guid {
+			return rec.Committed && !rec.Deleting
+		}
+	}
+	return false
+}
+
+// detach stops serving an instance and deletes its key, after an ensure
+// running for it finished (which would otherwise write them again).
 func (id *identities) detach(guid string) {
-	id.proxy.Remove(guid)
 	id.mu.Lock()
+	c := id.creds[guid]
 	delete(id.creds, guid)
 	delete(id.prepared, guid)
 	id.mu.Unlock()
+	if c != nil {
+		c.busy.Lock()
+		defer c.busy.Unlock()
+	}
+	id.proxy.Remove(guid)
 	if err := os.RemoveAll(id.credentialsDir(guid)); err != nil {
 		id.log.Warn("delete instance credentials", "instance", guid, "err", err)
 	}
