@@ -4,7 +4,7 @@
 //
 // It is a binary of its own so that it starts fast: it links the plugin,
 // the agent-socket client and the container wiring, and nothing of the
-// controller, the store or metrics (TestDeps keeps it so). The trellis
+// controller, the store, metrics or net/http (TestDeps keeps it so). The trellis
 // binary runs the same plugin when CNI_COMMAND is set, for a cell that has
 // only that binary. See docs/runtimes.md.
 package main

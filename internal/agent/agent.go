@@ -454,7 +454,7 @@ func (a *Agent) applyPolicy(ctx context.Context) {
 	if !a.ready() {
 		return // the first desired state will do it
 	}
-	if err := a.enforcer.apply(ctx, a.desired(), nil); err != nil {
+	if err := a.enforcer.attached(ctx, a.desired()); err != nil {
 		a.log.Error("apply policy", "err", err)
 	}
 }

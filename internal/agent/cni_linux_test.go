@@ -89,6 +89,21 @@ func wantInstances(t *testing.T, c *ctrl, app string, want ...string) {
 	}
 }
 
+// waitInstances waits until the controller lists want as the app's
+// instances: registrations made while a plugin wires its container land
+// when they do.
+func waitInstances(t *testing.T, c *ctrl, app string, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	var diff string
+	for end := time.Now().Add(20 * time.Second); time.Now().Before(end); time.Sleep(50 * time.Millisecond) {
+		if diff = cmp.Diff(want, instances(t, c, app)); diff == "" {
+			return
+		}
+	}
+	t.Errorf("instances of the app (-want +got):\n%s", diff)
+}
+
 func wantLinks(t *testing.T, what, ns string, want []string) {
 	t.Helper()
 	if diff := cmp.Diff(want, linkNames(t, ns)); diff != "" {
@@ -380,6 +395,9 @@ func TestCNIGC(t *testing.T) {
 	// out can only be the one GC frees.
 	valid := []types.GCAttachment{{ContainerID: keep.id, IfName: "eth0"}}
 	var allocated []string
+	// The agent registers an allocated container with the controller
+	// while its plugin wires it: the pending ones are instances too.
+	var pending []string
 	for i := 0; ; i++ {
 		if i > 8 {
 			t.Fatalf("subnet %s not full after allocating %v", subnet, allocated)
@@ -389,6 +407,7 @@ func TestCNIGC(t *testing.T) {
 			Identity: api.Identity{AppGUID: app, InstanceGUID: instGUID(id)}})
 		valid = append(valid, types.GCAttachment{ContainerID: id, IfName: "eth0"})
 		allocated = append(allocated, al.IP)
+		pending = append(pending, fmt.Sprintf("%s RUNNING %s", instGUID(id), al.IP))
 		if al.IP == ipam.LastHost(subnet).String() {
 			break
 		}
@@ -411,7 +430,7 @@ func TestCNIGC(t *testing.T) {
 	}
 	wantLinks(t, "the collected container", stale.ns, []string{"lo"})
 	wantNoRecord(t, a, stale)
-	wantInstances(t, c, app, runningAs("inst-keep", keep))
+	waitInstances(t, c, app, append([]string{runningAs("inst-keep", keep)}, pending...)...)
 	// The listed containers keep their records and their wiring.
 	for _, v := range valid {
 		if code, _, err := getContainer(a.cfg.Socket, v.ContainerID); err != nil || code != http.StatusOK {
@@ -434,7 +453,7 @@ func TestCNIGC(t *testing.T) {
 	if err := talk(t, next, keep, echoPort); err != nil {
 		t.Errorf("TCP from the new container to keep: %v", err)
 	}
-	wantInstances(t, c, app, runningAs("inst-keep", keep), runningAs("inst-next", next))
+	waitInstances(t, c, app, append([]string{runningAs("inst-keep", keep), runningAs("inst-next", next)}, pending...)...)
 	for _, x := range []*container{next, keep} {
 		if err := w.del(p, l, x); err != nil {
 			t.Errorf("DEL %s: %v", x.id, err)

@@ -16,6 +16,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -40,6 +41,10 @@ type record struct {
 	Identity    api.Identity `json:"identity"`
 	HostVeth    string       `json:"host_veth,omitempty"`
 	Committed   bool         `json:"committed"`
+	// Registering: the controller may have been told of it before it was
+	// committed (the ADD registers it while the plugin wires it), so
+	// releasing it deregisters it too.
+	Registering bool `json:"registering,omitempty"`
 	// Deleting: the runtime deleted it, the controller has not been told yet;
 	// the address stays reserved until it has.
 	Deleting  bool      `json:"deleting,omitempty"`
@@ -171,6 +176,97 @@ type socketServer struct {
 	applyPolicy func(context.Context)
 	// agentStatus is what GET /v1/status answers.
 	agentStatus func() api.AgentStatus
+
+	// preps are the ADDs whose agent steps run while their plugin wires
+	// the container, by container ID; guarded by containers.mu.
+	preps map[string]*preparation
+	// policy coalesces the policy re-applies of concurrent ADDs and DELs.
+	policy struct {
+		requested atomic.Uint64
+		mu        sync.Mutex
+		applied   uint64 // the requests the last apply covered
+	}
+}
+
+// preparation is what an ADD needs of the agent besides the wiring, started
+// when the address is allocated, so that it runs while the plugin wires the
+// container instead of after: the policy table with the new address (its
+// packets marked with its app's tag, its veth's spoofing checked), and at
+// once the registration with the controller and then the instance's
+// certificate (the controller certifies registered instances only). The
+// commit waits for it. None of it lets the container send: a packet from
+// a container's veth passes only once its address is in the policy table,
+// and the table is in place before the commit returns.
+type preparation struct {
+	done  chan struct{} // closed when every step finished
+	start time.Time
+	err   error // of the registration
+	// When each step finished, counted from start.
+	register, policy, certificate time.Duration
+}
+
+// prepareWait bounds an ADD's preparation (its controller calls).
+const prepareWait = 10 * time.Second
+
+// prepare returns rec's preparation, starting it if none is running. The
+// caller holds containers.mu, and rec is saved with Registering set.
+func (s *socketServer) prepare(rec record) *preparation {
+	if p := s.preps[rec.ContainerID]; p != nil {
+		return p
+	}
+	if s.preps == nil {
+		s.preps = map[string]*preparation{}
+	}
+	p := &preparation{done: make(chan struct{}), start: time.Now()}
+	s.preps[rec.ContainerID] = p
+	go s.runPreparation(rec, p)
+	return p
+}
+
+func (s *socketServer) runPreparation(rec record, p *preparation) {
+	defer close(p.done)
+	ctx, cancel := context.WithTimeout(context.Background(), prepareWait)
+	defer cancel()
+	var policy sync.WaitGroup
+	policy.Go(func() {
+		s.refreshPolicy(ctx)
+		p.policy = time.Since(p.start)
+	})
+	p.err = s.registry.RegisterInstance(ctx, rec.Identity.InstanceGUID, api.InstanceRegistration{
+		AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID})
+	p.register = time.Since(p.start)
+	if p.err != nil {
+		// As when the commit registered: a failed registration is not
+		// undone (the controller said no, or was not reached).
+		cs := s.containers
+		cs.mu.Lock()
+		if r, ok := cs.records[rec.ContainerID]; ok && !r.Committed {
+			r.Registering = false
+		}
+		cs.mu.Unlock()
+	}
+	if p.err == nil {
+		s.certs.prepare(ctx, rec)
+		p.certificate = time.Since(p.start)
+	}
+	policy.Wait()
+}
+
+// refreshPolicy re-applies the cell's policy for the containers attached
+// here now. Concurrent calls (a cell starting many containers at once)
+// share applies: one apply covers every call made before it read the
+// containers, so twenty ADDs cost a few applies, not twenty in a row.
+func (s *socketServer) refreshPolicy(ctx context.Context) {
+	ps := &s.policy
+	mine := ps.requested.Add(1)
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if ps.applied >= mine {
+		return
+	}
+	upto := ps.requested.Load()
+	s.applyPolicy(ctx)
+	ps.applied = upto
 }
 
 // registry is the controller's record of which instance holds which
@@ -182,6 +278,9 @@ type registry interface {
 
 // instanceCerts serves each attached instance its identity certificate.
 type instanceCerts interface {
+	// prepare issues rec's certificate and writes its files before the
+	// container is wired; attach then serves it.
+	prepare(ctx context.Context, rec record)
 	attach(ctx context.Context, rec record)
 	detach(guid string)
 }
@@ -243,6 +342,9 @@ func (s *socketServer) allocate(w http.ResponseWriter, r *http.Request) {
 			writeErr(w, http.StatusConflict, fmt.Sprintf("container %s is already attached (netns %s, %s): a container ID may be added once", req.ContainerID, rec.NetNS, rec.IfName))
 			return
 		}
+		if !rec.Committed && rec.Registering {
+			s.prepare(*rec)
+		}
 		writeJSON(w, http.StatusOK, cs.allocation(rec))
 		return
 	}
@@ -261,7 +363,8 @@ func (s *socketServer) allocate(w http.ResponseWriter, r *http.Request) {
 		writeErr(w, http.StatusConflict, err.Error())
 		return
 	}
-	rec := &record{ContainerID: req.ContainerID, IP: ip, NetNS: req.NetNS, IfName: req.IfName, Identity: req.Identity, CreatedAt: time.Now().UTC()}
+	rec := &record{ContainerID: req.ContainerID, IP: ip, NetNS: req.NetNS, IfName: req.IfName, Identity: req.Identity,
+		Registering: true, CreatedAt: time.Now().UTC()}
 	if err := cs.save(rec); err != nil {
 		writeErr(w, http.StatusInternalServerError, "save container record: "+err.Error())
 		return
@@ -270,6 +373,7 @@ func (s *socketServer) allocate(w http.ResponseWriter, r *http.Request) {
 	cs.last = ip
 	os.WriteFile(filepath.Join(cs.dir, "last-ip"), []byte(ip.String()), 0o600)
 	s.log.Info("allocated", "container", rec.ContainerID, "ip", ip, "app", req.Identity.AppGUID, "instance", req.Identity.InstanceGUID)
+	s.prepare(*rec)
 	writeJSON(w, http.StatusOK, cs.allocation(rec))
 }
 
@@ -278,64 +382,82 @@ func (s *socketServer) commit(w http.ResponseWriter, r *http.Request) {
 	if !readJSON(w, r, &req) {
 		return
 	}
+	start := time.Now()
 	cs := s.containers
 	cs.mu.Lock()
 	rec, ok := cs.records[r.PathValue("id")]
-	var snapshot record
-	if ok {
-		snapshot = *rec
-	}
-	cs.mu.Unlock()
-	if !ok {
+	if !ok || rec.Deleting {
+		cs.mu.Unlock()
 		writeErr(w, http.StatusNotFound, "no allocation for container "+r.PathValue("id"))
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), 10*time.Second)
-	defer cancel()
-	start := time.Now()
-	err := s.registry.RegisterInstance(ctx, snapshot.Identity.InstanceGUID, api.InstanceRegistration{
-		AppGUID: snapshot.Identity.AppGUID, Index: snapshot.Identity.Index, IP: snapshot.IP.String(), ContainerID: snapshot.ContainerID})
-	if err != nil {
+	// Started at the allocation, it ran while the plugin wired the
+	// container; else (an agent restarted since, a commit retried after a
+	// failed registration) it starts now.
+	p := s.preps[rec.ContainerID]
+	if p == nil {
+		if !rec.Registering && !rec.Committed {
+			rec.Registering = true // before the controller may hear of it
+			if err := cs.save(rec); err != nil {
+				cs.mu.Unlock()
+				writeErr(w, http.StatusInternalServerError, "save container record: "+err.Error())
+				return
+			}
+		}
+		p = s.prepare(*rec)
+	}
+	snapshot := *rec
+	cs.mu.Unlock()
+	<-p.done
+	waited := time.Since(start)
+	if p.err != nil {
+		cs.mu.Lock()
+		if s.preps[snapshot.ContainerID] == p {
+			delete(s.preps, snapshot.ContainerID) // a retried commit registers again
+		}
+		cs.mu.Unlock()
 		status := http.StatusUnprocessableEntity
-		if errors.Is(err, api.ErrUnreachable) {
+		if errors.Is(p.err, api.ErrUnreachable) {
 			status = http.StatusServiceUnavailable
 		}
-		s.log.Warn("register instance", "container", snapshot.ContainerID, "err", err)
-		writeErr(w, status, "register instance with the controller: "+err.Error())
+		s.log.Warn("register instance", "container", snapshot.ContainerID, "err", p.err)
+		writeErr(w, status, "register instance with the controller: "+p.err.Error())
 		return
 	}
 	cs.mu.Lock()
-	defer cs.mu.Unlock()
-	if rec, ok = cs.records[snapshot.ContainerID]; !ok {
+	if rec, ok = cs.records[snapshot.ContainerID]; !ok || rec.Deleting {
+		cs.mu.Unlock()
 		writeErr(w, http.StatusNotFound, "container "+snapshot.ContainerID+" was deleted meanwhile")
 		return
 	}
 	rec.Committed, rec.HostVeth = true, req.HostVeth
 	if err := cs.save(rec); err != nil {
+		cs.mu.Unlock()
 		writeErr(w, http.StatusInternalServerError, "save container record: "+err.Error())
 		return
 	}
+	if s.preps[snapshot.ContainerID] == p {
+		delete(s.preps, snapshot.ContainerID)
+	}
 	alloc := cs.allocation(rec)
+	snapshot = *rec
 	cs.mu.Unlock()
-	// Each step's time goes into the log line, so that an operator asking
-	// why a container start was slow sees which step was.
-	registered := time.Now()
-	// The policy table and the certificate each need the registration,
-	// not each other: they run at once (one waits on the kernel, the other
-	// on the controller), and ADD returns when both are done.
-	var policyTook time.Duration
-	var steps sync.WaitGroup
-	steps.Go(func() {
-		s.applyPolicy(r.Context())
-		policyTook = time.Since(registered)
-	})
+	if req.HostVeth != "" && req.HostVeth != dataplane.HostVethName(snapshot.IP) {
+		// The table was made for the veth named for the address.
+		s.refreshPolicy(r.Context())
+	}
+	// Its certificate was issued during the preparation: this serves it on
+	// the TLS port, which needs the container's address in place.
 	s.certs.attach(r.Context(), snapshot)
-	certTook := time.Since(registered)
-	steps.Wait()
-	cs.mu.Lock() // the deferred Unlock
+	// Each step's time goes into the log line, so that an operator asking
+	// why a container start was slow sees which step was: the preparation's
+	// steps counted from the allocation, the commit's wait for them and
+	// its whole time.
 	s.log.Info("attached", "container", snapshot.ContainerID, "ip", snapshot.IP, "instance", snapshot.Identity.InstanceGUID,
-		"register", registered.Sub(start).Round(time.Microsecond), "policy", policyTook.Round(time.Microsecond),
-		"certificate", certTook.Round(time.Microsecond), "took", time.Since(start).Round(time.Microsecond))
+		"register", p.register.Round(time.Microsecond), "policy", p.policy.Round(time.Microsecond),
+		"certificate", p.certificate.Round(time.Microsecond), "wait", waited.Round(time.Microsecond),
+		"serve", time.Since(start.Add(waited)).Round(time.Microsecond), "took", time.Since(start).Round(time.Microsecond),
+		"since_allocated", time.Since(p.start).Round(time.Microsecond))
 	writeJSON(w, http.StatusOK, alloc)
 }
 
@@ -415,10 +537,23 @@ func (s *socketServer) release(ctx context.Context, id string) bool {
 		return false
 	}
 	rec.Deleting = true
+	p := s.preps[id]
+	delete(s.preps, id)
+	if p != nil {
+		// Its registration must not reach the controller after the
+		// deregistration, nor its certificate files outlive detach.
+		cs.mu.Unlock()
+		<-p.done
+		cs.mu.Lock()
+		if cs.records[id] != rec { // released meanwhile by another call
+			cs.mu.Unlock()
+			return true
+		}
+	}
 	cs.save(rec)
 	snapshot := *rec
 	cs.mu.Unlock()
-	s.applyPolicy(ctx) // its address is no longer a local instance's
+	s.refreshPolicy(ctx) // its address is no longer a local instance's
 	s.certs.detach(snapshot.Identity.InstanceGUID)
 	s.deregister(ctx, snapshot)
 	return true
@@ -456,7 +591,7 @@ const deregisterWait = 3 * time.Second
 // deregister tells the controller a container is gone and then drops its
 // record; on failure the record stays (Deleting) for the retry loop.
 func (s *socketServer) deregister(ctx context.Context, rec record) {
-	if rec.Committed {
+	if rec.Committed || rec.Registering {
 		ctx, cancel := context.WithTimeout(ctx, deregisterWait)
 		err := s.registry.DeregisterInstance(ctx, rec.Identity.InstanceGUID)
 		cancel()

@@ -146,6 +146,19 @@ func (e *enforcer) egress(st api.CellState) *dataplane.Egress {
 // resync: the kernel's policy table is read back in full and repaired if
 // anything differs.
 func (e *enforcer) apply(ctx context.Context, st api.CellState, overlay *dataplane.Overlay) error {
+	return e.set(ctx, st, overlay, true)
+}
+
+// attached re-applies st after a container was attached or detached here:
+// as apply, but it trusts the table's fingerprint instead of reading the
+// table back (the resync's check, whose cost grows with the table and, on a
+// busy machine, with every netlink round trip: it was most of a CNI ADD's
+// policy step).
+func (e *enforcer) attached(ctx context.Context, st api.CellState) error {
+	return e.set(ctx, st, nil, false)
+}
+
+func (e *enforcer) set(ctx context.Context, st api.CellState, overlay *dataplane.Overlay, resync bool) error {
 	e.mu.Lock()
 	defer e.mu.Unlock()
 	// A re-apply for a container attached here may race with a newer
@@ -162,7 +175,7 @@ func (e *enforcer) apply(ctx context.Context, st api.CellState, overlay *datapla
 		e.warned = false
 	}
 	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p, Egress: e.egress(st),
-		Verify: e.last != nil && st.Revision == e.last.Revision})
+		Verify: resync && e.last != nil && st.Revision == e.last.Revision})
 	if err != nil {
 		if failedPart(err) == "policy" {
 			err = fmt.Errorf("apply policy: %w", err)

@@ -59,8 +59,11 @@ type identities struct {
 
 	mu    sync.Mutex
 	creds map[string]*credential // by instance GUID
-	caGen int64
-	pool  *x509.CertPool
+	// prepared are certificates issued for ADDs not committed yet, by
+	// instance GUID: attach takes them.
+	prepared map[string]preparedCert
+	caGen    int64
+	pool     *x509.CertPool
 
 	renewals *prometheus.CounterVec
 }
@@ -77,6 +80,13 @@ type credential struct {
 	required bool   // client certificates required on TLSPort, as last set
 	clients  string // the apps allowed to present a certificate, as last set
 	caSet    int64
+}
+
+// preparedCert is a certificate prepare issued, with the CA generation it
+// was issued under.
+type preparedCert struct {
+	cert  *tls.Certificate
+	caGen int64
 }
 
 // certifyFunc asks the controller to certify an instance's key, in a
@@ -103,7 +113,7 @@ type identitiesConfig struct {
 func newIdentities(cfg identitiesConfig) (*identities, error) {
 	id := &identities{log: cfg.Log, containers: cfg.Containers, state: cfg.State, certify: cfg.Certify, record: cfg.Record,
 		dir: filepath.Join(cfg.StateDir, "credentials"), sysDir: filepath.Join(cfg.StateDir, "system-certs"),
-		alg: cfg.KeyType, wake: make(chan struct{}, 1), creds: map[string]*credential{},
+		alg: cfg.KeyType, wake: make(chan struct{}, 1), creds: map[string]*credential{}, prepared: map[string]preparedCert{},
 		renewals: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_agent_instance_certificate_renewals_total",
 			Help: "Identity certificate requests by result (issued, failed)."}, []string{"result"}),
 	}
@@ -217,6 +227,39 @@ func (id *identities) attach(ctx context.Context, rec record) {
 	id.ensure(ctx, rec, st)
 }
 
+// prepare issues rec's first certificate and writes its key and
+// certificate files while the container is still being wired (the
+// controller certifies registered instances: the caller registered it);
+// attach then serves it. On failure attach tries again. An instance
+// already served (a repeated ADD) is left to attach.
+func (id *identities) prepare(ctx context.Context, rec record) {
+	guid := rec.Identity.InstanceGUID
+	st, _ := id.state()
+	id.updateCA(st.InstanceCA)
+	id.mu.Lock()
+	_, served := id.creds[guid]
+	caGen := id.caGen
+	id.mu.Unlock()
+	if served {
+		return
+	}
+	if err := os.MkdirAll(id.credentialsDir(guid), 0o755); err != nil {
+		id.log.Error("instance credentials", "instance", guid, "err", err)
+		return
+	}
+	cert, err := id.issue(ctx, guid)
+	if err != nil {
+		id.log.Warn("issue instance certificate: will try again when it is attached", "instance", guid, "err", err)
+		return
+	}
+	id.mu.Lock()
+	id.prepared[guid] = preparedCert{cert, caGen}
+	id.mu.Unlock()
+	id.renewals.WithLabelValues("issued").Inc()
+	id.log.Info("instance certificate issued", "instance", guid, "serial", cert.Leaf.SerialNumber.Text(16),
+		"not_after", cert.Leaf.NotAfter.UTC(), "renew_at", renewAt(cert.Leaf).UTC())
+}
+
 // ensure makes rec's certificate current and its listener match, and
 // returns when it is next due: the renewal, the retry of a failed one, or
 // in a second if the listener could not be set.
@@ -227,11 +270,20 @@ func (id *identities) ensure(ctx context.Context, rec record, st api.CellState) 
 	now := time.Now()
 	id.mu.Lock()
 	c := id.creds[guid]
+	if c == nil && !id.attached(guid) {
+		// Detached since the caller looked (the loop's list of containers
+		// is older than a DEL): nothing to issue or serve.
+		id.mu.Unlock()
+		return time.Time{}
+	}
 	if c == nil {
 		c = &credential{}
-		// A restarted agent keeps serving what it issued before (for the
-		// CA it knows now; the routes are in the certificate).
-		if c.cert = id.load(guid); c.cert != nil {
+		if pc, ok := id.prepared[guid]; ok {
+			c.cert, c.caGen = pc.cert, pc.caGen
+			delete(id.prepared, guid)
+		} else if c.cert = id.load(guid); c.cert != nil {
+			// A restarted agent keeps serving what it issued before (for
+			// the CA it knows now; the routes are in the certificate).
 			c.caGen = id.caGen
 		}
 		id.creds[guid] = c
@@ -428,12 +480,35 @@ func (id *identities) load(guid string) *tls.Certificate {
 	return &cert
 }
 
-// detach stops serving an instance and deletes its key.
+// attached reports whether the container of instance guid is committed
+// and not being deleted. The caller holds id.mu: a release marks its
+// record before it detaches, so an ensure that found the record attached
+// made its credential before detach looks for it.
+func (id *identities) attached(guid string) bool {
+	if id.containers == nil {
+		return true
+	}
+	for _, rec := range id.containers.list() {
+		if rec.Identity.InstanceGUID == guid {
+			return rec.Committed && !rec.Deleting
+		}
+	}
+	return false
+}
+
+// detach stops serving an instance and deletes its key, after an ensure
+// running for it finished (which would otherwise write them again).
 func (id *identities) detach(guid string) {
-	id.proxy.Remove(guid)
 	id.mu.Lock()
+	c := id.creds[guid]
 	delete(id.creds, guid)
+	delete(id.prepared, guid)
 	id.mu.Unlock()
+	if c != nil {
+		c.busy.Lock()
+		defer c.busy.Unlock()
+	}
+	id.proxy.Remove(guid)
 	if err := os.RemoveAll(id.credentialsDir(guid)); err != nil {
 		id.log.Warn("delete instance credentials", "instance", guid, "err", err)
 	}

@@ -4,8 +4,9 @@ package api
 // (and the launcher and benchmarks) through AgentClient. Base path /v1;
 // JSON bodies; errors as {"error":"..."} with an HTTP status.
 //
-//	POST   /v1/containers              Allocate: reserve an address for a container (idempotent per container ID)
-//	POST   /v1/containers/{id}/commit  Commit: the plugin has wired it; register the instance with the controller
+//	POST   /v1/containers              Allocate: reserve an address for a container (idempotent per container ID);
+//	                                   the agent registers the instance, certifies it and updates the policy table meanwhile
+//	POST   /v1/containers/{id}/commit  Commit: the plugin has wired it; wait for those steps and serve it on 61443
 //	GET    /v1/containers/{id}         the record (CNI CHECK)
 //	DELETE /v1/containers/{id}         release the address and deregister (idempotent: CNI DEL)
 //	POST   /v1/gc                      release every container not in the list (CNI GC)

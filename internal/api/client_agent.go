@@ -56,8 +56,8 @@ func (c *AgentClient) Allocate(ctx context.Context, r AllocateRequest) (Allocati
 	return a, err
 }
 
-// Commit reports a container wired; the agent registers its instance with
-// the controller.
+// Commit reports a container wired; the agent answers once its instance is
+// registered with the controller, certified and in the policy table.
 func (c *AgentClient) Commit(ctx context.Context, containerID string, r CommitRequest) error {
 	return c.do(ctx, http.MethodPost, "/v1/containers/"+url.PathEscape(containerID)+"/commit", r, nil)
 }

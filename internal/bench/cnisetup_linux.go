@@ -2,17 +2,24 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"sync"
+	"time"
 
 	"github.com/containernetworking/cni/libcni"
 	"github.com/containernetworking/cni/pkg/types"
 	types100 "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/google/uuid"
+	"golang.org/x/sys/unix"
+
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/cni"
 	"github.com/trellis-c2c/trellis/internal/launcher"
@@ -120,6 +127,7 @@ func (r *run) cniSetup(exe string, p overlayParams, s *setupResult) error {
 		return err
 	}
 	r.logf("container setup through CNI: %d sequential adds, each timed until the first echo", n)
+	cpu := cpuOf(f.Controller.PID, cell.Agent.PID)
 	for i := range n {
 		if err := r.ctx.Err(); err != nil {
 			return err
@@ -136,5 +144,148 @@ func (r *run) cniSetup(exe string, p overlayParams, s *setupResult) error {
 			s.cniResent++
 		}
 	}
+	s.cpu = cpuOf(f.Controller.PID, cell.Agent.PID).minus(cpu)
+	var err2 error
+	if s.steps, s.stepKeys, err2 = attachedSteps(cell.Agent.Log, r.prefix+"cni-"); err2 != nil {
+		r.logf("container setup through CNI: no per-step times: %v", err2)
+	}
+	r.logf("container setup through CNI: %d adds at once", p.burst)
+	cpu = cpuOf(f.Controller.PID, cell.Agent.PID)
+	if err := r.cniBurst(p.burst, echoAt, func(path string, i int) error {
+		_, err := add(path, src.GUID, n+i)
+		return err
+	}, s); err != nil {
+		return err
+	}
+	s.burstCPU = cpuOf(f.Controller.PID, cell.Agent.PID).minus(cpu)
+	s.burstSteps, _, _ = attachedSteps(cell.Agent.Log, r.prefix+"cnib-")
 	return nil
+}
+
+// cpuTimes is the CPU time (user and system) used so far by the
+// controller, the agent, and the bench's reaped children (the plugin
+// runs, as libcni waits for each).
+type cpuTimes struct{ controller, agent, plugins time.Duration }
+
+func cpuOf(controller, agent int) cpuTimes {
+	var ru unix.Rusage
+	unix.Getrusage(unix.RUSAGE_CHILDREN, &ru)
+	return cpuTimes{controller: procCPU(controller), agent: procCPU(agent),
+		plugins: time.Duration(ru.Utime.Nano() + ru.Stime.Nano())}
+}
+
+func (c cpuTimes) minus(o cpuTimes) cpuTimes {
+	return cpuTimes{c.controller - o.controller, c.agent - o.agent, c.plugins - o.plugins}
+}
+
+// per describes c divided among n adds.
+func (c cpuTimes) per(n int) string {
+	per := func(d time.Duration) float64 { return ms(d) / float64(max(n, 1)) }
+	return fmt.Sprintf("agent %.1f ms, controller %.1f ms, plugin %.1f ms", per(c.agent), per(c.controller), per(c.plugins))
+}
+
+// procCPU is the CPU time pid has used (utime and stime of
+// /proc/PID/stat, in clock ticks of 10 ms); 0 when unreadable.
+func procCPU(pid int) time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	i := strings.LastIndexByte(string(b), ')')
+	if i < 0 {
+		return 0
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	ut, _ := strconv.ParseInt(f[11], 10, 64)
+	st, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(ut+st) * 10 * time.Millisecond
+}
+
+// cniBurst adds n containers at once through add, as a cell starting up
+// does: their namespaces and probe sockets are made first, then every ADD
+// starts at the same moment and each is timed until its first echo from
+// to. Every one must attach.
+func (r *run) cniBurst(n int, to netip.AddrPort, add func(path string, i int) error, s *setupResult) error {
+	paths := make([]string, n)
+	conns := make([]*net.UDPConn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	for i := range n {
+		var err error
+		if paths[i], conns[i], err = r.probeNamespace(fmt.Sprintf("cnib-%d", i)); err != nil {
+			return err
+		}
+	}
+	times := make([]float64, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			begin := time.Now()
+			if err := add(paths[i], i); err != nil {
+				errs[i] = fmt.Errorf("CNI add %d of %d at once: %w", i+1, n, err)
+				return
+			}
+			if _, err := probe(conns[i], to); err != nil {
+				errs[i] = fmt.Errorf("first packet of add %d of %d at once: %w", i+1, n, err)
+				return
+			}
+			times[i] = ms(time.Since(begin))
+		})
+	}
+	begin := time.Now()
+	close(start)
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
+	s.burst, s.burstTook = times, ms(time.Since(begin))
+	return nil
+}
+
+// attachedSteps reads the agent's msg=attached log lines of the containers
+// whose IDs start with prefix and returns the times they give (key=value
+// pairs whose value is a duration), in ms by key, with the keys in the
+// order of the first line.
+func attachedSteps(logPath, prefix string) (map[string][]float64, []string, error) {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return nil, nil, err
+	}
+	steps := map[string][]float64{}
+	var keys []string
+	for line := range strings.Lines(string(b)) {
+		_, id, ok := strings.Cut(line, " container="+prefix)
+		if !strings.Contains(line, " msg=attached ") || !ok || id == "" || id[0] < '0' || id[0] > '9' {
+			continue
+		}
+		for _, f := range strings.Fields(line) {
+			k, v, ok := strings.Cut(f, "=")
+			if !ok || k == "time" {
+				continue
+			}
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				continue
+			}
+			if _, seen := steps[k]; !seen {
+				keys = append(keys, k)
+			}
+			steps[k] = append(steps[k], ms(d))
+		}
+	}
+	if len(keys) == 0 {
+		return nil, nil, fmt.Errorf("no msg=attached lines in %s", logPath)
+	}
+	return steps, keys, nil
 }

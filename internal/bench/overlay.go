@@ -46,13 +46,14 @@ type overlayParams struct {
 	omit    int // seconds at the start of a run left out (slow start)
 	adds    int // sequential container adds
 	starts  int // rounds of the plugin start figures
+	burst   int // containers added at once through CNI
 }
 
 func paramsFor(quick bool) overlayParams {
 	if quick {
-		return overlayParams{runs: 1, seconds: 2, omit: 0, adds: 30, starts: 20}
+		return overlayParams{runs: 1, seconds: 2, omit: 0, adds: 30, starts: 20, burst: 20}
 	}
-	return overlayParams{runs: 3, seconds: 5, omit: 1, adds: 100, starts: 40}
+	return overlayParams{runs: 3, seconds: 5, omit: 1, adds: 100, starts: 40, burst: 20}
 }
 
 // iperf3Result is the part of `iperf3 -c ... -J` output the bench reads.

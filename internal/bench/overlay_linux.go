@@ -790,9 +790,19 @@ func (t *tputResult) notes(p overlayParams) []string {
 // setupResult holds the setup latency of every add, in ms, in order.
 type setupResult struct {
 	trellis, bare []float64
-	wire          []float64   // the dataplane.AddContainer part of trellis
-	cni           []float64   // CNI ADD through the plugin and the agent of a local foundation
-	cniResent     int         // adds of cni whose first datagram got no echo within probeResend
+	wire          []float64 // the dataplane.AddContainer part of trellis
+	cni           []float64 // CNI ADD through the plugin and the agent of a local foundation
+	cniResent     int       // adds of cni whose first datagram got no echo within probeResend
+	burst         []float64 // CNI ADDs started at once, each to its first echo
+	burstTook     float64   // from their start until the last echo
+	// steps are the agent's per-step times (ms) of the cni adds, by the
+	// key of its msg=attached log line, and the keys in the line's order.
+	steps      map[string][]float64
+	stepKeys   []string
+	burstSteps map[string][]float64 // the same of the burst's adds
+	// cpu and burstCPU are the CPU times the sequential adds and the
+	// burst took.
+	cpu, burstCPU cpuTimes
 	start         *startTimes // the plugin start figures' samples
 	// resent counts the adds whose first datagram got no echo within
 	// probeResend, trellis and baseline.
@@ -991,17 +1001,9 @@ func (r *run) bareAttach(bh *netlink.Handle, br netlink.Link, host, path string,
 // Making the namespace is left out of the time: a runtime makes it before
 // it calls CNI ADD.
 func (r *run) timedAdd(name string, to netip.AddrPort, add func(path string) error) (time.Duration, int, error) {
-	path, err := r.namespace(name)
+	path, conn, err := r.probeNamespace(name)
 	if err != nil {
 		return 0, 0, err
-	}
-	var conn *net.UDPConn
-	err = netns.Do(path, func() (err error) {
-		conn, err = net.ListenUDP("udp4", nil)
-		return err
-	})
-	if err != nil {
-		return 0, 0, fmt.Errorf("open probe socket in %s: %w", path, err)
 	}
 	defer conn.Close()
 	begin := time.Now()
@@ -1013,6 +1015,24 @@ func (r *run) timedAdd(name string, to netip.AddrPort, add func(path string) err
 		return 0, resent, fmt.Errorf("first packet from %s: %w", name, err)
 	}
 	return time.Since(begin), resent, nil
+}
+
+// probeNamespace creates the container namespace name and opens a UDP
+// socket in it, for probe.
+func (r *run) probeNamespace(name string) (string, *net.UDPConn, error) {
+	path, err := r.namespace(name)
+	if err != nil {
+		return "", nil, err
+	}
+	var conn *net.UDPConn
+	err = netns.Do(path, func() (err error) {
+		conn, err = net.ListenUDP("udp4", nil)
+		return err
+	})
+	if err != nil {
+		return "", nil, fmt.Errorf("open probe socket in %s: %w", path, err)
+	}
+	return path, conn, nil
 }
 
 // probe sends a datagram to the echo responder at to and waits for it to
@@ -1084,6 +1104,10 @@ func (s *setupResult) figures() []Figure {
 		newFigure("overlay/setup-growth", fmt.Sprintf("container setup, CNI ADD to first packet, mean of %s", late), "ms",
 			mean(late.of(s.cni)), mean(early.of(s.cni)), fmt.Sprintf("mean of %s", early),
 			&goal{ratio: true, atMost: true, limit: 1, slack: 0.25}),
+		newFigure("overlay/setup-burst-p50", fmt.Sprintf("%d containers CNI ADDed at once on one cell, ADD to first packet, p50", len(s.burst)), "ms",
+			percentile(s.burst, 50), percentile(s.cni, 50), "the sequential adds' p50", nil),
+		newFigure("overlay/setup-burst-p99", fmt.Sprintf("%d containers CNI ADDed at once on one cell, ADD to first packet, p99", len(s.burst)), "ms",
+			percentile(s.burst, 99), percentile(s.cni, 99), "the sequential adds' p99", nil),
 		newFigure("overlay/setup-wiring-p50", "container wiring alone (dataplane.AddContainer) to first packet, p50", "ms",
 			percentile(s.trellis, 50), percentile(s.bare, 50), "plain veth on a bridge", nil),
 		newFigure("overlay/setup-wiring-growth", fmt.Sprintf("container wiring alone, mean of %s", late), "ms",
@@ -1109,9 +1133,33 @@ func (s *setupResult) notes() []string {
 			"%d sequential CNI ADDs with libcni from the cell's namespace (the trellis-cni plugin, the agent's address, wiring, registration with the controller, policy table and instance certificate), "+
 			"each timed from the ADD until the responder's echo; all stay attached; the first datagram was resent (after %v) in %d of them.",
 			echoPort, len(s.cni), probeResend, s.cniResent),
-		s.start.note(),
+		fmt.Sprintf("container setup, %d CNI ADDs at once (a cell starting up): the same foundation, after the sequential adds; %d namespaces and probe sockets made first, "+
+			"then every ADD started at the same moment and each timed until its first echo; all %d attached, the last echo %.1f ms after the start.",
+			len(s.burst), len(s.burst), len(s.burst), s.burstTook),
+		fmt.Sprintf("CPU time (user and system) per CNI ADD, a figure the machine's load barely moves: sequential %s; at once %s "+
+			"(the controller's and agent's from /proc/PID/stat, in 10 ms ticks, over all the adds; the plugin's the reaped children's; the agent's and controller's include the work each ADD sets off, as the new desired state).",
+			s.cpu.per(len(s.cni)), s.burstCPU.per(len(s.burst))),
 	}
-	return notes
+	if len(s.stepKeys) > 0 {
+		var parts []string
+		for _, k := range s.stepKeys {
+			parts = append(parts, fmt.Sprintf("%s %.2f / %.2f", k, percentile(s.steps[k], 50), percentile(s.steps[k], 99)))
+		}
+		notes = append(notes, fmt.Sprintf("the agent's steps of the %d sequential CNI ADDs, from its msg=attached log lines, p50 / p99 ms: %s. "+
+			"register, policy and certificate are counted from the allocation (they run while the plugin wires the container; the certificate after the registration), "+
+			"wait is the commit's wait for them, serve the TLS port's listener, took the whole commit, since_allocated from the allocation to the commit's answer.",
+			len(s.steps[s.stepKeys[0]]), strings.Join(parts, ", ")))
+		parts = nil
+		for _, k := range s.stepKeys {
+			if v := s.burstSteps[k]; len(v) > 0 {
+				parts = append(parts, fmt.Sprintf("%s %.2f / %.2f", k, percentile(v, 50), percentile(v, 99)))
+			}
+		}
+		if len(parts) > 0 {
+			notes = append(notes, fmt.Sprintf("the same for the %d ADDs at once: %s.", len(s.burst), strings.Join(parts, ", ")))
+		}
+	}
+	return append(notes, s.start.note())
 }
 
 // loadavg returns the 1, 5 and 15 minute load averages.

@@ -126,7 +126,7 @@ func TestOverlayQuick(t *testing.T) {
 	}
 	wantIDs := []string{
 		"overlay/tcp-1-vs-plain", "overlay/tcp-1-vs-vxlan", "overlay/tcp-1-vs-veth", "overlay/tcp-4-vs-plain", "overlay/tcp-4-vs-vxlan", "overlay/tcp-4-vs-veth",
-		"overlay/setup-p50", "overlay/setup-p99", "overlay/setup-growth", "overlay/setup-wiring-p50", "overlay/setup-wiring-growth",
+		"overlay/setup-p50", "overlay/setup-p99", "overlay/setup-growth", "overlay/setup-burst-p50", "overlay/setup-burst-p99", "overlay/setup-wiring-p50", "overlay/setup-wiring-growth",
 		"overlay/plugin-start", "overlay/plugin-start-trellis",
 	}
 	var ids []string

@@ -22,7 +22,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"net/netip"
 	"os"
 	"slices"
@@ -34,7 +33,6 @@ import (
 	current "github.com/containernetworking/cni/pkg/types/100"
 	"github.com/containernetworking/cni/pkg/version"
 
-	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
 )
 
@@ -87,9 +85,9 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	agent := api.NewAgentClient(conf.AgentSocket)
+	agent := agentClient{conf.AgentSocket}
 
-	alloc, err := agent.Allocate(ctx, api.AllocateRequest{
+	alloc, err := agent.allocate(ctx, allocateRequest{
 		ContainerID: args.ContainerID,
 		NetNS:       args.Netns,
 		IfName:      args.IfName,
@@ -115,7 +113,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 	if err != nil {
 		return p.undo(ctx, agent, args.ContainerID, nil, internalError("wire container %s: %v", args.ContainerID, err))
 	}
-	if err := agent.Commit(ctx, args.ContainerID, api.CommitRequest{HostVeth: wired.HostVeth}); err != nil {
+	if err := agent.commit(ctx, args.ContainerID, commitRequest{HostVeth: wired.HostVeth}); err != nil {
 		return p.undo(ctx, agent, args.ContainerID, &c, agentFailure(err, "commit container %s", args.ContainerID))
 	}
 	return types.PrintResult(addResult(conf, args, c, alloc, wired), conf.CNIVersion)
@@ -124,7 +122,7 @@ func (p *plugin) add(args *skel.CmdArgs) error {
 // undo removes the wiring (when wired is not nil) and releases the
 // allocation after a failed ADD, and returns cause with what could not be
 // undone in its details.
-func (p *plugin) undo(ctx context.Context, agent *api.AgentClient, containerID string, wired *dataplane.Container, cause *types.Error) *types.Error {
+func (p *plugin) undo(ctx context.Context, agent agentClient, containerID string, wired *dataplane.Container, cause *types.Error) *types.Error {
 	var left []string
 	if wired != nil {
 		if err := dataplane.DelContainer(*wired); err != nil {
@@ -132,7 +130,7 @@ func (p *plugin) undo(ctx context.Context, agent *api.AgentClient, containerID s
 			left = append(left, fmt.Sprintf("remove wiring: %v", err))
 		}
 	}
-	if err := agent.Release(ctx, containerID); err != nil && !api.IsNotFound(err) {
+	if err := agent.release(ctx, containerID); err != nil && !isNotFound(err) {
 		p.log.Warn("undo ADD: release address", "container", containerID, "err", err)
 		left = append(left, fmt.Sprintf("release the address (it stays reserved until the agent's garbage collection): %v", err))
 	}
@@ -146,7 +144,7 @@ func (p *plugin) undo(ctx context.Context, agent *api.AgentClient, containerID s
 }
 
 // containerFor turns the agent's allocation into what dataplane wires.
-func containerFor(a api.Allocation, args *skel.CmdArgs) (dataplane.Container, error) {
+func containerFor(a allocation, args *skel.CmdArgs) (dataplane.Container, error) {
 	ip, err := netip.ParseAddr(a.IP)
 	if err != nil || !ip.Is4() {
 		return dataplane.Container{}, fmt.Errorf("the trellis agent allocated %q, not an IPv4 address", a.IP)
@@ -170,7 +168,7 @@ func containerFor(a api.Allocation, args *skel.CmdArgs) (dataplane.Container, er
 
 // addResult is the ADD result: the host veth and the container interface,
 // the container's /32 with the shared gateway, a default route and DNS.
-func addResult(conf *netConf, args *skel.CmdArgs, c dataplane.Container, a api.Allocation, w dataplane.Result) *current.Result {
+func addResult(conf *netConf, args *skel.CmdArgs, c dataplane.Container, a allocation, w dataplane.Result) *current.Result {
 	gw := net.IP(dataplane.HostGateway.AsSlice())
 	var nameservers []string
 	for _, s := range append(slices.Clone(a.DNS), conf.DNS.Nameservers...) {
@@ -209,17 +207,17 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	agent := api.NewAgentClient(conf.AgentSocket)
+	agent := agentClient{conf.AgentSocket}
 
-	rec, err := agent.Container(ctx, args.ContainerID)
+	rec, err := agent.container(ctx, args.ContainerID)
 	switch {
-	case api.IsNotFound(err):
+	case isNotFound(err):
 		// Nothing is reserved. If wiring is left from an ADD that crashed,
 		// it goes with the container's namespace; its address may already
 		// belong to another container, so a veth named for it is not ours
 		// to delete.
 		return nil
-	case errors.Is(err, api.ErrUnreachable):
+	case errors.Is(err, errAgentUnreachable):
 		// Remove what can be removed without the agent.
 		ip, ok := sandboxIP(conf, args)
 		if !ok {
@@ -245,7 +243,7 @@ func (p *plugin) del(args *skel.CmdArgs) error {
 	if err := dataplane.DelContainer(dataplane.Container{NetNS: args.Netns, IfName: args.IfName, IP: ip}); err != nil {
 		return internalError("remove wiring of container %s: %v", args.ContainerID, err)
 	}
-	if err := agent.Release(ctx, args.ContainerID); err != nil && !api.IsNotFound(err) {
+	if err := agent.release(ctx, args.ContainerID); err != nil && !isNotFound(err) {
 		return agentFailure(err, "release the address of container %s", args.ContainerID)
 	}
 	return nil
@@ -290,8 +288,8 @@ func (p *plugin) check(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	rec, err := api.NewAgentClient(conf.AgentSocket).Container(ctx, args.ContainerID)
-	if api.IsNotFound(err) {
+	rec, err := agentClient{conf.AgentSocket}.container(ctx, args.ContainerID)
+	if isNotFound(err) {
 		return types.NewError(types.ErrUnknownContainer, fmt.Sprintf(
 			"the trellis agent has no address for container %s: it was deleted or garbage-collected", args.ContainerID), "")
 	}
@@ -318,7 +316,7 @@ func (p *plugin) status(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	st, err := api.NewAgentClient(conf.AgentSocket).Status(ctx)
+	st, err := agentClient{conf.AgentSocket}.status(ctx)
 	if err != nil {
 		return types.NewError(types.ErrPluginNotAvailable, err.Error(), "")
 	}
@@ -352,7 +350,7 @@ func (p *plugin) gc(args *skel.CmdArgs) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
 	defer cancel()
-	if err := api.NewAgentClient(conf.AgentSocket).GC(ctx, valid); err != nil {
+	if err := (agentClient{conf.AgentSocket}).gc(ctx, valid); err != nil {
 		return agentFailure(err, "garbage-collect network %q", conf.Name)
 	}
 	return nil
@@ -366,11 +364,11 @@ func internalError(format string, args ...any) *types.Error {
 // later" (11) when the agent cannot be reached or is busy, else internal
 // (999) with the agent's message.
 func agentFailure(err error, format string, args ...any) *types.Error {
-	if errors.Is(err, api.ErrUnreachable) {
+	if errors.Is(err, errAgentUnreachable) {
 		return types.NewError(types.ErrTryAgainLater, err.Error(), fmt.Sprintf(format, args...))
 	}
-	var he *api.HTTPError
-	if errors.As(err, &he) && he.Status == http.StatusServiceUnavailable {
+	var ae *agentError
+	if errors.As(err, &ae) && ae.status == 503 {
 		return types.NewError(types.ErrTryAgainLater, fmt.Sprintf(format, args...)+": "+err.Error(), "")
 	}
 	return types.NewError(types.ErrInternal, fmt.Sprintf(format, args...)+": "+err.Error(), "")

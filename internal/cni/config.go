@@ -13,8 +13,6 @@ import (
 
 	"github.com/containernetworking/cni/pkg/types"
 	"github.com/containernetworking/cni/pkg/version"
-
-	"github.com/trellis-c2c/trellis/internal/api"
 )
 
 // standardKeys are the top-level keys of a plugin configuration that the CNI
@@ -178,12 +176,12 @@ func parseArgs(s string) (map[string]string, error) {
 // index — the Cloud Foundry garden-external-networker names) and from
 // CNI_ARGS (TRELLIS_*). A value given both ways must agree. The instance
 // GUID defaults to the container ID, the index to 0.
-func identity(c *netConf, containerID, cniArgs string) (api.Identity, error) {
+func identity(c *netConf, containerID, cniArgs string) (instanceIdentity, error) {
 	args, err := parseArgs(cniArgs)
 	if err != nil {
-		return api.Identity{}, err
+		return instanceIdentity{}, err
 	}
-	var id api.Identity
+	var id instanceIdentity
 	var index string
 	fields := []struct {
 		dst      *string
@@ -206,7 +204,7 @@ func identity(c *netConf, containerID, cniArgs string) (api.Identity, error) {
 			}
 			s, err := metaString(v)
 			if err != nil {
-				return api.Identity{}, invalidConf("runtimeConfig.metadata.%s: %v", k, err)
+				return instanceIdentity{}, invalidConf("runtimeConfig.metadata.%s: %v", k, err)
 			}
 			if s != "" {
 				fromMeta, metaKey = s, k
@@ -215,13 +213,13 @@ func identity(c *netConf, containerID, cniArgs string) (api.Identity, error) {
 		}
 		fromArg := args[f.arg]
 		if fromMeta != "" && fromArg != "" && fromMeta != fromArg {
-			return api.Identity{}, invalidArgs("runtimeConfig.metadata.%s is %q but CNI_ARGS %s is %q: pass one, or the same value",
+			return instanceIdentity{}, invalidArgs("runtimeConfig.metadata.%s is %q but CNI_ARGS %s is %q: pass one, or the same value",
 				metaKey, fromMeta, f.arg, fromArg)
 		}
 		*f.dst = cmp.Or(fromArg, fromMeta)
 	}
 	if id.AppGUID == "" {
-		return api.Identity{}, invalidArgs("no app GUID for container %s: pass it as runtimeConfig.metadata.app_id "+
+		return instanceIdentity{}, invalidArgs("no app GUID for container %s: pass it as runtimeConfig.metadata.app_id "+
 			`(capability "metadata", as Cloud Foundry's garden-external-networker does) or in CNI_ARGS as %s=<guid>`,
 			containerID, argAppGUID)
 	}
@@ -231,7 +229,7 @@ func identity(c *netConf, containerID, cniArgs string) (api.Identity, error) {
 	if index != "" {
 		n, err := strconv.Atoi(index)
 		if err != nil || n < 0 {
-			return api.Identity{}, invalidArgs("instance index %q is not a non-negative integer", index)
+			return instanceIdentity{}, invalidArgs("instance index %q is not a non-negative integer", index)
 		}
 		id.Index = n
 	}

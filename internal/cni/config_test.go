@@ -3,11 +3,13 @@ package cni
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"net"
 	"net/http"
 	"net/netip"
 	"path/filepath"
+	"reflect"
 	"strings"
 	"testing"
 
@@ -106,28 +108,28 @@ func TestIdentity(t *testing.T) {
 		name string
 		meta string // runtimeConfig.metadata
 		args string // CNI_ARGS
-		want api.Identity
+		want instanceIdentity
 	}{
 		{
 			name: "garden metadata",
 			meta: `{"policy_group_id":"app-1","app_id":"app-1","space_id":"sp","org_id":"org","app_name":"web","instance_guid":"i-1","index":"3","ports":"8080","container_workload":"app"}`,
-			want: api.Identity{AppGUID: "app-1", SpaceGUID: "sp", OrgGUID: "org", AppName: "web", InstanceGUID: "i-1", Index: 3},
+			want: instanceIdentity{AppGUID: "app-1", SpaceGUID: "sp", OrgGUID: "org", AppName: "web", InstanceGUID: "i-1", Index: 3},
 		},
 		{
 			name: "policy_group_id only, numeric index",
 			meta: `{"policy_group_id":"app-2","index":1}`,
-			want: api.Identity{AppGUID: "app-2", InstanceGUID: "ctr1", Index: 1},
+			want: instanceIdentity{AppGUID: "app-2", InstanceGUID: "ctr1", Index: 1},
 		},
 		{
 			name: "CNI_ARGS",
 			args: "IgnoreUnknown=1;K8S_POD_NAME=x;TRELLIS_APP_GUID=app-3;TRELLIS_SPACE_GUID=sp;TRELLIS_ORG_GUID=org;TRELLIS_APP_NAME=api;TRELLIS_INSTANCE_GUID=i-3;TRELLIS_INDEX=7",
-			want: api.Identity{AppGUID: "app-3", SpaceGUID: "sp", OrgGUID: "org", AppName: "api", InstanceGUID: "i-3", Index: 7},
+			want: instanceIdentity{AppGUID: "app-3", SpaceGUID: "sp", OrgGUID: "org", AppName: "api", InstanceGUID: "i-3", Index: 7},
 		},
 		{
 			name: "both, agreeing and completing each other",
 			meta: `{"app_id":"app-4","space_id":"sp"}`,
 			args: "TRELLIS_APP_GUID=app-4;TRELLIS_INDEX=2",
-			want: api.Identity{AppGUID: "app-4", SpaceGUID: "sp", InstanceGUID: "ctr1", Index: 2},
+			want: instanceIdentity{AppGUID: "app-4", SpaceGUID: "sp", InstanceGUID: "ctr1", Index: 2},
 		},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -208,8 +210,8 @@ func TestConfListLoadsInLibcni(t *testing.T) {
 
 func TestAgentUnreachableMessage(t *testing.T) {
 	sock := filepath.Join(t.TempDir(), "cell1.sock")
-	_, err := api.NewAgentClient(sock).Status(context.Background())
-	if !errors.Is(err, api.ErrUnreachable) {
+	_, err := agentClient{sock}.status(context.Background())
+	if !errors.Is(err, errAgentUnreachable) {
 		t.Fatalf("status with no agent = %v, want unreachable", err)
 	}
 	want := "cannot reach the trellis agent at " + sock + ": connect: no such file or directory — is `trellis agent` running on this cell?"
@@ -243,14 +245,14 @@ func TestAgentStatusErrors(t *testing.T) {
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 
-	c := api.NewAgentClient(sock)
-	_, err = c.Container(context.Background(), "gone")
-	if !api.IsNotFound(err) {
+	c := agentClient{sock}
+	_, err = c.container(context.Background(), "gone")
+	if !isNotFound(err) {
 		t.Errorf("container(gone) = %v, want not found", err)
 	}
-	_, err = c.Container(context.Background(), "busy")
+	_, err = c.container(context.Background(), "busy")
 	assertCNIError(t, agentFailure(err, "look up %s", "busy"), types.ErrTryAgainLater, "subnet lease pending")
-	_, err = c.Container(context.Background(), "bad")
+	_, err = c.container(context.Background(), "bad")
 	assertCNIError(t, agentFailure(err, "look up %s", "bad"), types.ErrInternal, "look up bad: trellis agent: GET /v1/containers/bad: bad container ID")
 }
 
@@ -262,7 +264,7 @@ func TestAddResultVersions(t *testing.T) {
 	args := &skel.CmdArgs{ContainerID: "c1", Netns: "/run/netns/x", IfName: "eth0"}
 	ctr := dataplane.Container{NetNS: args.Netns, IfName: "eth0", IP: netip.MustParseAddr("10.255.1.9"), MTU: 1450}
 	w := dataplane.Result{HostVeth: "s-010255001009", HostMAC: net.HardwareAddr{0xaa, 0xaa, 10, 255, 1, 9}, ContainerMAC: net.HardwareAddr{0xee, 0xee, 10, 255, 1, 9}}
-	res := addResult(c, args, ctr, api.Allocation{IP: "10.255.1.9", DNS: []string{"169.254.0.2"}}, w)
+	res := addResult(c, args, ctr, allocation{IP: "10.255.1.9", DNS: []string{"169.254.0.2"}}, w)
 	if diff := cmp.Diff(types.DNS{Nameservers: []string{"169.254.0.2", "10.0.0.53"}, Search: []string{"apps.internal"}, Options: []string{"ndots:1"}}, res.DNS); diff != "" {
 		t.Errorf("DNS (-want +got):\n%s", diff)
 	}
@@ -279,5 +281,54 @@ func TestAddResultVersions(t *testing.T) {
 		if !strings.Contains(buf.String(), `"10.255.1.9/32"`) || !strings.Contains(buf.String(), `"sandbox": "/run/netns/x"`) {
 			t.Errorf("result as %s lacks the address or the sandbox:\n%s", v, buf.String())
 		}
+	}
+}
+
+// TestAgentWire keeps the plugin's copies of the agent socket's types
+// encoding as package api's do: each value of api's, with every field set,
+// decodes into the plugin's type (no field unknown) and encodes back the
+// same, and the other way round.
+func TestAgentWire(t *testing.T) {
+	id := api.Identity{AppGUID: "a", AppName: "n", SpaceGUID: "s", OrgGUID: "o", InstanceGUID: "i", Index: 3}
+	cases := []struct {
+		name     string
+		api, own any
+	}{
+		{"Identity", &id, &instanceIdentity{}},
+		{"AllocateRequest", &api.AllocateRequest{ContainerID: "c", NetNS: "/n", IfName: "eth0", Identity: id}, &allocateRequest{}},
+		{"Allocation", &api.Allocation{ContainerID: "c", IP: "10.0.0.2", Subnet: "10.0.0.0/24", Gateway: "169.254.0.1", MTU: 1450,
+			DNS: []string{"169.254.0.2"}, Committed: true}, &allocation{}},
+		{"CommitRequest", &api.CommitRequest{HostVeth: "s-010000000002"}, &commitRequest{}},
+		{"GCRequest", &api.GCRequest{Valid: []string{"c"}}, &gcRequest{}},
+	}
+	for _, c := range cases {
+		b, err := json.Marshal(c.api)
+		if err != nil {
+			t.Fatal(err)
+		}
+		dec := json.NewDecoder(bytes.NewReader(b))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(c.own); err != nil {
+			t.Errorf("%s: api's %s does not decode into the plugin's type: %v", c.name, b, err)
+			continue
+		}
+		back, _ := json.Marshal(c.own)
+		if !bytes.Equal(back, b) {
+			t.Errorf("%s: api's %s comes back from the plugin's type as %s", c.name, b, back)
+		}
+		// And the other way: the plugin's encoding decodes strictly into api's.
+		fresh := reflect.New(reflect.TypeOf(c.api).Elem()).Interface()
+		dec = json.NewDecoder(bytes.NewReader(back))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(fresh); err != nil || !reflect.DeepEqual(fresh, c.api) {
+			t.Errorf("%s: the plugin's %s decodes into api's as %+v, %v; want %+v", c.name, back, fresh, err, c.api)
+		}
+	}
+	// The status fields the plugin reads.
+	st := api.AgentStatus{Cell: "cell1", Subnet: "10.0.0.0/24", Ready: true, Reason: "r", Revision: 4, Controller: "https://c", Failovers: 1}
+	b, _ := json.Marshal(st)
+	var own agentStatus
+	if err := json.Unmarshal(b, &own); err != nil || own != (agentStatus{Cell: "cell1", Subnet: "10.0.0.0/24", Ready: true, Reason: "r"}) {
+		t.Errorf("api.AgentStatus %s read by the plugin as %+v, %v", b, own, err)
 	}
 }
