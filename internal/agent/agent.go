@@ -269,7 +269,14 @@ func (a *Agent) run(parent context.Context) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		pollCtx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
-		st, err := a.controller.CellState(pollCtx, after, wait)
+		var st api.CellState
+		if have := a.desired(); after >= 0 && have.Revision == after {
+			// What changed since the state in force: a delta when the
+			// controller still has that state, else the whole state.
+			st, err = a.controller.CellStateFrom(pollCtx, &have, wait)
+		} else {
+			st, err = a.controller.CellState(pollCtx, after, wait)
+		}
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -437,7 +444,7 @@ func (a *Agent) status() api.AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := api.AgentStatus{Cell: a.id.Cell.Name, Subnet: a.cell.Subnet.String(), Revision: a.state.Revision, Ready: a.applied,
-		Controller: a.controller.Controller(), Failovers: a.controller.Failovers()}
+		Controller: a.controller.Controller(), Failovers: a.controller.Failovers(), States: a.controller.StateStats()}
 	switch {
 	case a.applyErr != nil:
 		st.Reason = "desired state not applied: " + a.applyErr.Error()
@@ -462,8 +469,9 @@ func (a *Agent) applyPolicy(ctx context.Context) {
 // controllerCollector exposes which controller the agent's client talks to
 // and how often it moved to another, read from the client at each scrape.
 type controllerCollector struct {
-	c                *api.Client
-	inUse, failovers *prometheus.Desc
+	c                              *api.Client
+	inUse, failovers               *prometheus.Desc
+	stateAnswers, stateAnswerBytes *prometheus.Desc
 }
 
 func newControllerCollector(c *api.Client) controllerCollector {
@@ -472,15 +480,26 @@ func newControllerCollector(c *api.Client) controllerCollector {
 			"The controller the agent talks to now (1, with its URL).", []string{"url"}, nil),
 		failovers: prometheus.NewDesc("trellis_agent_controller_failovers_total",
 			"Times the agent moved to another controller because the one in use did not answer.", nil, nil),
+		stateAnswers: prometheus.NewDesc("trellis_agent_state_answers_total",
+			"Answers to the agent's polls of its desired state, by kind: a whole state, a delta applied, or a delta that did not fit (refused, then a whole state).", []string{"kind"}, nil),
+		stateAnswerBytes: prometheus.NewDesc("trellis_agent_state_answer_bytes_total",
+			"Bytes read in answers to the agent's polls of its desired state (heartbeats included).", nil, nil),
 	}
 }
 
 func (cc controllerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cc.inUse
 	ch <- cc.failovers
+	ch <- cc.stateAnswers
+	ch <- cc.stateAnswerBytes
 }
 
 func (cc controllerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(cc.inUse, prometheus.GaugeValue, 1, cc.c.Controller())
 	ch <- prometheus.MustNewConstMetric(cc.failovers, prometheus.CounterValue, float64(cc.c.Failovers()))
+	s := cc.c.StateStats()
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswers, prometheus.CounterValue, float64(s.Fulls), "state")
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswers, prometheus.CounterValue, float64(s.Deltas), "delta")
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswers, prometheus.CounterValue, float64(s.Refused), "refused")
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswerBytes, prometheus.CounterValue, float64(s.Bytes))
 }

@@ -126,6 +126,9 @@ type Client struct {
 
 	cur       atomic.Int64 // index in bases of the controller in use
 	failovers atomic.Int64 // times the controller in use changed
+
+	// Counts of the cell's state polls (StateStats).
+	stateBytes, stateFulls, stateDeltas, stateRefused atomic.Int64
 }
 
 // clientTimeout bounds a whole request, answer included.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -217,6 +218,17 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 	if after < 0 {
 		wait = 0
 	}
+	// delta=1: the cell accepts a delta from its revision after (an
+	// api.CellStateAnswer); without it, the whole state as it is.
+	var delta bool
+	switch v := q.Get("delta"); v {
+	case "", "0":
+	case "1":
+		delta = true
+	default:
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid delta %q: must be 0 or 1", v))
+		return
+	}
 	type answer struct {
 		e   *feedEntry
 		err error
@@ -278,7 +290,21 @@ wait:
 	if !committed {
 		w.Header().Set("Content-Type", "application/json")
 	}
-	st.write(w)
+	cw := &countingWriter{w: w}
+	sent, _ := st.answer(cw, after, delta)
+	s.feed.sent(sent, cw.n)
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // stateHeartbeat is how often a held long poll of the cell state writes a
