@@ -269,14 +269,13 @@ func (a *Agent) run(parent context.Context) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		pollCtx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
-		var st api.CellState
-		if have := a.desired(); after >= 0 && have.Revision == after {
-			// What changed since the state in force: a delta when the
-			// controller still has that state, else the whole state.
-			st, err = a.controller.CellStateFrom(pollCtx, &have, wait)
-		} else {
-			st, err = a.controller.CellState(pollCtx, after, wait)
+		// What changed since the state in force: a delta when the
+		// controller still has that state, else the whole state.
+		var have *api.CellState
+		if d := a.desired(); after >= 0 && d.Revision == after {
+			have = &d
 		}
+		st, err := a.controller.CellStateFrom(pollCtx, have, wait)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -341,7 +340,7 @@ func (a *Agent) applyFirst(ctx context.Context) {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, firstPollTimeout)
-	st, err := a.controller.CellState(pctx, -1, 0)
+	st, err := a.controller.CellStateFrom(pctx, nil, 0)
 	cancel()
 	a.mu.Lock()
 	a.state = saved

@@ -46,10 +46,14 @@ type ListEdit struct {
 }
 
 // CellStateAnswer is the answer to a poll that accepts deltas (delta=1):
-// exactly one of State (the whole state) and Delta is set.
+// exactly one of State (the whole state) and Delta is set. Digest names
+// the content of the state the answer leads to (whatever its revision): a
+// later poll sends it back (base=) with its revision (after=), and gets a
+// delta only if the controller holds that very state.
 type CellStateAnswer struct {
-	State *CellState `json:"state,omitempty"`
-	Delta *CellDelta `json:"delta,omitempty"`
+	State  *CellState `json:"state,omitempty"`
+	Delta  *CellDelta `json:"delta,omitempty"`
+	Digest string     `json:"digest,omitempty"`
 }
 
 // Empty reports whether d changes nothing but the revision.

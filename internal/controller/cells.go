@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -229,6 +230,11 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid delta %q: must be 0 or 1", v))
 		return
 	}
+	base := q.Get("base") // the digest of the cell's state at after
+	if _, err := hex.DecodeString(base); err != nil || (base != "" && len(base) != 64) {
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid base %q: must be the digest of a state (64 hex digits)", base))
+		return
+	}
 	type answer struct {
 		e   *feedEntry
 		err error
@@ -291,7 +297,7 @@ wait:
 		w.Header().Set("Content-Type", "application/json")
 	}
 	cw := &countingWriter{w: w}
-	sent, _ := st.answer(cw, after, delta)
+	sent, _ := st.answer(cw, after, base, delta)
 	s.feed.sent(sent, cw.n)
 }
 

@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -94,9 +95,10 @@ type feedEntry struct {
 	older []keptState
 }
 
-// keptState is a state a cell had at a revision.
+// keptState is a state a cell had at a revision, with its entry's sum.
 type keptState struct {
 	rev int64
+	sum [32]byte
 	st  *api.CellState
 }
 
@@ -116,33 +118,35 @@ func (e *feedEntry) write(w io.Writer) error {
 	return nil
 }
 
-// at is the state the cell had at revision rev, if the entry keeps it.
-func (e *feedEntry) at(rev int64) *api.CellState {
-	if rev == e.rev {
+// at is the state the cell had at revision rev with digest (the hex of
+// its entry's sum), if the entry keeps it.
+func (e *feedEntry) at(rev int64, digest string) *api.CellState {
+	if rev == e.rev && digest == hex.EncodeToString(e.sum[:]) {
 		return e.st
 	}
 	for _, k := range e.older {
-		if k.rev == rev {
+		if k.rev == rev && digest == hex.EncodeToString(k.sum[:]) {
 			return k.st
 		}
 	}
 	return nil
 }
 
-// answer writes the answer to a poll of a cell that holds revision after
-// (-1: none) and, with delta, accepts deltas (an api.CellStateAnswer): the
-// delta from after to e when e keeps the state of after, else the whole
-// state. Without delta, the whole state as an api.CellState (what agents
-// before deltas ask for). It returns whether it wrote a delta.
-func (e *feedEntry) answer(w io.Writer, after int64, delta bool) (bool, error) {
+// answer writes the answer to a poll. Without delta, the whole state as
+// an api.CellState (what agents before deltas ask for). With delta, an
+// api.CellStateAnswer with the digest of e's state: the delta from the
+// state of revision after whose digest is base when e keeps it, else the
+// whole state. It returns whether it wrote a delta.
+func (e *feedEntry) answer(w io.Writer, after int64, base string, delta bool) (bool, error) {
 	if !delta {
 		return false, e.write(w)
 	}
-	if base := e.at(after); base != nil && after >= 0 && e.st != nil {
-		d, err := api.Diff(base, e.st)
+	digest := hex.EncodeToString(e.sum[:])
+	if old := e.at(after, base); old != nil && e.st != nil {
+		d, err := api.Diff(old, e.st)
 		if err == nil {
 			d.Base, d.Revision = after, e.rev
-			b, err := json.Marshal(api.CellStateAnswer{Delta: &d})
+			b, err := json.Marshal(api.CellStateAnswer{Delta: &d, Digest: digest})
 			if err != nil {
 				return false, err
 			}
@@ -157,7 +161,7 @@ func (e *feedEntry) answer(w io.Writer, after int64, delta bool) (bool, error) {
 	if err := e.write(w); err != nil {
 		return false, err
 	}
-	_, err := io.WriteString(w, `}`)
+	_, err := io.WriteString(w, `,"digest":"`+digest+`"}`)
 	return false, err
 }
 
@@ -437,7 +441,7 @@ func (f *cellFeed) put(cells map[string]*feedEntry, guid string, st *api.CellSta
 	e.st = st
 	if old != nil && old.st != nil {
 		e.older = make([]keptState, 0, stateHistory)
-		e.older = append(e.older, keptState{old.rev, old.st})
+		e.older = append(e.older, keptState{old.rev, old.sum, old.st})
 		e.older = append(e.older, old.older[:min(len(old.older), stateHistory-1)]...)
 	}
 	cells[guid] = e

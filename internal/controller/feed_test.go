@@ -223,7 +223,7 @@ func TestCellStateDeltas(t *testing.T) {
 		space := e.defaultSpace()
 		frontend, backend := e.createApp(space, "frontend"), e.createApp(space, "backend")
 		e.register(c1, "de000000-0000-4000-8000-000000000001", frontend, 0, "10.255.1.2")
-		have, err := agent.CellState(ctx, -1, 0)
+		have, err := agent.CellStateFrom(ctx, nil, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -284,8 +284,15 @@ func TestCellStateDeltas(t *testing.T) {
 		if code := cellGet(t, c1, fmt.Sprintf("%s/trellis/v1/cell/state?after=1&wait=0&delta=1", e.srv.URL), &ans); code != 200 || ans.Delta != nil || ans.State == nil || ans.State.Revision != have.Revision {
 			t.Errorf("a poll from a revision not kept = %d, %+v; want the whole state", code, ans)
 		}
-		if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state?after=1&delta=yes", nil); code != 400 {
-			t.Errorf("delta=yes = %d, want 400", code)
+		ans = api.CellStateAnswer{}
+		other := strings.Repeat("ab", 32)
+		if code := cellGet(t, c1, fmt.Sprintf("%s/trellis/v1/cell/state?after=%d&wait=0&delta=1&base=%s", e.srv.URL, have.Revision, other), &ans); code != 200 || ans.Delta != nil || ans.State == nil {
+			t.Errorf("a poll from the revision held but another digest = %d, %+v; want the whole state", code, ans)
+		}
+		for _, q := range []string{"after=1&delta=yes", "after=1&delta=1&base=xyz", "after=1&delta=1&base=abcd"} {
+			if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state?"+q, nil); code != 400 {
+				t.Errorf("%s = %d, want 400", q, code)
+			}
 		}
 	})
 }

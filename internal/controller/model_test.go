@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -75,6 +76,7 @@ type walk struct {
 	// agents are the states the cells' agents hold, from the feed's
 	// answers (deltas when it has their bases), and the answers' counts.
 	agents        map[string]api.CellState
+	digests       map[string]string
 	deltas, fulls int
 }
 
@@ -97,7 +99,7 @@ func newWalk(t *testing.T, st *store.Store, seed uint64) *walk {
 		t.Fatalf("orgs = %v, %v", orgs, err)
 	}
 	w := &walk{t: t, ctx: ctx, st: st, s: NewServer(st, ca, pool, InstanceIdentity{}, log), pool: pool,
-		rnd: rand.New(rand.NewPCG(seed, 13)), org: orgs[0].GUID, nextIP: map[string]int{}, agents: map[string]api.CellState{}}
+		rnd: rand.New(rand.NewPCG(seed, 13)), org: orgs[0].GUID, nextIP: map[string]int{}, agents: map[string]api.CellState{}, digests: map[string]string{}}
 	for range 3 {
 		w.joinCell()
 	}
@@ -418,7 +420,15 @@ func (w *walk) agentPolls(i int, what, guid string, e *feedEntry, want *api.Cell
 		after = have.Revision
 	}
 	var buf bytes.Buffer
-	sentDelta, err := e.answer(&buf, after, true)
+	if ok && w.rnd.IntN(20) == 0 {
+		// A state of the same revision from elsewhere (another digest)
+		// gets the whole state.
+		if sent, err := e.answer(&buf, after, strings.Repeat("0", 64), true); sent || err != nil {
+			w.t.Fatalf("step %d (%s): cell %s: a poll with an unknown digest got a delta (%v)", i, what, guid, err)
+		}
+		buf.Reset()
+	}
+	sentDelta, err := e.answer(&buf, after, w.digests[guid], true)
 	if err != nil {
 		w.t.Fatal(err)
 	}
@@ -440,7 +450,7 @@ func (w *walk) agentPolls(i int, what, guid string, e *feedEntry, want *api.Cell
 	default:
 		w.t.Fatalf("step %d (%s): cell %s: answer %s (delta %v)", i, what, guid, buf.Bytes(), sentDelta)
 	}
-	w.agents[guid] = have
+	w.agents[guid], w.digests[guid] = have, ans.Digest
 	enc, err := newStateEncoder().encode(e.rev, want)
 	if err != nil {
 		w.t.Fatal(err)
