@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"sync"
 )
 
 // Deltas of a cell's desired state. An agent that holds the state of
@@ -107,7 +108,64 @@ func cellStateFields() []stateField {
 // Diff returns the delta that takes old to new: old.Apply(Diff(old, new))
 // has the JSON of new. A list whose entries come in a stable order (as the
 // controller sends them) costs the entries that changed, plus a few bytes.
-func Diff(old, new *CellState) (CellDelta, error) {
+func Diff(old, new *CellState) (CellDelta, error) { return (*Differ)(nil).Diff(old, new) }
+
+// A Differ is Diff with a memory: it keeps the edit scripts of the long
+// lists it diffed, by their backing arrays (which it keeps alive, so that
+// an address names one array). The controller hands every cell the same
+// slices for what the cells share (endpoints, routes): with a Differ, a
+// change to them is diffed once, not once per cell. A nil *Differ keeps
+// nothing. Safe for concurrent use.
+type Differ struct {
+	mu    sync.Mutex
+	lists map[listPair]keptEdits
+}
+
+// listPair names the diff of two lists by their arrays and lengths.
+type listPair struct {
+	typ    reflect.Type
+	o, n   uintptr
+	ol, nl int
+}
+
+type keptEdits struct {
+	o, n  any // the lists, kept alive
+	edits []ListEdit
+}
+
+// Lists shorter than minKept are diffed every time; a Differ keeps at most
+// maxKept scripts (and then starts over).
+const (
+	minKept = 64
+	maxKept = 256
+)
+
+func (df *Differ) list(o, n reflect.Value, comparable bool) ([]ListEdit, error) {
+	if df == nil || o.Len() < minKept || n.Len() < minKept {
+		return diffList(o, n, comparable)
+	}
+	k := listPair{typ: o.Type(), o: o.Pointer(), n: n.Pointer(), ol: o.Len(), nl: n.Len()}
+	df.mu.Lock()
+	kept, ok := df.lists[k]
+	df.mu.Unlock()
+	if ok {
+		return kept.edits, nil
+	}
+	edits, err := diffList(o, n, comparable)
+	if err != nil {
+		return nil, err
+	}
+	df.mu.Lock()
+	if df.lists == nil || len(df.lists) >= maxKept {
+		df.lists = map[listPair]keptEdits{}
+	}
+	df.lists[k] = keptEdits{o: o.Interface(), n: n.Interface(), edits: edits}
+	df.mu.Unlock()
+	return edits, nil
+}
+
+// Diff is the package's Diff, reusing the scripts df keeps.
+func (df *Differ) Diff(old, new *CellState) (CellDelta, error) {
 	d := CellDelta{Base: old.Revision, Revision: new.Revision}
 	ov, nv := reflect.ValueOf(old).Elem(), reflect.ValueOf(new).Elem()
 	for _, f := range stateFields {
@@ -116,7 +174,7 @@ func Diff(old, new *CellState) (CellDelta, error) {
 			if o.Pointer() == n.Pointer() && o.Len() == n.Len() {
 				continue // the same entries (the controller shares them)
 			}
-			edits, err := diffList(o, n, f.comparable)
+			edits, err := df.list(o, n, f.comparable)
 			if err != nil {
 				return d, fmt.Errorf("diff %s: %w", f.name, err)
 			}
@@ -152,6 +210,34 @@ func Diff(old, new *CellState) (CellDelta, error) {
 // one that o did not hold is put; entries found in both but out of order
 // are dropped and put (correct, only larger).
 func diffList(o, n reflect.Value, comparable bool) ([]ListEdit, error) {
+	// What both start and end with costs no keys (the common case: one
+	// change in a long list).
+	eq := func(a, b reflect.Value) bool {
+		if comparable {
+			return a.Equal(b)
+		}
+		return reflect.DeepEqual(a.Interface(), b.Interface()) // stricter than their JSON: never equal when that differs
+	}
+	p, s := 0, 0
+	for p < o.Len() && p < n.Len() && eq(o.Index(p), n.Index(p)) {
+		p++
+	}
+	for s < o.Len()-p && s < n.Len()-p && eq(o.Index(o.Len()-1-s), n.Index(n.Len()-1-s)) {
+		s++
+	}
+	edits, err := diffMiddle(o.Slice(p, o.Len()-s), n.Slice(p, n.Len()-s), comparable)
+	if err != nil || edits == nil {
+		return nil, err
+	}
+	edits[0].Keep += p // a step's keep comes first
+	if s > 0 {
+		edits = append(edits, ListEdit{Keep: s})
+	}
+	return edits, nil
+}
+
+// diffMiddle is diffList without the common start and end.
+func diffMiddle(o, n reflect.Value, comparable bool) ([]ListEdit, error) {
 	ok, err := entryKeys(o, comparable)
 	if err != nil {
 		return nil, err

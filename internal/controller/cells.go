@@ -297,7 +297,7 @@ wait:
 		w.Header().Set("Content-Type", "application/json")
 	}
 	cw := &countingWriter{w: w}
-	sent, _ := st.answer(cw, after, base, delta)
+	sent, _ := st.answer(cw, &s.feed.differ, after, base, delta)
 	s.feed.sent(sent, cw.n)
 }
 

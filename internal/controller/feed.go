@@ -75,8 +75,10 @@ type cellFeed struct {
 	cellChanges    prometheus.Counter
 	cellsCompiled  prometheus.Counter
 	rebuilds       prometheus.Counter
-	answers        *prometheus.CounterVec // by kind: "state" or "delta"
-	answerBytes    *prometheus.CounterVec
+	// differ diffs the lists all cells share once per change.
+	differ      api.Differ
+	answers     *prometheus.CounterVec // by kind: "state" or "delta"
+	answerBytes *prometheus.CounterVec
 }
 
 // feedEntry is one cell's compiled desired state.
@@ -137,13 +139,13 @@ func (e *feedEntry) at(rev int64, digest string) *api.CellState {
 // api.CellStateAnswer with the digest of e's state: the delta from the
 // state of revision after whose digest is base when e keeps it, else the
 // whole state. It returns whether it wrote a delta.
-func (e *feedEntry) answer(w io.Writer, after int64, base string, delta bool) (bool, error) {
+func (e *feedEntry) answer(w io.Writer, df *api.Differ, after int64, base string, delta bool) (bool, error) {
 	if !delta {
 		return false, e.write(w)
 	}
 	digest := hex.EncodeToString(e.sum[:])
 	if old := e.at(after, base); old != nil && e.st != nil {
-		d, err := api.Diff(old, e.st)
+		d, err := df.Diff(old, e.st)
 		if err == nil {
 			d.Base, d.Revision = after, e.rev
 			b, err := json.Marshal(api.CellStateAnswer{Delta: &d, Digest: digest})

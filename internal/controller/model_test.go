@@ -423,12 +423,12 @@ func (w *walk) agentPolls(i int, what, guid string, e *feedEntry, want *api.Cell
 	if ok && w.rnd.IntN(20) == 0 {
 		// A state of the same revision from elsewhere (another digest)
 		// gets the whole state.
-		if sent, err := e.answer(&buf, after, strings.Repeat("0", 64), true); sent || err != nil {
+		if sent, err := e.answer(&buf, &w.s.feed.differ, after, strings.Repeat("0", 64), true); sent || err != nil {
 			w.t.Fatalf("step %d (%s): cell %s: a poll with an unknown digest got a delta (%v)", i, what, guid, err)
 		}
 		buf.Reset()
 	}
-	sentDelta, err := e.answer(&buf, after, w.digests[guid], true)
+	sentDelta, err := e.answer(&buf, &w.s.feed.differ, after, w.digests[guid], true)
 	if err != nil {
 		w.t.Fatal(err)
 	}
