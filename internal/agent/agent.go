@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"github.com/trellis-c2c/trellis/internal/dns"
+	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -369,7 +370,7 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 			"controller", a.controller.Controller())
 		st = kept
 	}
-	if a.dns != nil {
+	if a.dns != nil && !sameDNS(kept, st) {
 		a.dns.SetTable(dnsTable(st))
 	}
 	overlay, err := a.overlay(st)
@@ -382,7 +383,11 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 	a.mu.Lock()
 	a.state, a.applied, a.applyErr = st, err == nil, err
 	a.mu.Unlock()
-	if err := saveJSON(filepath.Join(a.cfg.StateDir, lastStateFile), st); err != nil {
+	// Compact JSON: written after every change, and indenting a state of
+	// a thousand endpoints costs five times the encoding.
+	if b, err := json.Marshal(st); err != nil {
+		a.log.Warn("save desired state", "err", err)
+	} else if err := identity.WriteFileAtomic(filepath.Join(a.cfg.StateDir, lastStateFile), b, 0o600); err != nil {
 		a.log.Warn("save desired state", "err", err)
 	}
 	if a.instances != nil {
