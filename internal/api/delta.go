@@ -137,7 +137,7 @@ type keptEdits struct {
 // maxKept scripts (and then starts over).
 const (
 	minKept = 64
-	maxKept = 256
+	maxKept = 32
 )
 
 func (df *Differ) list(o, n reflect.Value, comparable bool) ([]ListEdit, error) {
