@@ -363,7 +363,7 @@ func (a *Agent) applyFirst(ctx context.Context) {
 // the policy table and the saved state (DNS opens no access by itself).
 func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 	a.mu.Lock()
-	kept := a.state
+	kept, keptApplied := a.state, a.applied
 	a.mu.Unlock()
 	if st.Revision < kept.Revision {
 		a.log.Info("skip a desired state older than the one in force", "revision", st.Revision, "in_force", kept.Revision,
@@ -374,6 +374,12 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 		a.dns.SetTable(dnsTable(st))
 	}
 	overlay, err := a.overlay(st)
+	if err == nil && keptApplied && st.Revision != kept.Revision && sameOverlay(kept, st) {
+		// The peers did not change (a delta keeps the slice): the kernel
+		// has them. The overlay is read back and repaired at a resync
+		// (the same revision again) and whenever they change.
+		overlay = nil
+	}
 	if err == nil {
 		err = a.enforcer.apply(ctx, st, overlay)
 	}
@@ -397,6 +403,12 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 		a.tls.poke()
 	}
 	return st.Revision
+}
+
+// sameOverlay reports whether a and b place the cell in the same overlay
+// with the same peers (the same slice).
+func sameOverlay(a, b api.CellState) bool {
+	return a.Overlay == b.Overlay && a.Cell == b.Cell && sameSlice(a.Peers, b.Peers)
 }
 
 // socketPath is where the agent serves the CNI plugin.

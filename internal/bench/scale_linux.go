@@ -396,7 +396,6 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 
 	// Route changes: until every cell's DNS server answers from a
 	// container on it.
-	step("route changes: %d maps and unmaps, timed until every cell's DNS answers", p.dnsRounds)
 	domains, err := c.Domains(ctx, api.DomainFilter{Names: []string{"apps.internal"}})
 	if err != nil || len(domains) == 0 {
 		return nil, fmt.Errorf("apps.internal: %v", err)
@@ -433,6 +432,7 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 	}
 	r.Figures = append(r.Figures, costFigures("scale/route-change", "route change", routes)...)
 	r.Notes = append(r.Notes, routes.note("route change cost"))
+	step("route changes: %d maps and unmaps, timed until every cell's DNS answers", p.dnsRounds)
 	query := dnsQuery("scale-dns.apps.internal")
 	allAnswer := func(want int) (time.Duration, error) {
 		start := time.Now()
