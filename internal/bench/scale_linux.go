@@ -445,11 +445,16 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 			if time.Since(start) > 30*time.Second {
 				return 0, fmt.Errorf("%d cells' DNS did not answer %d addresses within 30s", len(pending), want)
 			}
+			// Every pending cell is asked at once, then each answer read:
+			// a cell slow to answer does not hold back the others' questions.
+			deadline := time.Now().Add(50 * time.Millisecond)
 			for i := range pending {
-				conns[i].SetDeadline(time.Now().Add(50 * time.Millisecond))
+				conns[i].SetDeadline(deadline)
 				if _, err := conns[i].Write(query); err != nil {
 					return 0, err
 				}
+			}
+			for i := range pending {
 				k, err := conns[i].Read(buf)
 				if err == nil && k >= 12 && int(buf[6])<<8|int(buf[7]) == want {
 					delete(pending, i)
@@ -523,7 +528,7 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		fmt.Sprintf("api: %d rounds, each an app create and a policy create (between two new apps) on the foundation and then on a controller with no cell (in the bench's process, SQLite, loaded the same way); the ratio is the median of the rounds' ratios", p.apiRounds),
 		"policy add: each between two fresh apps running on two cells; the clock starts when the API call returns and stops when both cells' agents report a new applied revision and a TCP connect from the source container reaches the destination's listener (default deny rejects it before); cells woken = agents whose applied revision moved by then",
 		fmt.Sprintf("cost of a change: an idle window (%v) measures the controller's and the agents' CPU at rest; then the changes, %v apart (more than the feed's 50 ms coalescing: each is pushed alone), until every affected cell's agent applied a newer state and no revision moved for 500 ms; CPU = utime+stime from /proc/PID/stat (10 ms ticks) over that time less the idle rate, per change; bytes = the agents' count of state answer bytes read (deltas, plus 1-byte heartbeats), per change per cell of the foundation; the whole-state baseline = the JSON size of the states the woken cells hold after; the policy adds are the first between two sets of pairs of apps running on two cells, at %d and then %d policies stored, the route changes map and unmap one internal route", probe.idle, probe.gap, p.smallPolicies, p.policies),
-		"route change: map and unmap of an internal route to a running app; the clock starts when the API call returns and stops when a container on every cell has had the expected answer from its cell's DNS server",
+		"route change: map and unmap of an internal route to a running app; the clock starts when the API call returns and stops when a container on every cell has had the expected answer from its cell's DNS server (every cell not yet answering is asked at once, then each answer read within 50 ms, again until all answered)",
 		"agent start: the agent of the last cell stopped (SIGTERM) and started again on its kept identity, until its status says ready (its first state applied); RSS: VmRSS of the controller and agent processes after the measurements above")
 	return r, nil
 }
