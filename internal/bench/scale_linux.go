@@ -447,12 +447,15 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 			}
 			// Every pending cell is asked at once, then each answer read:
 			// a cell slow to answer does not hold back the others' questions.
-			deadline := time.Now().Add(50 * time.Millisecond)
 			for i := range pending {
-				conns[i].SetDeadline(deadline)
+				conns[i].SetDeadline(time.Now().Add(time.Second))
 				if _, err := conns[i].Write(query); err != nil {
 					return 0, err
 				}
+			}
+			deadline := time.Now().Add(50 * time.Millisecond)
+			for i := range pending {
+				conns[i].SetReadDeadline(deadline)
 			}
 			for i := range pending {
 				k, err := conns[i].Read(buf)
