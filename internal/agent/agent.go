@@ -26,6 +26,7 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"github.com/trellis-c2c/trellis/internal/dns"
+	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -269,7 +270,13 @@ func (a *Agent) run(parent context.Context) error {
 	backoff := time.Second
 	for ctx.Err() == nil {
 		pollCtx, cancel := context.WithTimeout(ctx, wait+15*time.Second)
-		st, err := a.controller.CellState(pollCtx, after, wait)
+		// What changed since the state in force: a delta when the
+		// controller still has that state, else the whole state.
+		var have *api.CellState
+		if d := a.desired(); after >= 0 && d.Revision == after {
+			have = &d
+		}
+		st, err := a.controller.CellStateFrom(pollCtx, have, wait)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -334,7 +341,7 @@ func (a *Agent) applyFirst(ctx context.Context) {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, firstPollTimeout)
-	st, err := a.controller.CellState(pctx, -1, 0)
+	st, err := a.controller.CellStateFrom(pctx, nil, 0)
 	cancel()
 	a.mu.Lock()
 	a.state = saved
@@ -356,17 +363,23 @@ func (a *Agent) applyFirst(ctx context.Context) {
 // the policy table and the saved state (DNS opens no access by itself).
 func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 	a.mu.Lock()
-	kept := a.state
+	kept, keptApplied := a.state, a.applied
 	a.mu.Unlock()
 	if st.Revision < kept.Revision {
 		a.log.Info("skip a desired state older than the one in force", "revision", st.Revision, "in_force", kept.Revision,
 			"controller", a.controller.Controller())
 		st = kept
 	}
-	if a.dns != nil {
+	if a.dns != nil && !sameDNS(kept, st) {
 		a.dns.SetTable(dnsTable(st))
 	}
 	overlay, err := a.overlay(st)
+	if err == nil && keptApplied && st.Revision != kept.Revision && sameOverlay(kept, st) {
+		// The peers did not change (a delta keeps the slice): the kernel
+		// has them. The overlay is read back and repaired at a resync
+		// (the same revision again) and whenever they change.
+		overlay = nil
+	}
 	if err == nil {
 		err = a.enforcer.apply(ctx, st, overlay)
 	}
@@ -376,7 +389,11 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 	a.mu.Lock()
 	a.state, a.applied, a.applyErr = st, err == nil, err
 	a.mu.Unlock()
-	if err := saveJSON(filepath.Join(a.cfg.StateDir, lastStateFile), st); err != nil {
+	// Compact JSON: written after every change, and indenting a state of
+	// a thousand endpoints costs five times the encoding.
+	if b, err := json.Marshal(st); err != nil {
+		a.log.Warn("save desired state", "err", err)
+	} else if err := identity.WriteFileAtomic(filepath.Join(a.cfg.StateDir, lastStateFile), b, 0o600); err != nil {
 		a.log.Warn("save desired state", "err", err)
 	}
 	if a.instances != nil {
@@ -386,6 +403,12 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 		a.tls.poke()
 	}
 	return st.Revision
+}
+
+// sameOverlay reports whether a and b place the cell in the same overlay
+// with the same peers (the same slice).
+func sameOverlay(a, b api.CellState) bool {
+	return a.Overlay == b.Overlay && a.Cell == b.Cell && sameSlice(a.Peers, b.Peers)
 }
 
 // socketPath is where the agent serves the CNI plugin.
@@ -437,7 +460,7 @@ func (a *Agent) status() api.AgentStatus {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := api.AgentStatus{Cell: a.id.Cell.Name, Subnet: a.cell.Subnet.String(), Revision: a.state.Revision, Ready: a.applied,
-		Controller: a.controller.Controller(), Failovers: a.controller.Failovers()}
+		Controller: a.controller.Controller(), Failovers: a.controller.Failovers(), States: a.controller.StateStats()}
 	switch {
 	case a.applyErr != nil:
 		st.Reason = "desired state not applied: " + a.applyErr.Error()
@@ -462,8 +485,9 @@ func (a *Agent) applyPolicy(ctx context.Context) {
 // controllerCollector exposes which controller the agent's client talks to
 // and how often it moved to another, read from the client at each scrape.
 type controllerCollector struct {
-	c                *api.Client
-	inUse, failovers *prometheus.Desc
+	c                              *api.Client
+	inUse, failovers               *prometheus.Desc
+	stateAnswers, stateAnswerBytes *prometheus.Desc
 }
 
 func newControllerCollector(c *api.Client) controllerCollector {
@@ -472,15 +496,26 @@ func newControllerCollector(c *api.Client) controllerCollector {
 			"The controller the agent talks to now (1, with its URL).", []string{"url"}, nil),
 		failovers: prometheus.NewDesc("trellis_agent_controller_failovers_total",
 			"Times the agent moved to another controller because the one in use did not answer.", nil, nil),
+		stateAnswers: prometheus.NewDesc("trellis_agent_state_answers_total",
+			"Answers to the agent's polls of its desired state, by kind: a whole state, a delta applied, or a delta that did not fit (refused, then a whole state).", []string{"kind"}, nil),
+		stateAnswerBytes: prometheus.NewDesc("trellis_agent_state_answer_bytes_total",
+			"Bytes read in answers to the agent's polls of its desired state (heartbeats included).", nil, nil),
 	}
 }
 
 func (cc controllerCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- cc.inUse
 	ch <- cc.failovers
+	ch <- cc.stateAnswers
+	ch <- cc.stateAnswerBytes
 }
 
 func (cc controllerCollector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(cc.inUse, prometheus.GaugeValue, 1, cc.c.Controller())
 	ch <- prometheus.MustNewConstMetric(cc.failovers, prometheus.CounterValue, float64(cc.c.Failovers()))
+	s := cc.c.StateStats()
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswers, prometheus.CounterValue, float64(s.Fulls), "state")
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswers, prometheus.CounterValue, float64(s.Deltas), "delta")
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswers, prometheus.CounterValue, float64(s.Refused), "refused")
+	ch <- prometheus.MustNewConstMetric(cc.stateAnswerBytes, prometheus.CounterValue, float64(s.Bytes))
 }

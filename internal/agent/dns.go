@@ -33,6 +33,17 @@ func (a *Agent) startDNS(ctx context.Context, bg *sync.WaitGroup) error {
 	return nil
 }
 
+// sameDNS reports whether a and b hold the same lists the DNS table is
+// made of (the same slices: a delta keeps the lists it does not change),
+// so that a change elsewhere (a policy) does not rebuild the table.
+func sameDNS(a, b api.CellState) bool {
+	return sameSlice(a.Domains, b.Domains) && sameSlice(a.Routes, b.Routes) && sameSlice(a.Endpoints, b.Endpoints)
+}
+
+func sameSlice[T any](a, b []T) bool {
+	return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0])
+}
+
 // dnsTable is what the cell's DNS server answers from in st.
 func dnsTable(st api.CellState) *dns.Table {
 	routes := make([]dns.Route, 0, len(st.Routes))

@@ -63,4 +63,7 @@ type AgentStatus struct {
 	// Failovers the times it moved to another because one did not answer.
 	Controller string `json:"controller,omitempty"`
 	Failovers  int64  `json:"failovers,omitempty"`
+	// States counts the answers to the agent's polls of its desired
+	// state: bytes read, whole states and deltas applied.
+	States StateStats `json:"states"`
 }

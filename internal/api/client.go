@@ -14,6 +14,7 @@ import (
 	"net/http"
 	"net/url"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unicode/utf8"
@@ -126,6 +127,14 @@ type Client struct {
 
 	cur       atomic.Int64 // index in bases of the controller in use
 	failovers atomic.Int64 // times the controller in use changed
+
+	// Counts of the cell's state polls (StateStats).
+	stateBytes, stateFulls, stateDeltas, stateRefused atomic.Int64
+	// The revision and digest of the state CellStateFrom returned last:
+	// the base of a delta.
+	stateMu     sync.Mutex
+	stateRev    int64
+	stateDigest string
 }
 
 // clientTimeout bounds a whole request, answer included.

@@ -27,48 +27,133 @@ func (c *Client) Join(ctx context.Context, r JoinRequest) (JoinResponse, error) 
 // holds the request until its revision passes after, or for wait at most
 // (it holds no longer than 30 s); with after < 0 it answers at once.
 func (c *Client) CellState(ctx context.Context, after int64, wait time.Duration) (CellState, error) {
-	var q url.Values
-	if after >= 0 {
-		q = url.Values{
-			"after": {strconv.FormatInt(after, 10)},
-			"wait":  {strconv.FormatFloat(wait.Seconds(), 'f', -1, 64)},
-		}
+	var st CellState
+	if err := c.pollState(ctx, stateQuery(after, wait), after >= 0 && wait > 0, &st); err != nil {
+		return CellState{}, err
+	}
+	c.stateFulls.Add(1)
+	return st, nil
+}
+
+// CellStateFrom is CellState for a cell that holds have (nil: none, the
+// state is answered at once): it asks for what changed since have's
+// revision (a held poll, as CellState with after = have.Revision), and
+// returns the new state: have with the controller's delta applied, or the
+// whole state when the controller sends it. A delta comes only when have
+// is the state of the last answer CellStateFrom returned, with the digest
+// that answer carried, and the controller keeps the state of that revision
+// with that digest: so a state from another controller that numbers or
+// computes states otherwise is never patched, but replaced. A delta that
+// does not fit have is not applied: the whole state is fetched instead.
+// have is not modified.
+func (c *Client) CellStateFrom(ctx context.Context, have *CellState, wait time.Duration) (CellState, error) {
+	after := int64(-1)
+	if have != nil {
+		after = have.Revision
+	}
+	q := stateQuery(after, wait)
+	q.Set("delta", "1")
+	c.stateMu.Lock()
+	if have != nil && c.stateRev == have.Revision && c.stateDigest != "" {
+		q.Set("base", c.stateDigest)
+	}
+	c.stateMu.Unlock()
+	// A controller that does not know delta=1 answers with the state
+	// itself: its fields fill the embedded CellState.
+	var ans struct {
+		CellState
+		CellStateAnswer
+	}
+	if err := c.pollState(ctx, q, after >= 0 && wait > 0, &ans); err != nil {
+		return CellState{}, err
 	}
 	var st CellState
-	if after < 0 || wait <= 0 {
-		err := c.do(ctx, http.MethodGet, cellStatePath, q, nil, &st)
-		return st, err
+	switch {
+	case ans.Delta != nil && have != nil:
+		var err error
+		if st, err = have.Apply(*ans.Delta); err != nil {
+			c.stateRefused.Add(1)
+			return c.CellStateFrom(ctx, nil, 0)
+		}
+		c.stateDeltas.Add(1)
+	case ans.State != nil:
+		st = *ans.State
+		c.stateFulls.Add(1)
+	case ans.Delta != nil:
+		return CellState{}, fmt.Errorf("GET %s: a delta for a poll without a state", cellStatePath)
+	default:
+		st = ans.CellState
+		c.stateFulls.Add(1)
 	}
-	// A held poll: the controller writes a heartbeat every second (see
-	// controller's cellState). A connection silent for StateSilence is
-	// dropped (a link that lost its packets, a peer gone without a reset),
-	// and the next poll goes to the next controller.
+	c.stateMu.Lock()
+	c.stateRev, c.stateDigest = st.Revision, ans.Digest
+	c.stateMu.Unlock()
+	return st, nil
+}
+
+// stateQuery is the query of a poll of the cell's state after revision
+// after (< 0: none), held for wait at most.
+func stateQuery(after int64, wait time.Duration) url.Values {
+	q := url.Values{}
+	if after >= 0 {
+		q.Set("after", strconv.FormatInt(after, 10))
+		q.Set("wait", strconv.FormatFloat(wait.Seconds(), 'f', -1, 64))
+	}
+	return q
+}
+
+// StateStats counts the answers to the cell's state polls: bytes read,
+// whole states, deltas applied, and deltas that did not fit (each followed
+// by a whole state).
+type StateStats struct {
+	Bytes   int64 `json:"bytes"`
+	Fulls   int64 `json:"fulls"`
+	Deltas  int64 `json:"deltas"`
+	Refused int64 `json:"refused,omitempty"`
+}
+
+// StateStats returns the counts of the state polls made so far.
+func (c *Client) StateStats() StateStats {
+	return StateStats{Bytes: c.stateBytes.Load(), Fulls: c.stateFulls.Load(), Deltas: c.stateDeltas.Load(), Refused: c.stateRefused.Load()}
+}
+
+// pollState sends a state poll with query q and decodes its answer into
+// out. A held poll hears a heartbeat from the controller
+// every second (see controller's cellState); a connection silent for
+// StateSilence is dropped (a link that lost its packets, a peer gone
+// without a reset), and the next poll goes to the next controller.
+func (c *Client) pollState(ctx context.Context, q url.Values, held bool, out any) error {
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
 	resp, err := c.send(ctx, http.MethodGet, cellStatePath, q.Encode(), nil, false, true)
 	if err != nil {
-		return st, err
+		return err
 	}
 	defer resp.Body.Close()
 	if resp.StatusCode < 200 || resp.StatusCode > 299 {
-		return st, decodeError(resp)
+		return decodeError(resp)
 	}
 	k := c.cur.Load()
 	silent := errors.New("silent")
-	t := time.AfterFunc(StateSilence, func() { cancel(silent) })
-	defer t.Stop()
-	body := &heardReader{r: resp.Body, heard: func() { t.Reset(StateSilence) }}
-	if err := json.NewDecoder(body).Decode(&st); err != nil {
+	heard := func() {}
+	if held {
+		t := time.AfterFunc(StateSilence, func() { cancel(silent) })
+		defer t.Stop()
+		heard = func() { t.Reset(StateSilence) }
+	}
+	body := &heardReader{r: resp.Body, heard: heard}
+	defer func() { c.stateBytes.Add(body.n) }()
+	if err := json.NewDecoder(body).Decode(out); err != nil {
 		if context.Cause(ctx) == silent {
 			if n := int64(len(c.targets())); n > 1 && c.cur.CompareAndSwap(k, (k+1)%n) {
 				c.failovers.Add(1)
 			}
 			c.reresolve(ctx)
-			return st, &unreachableError{err: fmt.Errorf("GET %s: the controller fell silent for %v: connection dropped", resp.Request.URL.Redacted(), StateSilence)}
+			return &unreachableError{err: fmt.Errorf("GET %s: the controller fell silent for %v: connection dropped", resp.Request.URL.Redacted(), StateSilence)}
 		}
-		return st, fmt.Errorf("GET %s: decode answer: %w", resp.Request.URL.Path, err)
+		return fmt.Errorf("GET %s: decode answer: %w", resp.Request.URL.Path, err)
 	}
-	return st, nil
+	return nil
 }
 
 const cellStatePath = "trellis/v1/cell/state"
@@ -77,15 +162,18 @@ const cellStatePath = "trellis/v1/cell/state"
 // (the controller writes one every second) before it is dropped.
 const StateSilence = 3 * time.Second
 
-// heardReader calls heard after every read that returned bytes.
+// heardReader calls heard after every read that returned bytes, and
+// counts them.
 type heardReader struct {
 	r     io.Reader
 	heard func()
+	n     int64
 }
 
 func (h *heardReader) Read(p []byte) (int, error) {
 	n, err := h.r.Read(p)
 	if n > 0 {
+		h.n += int64(n)
 		h.heard()
 	}
 	return n, err

@@ -38,19 +38,29 @@ type ScaleOptions struct {
 // scaleParams are the sizes of one scale run.
 type scaleParams struct {
 	cells, apps, policies, instances, adds, dnsRounds, apiRounds int
+	// smallPolicies are stored when the cost of a change is measured
+	// first, before the rest: the same changes at both sizes.
+	smallPolicies int
 }
 
 func scaleSizes(o ScaleOptions) scaleParams {
-	p := scaleParams{cells: 50, apps: 20000, policies: 60000, instances: 1000, adds: 100, dnsRounds: 20, apiRounds: 50}
+	p := scaleParams{cells: 50, apps: 20000, policies: 60000, smallPolicies: 1000, instances: 1000, adds: 100, dnsRounds: 20, apiRounds: 50}
 	if o.Quick {
-		p = scaleParams{cells: 3, apps: 150, policies: 450, instances: 12, adds: 5, dnsRounds: 3, apiRounds: 10}
+		p = scaleParams{cells: 3, apps: 150, policies: 450, smallPolicies: 30, instances: 12, adds: 5, dnsRounds: 3, apiRounds: 10}
 	}
 	if o.Cells > 0 {
 		p.cells = o.Cells
 	}
-	p.instances = max(p.instances, 2*p.adds, p.cells)
+	p.instances = max(p.instances, 2*pairSets*p.adds, p.cells)
 	return p
 }
+
+// pairSets is the number of sets of p.adds pairs of instances, each pair
+// of its own two apps on two cells: the first for the timed policy adds,
+// the others for the cost of an add at two store sizes. Each set's adds
+// are the first policies between their pairs: each wakes both cells (a
+// second policy between the same apps changes only the destination's).
+const pairSets = 3
 
 // Scale measures the control plane at scale on a local foundation of N
 // cells with real agents: the store loaded through the API, instances
@@ -120,19 +130,24 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		return nil, err
 	}
 
-	var storeApps []string
-	for _, side := range []struct {
-		name string
-		c    *api.Client
-	}{{"the foundation", c}, {"the baseline controller", base}} {
-		step("loading %s: %d apps, %d policies", side.name, p.apps, p.policies)
-		apps, err := loadStore(ctx, side.c, p)
-		if err != nil {
-			return nil, fmt.Errorf("load %s: %w", side.name, err)
-		}
-		if storeApps == nil {
-			storeApps = apps
-		}
+	// The foundation gets its apps and the first smallPolicies policies
+	// now, the rest after the cost of a change was measured at that size;
+	// the baseline controller gets them all.
+	step("loading the foundation: %d apps, %d policies", p.apps, p.smallPolicies)
+	storeApps, err := loadApps(ctx, c, p)
+	if err != nil {
+		return nil, fmt.Errorf("load the foundation: %w", err)
+	}
+	if err := loadPolicies(ctx, c, storeApps, 0, p.smallPolicies); err != nil {
+		return nil, fmt.Errorf("load the foundation: %w", err)
+	}
+	step("loading the baseline controller: %d apps, %d policies", p.apps, p.policies)
+	baseApps, err := loadApps(ctx, base, p)
+	if err != nil {
+		return nil, fmt.Errorf("load the baseline controller: %w", err)
+	}
+	if err := loadPolicies(ctx, base, baseApps, 0, p.policies); err != nil {
+		return nil, fmt.Errorf("load the baseline controller: %w", err)
 	}
 	space, err := newSpace(ctx, c, "scale-run")
 	if err != nil {
@@ -143,9 +158,10 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		return nil, err
 	}
 
-	// Instances through CNI, spread over the cells. The first 2*adds are
-	// the policy adds' pairs (source on cell k, destination on cell k+1),
-	// each of its own app; the others are instances of apps of the store.
+	// Instances through CNI, spread over the cells. The first
+	// 2*pairSets*adds are the policy adds' pairs (source on cell k,
+	// destination on cell k+1), each of its own app; the others are
+	// instances of apps of the store.
 	step("attaching %d instances through the CNI plugin", p.instances)
 	cni := libcni.NewCNIConfigWithCacheDir([]string{filepath.Dir(f.CNIPlugin)}, filepath.Join(dir, "cni-cache"), nil)
 	lists := make([]*libcni.NetworkConfigList, len(f.Cells))
@@ -170,7 +186,7 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 	for i := range p.instances {
 		cell := i % len(f.Cells) // pair k: cells 2k and 2k+1 (mod N)
 		var app string
-		if i < 2*p.adds {
+		if i < 2*pairSets*p.adds {
 			a, err := c.CreateApp(ctx, space, fmt.Sprintf("pair-%03d-%d", i/2, i%2))
 			if err != nil {
 				return nil, err
@@ -206,6 +222,49 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		ctrs = append(ctrs, ctr{ns: path, cell: cell, app: app, ip: ip})
 	}
 
+	// The cost of a change (CPU, bytes) at smallPolicies, then with the
+	// whole store: policy adds between the pairs (each pair's apps are
+	// on two cells), gap apart.
+	probe := &costProbe{f: f, idle: 2 * time.Second, gap: 100 * time.Millisecond}
+	if o.Quick {
+		probe.idle = time.Second
+	}
+	pairAdd := func(set int) func(k int) error {
+		return func(k int) error {
+			j := set*p.adds + k
+			return c.CreatePolicies(ctx, []api.Policy{{Source: api.Source{ID: ctrs[2*j].app},
+				Destination: api.Destination{ID: ctrs[2*j+1].app, Protocol: "tcp", Ports: api.Ports{Start: 8082, End: 8082}}}})
+		}
+	}
+	pairCells := func(set int) func(k int) []int {
+		return func(k int) []int { j := set*p.adds + k; return []int{ctrs[2*j].cell, ctrs[2*j+1].cell} }
+	}
+	step("cost of a policy add with %d policies stored: %d adds", p.smallPolicies, p.adds)
+	small, err := probe.measure(ctx, p.adds, pairAdd(1), pairCells(1))
+	if err != nil {
+		return nil, fmt.Errorf("policy adds at %d policies: %w", p.smallPolicies, err)
+	}
+	step("loading the foundation's other %d policies", p.policies-p.smallPolicies)
+	if err := loadPolicies(ctx, c, storeApps, p.smallPolicies, p.policies); err != nil {
+		return nil, fmt.Errorf("load the foundation: %w", err)
+	}
+	step("cost of a policy add with %d policies stored: %d adds", p.policies, p.adds)
+	large, err := probe.measure(ctx, p.adds, pairAdd(2), pairCells(2))
+	if err != nil {
+		return nil, fmt.Errorf("policy adds at %d policies: %w", p.policies, err)
+	}
+	sizeName := fmt.Sprintf("the same adds with %d policies stored, same run", p.smallPolicies)
+	r.Figures = append(r.Figures,
+		newFigure("scale/policy-add-bytes-per-cell", fmt.Sprintf("policy add, %d policies: state bytes read per change per cell (deltas)", p.policies), "bytes",
+			large.bytesPerCell, large.fullPer, "the whole states of the cells it woke (what was sent before deltas), per cell", nil),
+		newFigure("scale/policy-add-bytes-vs-size", fmt.Sprintf("policy add: state bytes per change per cell, %d policies", p.policies), "bytes",
+			large.bytesPerCell, small.bytesPerCell, sizeName, &goal{ratio: true, atMost: true, limit: 1.5}),
+		newFigure("scale/policy-add-controller-cpu", fmt.Sprintf("policy add: controller CPU per change, %d policies", p.policies), "ms",
+			large.ctrlCPU, small.ctrlCPU, sizeName, &goal{ratio: true, atMost: true, limit: 1.5, slack: 0.5}),
+		newFigure("scale/policy-add-agent-cpu", fmt.Sprintf("policy add: CPU of all agents per change, %d policies", p.policies), "ms",
+			large.agentCPU, small.agentCPU, sizeName, &goal{ratio: true, atMost: true, limit: 1.5, slack: 0.5}))
+	r.Notes = append(r.Notes, small.note(fmt.Sprintf("policy add cost, %d policies", p.smallPolicies)), large.note(fmt.Sprintf("policy add cost, %d policies", p.policies)))
+
 	revs := func() ([]int64, error) {
 		out := make([]int64, len(f.Cells))
 		for i, cell := range f.Cells {
@@ -216,13 +275,6 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 			out[i] = st.Revision
 		}
 		return out, nil
-	}
-	stateBytes := func(i int) int64 {
-		fi, err := os.Stat(filepath.Join(f.Cells[i].StateDir, "state.json"))
-		if err != nil {
-			return 0
-		}
-		return fi.Size()
 	}
 
 	// API write latency: rounds alternating the foundation and the
@@ -281,7 +333,7 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 			}
 		}()
 	}
-	var enforced, woken, bytesPer []float64
+	var enforced, woken []float64
 	for k := range p.adds {
 		s, d := ctrs[2*k], ctrs[2*k+1]
 		before, err := revs()
@@ -325,30 +377,25 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		if err != nil {
 			return nil, err
 		}
-		n, bytes := 0, int64(0)
+		n := 0
 		for i := range after {
 			if after[i] != before[i] {
 				n++
-				bytes += stateBytes(i)
 			}
 		}
 		woken = append(woken, float64(n))
-		bytesPer = append(bytesPer, float64(bytes)/float64(len(f.Cells)))
 	}
 	r.Samples["policy-add-enforced/trellis"], r.Samples["policy-add-cells-woken/trellis"] = enforced, woken
-	r.Samples["policy-add-bytes-per-cell/trellis"] = bytesPer
 	r.Figures = append(r.Figures,
 		newFigure("scale/policy-add-enforced-p50", "policy add → enforced on both affected cells, p50", "ms", percentile(enforced, 50), 5000,
 			"Cloud Foundry's policy poll interval (documented, not measured)", &goal{atMost: true, limit: 100}),
 		newFigure("scale/policy-add-enforced-p99", "policy add → enforced on both affected cells, p99", "ms", percentile(enforced, 99), 5000,
 			"Cloud Foundry's policy poll interval (documented, not measured)", &goal{atMost: true, limit: 100}),
 		newFigure("scale/policy-add-cells-woken", "cells whose applied revision moved per policy add, max", "cells", percentile(woken, 100), float64(len(f.Cells)),
-			"every cell", &goal{atMost: true, limit: 2}),
-		newFigure("scale/policy-add-bytes-per-cell", "state bytes sent per policy add per cell, mean", "bytes", mean(bytesPer), 0, "", nil))
+			"every cell", &goal{atMost: true, limit: 2}))
 
 	// Route changes: until every cell's DNS server answers from a
 	// container on it.
-	step("route changes: %d maps and unmaps, timed until every cell's DNS answers", p.dnsRounds)
 	domains, err := c.Domains(ctx, api.DomainFilter{Names: []string{"apps.internal"}})
 	if err != nil || len(domains) == 0 {
 		return nil, fmt.Errorf("apps.internal: %v", err)
@@ -366,6 +413,26 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		defer conn.Close()
 		conns = append(conns, conn)
 	}
+	// The cost of a route change: every cell's DNS answers for every
+	// route, so each wakes every cell.
+	step("cost of a route change: %d maps and unmaps", 2*p.dnsRounds)
+	all := make([]int, len(f.Cells))
+	for i := range all {
+		all[i] = i
+	}
+	routes, err := probe.measure(ctx, 2*p.dnsRounds, func(k int) error {
+		if k%2 == 0 {
+			_, err := c.AddRouteDestinations(ctx, route.GUID, ctrs[1].app)
+			return err
+		}
+		return c.RemoveRouteDestination(ctx, route.GUID, ctrs[1].app)
+	}, func(int) []int { return all })
+	if err != nil {
+		return nil, fmt.Errorf("route changes: %w", err)
+	}
+	r.Figures = append(r.Figures, costFigures("scale/route-change", "route change", routes)...)
+	r.Notes = append(r.Notes, routes.note("route change cost"))
+	step("route changes: %d maps and unmaps, timed until every cell's DNS answers", p.dnsRounds)
 	query := dnsQuery("scale-dns.apps.internal")
 	allAnswer := func(want int) (time.Duration, error) {
 		start := time.Now()
@@ -378,11 +445,19 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 			if time.Since(start) > 30*time.Second {
 				return 0, fmt.Errorf("%d cells' DNS did not answer %d addresses within 30s", len(pending), want)
 			}
+			// Every pending cell is asked at once, then each answer read:
+			// a cell slow to answer does not hold back the others' questions.
 			for i := range pending {
-				conns[i].SetDeadline(time.Now().Add(50 * time.Millisecond))
+				conns[i].SetDeadline(time.Now().Add(time.Second))
 				if _, err := conns[i].Write(query); err != nil {
 					return 0, err
 				}
+			}
+			deadline := time.Now().Add(50 * time.Millisecond)
+			for i := range pending {
+				conns[i].SetReadDeadline(deadline)
+			}
+			for i := range pending {
 				k, err := conns[i].Read(buf)
 				if err == nil && k >= 12 && int(buf[6])<<8|int(buf[7]) == want {
 					delete(pending, i)
@@ -454,15 +529,16 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 	r.Notes = append(r.Notes,
 		fmt.Sprintf("scale: a local foundation of %d cells (namespaces, real agent processes, controller on SQLite) loaded through the API with %d apps and %d policies among them, %d instances attached through the CNI plugin (run by libcni from each cell's namespace)", p.cells, p.apps, p.policies, p.instances),
 		fmt.Sprintf("api: %d rounds, each an app create and a policy create (between two new apps) on the foundation and then on a controller with no cell (in the bench's process, SQLite, loaded the same way); the ratio is the median of the rounds' ratios", p.apiRounds),
-		"policy add: each between two fresh apps running on two cells; the clock starts when the API call returns and stops when both cells' agents report a new applied revision and a TCP connect from the source container reaches the destination's listener (default deny rejects it before); cells woken = agents whose applied revision moved by then; bytes = size of the state each woken cell's agent stored (whole states: no deltas), summed and divided by the cells",
-		"route change: map and unmap of an internal route to a running app; the clock starts when the API call returns and stops when a container on every cell has had the expected answer from its cell's DNS server",
+		"policy add: each between two fresh apps running on two cells; the clock starts when the API call returns and stops when both cells' agents report a new applied revision and a TCP connect from the source container reaches the destination's listener (default deny rejects it before); cells woken = agents whose applied revision moved by then",
+		fmt.Sprintf("cost of a change: an idle window (%v) measures the controller's and the agents' CPU at rest; then the changes, %v apart (more than the feed's 50 ms coalescing: each is pushed alone), until every affected cell's agent applied a newer state and no revision moved for 500 ms; CPU = utime+stime from /proc/PID/stat (10 ms ticks) over that time less the idle rate, per change; bytes = the agents' count of state answer bytes read (deltas, plus 1-byte heartbeats), per change per cell of the foundation; the whole-state baseline = the JSON size of the states the woken cells hold after; the policy adds are the first between two sets of pairs of apps running on two cells, at %d and then %d policies stored, the route changes map and unmap one internal route", probe.idle, probe.gap, p.smallPolicies, p.policies),
+		"route change: map and unmap of an internal route to a running app; the clock starts when the API call returns and stops when a container on every cell has had the expected answer from its cell's DNS server (every cell not yet answering is asked at once, then each answer read within 50 ms, again until all answered)",
 		"agent start: the agent of the last cell stopped (SIGTERM) and started again on its kept identity, until its status says ready (its first state applied); RSS: VmRSS of the controller and agent processes after the measurements above")
 	return r, nil
 }
 
-// loadStore creates p.apps apps in one org and space, and p.policies
-// policies among them, in batches, with four writers at a time.
-func loadStore(ctx context.Context, c *api.Client, p scaleParams) ([]string, error) {
+// loadApps creates p.apps apps in one org and space, four writers at a
+// time.
+func loadApps(ctx context.Context, c *api.Client, p scaleParams) ([]string, error) {
 	space, err := newSpace(ctx, c, "scale")
 	if err != nil {
 		return nil, err
@@ -490,19 +566,26 @@ func loadStore(ctx context.Context, c *api.Client, p scaleParams) ([]string, err
 		return nil, err
 	default:
 	}
+	return apps, nil
+}
+
+// loadPolicies creates the policies from..to-1 among apps (each the same
+// on every run), in batches.
+func loadPolicies(ctx context.Context, c *api.Client, apps []string, from, to int) error {
 	const batch = 100
-	for i := 0; i < p.policies; i += batch {
+	n := len(apps)
+	for i := from; i < to; i += batch {
 		var ps []api.Policy
-		for j := i; j < min(i+batch, p.policies); j++ {
-			src, dst := apps[j%p.apps], apps[(j*7+1+j/p.apps)%p.apps]
+		for j := i; j < min(i+batch, to); j++ {
+			src, dst := apps[j%n], apps[(j*7+1+j/n)%n]
 			ps = append(ps, api.Policy{Source: api.Source{ID: src},
-				Destination: api.Destination{ID: dst, Protocol: "tcp", Ports: api.Ports{Start: 8000 + j/p.apps, End: 8000 + j/p.apps}}})
+				Destination: api.Destination{ID: dst, Protocol: "tcp", Ports: api.Ports{Start: 8000 + j/n, End: 8000 + j/n}}})
 		}
 		if err := c.CreatePolicies(ctx, ps); err != nil {
-			return nil, err
+			return err
 		}
 	}
-	return apps, nil
+	return nil
 }
 
 // newSpace creates an org and a space named name and returns the space.

@@ -2,8 +2,10 @@ package controller
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"strings"
@@ -219,6 +221,22 @@ func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 	if after < 0 {
 		wait = 0
 	}
+	// delta=1: the cell accepts a delta from its revision after (an
+	// api.CellStateAnswer); without it, the whole state as it is.
+	var delta bool
+	switch v := q.Get("delta"); v {
+	case "", "0":
+	case "1":
+		delta = true
+	default:
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid delta %q: must be 0 or 1", v))
+		return
+	}
+	base := q.Get("base") // the digest of the cell's state at after
+	if _, err := hex.DecodeString(base); err != nil || (base != "" && len(base) != 64) {
+		writeNetError(w, http.StatusBadRequest, fmt.Sprintf("invalid base %q: must be the digest of a state (64 hex digits)", base))
+		return
+	}
 	s.console.polled(c.GUID, after) // the agent polls after the revision it applied
 	type answer struct {
 		e   *feedEntry
@@ -281,7 +299,21 @@ wait:
 	if !committed {
 		w.Header().Set("Content-Type", "application/json")
 	}
-	st.write(w)
+	cw := &countingWriter{w: w}
+	sent, _ := st.answer(cw, &s.feed.differ, after, base, delta)
+	s.feed.sent(sent, cw.n)
+}
+
+// countingWriter counts the bytes written through it.
+type countingWriter struct {
+	w io.Writer
+	n int64
+}
+
+func (c *countingWriter) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	c.n += int64(n)
+	return n, err
 }
 
 // stateHeartbeat is how often a held long poll of the cell state writes a

@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -73,6 +75,10 @@ type cellFeed struct {
 	cellChanges    prometheus.Counter
 	cellsCompiled  prometheus.Counter
 	rebuilds       prometheus.Counter
+	// differ diffs the lists all cells share once per change.
+	differ      api.Differ
+	answers     *prometheus.CounterVec // by kind: "state" or "delta"
+	answerBytes *prometheus.CounterVec
 }
 
 // feedEntry is one cell's compiled desired state.
@@ -83,7 +89,26 @@ type feedEntry struct {
 	// (the foundation's tagged apps, endpoints and routes) are encoded
 	// once per compile and written to every cell's poll as they are.
 	body [][]byte
+	// st is the state itself (read-only: it shares slices with the model
+	// and other states), and older the cell's states before it, newest
+	// first, at most stateHistory: the bases of the deltas the feed can
+	// answer a poll with.
+	st    *api.CellState
+	older []keptState
 }
+
+// keptState is a state a cell had at a revision, with its entry's sum.
+type keptState struct {
+	rev int64
+	sum [32]byte
+	st  *api.CellState
+}
+
+// stateHistory is how many of a cell's earlier states the feed keeps as
+// bases of deltas: an agent at most that many states behind (held up by
+// coalescing, a slow apply, a short outage) gets a delta, else the whole
+// state.
+const stateHistory = 16
 
 // write sends e's state as the answer to a poll.
 func (e *feedEntry) write(w io.Writer) error {
@@ -93,6 +118,53 @@ func (e *feedEntry) write(w io.Writer) error {
 		}
 	}
 	return nil
+}
+
+// at is the state the cell had at revision rev with digest (the hex of
+// its entry's sum), if the entry keeps it.
+func (e *feedEntry) at(rev int64, digest string) *api.CellState {
+	if rev == e.rev && digest == hex.EncodeToString(e.sum[:]) {
+		return e.st
+	}
+	for _, k := range e.older {
+		if k.rev == rev && digest == hex.EncodeToString(k.sum[:]) {
+			return k.st
+		}
+	}
+	return nil
+}
+
+// answer writes the answer to a poll. Without delta, the whole state as
+// an api.CellState (what agents before deltas ask for). With delta, an
+// api.CellStateAnswer with the digest of e's state: the delta from the
+// state of revision after whose digest is base when e keeps it, else the
+// whole state. It returns whether it wrote a delta.
+func (e *feedEntry) answer(w io.Writer, df *api.Differ, after int64, base string, delta bool) (bool, error) {
+	if !delta {
+		return false, e.write(w)
+	}
+	digest := hex.EncodeToString(e.sum[:])
+	if old := e.at(after, base); old != nil && e.st != nil {
+		d, err := df.Diff(old, e.st)
+		if err == nil {
+			d.Base, d.Revision = after, e.rev
+			b, err := json.Marshal(api.CellStateAnswer{Delta: &d, Digest: digest})
+			if err != nil {
+				return false, err
+			}
+			_, err = w.Write(b)
+			return true, err
+		}
+		// A state is plain data: it always encodes. Else, the whole state.
+	}
+	if _, err := io.WriteString(w, `{"state":`); err != nil {
+		return false, err
+	}
+	if err := e.write(w); err != nil {
+		return false, err
+	}
+	_, err := io.WriteString(w, `,"digest":"`+digest+`"}`)
+	return false, err
 }
 
 func newCellFeed(st *store.Store, compile func(context.Context, store.Snapshot) (*policy.Snapshot, error), log *slog.Logger, reg prometheus.Registerer) *cellFeed {
@@ -107,8 +179,12 @@ func newCellFeed(st *store.Store, compile func(context.Context, store.Snapshot) 
 			Help: "Cells' desired states compiled: those a change may have affected, or every cell on a rebuild."}),
 		rebuilds: prometheus.NewCounter(prometheus.CounterOpts{Name: "trellis_controller_cell_model_rebuilds_total",
 			Help: "Times the model of the cells' states was built from a snapshot of the store rather than brought forward by its changes."}),
+		answers: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_controller_cell_state_answers_total",
+			Help: "Answers to the cells' state polls, by kind: the whole state, or a delta from the cell's revision."}, []string{"kind"}),
+		answerBytes: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "trellis_controller_cell_state_answer_bytes_total",
+			Help: "Bytes of the answers to the cells' state polls (heartbeats not counted), by kind: the whole state, or a delta."}, []string{"kind"}),
 	}
-	reg.MustRegister(f.compileSeconds, f.cellChanges, f.cellsCompiled, f.rebuilds)
+	reg.MustRegister(f.compileSeconds, f.cellChanges, f.cellsCompiled, f.rebuilds, f.answers, f.answerBytes)
 	return f
 }
 
@@ -360,8 +436,15 @@ func (f *cellFeed) put(cells map[string]*feedEntry, guid string, st *api.CellSta
 		f.log.Error("encode a cell's state", "cell", guid, "err", err)
 		return false
 	}
-	if old := cells[guid]; old != nil && old.sum == e.sum {
+	old := cells[guid]
+	if old != nil && old.sum == e.sum {
 		return false
+	}
+	e.st = st
+	if old != nil && old.st != nil {
+		e.older = make([]keptState, 0, stateHistory)
+		e.older = append(e.older, keptState{old.rev, old.sum, old.st})
+		e.older = append(e.older, old.older[:min(len(old.older), stateHistory-1)]...)
 	}
 	cells[guid] = e
 	return true
@@ -383,6 +466,16 @@ func (f *cellFeed) publish(rev int64, cells map[string]*feedEntry, changes, comp
 	f.cellChanges.Add(float64(changes))
 	f.cellsCompiled.Add(float64(compiled))
 	f.log.Debug("compiled the cells' desired state", "revision", rev, "cells", len(cells), "compiled", compiled, "changed", changes, "took", time.Since(start))
+}
+
+// sent counts an answer to a poll: a delta or a whole state, of n bytes.
+func (f *cellFeed) sent(delta bool, n int64) {
+	kind := "state"
+	if delta {
+		kind = "delta"
+	}
+	f.answers.WithLabelValues(kind).Inc()
+	f.answerBytes.WithLabelValues(kind).Add(float64(n))
 }
 
 func (f *cellFeed) compiled() int64 {

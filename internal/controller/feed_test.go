@@ -1,6 +1,8 @@
 package controller
 
 import (
+	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"strings"
@@ -201,4 +203,105 @@ func TestCellFeedCoalescesBursts(t *testing.T) {
 		t.Errorf("last push has %d allows, want %d", len(last.Allows), 1+writes)
 	}
 	t.Logf("%d writes in %v: %d pushes to the cell", writes, burst, pushes)
+}
+
+// TestCellStateDeltas: an agent (api.Client over mutual TLS) that polls
+// with the state it holds gets deltas, and after each change holds exactly
+// the whole state the controller has; an old agent (no delta=1) still gets
+// whole states, and a base the controller no longer keeps gets the whole
+// state too.
+func TestCellStateDeltas(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		ctx := t.Context()
+		_, c1 := e.joinCell("cell1", "198.51.100.11")
+		_, c2 := e.joinCell("cell2", "198.51.100.12")
+		serverCA := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.srv.Certificate().Raw}))
+		agent, err := api.NewCellClient([]string{e.srv.URL}, serverCA, c1.Transport.(*http.Transport).TLSClientConfig.Certificates[0])
+		if err != nil {
+			t.Fatal(err)
+		}
+		space := e.defaultSpace()
+		frontend, backend := e.createApp(space, "frontend"), e.createApp(space, "backend")
+		e.register(c1, "de000000-0000-4000-8000-000000000001", frontend, 0, "10.255.1.2")
+		have, err := agent.CellStateFrom(ctx, nil, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		first := have.Revision
+		policy := func(port int) string {
+			return fmt.Sprintf(`{"policies":[{"source":{"id":%q},"destination":{"id":%q,"protocol":"tcp","ports":{"start":%d,"end":%d}}}]}`,
+				backend, frontend, port, port)
+		}
+		changes := []struct {
+			what   string
+			change func()
+		}{
+			{"policy to cell1's app", func() { e.must(e.admin, "POST", policiesPath, policy(8080), 200, nil) }},
+			{"a second policy", func() { e.must(e.admin, "POST", policiesPath, policy(9090), 200, nil) }},
+			{"an instance on cell2", func() { e.register(c2, "de000000-0000-4000-8000-000000000002", backend, 0, "10.255.2.2") }},
+			{"a route", func() { e.mapRoute(backend, "be", "apps.internal") }},
+			{"a policy removed", func() { e.must(e.admin, "POST", policiesPath+"/delete", policy(8080), 200, nil) }},
+			{"a second instance here", func() { e.register(c1, "de000000-0000-4000-8000-000000000003", frontend, 1, "10.255.1.3") }},
+			{"an instance gone", func() {
+				if code, got := e.cellCall(c2, "DELETE", "/trellis/v1/cell/instances/de000000-0000-4000-8000-000000000002", ""); code != 204 {
+					t.Fatalf("deregister = %d %s", code, got)
+				}
+			}},
+		}
+		for _, ch := range changes {
+			ch.change()
+			next, err := agent.CellStateFrom(ctx, &have, 10*time.Second)
+			if err != nil {
+				t.Fatalf("after %s: %v", ch.what, err)
+			}
+			if next.Revision <= have.Revision {
+				t.Fatalf("after %s: revision %d, had %d", ch.what, next.Revision, have.Revision)
+			}
+			var full api.CellState
+			if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state", &full); code != 200 {
+				t.Fatalf("GET state = %d", code)
+			}
+			if g, w := mustMarshal(t, next), mustMarshal(t, full); string(g) != string(w) {
+				t.Fatalf("after %s the agent holds\n%s\nwant the whole state\n%s", ch.what, g, w)
+			}
+			have = next
+		}
+		if s := agent.StateStats(); s.Fulls != 1 || s.Deltas != int64(len(changes)) || s.Refused != 0 {
+			t.Errorf("StateStats = %+v; want 1 whole state and %d deltas", s, len(changes))
+		}
+
+		// Nothing changed: the held poll ends with an empty delta.
+		same, err := agent.CellStateFrom(ctx, &have, 200*time.Millisecond)
+		if err != nil || same.Revision != have.Revision || string(mustMarshal(t, same)) != string(mustMarshal(t, have)) {
+			t.Errorf("a poll with no change = revision %d, %v; want the state held (%d)", same.Revision, err, have.Revision)
+		}
+		// An agent before deltas, and a base not kept: whole states.
+		var old api.CellState
+		if code := cellGet(t, c1, fmt.Sprintf("%s/trellis/v1/cell/state?after=%d&wait=0", e.srv.URL, first), &old); code != 200 || old.Revision != have.Revision || old.Cell.Name != "cell1" {
+			t.Errorf("a poll without delta=1 = %d, revision %d, cell %q; want the whole state at %d", code, old.Revision, old.Cell.Name, have.Revision)
+		}
+		var ans api.CellStateAnswer
+		if code := cellGet(t, c1, fmt.Sprintf("%s/trellis/v1/cell/state?after=1&wait=0&delta=1", e.srv.URL), &ans); code != 200 || ans.Delta != nil || ans.State == nil || ans.State.Revision != have.Revision {
+			t.Errorf("a poll from a revision not kept = %d, %+v; want the whole state", code, ans)
+		}
+		ans = api.CellStateAnswer{}
+		other := strings.Repeat("ab", 32)
+		if code := cellGet(t, c1, fmt.Sprintf("%s/trellis/v1/cell/state?after=%d&wait=0&delta=1&base=%s", e.srv.URL, have.Revision, other), &ans); code != 200 || ans.Delta != nil || ans.State == nil {
+			t.Errorf("a poll from the revision held but another digest = %d, %+v; want the whole state", code, ans)
+		}
+		for _, q := range []string{"after=1&delta=yes", "after=1&delta=1&base=xyz", "after=1&delta=1&base=abcd"} {
+			if code := cellGet(t, c1, e.srv.URL+"/trellis/v1/cell/state?"+q, nil); code != 400 {
+				t.Errorf("%s = %d, want 400", q, code)
+			}
+		}
+	})
+}
+
+func mustMarshal(t *testing.T, v any) []byte {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
 }

@@ -1,12 +1,15 @@
 package controller
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -48,8 +51,11 @@ func TestModelMatchesCompile(t *testing.T) {
 			if got, max := testutil.ToFloat64(w.s.feed.rebuilds), float64(1+w.settings); got > max {
 				t.Errorf("the feed rebuilt its model %v times; want at most %v (the first compile and one per setting)", got, max)
 			}
-			t.Logf("%d steps: %v model rebuilds, %v cell states compiled", steps,
-				testutil.ToFloat64(w.s.feed.rebuilds), testutil.ToFloat64(w.s.feed.cellsCompiled))
+			t.Logf("%d steps: %v model rebuilds, %v cell states compiled; the agents got %d deltas (not empty) and %d whole states", steps,
+				testutil.ToFloat64(w.s.feed.rebuilds), testutil.ToFloat64(w.s.feed.cellsCompiled), w.deltas, w.fulls)
+			if w.deltas < steps/4 {
+				t.Errorf("the agents got %d deltas that changed something in %d steps: the walk does not test them", w.deltas, steps)
+			}
 		})
 	}
 }
@@ -68,6 +74,11 @@ type walk struct {
 	settings int            // enforcement settings written
 	// noSettings leaves settings alone (their change rebuilds the model).
 	noSettings bool
+	// agents are the states the cells' agents hold, from the feed's
+	// answers (deltas when it has their bases), and the answers' counts.
+	agents        map[string]api.CellState
+	digests       map[string]string
+	deltas, fulls int
 }
 
 func newWalk(t *testing.T, st *store.Store, seed uint64) *walk {
@@ -89,7 +100,7 @@ func newWalk(t *testing.T, st *store.Store, seed uint64) *walk {
 		t.Fatalf("orgs = %v, %v", orgs, err)
 	}
 	w := &walk{t: t, ctx: ctx, st: st, s: NewServer(st, ca, pool, InstanceIdentity{}, log), pool: pool,
-		rnd: rand.New(rand.NewPCG(seed, 13)), org: orgs[0].GUID, nextIP: map[string]int{}}
+		rnd: rand.New(rand.NewPCG(seed, 13)), org: orgs[0].GUID, nextIP: map[string]int{}, agents: map[string]api.CellState{}, digests: map[string]string{}}
 	for range 3 {
 		w.joinCell()
 	}
@@ -427,6 +438,69 @@ func (w *walk) check(i int, what string) {
 		if entries[guid] == nil || entries[guid].sum != e.sum {
 			w.t.Fatalf("step %d (%s): the feed's state of cell %s is not the compiled one", i, what, guid)
 		}
+		w.agentPolls(i, what, guid, entries[guid], &st)
+	}
+	for guid := range w.agents {
+		if want[guid].Cell.GUID == "" {
+			delete(w.agents, guid)
+		}
+	}
+}
+
+// agentPolls is cell guid's agent polling the feed for entry e: with the
+// state it holds from earlier steps (none at first) it asks for a delta,
+// and applies what it gets; the state it then holds must encode exactly as
+// the full compile, want, at the entry's revision.
+func (w *walk) agentPolls(i int, what, guid string, e *feedEntry, want *api.CellState) {
+	w.t.Helper()
+	have, ok := w.agents[guid]
+	after := int64(-1)
+	if ok {
+		after = have.Revision
+	}
+	var buf bytes.Buffer
+	if ok && w.rnd.IntN(20) == 0 {
+		// A state of the same revision from elsewhere (another digest)
+		// gets the whole state.
+		if sent, err := e.answer(&buf, &w.s.feed.differ, after, strings.Repeat("0", 64), true); sent || err != nil {
+			w.t.Fatalf("step %d (%s): cell %s: a poll with an unknown digest got a delta (%v)", i, what, guid, err)
+		}
+		buf.Reset()
+	}
+	sentDelta, err := e.answer(&buf, &w.s.feed.differ, after, w.digests[guid], true)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	var ans api.CellStateAnswer
+	if err := json.Unmarshal(buf.Bytes(), &ans); err != nil {
+		w.t.Fatalf("step %d (%s): decode the answer to cell %s: %v", i, what, guid, err)
+	}
+	switch {
+	case ans.Delta != nil && sentDelta:
+		if have, err = have.Apply(*ans.Delta); err != nil {
+			w.t.Fatalf("step %d (%s): cell %s: apply the delta from %d: %v", i, what, guid, after, err)
+		}
+		if !ans.Delta.Empty() {
+			w.deltas++
+		}
+	case ans.State != nil && !sentDelta:
+		have = *ans.State
+		w.fulls++
+	default:
+		w.t.Fatalf("step %d (%s): cell %s: answer %s (delta %v)", i, what, guid, buf.Bytes(), sentDelta)
+	}
+	w.agents[guid], w.digests[guid] = have, ans.Digest
+	enc, err := newStateEncoder().encode(e.rev, want)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	full := bytes.Join(enc.body, nil)
+	got, err := json.Marshal(have)
+	if err != nil {
+		w.t.Fatal(err)
+	}
+	if !bytes.Equal(got, full) {
+		w.t.Fatalf("step %d (%s): cell %s holds after the feed's answers (from revision %d)\n%s\nwant\n%s", i, what, guid, after, got, full)
 	}
 }
 
