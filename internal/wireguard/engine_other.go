@@ -1,0 +1,8 @@
+//go:build !linux
+
+package wireguard
+
+import "errors"
+
+// Up is Linux only.
+func Up(cfg Config) (Engine, error) { return nil, errors.New("wireguard: only on Linux") }
