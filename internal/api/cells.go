@@ -44,6 +44,11 @@ type Cell struct {
 	Subnet     netip.Prefix `json:"subnet"`
 	LastSeen   time.Time    `json:"last_seen"`
 	Healthy    bool         `json:"healthy"`
+	// WireGuardKey is the base64 of the cell's registered WireGuard public
+	// key, and WireGuardPort the UDP port its device listens on; both
+	// empty until the cell registered a key.
+	WireGuardKey  string `json:"wireguard_key,omitempty"`
+	WireGuardPort int    `json:"wireguard_port,omitempty"`
 }
 
 // Overlay is the foundation-wide overlay network.
@@ -87,6 +92,14 @@ type CellState struct {
 	// Egress are the egress tuples the security groups allow this cell's
 	// attached instances (default deny; see EgressRule), in a stable order.
 	Egress []EgressRule `json:"egress"`
+	// Encryption is the foundation's encryption mode (EncryptionOff or
+	// EncryptionWireGuard); Peers carry their WireGuard keys and ports.
+	Encryption string `json:"encryption"`
+	// KeyGeneration is the generation the controller wants this cell's
+	// WireGuard key at: when it exceeds the generation of the key the
+	// agent last registered, the agent makes a new key pair and registers
+	// it (CellKey.Generation = KeyGeneration).
+	KeyGeneration int64 `json:"key_generation"`
 }
 
 // RouteEntry is an internal route: Host.Domain leads to the apps.
