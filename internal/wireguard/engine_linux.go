@@ -379,4 +379,3 @@ func (t *nsTUN) MTU() (mtu int, err error) {
 	err = netns.Do(t.ns, func() (err error) { mtu, err = t.Device.MTU(); return err })
 	return mtu, err
 }
-
