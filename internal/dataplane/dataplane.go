@@ -6,6 +6,8 @@ import (
 	"log/slog"
 	"sync"
 	"time"
+
+	"github.com/trellis-c2c/trellis/internal/wireguard"
 )
 
 // selfNetNS is the process's own namespace, used when a path is "".
@@ -36,6 +38,9 @@ type Dataplane struct {
 	updates, replaces int
 	// egress is the egress plan last applied (nil: none since New).
 	egress *egressPlan
+	// wg is the cell's WireGuard device while encryption is on (nil: off,
+	// or not yet adopted since New).
+	wg wireguard.Engine
 }
 
 // New returns the dataplane of the cell whose network namespace is at

@@ -379,3 +379,30 @@ func (t *nsTUN) MTU() (mtu int, err error) {
 	err = netns.Do(t.ns, func() (err error) { mtu, err = t.Device.MTU(); return err })
 	return mtu, err
 }
+
+// Down deletes the device name in the namespace at nsPath: the userspace
+// engine this process runs there, or the link (a kernel device). It is not
+// an error if there is none.
+func Down(nsPath, name string) error {
+	if id, err := nsIdentity(nsPath); err == nil {
+		runningMu.Lock()
+		u := running[runKey{id, name}]
+		runningMu.Unlock()
+		if u != nil {
+			return u.Close()
+		}
+	}
+	h, err := netns.Handle(nsPath)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	l, err := h.LinkByName(name)
+	if err != nil {
+		return nil
+	}
+	if err := h.LinkDel(l); err != nil {
+		return fmt.Errorf("wireguard: delete %s in %s: %w", name, nsPath, err)
+	}
+	return nil
+}
