@@ -62,4 +62,7 @@ type AgentStatus struct {
 	// Failovers the times it moved to another because one did not answer.
 	Controller string `json:"controller,omitempty"`
 	Failovers  int64  `json:"failovers,omitempty"`
+	// WireGuard is the engine of the cell's WireGuard device while the
+	// foundation encrypts: "kernel" or "userspace"; empty when off.
+	WireGuard string `json:"wireguard,omitempty"`
 }
