@@ -189,7 +189,6 @@ func (a *Agent) wireGuardEngine() string {
 	return kind
 }
 
-
 // setMTU sets the MTU new containers get, and reports whether it changed.
 func (cs *containers) setMTU(mtu int) bool {
 	cs.mu.Lock()
