@@ -49,6 +49,13 @@ type Cell struct {
 	// empty until the cell registered a key.
 	WireGuardKey  string `json:"wireguard_key,omitempty"`
 	WireGuardPort int    `json:"wireguard_port,omitempty"`
+	// In the list of cells (GET /trellis/v1/cells) only, never in a
+	// desired state: WireGuardKeyGeneration is the generation of the
+	// registered key (0: none) and KeyGeneration the one the controller
+	// wants (CellState.KeyGeneration); a rotation is pending while it is
+	// the greater.
+	WireGuardKeyGeneration int64 `json:"wireguard_key_generation,omitempty"`
+	KeyGeneration          int64 `json:"key_generation,omitempty"`
 }
 
 // Overlay is the foundation-wide overlay network.

@@ -146,7 +146,9 @@ func (s *Server) joinCell(w http.ResponseWriter, r *http.Request) {
 
 func cellJSON(c store.Cell) api.Cell {
 	return api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP, Subnet: c.Subnet,
-		LastSeen: c.LastSeen, Healthy: time.Since(c.LastSeen) < HealthyWithin}
+		LastSeen: c.LastSeen, Healthy: time.Since(c.LastSeen) < HealthyWithin,
+		WireGuardKey: c.WireGuardKey, WireGuardPort: c.WireGuardPort,
+		WireGuardKeyGeneration: c.WireGuardKeyGeneration, KeyGeneration: c.KeyGeneration}
 }
 
 func (s *Server) listCells(w http.ResponseWriter, r *http.Request) {
@@ -313,6 +315,7 @@ func (s *Server) compileInput(ctx context.Context, snap store.Snapshot) (*policy
 		Revision:   snap.Revision,
 		Overlay:    api.Overlay{CIDR: s.pool.Overlay, SubnetPrefix: s.pool.SubnetLen, VNI: VNI, Port: VXLANPort},
 		Enforce:    enforced(v, set),
+		Encryption: encryptionMode(snap.Settings[encryptionKey]),
 		InstanceCA: s.instanceCAJSON(ca, stored.Generation),
 		Cells:      policyCells(snap.Cells),
 		Spaces:     policySpaces(snap.Spaces),
@@ -341,7 +344,8 @@ func policyCells(cs []store.Cell) []api.Cell {
 	for i, c := range cs {
 		// A desired state carries no observations (when a cell was last
 		// heard from): it changes only when what the cells must do changes.
-		out[i] = api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP, Subnet: c.Subnet}
+		out[i] = api.Cell{GUID: c.GUID, Name: c.Name, UnderlayIP: c.UnderlayIP, Subnet: c.Subnet,
+			WireGuardKey: c.WireGuardKey, WireGuardPort: c.WireGuardPort, KeyGeneration: c.KeyGeneration}
 	}
 	return out
 }

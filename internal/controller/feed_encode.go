@@ -61,7 +61,9 @@ func (e *stateEncoder) encode(rev int64, st *api.CellState) (*feedEntry, error) 
 	w.value(st.LocalApps)
 	w.lit(`,"egress":`)
 	w.value(st.Egress)
-	w.lit(`}`)
+	w.lit(`,"encryption":`)
+	w.value(st.Encryption)
+	w.lit(`,"key_generation":` + strconv.FormatInt(st.KeyGeneration, 10) + `}`)
 	if w.err != nil {
 		return nil, w.err
 	}

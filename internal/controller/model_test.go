@@ -27,7 +27,8 @@ import (
 // the API makes — cells joining and leaving, spaces, apps created, started,
 // scaled, pinned, stopped and deleted, instances registered and
 // deregistered, policies added and removed, domains, routes and their
-// destinations, TLS settings, the enforcement setting — and after every
+// destinations, TLS settings, the enforcement setting, cells' WireGuard
+// keys registered and rotated and the encryption setting — and after every
 // step checks that the cells' feed, brought forward by the store's changes,
 // holds for every cell exactly the state a full compile of a fresh snapshot
 // gives (and the same bytes), and that it rebuilt from a snapshot only for
@@ -141,7 +142,7 @@ func (w *walk) joinCell() string {
 // step makes one random write and says what it was.
 func (w *walk) step() string {
 	ctx, st := w.ctx, w.st
-	switch op := w.rnd.IntN(100); {
+	switch op := w.rnd.IntN(106); {
 	case op < 3:
 		if len(w.cells()) < 6 {
 			return w.joinCell()
@@ -297,13 +298,51 @@ func (w *walk) step() string {
 		}
 		w.settings++
 		return w.securityGroupStep()
-	default:
+	case op < 100:
 		if w.noSettings {
 			return "nothing"
 		}
 		w.settings++
 		st.SetSetting(ctx, enforcementKey, []string{"true", "false"}[w.rnd.IntN(2)])
 		return "set enforcement"
+	default:
+		return w.wireguardStep(op - 100)
+	}
+	return "nothing"
+}
+
+// wireguardStep registers a cell's WireGuard key (for the generation
+// wanted, or one the store refuses), rotates some cells' keys or all, or
+// (a setting: the model rebuilds) turns encryption on or off.
+func (w *walk) wireguardStep(op int) string {
+	ctx, st := w.ctx, w.st
+	c, ok := pick(w, w.cells())
+	switch {
+	case !ok:
+	case op < 3:
+		gen := c.KeyGeneration
+		if w.rnd.IntN(4) == 0 {
+			gen += int64(w.rnd.IntN(3)) - 1 // older (maybe refused), the same, or newer (refused)
+		}
+		err := st.RegisterCellKey(ctx, c.GUID, store.CellKey{PublicKey: testWireGuardKey(), ListenPort: 51820 + w.rnd.IntN(3), Generation: gen})
+		return fmt.Sprintf("register %s's key for generation %d (wanted %d): %v", c.Name, gen, c.KeyGeneration, err)
+	case op < 5:
+		var names []string
+		if w.rnd.IntN(2) == 0 {
+			names = []string{c.Name}
+		}
+		if _, err := st.RotateCellKeys(ctx, names); err != nil {
+			w.t.Fatal(err)
+		}
+		return fmt.Sprintf("rotate keys of %v (none: all)", names)
+	default:
+		if w.noSettings {
+			return "nothing"
+		}
+		w.settings++
+		mode := []string{api.EncryptionOff, api.EncryptionWireGuard}[w.rnd.IntN(2)]
+		st.SetSetting(ctx, encryptionKey, mode)
+		return "set encryption " + mode
 	}
 	return "nothing"
 }

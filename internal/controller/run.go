@@ -58,6 +58,13 @@ type Config struct {
 	// UserTokenTTL is how long the access tokens of users (cf auth) are
 	// valid: default 20m. Tests shorten it to see the cf CLI refresh.
 	UserTokenTTL time.Duration
+	// Encryption is a new foundation's encryption between cells
+	// (api.EncryptionOff, the default, or api.EncryptionWireGuard); a
+	// foundation that has a mode keeps it.
+	Encryption string
+	// CellKeyRotation, if positive, asks every cell whose WireGuard key is
+	// older than that for a new one (see docs/encryption.md).
+	CellKeyRotation time.Duration
 }
 
 // Run starts the controller and serves until ctx is done, then shuts down
@@ -95,6 +102,13 @@ func Run(ctx context.Context, cfg Config) error {
 		cfg.Overlay, _ = ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
 	}
 	if err := st.OverlaySettings(ctx, cfg.Overlay); err != nil {
+		return err
+	}
+	if cfg.CellKeyRotation < 0 {
+		return fmt.Errorf("--cell-key-rotation %v: must not be negative (0 turns it off)", cfg.CellKeyRotation)
+	}
+	encryption, err := initEncryption(ctx, st, cfg.Encryption, log)
+	if err != nil {
 		return err
 	}
 	ca, err := identity.LoadOrCreateCA(cfg.StateDir, "trellis CA")
@@ -142,8 +156,12 @@ func Run(ctx context.Context, cfg Config) error {
 	}
 	errc := make(chan error, 1)
 	go func() { errc <- srv.ServeTLS(ln, "", "") }()
+	if cfg.CellKeyRotation > 0 {
+		go rotateKeysEvery(baseCtx, st, cfg.CellKeyRotation, log)
+	}
 	log.Info("controller serving", "url", apiURL, "listen", ln.Addr().String(), "state_dir", cfg.StateDir, "store", storeKind(cfg.DatabaseURL),
-		"instance_ca_generation", instCA.Generation, "instance_cert_validity", id.Validity, "trust_domain", id.TrustDomain)
+		"instance_ca_generation", instCA.Generation, "instance_cert_validity", id.Validity, "trust_domain", id.TrustDomain,
+		"encryption", encryption, "cell_key_rotation", cfg.CellKeyRotation)
 	if cfg.Ready != nil {
 		cfg.Ready(apiURL)
 	}

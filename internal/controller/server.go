@@ -154,6 +154,12 @@ func (s *Server) routes() {
 	m("GET /trellis/v1/enforcement", s.requireAuth(writeNetError, anyScope, s.getEnforcement))
 	m("PUT /trellis/v1/enforcement", s.requireAuth(writeNetError, adminScope, s.setEnforcement))
 
+	// Encryption between cells: the switch, the cells' WireGuard keys.
+	m("GET /trellis/v1/encryption", s.requireAuth(writeNetError, anyScope, s.getEncryption))
+	m("PUT /trellis/v1/encryption", s.requireAuth(writeNetError, adminScope, s.setEncryption))
+	m("POST /trellis/v1/cells/rotate-keys", s.requireAuth(writeNetError, adminScope, s.rotateCellKeys))
+	m("PUT /trellis/v1/cell/wireguard-key", s.requireCell(s.registerWireGuardKey))
+
 	// The cf CLI's way in: root document, UAA-style tokens, users (uaa.go).
 	s.uaaRoutes()
 

@@ -28,6 +28,10 @@ type Snapshot struct {
 	Overlay api.Overlay
 	// Enforce is false when an operator turned policy enforcement off.
 	Enforce bool
+	// Encryption is the encryption between cells (api.EncryptionOff or
+	// api.EncryptionWireGuard). Cells carry their WireGuard keys, and
+	// their wanted key generation in KeyGeneration.
+	Encryption string
 	// InstanceCA is the trust anchor of instance identities, as cells see it.
 	InstanceCA api.InstanceCA
 
@@ -321,8 +325,12 @@ func compileCell(src source, cell string) (api.CellState, error) {
 	st := api.CellState{Revision: h.Revision, Cell: cells[ci], Overlay: h.Overlay, Enforce: h.Enforce,
 		Peers: make([]api.Cell, 0, len(cells)-1), Instances: []api.DesiredInstance{},
 		Endpoints: sh.endpoints, Domains: sh.domains, Routes: sh.routes, InstanceCA: h.InstanceCA}
+	// A cell's wanted key generation is its own state's, not its peers'.
+	st.KeyGeneration, st.Cell.KeyGeneration, st.Cell.WireGuardKeyGeneration = st.Cell.KeyGeneration, 0, 0
+	st.Encryption = h.Encryption
 	for i, c := range cells {
 		if i != ci {
+			c.KeyGeneration, c.WireGuardKeyGeneration = 0, 0
 			st.Peers = append(st.Peers, c)
 		}
 	}

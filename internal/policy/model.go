@@ -42,7 +42,7 @@ var ErrUnknownChange = errors.New("change the model does not understand")
 // revision: both compile with compileCell, the model from indexes it keeps.
 // A Model is not safe for concurrent use.
 type Model struct {
-	hdr Snapshot // Revision, Overlay, Enforce, InstanceCA
+	hdr Snapshot // Revision, Overlay, Enforce, Encryption, InstanceCA
 
 	cells     []api.Cell // ordered by name
 	apps      map[string]*App
@@ -74,7 +74,7 @@ type policyRef struct {
 // NewModel builds a model from a snapshot (with its PolicyIDs and route
 // GUIDs); it keeps no reference to s's slices.
 func NewModel(s *Snapshot) *Model {
-	m := &Model{hdr: Snapshot{Revision: s.Revision, Overlay: s.Overlay, Enforce: s.Enforce, InstanceCA: s.InstanceCA},
+	m := &Model{hdr: Snapshot{Revision: s.Revision, Overlay: s.Overlay, Enforce: s.Enforce, Encryption: s.Encryption, InstanceCA: s.InstanceCA},
 		cells: slices.Clone(s.Cells), apps: make(map[string]*App, len(s.Apps)), orgs: make(map[string]string, len(s.Spaces)),
 		instances: make(map[string]*Instance, len(s.Instances)), instOn: map[string][]*Instance{}, instOf: map[string][]*Instance{},
 		tags: make(map[uint16]string, len(s.Tags)), appTag: make(map[string]uint16, len(s.Tags)),

@@ -28,6 +28,14 @@ type Cell struct {
 	CreatedAt  time.Time
 	UpdatedAt  time.Time
 	LastSeen   time.Time
+	// The cell's WireGuard public key (base64; "" until registered), its
+	// port, the generation the key answers and when it was registered,
+	// and the generation the controller wants (see wireguard.go).
+	WireGuardKey           string
+	WireGuardPort          int
+	WireGuardKeyGeneration int64
+	WireGuardKeyAt         time.Time
+	KeyGeneration          int64
 }
 
 // Instance states.
@@ -93,7 +101,7 @@ func (s *Store) CreateJoinToken(ctx context.Context, hash []byte, expires time.T
 // waited for a cell are placed.
 func (s *Store) JoinCell(ctx context.Context, tokenHash []byte, name string, underlay netip.Addr, pool ipam.Pool) (Cell, error) {
 	t := now()
-	c := Cell{GUID: newGUID(), Name: name, UnderlayIP: underlay, CreatedAt: t, UpdatedAt: t, LastSeen: t}
+	c := Cell{GUID: newGUID(), Name: name, UnderlayIP: underlay, CreatedAt: t, UpdatedAt: t, LastSeen: t, KeyGeneration: 1}
 	err := s.write(ctx, func(r runner) (bool, error) {
 		n, err := r.execCount(ctx, "DELETE FROM join_tokens WHERE hash = ? AND expires_at > ?", hex.EncodeToString(tokenHash), micros(t))
 		if err != nil {
@@ -143,7 +151,8 @@ func cells(ctx context.Context, r runner, f CellFilter) ([]Cell, error) {
 	w := where{r: r}
 	w.in("guid", f.GUIDs)
 	w.in("name", f.Names)
-	rows, err := w.r.query(ctx, "SELECT guid, name, underlay_ip, subnet, created_at, updated_at, last_seen FROM cells"+w.String()+" ORDER BY name"+r.bytewise(), w.args...)
+	rows, err := w.r.query(ctx, "SELECT guid, name, underlay_ip, subnet, created_at, updated_at, last_seen, "+
+		"wireguard_key, wireguard_port, wireguard_key_generation, wireguard_key_at, key_generation FROM cells"+w.String()+" ORDER BY name"+r.bytewise(), w.args...)
 	if err != nil {
 		return nil, fmt.Errorf("list cells: %w", err)
 	}
@@ -152,13 +161,17 @@ func cells(ctx context.Context, r runner, f CellFilter) ([]Cell, error) {
 	for rows.Next() {
 		var c Cell
 		var ip, subnet string
-		var created, updated, seen int64
-		if err := rows.Scan(&c.GUID, &c.Name, &ip, &subnet, &created, &updated, &seen); err != nil {
+		var created, updated, seen, keyAt int64
+		if err := rows.Scan(&c.GUID, &c.Name, &ip, &subnet, &created, &updated, &seen,
+			&c.WireGuardKey, &c.WireGuardPort, &c.WireGuardKeyGeneration, &keyAt, &c.KeyGeneration); err != nil {
 			return nil, fmt.Errorf("list cells: %w", err)
 		}
 		c.UnderlayIP, _ = netip.ParseAddr(ip)
 		c.Subnet, _ = netip.ParsePrefix(subnet)
 		c.CreatedAt, c.UpdatedAt, c.LastSeen = fromMicros(created), fromMicros(updated), fromMicros(seen)
+		if keyAt != 0 {
+			c.WireGuardKeyAt = fromMicros(keyAt)
+		}
 		out = append(out, c)
 	}
 	return out, rows.Err()

@@ -2,9 +2,13 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"embed"
+	"errors"
 	"fmt"
+	"maps"
 	"path"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -144,7 +148,7 @@ func (s *Store) migrate(ctx context.Context, target int) error {
 		}
 	}
 	if version := max(current, appliedUpTo(ms, target)); version >= changesVersion {
-		if err := ensureChangeTriggers(ctx, r); err != nil {
+		if err := ensureChangeTriggers(ctx, r, version); err != nil {
 			return fmt.Errorf("create change triggers: %w", err)
 		}
 	}
@@ -273,6 +277,9 @@ func appliedUpTo(ms []migration, target int) int {
 // changesVersion is the migration that creates the change feed.
 const changesVersion = 10
 
+// wireguardVersion is the migration that gives cells their WireGuard keys.
+const wireguardVersion = 11
+
 // changeTrigger is a table whose changes the change feed records: its key
 // columns (one or two) and, if set, the only columns whose update counts
 // (others, such as a cell's last_seen, change without bumping the
@@ -281,6 +288,9 @@ type changeTrigger struct {
 	table   string
 	keys    []string
 	columns []string
+	// later are columns a later migration added, by its version: watched
+	// once the schema has them.
+	later map[int][]string
 }
 
 // changeTriggers are the tables the cells' desired states are compiled
@@ -288,7 +298,8 @@ type changeTrigger struct {
 // applied incrementally rather than by a rebuild, a case in ChangesSince and
 // the controller's model).
 var changeTriggers = []changeTrigger{
-	{table: "cells", keys: []string{"guid"}, columns: []string{"name", "underlay_ip", "subnet"}},
+	{table: "cells", keys: []string{"guid"}, columns: []string{"name", "underlay_ip", "subnet"},
+		later: map[int][]string{wireguardVersion: {"wireguard_key", "wireguard_port", "wireguard_key_generation", "key_generation"}}},
 	{table: "spaces", keys: []string{"guid"}},
 	{table: "apps", keys: []string{"guid"}},
 	{table: "instances", keys: []string{"guid"}},
@@ -315,9 +326,15 @@ BEGIN
 END $$`
 
 // changeTriggerSQL returns the statements that create t's triggers (or
-// leave them as they are), for PostgreSQL or SQLite.
-func changeTriggerSQL(t changeTrigger, pg bool) []string {
+// leave them as they are), for PostgreSQL or SQLite, at schema version.
+func changeTriggerSQL(t changeTrigger, pg bool, version int) []string {
 	var out []string
+	t.columns = slices.Clone(t.columns)
+	for _, v := range slices.Sorted(maps.Keys(t.later)) {
+		if v <= version {
+			t.columns = append(t.columns, t.later[v]...)
+		}
+	}
 	for _, op := range []struct{ name, event, row string }{{"i", "INSERT", "NEW"}, {"u", "UPDATE", "NEW"}, {"d", "DELETE", "OLD"}} {
 		event := op.event
 		if op.event == "UPDATE" && len(t.columns) > 0 {
@@ -343,18 +360,50 @@ func changeTriggerSQL(t changeTrigger, pg bool) []string {
 
 // ensureChangeTriggers creates the change feed's triggers that are missing:
 // on every Open, so that a table added to changeTriggers gets its triggers.
-func ensureChangeTriggers(ctx context.Context, r runner) error {
+func ensureChangeTriggers(ctx context.Context, r runner, version int) error {
 	if r.pg {
 		if _, err := r.exec(ctx, pgRecordChange); err != nil {
 			return err
 		}
 	}
 	for _, t := range changeTriggers {
-		for _, q := range changeTriggerSQL(t, r.pg) {
+		for _, q := range changeTriggerSQL(t, r.pg, version) {
+			if !r.pg {
+				if err := dropChangedTrigger(ctx, r, q); err != nil {
+					return fmt.Errorf("%s: %w", t.table, err)
+				}
+			}
 			if _, err := r.exec(ctx, q); err != nil {
 				return fmt.Errorf("%s: %w", t.table, err)
 			}
 		}
 	}
 	return nil
+}
+
+// dropChangedTrigger drops the SQLite trigger q creates if it exists with
+// other SQL (a trigger's columns grew, as the cells' did in
+// 0011_wireguard.sql), so that q creates it anew; PostgreSQL's CREATE OR
+// REPLACE needs no such step. SQLite keeps a trigger's CREATE statement
+// without its IF NOT EXISTS.
+func dropChangedTrigger(ctx context.Context, r runner, q string) error {
+	const create = "CREATE TRIGGER IF NOT EXISTS "
+	rest, ok := strings.CutPrefix(q, create)
+	if !ok {
+		return nil
+	}
+	name, _, _ := strings.Cut(rest, " ")
+	var have string
+	err := r.queryRow(ctx, "SELECT sql FROM sqlite_master WHERE type = 'trigger' AND name = ?", name).Scan(&have)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if have == "CREATE TRIGGER "+rest {
+		return nil
+	}
+	_, err = r.exec(ctx, "DROP TRIGGER "+name)
+	return err
 }
