@@ -41,6 +41,7 @@ type cellKeys struct {
 	cur        wireguard.KeyFile  // the key the dataplane uses
 	next       *wireguard.KeyFile // during a rotation: the key registered next
 	registered wireguard.Key      // the public key the controller has, as far as known
+	seen       bool               // a desired state came in: the generation is known
 }
 
 func newCellKeys(log *slog.Logger, dir string, register func(context.Context, api.CellKey) error) (*cellKeys, error) {
@@ -65,6 +66,7 @@ func newCellKeys(log *slog.Logger, dir string, register func(context.Context, ap
 func (k *cellKeys) update(st api.CellState) wireguard.Key {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	k.seen = true
 	own := st.Cell.WireGuardKey
 	if own != "" {
 		if pub, err := wireguard.ParseKey(own); err == nil {
@@ -114,7 +116,7 @@ func (k *cellKeys) dueLocked() (api.CellKey, bool) {
 		kf = *k.next
 	}
 	pub := kf.PrivateKey.PublicKey()
-	return api.CellKey{PublicKey: pub.String(), ListenPort: k.port, Generation: kf.Generation}, k.registered != pub
+	return api.CellKey{PublicKey: pub.String(), ListenPort: k.port, Generation: kf.Generation}, k.seen && k.registered != pub
 }
 
 // loop registers keys with the controller as they become due, until ctx

@@ -52,6 +52,13 @@ func (d *Dataplane) setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op,
 		}
 	}
 	ops := planOverlay(have, want)
+	if slices.Contains(ops, op(linkDel{VTEPName})) {
+		// The VTEP is remade (encryption went on or off): keep packets to
+		// the overlay from failing fast or leaking meanwhile.
+		if err := k.h.RouteReplace(overlayFallback(c.Overlay)); err != nil {
+			return wgOps, fmt.Errorf("set overlay in %s: fallback route: %w", d.ns, err)
+		}
+	}
 	for i, o := range ops {
 		if err := ctx.Err(); err != nil {
 			return append(wgOps, ops[:i]...), fmt.Errorf("set overlay in %s: %w", d.ns, err)

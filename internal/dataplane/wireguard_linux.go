@@ -133,3 +133,16 @@ func (d *Dataplane) WireGuard() (engine string, publicKey wireguard.Key) {
 	}
 	return d.wg.Kind(), d.wg.PublicKey()
 }
+
+// blackholeMetric is the metric of the overlay's fallback route: the worst,
+// so that any other route to the overlay wins.
+const blackholeMetric = 1<<32 - 1
+
+// overlayFallback is the route that drops packets to the overlay silently
+// while the VTEP (and the routes on it) is being remade — when encryption
+// is turned on or off — instead of answering "network unreachable" (which
+// fails a connection at once where a dropped SYN is only retried) or
+// letting them out by a default route in plaintext.
+func overlayFallback(overlay netip.Prefix) *netlink.Route {
+	return &netlink.Route{Dst: ipnet(overlay), Type: unix.RTN_BLACKHOLE, Priority: blackholeMetric}
+}
