@@ -54,13 +54,14 @@ func request(from, to *container, port int, msg string) error {
 }
 
 // requestLoop sends requests from one container to another until stopped;
-// stop returns how many were sent and which failed.
-func requestLoop(from, to *container, port int) (stop func() (sent int, failed []error)) {
+// stop returns how many were sent and which failed, and logs the slowest.
+func requestLoop(t *testing.T, from, to *container, port int) (stop func() (sent int, failed []error)) {
 	done := make(chan struct{})
 	var wg sync.WaitGroup
 	var n atomic.Int64
 	var mu sync.Mutex
 	var failed []error
+	var slowest time.Duration
 	wg.Go(func() {
 		for i := 0; ; i++ {
 			select {
@@ -68,7 +69,10 @@ func requestLoop(from, to *container, port int) (stop func() (sent int, failed [
 				return
 			default:
 			}
-			if err := request(from, to, port, fmt.Sprintf("request %d", i)); err != nil {
+			start := time.Now()
+			err := request(from, to, port, fmt.Sprintf("request %d", i))
+			slowest = max(slowest, time.Since(start))
+			if err != nil {
 				mu.Lock()
 				failed = append(failed, fmt.Errorf("request %d at %s: %w", i, time.Now().Format("15:04:05.000"), err))
 				mu.Unlock()
@@ -80,6 +84,7 @@ func requestLoop(from, to *container, port int) (stop func() (sent int, failed [
 	return func() (int, []error) {
 		close(done)
 		wg.Wait()
+		t.Logf("slowest request of %d: %v", n.Load(), slowest)
 		return int(n.Load()), failed
 	}
 }
@@ -170,7 +175,6 @@ func TestWireGuardEncryption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	poll(t, 10*time.Second, "front -> back allowed", func() (bool, error) { return talk(t, a, b, echoPort) == nil, nil })
 	u1, u2 := w.cell(1).IP, w.cell(2).IP
 	outer := t
 	var refusedOff error
@@ -178,6 +182,7 @@ func TestWireGuardEncryption(t *testing.T) {
 		refusedOff = talk(t, b, a, echoPort)
 		return refusedOff != nil, nil
 	})
+	poll(t, 10*time.Second, "front -> back allowed", func() (bool, error) { return talk(t, a, b, echoPort) == nil, nil })
 
 	marker := "trellis-plaintext-marker-8080"
 	frames := underlayTraffic(t, w, func() {
@@ -228,7 +233,7 @@ func TestWireGuardEncryption(t *testing.T) {
 
 	t.Run("RotationLosesNoRequest", func(t *testing.T) {
 		before := cellsByName(t, c)
-		stop := requestLoop(a, b, echoPort)
+		stop := requestLoop(t, a, b, echoPort)
 		time.Sleep(300 * time.Millisecond)
 		if _, err := c.admin.RotateCellKeys(ctx, nil); err != nil {
 			t.Fatal(err)
@@ -317,7 +322,7 @@ func TestWireGuardEncryption(t *testing.T) {
 		// Bound: turning encryption off remakes the VTEP once on each
 		// cell; a request caught in it is retried by TCP, so none fails.
 		const maxLost = 0
-		stop := requestLoop(a, b, echoPort)
+		stop := requestLoop(t, a, b, echoPort)
 		time.Sleep(300 * time.Millisecond)
 		if err := c.admin.SetEncryption(ctx, api.EncryptionOff); err != nil {
 			t.Fatal(err)

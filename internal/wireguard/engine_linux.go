@@ -5,8 +5,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"golang.org/x/sys/unix"
@@ -146,6 +148,7 @@ func upKernel(cfg Config) (Engine, error) {
 func (k *kernelEngine) SetKey(key Key) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	since := time.Now()
 	err := k.client(func(c *wgctrl.Client) error {
 		return c.ConfigureDevice(k.name, wgtypes.Config{PrivateKey: &key})
 	})
@@ -153,7 +156,40 @@ func (k *kernelEngine) SetKey(key Key) error {
 		return fmt.Errorf("wireguard: set key of %s in %s: %w", k.name, k.ns, err)
 	}
 	k.key = key
+	kickAfter(k, since, nil)
 	return nil
+}
+
+func (k *kernelEngine) lastHandshakes() (map[Key]time.Time, bool) {
+	hs := map[Key]time.Time{}
+	err := k.client(func(c *wgctrl.Client) error {
+		d, err := c.Device(k.name)
+		if err != nil {
+			return err
+		}
+		for _, p := range d.Peers {
+			hs[p.PublicKey] = p.LastHandshakeTime
+		}
+		return nil
+	})
+	return hs, err == nil
+}
+
+func (k *kernelEngine) renew(key Key, since time.Time) {
+	k.client(func(c *wgctrl.Client) error {
+		d, err := c.Device(k.name)
+		if err != nil {
+			return err
+		}
+		for _, p := range d.Peers {
+			if p.PublicKey != key || !p.LastHandshakeTime.Before(since) {
+				continue
+			}
+			pc := wgtypes.PeerConfig{PublicKey: key, Endpoint: p.Endpoint, ReplaceAllowedIPs: true, AllowedIPs: p.AllowedIPs}
+			return c.ConfigureDevice(k.name, wgtypes.Config{Peers: []wgtypes.PeerConfig{{PublicKey: key, Remove: true}, pc}})
+		}
+		return nil
+	})
 }
 
 func (k *kernelEngine) SetPeers(peers []Peer) error {
@@ -182,8 +218,12 @@ func (k *kernelEngine) SetPeers(peers []Peer) error {
 		if err != nil || len(pcs) == 0 {
 			return err
 		}
+		since := time.Now()
 		if err := c.ConfigureDevice(k.name, wgtypes.Config{Peers: pcs}); err != nil {
 			return fmt.Errorf("wireguard: set peers of %s in %s: %w", k.name, k.ns, err)
+		}
+		if fresh := newKeys(have, peers); len(fresh) > 0 {
+			kickAfter(k, since, fresh)
 		}
 		return nil
 	})
@@ -298,10 +338,12 @@ func (u *userEngine) ListenPort() int { return u.port }
 func (u *userEngine) SetKey(key Key) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
+	since := time.Now()
 	if err := u.dev.IpcSet("private_key=" + hex.EncodeToString(key[:]) + "\n"); err != nil {
 		return fmt.Errorf("wireguard: set key of %s in %s: %w", u.name, u.ns, err)
 	}
 	u.key = key
+	kickAfter(u, since, nil)
 	return nil
 }
 
@@ -312,29 +354,68 @@ func (u *userEngine) SetPeers(peers []Peer) error {
 	if err != nil || len(pcs) == 0 {
 		return err
 	}
-	var b strings.Builder
-	for _, pc := range pcs {
-		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(pc.PublicKey[:]))
-		if pc.Remove {
-			b.WriteString("remove=true\n")
-			continue
-		}
-		if pc.Endpoint != nil {
-			fmt.Fprintf(&b, "endpoint=%s\n", pc.Endpoint)
-		}
-		b.WriteString("replace_allowed_ips=true\n")
-		for _, a := range pc.AllowedIPs {
-			fmt.Fprintf(&b, "allowed_ip=%s\n", a.String())
-		}
-	}
-	if err := u.dev.IpcSet(b.String()); err != nil {
+	since := time.Now()
+	if err := u.dev.IpcSet(uapiPeers(pcs)); err != nil {
 		// What the device holds is unknown now: start the next diff from
 		// nothing, which replaces every peer's settings.
 		u.peers = map[Key]Peer{}
 		return fmt.Errorf("wireguard: set peers of %s in %s: %w", u.name, u.ns, err)
 	}
+	fresh := newKeys(u.peers, peers)
 	u.peers = peerMap(peers)
+	if len(fresh) > 0 {
+		kickAfter(u, since, fresh)
+	}
 	return nil
+}
+
+func (u *userEngine) lastHandshakes() (map[Key]time.Time, bool) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return nil, false
+	}
+	out, err := u.dev.IpcGet()
+	if err != nil {
+		return nil, false
+	}
+	hs := map[Key]time.Time{}
+	var cur Key
+	var secs int64
+	for _, line := range strings.Split(out, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "public_key":
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) != len(cur) {
+				return nil, false
+			}
+			cur = Key(b)
+		case "last_handshake_time_sec":
+			secs, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			ns, _ := strconv.ParseInt(v, 10, 64)
+			hs[cur] = time.Time{}
+			if secs != 0 || ns != 0 {
+				hs[cur] = time.Unix(secs, ns)
+			}
+		}
+	}
+	return hs, true
+}
+
+func (u *userEngine) renew(k Key, since time.Time) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	p, ok := u.peers[k]
+	if !ok || u.closed {
+		return
+	}
+	pcs, _ := peerConfig(nil, []Peer{p})
+	ipc := "public_key=" + hex.EncodeToString(k[:]) + "\nremove=true\n" + uapiPeers(pcs)
+	if err := u.dev.IpcSet(ipc); err != nil {
+		u.peers = map[Key]Peer{}
+	}
 }
 
 func (u *userEngine) Close() error {
@@ -350,6 +431,26 @@ func (u *userEngine) Close() error {
 		u.dev.Close() // closes the TUN, which deletes the link
 	}
 	return nil
+}
+
+// uapiPeers writes peer changes in wireguard-go's configuration protocol.
+func uapiPeers(pcs []wgtypes.PeerConfig) string {
+	var b strings.Builder
+	for _, pc := range pcs {
+		fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(pc.PublicKey[:]))
+		if pc.Remove {
+			b.WriteString("remove=true\n")
+			continue
+		}
+		if pc.Endpoint != nil {
+			fmt.Fprintf(&b, "endpoint=%s\n", pc.Endpoint)
+		}
+		b.WriteString("replace_allowed_ips=true\n")
+		for _, a := range pc.AllowedIPs {
+			fmt.Fprintf(&b, "allowed_ip=%s\n", a.String())
+		}
+	}
+	return b.String()
 }
 
 // nsBind opens wireguard-go's UDP sockets in the cell's namespace,

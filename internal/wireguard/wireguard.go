@@ -124,6 +124,18 @@ func peerConfig(have map[Key]Peer, want []Peer) ([]wgtypes.PeerConfig, error) {
 	return pcs, nil
 }
 
+// newKeys are the keys of want that have does not hold: peers whose
+// sessions start now.
+func newKeys(have map[Key]Peer, want []Peer) map[Key]bool {
+	fresh := map[Key]bool{}
+	for _, p := range want {
+		if _, ok := have[p.PublicKey]; !ok {
+			fresh[p.PublicKey] = true
+		}
+	}
+	return fresh
+}
+
 func samePeer(a, b Peer) bool {
 	return a.PublicKey == b.PublicKey && a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs)
 }
