@@ -34,6 +34,9 @@ type command struct {
 	summary string // one line for `trellis help`, capitalised, no full stop
 	usage   string // synopsis lines, each after "trellis ": "create-app APP [-s SPACE]"
 	example string // one or more full command lines, one per line
+	// detail, if set, explains the command in a few lines of its help
+	// (DESCRIPTION), each line as written.
+	detail string
 	// config says the command reads the CLI config: it gets a --config
 	// flag, and e.session() loads the config it names.
 	config     bool
@@ -72,6 +75,8 @@ var commands = []*command{
 	controllerCommand,
 	instanceCACommand,
 	rotateInstanceCACommand,
+	encryptionCommand,
+	rotateCellKeysCommand,
 
 	// Apps and routes
 	appsCommand,
@@ -175,6 +180,12 @@ func printCommandHelp(w io.Writer, c *command) {
 	fmt.Fprintf(w, "USAGE:\n")
 	for line := range strings.Lines(c.usage) {
 		fmt.Fprintf(w, "   trellis %s\n", strings.TrimRight(line, "\n"))
+	}
+	if c.detail != "" {
+		fmt.Fprintf(w, "\nDESCRIPTION:\n")
+		for line := range strings.Lines(c.detail) {
+			fmt.Fprintf(w, "   %s\n", strings.TrimRight(line, "\n"))
+		}
 	}
 	if c.example != "" {
 		fmt.Fprintf(w, "\nEXAMPLES:\n")

@@ -7,6 +7,7 @@ import (
 	"net/netip"
 	"strings"
 
+	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/controller"
 	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/ipam"
@@ -16,11 +17,12 @@ var controllerCommand = &command{
 	name:    "controller",
 	group:   groupControlPlane,
 	summary: "Run the control plane: policy API, apps and routes, CA, store",
-	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL] [--admin-config FILE] [--overlay-cidr CIDR --cell-subnet-prefix N] [--instance-cert-validity D] [--trust-domain NAME]",
+	usage:   "controller --state-dir DIR [--listen ADDR] [--database-url URL] [--advertise-url URL] [--admin-config FILE] [--overlay-cidr CIDR --cell-subnet-prefix N] [--instance-cert-validity D] [--trust-domain NAME] [--encryption wireguard|off] [--cell-key-rotation D]",
 	example: "trellis controller --state-dir /var/lib/trellis\n" +
 		"trellis controller --state-dir /var/lib/trellis --listen 0.0.0.0:4002 --database-url 'postgres://trellis:secret@db:5432/trellis?sslmode=require'\n" +
 		"trellis controller --state-dir /var/lib/trellis2 --database-url 'postgres://...' --admin-config /path/to/first/admin.json\n" +
-		"trellis controller --state-dir /tmp/trellis --instance-cert-validity 5m --trust-domain test.internal",
+		"trellis controller --state-dir /tmp/trellis --instance-cert-validity 5m --trust-domain test.internal\n" +
+		"trellis controller --state-dir /var/lib/trellis --encryption wireguard --cell-key-rotation 720h",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		var cfg controller.Config
 		var logLevel string
@@ -35,7 +37,15 @@ var controllerCommand = &command{
 		fs.DurationVar(&cfg.InstanceCertValidity, "instance-cert-validity", controller.DefaultInstanceCertValidity,
 			"Instance identity certificates are valid for `DURATION` (at least 1m; cells renew them well before)")
 		fs.StringVar(&cfg.TrustDomain, "trust-domain", identity.DefaultTrustDomain, "SPIFFE trust domain `NAME` of instance certificates' URIs (spiffe://NAME/org/...)")
+		fs.StringVar(&cfg.Encryption, "encryption", api.EncryptionOff, "Encrypt traffic between cells of a new foundation with `MODE` wireguard, or not (off); a foundation keeps its mode (change it with trellis encryption)")
+		fs.DurationVar(&cfg.CellKeyRotation, "cell-key-rotation", 0, "Have cells replace WireGuard keys older than `DURATION` (e.g. 720h; 0: only trellis rotate-cell-keys does)")
 		return func(ctx context.Context, args []string) error {
+			if cfg.Encryption != api.EncryptionOff && cfg.Encryption != api.EncryptionWireGuard {
+				return badInput("invalid --encryption %q: use wireguard or off", cfg.Encryption)
+			}
+			if cfg.CellKeyRotation < 0 {
+				return badInput("invalid --cell-key-rotation %v: must not be negative (0 turns it off)", cfg.CellKeyRotation)
+			}
 			prefix, err := netip.ParsePrefix(*overlay)
 			if err != nil {
 				return badInput("invalid --overlay-cidr %q: %v", *overlay, err)

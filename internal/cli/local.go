@@ -36,8 +36,8 @@ var upCommand = &command{
 	name:    "up",
 	group:   groupLocal,
 	summary: "Start a local foundation: underlay, cells, controller and agents in namespaces",
-	usage:   "up [--cells N] [--state-dir DIR] [--detach] [--config FILE] [--instance-cert-validity D]",
-	example: "trellis up\ntrellis up --cells 3 --detach",
+	usage:   "up [--cells N] [--state-dir DIR] [--detach] [--config FILE] [--instance-cert-validity D] [--encryption wireguard|off]",
+	example: "trellis up\ntrellis up --cells 3 --detach\ntrellis up --encryption wireguard",
 	setup: func(fs *flag.FlagSet, e *env) func(context.Context, []string) error {
 		cells := fs.Int("cells", 2, "Run `N` cells")
 		dir := stateDirFlag(fs, e)
@@ -46,9 +46,13 @@ var upCommand = &command{
 		controllers := fs.Int("controllers", 1, "Run `N` controllers (more than one share the PostgreSQL database of --database-url)")
 		dbURL := fs.String("database-url", "", "The controllers' PostgreSQL database `URL` (postgres://…; default SQLite in the state dir)")
 		validity := fs.Duration("instance-cert-validity", 0, "Instance identity certificates are valid for `DURATION` (default 24h; at least 1m — short ones show rotation)")
+		encryption := fs.String("encryption", api.EncryptionOff, "Encrypt traffic between cells with `MODE` wireguard, or not (off); change it later with trellis encryption")
 		return func(ctx context.Context, args []string) error {
 			if len(args) > 0 {
 				return badUsage("up takes no arguments")
+			}
+			if *encryption != api.EncryptionOff && *encryption != api.EncryptionWireGuard {
+				return badInput("invalid --encryption %q: use wireguard or off", *encryption)
 			}
 			if *validity != 0 && *validity < time.Minute {
 				return badInput("invalid --instance-cert-validity %s: must be at least 1m", *validity)
@@ -63,7 +67,7 @@ var upCommand = &command{
 				return badInput("invalid --controllers %d: several controllers share one PostgreSQL database: give --database-url postgres://…", *controllers)
 			}
 			f, err := launcher.Up(ctx, launcher.Options{StateDir: *dir, Cells: *cells, Progress: e.stderr, InstanceCertValidity: *validity,
-				Controllers: *controllers, DatabaseURL: *dbURL})
+				Controllers: *controllers, DatabaseURL: *dbURL, Encryption: *encryption})
 			if errors.Is(err, launcher.ErrAlreadyUp) {
 				return err
 			}
@@ -203,7 +207,12 @@ var statusCommand = &command{
 				e.printf("controller   %s   healthy: %v\n", c.URL, c.Healthy)
 			}
 			e.printf("underlay     %s (198.51.100.0/24)\n", st.Underlay)
-			e.printf("cni plugin   %s\n\n", st.CNIPlugin)
+			e.printf("cni plugin   %s\n", st.CNIPlugin)
+			if st.Encryption != "" {
+				e.printf("encryption   %s\n", st.Encryption)
+			}
+			e.printCellKeys(st)
+			e.printf("\n")
 			rows := [][]string{}
 			for _, c := range st.Cells {
 				healthy := strconv.FormatBool(c.Healthy)

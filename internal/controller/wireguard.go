@@ -159,9 +159,6 @@ func initEncryption(ctx context.Context, st *store.Store, mode string, log *slog
 	if have != mode {
 		log.Info("the foundation's encryption mode is kept: --encryption sets a new foundation's (change it with trellis encryption)", "encryption", have, "flag", mode)
 	}
-	if have == api.EncryptionOff {
-		log.Warn("encryption between cells is OFF: traffic between cells crosses the underlay in plaintext (trellis encryption wireguard turns it on)")
-	}
 	return have, nil
 }
 

@@ -128,6 +128,10 @@ type Options struct {
 	// DatabaseURL is the controllers' PostgreSQL database (postgres://…);
 	// empty means SQLite in the controller's state dir (one controller).
 	DatabaseURL string
+	// Encryption is the new foundation's encryption between cells (the
+	// controller's --encryption): "" or api.EncryptionOff, or
+	// api.EncryptionWireGuard.
+	Encryption string
 }
 
 // Load reads the foundation of stateDir.
@@ -243,6 +247,9 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 		}
 		if o.DatabaseURL != "" {
 			args = append(args, "--database-url", o.DatabaseURL)
+		}
+		if o.Encryption != "" {
+			args = append(args, "--encryption", o.Encryption)
 		}
 		return args
 	}

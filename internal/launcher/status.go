@@ -3,6 +3,8 @@ package launcher
 import (
 	"context"
 	"encoding/json"
+	"fmt"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 )
@@ -19,6 +21,9 @@ type FoundationStatus struct {
 	// Cells are the foundation's cells, each with its status; they stand
 	// for Foundation.Cells in the JSON.
 	Cells []CellStatus `json:"cells"`
+	// Encryption is the encryption between cells (api.EncryptionOff or
+	// api.EncryptionWireGuard) as a controller answers; "" if none did.
+	Encryption string `json:"encryption,omitempty"`
 }
 
 // ControllerStatus is one controller of a foundation and whether it
@@ -34,6 +39,13 @@ type CellStatus struct {
 	Subnet  string `json:"subnet"`
 	Healthy bool   `json:"healthy"`
 	Reason  string `json:"reason,omitempty"` // why it is not healthy
+	// WireGuardKey is whether the cell registered a WireGuard public key
+	// with the controller, KeyGeneration the generation of that key and
+	// WantedKeyGeneration the one the controller asks for (a rotation is
+	// under way while it is the greater); all as the controller answers.
+	WireGuardKey        bool  `json:"wireguard_key"`
+	KeyGeneration       int64 `json:"key_generation,omitempty"`
+	WantedKeyGeneration int64 `json:"wanted_key_generation,omitempty"`
 	// Controller is the controller the agent talks to now, and Failovers
 	// the times it moved to another (api.AgentStatus).
 	Controller string `json:"controller,omitempty"`
@@ -41,6 +53,21 @@ type CellStatus struct {
 	// WireGuard is the engine of the cell's WireGuard device ("kernel" or
 	// "userspace"), empty while the foundation does not encrypt.
 	WireGuard string `json:"wireguard,omitempty"`
+}
+
+// KeyStatus says whether the cell has a WireGuard key and at which
+// generation: "none", "gen 2", "gen 2, rotating to 3"; "" when the
+// controller did not say.
+func (c CellStatus) KeyStatus() string {
+	switch {
+	case c.WantedKeyGeneration == 0:
+		return ""
+	case !c.WireGuardKey:
+		return "none"
+	case c.WantedKeyGeneration > c.KeyGeneration:
+		return fmt.Sprintf("gen %d, rotating to %d", c.KeyGeneration, c.WantedKeyGeneration)
+	}
+	return fmt.Sprintf("gen %d", c.KeyGeneration)
 }
 
 // Status reads the foundation in stateDir and asks its controller and
@@ -70,7 +97,43 @@ func Status(ctx context.Context, stateDir string) (FoundationStatus, error) {
 		}
 		s.Cells = append(s.Cells, cs)
 	}
+	s.controllerView(ctx)
 	return s, nil
+}
+
+// controllerView adds what a controller says: the encryption mode, and
+// each cell's WireGuard key. A controller that does not answer leaves them
+// out.
+func (s *FoundationStatus) controllerView(ctx context.Context) {
+	if !s.ControllerHealthy {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	cfg, err := api.LoadClientConfig(s.Admin)
+	if err != nil {
+		return
+	}
+	c, err := api.NewClient(cfg)
+	if err != nil {
+		return
+	}
+	if s.Encryption, err = c.Encryption(ctx); err != nil {
+		s.Encryption = ""
+		return
+	}
+	cells, err := c.Cells(ctx)
+	if err != nil {
+		return
+	}
+	for i := range s.Cells {
+		for _, k := range cells {
+			if k.Name == s.Cells[i].Name {
+				s.Cells[i].WireGuardKey = k.WireGuardKey != ""
+				s.Cells[i].KeyGeneration, s.Cells[i].WantedKeyGeneration = k.WireGuardKeyGeneration, k.KeyGeneration
+			}
+		}
+	}
 }
 
 // controllerHealthy reports whether the controller at url answers its

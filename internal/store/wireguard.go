@@ -103,7 +103,7 @@ func (s *Store) RotateCellKeys(ctx context.Context, names []string) ([]Cell, err
 		}
 		for _, n := range names {
 			if !slices.ContainsFunc(cs, func(c Cell) bool { return c.Name == n }) {
-				return false, fmt.Errorf("cell %q: %w", n, ErrNotFound)
+				return false, fmt.Errorf("cell %q %w", n, ErrNotFound)
 			}
 		}
 		changed := false
