@@ -41,6 +41,10 @@ type Dataplane struct {
 	// wg is the cell's WireGuard device while encryption is on (nil: off,
 	// or not yet adopted since New).
 	wg wireguard.Engine
+	// guardSet and guardPort are the VXLAN guard last applied (see
+	// setVXLANGuard): the VXLAN port it guards, -1 for none.
+	guardSet  bool
+	guardPort int
 }
 
 // New returns the dataplane of the cell whose network namespace is at

@@ -68,6 +68,12 @@ func (d *Dataplane) setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op,
 		}
 	}
 	ops = append(wgOps, ops...)
+	// Plain VXLAN from the underlay is refused while encryption is on
+	// (set once the VTEP sends inside WireGuard, removed once it no
+	// longer does).
+	if err := d.setVXLANGuard(c.WireGuard != nil, cmp.Or(c.Port, DefaultPort)); err != nil {
+		return ops, fmt.Errorf("set overlay in %s: %w", d.ns, err)
+	}
 	if c.WireGuard == nil {
 		rm, err := d.removeWireGuard(k)
 		ops = append(ops, rm...)
@@ -92,6 +98,10 @@ func (d *Dataplane) TeardownOverlay() error {
 		return fmt.Errorf("teardown overlay in %s: delete %s: %w", d.ns, VTEPName, err)
 	}
 	if _, err := d.removeWireGuard(k); err != nil {
+		return fmt.Errorf("teardown overlay in %s: %w", d.ns, err)
+	}
+	d.guardSet = false
+	if err := d.setVXLANGuard(false, 0); err != nil {
 		return fmt.Errorf("teardown overlay in %s: %w", d.ns, err)
 	}
 	return nil

@@ -134,6 +134,12 @@ func TestOverlayWireGuard(t *testing.T) {
 		t.Errorf("container received %q, %v", buf[:n], err)
 	}
 
+	// Plain VXLAN from the underlay (here from cell1's namespace, with a
+	// tag of its choosing) does not get in while encryption is on.
+	if n := injectVXLAN(t, cells[0], cells[1], c, 7778); n != 0 {
+		t.Errorf("a plain VXLAN packet from the underlay reached the container with encryption on (%d received)", n)
+	}
+
 	for _, cell := range cells {
 		ops, err := cell.setOverlay(peers)
 		if err != nil || len(ops) > 0 {
@@ -154,7 +160,60 @@ func TestOverlayWireGuard(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	checkTCP(t, a, c, 8080)
+	if n := injectVXLAN(t, plain[0], plain[1], c, 7779); n == 0 {
+		t.Errorf("the crafted VXLAN packet does not reach the container with encryption off either: the guard check proves nothing")
+	}
 	if ports := underlayUDP(capture, 300*time.Millisecond); ports[DefaultPort] == 0 {
 		t.Errorf("UDP on the underlay by destination port = %v with encryption off, want VXLAN's %d", ports, DefaultPort)
+	}
+}
+
+// injectVXLAN sends, from a UDP socket in from's namespace, plain
+// VXLAN-GBP packets to to's underlay address that carry a UDP datagram for
+// dst:port, and reports how many dst received within a second.
+func injectVXLAN(t *testing.T, from, to nsCell, dst Container, port int) int {
+	t.Helper()
+	server := listenUDP(t, dst.NetNS, dst.IP, port)
+	var conn *net.UDPConn
+	inNS(t, from.NetNS, func() (err error) { conn, err = net.ListenUDP("udp4", nil); return err })
+	defer conn.Close()
+	payload := []byte("injected")
+	udp := make([]byte, 8, 8+len(payload))
+	binary.BigEndian.PutUint16(udp[0:], 40000)
+	binary.BigEndian.PutUint16(udp[2:], uint16(port))
+	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
+	udp = append(udp, payload...)
+	ip := make([]byte, 20)
+	ip[0], ip[8], ip[9] = 0x45, 64, unix.IPPROTO_UDP
+	binary.BigEndian.PutUint16(ip[2:], uint16(20+len(udp)))
+	src := from.Subnet.Addr().Next().Next().As4()
+	dip := dst.IP.As4()
+	copy(ip[12:], src[:])
+	copy(ip[16:], dip[:])
+	var sum uint32
+	for i := 0; i < 20; i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
+	}
+	for sum > 0xffff {
+		sum = sum&0xffff + sum>>16
+	}
+	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
+	m := vtepMAC(vtepAddr(to.Subnet))
+	frame := append(append(append([]byte{}, m[:]...), 0x02, 0, 0, 0, 0, 1, 0x08, 0x00), append(ip, udp...)...)
+	vx := []byte{0x88, 0, 0x00, 0x05, 0, 0, DefaultVNI, 0}
+	pkt := append(vx, frame...)
+	for range 5 {
+		if _, err := conn.WriteToUDPAddrPort(pkt, netip.AddrPortFrom(to.UnderlayIP, DefaultPort)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := 0
+	buf := make([]byte, 2048)
+	server.SetReadDeadline(time.Now().Add(time.Second))
+	for {
+		if _, err := server.Read(buf); err != nil {
+			return n
+		}
+		n++
 	}
 }
