@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -291,16 +292,43 @@ func upUserspace(cfg Config) (Engine, error) {
 		return nil, err
 	}
 	defer h.Close()
-	if l, err := h.LinkByName(cfg.Name); err == nil {
-		// A TUN left by a process gone (its device would have died with
-		// it unless made persistent) or a link of another kind: replace.
-		if err := h.LinkDel(l); err != nil {
-			return nil, fmt.Errorf("wireguard: delete stale %s in %s: %w", cfg.Name, cfg.NetNS, err)
-		}
+	// The TUN is persistent: it outlives the process, so that an agent
+	// restarted as a new process finds the device with its addresses and
+	// routes, and the VTEP that sends through it, and attaches to it (the
+	// packets of the moments between are dropped, and retransmitted).
+	create := func() (td tun.Device, err error) {
+		err = netns.Do(cfg.NetNS, func() error {
+			if td, err = tun.CreateTUN(cfg.Name, cfg.MTU); err != nil {
+				return err
+			}
+			return setPersist(td, true)
+		})
+		return td, err
 	}
 	var td tun.Device
-	if err := netns.Do(cfg.NetNS, func() (err error) { td, err = tun.CreateTUN(cfg.Name, cfg.MTU); return err }); err != nil {
-		return nil, fmt.Errorf("wireguard: create TUN %s in %s: %w", cfg.Name, cfg.NetNS, err)
+	if l, err := h.LinkByName(cfg.Name); err == nil {
+		if l.Type() == "tuntap" || l.Type() == "tun" {
+			// Attach to the one left by an earlier process (or engine: a
+			// closed descriptor may take a moment to let go).
+			for i := 0; i < 20; i++ {
+				if td, err = create(); !errors.Is(err, unix.EBUSY) {
+					break
+				}
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		if td == nil || err != nil {
+			// Another kind of link, or a TUN that does not take us:
+			// replace it.
+			if err := h.LinkDel(l); err != nil {
+				return nil, fmt.Errorf("wireguard: delete stale %s in %s: %w", cfg.Name, cfg.NetNS, err)
+			}
+		}
+	}
+	if td == nil {
+		if td, err = create(); err != nil {
+			return nil, fmt.Errorf("wireguard: create TUN %s in %s: %w", cfg.Name, cfg.NetNS, err)
+		}
 	}
 	logger := &device.Logger{Verbosef: device.DiscardLogf, Errorf: device.DiscardLogf}
 	if cfg.Log != nil {
@@ -426,9 +454,45 @@ func (u *userEngine) Close() error {
 	runningMu.Unlock()
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if !u.closed {
-		u.closed = true
-		u.dev.Close() // closes the TUN, which deletes the link
+	if u.closed {
+		return nil
+	}
+	u.closed = true
+	u.dev.Close()
+	// The TUN is persistent (see upUserspace): delete it.
+	h, err := netns.Handle(u.ns)
+	if err != nil {
+		return nil // the namespace is gone, and the device with it
+	}
+	defer h.Close()
+	if l, err := h.LinkByName(u.name); err == nil {
+		if err := h.LinkDel(l); err != nil {
+			return fmt.Errorf("wireguard: delete %s in %s: %w", u.name, u.ns, err)
+		}
+	}
+	return nil
+}
+
+// setPersist makes the TUN outlive its file descriptor, or not.
+func setPersist(td tun.Device, on bool) error {
+	nt, ok := td.(interface{ File() *os.File })
+	if !ok {
+		return errors.New("TUN without a file")
+	}
+	rc, err := nt.File().SyscallConn()
+	if err != nil {
+		return err
+	}
+	v := 0
+	if on {
+		v = 1
+	}
+	var ierr error
+	if err := rc.Control(func(fd uintptr) { ierr = unix.IoctlSetInt(int(fd), unix.TUNSETPERSIST, v) }); err != nil {
+		return err
+	}
+	if ierr != nil {
+		return fmt.Errorf("TUNSETPERSIST: %w", ierr)
 	}
 	return nil
 }

@@ -209,6 +209,44 @@ func TestUserspaceEngine(t *testing.T) {
 		}
 	})
 
+	t.Run("ReattachAfterProcessExit", func(t *testing.T) {
+		// A process that exits closes its TUN without deleting it: the
+		// persistent device stays, and the next process attaches to it.
+		h := dataplanetest.Handle(t, a.c.NetNS)
+		before, err := h.LinkByName("trellis-wg")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ua := a.e.(*userEngine)
+		runningMu.Lock()
+		delete(running, ua.id)
+		runningMu.Unlock()
+		ua.dev.Close()
+		after, err := h.LinkByName("trellis-wg")
+		if err != nil || after.Attrs().Index != before.Attrs().Index {
+			t.Fatalf("trellis-wg after its process closed it: %v, want it kept", err)
+		}
+		e, err := Up(Config{NetNS: a.c.NetNS, Name: "trellis-wg", PrivateKey: a.key, Kind: KindUserspace})
+		if err != nil {
+			t.Fatal(err)
+		}
+		a.e = e
+		again, err := h.LinkByName("trellis-wg")
+		if err != nil || again.Attrs().Index != before.Attrs().Index {
+			t.Fatalf("trellis-wg after a new Up: %v, want the same device attached", err)
+		}
+		if err := e.SetPeers([]Peer{b.peer()}); err != nil {
+			t.Fatal(err)
+		}
+		ok := false
+		for i := 0; i < 50 && !ok; i++ {
+			ok = ping(cli, dst, fmt.Sprint("reattached ", i), 200*time.Millisecond)
+		}
+		if !ok {
+			t.Fatal("no echo through the reattached device")
+		}
+	})
+
 	t.Run("AdoptAndClose", func(t *testing.T) {
 		e, err := Up(Config{NetNS: a.c.NetNS, Name: "trellis-wg", PrivateKey: a.key})
 		if err != nil {
