@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/wireguard"
@@ -40,7 +41,8 @@ type Dataplane struct {
 	egress *egressPlan
 	// wg is the cell's WireGuard device while encryption is on (nil: off,
 	// or not yet adopted since New).
-	wg wireguard.Engine
+	wg    wireguard.Engine
+	wgNow atomic.Value // *wireguard.Engine: wg, for WireGuard without the lock
 	// guardSet and guardPort are the VXLAN guard last applied (see
 	// setVXLANGuard): the VXLAN port it guards, -1 for none.
 	guardSet  bool

@@ -65,3 +65,20 @@ func wgPeers(c Cell, peers []Peer) []wireguard.Peer {
 	}
 	return out
 }
+
+// WireGuard reports the engine that runs the cell's WireGuard device
+// ("kernel" or "userspace") and its public key; "" when encryption is off.
+// It does not wait for a Set under way.
+func (d *Dataplane) WireGuard() (engine string, publicKey wireguard.Key) {
+	p, _ := d.wgNow.Load().(*wireguard.Engine)
+	if p == nil || *p == nil {
+		return "", wireguard.Key{}
+	}
+	return (*p).Kind(), (*p).PublicKey()
+}
+
+// setWG records the engine in use (nil: none).
+func (d *Dataplane) setWG(e wireguard.Engine) {
+	d.wg = e
+	d.wgNow.Store(&e)
+}

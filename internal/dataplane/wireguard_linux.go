@@ -26,7 +26,7 @@ func (d *Dataplane) setWireGuard(k nsKernel, c Cell, peers []Peer, underlayMTU i
 		if err != nil {
 			return nil, err
 		}
-		d.wg = e
+		d.setWG(e)
 		d.log.Info("WireGuard device up", "engine", e.Kind(), "public_key", e.PublicKey().String(), "port", e.ListenPort())
 	} else if d.wg.PublicKey() != wg.PrivateKey.PublicKey() {
 		if err := d.wg.SetKey(wg.PrivateKey); err != nil {
@@ -109,7 +109,7 @@ func (d *Dataplane) setWireGuard(k nsKernel, c Cell, peers []Peer, underlayMTU i
 func (d *Dataplane) removeWireGuard(k nsKernel) ([]op, error) {
 	if d.wg != nil {
 		err := d.wg.Close()
-		d.wg = nil
+		d.setWG(nil)
 		d.log.Info("WireGuard device removed")
 		return []op{linkDel{WGName}}, err
 	}
@@ -121,17 +121,6 @@ func (d *Dataplane) removeWireGuard(k nsKernel) ([]op, error) {
 	}
 	d.log.Info("WireGuard device removed")
 	return []op{linkDel{WGName}}, nil
-}
-
-// WireGuard reports the engine that runs the cell's WireGuard device
-// ("kernel" or "userspace") and its public key; "" when encryption is off.
-func (d *Dataplane) WireGuard() (engine string, publicKey wireguard.Key) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.wg == nil {
-		return "", wireguard.Key{}
-	}
-	return d.wg.Kind(), d.wg.PublicKey()
 }
 
 // blackholeMetric is the metric of the overlay's fallback route: the worst,
