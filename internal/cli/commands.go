@@ -71,12 +71,12 @@ var commands = []*command{
 	createJoinTokenCommand,
 	cellsCommand,
 	deleteCellCommand,
+	encryptionCommand,
+	rotateCellKeysCommand,
 	cniConfigCommand,
 	controllerCommand,
 	instanceCACommand,
 	rotateInstanceCACommand,
-	encryptionCommand,
-	rotateCellKeysCommand,
 
 	// Apps and routes
 	appsCommand,

@@ -538,6 +538,33 @@ func authzRows() []authzRow {
 			return authzReq{method: "POST", path: "/trellis/v1/cells/join", body: string(body)}
 		}, want: allWant(401)},
 
+		// Encryption between cells (issue 18): anyone who reads the
+		// foundation reads the switch, the admin sets it and rotates keys;
+		// a cell registers its own WireGuard key (its certificate names
+		// it), never another cell's.
+		{pattern: "GET /trellis/v1/encryption", req: get("/trellis/v1/encryption"), want: userWant(200, 200, 200)},
+		{pattern: "PUT /trellis/v1/encryption", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+			return authzReq{method: "PUT", path: "/trellis/v1/encryption", body: `{"mode":"wireguard"}`}
+		}, want: adminWant(200), changes: admin},
+		{pattern: "POST /trellis/v1/cells/rotate-keys", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "POST", path: "/trellis/v1/cells/rotate-keys", body: fmt.Sprintf(`{"cells":[%q]}`, t.cell.Name)}
+			}, want: adminWant(200), changes: admin},
+		{pattern: "PUT /trellis/v1/cell/wireguard-key", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				return authzReq{method: "PUT", path: "/trellis/v1/cell/wireguard-key", body: fmt.Sprintf(`{"public_key":%q,"listen_port":51820,"generation":1}`, testWireGuardKey())}
+			}, want: cellWant(204, 204), changes: []authzKind{kindCell, kindCellOther}},
+		// The target cell's registered key, sent again: the same by the
+		// target cell (nothing changes), refused for another.
+		{pattern: "PUT /trellis/v1/cell/wireguard-key", what: "the target cell's key", spaced: true,
+			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
+				body := fmt.Sprintf(`{"public_key":%q,"listen_port":51820,"generation":1}`, testWireGuardKey())
+				if code, got := f.e.cellCall(t.cellClient, "PUT", "/trellis/v1/cell/wireguard-key", body); code != 204 {
+					f.e.t.Fatalf("register the target cell's key: %d %s", code, got)
+				}
+				return authzReq{method: "PUT", path: "/trellis/v1/cell/wireguard-key", body: body}
+			}, want: cellWant(204, 409)},
+
 		// Cells, as themselves (mutual TLS).
 		{pattern: "GET /trellis/v1/cell/state", req: get("/trellis/v1/cell/state"), want: cellWant(200, 200)},
 		// A cell registers instances of any space's apps (it runs what
@@ -620,33 +647,6 @@ func authzRows() []authzRow {
 		{pattern: "PUT /trellis/v1/enforcement", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
 			return authzReq{method: "PUT", path: "/trellis/v1/enforcement", body: `{"enabled":true}`}
 		}, want: adminWant(200), changes: admin},
-
-		// Encryption between cells (issue 18): anyone who reads the
-		// foundation reads the switch, the admin sets it and rotates keys;
-		// a cell registers its own WireGuard key (its certificate names
-		// it), never another cell's.
-		{pattern: "GET /trellis/v1/encryption", req: get("/trellis/v1/encryption"), want: userWant(200, 200, 200)},
-		{pattern: "PUT /trellis/v1/encryption", req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
-			return authzReq{method: "PUT", path: "/trellis/v1/encryption", body: `{"mode":"wireguard"}`}
-		}, want: adminWant(200), changes: admin},
-		{pattern: "POST /trellis/v1/cells/rotate-keys", spaced: true,
-			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
-				return authzReq{method: "POST", path: "/trellis/v1/cells/rotate-keys", body: fmt.Sprintf(`{"cells":[%q]}`, t.cell.Name)}
-			}, want: adminWant(200), changes: admin},
-		{pattern: "PUT /trellis/v1/cell/wireguard-key", spaced: true,
-			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
-				return authzReq{method: "PUT", path: "/trellis/v1/cell/wireguard-key", body: fmt.Sprintf(`{"public_key":%q,"listen_port":51820,"generation":1}`, testWireGuardKey())}
-			}, want: cellWant(204, 204), changes: []authzKind{kindCell, kindCellOther}},
-		// The target cell's registered key, sent again: the same by the
-		// target cell (nothing changes), refused for another.
-		{pattern: "PUT /trellis/v1/cell/wireguard-key", what: "the target cell's key", spaced: true,
-			req: func(f *authzFixtures, t, o *authzSpace, k authzKind) authzReq {
-				body := fmt.Sprintf(`{"public_key":%q,"listen_port":51820,"generation":1}`, testWireGuardKey())
-				if code, got := f.e.cellCall(t.cellClient, "PUT", "/trellis/v1/cell/wireguard-key", body); code != 204 {
-					f.e.t.Fatalf("register the target cell's key: %d %s", code, got)
-				}
-				return authzReq{method: "PUT", path: "/trellis/v1/cell/wireguard-key", body: body}
-			}, want: cellWant(204, 409)},
 
 		// The cf CLI's way in (issue 15): public documents, and a token
 		// endpoint that takes a grant, not a bearer token or a cell's
