@@ -86,6 +86,7 @@ type Agent struct {
 	socket     *socketServer
 	metrics    *prometheus.Registry
 	dns        *dns.Server
+	keys       *cellKeys // WireGuard
 
 	mu       sync.Mutex
 	state    api.CellState
@@ -158,7 +159,7 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 		return nil, fmt.Errorf("underlay address %s of %s differs from %s the cell joined with: delete the cell (trellis delete-cell %s) and join again", ip, dev, a.id.Cell.UnderlayIP, a.id.Cell.Name)
 	}
 	a.cell = dataplane.Cell{UnderlayDevice: dev, UnderlayIP: ip, Subnet: subnet, MTU: mtu}
-	a.containers, err = loadContainers(filepath.Join(cfg.StateDir, "containers"), subnet, mtu-dataplane.VXLANOverhead)
+	a.containers, err = loadContainers(filepath.Join(cfg.StateDir, "containers"), subnet, dataplane.OverlayMTU(mtu, false))
 	if err != nil {
 		return nil, err
 	}
@@ -167,6 +168,9 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	}
 	if rejoined {
 		a.registerAgain(ctx)
+	}
+	if a.keys, err = newCellKeys(a.log, cfg.StateDir, a.controller.RegisterWireGuardKey); err != nil {
+		return nil, err
 	}
 	a.metrics = prometheus.NewRegistry()
 	// The runtime's and the process's own figures (GC pauses, RSS, CPU), as
@@ -257,6 +261,7 @@ func (a *Agent) run(parent context.Context) error {
 	}
 	bg.Go(func() { a.enforcer.watchFlows(ctx) })
 	bg.Go(func() { a.tls.loop(ctx) })
+	bg.Go(func() { a.keys.loop(ctx) })
 	if err := a.startDNS(ctx, &bg); err != nil {
 		return err
 	}
@@ -385,6 +390,8 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 	}
 	if err != nil {
 		a.log.Error("apply "+failedPart(err), "revision", st.Revision, "err", err)
+	} else {
+		a.syncMTU(st)
 	}
 	a.mu.Lock()
 	a.state, a.applied, a.applyErr = st, err == nil, err
@@ -441,7 +448,9 @@ func (a *Agent) overlay(st api.CellState) (*dataplane.Overlay, error) {
 		}
 		peers = append(peers, dataplane.Peer{UnderlayIP: p.UnderlayIP, Subnet: p.Subnet})
 	}
-	return &dataplane.Overlay{Cell: c, Peers: peers}, nil
+	ov := &dataplane.Overlay{Cell: c, Peers: peers}
+	a.wireGuardOverlay(st, ov)
+	return ov, nil
 }
 
 func (a *Agent) ready() bool {
@@ -457,10 +466,11 @@ func (a *Agent) desired() api.CellState {
 }
 
 func (a *Agent) status() api.AgentStatus {
+	wg := a.wireGuardEngine()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	st := api.AgentStatus{Cell: a.id.Cell.Name, Subnet: a.cell.Subnet.String(), Revision: a.state.Revision, Ready: a.applied,
-		Controller: a.controller.Controller(), Failovers: a.controller.Failovers(), States: a.controller.StateStats()}
+		Controller: a.controller.Controller(), Failovers: a.controller.Failovers(), States: a.controller.StateStats(), WireGuard: wg}
 	switch {
 	case a.applyErr != nil:
 		st.Reason = "desired state not applied: " + a.applyErr.Error()

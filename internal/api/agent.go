@@ -66,4 +66,7 @@ type AgentStatus struct {
 	// States counts the answers to the agent's polls of its desired
 	// state: bytes read, whole states and deltas applied.
 	States StateStats `json:"states"`
+	// WireGuard is the engine of the cell's WireGuard device while the
+	// foundation encrypts: "kernel" or "userspace"; empty when off.
+	WireGuard string `json:"wireguard,omitempty"`
 }

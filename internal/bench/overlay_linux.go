@@ -135,6 +135,14 @@ func Overlay(ctx context.Context, o OverlayOptions) (rep *Report, err error) {
 	if err != nil {
 		return nil, err
 	}
+	wgt, err := r.buildEncrypted(topo)
+	if err != nil {
+		return nil, err
+	}
+	enc, err := r.encrypted(topo, wgt, p)
+	if err != nil {
+		return nil, err
+	}
 	setup, err := r.setup(topo, p.adds)
 	if err != nil {
 		return nil, err
@@ -142,8 +150,8 @@ func Overlay(ctx context.Context, o OverlayOptions) (rep *Report, err error) {
 	if err = r.cniSetup(o.Exe, p, setup); err != nil {
 		return nil, err
 	}
-	rep.Figures = append(tput.figures(), setup.figures()...)
-	rep.Notes = append(tput.notes(p), setup.notes()...)
+	rep.Figures = append(append(tput.figures(), enc.figures()...), setup.figures()...)
+	rep.Notes = append(append(tput.notes(p), enc.notes(p)...), setup.notes()...)
 	rep.Samples = map[string][]float64{
 		"setup/trellis":               setup.trellis,
 		"setup/trellis-addcontainer":  setup.wire,
@@ -158,6 +166,7 @@ func Overlay(ctx context.Context, o OverlayOptions) (rep *Report, err error) {
 			rep.Samples[fmt.Sprintf("tcp-%d/%s", n, key)] = tput.samples[path][n]
 		}
 	}
+	enc.samples(rep.Samples)
 	return rep, nil
 }
 
@@ -234,6 +243,7 @@ type overlayTopo struct {
 	plainA, plainB     endpoint // the same topology without trellis
 	vxlanA, vxlanB     endpoint // the bare VXLAN pair
 	vethA, vethB       endpoint // the direct veth pair
+	attach             attachFunc
 }
 
 func (r *run) buildOverlay() (*overlayTopo, error) {
@@ -245,6 +255,7 @@ func (r *run) buildOverlay() (*overlayTopo, error) {
 	if t.plainA, t.plainB, err = r.plainCells(attach); err != nil {
 		return nil, err
 	}
+	t.attach = attach
 
 	// The bare VXLAN pair: plain vxlan devices on the same underlay.
 	vx := [2]endpoint{}

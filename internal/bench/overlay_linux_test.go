@@ -126,6 +126,9 @@ func TestOverlayQuick(t *testing.T) {
 	}
 	wantIDs := []string{
 		"overlay/tcp-1-vs-plain", "overlay/tcp-1-vs-vxlan", "overlay/tcp-1-vs-veth", "overlay/tcp-4-vs-plain", "overlay/tcp-4-vs-vxlan", "overlay/tcp-4-vs-veth",
+		"overlay/wg-tcp-1-vs-bare-wg", "overlay/wg-tcp-1-vs-off", "overlay/wg-cpu-1-vs-bare-wg",
+		"overlay/wg-tcp-4-vs-bare-wg", "overlay/wg-tcp-4-vs-off", "overlay/wg-cpu-4-vs-bare-wg",
+		"overlay/wg-rr-p50-vs-bare-wg", "overlay/wg-rr-p50-vs-off", "overlay/wg-rr-p99-vs-bare-wg", "overlay/wg-rr-p99-vs-off",
 		"overlay/setup-p50", "overlay/setup-p99", "overlay/setup-growth", "overlay/setup-burst-p50", "overlay/setup-burst-p99", "overlay/setup-wiring-p50", "overlay/setup-wiring-growth",
 		"overlay/plugin-start", "overlay/plugin-start-trellis",
 	}

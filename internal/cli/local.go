@@ -223,9 +223,13 @@ var statusCommand = &command{
 				if c.Failovers > 0 {
 					controller += fmt.Sprintf(" (%d failovers)", c.Failovers)
 				}
-				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, controller, c.CNIConfList})
+				wg := "off"
+				if c.WireGuard != "" {
+					wg = "wireguard (" + c.WireGuard + ")"
+				}
+				rows = append(rows, []string{c.Name, c.NetNS, c.UnderlayIP, c.Subnet, healthy, controller, wg, c.CNIConfList})
 			}
-			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "controller", "cni config"}, rows)
+			e.printTable([]string{"cell", "namespace", "underlay ip", "subnet", "healthy", "controller", "encryption", "cni config"}, rows)
 			return nil
 		}
 	},

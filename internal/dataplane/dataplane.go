@@ -5,7 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"sync/atomic"
 	"time"
+
+	"github.com/trellis-c2c/trellis/internal/wireguard"
 )
 
 // selfNetNS is the process's own namespace, used when a path is "".
@@ -36,6 +39,14 @@ type Dataplane struct {
 	updates, replaces int
 	// egress is the egress plan last applied (nil: none since New).
 	egress *egressPlan
+	// wg is the cell's WireGuard device while encryption is on (nil: off,
+	// or not yet adopted since New).
+	wg    wireguard.Engine
+	wgNow atomic.Value // *wireguard.Engine: wg, for WireGuard without the lock
+	// guardSet and guardPort are the VXLAN guard last applied (see
+	// setVXLANGuard): the VXLAN port it guards, -1 for none.
+	guardSet  bool
+	guardPort int
 }
 
 // New returns the dataplane of the cell whose network namespace is at

@@ -51,3 +51,8 @@ func (d *Dataplane) cutEgress(p *egressPlan) (int, error) { return 0, errors.Err
 
 // TeardownEgress is not supported on this system.
 func (d *Dataplane) TeardownEgress() error { return errors.ErrUnsupported }
+
+// SetContainerMTU needs Linux.
+func SetContainerMTU(hostNS, containerNS, ifName, hostVeth string, mtu int) error {
+	return errors.ErrUnsupported
+}

@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"net/netip"
 	"slices"
+
+	"github.com/trellis-c2c/trellis/internal/wireguard"
 )
 
 // Overlay defaults, from Cloud Foundry silk.
@@ -31,6 +33,9 @@ type Cell struct {
 	VNI            int          // VXLAN network identifier; 0 means DefaultVNI
 	Port           int          // VXLAN UDP port; 0 means DefaultPort
 	MTU            int          // underlay MTU; 0 means read it from UnderlayDevice
+	// WireGuard, when set, carries VXLAN between cells inside the cell's
+	// WireGuard device (see WireGuardAddr); nil sends it on the underlay.
+	WireGuard *WireGuard
 }
 
 // Peer is another cell as this cell needs to know it: where its VTEP is on
@@ -38,6 +43,11 @@ type Cell struct {
 type Peer struct {
 	UnderlayIP netip.Addr
 	Subnet     netip.Prefix
+	// WireGuardKey is the peer's WireGuard public key (zero: none
+	// registered yet) and WireGuardPort its device's port (0: the
+	// default); used while encryption is on.
+	WireGuardKey  wireguard.Key
+	WireGuardPort int
 }
 
 // vtepAddr is the address a cell's VTEP holds: the first address of its
@@ -109,11 +119,18 @@ func desiredOverlay(c Cell, peers []Peer, underlayMTU int) (overlayState, error)
 	if err := c.validate(); err != nil {
 		return want, err
 	}
-	mtu := underlayMTU - VXLANOverhead
+	mtu := OverlayMTU(underlayMTU, c.WireGuard != nil)
 	if mtu < 68 {
 		return want, fmt.Errorf("underlay MTU %d leaves overlay MTU %d, below the IPv4 minimum 68", underlayMTU, mtu)
 	}
 	local := vtepAddr(c.Subnet)
+	// The VTEP's own address, and the underlay it sends on: the cell's
+	// device and address, or its WireGuard device's while encryption is
+	// on.
+	dev, src := c.UnderlayDevice, c.UnderlayIP
+	if c.WireGuard != nil {
+		dev, src = WGName, WireGuardAddr(c.Subnet)
+	}
 	want = overlayState{
 		Forwarding: true,
 		VTEP: &vtepState{
@@ -122,8 +139,8 @@ func desiredOverlay(c Cell, peers []Peer, underlayMTU int) (overlayState, error)
 			Port:     cmp.Or(c.Port, DefaultPort),
 			GBP:      true,
 			Learning: false,
-			Local:    c.UnderlayIP,
-			Dev:      c.UnderlayDevice,
+			Local:    src,
+			Dev:      dev,
 			MAC:      vtepMAC(local),
 			MTU:      mtu,
 			Up:       true,
@@ -149,7 +166,11 @@ func desiredOverlay(c Cell, peers []Peer, underlayMTU int) (overlayState, error)
 		m := vtepMAC(gw)
 		want.Routes[p.Subnet] = routeState{Dst: p.Subnet, Gw: gw, Src: local, OnLink: true}
 		want.Neighs[gw] = neighState{IP: gw, MAC: m, Permanent: true}
-		want.FDB[m] = fdbState{Dsts: []netip.Addr{p.UnderlayIP}, Permanent: true}
+		remote := p.UnderlayIP
+		if c.WireGuard != nil {
+			remote = WireGuardAddr(p.Subnet)
+		}
+		want.FDB[m] = fdbState{Dsts: []netip.Addr{remote}, Permanent: true}
 	}
 	return want, nil
 }

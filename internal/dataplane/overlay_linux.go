@@ -43,13 +43,42 @@ func (d *Dataplane) setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op,
 	if err != nil {
 		return nil, fmt.Errorf("set overlay in %s: %w", d.ns, err)
 	}
+	// The WireGuard device is there before the VTEP sends through it, and
+	// goes after the VTEP stopped.
+	var wgOps []op
+	if c.WireGuard != nil {
+		if wgOps, err = d.setWireGuard(k, c, peers, mtu); err != nil {
+			return wgOps, fmt.Errorf("set overlay in %s: WireGuard: %w", d.ns, err)
+		}
+	}
 	ops := planOverlay(have, want)
+	if slices.Contains(ops, op(linkDel{VTEPName})) {
+		// The VTEP is remade (encryption went on or off): keep packets to
+		// the overlay from failing fast or leaking meanwhile.
+		if err := k.h.RouteReplace(overlayFallback(c.Overlay)); err != nil {
+			return wgOps, fmt.Errorf("set overlay in %s: fallback route: %w", d.ns, err)
+		}
+	}
 	for i, o := range ops {
 		if err := ctx.Err(); err != nil {
-			return ops[:i], fmt.Errorf("set overlay in %s: %w", d.ns, err)
+			return append(wgOps, ops[:i]...), fmt.Errorf("set overlay in %s: %w", d.ns, err)
 		}
 		if err := k.apply(o); err != nil {
-			return ops[:i], fmt.Errorf("set overlay in %s: %v: %w", d.ns, o, err)
+			return append(wgOps, ops[:i]...), fmt.Errorf("set overlay in %s: %v: %w", d.ns, o, err)
+		}
+	}
+	ops = append(wgOps, ops...)
+	// Plain VXLAN from the underlay is refused while encryption is on
+	// (set once the VTEP sends inside WireGuard, removed once it no
+	// longer does).
+	if err := d.setVXLANGuard(c.WireGuard != nil, cmp.Or(c.Port, DefaultPort)); err != nil {
+		return ops, fmt.Errorf("set overlay in %s: %w", d.ns, err)
+	}
+	if c.WireGuard == nil {
+		rm, err := d.removeWireGuard(k)
+		ops = append(ops, rm...)
+		if err != nil {
+			return ops, fmt.Errorf("set overlay in %s: WireGuard: %w", d.ns, err)
 		}
 	}
 	return ops, nil
@@ -67,6 +96,13 @@ func (d *Dataplane) TeardownOverlay() error {
 	defer k.close()
 	if err := k.apply(linkDel{VTEPName}); err != nil {
 		return fmt.Errorf("teardown overlay in %s: delete %s: %w", d.ns, VTEPName, err)
+	}
+	if _, err := d.removeWireGuard(k); err != nil {
+		return fmt.Errorf("teardown overlay in %s: %w", d.ns, err)
+	}
+	d.guardSet = false
+	if err := d.setVXLANGuard(false, 0); err != nil {
+		return fmt.Errorf("teardown overlay in %s: %w", d.ns, err)
 	}
 	return nil
 }

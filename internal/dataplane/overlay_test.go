@@ -26,8 +26,8 @@ var testCell = Cell{
 }
 
 var (
-	peer2 = Peer{addr("198.51.100.12"), pfx("10.255.2.0/24")}
-	peer3 = Peer{addr("198.51.100.13"), pfx("10.255.3.0/24")}
+	peer2 = Peer{UnderlayIP: addr("198.51.100.12"), Subnet: pfx("10.255.2.0/24")}
+	peer3 = Peer{UnderlayIP: addr("198.51.100.13"), Subnet: pfx("10.255.3.0/24")}
 )
 
 func mustWant(t *testing.T, c Cell, peers ...Peer) overlayState {
@@ -111,7 +111,7 @@ bridge fdb del ee:ee:0a:ff:03:00 dev trellis-vtep dst 198.51.100.13 self
 		{
 			name: "all peers left, own lease in the list",
 			have: func() overlayState { return clone(want) },
-			want: mustWant(t, testCell, Peer{testCell.UnderlayIP, testCell.Subnet}),
+			want: mustWant(t, testCell, Peer{UnderlayIP: testCell.UnderlayIP, Subnet: testCell.Subnet}),
 			golden: `
 ip route del 10.255.2.0/24 dev trellis-vtep
 ip route del 10.255.3.0/24 dev trellis-vtep
@@ -124,7 +124,7 @@ bridge fdb del ee:ee:0a:ff:03:00 dev trellis-vtep dst 198.51.100.13 self
 		{
 			name: "peer moved to another underlay address",
 			have: func() overlayState { return clone(want) },
-			want: mustWant(t, testCell, peer2, Peer{addr("198.51.100.99"), peer3.Subnet}),
+			want: mustWant(t, testCell, peer2, Peer{UnderlayIP: addr("198.51.100.99"), Subnet: peer3.Subnet}),
 			golden: `
 bridge fdb replace ee:ee:0a:ff:03:00 dev trellis-vtep dst 198.51.100.99 self permanent
 `,
@@ -245,9 +245,9 @@ func TestDesiredOverlayRejects(t *testing.T) {
 		{"subnet outside overlay", func(c *Cell) { c.Subnet = pfx("10.254.1.0/24") }, nil, "not a subnet of overlay"},
 		{"VNI too big", func(c *Cell) { c.VNI = 1 << 24 }, nil, "VNI"},
 		{"MTU too small", func(c *Cell) { c.MTU = 100 }, nil, "below the IPv4 minimum"},
-		{"peer outside overlay", nil, []Peer{{addr("198.51.100.12"), pfx("10.1.2.0/24")}}, "not a subnet of overlay"},
-		{"peer overlaps cell", nil, []Peer{{addr("198.51.100.12"), pfx("10.255.1.0/24")}}, "overlaps this cell"},
-		{"peers overlap", nil, []Peer{peer2, {addr("198.51.100.13"), pfx("10.255.2.0/25")}}, "overlaps another peer"},
+		{"peer outside overlay", nil, []Peer{{UnderlayIP: addr("198.51.100.12"), Subnet: pfx("10.1.2.0/24")}}, "not a subnet of overlay"},
+		{"peer overlaps cell", nil, []Peer{{UnderlayIP: addr("198.51.100.12"), Subnet: pfx("10.255.1.0/24")}}, "overlaps this cell"},
+		{"peers overlap", nil, []Peer{peer2, {UnderlayIP: addr("198.51.100.13"), Subnet: pfx("10.255.2.0/25")}}, "overlaps another peer"},
 		{"peer without underlay", nil, []Peer{{Subnet: pfx("10.255.2.0/24")}}, "underlay IP is not an IPv4"},
 	}
 	for _, tt := range tests {
@@ -407,7 +407,7 @@ func disturb(r *rand.Rand, s overlayState) overlayState {
 func TestPlanOverlayConverges(t *testing.T) {
 	var pool []Peer
 	for i := 2; i < 8; i++ {
-		pool = append(pool, Peer{netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}), netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24)})
+		pool = append(pool, Peer{UnderlayIP: netip.AddrFrom4([4]byte{198, 51, 100, byte(10 + i)}), Subnet: netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 255, byte(i), 0}), 24)})
 	}
 	for seed := range uint64(200) {
 		r := rand.New(rand.NewPCG(seed, 1))

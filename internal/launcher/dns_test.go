@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/trellis-c2c/trellis/internal/api"
 )
 
 // TestInternalRoutesDNS resolves internal routes from inside instances on
@@ -17,8 +19,14 @@ import (
 // (the sample app's /proxy), while backend's instances, themselves on both
 // cells, scale up and down and the route is unmapped. DNS does not open
 // access: a name resolves without a policy.
-func TestInternalRoutesDNS(t *testing.T) {
-	fd := upFoundation(t, 2)
+func TestInternalRoutesDNS(t *testing.T) { internalRoutesDNS(t, api.EncryptionOff) }
+
+// TestInternalRoutesDNSWireGuard is TestInternalRoutesDNS on a foundation
+// that encrypts between cells.
+func TestInternalRoutesDNSWireGuard(t *testing.T) { internalRoutesDNS(t, api.EncryptionWireGuard) }
+
+func internalRoutesDNS(t *testing.T, encryption string) {
+	fd := upFoundationWith(t, Options{Cells: 2, Encryption: encryption})
 	fd.cli(0, "push", "backend", "-i", "2")
 	// Not pinned: placed on the cell with the fewest instances, one each.
 	fd.cli(0, "push", "frontend", "-i", "2")

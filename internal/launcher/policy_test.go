@@ -45,8 +45,23 @@ func (r rule) ports() string {
 // udp 8080} of three apps over two cells: before policies, after adding a
 // set (a port range, UDP, an app to itself), after removing one, and after
 // both agents are killed and restarted. A new case is one line below.
-func TestPolicyMatrix(t *testing.T) {
-	fd := upFoundation(t, 2)
+func TestPolicyMatrix(t *testing.T) { policyMatrix(t, api.EncryptionOff) }
+
+// TestPolicyMatrixEncrypted is the matrix on a foundation that encrypts
+// between cells: the same answers, through WireGuard (and, after the
+// agents are killed and restarted, through the device they attach to
+// again).
+func TestPolicyMatrixEncrypted(t *testing.T) { policyMatrix(t, api.EncryptionWireGuard) }
+
+func policyMatrix(t *testing.T, encryption string) {
+	fd := upFoundationWith(t, Options{Cells: 2, Encryption: encryption})
+	encrypting := func() {
+		t.Helper()
+		if encryption == api.EncryptionWireGuard {
+			waitFor(t, "both cells encrypting", func() bool { return strings.Count(fd.cli(0, "status"), "wireguard (") == 2 })
+		}
+	}
+	encrypting()
 	for _, p := range []struct{ app, cell string }{{"a", "cell1"}, {"b", ""}, {"c", "cell2"}} {
 		args := []string{"push", p.app, "-i", "1"}
 		if p.app == "b" {
@@ -107,6 +122,7 @@ func TestPolicyMatrix(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			encrypting()
 		}
 		want := func(src, dst instance, p probe) bool {
 			for _, r := range rules {

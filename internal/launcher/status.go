@@ -50,6 +50,9 @@ type CellStatus struct {
 	// the times it moved to another (api.AgentStatus).
 	Controller string `json:"controller,omitempty"`
 	Failovers  int64  `json:"failovers,omitempty"`
+	// WireGuard is the engine of the cell's WireGuard device ("kernel" or
+	// "userspace"), empty while the foundation does not encrypt.
+	WireGuard string `json:"wireguard,omitempty"`
 }
 
 // KeyStatus says whether the cell has a WireGuard key and at which
@@ -90,6 +93,7 @@ func Status(ctx context.Context, stateDir string) (FoundationStatus, error) {
 		} else {
 			cs.Subnet, cs.Healthy, cs.Reason = st.Subnet, st.Ready, st.Reason
 			cs.Controller, cs.Failovers = st.Controller, st.Failovers
+			cs.WireGuard = st.WireGuard
 		}
 		s.Cells = append(s.Cells, cs)
 	}

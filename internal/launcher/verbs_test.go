@@ -218,7 +218,7 @@ func TestLocalFoundationVerbs(t *testing.T) {
 			}
 		}
 		for _, c := range f.Cells {
-			want := []string{c.Name, c.NetNS, c.UnderlayIP, subnets[c.Name], "true", f.APIURL, c.CNIConfList}
+			want := []string{c.Name, c.NetNS, c.UnderlayIP, subnets[c.Name], "true", f.APIURL, "off", c.CNIConfList}
 			if row := tableRow(out, c.Name); !slices.Equal(row, want) {
 				t.Errorf("status row of %s = %q, want %q:\n%s", c.Name, row, want, out)
 			}
