@@ -13,11 +13,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"github.com/trellis-c2c/trellis/internal/wireguard/engine"
 	"log/slog"
 	"math/rand/v2"
 	"net/http"
 	"os"
 	"path/filepath"
+	"reflect"
 	"sync"
 	"time"
 
@@ -92,6 +94,9 @@ type Agent struct {
 	state    api.CellState
 	applied  bool
 	applyErr error
+	// appliedOverlay is the overlay last applied without error (nil before and
+	// after a failure): what a new state's overlay is compared with.
+	appliedOverlay *dataplane.Overlay
 }
 
 // lastStateFile keeps the last desired state, so that a restarted agent can
@@ -179,7 +184,7 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	a.metrics.MustRegister(prometheus.NewGoCollector(), prometheus.NewProcessCollector(prometheus.ProcessCollectorOpts{}))
 	a.metrics.MustRegister(newControllerCollector(a.controller))
 	report := func(ctx context.Context, evs api.FlowEvents) error { return a.controller.ReportFlows(ctx, evs) }
-	a.enforcer = newEnforcer(dataplane.New(a.nsPath, a.log), a.log, a.containers, a.desired, report, a.metrics)
+	a.enforcer = newEnforcer(dataplane.New(a.nsPath, a.log).UseWireGuard(engine.Engines()), a.log, a.containers, a.desired, report, a.metrics)
 	a.tls, err = newIdentities(identitiesConfig{Log: a.log, StateDir: cfg.StateDir, KeyType: cfg.InstanceKeyType, Registerer: a.metrics,
 		Containers: a.containers, State: a.current, Certify: a.controller.InstanceCertificate, Record: a.enforcer.record})
 	if err != nil {
@@ -368,7 +373,7 @@ func (a *Agent) applyFirst(ctx context.Context) {
 // the policy table and the saved state (DNS opens no access by itself).
 func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 	a.mu.Lock()
-	kept, keptApplied := a.state, a.applied
+	kept, keptApplied, keptOverlay := a.state, a.applied, a.appliedOverlay
 	a.mu.Unlock()
 	if st.Revision < kept.Revision {
 		a.log.Info("skip a desired state older than the one in force", "revision", st.Revision, "in_force", kept.Revision,
@@ -379,14 +384,19 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 		a.dns.SetTable(dnsTable(st))
 	}
 	overlay, err := a.overlay(st)
-	if err == nil && keptApplied && st.Revision != kept.Revision && sameOverlay(kept, st) {
-		// The peers did not change (a delta keeps the slice): the kernel
-		// has them. The overlay is read back and repaired at a resync
-		// (the same revision again) and whenever they change.
-		overlay = nil
+	applyOverlay := overlay
+	if err == nil && keptApplied && st.Revision != kept.Revision && reflect.DeepEqual(overlay, keptOverlay) {
+		// The overlay (peers, their keys, encryption, the cell's own key)
+		// is the one applied last: the kernel has it. It is read back and
+		// repaired at a resync (the same revision again) and whenever it
+		// changes.
+		applyOverlay = nil
 	}
 	if err == nil {
-		err = a.enforcer.apply(ctx, st, overlay)
+		err = a.enforcer.apply(ctx, st, applyOverlay)
+	}
+	if err != nil {
+		overlay = nil
 	}
 	if err != nil {
 		a.log.Error("apply "+failedPart(err), "revision", st.Revision, "err", err)
@@ -394,7 +404,7 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 		a.syncMTU(st)
 	}
 	a.mu.Lock()
-	a.state, a.applied, a.applyErr = st, err == nil, err
+	a.state, a.applied, a.applyErr, a.appliedOverlay = st, err == nil, err, overlay
 	a.mu.Unlock()
 	// Compact JSON: written after every change, and indenting a state of
 	// a thousand endpoints costs five times the encoding.
@@ -410,12 +420,6 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 		a.tls.poke()
 	}
 	return st.Revision
-}
-
-// sameOverlay reports whether a and b place the cell in the same overlay
-// with the same peers (the same slice).
-func sameOverlay(a, b api.CellState) bool {
-	return a.Overlay == b.Overlay && a.Cell == b.Cell && sameSlice(a.Peers, b.Peers)
 }
 
 // socketPath is where the agent serves the CNI plugin.

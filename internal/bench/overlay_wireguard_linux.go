@@ -2,6 +2,7 @@ package bench
 
 import (
 	"fmt"
+	"github.com/trellis-c2c/trellis/internal/wireguard/engine"
 	"io"
 	"net"
 	"net/netip"
@@ -58,7 +59,7 @@ func (r *run) buildEncrypted(t *overlayTopo) (*wgTopo, error) {
 				WireGuard: &dataplane.WireGuard{PrivateKey: kf.PrivateKey},
 			},
 			NetNS: path,
-			dp:    dataplane.New(path, nil),
+			dp:    dataplane.New(path, nil).UseWireGuard(engine.Engines()),
 		}
 		cells = append(cells, c)
 		peers = append(peers, dataplane.Peer{UnderlayIP: ip, Subnet: c.Subnet, WireGuardKey: kf.PrivateKey.PublicKey()})
@@ -93,7 +94,7 @@ func (r *run) buildEncrypted(t *overlayTopo) (*wgTopo, error) {
 		if err != nil {
 			return nil, err
 		}
-		e, err := wireguard.Up(wireguard.Config{NetNS: path, Name: "wg0", PrivateKey: kf.PrivateKey,
+		e, err := engine.Up(wireguard.Config{NetNS: path, Name: "wg0", PrivateKey: kf.PrivateKey,
 			MTU: underlayMTU - wireguard.Overhead, Kind: w.kind})
 		if err != nil {
 			return nil, fmt.Errorf("bare WireGuard in %s: %w", path, err)

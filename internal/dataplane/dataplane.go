@@ -43,6 +43,8 @@ type Dataplane struct {
 	// or not yet adopted since New).
 	wg    wireguard.Engine
 	wgNow atomic.Value // *wireguard.Engine: wg, for WireGuard without the lock
+	// engines make and remove WireGuard devices (see UseWireGuard).
+	engines wireguard.Engines
 	// guardSet and guardPort are the VXLAN guard last applied (see
 	// setVXLANGuard): the VXLAN port it guards, -1 for none.
 	guardSet  bool

@@ -82,3 +82,11 @@ func (d *Dataplane) setWG(e wireguard.Engine) {
 	d.wg = e
 	d.wgNow.Store(&e)
 }
+
+// UseWireGuard gives d the engines that make and remove its WireGuard
+// device (engine.Engines()); without them, a Set that turns encryption on
+// fails. It returns d.
+func (d *Dataplane) UseWireGuard(e wireguard.Engines) *Dataplane {
+	d.engines = e
+	return d
+}

@@ -1,6 +1,7 @@
 package dataplane
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
@@ -21,7 +22,10 @@ func (d *Dataplane) setWireGuard(k nsKernel, c Cell, peers []Peer, underlayMTU i
 	wg := c.WireGuard
 	mtu := underlayMTU - wireguard.Overhead
 	if d.wg == nil {
-		e, err := wireguard.Up(wireguard.Config{NetNS: d.ns, Name: WGName, PrivateKey: wg.PrivateKey,
+		if d.engines.Up == nil {
+			return nil, errNoEngines
+		}
+		e, err := d.engines.Up(wireguard.Config{NetNS: d.ns, Name: WGName, PrivateKey: wg.PrivateKey,
 			ListenPort: wg.ListenPort, MTU: mtu, Kind: wg.Engine, Log: d.log})
 		if err != nil {
 			return nil, err
@@ -116,12 +120,18 @@ func (d *Dataplane) removeWireGuard(k nsKernel) ([]op, error) {
 	if _, found, err := k.link(WGName); err != nil || !found {
 		return nil, err
 	}
-	if err := wireguard.Down(d.ns, WGName); err != nil {
+	if d.engines.Down == nil {
+		return nil, errNoEngines
+	}
+	if err := d.engines.Down(d.ns, WGName); err != nil {
 		return nil, err
 	}
 	d.log.Info("WireGuard device removed")
 	return []op{linkDel{WGName}}, nil
 }
+
+// errNoEngines: a Set needs WireGuard and d was given no engines.
+var errNoEngines = errors.New("this dataplane has no WireGuard engines (UseWireGuard)")
 
 // blackholeMetric is the metric of the overlay's fallback route: the worst,
 // so that any other route to the overlay wins.

@@ -11,6 +11,7 @@ import (
 
 	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 	"github.com/trellis-c2c/trellis/internal/wireguard"
+	"github.com/trellis-c2c/trellis/internal/wireguard/engine"
 	"golang.org/x/sys/unix"
 )
 
@@ -26,6 +27,7 @@ func wgCells(t *testing.T, cells []nsCell) ([]nsCell, []Peer) {
 			t.Fatal(err)
 		}
 		c.WireGuard = &WireGuard{PrivateKey: kf.PrivateKey, Engine: wireguard.KindUserspace}
+		c.dp.UseWireGuard(engine.Engines())
 		on = append(on, c)
 		peers = append(peers, Peer{UnderlayIP: c.UnderlayIP, Subnet: c.Subnet, WireGuardKey: kf.PrivateKey.PublicKey()})
 	}

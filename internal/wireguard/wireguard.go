@@ -11,11 +11,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
 
 	"golang.zx2c4.com/wireguard/wgctrl/wgtypes"
 )
@@ -91,62 +89,6 @@ type Engine interface {
 	SetPeers([]Peer) error
 	// Close deletes the device.
 	Close() error
-}
-
-// peerConfig is the wgctrl change that turns the peer set have into want:
-// removals for peers gone, and the full settings of every wanted peer
-// whose settings differ (an unchanged one is left alone).
-func peerConfig(have map[Key]Peer, want []Peer) ([]wgtypes.PeerConfig, error) {
-	seen := map[Key]bool{}
-	var pcs []wgtypes.PeerConfig
-	for _, p := range want {
-		if seen[p.PublicKey] {
-			return nil, fmt.Errorf("peer %s appears twice", p.PublicKey)
-		}
-		seen[p.PublicKey] = true
-		if h, ok := have[p.PublicKey]; ok && samePeer(h, p) {
-			continue
-		}
-		pc := wgtypes.PeerConfig{PublicKey: p.PublicKey, ReplaceAllowedIPs: true}
-		if p.Endpoint.IsValid() {
-			pc.Endpoint = net.UDPAddrFromAddrPort(p.Endpoint)
-		}
-		for _, a := range p.AllowedIPs {
-			pc.AllowedIPs = append(pc.AllowedIPs, net.IPNet{IP: a.Addr().AsSlice(), Mask: net.CIDRMask(a.Bits(), a.Addr().BitLen())})
-		}
-		pcs = append(pcs, pc)
-	}
-	for k := range have {
-		if !seen[k] {
-			pcs = append(pcs, wgtypes.PeerConfig{PublicKey: k, Remove: true})
-		}
-	}
-	return pcs, nil
-}
-
-// newKeys are the keys of want that have does not hold: peers whose
-// sessions start now.
-func newKeys(have map[Key]Peer, want []Peer) map[Key]bool {
-	fresh := map[Key]bool{}
-	for _, p := range want {
-		if _, ok := have[p.PublicKey]; !ok {
-			fresh[p.PublicKey] = true
-		}
-	}
-	return fresh
-}
-
-func samePeer(a, b Peer) bool {
-	return a.PublicKey == b.PublicKey && a.Endpoint == b.Endpoint && slices.Equal(a.AllowedIPs, b.AllowedIPs)
-}
-
-func peerMap(peers []Peer) map[Key]Peer {
-	m := make(map[Key]Peer, len(peers))
-	for _, p := range peers {
-		p.AllowedIPs = slices.Clone(p.AllowedIPs)
-		m[p.PublicKey] = p
-	}
-	return m
 }
 
 // KeyFile is a cell's WireGuard key as its state directory keeps it: the
@@ -229,15 +171,11 @@ func SaveKey(path string, kf KeyFile) error {
 	return nil
 }
 
-func prefixOf(n net.IPNet) (netip.Prefix, bool) {
-	a, ok := netip.AddrFromSlice(n.IP)
-	if !ok {
-		return netip.Prefix{}, false
-	}
-	ones, _ := n.Mask.Size()
-	return netip.PrefixFrom(a.Unmap(), ones), true
-}
-
-func netipAddrPort(ap netip.AddrPort) netip.AddrPort {
-	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+// Engines makes and removes the engines a dataplane runs (package engine's
+// Up and Down). A dataplane is given them (dataplane.UseWireGuard), so
+// that what links the dataplane only for the container wiring — the CNI
+// plugin — does not link WireGuard's implementations.
+type Engines struct {
+	Up   func(Config) (Engine, error)
+	Down func(nsPath, name string) error
 }

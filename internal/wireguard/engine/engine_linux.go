@@ -1,10 +1,11 @@
-package wireguard
+package engine
 
 import (
 	"cmp"
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"github.com/trellis-c2c/trellis/internal/wireguard"
 	"os"
 	"strconv"
 	"strings"
@@ -28,20 +29,20 @@ import (
 // keeps its device and its sessions). It sets the key and the port; the
 // caller addresses the link and sets it up through netlink, as for any
 // other link, and then sets the peers.
-func Up(cfg Config) (Engine, error) {
+func Up(cfg wireguard.Config) (wireguard.Engine, error) {
 	if cfg.Name == "" || cfg.NetNS == "" {
 		return nil, errors.New("wireguard: device name and netns are required")
 	}
-	cfg.ListenPort = cmp.Or(cfg.ListenPort, DefaultPort)
+	cfg.ListenPort = cmp.Or(cfg.ListenPort, wireguard.DefaultPort)
 	if cfg.MTU == 0 {
 		cfg.MTU = 1420
 	}
-	var e Engine
+	var e wireguard.Engine
 	var err error
 	switch cfg.Kind {
-	case KindUserspace:
+	case wireguard.KindUserspace:
 		e, err = upUserspace(cfg)
-	case KindKernel:
+	case wireguard.KindKernel:
 		e, err = upKernel(cfg)
 	case "":
 		e, err = upKernel(cfg)
@@ -49,7 +50,7 @@ func Up(cfg Config) (Engine, error) {
 			e, err = upUserspace(cfg)
 		}
 	default:
-		return nil, fmt.Errorf("wireguard: kind %q is neither %q nor %q", cfg.Kind, KindKernel, KindUserspace)
+		return nil, fmt.Errorf("wireguard: kind %q is neither %q nor %q", cfg.Kind, wireguard.KindKernel, wireguard.KindUserspace)
 	}
 	if err != nil {
 		return nil, err
@@ -83,12 +84,12 @@ type kernelEngine struct {
 	ns, name string
 	mu       sync.Mutex
 	port     int
-	key      Key
+	key      wireguard.Key
 }
 
-func (k *kernelEngine) Kind() string { return KindKernel }
+func (k *kernelEngine) Kind() string { return wireguard.KindKernel }
 
-func (k *kernelEngine) PublicKey() Key {
+func (k *kernelEngine) PublicKey() wireguard.Key {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.key.PublicKey()
@@ -107,7 +108,7 @@ func (k *kernelEngine) client(fn func(*wgctrl.Client) error) error {
 	return fn(c)
 }
 
-func upKernel(cfg Config) (Engine, error) {
+func upKernel(cfg wireguard.Config) (wireguard.Engine, error) {
 	h, err := netns.Handle(cfg.NetNS)
 	if err != nil {
 		return nil, err
@@ -118,7 +119,7 @@ func upKernel(cfg Config) (Engine, error) {
 	case err == nil && l.Type() == "wireguard":
 		// Adopt it.
 	case err == nil:
-		if cfg.Kind == KindKernel {
+		if cfg.Kind == wireguard.KindKernel {
 			return nil, fmt.Errorf("wireguard: %s in %s is a %s link", cfg.Name, cfg.NetNS, l.Type())
 		}
 		return nil, errNoKernel // a userspace engine's TUN (ours, or left behind)
@@ -146,7 +147,7 @@ func upKernel(cfg Config) (Engine, error) {
 	return k, nil
 }
 
-func (k *kernelEngine) SetKey(key Key) error {
+func (k *kernelEngine) SetKey(key wireguard.Key) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	since := time.Now()
@@ -161,8 +162,8 @@ func (k *kernelEngine) SetKey(key Key) error {
 	return nil
 }
 
-func (k *kernelEngine) lastHandshakes() (map[Key]time.Time, bool) {
-	hs := map[Key]time.Time{}
+func (k *kernelEngine) lastHandshakes() (map[wireguard.Key]time.Time, bool) {
+	hs := map[wireguard.Key]time.Time{}
 	err := k.client(func(c *wgctrl.Client) error {
 		d, err := c.Device(k.name)
 		if err != nil {
@@ -176,7 +177,7 @@ func (k *kernelEngine) lastHandshakes() (map[Key]time.Time, bool) {
 	return hs, err == nil
 }
 
-func (k *kernelEngine) renew(key Key, since time.Time) {
+func (k *kernelEngine) renew(key wireguard.Key, since time.Time) {
 	k.client(func(c *wgctrl.Client) error {
 		d, err := c.Device(k.name)
 		if err != nil {
@@ -193,7 +194,7 @@ func (k *kernelEngine) renew(key Key, since time.Time) {
 	})
 }
 
-func (k *kernelEngine) SetPeers(peers []Peer) error {
+func (k *kernelEngine) SetPeers(peers []wireguard.Peer) error {
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.client(func(c *wgctrl.Client) error {
@@ -201,9 +202,9 @@ func (k *kernelEngine) SetPeers(peers []Peer) error {
 		if err != nil {
 			return fmt.Errorf("wireguard: read %s in %s: %w", k.name, k.ns, err)
 		}
-		have := map[Key]Peer{}
+		have := map[wireguard.Key]wireguard.Peer{}
 		for _, p := range d.Peers {
-			hp := Peer{PublicKey: p.PublicKey}
+			hp := wireguard.Peer{PublicKey: p.PublicKey}
 			if p.Endpoint != nil {
 				hp.Endpoint = p.Endpoint.AddrPort()
 				hp.Endpoint = netipAddrPort(hp.Endpoint)
@@ -265,12 +266,12 @@ type userEngine struct {
 	port     int
 
 	mu     sync.Mutex
-	key    Key
-	peers  map[Key]Peer
+	key    wireguard.Key
+	peers  map[wireguard.Key]wireguard.Peer
 	closed bool
 }
 
-func upUserspace(cfg Config) (Engine, error) {
+func upUserspace(cfg wireguard.Config) (wireguard.Engine, error) {
 	id, err := nsIdentity(cfg.NetNS)
 	if err != nil {
 		return nil, err
@@ -339,7 +340,7 @@ func upUserspace(cfg Config) (Engine, error) {
 	}
 	bind := &nsBind{Bind: conn.NewDefaultBind(), ns: cfg.NetNS}
 	dev := device.NewDevice(&nsTUN{Device: td, ns: cfg.NetNS}, bind, logger)
-	u := &userEngine{ns: cfg.NetNS, name: cfg.Name, id: rk, dev: dev, port: cfg.ListenPort, key: cfg.PrivateKey, peers: map[Key]Peer{}}
+	u := &userEngine{ns: cfg.NetNS, name: cfg.Name, id: rk, dev: dev, port: cfg.ListenPort, key: cfg.PrivateKey, peers: map[wireguard.Key]wireguard.Peer{}}
 	ipc := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(cfg.PrivateKey[:]), cfg.ListenPort)
 	if err := dev.IpcSet(ipc); err != nil {
 		dev.Close()
@@ -353,9 +354,9 @@ func upUserspace(cfg Config) (Engine, error) {
 	return u, nil
 }
 
-func (u *userEngine) Kind() string { return KindUserspace }
+func (u *userEngine) Kind() string { return wireguard.KindUserspace }
 
-func (u *userEngine) PublicKey() Key {
+func (u *userEngine) PublicKey() wireguard.Key {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	return u.key.PublicKey()
@@ -363,7 +364,7 @@ func (u *userEngine) PublicKey() Key {
 
 func (u *userEngine) ListenPort() int { return u.port }
 
-func (u *userEngine) SetKey(key Key) error {
+func (u *userEngine) SetKey(key wireguard.Key) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	since := time.Now()
@@ -375,7 +376,7 @@ func (u *userEngine) SetKey(key Key) error {
 	return nil
 }
 
-func (u *userEngine) SetPeers(peers []Peer) error {
+func (u *userEngine) SetPeers(peers []wireguard.Peer) error {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	pcs, err := peerConfig(u.peers, peers)
@@ -386,7 +387,7 @@ func (u *userEngine) SetPeers(peers []Peer) error {
 	if err := u.dev.IpcSet(uapiPeers(pcs)); err != nil {
 		// What the device holds is unknown now: start the next diff from
 		// nothing, which replaces every peer's settings.
-		u.peers = map[Key]Peer{}
+		u.peers = map[wireguard.Key]wireguard.Peer{}
 		return fmt.Errorf("wireguard: set peers of %s in %s: %w", u.name, u.ns, err)
 	}
 	fresh := newKeys(u.peers, peers)
@@ -397,7 +398,7 @@ func (u *userEngine) SetPeers(peers []Peer) error {
 	return nil
 }
 
-func (u *userEngine) lastHandshakes() (map[Key]time.Time, bool) {
+func (u *userEngine) lastHandshakes() (map[wireguard.Key]time.Time, bool) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	if u.closed {
@@ -407,8 +408,8 @@ func (u *userEngine) lastHandshakes() (map[Key]time.Time, bool) {
 	if err != nil {
 		return nil, false
 	}
-	hs := map[Key]time.Time{}
-	var cur Key
+	hs := map[wireguard.Key]time.Time{}
+	var cur wireguard.Key
 	var secs int64
 	for _, line := range strings.Split(out, "\n") {
 		k, v, _ := strings.Cut(line, "=")
@@ -418,7 +419,7 @@ func (u *userEngine) lastHandshakes() (map[Key]time.Time, bool) {
 			if err != nil || len(b) != len(cur) {
 				return nil, false
 			}
-			cur = Key(b)
+			cur = wireguard.Key(b)
 		case "last_handshake_time_sec":
 			secs, _ = strconv.ParseInt(v, 10, 64)
 		case "last_handshake_time_nsec":
@@ -432,17 +433,17 @@ func (u *userEngine) lastHandshakes() (map[Key]time.Time, bool) {
 	return hs, true
 }
 
-func (u *userEngine) renew(k Key, since time.Time) {
+func (u *userEngine) renew(k wireguard.Key, since time.Time) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	p, ok := u.peers[k]
 	if !ok || u.closed {
 		return
 	}
-	pcs, _ := peerConfig(nil, []Peer{p})
+	pcs, _ := peerConfig(nil, []wireguard.Peer{p})
 	ipc := "public_key=" + hex.EncodeToString(k[:]) + "\nremove=true\n" + uapiPeers(pcs)
 	if err := u.dev.IpcSet(ipc); err != nil {
-		u.peers = map[Key]Peer{}
+		u.peers = map[wireguard.Key]wireguard.Peer{}
 	}
 }
 

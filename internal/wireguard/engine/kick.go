@@ -1,6 +1,7 @@
-package wireguard
+package engine
 
 import (
+	"github.com/trellis-c2c/trellis/internal/wireguard"
 	"time"
 )
 
@@ -19,14 +20,14 @@ var kickAt = []time.Duration{250 * time.Millisecond, 500 * time.Millisecond, 1 *
 // kicker is what kickAfter needs of an engine.
 type kicker interface {
 	// lastHandshakes reports each peer's last completed handshake.
-	lastHandshakes() (map[Key]time.Time, bool)
+	lastHandshakes() (map[wireguard.Key]time.Time, bool)
 	// renew removes and adds the peer again with its settings, if it is
 	// still a peer and has had no handshake since.
-	renew(k Key, since time.Time)
+	renew(k wireguard.Key, since time.Time)
 }
 
 // kickAfter watches the peers keys (nil: all) from since on; see above.
-func kickAfter(e kicker, since time.Time, keys map[Key]bool) {
+func kickAfter(e kicker, since time.Time, keys map[wireguard.Key]bool) {
 	go func() {
 		for _, d := range kickAt {
 			time.Sleep(time.Until(since.Add(d)))

@@ -1,7 +1,8 @@
-package wireguard
+package engine
 
 import (
 	"fmt"
+	"github.com/trellis-c2c/trellis/internal/wireguard"
 	"net"
 	"net/netip"
 	"os"
@@ -20,29 +21,29 @@ func TestMain(m *testing.M) { os.Exit(dataplanetest.Run(m)) }
 // wgNode is a namespace of the test underlay with a WireGuard device.
 type wgNode struct {
 	c    dataplanetest.Cell
-	key  Key
+	key  wireguard.Key
 	addr netip.Addr // on the device, in 10.99.0.0/24
-	e    Engine
+	e    wireguard.Engine
 }
 
-func (n *wgNode) peer() Peer {
-	return Peer{PublicKey: n.key.PublicKey(), Endpoint: netip.AddrPortFrom(n.c.IP, DefaultPort),
+func (n *wgNode) peer() wireguard.Peer {
+	return wireguard.Peer{PublicKey: n.key.PublicKey(), Endpoint: netip.AddrPortFrom(n.c.IP, wireguard.DefaultPort),
 		AllowedIPs: []netip.Prefix{netip.PrefixFrom(n.addr, 32)}}
 }
 
 func newNode(t *testing.T, c dataplanetest.Cell, i int) *wgNode {
 	t.Helper()
-	kf, err := NewKey(1)
+	kf, err := wireguard.NewKey(1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := &wgNode{c: c, key: kf.PrivateKey, addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i)})}
-	n.e, err = Up(Config{NetNS: c.NetNS, Name: "trellis-wg", PrivateKey: n.key, MTU: 1440, Kind: KindUserspace})
+	n.e, err = Up(wireguard.Config{NetNS: c.NetNS, Name: "trellis-wg", PrivateKey: n.key, MTU: 1440, Kind: wireguard.KindUserspace})
 	if err != nil {
 		t.Fatalf("Up in %s: %v", c.Name, err)
 	}
 	t.Cleanup(func() { n.e.Close() })
-	if n.e.Kind() != KindUserspace || n.e.PublicKey() != n.key.PublicKey() {
+	if n.e.Kind() != wireguard.KindUserspace || n.e.PublicKey() != n.key.PublicKey() {
 		t.Fatalf("Up = %s engine with key %s, want userspace with %s", n.e.Kind(), n.e.PublicKey(), n.key.PublicKey())
 	}
 	h := dataplanetest.Handle(t, c.NetNS)
@@ -112,10 +113,10 @@ func ping(c *net.UDPConn, dst netip.AddrPort, msg string, d time.Duration) bool 
 func TestUserspaceEngine(t *testing.T) {
 	u := dataplanetest.NewUnderlay(t, 3)
 	a, b, x := newNode(t, u.Cells[0], 1), newNode(t, u.Cells[1], 2), newNode(t, u.Cells[2], 3)
-	if err := a.e.SetPeers([]Peer{b.peer()}); err != nil {
+	if err := a.e.SetPeers([]wireguard.Peer{b.peer()}); err != nil {
 		t.Fatalf("SetPeers = %v", err)
 	}
-	if err := b.e.SetPeers([]Peer{a.peer()}); err != nil {
+	if err := b.e.SetPeers([]wireguard.Peer{a.peer()}); err != nil {
 		t.Fatalf("SetPeers = %v", err)
 	}
 	srv := listenUDP(t, b.c.NetNS, "0.0.0.0:7000")
@@ -133,7 +134,7 @@ func TestUserspaceEngine(t *testing.T) {
 	t.Run("UnknownKeyDropped", func(t *testing.T) {
 		// x knows b and claims a's inner address; b does not know x's key.
 		xp := x.e
-		if err := xp.SetPeers([]Peer{{PublicKey: b.key.PublicKey(), Endpoint: netip.AddrPortFrom(b.c.IP, DefaultPort),
+		if err := xp.SetPeers([]wireguard.Peer{{PublicKey: b.key.PublicKey(), Endpoint: netip.AddrPortFrom(b.c.IP, wireguard.DefaultPort),
 			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/24")}}}); err != nil {
 			t.Fatal(err)
 		}
@@ -189,7 +190,7 @@ func TestUserspaceEngine(t *testing.T) {
 				n++
 			}
 		}()
-		sets := [][]Peer{
+		sets := [][]wireguard.Peer{
 			{b.peer(), x.peer()},
 			{x.peer(), b.peer()},
 			{b.peer()},
@@ -226,7 +227,7 @@ func TestUserspaceEngine(t *testing.T) {
 		if err != nil || after.Attrs().Index != before.Attrs().Index {
 			t.Fatalf("trellis-wg after its process closed it: %v, want it kept", err)
 		}
-		e, err := Up(Config{NetNS: a.c.NetNS, Name: "trellis-wg", PrivateKey: a.key, Kind: KindUserspace})
+		e, err := Up(wireguard.Config{NetNS: a.c.NetNS, Name: "trellis-wg", PrivateKey: a.key, Kind: wireguard.KindUserspace})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -235,7 +236,7 @@ func TestUserspaceEngine(t *testing.T) {
 		if err != nil || again.Attrs().Index != before.Attrs().Index {
 			t.Fatalf("trellis-wg after a new Up: %v, want the same device attached", err)
 		}
-		if err := e.SetPeers([]Peer{b.peer()}); err != nil {
+		if err := e.SetPeers([]wireguard.Peer{b.peer()}); err != nil {
 			t.Fatal(err)
 		}
 		ok := false
@@ -248,7 +249,7 @@ func TestUserspaceEngine(t *testing.T) {
 	})
 
 	t.Run("AdoptAndClose", func(t *testing.T) {
-		e, err := Up(Config{NetNS: a.c.NetNS, Name: "trellis-wg", PrivateKey: a.key})
+		e, err := Up(wireguard.Config{NetNS: a.c.NetNS, Name: "trellis-wg", PrivateKey: a.key})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -276,7 +277,7 @@ func TestUserspaceEngine(t *testing.T) {
 
 func TestKeyFile(t *testing.T) {
 	p := filepath.Join(t.TempDir(), "wireguard.key")
-	kf, err := LoadOrCreateKey(p)
+	kf, err := wireguard.LoadOrCreateKey(p)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -284,39 +285,39 @@ func TestKeyFile(t *testing.T) {
 	if err != nil || st.Mode().Perm() != 0o600 {
 		t.Fatalf("key file mode = %v (%v), want 0600", st.Mode().Perm(), err)
 	}
-	again, err := LoadOrCreateKey(p)
+	again, err := wireguard.LoadOrCreateKey(p)
 	if err != nil || again != kf {
-		t.Fatalf("LoadOrCreateKey again = %v, %v; want the same key", again.PrivateKey.PublicKey(), err)
+		t.Fatalf("wireguard.LoadOrCreateKey again = %v, %v; want the same key", again.PrivateKey.PublicKey(), err)
 	}
-	next, _ := NewKey(3)
-	if err := SaveKey(p, next); err != nil {
+	next, _ := wireguard.NewKey(3)
+	if err := wireguard.SaveKey(p, next); err != nil {
 		t.Fatal(err)
 	}
-	if got, err := LoadOrCreateKey(p); err != nil || got != next {
+	if got, err := wireguard.LoadOrCreateKey(p); err != nil || got != next {
 		t.Fatalf("after SaveKey: %v %v, want generation 3", got.Generation, err)
 	}
 	os.WriteFile(p, []byte(`{"private_key":"junk"}`), 0o600)
-	if _, err := LoadOrCreateKey(p); err == nil {
+	if _, err := wireguard.LoadOrCreateKey(p); err == nil {
 		t.Fatal("a junk key file loaded")
 	}
 }
 
 func TestPeerConfig(t *testing.T) {
-	k := func() Key { kf, _ := NewKey(0); return kf.PrivateKey.PublicKey() }
-	p1 := Peer{PublicKey: k(), Endpoint: netip.MustParseAddrPort("198.51.100.11:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.255.1.1/32")}}
-	p2 := Peer{PublicKey: k(), Endpoint: netip.MustParseAddrPort("198.51.100.12:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.255.2.1/32")}}
+	k := func() wireguard.Key { kf, _ := wireguard.NewKey(0); return kf.PrivateKey.PublicKey() }
+	p1 := wireguard.Peer{PublicKey: k(), Endpoint: netip.MustParseAddrPort("198.51.100.11:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.255.1.1/32")}}
+	p2 := wireguard.Peer{PublicKey: k(), Endpoint: netip.MustParseAddrPort("198.51.100.12:51820"), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.255.2.1/32")}}
 	moved := p2
 	moved.Endpoint = netip.MustParseAddrPort("198.51.100.13:51820")
 	for _, tc := range []struct {
 		name        string
-		have        []Peer
-		want        []Peer
+		have        []wireguard.Peer
+		want        []wireguard.Peer
 		set, remove int
 	}{
-		{"new", nil, []Peer{p1, p2}, 2, 0},
-		{"same", []Peer{p1, p2}, []Peer{p2, p1}, 0, 0},
-		{"gone", []Peer{p1, p2}, []Peer{p1}, 0, 1},
-		{"moved", []Peer{p1, p2}, []Peer{p1, moved}, 1, 0},
+		{"new", nil, []wireguard.Peer{p1, p2}, 2, 0},
+		{"same", []wireguard.Peer{p1, p2}, []wireguard.Peer{p2, p1}, 0, 0},
+		{"gone", []wireguard.Peer{p1, p2}, []wireguard.Peer{p1}, 0, 1},
+		{"moved", []wireguard.Peer{p1, p2}, []wireguard.Peer{p1, moved}, 1, 0},
 	} {
 		pcs, err := peerConfig(peerMap(tc.have), tc.want)
 		if err != nil {
@@ -334,7 +335,7 @@ func TestPeerConfig(t *testing.T) {
 			t.Errorf("%s: peerConfig sets %d and removes %d, want %d and %d", tc.name, set, remove, tc.set, tc.remove)
 		}
 	}
-	if _, err := peerConfig(nil, []Peer{p1, p1}); err == nil {
+	if _, err := peerConfig(nil, []wireguard.Peer{p1, p1}); err == nil {
 		t.Error("peerConfig with a peer twice = nil error")
 	}
 }
