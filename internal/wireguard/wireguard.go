@@ -1,10 +1,12 @@
-// Package wireguard runs a cell's WireGuard device: the layer below the
-// overlay that encrypts every packet between cells. Engine hides which
-// implementation runs it — the kernel's WireGuard, programmed through
-// wgctrl, where the kernel has it, and otherwise wireguard-go in the
-// calling process on a TUN device — so that the dataplane programs both
-// the same way. A cell's private key is made on the cell and kept in its
-// state directory (see LoadOrCreateKey); only its public key leaves.
+// Package wireguard describes a cell's WireGuard device: the layer below
+// the overlay that encrypts every packet between cells. Engine hides which
+// implementation runs it (package engine starts them: the kernel's
+// WireGuard, programmed through wgctrl, where the kernel has it, and
+// otherwise wireguard-go in the calling process on a TUN device), so that
+// the dataplane programs both the same way. A cell's private key is made
+// on the cell and kept in its state directory (see LoadOrCreateKey); only
+// its public key leaves. This package holds the types and keys only, so
+// that the CNI plugin, which links the dataplane, links no engine.
 package wireguard
 
 import (
