@@ -542,15 +542,24 @@ func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	ins, err := s.store.Instances(r.Context(), f)
+	out, err := s.apiInstances(r.Context(), f)
 	if err != nil {
 		s.storeError(w, "list instances", err)
 		return
 	}
-	cells, err := s.store.Cells(r.Context(), store.CellFilter{})
+	writeJSON(w, http.StatusOK, list(r, out))
+}
+
+// apiInstances lists the instances f selects as the API shows them, with
+// their cells' names.
+func (s *Server) apiInstances(ctx context.Context, f store.InstanceFilter) ([]api.Instance, error) {
+	ins, err := s.store.Instances(ctx, f)
 	if err != nil {
-		s.storeError(w, "list instances", err)
-		return
+		return nil, err
+	}
+	cells, err := s.store.Cells(ctx, store.CellFilter{})
+	if err != nil {
+		return nil, err
 	}
 	names := map[string]string{}
 	for _, c := range cells {
@@ -564,7 +573,7 @@ func (s *Server) listInstances(w http.ResponseWriter, r *http.Request) {
 			out[i].IP = in.IP.String()
 		}
 	}
-	writeJSON(w, http.StatusOK, list(r, out))
+	return out, nil
 }
 
 func intersect(a, b []string) []string {

@@ -169,27 +169,14 @@ func (s *Server) consoleInstances(w http.ResponseWriter, r *http.Request) {
 		writeNetError(w, http.StatusNotFound, "app not found")
 		return
 	}
-	ins, err := s.store.Instances(r.Context(), store.InstanceFilter{AppGUIDs: []string{guid}})
+	ins, err := s.apiInstances(r.Context(), store.InstanceFilter{AppGUIDs: []string{guid}})
 	if err != nil {
 		s.storeError(w, "list instances", err)
 		return
-	}
-	cells, err := s.store.Cells(r.Context(), store.CellFilter{})
-	if err != nil {
-		s.storeError(w, "list instances", err)
-		return
-	}
-	names := map[string]string{}
-	for _, c := range cells {
-		names[c.GUID] = c.Name
 	}
 	out := make([]ConsoleInstance, len(ins))
 	for i, in := range ins {
-		out[i].Instance = api.Instance{GUID: in.GUID, AppGUID: in.AppGUID, Index: in.Index, Managed: in.Managed,
-			CellGUID: in.CellGUID, CellName: names[in.CellGUID], State: in.State, UpdatedAt: in.UpdatedAt.UTC()}
-		if in.IP.IsValid() {
-			out[i].IP = in.IP.String()
-		}
+		out[i].Instance = in
 		if t, ok := s.console.certOf(in.GUID); ok {
 			t = t.UTC()
 			out[i].CertNotAfter = &t
