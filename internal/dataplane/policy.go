@@ -682,16 +682,12 @@ type rule []term
 type term interface{ String() string }
 
 type (
-	// ifPrefix matches the input (In) or output device name by prefix.
+	// ifPrefix matches the input (In) or output device name by prefix,
+	// or (Not) when it does not start with Prefix.
 	ifPrefix struct {
 		In     bool
 		Prefix string
-	}
-	// ifNotPrefix matches when the input (In) or output device name does
-	// not start with Prefix.
-	ifNotPrefix struct {
-		In     bool
-		Prefix string
+		Not    bool
 	}
 	// nfprotoIPv4 matches IPv4 packets.
 	nfprotoIPv4 struct{}
@@ -748,18 +744,14 @@ const (
 )
 
 func (t ifPrefix) String() string {
-	dir := "oifname"
+	dir, op := "oifname", ""
 	if t.In {
 		dir = "iifname"
 	}
-	return fmt.Sprintf("%s %q", dir, t.Prefix+"*")
-}
-func (t ifNotPrefix) String() string {
-	dir := "oifname"
-	if t.In {
-		dir = "iifname"
+	if t.Not {
+		op = "!= "
 	}
-	return fmt.Sprintf("%s != %q", dir, t.Prefix+"*")
+	return fmt.Sprintf("%s %s%q", dir, op, t.Prefix+"*")
 }
 func (nfprotoIPv4) String() string { return "meta nfproto ipv4" }
 func (inLocalIDs) String() string {
@@ -868,8 +860,8 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		// its protocol, and a packet forwarded away from the instances
 		// (to the VTEP or the underlay) is accepted by its first rule.
 		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
-			{ifPrefix{true, hostVethPrefix}, verdict{"goto", chainFromInstance}},
-			{udpDport{vxlanPort}, ifNotPrefix{true, VTEPName}, notrack{}},
+			{ifPrefix{In: true, Prefix: hostVethPrefix}, verdict{"goto", chainFromInstance}},
+			{udpDport{vxlanPort}, ifPrefix{In: true, Prefix: VTEPName, Not: true}, notrack{}},
 		}},
 		{name: chainOutput, hook: "output", prio: -300, rules: []rule{
 			{udpDport{vxlanPort}, notrack{}},
@@ -886,7 +878,7 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		// address now another app's) is "ignored" by conntrack and would
 		// otherwise pass as part of the old, allowed connection.
 		{name: chainForward, hook: "forward", prio: 0, rules: []rule{
-			{ifNotPrefix{false, hostVethPrefix}, verdict{Kind: "accept"}},
+			{ifPrefix{Prefix: hostVethPrefix, Not: true}, verdict{Kind: "accept"}},
 			{tcpSynOnly{}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
 			{ctState{ctEstablished | ctRelated}, verdict{Kind: "accept"}},
 			{nfprotoIPv4{}, verdict{"goto", chainToInstance}},

@@ -507,21 +507,16 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 	for _, t := range r {
 		switch t := t.(type) {
 		case ifPrefix:
-			key := expr.MetaKeyOIFNAME
+			key, op := expr.MetaKeyOIFNAME, expr.CmpOpEq
 			if t.In {
 				key = expr.MetaKeyIIFNAME
 			}
-			out = append(out,
-				&expr.Meta{Key: key, Register: reg1},
-				&expr.Cmp{Op: expr.CmpOpEq, Register: reg1, Data: []byte(t.Prefix)})
-		case ifNotPrefix:
-			key := expr.MetaKeyOIFNAME
-			if t.In {
-				key = expr.MetaKeyIIFNAME
+			if t.Not {
+				op = expr.CmpOpNeq
 			}
 			out = append(out,
 				&expr.Meta{Key: key, Register: reg1},
-				&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: []byte(t.Prefix)})
+				&expr.Cmp{Op: op, Register: reg1, Data: []byte(t.Prefix)})
 		case nfprotoIPv4:
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
