@@ -3,40 +3,181 @@ package dataplane
 import (
 	"errors"
 	"fmt"
+	"io/fs"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
 
 	"github.com/vishvananda/netlink"
+	vnetns "github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
 
 // containerKernel executes container ops: inContainer ops in the container
-// namespace, all others in the host namespace.
-type containerKernel struct{ host, ctr nsKernel }
-
-func (k containerKernel) apply(o op) error {
-	if ic, ok := o.(inContainer); ok {
-		return k.ctr.apply(ic.Op)
-	}
-	return k.host.apply(o)
+// namespace, all others in the host namespace. Every container start runs
+// it, so it spends as few kernel round trips as it can: its netlink
+// handles speak rtnetlink only (a handle for every family opens three
+// sockets, each by switching a thread into the namespace), it looks up
+// each veth end once and then addresses it by index (nsKernel.apply looks
+// the link up again for every op, and every netlink answer costs the
+// plugin a fresh 64 KiB buffer), and it writes the host's sysctls
+// directly when the host namespace is the process's own.
+type containerKernel struct {
+	host, ctr nsKernel
+	// hostIsSelf: the host namespace is the process's own, so its
+	// sysctls need no switch of namespace.
+	hostIsSelf bool
+	// links are the veth ends looked up so far, by namespace.
+	hostLinks, ctrLinks map[string]netlink.Link
 }
 
-func (k containerKernel) close() {
+func (k *containerKernel) apply(o op) error {
+	side, links, inCtr := k.host, k.hostLinks, false
+	if ic, ok := o.(inContainer); ok {
+		side, links, inCtr, o = k.ctr, k.ctrLinks, true, ic.Op
+	}
+	link := func(name string) (netlink.Link, error) {
+		if l, ok := links[name]; ok {
+			return l, nil
+		}
+		l, err := side.mustLink(name)
+		if err == nil {
+			links[name] = l
+		}
+		return l, err
+	}
+	switch o := o.(type) {
+	case vethAdd:
+		// As nsKernel.apply makes it, keeping the link it returns: the
+		// host end's index is then known without asking again.
+		v := &netlink.Veth{
+			LinkAttrs:        netlink.LinkAttrs{Name: o.Name, MTU: o.MTU, HardwareAddr: o.MAC.hw()},
+			PeerName:         o.PeerName,
+			PeerHardwareAddr: o.PeerMAC.hw(),
+			PeerMTU:          uint32(o.MTU),
+		}
+		ns, err := vnetns.GetFromPath(o.PeerNetNS)
+		if err != nil {
+			return fmt.Errorf("container netns %s: %w", o.PeerNetNS, err)
+		}
+		defer ns.Close()
+		v.PeerNamespace = netlink.NsFd(ns)
+		if err := side.h.LinkAdd(v); err != nil {
+			return err
+		}
+		if v.Index != 0 {
+			links[o.Name] = v
+		}
+		return nil
+	case sysctlSet:
+		if !inCtr && k.hostIsSelf {
+			return writeSysctl(o.Key, o.Value)
+		}
+	case linkSetARPOff:
+		l, err := link(o.Name)
+		if err != nil {
+			return err
+		}
+		return side.h.LinkSetARPOff(l)
+	case linkSetUp:
+		l, err := link(o.Name)
+		if err != nil {
+			return err
+		}
+		return side.h.LinkSetUp(l)
+	case addrAdd:
+		l, err := link(o.Dev)
+		if err != nil {
+			return err
+		}
+		a := &netlink.Addr{IPNet: ipnet(o.Local)}
+		if o.Peer.IsValid() {
+			a.Peer = ipnet(o.Peer)
+		}
+		return side.h.AddrAdd(l, a)
+	case neighReplace:
+		l, err := link(o.Dev)
+		if err != nil {
+			return err
+		}
+		return side.h.NeighSet(&netlink.Neigh{
+			LinkIndex: l.Attrs().Index, Family: unix.AF_INET, State: netlink.NUD_PERMANENT,
+			IP: o.IP.AsSlice(), HardwareAddr: o.MAC.hw(),
+		})
+	case routeReplace:
+		l, err := link(o.Dev)
+		if err != nil {
+			return err
+		}
+		r := &netlink.Route{LinkIndex: l.Attrs().Index, Dst: ipnet(o.Route.Dst), Gw: o.Route.Gw.AsSlice(), Scope: netlink.SCOPE_UNIVERSE}
+		if o.Route.Src.IsValid() {
+			r.Src = o.Route.Src.AsSlice()
+		}
+		if o.Route.OnLink {
+			r.Flags = int(netlink.FLAG_ONLINK)
+		}
+		return side.h.RouteReplace(r)
+	}
+	return side.apply(o)
+}
+
+func (k *containerKernel) close() {
 	k.host.close()
 	k.ctr.close()
 }
 
-func openContainer(c Container, needCtr bool) (containerKernel, error) {
-	var k containerKernel
+// writeSysctl sets the sysctl key in the process's own namespace, the one
+// every thread not locked into another namespace is in.
+func writeSysctl(key, value string) error {
+	if key == "" || strings.Contains(key, "..") {
+		return fmt.Errorf("invalid sysctl key %q", key)
+	}
+	if !strings.Contains(key, "/") {
+		key = strings.ReplaceAll(key, ".", "/")
+	}
+	if err := os.WriteFile("/proc/sys/"+key, []byte(value), 0); err != nil {
+		return fmt.Errorf("set sysctl %s=%s: %w", key, value, err)
+	}
+	return nil
+}
+
+// openRoute binds an rtnetlink handle to the namespace at path, or to the
+// process's own when path is "".
+func openRoute(path string) (nsKernel, error) {
+	if path == "" {
+		h, err := netlink.NewHandle(unix.NETLINK_ROUTE)
+		if err != nil {
+			return nsKernel{}, fmt.Errorf("netlink handle: %w", err)
+		}
+		return nsKernel{h: h, path: selfNetNS}, nil
+	}
+	ns, err := vnetns.GetFromPath(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return nsKernel{}, fmt.Errorf("netns %s: %w", path, err)
+	}
+	defer ns.Close()
+	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	if err != nil {
+		return nsKernel{}, fmt.Errorf("netlink handle in netns %s: %w", path, err)
+	}
+	return nsKernel{h: h, path: path}, nil
+}
+
+func openContainer(c Container, needCtr bool) (*containerKernel, error) {
+	k := &containerKernel{hostIsSelf: c.HostNS == "", hostLinks: map[string]netlink.Link{}, ctrLinks: map[string]netlink.Link{}}
 	var err error
-	if k.host, err = openKernel(c.HostNS); err != nil {
-		return k, fmt.Errorf("host %w", err)
+	if k.host, err = openRoute(c.HostNS); err != nil {
+		return nil, fmt.Errorf("host %w", err)
 	}
 	if needCtr {
-		if k.ctr, err = openKernel(c.NetNS); err != nil {
+		if k.ctr, err = openRoute(c.NetNS); err != nil {
 			k.host.close()
-			return k, fmt.Errorf("container %w", err)
+			return nil, fmt.Errorf("container %w", err)
 		}
 	}
 	return k, nil
@@ -71,22 +212,18 @@ func addContainer(c Container, hook func(op) error) (res Result, err error) {
 	}
 	defer k.close()
 
-	// Never touch a veth this call did not make.
-	if _, found, err := k.host.link(host); err != nil {
-		return res, err
-	} else if found {
-		return res, fmt.Errorf("host veth %s already exists: is %s already in use?", host, c.IP)
-	}
-	if _, found, err := k.ctr.link(c.IfName); err != nil {
-		return res, err
-	} else if found {
-		return res, fmt.Errorf("interface %s already exists in container netns %s", c.IfName, c.NetNS)
-	}
+	// Never touch a veth this call did not make: the kernel creates the
+	// pair only when neither name is taken, and says EEXIST otherwise
+	// (looking both names up first would cost every start two round trips).
 	made := false
 	for _, o := range planContainer(c) {
 		err := k.apply(o)
-		if _, ok := o.(vethAdd); ok && err == nil {
-			made = true
+		if _, ok := o.(vethAdd); ok {
+			if err == nil {
+				made = true
+			} else if errors.Is(err, unix.EEXIST) {
+				return res, k.taken(c, host, err)
+			}
 		}
 		if err == nil && hook != nil {
 			err = hook(o)
@@ -109,6 +246,18 @@ func addContainer(c Container, hook func(op) error) (res Result, err error) {
 	}, nil
 }
 
+// taken explains why the veth pair could not be made (err): which of its
+// names is in use.
+func (k *containerKernel) taken(c Container, host string, err error) error {
+	if _, found, lerr := k.host.link(host); lerr == nil && found {
+		return fmt.Errorf("host veth %s already exists: is %s already in use?", host, c.IP)
+	}
+	if _, found, lerr := k.ctr.link(c.IfName); lerr == nil && found {
+		return fmt.Errorf("interface %s already exists in container netns %s", c.IfName, c.NetNS)
+	}
+	return err
+}
+
 // DelContainer removes the container's veth pair by deleting its host end.
 // It needs only HostNS and IP, works when the container namespace is already
 // gone, and is not an error when there is nothing to delete.
@@ -117,7 +266,7 @@ func DelContainer(c Container) error {
 		return fmt.Errorf("delete container: IP %v is not an IPv4 address", c.IP)
 	}
 	host := HostVethName(c.IP)
-	k, err := openKernel(c.HostNS)
+	k, err := openRoute(c.HostNS)
 	if err != nil {
 		return fmt.Errorf("delete container %s: host %w", c.IP, err)
 	}
