@@ -232,21 +232,32 @@ func (s *socketServer) runPreparation(rec record, p *preparation) {
 		s.refreshPolicy(ctx)
 		p.policy = time.Since(p.start)
 	})
-	p.err = s.registry.RegisterInstance(ctx, rec.Identity.InstanceGUID, api.InstanceRegistration{
-		AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID})
-	p.register = time.Since(p.start)
-	if p.err != nil {
-		// As when the commit registered: a failed registration is not
-		// undone (the controller said no, or was not reached).
-		cs := s.containers
-		cs.mu.Lock()
-		if r, ok := cs.records[rec.ContainerID]; ok && !r.Committed {
-			r.Registering = false
+	registered := make(chan struct{})
+	go func() {
+		defer close(registered)
+		p.err = s.registry.RegisterInstance(ctx, rec.Identity.InstanceGUID, api.InstanceRegistration{
+			AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID})
+		p.register = time.Since(p.start)
+		if p.err != nil {
+			// As when the commit registered: a failed registration is not
+			// undone (the controller said no, or was not reached).
+			cs := s.containers
+			cs.mu.Lock()
+			if r, ok := cs.records[rec.ContainerID]; ok && !r.Committed {
+				r.Registering = false
+			}
+			cs.mu.Unlock()
 		}
-		cs.mu.Unlock()
-	}
+	}()
+	// The certificate's key and request need no controller: they are made
+	// while the registration is under way (on a busy machine as long as a
+	// millisecond or two, every ADD's commit waited for them).
+	s.certs.prepare(ctx, rec, func() bool {
+		<-registered
+		return p.err == nil
+	})
+	<-registered
 	if p.err == nil {
-		s.certs.prepare(ctx, rec)
 		p.certificate = time.Since(p.start)
 	}
 	policy.Wait()
@@ -279,8 +290,10 @@ type registry interface {
 // instanceCerts serves each attached instance its identity certificate.
 type instanceCerts interface {
 	// prepare issues rec's certificate and writes its files before the
-	// container is wired; attach then serves it.
-	prepare(ctx context.Context, rec record)
+	// container is wired; attach then serves it. The controller certifies
+	// registered instances only: prepare asks for the certificate after
+	// registered, which waits for the registration, reports it succeeded.
+	prepare(ctx context.Context, rec record, registered func() bool)
 	attach(ctx context.Context, rec record)
 	detach(guid string)
 }

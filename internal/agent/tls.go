@@ -228,11 +228,13 @@ func (id *identities) attach(ctx context.Context, rec record) {
 }
 
 // prepare issues rec's first certificate and writes its key and
-// certificate files while the container is still being wired (the
-// controller certifies registered instances: the caller registered it);
-// attach then serves it. On failure attach tries again. An instance
-// already served (a repeated ADD) is left to attach.
-func (id *identities) prepare(ctx context.Context, rec record) {
+// certificate files while the container is still being wired; attach then
+// serves it. The controller certifies registered instances only, so the
+// request goes out once registered reports the registration succeeded;
+// the key and the request are made before, while it is under way. On
+// failure attach tries again. An instance already served (a repeated ADD)
+// is left to attach.
+func (id *identities) prepare(ctx context.Context, rec record, registered func() bool) {
 	guid := rec.Identity.InstanceGUID
 	st, _ := id.state()
 	id.updateCA(st.InstanceCA)
@@ -243,11 +245,18 @@ func (id *identities) prepare(ctx context.Context, rec record) {
 	if served {
 		return
 	}
-	if err := os.MkdirAll(id.credentialsDir(guid), 0o755); err != nil {
+	keyPEM, csrPEM, err := identity.NewInstanceKeyAndCSR(id.alg, guid)
+	if !registered() {
+		return
+	}
+	if err == nil {
+		err = os.MkdirAll(id.credentialsDir(guid), 0o755)
+	}
+	if err != nil {
 		id.log.Error("instance credentials", "instance", guid, "err", err)
 		return
 	}
-	cert, err := id.issue(ctx, guid)
+	cert, err := id.certifyKey(ctx, guid, keyPEM, csrPEM)
 	if err != nil {
 		id.log.Warn("issue instance certificate: will try again when it is attached", "instance", guid, "err", err)
 		return
@@ -404,6 +413,12 @@ func (id *identities) issue(ctx context.Context, guid string) (*tls.Certificate,
 	if err != nil {
 		return nil, err
 	}
+	return id.certifyKey(ctx, guid, keyPEM, csrPEM)
+}
+
+// certifyKey has the controller sign csrPEM, made with keyPEM, and
+// writes both files.
+func (id *identities) certifyKey(ctx context.Context, guid string, keyPEM, csrPEM []byte) (*tls.Certificate, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := id.certify(ctx, guid, csrPEM)
