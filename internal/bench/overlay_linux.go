@@ -241,6 +241,7 @@ type overlayTopo struct {
 	// The three paths iperf3 measures, client to server.
 	trellisA, trellisB endpoint // containers on cell1 and cell2
 	plainA, plainB     endpoint // the same topology without trellis
+	plainCTA, plainCTB endpoint // the same again, with conntrack alone on its cells
 	vxlanA, vxlanB     endpoint // the bare VXLAN pair
 	vethA, vethB       endpoint // the direct veth pair
 	attach             attachFunc
@@ -252,8 +253,20 @@ func (r *run) buildOverlay() (*overlayTopo, error) {
 	if err != nil {
 		return nil, err
 	}
-	if t.plainA, t.plainB, err = r.plainCells(attach); err != nil {
+	if t.plainA, t.plainB, _, err = r.plainCells(attach, "plain", 31); err != nil {
 		return nil, err
+	}
+	// The same path with conntrack on both cells and nothing policed (the
+	// policy bench's "conntrack alone"): what any stateful filter costs
+	// the path, apart from trellis's own rules.
+	var ctCells [2]string
+	if t.plainCTA, t.plainCTB, ctCells, err = r.plainCells(attach, "plainct", 33); err != nil {
+		return nil, err
+	}
+	for _, path := range ctCells {
+		if err := addConntrackOnly(path); err != nil {
+			return nil, err
+		}
 	}
 	t.attach = attach
 
@@ -455,22 +468,26 @@ func (r *run) bareVXLAN(path string, local, remote netip.Addr, addr netip.Prefix
 // between a container's veth (MTU as trellis's) and a plain VXLAN device
 // (VNI 1, no GBP, learning off, every frame to the other cell) that routes
 // the other cell's container subnet; a container namespace on each. No
-// nftables table anywhere, so no conntrack.
-func (r *run) plainCells(attach attachFunc) (a, b endpoint, err error) {
+// nftables table anywhere, so no conntrack. The namespaces are named
+// name1, name2 (cells) and nameCtr1, nameCtr2; the cells are hosts host and
+// host+1 of the underlay. It returns the containers and the cells'
+// namespaces.
+func (r *run) plainCells(attach attachFunc, name string, host byte) (a, b endpoint, cells [2]string, err error) {
 	var ends [2]endpoint
 	for i := range 2 {
-		path, ip, err := attach(fmt.Sprintf("plain%d", i+1), byte(31+i))
+		path, ip, err := attach(fmt.Sprintf("%s%d", name, i+1), host+byte(i))
 		if err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
-		remote := netip.AddrFrom4([4]byte{198, 51, 100, byte(31 + (1 - i))})
+		cells[i] = path
+		remote := netip.AddrFrom4([4]byte{198, 51, 100, host + byte(1-i)})
 		h, err := r.handle(path)
 		if err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
 		eth0, err := h.LinkByName("eth0")
 		if err != nil {
-			return a, b, fmt.Errorf("find eth0: %w", err)
+			return a, b, cells, fmt.Errorf("find eth0: %w", err)
 		}
 		vx := &netlink.Vxlan{
 			LinkAttrs:    netlink.LinkAttrs{Name: "vxlan0", MTU: overlayMTU},
@@ -481,34 +498,34 @@ func (r *run) plainCells(attach attachFunc) (a, b endpoint, err error) {
 			Port:         dataplane.DefaultPort,
 		}
 		if err := h.LinkAdd(vx); err != nil {
-			return a, b, fmt.Errorf("add vxlan0 in %s: %w", path, err)
+			return a, b, cells, fmt.Errorf("add vxlan0 in %s: %w", path, err)
 		}
 		if err := addrUp(h, "vxlan0", netip.PrefixFrom(nthAddr(plainNet, i+1), 24)); err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
 		if err := netns.Sysctl(path, "net.ipv4.ip_forward", "1"); err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
 		// The other cell's containers, through the VXLAN link.
 		other := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 96, byte(2 - i), 0}), 24)
 		if err := h.RouteAdd(&netlink.Route{
 			LinkIndex: vx.Attrs().Index, Dst: ipNet(other), Gw: nthAddr(plainNet, 2-i).AsSlice(),
 		}); err != nil {
-			return a, b, fmt.Errorf("route to %s in %s: %w", other, path, err)
+			return a, b, cells, fmt.Errorf("route to %s in %s: %w", other, path, err)
 		}
 		// The container: a veth pair, the cell's end the gateway.
 		subnet := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 96, byte(i + 1), 0}), 24)
-		cpath, err := r.namespace(fmt.Sprintf("plainctr%d", i+1))
+		cpath, err := r.namespace(fmt.Sprintf("%sctr%d", name, i+1))
 		if err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
 		ch, err := r.handle(cpath)
 		if err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
 		fd, err := vnetns.GetFromPath(cpath)
 		if err != nil {
-			return a, b, fmt.Errorf("netns %s: %w", cpath, err)
+			return a, b, cells, fmt.Errorf("netns %s: %w", cpath, err)
 		}
 		veth := &netlink.Veth{
 			LinkAttrs: netlink.LinkAttrs{Name: "p-ctr", MTU: overlayMTU},
@@ -517,21 +534,21 @@ func (r *run) plainCells(attach attachFunc) (a, b endpoint, err error) {
 		err = h.LinkAdd(veth)
 		fd.Close()
 		if err != nil {
-			return a, b, fmt.Errorf("add container veth in %s: %w", path, err)
+			return a, b, cells, fmt.Errorf("add container veth in %s: %w", path, err)
 		}
 		gw, ctrIP := nthAddr(subnet, 1), nthAddr(subnet, 2)
 		if err := addrUp(h, "p-ctr", netip.PrefixFrom(gw, 24)); err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
 		if err := addrUp(ch, "eth0", netip.PrefixFrom(ctrIP, 24)); err != nil {
-			return a, b, err
+			return a, b, cells, err
 		}
 		if err := ch.RouteAdd(&netlink.Route{Dst: ipNet(netip.MustParsePrefix("0.0.0.0/0")), Gw: gw.AsSlice()}); err != nil {
-			return a, b, fmt.Errorf("default route in %s: %w", cpath, err)
+			return a, b, cells, fmt.Errorf("default route in %s: %w", cpath, err)
 		}
 		ends[i] = endpoint{cpath, ctrIP}
 	}
-	return ends[0], ends[1], nil
+	return ends[0], ends[1], cells, nil
 }
 
 // vethPair makes two namespaces joined by one veth pair, MTU 1500.
@@ -686,12 +703,13 @@ const (
 	pathNoTrellis
 	pathVXLAN
 	pathVeth
+	pathPlainCT
 	numPaths
 )
 
 var (
-	pathNames = [numPaths]string{"trellis", "without trellis", "bare VXLAN", "direct veth"}
-	pathKeys  = [numPaths]string{"trellis", "plain", "bare-vxlan", "veth"} // in Report.Samples
+	pathNames = [numPaths]string{"trellis", "without trellis", "bare VXLAN", "direct veth", "without trellis, conntrack alone"}
+	pathKeys  = [numPaths]string{"trellis", "plain", "bare-vxlan", "veth", "plain-conntrack"} // in Report.Samples
 )
 
 var streamCounts = []int{1, 4}
@@ -710,6 +728,7 @@ func (r *run) throughput(t *overlayTopo, p overlayParams) (res *tputResult, err 
 		pathNoTrellis: {t.plainA, t.plainB},
 		pathVXLAN:     {t.vxlanA, t.vxlanB},
 		pathVeth:      {t.vethA, t.vethB},
+		pathPlainCT:   {t.plainCTA, t.plainCTB},
 	}
 	for _, e := range ends {
 		if err := r.iperf3Server(e[1]); err != nil {
@@ -777,6 +796,12 @@ func (t *tputResult) figures() []Figure {
 				"Gbit/s", trellis, t.samples[pathVXLAN][n], "bare VXLAN pair", nil),
 			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-veth", n), fmt.Sprintf("cross-cell TCP, %d %s, vs direct veth", n, s),
 				"Gbit/s", trellis, t.samples[pathVeth][n], "direct veth pair", nil),
+			// How much of the gap to the path without trellis conntrack
+			// alone explains, and what trellis's rules cost on top of it.
+			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-plain-conntrack-vs-plain", n), fmt.Sprintf("cross-cell TCP, %d %s, the topology without trellis with conntrack alone, vs without", n, s),
+				"Gbit/s", t.samples[pathPlainCT][n], t.samples[pathNoTrellis][n], "container veth, cell forwarding, VXLAN; no nftables", nil),
+			newPairedFigure(fmt.Sprintf("overlay/tcp-%d-vs-plain-conntrack", n), fmt.Sprintf("cross-cell TCP, %d %s, policies on, vs the topology without trellis with conntrack alone", n, s),
+				"Gbit/s", trellis, t.samples[pathPlainCT][n], "the same, one conntrack rule per cell", nil),
 		)
 	}
 	return fs
@@ -793,6 +818,7 @@ func (t *tputResult) notes(p overlayParams) []string {
 				"the server's cell denies by default and holds %d allows among %d app tags, one of them iperf3's; ", numPolicies, numApps) +
 			"without trellis: the same path built with netlink alone, no nftables (two cell namespaces on the underlay forwarding between a container's veth, MTU 1450, " +
 			"and a plain VXLAN device, VNI 1, no GBP, that routes the other cell's container subnet); " +
+			"without trellis, conntrack alone: a second such path whose two cells each have one table of the bench's, with one rule that accepts established and related packets and the VXLAN packets on the underlay untracked (the policy bench's conntrack alone), so each cell tracks the containers' connections and polices nothing; " +
 			"bare VXLAN: two namespaces on the same underlay with plain vxlan devices (VNI 1, no GBP, MTU 1450); " +
 			"direct veth: two namespaces joined by one veth pair (MTU 1500).",
 	}

@@ -125,7 +125,8 @@ func TestOverlayQuick(t *testing.T) {
 		t.Errorf("report prefix = %q, want %q", rep.Prefix, prefix)
 	}
 	wantIDs := []string{
-		"overlay/tcp-1-vs-plain", "overlay/tcp-1-vs-vxlan", "overlay/tcp-1-vs-veth", "overlay/tcp-4-vs-plain", "overlay/tcp-4-vs-vxlan", "overlay/tcp-4-vs-veth",
+		"overlay/tcp-1-vs-plain", "overlay/tcp-1-vs-vxlan", "overlay/tcp-1-vs-veth", "overlay/tcp-1-plain-conntrack-vs-plain", "overlay/tcp-1-vs-plain-conntrack",
+		"overlay/tcp-4-vs-plain", "overlay/tcp-4-vs-vxlan", "overlay/tcp-4-vs-veth", "overlay/tcp-4-plain-conntrack-vs-plain", "overlay/tcp-4-vs-plain-conntrack",
 		"overlay/wg-tcp-1-vs-bare-wg", "overlay/wg-tcp-1-vs-off", "overlay/wg-cpu-1-vs-bare-wg",
 		"overlay/wg-tcp-4-vs-bare-wg", "overlay/wg-tcp-4-vs-off", "overlay/wg-cpu-4-vs-bare-wg",
 		"overlay/wg-rr-p50-vs-bare-wg", "overlay/wg-rr-p50-vs-off", "overlay/wg-rr-p99-vs-bare-wg", "overlay/wg-rr-p99-vs-off",

@@ -86,7 +86,7 @@ func (r *run) buildEncrypted(t *overlayTopo) (*wgTopo, error) {
 	var ips [2]netip.Addr
 	var engines [2]wireguard.Engine
 	for i := range ends {
-		path, ip, err := t.attach(fmt.Sprintf("wg%d", i+1), byte(31+i))
+		path, ip, err := t.attach(fmt.Sprintf("wg%d", i+1), byte(41+i)) // 31-34: the paths without trellis
 		if err != nil {
 			return nil, err
 		}

@@ -240,13 +240,20 @@ func readPolicy(c *nftables.Conn) (*kernelPolicy, error) {
 		if es, err = read(x.name); err != nil {
 			return nil, err
 		}
+		var got []allowElem
 		for _, e := range es {
 			a, ok := allowFromElement(e)
 			if !ok || a.isRange() != x.ranges {
 				return nil, fmt.Errorf("malformed %s element %x", x.name, e.Key)
 			}
-			k.sets.allows = append(k.sets.allows, a)
+			got = append(got, a)
 		}
+		if !x.ranges {
+			// The hash set holds short ranges port by port.
+			slices.SortFunc(got, compareAllowElem)
+			got, _ = mergePorts(got)
+		}
+		k.sets.allows = append(k.sets.allows, got...)
 	}
 	slices.SortFunc(k.sets.localIDs, compareLocalID)
 	slices.SortFunc(k.sets.srcTags, compareSrcTag)
@@ -389,7 +396,7 @@ func changeAllows(c *nftables.Conn, sets map[string]*nftables.Set, allows []allo
 		if e.isRange() {
 			ranges = append(ranges, e)
 		} else {
-			ports = append(ports, e)
+			ports = append(ports, e.ports()...)
 		}
 	}
 	if del {
@@ -675,13 +682,44 @@ func readCounters(nsPath string, allows bool) (Counters, error) {
 		if err != nil {
 			return cs, fmt.Errorf("policy counters in %s: read %s: %w", nsPath, name, err)
 		}
+		var got []hit
 		for _, el := range elems {
 			e, ok := allowFromElement(el)
 			if !ok {
 				return cs, fmt.Errorf("policy counters in %s: malformed %s element %x-%x", nsPath, name, el.Key, el.KeyEnd)
 			}
-			hits = append(hits, hit{e, el.Counter})
+			got = append(got, hit{e, el.Counter})
 		}
+		if name == setAllowPorts {
+			// The hash set holds short ranges port by port: their hits
+			// are the sums of their ports'.
+			slices.SortFunc(got, func(a, b hit) int { return compareAllowElem(a.e, b.e) })
+			es := make([]allowElem, len(got))
+			for i, h := range got {
+				es[i] = h.e
+			}
+			merged, first := mergePorts(es)
+			runs := make([]hit, len(merged))
+			for i, e := range merged {
+				runs[i].e = e
+				end := len(got)
+				if i+1 < len(first) {
+					end = first[i+1]
+				}
+				for _, h := range got[first[i]:end] {
+					if h.c == nil {
+						continue
+					}
+					if runs[i].c == nil {
+						runs[i].c = &expr.Counter{}
+					}
+					runs[i].c.Packets += h.c.Packets
+					runs[i].c.Bytes += h.c.Bytes
+				}
+			}
+			got = runs
+		}
+		hits = append(hits, got...)
 	}
 	slices.SortFunc(hits, func(a, b hit) int { return compareAllowElem(a.e, b.e) })
 	for _, h := range hits {

@@ -258,7 +258,7 @@ var (
 		{"A", "C", "tcp", 8080, 8080},
 		{"C", "B", "tcp", 8000, 9100}, // a range: 8080 and 9000
 		{"B", "A", "udp", 8080, 8080},
-		{"A", "B", "tcp", 9000, 9000},
+		{"A", "B", "tcp", 8999, 9000}, // a short range: the hash set holds it port by port
 		{"B", "C", "udp", 8080, 8080},
 		{"C", "A", "udp", 8000, 8100},
 	}
