@@ -218,8 +218,11 @@ func buildTrellis(t *testing.T) string {
 	t.Helper()
 	dir := t.TempDir()
 	exe := filepath.Join(dir, "trellis")
-	if out, err := exec.Command("go", "build", "-o", dir+"/",
-		"github.com/trellis-c2c/trellis/cmd/trellis", "github.com/trellis-c2c/trellis/cmd/trellis-cni").CombinedOutput(); err != nil {
+	// Static, as the README builds them.
+	build := exec.Command("go", "build", "-o", dir+"/",
+		"github.com/trellis-c2c/trellis/cmd/trellis", "github.com/trellis-c2c/trellis/cmd/trellis-cni")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build trellis: %v\n%s", err, out)
 	}
 	return exe

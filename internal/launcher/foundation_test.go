@@ -42,8 +42,11 @@ func TestMain(m *testing.M) {
 		}
 		defer os.RemoveAll(dir)
 		trellisBin = filepath.Join(dir, "trellis")
-		out, err := exec.Command("go", "build", "-o", dir+"/",
-			"github.com/trellis-c2c/trellis/cmd/trellis", "github.com/trellis-c2c/trellis/cmd/trellis-cni").CombinedOutput()
+		// Static, as the README builds them.
+		build := exec.Command("go", "build", "-o", dir+"/",
+			"github.com/trellis-c2c/trellis/cmd/trellis", "github.com/trellis-c2c/trellis/cmd/trellis-cni")
+		build.Env = append(os.Environ(), "CGO_ENABLED=0")
+		out, err := build.CombinedOutput()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "build trellis: %v\n%s", err, out)
 			return 1

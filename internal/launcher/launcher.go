@@ -294,7 +294,7 @@ func Up(ctx context.Context, o Options) (f *Foundation, err error) {
 
 	plugin := cni.PluginBinary(o.Exe)
 	if plugin == o.Exe {
-		step("installing the CNI plugin and configuration for each cell: no %s next to %s, so the plugin is the trellis binary itself (slower to start; `go build -o . ./cmd/...` builds both)",
+		step("installing the CNI plugin and configuration for each cell: no %s next to %s, so the plugin is the trellis binary itself (slower to start; `CGO_ENABLED=0 go build -o . ./cmd/...` builds both)",
 			cni.PluginType, o.Exe)
 	} else {
 		step("installing the CNI plugin (%s) and configuration for each cell", plugin)
