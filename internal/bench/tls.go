@@ -21,6 +21,13 @@ type TLSOptions struct {
 	// Exe is the trellis binary the local foundation runs; "" means the
 	// running one (a test must build one and name it).
 	Exe string
+	// LatencyOnly takes only the latency figures (for comparing builds of
+	// the terminator, run after run): no memory, new connection,
+	// requests/s or bulk figures, and no notes.
+	LatencyOnly bool
+	// LatencyRounds, if positive, is the number of latency rounds in each
+	// placement (default 12; 3 with Quick).
+	LatencyRounds int
 }
 
 // ErrNoHAProxy is returned when haproxy, the baseline TLS terminator, is

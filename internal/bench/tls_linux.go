@@ -63,7 +63,10 @@ func TLS(ctx context.Context, o TLSOptions) (rep *Report, err error) {
 		return nil, ErrNoHAProxy
 	}
 	p := tlsParamsFor(o.Quick)
-	r := &tlsRun{ctx: ctx, out: cmp.Or[io.Writer](o.Progress, io.Discard), p: p, haproxy: haproxy}
+	if o.LatencyRounds > 0 {
+		p.latRounds = o.LatencyRounds
+	}
+	r := &tlsRun{ctx: ctx, out: cmp.Or[io.Writer](o.Progress, io.Discard), p: p, haproxy: haproxy, o: o}
 	rep = &Report{Bench: "tls", Quick: o.Quick, Started: time.Now(), CPUs: runtime.NumCPU(), LoadStart: loadavg(),
 		Samples: map[string][]float64{}}
 	r.rep = rep
@@ -95,8 +98,10 @@ func TLS(ctx context.Context, o TLSOptions) (rep *Report, err error) {
 	if err := r.apps(); err != nil {
 		return nil, err
 	}
-	if err := r.memory(); err != nil {
-		return nil, err
+	if !o.LatencyOnly {
+		if err := r.memory(); err != nil {
+			return nil, err
+		}
 	}
 	if err := r.pin(); err != nil {
 		return nil, err
@@ -113,6 +118,7 @@ func TLS(ctx context.Context, o TLSOptions) (rep *Report, err error) {
 // tlsRun is one TLS bench run.
 type tlsRun struct {
 	ctx     context.Context
+	o       TLSOptions
 	out     io.Writer
 	p       tlsParams
 	rep     *Report
@@ -144,6 +150,9 @@ type tlsRun struct {
 	negotiated            map[string]string // target key → "TLS 1.3, TLS_AES_128_GCM_SHA256, X25519"
 	idleSeconds           float64           // from scaling the idle app to all of it served
 	rss                   [2]int            // the agent's RSS in KiB without and with the idle instances
+	// work and work1 are the terminators' work per request in the
+	// latency rounds, placement by placement.
+	work, work1 latWork
 }
 
 // inst is an app instance of the run.
@@ -829,7 +838,7 @@ func (r *tlsRun) measure() error {
 	}
 	cpuOf := map[string]func() time.Duration{pathOurs: agentCPU, pathHAProxy: haproxyCPU}
 	p := r.p
-	lat, byRound, err := r.latencyRounds("latency", latPaths)
+	lat, byRound, err := r.latencyRounds("latency", latPaths, &r.work)
 	if err != nil {
 		return err
 	}
@@ -843,7 +852,7 @@ func (r *tlsRun) measure() error {
 		if err := r.pinTerminators(r.gen); err != nil {
 			return err
 		}
-		if lat1, r.latRounds1, err = r.latencyRounds("latency on one CPU", latPaths); err != nil {
+		if lat1, r.latRounds1, err = r.latencyRounds("latency on one CPU", latPaths, &r.work1); err != nil {
 			return err
 		}
 		if err := r.pinTerminators(r.srv); err != nil {
@@ -851,6 +860,10 @@ func (r *tlsRun) measure() error {
 		}
 	}
 	r.lat1 = lat1
+	if r.o.LatencyOnly {
+		r.latencyFigures(lat)
+		return nil
+	}
 
 	hs := map[string][]float64{}
 	r.logf("new connections: %d round(s) of %d per path, one at a time", p.rounds, p.handshakes)
@@ -917,8 +930,9 @@ func (r *tlsRun) measure() error {
 // latencyRounds warms every path up (which also lets pinned Go processes
 // settle on one P: their runtime looks at its CPU mask once a second),
 // then times the rounds of fixed-rate requests, the paths in rotating
-// order, and returns every path's samples in ms, pooled and by round.
-func (r *tlsRun) latencyRounds(what string, paths []tlsTarget) (map[string][]float64, map[string][][]float64, error) {
+// order, and returns every path's samples in ms, pooled and by round. It
+// fills work with what the terminator of each TLS path spent per request.
+func (r *tlsRun) latencyRounds(what string, paths []tlsTarget, work *latWork) (map[string][]float64, map[string][][]float64, error) {
 	for _, t := range paths {
 		if _, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, time.Second/2); err != nil {
 			return nil, nil, fmt.Errorf("warm-up %s: %w", t.key, err)
@@ -927,11 +941,20 @@ func (r *tlsRun) latencyRounds(what string, paths []tlsTarget) (map[string][]flo
 	p := r.p
 	r.logf("%s: %d round(s) of %s per path at %d requests/s over %d keep-alive connections", what, p.latRounds, p.latency, tlsLatencyRate, tlsLatencyConns)
 	lat, byRound := map[string][]float64{}, map[string][][]float64{}
+	*work = latWork{cpu: map[string][]float64{}, switches: map[string][]float64{}}
+	terminator := map[string]int{pathOurs: r.agent, pathHAProxy: r.haproxyPID}
 	for i := range p.latRounds {
 		for _, t := range rotate(paths, i) {
+			pid, measured := terminator[t.key]
+			cpu0, cs0 := threadsWork(pid)
 			xs, err := r.fixedRate(t, tlsLatencyRate, tlsLatencyConns, p.latency)
 			if err != nil {
 				return nil, nil, fmt.Errorf("%s %s: %w", what, t.key, err)
+			}
+			if cpu1, cs1 := threadsWork(pid); measured && len(xs) > 0 {
+				n := float64(len(xs))
+				work.cpu[t.key] = append(work.cpu[t.key], float64((cpu1-cpu0).Nanoseconds())/1000/n)
+				work.switches[t.key] = append(work.switches[t.key], float64(cs1-cs0)/n)
 			}
 			lat[t.key] = append(lat[t.key], xs...)
 			byRound[t.key] = append(byRound[t.key], xs)
@@ -939,6 +962,46 @@ func (r *tlsRun) latencyRounds(what string, paths []tlsTarget) (map[string][]flo
 		}
 	}
 	return lat, byRound, nil
+}
+
+// latWork is what a terminator spent per request in latency rounds, by
+// path and round: CPU time in µs and context switches.
+type latWork struct{ cpu, switches map[string][]float64 }
+
+// threadsWork returns the CPU time and the context switches (voluntary and
+// not) of all threads of pid so far; zeros for pid 0 or when it is gone.
+// The CPU time is the scheduler's (/proc/PID/task/TID/schedstat, in ns),
+// so it counts the network stack's work done on the process's behalf in
+// its system calls, as the kernel charges it.
+func threadsWork(pid int) (cpu time.Duration, switches int64) {
+	if pid == 0 {
+		return 0, 0
+	}
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0, 0
+	}
+	for _, t := range tasks {
+		if b, err := os.ReadFile(filepath.Join(dir, t.Name(), "schedstat")); err == nil {
+			if f := strings.Fields(string(b)); len(f) > 0 {
+				ns, _ := strconv.ParseInt(f[0], 10, 64)
+				cpu += time.Duration(ns)
+			}
+		}
+		b, err := os.ReadFile(filepath.Join(dir, t.Name(), "status"))
+		if err != nil {
+			continue
+		}
+		for line := range strings.Lines(string(b)) {
+			k, v, _ := strings.Cut(line, ":")
+			if k == "voluntary_ctxt_switches" || k == "nonvoluntary_ctxt_switches" {
+				n, _ := strconv.ParseInt(strings.TrimSpace(v), 10, 64)
+				switches += n
+			}
+		}
+	}
+	return cpu, switches
 }
 
 // rotate is the paths of round i: each takes every place in turn.
@@ -1179,25 +1242,47 @@ func addedRatioFigure(byRound map[string][][]float64, p float64, id, name string
 	return f
 }
 
+// workFigures adds what the terminators spent per request in the latency
+// rounds (informative): what their latency is made of, apart from waiting.
+func (r *tlsRun) workFigures(w latWork, id, rate, haName string) {
+	name := "terminator per request at " + rate + " (agent of the cell, all its threads, vs haproxy)"
+	r.rep.Figures = append(r.rep.Figures,
+		newPairedFigure(id+"-cpu", "CPU time of the "+name, "µs", w.cpu[pathOurs], w.cpu[pathHAProxy], haName, nil),
+		newPairedFigure(id+"-switches", "context switches of the "+name, "switches", w.switches[pathOurs], w.switches[pathHAProxy], haName, nil))
+}
+
+// latencyFigures adds the latency rounds' samples and figures: the latency
+// added by 61443 against haproxy's, in both placements, and what the
+// terminators spent per request meanwhile.
+func (r *tlsRun) latencyFigures(lat map[string][]float64) {
+	rep := r.rep
+	haName := "haproxy " + r.haproxyVer + " (nbthread 1)"
+	rate := fmt.Sprintf("%d requests/s", tlsLatencyRate)
+	for _, k := range []string{pathOurs, pathPlain, pathHAProxy, pathRelay} {
+		rep.Samples["tls-latency/"+k] = roundMS(lat[k])
+	}
+	r.addedLatency(lat, r.latRounds, "tls/added-latency", "latency added by TLS on 61443 at "+rate, haName)
+	r.workFigures(r.work, "tls/latency-work", rate, haName)
+	if len(r.lat1) > 0 {
+		for _, k := range []string{pathOurs, pathPlain, pathHAProxy, pathRelay} {
+			rep.Samples["tls-latency-one-cpu/"+k] = roundMS(r.lat1[k])
+		}
+		r.addedLatency(r.lat1, r.latRounds1, "tls/added-latency-one-cpu", "latency added by TLS on 61443 at "+rate+", all on one CPU", haName)
+		r.workFigures(r.work1, "tls/latency-work-one-cpu", rate+", all on one CPU", haName)
+	}
+}
+
 // figures turns the samples into the report's figures and notes.
 func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64) {
 	rep := r.rep
 	const ours, plain, ha, relay = pathOurs, pathPlain, pathHAProxy, pathRelay
 	haName := "haproxy " + r.haproxyVer + " (nbthread 1)"
+	r.latencyFigures(lat)
+	rate := fmt.Sprintf("%d requests/s", tlsLatencyRate)
 	for _, k := range []string{ours, plain, ha} {
-		rep.Samples["tls-latency/"+k] = roundMS(lat[k])
 		rep.Samples["tls-handshake/"+k] = roundMS(hs[k])
 		rep.Samples["tls-rps/"+k] = rps[k]
 		rep.Samples["tls-bulk/"+k] = gbps[k]
-	}
-	rep.Samples["tls-latency/"+relay] = roundMS(lat[relay])
-	rate := fmt.Sprintf("%d requests/s", tlsLatencyRate)
-	r.addedLatency(lat, r.latRounds, "tls/added-latency", "latency added by TLS on 61443 at "+rate, haName)
-	if len(r.lat1) > 0 {
-		for _, k := range []string{ours, plain, ha, relay} {
-			rep.Samples["tls-latency-one-cpu/"+k] = roundMS(r.lat1[k])
-		}
-		r.addedLatency(r.lat1, r.latRounds1, "tls/added-latency-one-cpu", "latency added by TLS on 61443 at "+rate+", all on one CPU", haName)
 	}
 	rep.Figures = append(rep.Figures,
 		newFigure("tls/latency-p50", "GET / through 61443 at "+rate+", p50", "ms",
@@ -1237,7 +1322,7 @@ func (r *tlsRun) figures(lat, hs, rps, cpuReq, gbps, cpuGB map[string][]float64)
 		fmt.Sprintf("tls: a local foundation of 2 cells (%s); frontend on cell1, backend (the sample app) and bulk (no app: the bench serves its 8080) on cell2; the load generator runs in the bench process with its sockets in frontend's network namespace, so every request crosses the overlay (VXLAN) between the cells", r.f.Prefix),
 		"tls: four paths to the same app: plaintext to INSTANCE_IP:8080; TLS to 61443, which the agent of cell2 terminates (internal/proxy) and forwards to 8080 inside the instance's namespace; TLS to haproxy "+r.haproxyVer+" started in the instance's namespace (mode tcp, nbthread 1, no session tickets, the ciphers of the proxy) with the instance's own certificate and key, forwarding to INSTANCE_IP:8080; for the latency rounds only, the same haproxy relaying plaintext from port 8081 to INSTANCE_IP:8080 (the extra hop, without TLS: what any terminator outside the app costs on this machine); the client verifies the certificate chain against the platform CA, SNI = instance GUID, X25519 only (Go would prefer X25519MLKEM768 with the proxy, which haproxy's OpenSSL 3.0 lacks); negotiated: "+strings.Join(nego, "; "),
 		"tls: "+pin,
-		fmt.Sprintf("tls latency: GET / of the sample app, open loop at a fixed %d requests/s spread over %d keep-alive connections, %d round(s) of %s per path (order rotating), samples pooled; a request counts from when it was sent, or from when it was due if the previous answer on its connection came later (no coordinated omission); added latency = percentile of 61443 (or haproxy) − the same percentile of 8080, so the overlay and the app cancel out; the goal compares them round by round: in each round, 61443's added latency over haproxy's, p50 and p99, the median of the rounds' ratios at most 1 (rounds where haproxy added nothing left out, and counted)",
+		fmt.Sprintf("tls latency: GET / of the sample app, open loop at a fixed %d requests/s spread over %d keep-alive connections, %d round(s) of %s per path (order rotating), samples pooled; a request counts from when it was sent, or from when it was due if the previous answer on its connection came later (no coordinated omission); added latency = percentile of 61443 (or haproxy) − the same percentile of 8080, so the overlay and the app cancel out; the goal compares them round by round: in each round, 61443's added latency over haproxy's, p50 and p99, the median of the rounds' ratios at most 1 (rounds where haproxy added nothing left out, and counted); in the same runs, each terminator's work per request (informative, paired by round): the CPU time of all its threads as the scheduler counts it (/proc/PID/task/*/schedstat: the network stack's work done in its system calls included; for the agent, whatever else it did meanwhile too) and its context switches, over the run's requests",
 			tlsLatencyRate, tlsLatencyConns, r.p.latRounds, r.p.latency),
 		fmt.Sprintf("tls new connections: %d per path and round, one at a time: TCP connect, full handshake (ECDSA P-256 certificate, chain verified), GET /, close, timed from connect to the end of the answer", r.p.handshakes),
 		fmt.Sprintf("tls requests/s: GET / of the sample app by %d closed-loop clients on keep-alive connections, %s measured after %s of warm-up, median of %d round(s); the app shares the terminators' CPU and the client has the other to itself, so that the terminator's CPU saturates first and the rate compares the terminators (the app costs every path the same); the terminator CPU per request is its process's user+system time over the requests",

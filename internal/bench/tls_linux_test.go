@@ -3,8 +3,10 @@ package bench
 import (
 	"bytes"
 	"math"
+	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
 )
@@ -32,7 +34,8 @@ func TestTLSQuick(t *testing.T) {
 	wantFigures(t, rep, "tls/added-latency-p50-vs-haproxy", "tls/added-latency-p99-vs-haproxy", "tls/added-latency-p50", "tls/added-latency-p99", "tls/added-latency-hop-p50", "tls/added-latency-hop-p99",
 		"tls/latency-p50", "tls/latency-p99",
 		"tls/handshake-request-p50", "tls/handshake-request-p99", "tls/rps-vs-haproxy", "tls/rps-vs-plaintext",
-		"tls/bulk-vs-haproxy", "tls/bulk-vs-plaintext", "tls/cpu-per-request", "tls/cpu-per-gb", "tls/memory-per-instance")
+		"tls/bulk-vs-haproxy", "tls/bulk-vs-plaintext", "tls/cpu-per-request", "tls/cpu-per-gb", "tls/memory-per-instance",
+		"tls/latency-work-cpu", "tls/latency-work-switches")
 	for _, k := range []string{pathOurs, pathPlain, pathHAProxy, pathRelay} {
 		if n := len(rep.Samples["tls-latency/"+k]); n < 1000 {
 			t.Errorf("%d latency samples for %s, want at least 1,000", n, k)
@@ -69,5 +72,22 @@ func TestAddedRatioFigure(t *testing.T) {
 	byRound[pathHAProxy] = [][]float64{round(1), round(0.9), round(1), round(1)}
 	if f := addedRatioFigure(byRound, 99, "tls/x", "x"); f.Pass == nil || *f.Pass {
 		t.Errorf("figure with no round where haproxy added latency: pass %v, want not met", f.Pass)
+	}
+}
+
+// TestThreadsWork checks the CPU time and context switches read for a
+// process's threads: this process has spent some of both, and no process
+// has spent anything.
+func TestThreadsWork(t *testing.T) {
+	end := time.Now().Add(20 * time.Millisecond)
+	for time.Now().Before(end) {
+	}
+	time.Sleep(time.Millisecond)
+	cpu, switches := threadsWork(os.Getpid())
+	if cpu < 20*time.Millisecond || switches < 1 {
+		t.Errorf("threadsWork(self) = %v, %d switches; want at least 20ms and 1", cpu, switches)
+	}
+	if cpu, switches := threadsWork(0); cpu != 0 || switches != 0 {
+		t.Errorf("threadsWork(0) = %v, %d; want nothing", cpu, switches)
 	}
 }

@@ -27,6 +27,15 @@ import (
 // made as a raw system call, and the goroutine parks in the poller only on
 // EAGAIN.
 //
+// After a read that got less than it asked for, the next Read still asks
+// the kernel, which mostly answers EAGAIN: two of the about seven system
+// calls of a request (strace of the TLS bench's latency rounds). That read
+// cannot be skipped, even by waiting in one poller wait for the
+// connection's life (which keeps
+// readiness across reads): a FIN that came with the last data leaves the
+// socket readable (the next read returns 0) with no readiness to come, so
+// the connection would hang at its end (TestHalfClose caught it).
+//
 // One Read and one Write may run at a time (crypto/tls and the copy loops
 // call them so): each keeps its call's state in the rawSocket, and the
 // callbacks handed to the RawConn are bound once, so that a read or a write
