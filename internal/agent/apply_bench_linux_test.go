@@ -61,7 +61,7 @@ func BenchmarkApplyDelta(b *testing.B) {
 				}
 				a := benchAgent(b, f, cell)
 				ctx := context.Background()
-				a.apply(ctx, st0)
+				a.apply(ctx, st0, nil)
 				if !a.ready() {
 					b.Fatalf("first apply: %v", a.applyErr)
 				}
@@ -76,7 +76,7 @@ func BenchmarkApplyDelta(b *testing.B) {
 					if err != nil {
 						b.Fatal(err)
 					}
-					a.apply(ctx, st)
+					a.apply(ctx, st, &d)
 				}
 				// A policy's add is timed and its removal not (or the
 				// reverse): a removal revokes, and cutting flows is a cost
@@ -173,7 +173,7 @@ func benchAgent(tb testing.TB, f *foundation, cell string) *Agent {
 	}
 	log := slog.New(slog.DiscardHandler)
 	dir := tb.TempDir()
-	a := &Agent{cfg: Config{StateDir: dir}, log: log, nsPath: ns,
+	a := &Agent{cfg: Config{StateDir: dir}, log: log, nsPath: ns, saved: newStateFile(dir),
 		cell: dataplane.Cell{UnderlayDevice: "ul0", UnderlayIP: c.UnderlayIP, Subnet: c.Subnet, MTU: 1500}}
 	a.containers = &containers{subnet: c.Subnet, mtu: 1450, records: f.localRecords(cell)}
 	if a.keys, err = newCellKeys(log, dir, nil); err != nil {
