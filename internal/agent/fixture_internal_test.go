@@ -22,6 +22,7 @@ type foundation struct {
 	nextTag uint16
 	nextID  int64
 	route   policy.Route
+	tags    map[string]uint16 // app → its tag
 }
 
 // foundationShape is the size of a foundation.
@@ -36,7 +37,7 @@ type foundationShape struct {
 // newFoundation builds the foundation s describes.
 func newFoundation(tb testing.TB, s foundationShape) *foundation {
 	tb.Helper()
-	f := &foundation{nextTag: 1, nextID: 1}
+	f := &foundation{nextTag: 1, nextID: 1, tags: map[string]uint16{}}
 	snap := &policy.Snapshot{Revision: 1, Enforce: true, Encryption: api.EncryptionOff,
 		Overlay: api.Overlay{CIDR: netip.MustParsePrefix("10.255.0.0/16"), VNI: 1, Port: 4789}}
 	for i := range s.cells {
@@ -68,7 +69,7 @@ func newFoundation(tb testing.TB, s foundationShape) *foundation {
 			CellGUID: f.cells[cell].GUID, Running: true, IP: netip.AddrFrom4(ip)})
 	}
 	snap.Instances = f.insts
-	tags := map[string]uint16{}
+	tags := f.tags
 	tag := func(app string) uint16 {
 		if t, ok := tags[app]; ok {
 			return t
