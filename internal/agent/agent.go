@@ -364,10 +364,11 @@ func (a *Agent) applyFirst(ctx context.Context) {
 
 // apply makes the kernel (and the executor) match st, and keeps st; it
 // returns the revision of the state in force after. d, if not nil, is the
-// delta that took the state in force to st: the change alone is saved. A state older than the
-// one kept (a lower revision: after a failover, a controller whose feed
-// lags, or numbers the cell's states from an earlier start) is never
-// applied: the kept one is applied again instead, as a resync.
+// delta that took the state in force to st: the change alone is saved. A
+// state older than the one kept (a lower revision: after a failover, a
+// controller whose feed lags, or numbers the cell's states from an
+// earlier start) is never applied: the kept one is applied again instead,
+// as a resync.
 // The DNS table goes first: it needs nothing else, and a started or
 // stopped instance then shows in answers without waiting for the overlay,
 // the policy table and the saved state (DNS opens no access by itself).
