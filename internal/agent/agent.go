@@ -10,7 +10,6 @@ package agent
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"github.com/trellis-c2c/trellis/internal/wireguard/engine"
@@ -28,7 +27,6 @@ import (
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/dataplane"
 	"github.com/trellis-c2c/trellis/internal/dns"
-	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/netns"
 )
 
@@ -89,6 +87,10 @@ type Agent struct {
 	metrics    *prometheus.Registry
 	dns        *dns.Server
 	keys       *cellKeys // WireGuard
+	saved      *stateFile
+	// dnsTables builds the DNS tables, under mu (apply sets them, and
+	// startDNS the first).
+	dnsTables dnsTables
 
 	mu       sync.Mutex
 	state    api.CellState
@@ -128,7 +130,7 @@ func newAgent(ctx context.Context, cfg Config) (*Agent, error) {
 	if err := os.MkdirAll(cfg.StateDir, 0o700); err != nil {
 		return nil, err
 	}
-	a := &Agent{cfg: cfg, log: cfg.Log}
+	a := &Agent{cfg: cfg, log: cfg.Log, saved: newStateFile(cfg.StateDir)}
 	a.nsPath = "/proc/self/ns/net"
 	if cfg.NetNS != "" {
 		a.nsPath = cfg.NetNS
@@ -251,6 +253,7 @@ func (a *Agent) run(parent context.Context) error {
 		// No connection to the controller outlives the agent (a server
 		// shutting down would wait for it).
 		a.controller.CloseIdleConnections()
+		a.saved.close()
 	}()
 	a.applyFirst(ctx)
 	sock := a.socketPath()
@@ -286,7 +289,7 @@ func (a *Agent) run(parent context.Context) error {
 		if d := a.desired(); after >= 0 && d.Revision == after {
 			have = &d
 		}
-		st, err := a.controller.CellStateFrom(pollCtx, have, wait)
+		st, delta, err := a.controller.CellStateChange(pollCtx, have, wait)
 		cancel()
 		if err != nil {
 			if ctx.Err() != nil {
@@ -310,7 +313,7 @@ func (a *Agent) run(parent context.Context) error {
 		// after is the revision applied: a state older than it (from a
 		// controller that numbers the cell's states lower) is not, and the
 		// next poll waits for a state newer than the one in force.
-		after = a.apply(ctx, st)
+		after = a.apply(ctx, st, delta)
 		a.socket.retryReleases(ctx)
 		if ready != nil && a.ready() {
 			ready()
@@ -342,12 +345,8 @@ const firstPollTimeout = 3 * time.Second
 // could open what a removed policy closed. The saved state is the one in
 // force all the same, for the rule that never applies an older state.
 func (a *Agent) applyFirst(ctx context.Context) {
-	b, err := os.ReadFile(filepath.Join(a.cfg.StateDir, lastStateFile))
-	if err != nil {
-		return
-	}
-	var saved api.CellState
-	if json.Unmarshal(b, &saved) != nil {
+	saved, ok := a.saved.load()
+	if !ok {
 		return
 	}
 	pctx, cancel := context.WithTimeout(ctx, firstPollTimeout)
@@ -360,28 +359,34 @@ func (a *Agent) applyFirst(ctx context.Context) {
 		a.log.Info("no controller answered: applying the saved desired state", "revision", saved.Revision, "err", err)
 		st = saved
 	}
-	a.apply(ctx, st)
+	a.apply(ctx, st, nil)
 }
 
 // apply makes the kernel (and the executor) match st, and keeps st; it
-// returns the revision of the state in force after. A state older than the
-// one kept (a lower revision: after a failover, a controller whose feed
-// lags, or numbers the cell's states from an earlier start) is never
-// applied: the kept one is applied again instead, as a resync.
+// returns the revision of the state in force after. d, if not nil, is the
+// delta that took the state in force to st: the change alone is saved. A
+// state older than the one kept (a lower revision: after a failover, a
+// controller whose feed lags, or numbers the cell's states from an
+// earlier start) is never applied: the kept one is applied again instead,
+// as a resync.
 // The DNS table goes first: it needs nothing else, and a started or
 // stopped instance then shows in answers without waiting for the overlay,
 // the policy table and the saved state (DNS opens no access by itself).
-func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
+func (a *Agent) apply(ctx context.Context, st api.CellState, d *api.CellDelta) int64 {
 	a.mu.Lock()
 	kept, keptApplied, keptOverlay := a.state, a.applied, a.appliedOverlay
 	a.mu.Unlock()
-	if st.Revision < kept.Revision {
+	replaced := st.Revision < kept.Revision
+	if replaced {
 		a.log.Info("skip a desired state older than the one in force", "revision", st.Revision, "in_force", kept.Revision,
 			"controller", a.controller.Controller())
-		st = kept
+		st, d = kept, nil
 	}
 	if a.dns != nil && !sameDNS(kept, st) {
-		a.dns.SetTable(dnsTable(st))
+		a.mu.Lock()
+		t := a.dnsTables.table(st)
+		a.mu.Unlock()
+		a.dns.SetTable(t)
 	}
 	overlay, err := a.overlay(st)
 	applyOverlay := overlay
@@ -406,12 +411,10 @@ func (a *Agent) apply(ctx context.Context, st api.CellState) int64 {
 	a.mu.Lock()
 	a.state, a.applied, a.applyErr, a.appliedOverlay = st, err == nil, err, overlay
 	a.mu.Unlock()
-	// Compact JSON: written after every change, and indenting a state of
-	// a thousand endpoints costs five times the encoding.
-	if b, err := json.Marshal(st); err != nil {
-		a.log.Warn("save desired state", "err", err)
-	} else if err := identity.WriteFileAtomic(filepath.Join(a.cfg.StateDir, lastStateFile), b, 0o600); err != nil {
-		a.log.Warn("save desired state", "err", err)
+	if !replaced { // else the state in force is saved already
+		if err := a.saved.save(st, d); err != nil {
+			a.log.Warn("save desired state", "err", err)
+		}
 	}
 	if a.instances != nil {
 		a.instances.poke()

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net/netip"
 	"sync"
 	"time"
@@ -42,6 +43,7 @@ type enforcer struct {
 	mu     sync.Mutex
 	last   *api.CellState // the desired state applied last; nil before the first
 	warned bool           // logged that enforcement is off
+	index  stateIndex     // under mu
 
 	applySeconds prometheus.Histogram
 	applied      prometheus.Gauge
@@ -74,23 +76,44 @@ func newEnforcer(dp *dataplane.Dataplane, log *slog.Logger, cs *containers, stat
 	return e
 }
 
-// policy computes the cell's dataplane policy from st and the attached
-// containers. An allow applies to an address only while the controller and
-// this agent agree on which instance holds it, so an address reused by
-// another app never inherits the old app's allowances.
-func (e *enforcer) policy(st api.CellState) dataplane.Policy {
-	p := dataplane.Policy{Enforce: st.Enforce, DenyLogGroup: denyLogGroup, AllowLogGroup: allowLogGroup, LogRate: logRate}
-	tags := map[string]uint16{}
-	for _, app := range st.Apps {
-		tags[app.GUID] = app.Tag
-	}
-	owner := map[netip.Addr]string{} // local address → instance GUID, from our records
-	for _, rec := range e.containers.list() {
+// stateIndex keeps what policy and egress derive from the long lists of
+// a state (every endpoint of the foundation, the tagged apps), by the
+// lists' identity: a delta keeps the lists it does not change as the same
+// slices, so a change of the allows or the egress rules does not walk
+// every endpoint again. It keeps the lists it indexed alive, so that a
+// slice's address names one list. A state's lists are never changed in
+// place.
+type stateIndex struct {
+	endpoints []api.Endpoint
+	cell      string
+	owner     map[netip.Addr]string // the local records agreed was made with
+	agreed    map[netip.Addr]bool
+
+	apps []api.TaggedApp
+	tags map[string]uint16
+}
+
+// locals returns the cell's attached containers (those not being
+// deleted) and which instance holds each address, from our records.
+func (e *enforcer) locals() ([]record, map[netip.Addr]string) {
+	recs := e.containers.list()
+	owner := make(map[netip.Addr]string, len(recs))
+	live := recs[:0]
+	for _, rec := range recs {
 		if rec.Deleting {
 			continue
 		}
 		owner[rec.IP] = rec.Identity.InstanceGUID
-		p.Locals = append(p.Locals, dataplane.Local{IP: rec.IP, Tag: tags[rec.Identity.AppGUID], HostVeth: rec.HostVeth})
+		live = append(live, rec)
+	}
+	return live, owner
+}
+
+// agreedIn returns the local addresses whose instance the controller (in
+// st's endpoints) and this agent (owner) agree on.
+func (x *stateIndex) agreedIn(st api.CellState, owner map[netip.Addr]string) map[netip.Addr]bool {
+	if x.agreed != nil && sameSlice(x.endpoints, st.Endpoints) && x.cell == st.Cell.GUID && maps.Equal(x.owner, owner) {
+		return x.agreed
 	}
 	agreed := map[netip.Addr]bool{}
 	for _, ep := range st.Endpoints {
@@ -98,8 +121,42 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 			agreed[ep.IP] = true
 		}
 	}
+	x.endpoints, x.cell, x.owner, x.agreed = st.Endpoints, st.Cell.GUID, owner, agreed
+	return agreed
+}
+
+// tagsIn returns the tag of every app st names.
+func (x *stateIndex) tagsIn(st api.CellState) map[string]uint16 {
+	if x.tags != nil && sameSlice(x.apps, st.Apps) {
+		return x.tags
+	}
+	tags := make(map[string]uint16, len(st.Apps))
+	for _, app := range st.Apps {
+		tags[app.GUID] = app.Tag
+	}
+	x.apps, x.tags = st.Apps, tags
+	return tags
+}
+
+// policy computes the cell's dataplane policy from st and the attached
+// containers. An allow applies to an address only while the controller and
+// this agent agree on which instance holds it, so an address reused by
+// another app never inherits the old app's allowances.
+func (e *enforcer) policy(st api.CellState) dataplane.Policy {
+	recs, owner := e.locals()
+	return e.policyFor(st, recs, e.index.agreedIn(st, owner))
+}
+
+func (e *enforcer) policyFor(st api.CellState, recs []record, agreed map[netip.Addr]bool) dataplane.Policy {
+	p := dataplane.Policy{Enforce: st.Enforce, DenyLogGroup: denyLogGroup, AllowLogGroup: allowLogGroup, LogRate: logRate}
+	tags := e.index.tagsIn(st)
+	p.Locals = make([]dataplane.Local, 0, len(recs))
+	for _, rec := range recs {
+		p.Locals = append(p.Locals, dataplane.Local{IP: rec.IP, Tag: tags[rec.Identity.AppGUID], HostVeth: rec.HostVeth})
+	}
 	// The allows come valid and sorted (policy.Compile): a stable order
 	// lets the dataplane compile only what changed.
+	p.Allows = make([]dataplane.Allow, 0, len(st.Allows))
 	for _, al := range st.Allows {
 		if agreed[al.DestIP] {
 			p.Allows = append(p.Allows, dataplane.Allow(al))
@@ -108,28 +165,17 @@ func (e *enforcer) policy(st api.CellState) dataplane.Policy {
 	return p
 }
 
-// egress computes the cell's egress state from st: the rules of the
-// attached instances that the controller and this agent agree on (as for
-// allows), default deny for the rest; nil while st names no overlay.
-func (e *enforcer) egress(st api.CellState) *dataplane.Egress {
+// egressFor computes the cell's egress state from st: the rules of the
+// attached instances that the controller and this agent agree on (agreed,
+// as for allows), default deny for the rest; nil while st names no
+// overlay.
+func egressFor(st api.CellState, agreed map[netip.Addr]bool) *dataplane.Egress {
 	if !st.Overlay.CIDR.IsValid() {
 		return nil
 	}
 	eg := &dataplane.Egress{Overlay: st.Overlay.CIDR, DenyLogGroup: egressDenyLogGroup, AllowLogGroup: egressAllowLogGroup, LogRate: logRate}
 	if st.Cell.UnderlayIP.IsValid() {
 		eg.Guarded = []netip.Addr{st.Cell.UnderlayIP}
-	}
-	owner := map[netip.Addr]string{}
-	for _, rec := range e.containers.list() {
-		if !rec.Deleting {
-			owner[rec.IP] = rec.Identity.InstanceGUID
-		}
-	}
-	agreed := map[netip.Addr]bool{}
-	for _, ep := range st.Endpoints {
-		if ep.CellGUID == st.Cell.GUID && owner[ep.IP] == ep.Instance {
-			agreed[ep.IP] = true
-		}
 	}
 	for _, r := range st.Egress {
 		if agreed[r.SrcIP] {
@@ -167,14 +213,18 @@ func (e *enforcer) set(ctx context.Context, st api.CellState, overlay *dataplane
 		st = *e.last
 	}
 	e.desired.Set(float64(st.Revision))
-	p := e.policy(st)
+	// One read of the records for both: the policy and the egress rules
+	// agree on the same instances.
+	recs, owner := e.locals()
+	agreed := e.index.agreedIn(st, owner)
+	p := e.policyFor(st, recs, agreed)
 	if !p.Enforce && !e.warned {
 		e.log.Warn("NETWORK POLICY ENFORCEMENT IS OFF for this foundation: every instance can reach every other")
 		e.warned = true
 	} else if p.Enforce {
 		e.warned = false
 	}
-	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p, Egress: e.egress(st),
+	ch, err := e.dp.Set(ctx, dataplane.Desired{Revision: st.Revision, Overlay: overlay, Policy: &p, Egress: egressFor(st, agreed),
 		Verify: resync && e.last != nil && st.Revision == e.last.Revision})
 	if err != nil {
 		if failedPart(err) == "policy" {

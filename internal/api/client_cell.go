@@ -47,6 +47,14 @@ func (c *Client) CellState(ctx context.Context, after int64, wait time.Duration)
 // does not fit have is not applied: the whole state is fetched instead.
 // have is not modified.
 func (c *Client) CellStateFrom(ctx context.Context, have *CellState, wait time.Duration) (CellState, error) {
+	st, _, err := c.CellStateChange(ctx, have, wait)
+	return st, err
+}
+
+// CellStateChange is CellStateFrom that also returns the delta it applied
+// to have, nil when the answer was a whole state: a caller that keeps its
+// state on disk, or hands it on, can then deal with the change alone.
+func (c *Client) CellStateChange(ctx context.Context, have *CellState, wait time.Duration) (CellState, *CellDelta, error) {
 	after := int64(-1)
 	if have != nil {
 		after = have.Revision
@@ -65,22 +73,24 @@ func (c *Client) CellStateFrom(ctx context.Context, have *CellState, wait time.D
 		CellStateAnswer
 	}
 	if err := c.pollState(ctx, q, after >= 0 && wait > 0, &ans); err != nil {
-		return CellState{}, err
+		return CellState{}, nil, err
 	}
 	var st CellState
+	var applied *CellDelta
 	switch {
 	case ans.Delta != nil && have != nil:
 		var err error
 		if st, err = have.Apply(*ans.Delta); err != nil {
 			c.stateRefused.Add(1)
-			return c.CellStateFrom(ctx, nil, 0)
+			return c.CellStateChange(ctx, nil, 0)
 		}
+		applied = ans.Delta
 		c.stateDeltas.Add(1)
 	case ans.State != nil:
 		st = *ans.State
 		c.stateFulls.Add(1)
 	case ans.Delta != nil:
-		return CellState{}, fmt.Errorf("GET %s: a delta for a poll without a state", cellStatePath)
+		return CellState{}, nil, fmt.Errorf("GET %s: a delta for a poll without a state", cellStatePath)
 	default:
 		st = ans.CellState
 		c.stateFulls.Add(1)
@@ -88,7 +98,7 @@ func (c *Client) CellStateFrom(ctx context.Context, have *CellState, wait time.D
 	c.stateMu.Lock()
 	c.stateRev, c.stateDigest = st.Revision, ans.Digest
 	c.stateMu.Unlock()
-	return st, nil
+	return st, applied, nil
 }
 
 // stateQuery is the query of a poll of the cell's state after revision

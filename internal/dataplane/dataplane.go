@@ -218,7 +218,7 @@ func (d *Dataplane) setPolicy(ctx context.Context, p Policy, verify bool, rev in
 	}
 	last := d.last
 	d.last = plan
-	ch.Revoked = plan.enforce && (last == nil || !last.enforce || revokes(last.allows, plan.allows))
+	ch.Revoked = plan.enforce && (last == nil || !last.enforce || revokesFrom(last, plan))
 	return nil
 }
 

@@ -255,6 +255,14 @@ type policyPlan struct {
 	// allowsSum is the additive hash of allows, which an incremental
 	// compile updates with the elements that changed.
 	allowsSum sumHash
+	// An incremental compile records how allows differ from those of the
+	// plan it updated, whose allowsSum is diffBase: the elements gone and
+	// those new (both sorted). With them, going from that plan to this
+	// one costs the change, not a walk of every allow. hasDiff is false
+	// for a full compile.
+	hasDiff              bool
+	diffBase             sumHash
+	allowsDel, allowsAdd []allowElem
 	// rulesHash identifies the chains and set declarations; setsHash the
 	// elements. Together they are the fingerprint stored in the table.
 	rulesHash string
@@ -510,18 +518,25 @@ func (c *planCache) compile(p Policy) (*policyPlan, error) {
 	old := c.plan.allows
 	plan.allows = make([]allowElem, 0, len(old)+len(added))
 	plan.allowsSum = c.plan.allowsSum
+	plan.hasDiff, plan.diffBase = true, c.plan.allowsSum
 	i := 0
 	for _, g := range affected {
 		j, _ := slices.BinarySearchFunc(old[i:], g, func(e allowElem, g uint64) int { return cmp.Compare(e.group, g) })
 		j += i
 		plan.allows = append(plan.allows, old[i:j]...)
+		from := j
 		for ; j < len(old) && old[j].group == g; j++ {
 			plan.allowsSum.sub(old[j])
 		}
-		for _, e := range mergeAllows(slices.Clone(c.groups[g])) {
+		merged := mergeAllows(slices.Clone(c.groups[g]))
+		for _, e := range merged {
 			plan.allows = append(plan.allows, e)
 			plan.allowsSum.add(e)
 		}
+		// Groups are visited in order, so the differences come sorted.
+		del, add := diffSorted(old[from:j], merged, compareAllowElem)
+		plan.allowsDel = append(plan.allowsDel, del...)
+		plan.allowsAdd = append(plan.allowsAdd, add...)
 		if len(c.groups[g]) == 0 {
 			delete(c.groups, g)
 		}
@@ -1055,6 +1070,37 @@ func planAllows(p *policyPlan, ranges bool) []allowElem {
 		}
 	}
 	return out
+}
+
+// allowsDiff returns the allows of have that want does not hold, and those
+// of want that have does not: from want's record when want was compiled
+// as an update of have's allows, else by walking both.
+func allowsDiff(have, want *policyPlan) (del, add []allowElem) {
+	if want.hasDiff && want.diffBase == have.allowsSum {
+		return want.allowsDel, want.allowsAdd
+	}
+	return diffSorted(have.allows, want.allows, compareAllowElem)
+}
+
+// revokesFrom reports whether going from the plan have to want takes
+// away a port have allowed (see revokes): from the allows want's record
+// says went, when it has one for have's allows.
+func revokesFrom(have, want *policyPlan) bool {
+	if !want.hasDiff || want.diffBase != have.allowsSum {
+		return revokes(have.allows, want.allows)
+	}
+	for _, e := range want.allowsDel {
+		// The first allow of want that could cover e: of e's group, and
+		// ending at or after e's first port. Merged allows of a group do
+		// not overlap, so they are sorted by their ends too.
+		i, _ := slices.BinarySearchFunc(want.allows, e, func(w, e allowElem) int {
+			return cmp.Or(cmp.Compare(w.group, e.group), cmp.Compare(w.hi, e.lo))
+		})
+		if i == len(want.allows) || want.allows[i].group != e.group || want.allows[i].lo > e.lo || want.allows[i].hi < e.hi {
+			return true
+		}
+	}
+	return false
 }
 
 // revokes reports whether going from the allows have to want (both

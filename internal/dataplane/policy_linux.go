@@ -360,7 +360,7 @@ func updatePolicySets(c *nftables.Conn, have, want *policyPlan, handle uint64) e
 	sets := newPolicySets()
 	delIDs, addIDs := diffSorted(have.localIDs, want.localIDs, compareLocalID)
 	delTags, addTags := diffSorted(have.srcTags, want.srcTags, compareSrcTag)
-	delA, addA := diffSorted(have.allows, want.allows, compareAllowElem)
+	delA, addA := allowsDiff(have, want)
 	keyOnly := func(t srcTag) nftables.SetElement { e := srcTagElement(t); e.Val = nil; return e }
 	for _, err := range []error{
 		delElements(c, sets[setLocalIDs], delIDs, localIDElement),

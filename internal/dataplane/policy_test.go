@@ -243,7 +243,8 @@ func TestPlanCacheMatchesCompile(t *testing.T) {
 		p.Allows = append(p.Allows, randomAllow())
 	}
 	var c planCache
-	var incremental int
+	var incremental, diffs int
+	var prev *policyPlan
 	for step := range 2000 {
 		allows := slices.Clone(p.Allows)
 		switch k := r.IntN(100); {
@@ -286,6 +287,25 @@ func TestPlanCacheMatchesCompile(t *testing.T) {
 			!slices.Equal(got.localIDs, want.localIDs) || !slices.Equal(got.srcTags, want.srcTags) {
 			t.Fatalf("step %d: incremental plan differs from a full compile:\nallows %v\nwant   %v\n%s\n%s", step, got.allows, want.allows, got.fingerprint(), want.fingerprint())
 		}
+		// The differences from the previous plan, as the kernel's update
+		// and the revocation check take them, match a walk of both.
+		if prev != nil {
+			if got.hasDiff && got.diffBase == prev.allowsSum {
+				diffs++
+			}
+			del, add := allowsDiff(prev, got)
+			wdel, wadd := diffSorted(prev.allows, got.allows, compareAllowElem)
+			if !slices.Equal(del, wdel) || !slices.Equal(add, wadd) {
+				t.Fatalf("step %d: allowsDiff = del %v add %v, want del %v add %v", step, del, add, wdel, wadd)
+			}
+			if g, w := revokesFrom(prev, got), revokes(prev.allows, got.allows); g != w {
+				t.Fatalf("step %d: revokesFrom = %v, want %v (del %v)", step, g, w, del)
+			}
+		}
+		prev = got
+	}
+	if diffs < 500 {
+		t.Errorf("only %d of 2000 steps recorded their differences", diffs)
 	}
 	if incremental < 500 {
 		t.Errorf("only %d of 2000 steps compiled incrementally", incremental)

@@ -60,13 +60,20 @@ type entry struct {
 // DNS names are left out; a name never lists an address twice. When a
 // route's name and an INDEX name coincide, the route wins.
 func NewTable(domains []string, routes []Route, instances []Instance) *Table {
-	t := &Table{domains: map[string]bool{}, names: make(map[string]*entry, len(domains)+2*len(routes)+len(instances))}
-	for _, d := range domains {
-		if d, ok := canonical(d); ok {
-			t.domains[d] = true
-			t.names[d] = &entry{}
-		}
-	}
+	return NewTableFrom(domains, routes, IndexInstances(instances))
+}
+
+// Instances are running instances indexed by app, what a table is built
+// from. An index is immutable once made: a table rebuilt for a change of
+// routes can reuse the index of the instances, and cost the routes and
+// the names they give, not a walk of every instance of the foundation.
+type Instances struct {
+	byApp map[string][]Instance
+}
+
+// IndexInstances indexes instances for NewTableFrom (see NewTable for
+// those left out).
+func IndexInstances(instances []Instance) *Instances {
 	byApp := map[string][]Instance{}
 	for _, in := range instances {
 		if !in.IP.Is4() && !in.IP.Is4In6() {
@@ -75,6 +82,19 @@ func NewTable(domains []string, routes []Route, instances []Instance) *Table {
 		in.IP = in.IP.Unmap()
 		byApp[in.App] = append(byApp[in.App], in)
 	}
+	return &Instances{byApp: byApp}
+}
+
+// NewTableFrom is NewTable from indexed instances.
+func NewTableFrom(domains []string, routes []Route, ins *Instances) *Table {
+	t := &Table{domains: map[string]bool{}, names: make(map[string]*entry, len(domains)+2*len(routes))}
+	for _, d := range domains {
+		if d, ok := canonical(d); ok {
+			t.domains[d] = true
+			t.names[d] = &entry{}
+		}
+	}
+	byApp := ins.byApp
 	// Route names first, so that an INDEX name never shadows a route.
 	type named struct {
 		name string
