@@ -557,10 +557,17 @@ func TestFaultsPostgres(t *testing.T) {
 	})
 
 	t.Run("StaleAgentState", func(t *testing.T) {
-		// The state file with the policy in force, kept for later.
+		// The saved state with the policy in force (the snapshot and the
+		// journal of changes after it), kept for later: a state directory
+		// restored from an old backup.
 		r := h.agents[1]
 		file := filepath.Join(r.cfg.StateDir, "state.json")
+		journal := filepath.Join(r.cfg.StateDir, "state.journal")
 		stale := mustRead(t, file)
+		staleJournal, journalErr := os.ReadFile(journal)
+		if journalErr != nil && !os.IsNotExist(journalErr) {
+			t.Fatal(journalErr)
+		}
 		pr.unset(h.a, h.b)
 		h.setPolicy(t, false)
 		waitReach(t, h.a, h.b, false)
@@ -570,6 +577,13 @@ func TestFaultsPostgres(t *testing.T) {
 			t.Fatal(err)
 		}
 		if err := os.WriteFile(file, []byte(stale), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		restore := func() error { return os.Remove(journal) }
+		if journalErr == nil {
+			restore = func() error { return os.WriteFile(journal, staleJournal, 0o600) }
+		}
+		if err := restore(); err != nil && !os.IsNotExist(err) {
 			t.Fatal(err)
 		}
 		again := r.cfg
