@@ -2,6 +2,7 @@ package controller
 
 import (
 	"context"
+	"encoding/hex"
 	"fmt"
 	"io"
 	"log/slog"
@@ -62,7 +63,11 @@ func compileFromSnapshot(ctx context.Context, s *Server) error {
 	return nil
 }
 
-func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
+// scaleFeed loads st with Cloud Foundry's validated scale (50 cells,
+// 20,000 apps, nPolicies policies, 1,000 instances: 20 per cell, of the
+// first 1,000 apps) and returns a server whose feed compiled it, the apps
+// and the cells.
+func scaleFeed(b *testing.B, st *store.Store, nPolicies int) (*Server, []string, []store.Cell) {
 	ctx := context.Background()
 	const nCells, nApps, nInstances = 50, 20000, 1000
 	pool, _ := ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
@@ -105,6 +110,13 @@ func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
 	if err := s.feed.compileAtLeast(ctx, 0); err != nil {
 		b.Fatal(err)
 	}
+	return s, apps, cells
+}
+
+func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
+	ctx := context.Background()
+	const nInstances = 1000
+	s, apps, _ := scaleFeed(b, st, nPolicies)
 	port := 1000
 	for _, mode := range []string{"snapshot", "model"} {
 		b.Run(mode, func(b *testing.B) {
@@ -242,4 +254,82 @@ func benchAPIWatched(b *testing.B, st *store.Store, nCells int) {
 			})
 		}
 	}
+}
+
+// BenchmarkRouteChange measures what a route change costs the controller
+// at Cloud Foundry's validated scale (50 cells, 20,000 apps, 60,000
+// policies, 1,000 attached instances): an internal route mapped to and
+// unmapped from a running app, each change brought into the feed and
+// answered to every cell's poll as a delta from the state it had (what
+// the 50 agents' long polls cost it: every cell's DNS answers every
+// route, so every cell is woken). Per op: one change and its 50 answers.
+//
+//	go test -run '^$' -bench 'RouteChange/sqlite' -benchtime 40x ./internal/controller/
+func BenchmarkRouteChange(b *testing.B) {
+	for _, engine := range storetest.Engines {
+		b.Run(engine, func(b *testing.B) {
+			benchRouteChange(b, storetest.Open(b, engine))
+		})
+	}
+}
+
+func benchRouteChange(b *testing.B, st *store.Store) {
+	ctx := context.Background()
+	s, apps, cells := scaleFeed(b, st, 60000)
+	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
+	domains, err := st.Domains(ctx, store.DomainFilter{Names: []string{store.DefaultDomain}})
+	if err != nil || len(domains) == 0 {
+		b.Fatalf("domain %s: %v", store.DefaultDomain, err)
+	}
+	route, err := st.CreateRoute(ctx, spaces[0].GUID, domains[0].GUID, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// What each cell's agent holds: the entry it was last answered with.
+	held := map[string]*feedEntry{}
+	update := func() {
+		rev, err := st.Revision(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.feed.compileAtLeast(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+		s.feed.mu.Lock()
+		entries := s.feed.cells
+		s.feed.mu.Unlock()
+		for _, c := range cells {
+			e, old := entries[c.GUID], held[c.GUID]
+			if old != nil && old != e {
+				var n countWriter
+				delta, err := e.answer(&n, &s.feed.differ, old.rev, hex.EncodeToString(old.sum[:]), true)
+				if err != nil || !delta {
+					b.Fatalf("answer cell %s: delta %v, %v", c.Name, delta, err)
+				}
+			}
+			held[c.GUID] = e
+		}
+	}
+	update()
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer() // the store's write is not the feed's
+		if i%2 == 0 {
+			_, err = st.AddRouteDestinations(ctx, route.GUID, []string{apps[1]})
+		} else {
+			err = st.RemoveRouteDestination(ctx, route.GUID, apps[1])
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		update()
+	}
+}
+
+// countWriter counts what is written to it.
+type countWriter int64
+
+func (w *countWriter) Write(p []byte) (int, error) {
+	*w += countWriter(len(p))
+	return len(p), nil
 }
