@@ -37,9 +37,14 @@ var ErrUnknownChange = errors.New("change the model does not understand")
 
 // Model is every cell's desired state kept up to date change by change:
 // built once from a snapshot (NewModel), then brought forward by Apply,
-// which reports the cells whose state the change may have changed. Cell
-// returns exactly what Compile would from a snapshot at the model's
-// revision: both compile with compileCell, the model from indexes it keeps.
+// which reports the cells whose own part of the state the change may have
+// changed, and whether the lists every cell shares (endpoints, domains,
+// routes) changed. Cell returns exactly what Compile would from a snapshot
+// at the model's revision: both compile with compileCell, the model from
+// indexes it keeps. A change to the shared lists alone (an instance
+// attached elsewhere, a route mapped) reaches the other cells through
+// Reshare, which swaps the new lists into a cell's state: O(1) per cell,
+// not a compile of its whole state.
 // A Model is not safe for concurrent use.
 type Model struct {
 	hdr Snapshot // Revision, Overlay, Enforce, Encryption, InstanceCA
@@ -59,11 +64,11 @@ type Model struct {
 	routes    map[string]*Route
 	groups    []SecurityGroup // replaced whole: their changes rebuild the model
 
-	// Recomputed when dirty: what every cell shares.
-	sharedOf    sharedParts
-	hostsOf     map[string][]string
-	sharedDirty bool
-	sharedGen   uint64 // counts refreshes
+	// Recomputed when dirty: what every cell shares. Each list is
+	// replaced only when what it is made of changed, so that a list that
+	// did not change stays the same slice (its encoding and diffs reused).
+	sharedOf sharedParts
+	hostsOf  map[string][]string
 }
 
 type policyRef struct {
@@ -108,7 +113,7 @@ func NewModel(s *Snapshot) *Model {
 	for _, rt := range s.Routes {
 		m.routes[rt.GUID] = &rt
 	}
-	m.refresh()
+	m.refresh(true, true)
 	return m
 }
 
@@ -137,17 +142,20 @@ func (m *Model) SetHeader(overlay api.Overlay, enforce bool, ca api.InstanceCA) 
 	return changed
 }
 
-// Apply brings the model to d.Revision and returns the cells whose state
+// Apply brings the model to d.Revision and returns the cells whose own
+// part of the state (all but the shared lists: endpoints, domains, routes)
 // the change may have changed (those deleted included: Cell says
-// ErrUnknownCell for them). With ErrUnknownChange the model is unusable:
-// build a new one.
-func (m *Model) Apply(d *Delta) ([]string, error) {
+// ErrUnknownCell for them), and whether the shared lists changed. A cell
+// not in cells has the state it had but for the shared lists: when shared
+// is true, Reshare brings it to the model's revision. With
+// ErrUnknownChange the model is unusable: build a new one.
+func (m *Model) Apply(d *Delta) (cells []string, shared bool, err error) {
 	aff := affected{m: m, cells: map[string]bool{}}
 	for tbl := range d.Deleted {
 		switch tbl {
 		case "cells", "spaces", "apps", "instances", "tags", "policies", "domains", "routes":
 		default:
-			return nil, ErrUnknownChange
+			return nil, false, ErrUnknownChange
 		}
 	}
 	m.hdr.Revision = d.Revision
@@ -156,6 +164,7 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 		old := m.apps[a.GUID]
 		if old != nil && old.Name != a.Name && m.shows(a.GUID) {
 			aff.all = true // tagged apps and endpoints carry names
+			aff.endpoints = true
 		}
 		aff.app(a.GUID)
 		m.apps[a.GUID] = &a
@@ -163,6 +172,7 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 	for _, guid := range d.Deleted["apps"] {
 		if m.shows(guid) {
 			aff.all = true
+			aff.endpoints = true
 		}
 		aff.app(guid)
 		delete(m.apps, guid)
@@ -185,7 +195,7 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 		}
 		m.instOf[in.AppGUID] = append(m.instOf[in.AppGUID], &in)
 		if attached(in) {
-			aff.all = true // endpoints
+			aff.endpoints = true // no other cell's own part shows it
 		}
 	}
 	for _, guid := range d.Deleted["instances"] {
@@ -201,14 +211,14 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 	for _, k := range d.Deleted["tags"] {
 		tag, err := strconv.ParseUint(k, 10, 16)
 		if err != nil {
-			return nil, ErrUnknownChange
+			return nil, false, ErrUnknownChange
 		}
 		retagged = append(retagged, m.dropTag(uint16(tag)))
 	}
 	for _, k := range d.Deleted["policies"] {
 		id, err := strconv.ParseInt(k, 10, 64)
 		if err != nil {
-			return nil, ErrUnknownChange
+			return nil, false, ErrUnknownChange
 		}
 		m.removePolicy(id, &aff)
 	}
@@ -232,19 +242,27 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 	}
 	for _, dom := range d.Domains {
 		m.domains[dom.GUID] = dom
-		aff.all = true
+		aff.all = true // the hosts of every app in it
+		aff.routes = true
 	}
 	for _, guid := range d.Deleted["domains"] {
 		delete(m.domains, guid)
 		aff.all = true
+		aff.routes = true
 	}
+	// A route is in the shared list, and in the hosts of its apps: the
+	// cells where those (before and after) are attached list them in
+	// their local apps.
 	for _, rt := range d.Routes {
+		m.dropRoute(rt.GUID, &aff)
 		m.routes[rt.GUID] = &rt
-		aff.all = true
+		aff.routes = true
+		for _, app := range rt.AppGUIDs {
+			aff.attachedCells(app)
+		}
 	}
 	for _, guid := range d.Deleted["routes"] {
-		delete(m.routes, guid)
-		aff.all = true
+		m.dropRoute(guid, &aff)
 	}
 	if len(d.Cells) > 0 || len(d.Deleted["cells"]) > 0 {
 		aff.all = true // peers
@@ -262,15 +280,37 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 		m.cells = slices.SortedFunc(maps.Values(byGUID), func(a, b api.Cell) int { return strings.Compare(a.Name, b.Name) })
 	}
 	if aff.all {
-		m.sharedDirty = true
 		for _, c := range m.cells {
 			aff.cells[c.GUID] = true
 		}
 	}
-	if m.sharedDirty {
-		m.refresh()
+	if aff.endpoints || aff.routes {
+		m.refresh(aff.endpoints, aff.routes)
 	}
-	return slices.Sorted(maps.Keys(aff.cells)), nil
+	return slices.Sorted(maps.Keys(aff.cells)), aff.endpoints || aff.routes, nil
+}
+
+// dropRoute removes a route, marking the cells where its apps are
+// attached.
+func (m *Model) dropRoute(guid string, aff *affected) {
+	old := m.routes[guid]
+	if old == nil {
+		return
+	}
+	delete(m.routes, guid)
+	aff.routes = true
+	for _, app := range old.AppGUIDs {
+		aff.attachedCells(app)
+	}
+}
+
+// Reshare brings a state of a cell that Apply did not list to the model's
+// revision: the state the cell had, with the shared lists as they are
+// now. It is what Cell returns for that cell, at the cost of a few
+// assignments.
+func (m *Model) Reshare(st *api.CellState) {
+	st.Revision = m.hdr.Revision
+	st.Endpoints, st.Domains, st.Routes = m.sharedOf.endpoints, m.sharedOf.domains, m.sharedOf.routes
 }
 
 // shows reports whether an app's name is in every cell's state: it has a
@@ -282,11 +322,14 @@ func (m *Model) shows(app string) bool {
 	return slices.ContainsFunc(m.instOf[app], func(in *Instance) bool { return attached(*in) })
 }
 
-// affected collects the cells a delta may change.
+// affected collects the cells whose own parts a delta may change (all:
+// every cell's), and which shared lists it changes: endpoints, or domains
+// and routes (and the hosts of the apps).
 type affected struct {
-	m     *Model
-	all   bool
-	cells map[string]bool
+	m                 *Model
+	all               bool
+	cells             map[string]bool
+	endpoints, routes bool
 }
 
 // app marks the cells where an app has instances.
@@ -338,7 +381,7 @@ func (m *Model) removeInstance(guid string, aff *affected) {
 		delete(m.instOf, old.AppGUID)
 	}
 	if attached(*old) {
-		aff.all = true // endpoints
+		aff.endpoints = true
 	}
 }
 
@@ -382,36 +425,41 @@ func (m *Model) removePolicy(id int64, aff *affected) {
 	aff.attachedCells(old.SourceApp)
 }
 
-// refresh recomputes what every cell shares, in the orders a snapshot
-// keeps: tags by tag, instances by app, index and GUID, domains by name,
-// routes by domain name, host and GUID.
-func (m *Model) refresh() {
+// refresh recomputes the shared lists: the endpoints, and the domains and
+// routes (with the apps' hosts), in the orders a snapshot keeps: instances
+// by app, index and GUID, domains by name, routes by domain name, host and
+// GUID. A list it is not asked to recompute stays the same slice.
+func (m *Model) refresh(endpoints, routes bool) {
 	var ins []Instance
-	for _, in := range m.instances {
-		if attached(*in) {
-			ins = append(ins, *in)
+	if endpoints {
+		for _, in := range m.instances {
+			if attached(*in) {
+				ins = append(ins, *in)
+			}
 		}
+		slices.SortFunc(ins, func(a, b Instance) int { return compareInstances(&a, &b) })
 	}
-	slices.SortFunc(ins, func(a, b Instance) int { return compareInstances(&a, &b) })
-	domains := slices.SortedFunc(maps.Values(m.domains), func(a, b Domain) int { return strings.Compare(a.Name, b.Name) })
-	routes := make([]Route, 0, len(m.routes))
-	for _, rt := range m.routes {
-		routes = append(routes, *rt)
+	var domains []Domain
+	var rts []Route
+	if routes {
+		domains = slices.SortedFunc(maps.Values(m.domains), func(a, b Domain) int { return strings.Compare(a.Name, b.Name) })
+		rts = make([]Route, 0, len(m.routes))
+		for _, rt := range m.routes {
+			rts = append(rts, *rt)
+		}
+		slices.SortFunc(rts, func(a, b Route) int {
+			return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
+		})
 	}
-	slices.SortFunc(routes, func(a, b Route) int {
-		return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
-	})
-	m.sharedOf = computeShared(ins, domains, routes, m.app)
-	m.hostsOf = RouteHosts(domains, routes)
-	m.sharedDirty = false
-	m.sharedGen++
+	x := computeShared(ins, domains, rts, m.app)
+	if endpoints {
+		m.sharedOf.endpoints = x.endpoints
+	}
+	if routes {
+		m.sharedOf.domains, m.sharedOf.routes = x.domains, x.routes
+		m.hostsOf = RouteHosts(domains, rts)
+	}
 }
-
-// SharedGeneration changes whenever the slices every cell's state shares
-// (tagged apps, endpoints, domains, routes) are replaced: while it does not,
-// states from Cell share the same slices, and an encoder may reuse its
-// encoding of them.
-func (m *Model) SharedGeneration() uint64 { return m.sharedGen }
 
 func (m *Model) header() *Snapshot               { return &m.hdr }
 func (m *Model) cellList() []api.Cell            { return m.cells }
