@@ -434,8 +434,13 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 	r.Notes = append(r.Notes, routes.note("route change cost"))
 	step("route changes: %d maps and unmaps, timed until every cell's DNS answers", p.dnsRounds)
 	query := dnsQuery("scale-dns.apps.internal")
+	// What the probe costs the cells, and how the cells' answers spread:
+	// queries sent, and when the first cell answered, per change.
+	var queries int
+	var firstTimes []float64
 	allAnswer := func(want int) (time.Duration, error) {
 		start := time.Now()
+		first := time.Duration(0)
 		pending := map[int]bool{}
 		for i := range conns {
 			pending[i] = true
@@ -452,6 +457,7 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 				if _, err := conns[i].Write(query); err != nil {
 					return 0, err
 				}
+				queries++
 			}
 			deadline := time.Now().Add(50 * time.Millisecond)
 			for i := range pending {
@@ -461,9 +467,13 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 				k, err := conns[i].Read(buf)
 				if err == nil && k >= 12 && int(buf[6])<<8|int(buf[7]) == want {
 					delete(pending, i)
+					if first == 0 {
+						first = time.Since(start)
+					}
 				}
 			}
 		}
+		firstTimes = append(firstTimes, ms(first))
 		return time.Since(start), nil
 	}
 	var dnsTimes []float64
@@ -485,6 +495,9 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		dnsTimes = append(dnsTimes, ms(d))
 	}
 	r.Samples["route-change-all-dns/trellis"] = dnsTimes
+	r.Samples["route-change-first-dns/trellis"] = firstTimes
+	r.Notes = append(r.Notes, fmt.Sprintf("route change → DNS, how the answers spread: the first cell answered at p50 %.1f / p99 %.1f ms, every cell at p50 %.1f / p99 %.1f ms; the probe sent %.0f DNS queries per change (%d cells)",
+		percentile(firstTimes, 50), percentile(firstTimes, 99), percentile(dnsTimes, 50), percentile(dnsTimes, 99), float64(queries)/float64(max(1, len(dnsTimes))), len(conns)))
 	r.Figures = append(r.Figures, newFigure("scale/route-change-dns-p99", "route change → every cell's DNS answers it, p99", "ms", percentile(dnsTimes, 99), 180000,
 		"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}))
 

@@ -379,3 +379,22 @@ func TestSharedChangeCompilesOnlyItsCells(t *testing.T) {
 		}
 	})
 }
+
+// TestTouchLimiter: a cell's last-seen time is written on its first poll
+// and then at most once per touchEvery, each cell on its own.
+func TestTouchLimiter(t *testing.T) {
+	var l touchLimiter
+	t0 := time.Unix(1000, 0)
+	for _, c := range []struct {
+		cell string
+		at   time.Duration
+		want bool
+	}{
+		{"c1", 0, true}, {"c1", time.Second, false}, {"c2", time.Second, true},
+		{"c1", touchEvery - 1, false}, {"c1", touchEvery, true}, {"c2", touchEvery, false}, {"c1", touchEvery + time.Second, false},
+	} {
+		if got := l.due(c.cell, t0.Add(c.at)); got != c.want {
+			t.Errorf("due(%s, +%v) = %v, want %v", c.cell, c.at, got, c.want)
+		}
+	}
+}
