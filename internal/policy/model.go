@@ -62,7 +62,13 @@ type Model struct {
 	fromApp   map[string][]policyRef // source app → policies, ordered by id
 	domains   map[string]Domain
 	routes    map[string]*Route
-	groups    []SecurityGroup // replaced whole: their changes rebuild the model
+	// routeOrder holds the routes in the order of the shared list (domain
+	// name, host, GUID), kept in order change by change; routesOf the
+	// routes of each app, by GUID: a route change costs what it changes,
+	// not a sort of every route.
+	routeOrder []*Route
+	routesOf   map[string]map[string]*Route
+	groups     []SecurityGroup // replaced whole: their changes rebuild the model
 
 	// Recomputed when dirty: what every cell shares. Each list is
 	// replaced only when what it is made of changed, so that a list that
@@ -110,10 +116,12 @@ func NewModel(s *Snapshot) *Model {
 	for _, d := range s.Domains {
 		m.domains[d.GUID] = d
 	}
+	m.routesOf = map[string]map[string]*Route{}
 	for _, rt := range s.Routes {
 		m.routes[rt.GUID] = &rt
+		m.indexRoute(&rt)
 	}
-	m.refresh(true, true)
+	m.refresh(true, true, nil)
 	return m
 }
 
@@ -243,12 +251,12 @@ func (m *Model) Apply(d *Delta) (cells []string, shared bool, err error) {
 	for _, dom := range d.Domains {
 		m.domains[dom.GUID] = dom
 		aff.all = true // the hosts of every app in it
-		aff.routes = true
+		aff.domains = true
 	}
 	for _, guid := range d.Deleted["domains"] {
 		delete(m.domains, guid)
 		aff.all = true
-		aff.routes = true
+		aff.domains = true
 	}
 	// A route is in the shared list, and in the hosts of its apps: the
 	// cells where those (before and after) are attached list them in
@@ -256,9 +264,11 @@ func (m *Model) Apply(d *Delta) (cells []string, shared bool, err error) {
 	for _, rt := range d.Routes {
 		m.dropRoute(rt.GUID, &aff)
 		m.routes[rt.GUID] = &rt
+		m.indexRoute(&rt)
 		aff.routes = true
 		for _, app := range rt.AppGUIDs {
 			aff.attachedCells(app)
+			aff.hostApps = append(aff.hostApps, app)
 		}
 	}
 	for _, guid := range d.Deleted["routes"] {
@@ -284,10 +294,45 @@ func (m *Model) Apply(d *Delta) (cells []string, shared bool, err error) {
 			aff.cells[c.GUID] = true
 		}
 	}
-	if aff.endpoints || aff.routes {
-		m.refresh(aff.endpoints, aff.routes)
+	shared = aff.endpoints || aff.routes || aff.domains
+	if shared {
+		if aff.domains {
+			aff.hostApps = nil // every app's hosts: the domains' internal flags, their names
+		}
+		m.refresh(aff.endpoints, aff.routes || aff.domains, aff.hostApps)
 	}
-	return slices.Sorted(maps.Keys(aff.cells)), aff.endpoints || aff.routes, nil
+	return slices.Sorted(maps.Keys(aff.cells)), shared, nil
+}
+
+// compareRoutes orders routes by domain name, host and GUID: the order of
+// the shared list.
+func compareRoutes(a, b *Route) int {
+	return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
+}
+
+// indexRoute adds a route to routeOrder and routesOf.
+func (m *Model) indexRoute(rt *Route) {
+	at, _ := slices.BinarySearchFunc(m.routeOrder, rt, compareRoutes)
+	m.routeOrder = slices.Insert(m.routeOrder, at, rt)
+	for _, app := range rt.AppGUIDs {
+		if m.routesOf[app] == nil {
+			m.routesOf[app] = map[string]*Route{}
+		}
+		m.routesOf[app][rt.GUID] = rt
+	}
+}
+
+// unindexRoute removes a route from routeOrder and routesOf.
+func (m *Model) unindexRoute(rt *Route) {
+	if at, ok := slices.BinarySearchFunc(m.routeOrder, rt, compareRoutes); ok {
+		m.routeOrder = slices.Delete(m.routeOrder, at, at+1)
+	}
+	for _, app := range rt.AppGUIDs {
+		delete(m.routesOf[app], rt.GUID)
+		if len(m.routesOf[app]) == 0 {
+			delete(m.routesOf, app)
+		}
+	}
 }
 
 // dropRoute removes a route, marking the cells where its apps are
@@ -298,9 +343,11 @@ func (m *Model) dropRoute(guid string, aff *affected) {
 		return
 	}
 	delete(m.routes, guid)
+	m.unindexRoute(old)
 	aff.routes = true
 	for _, app := range old.AppGUIDs {
 		aff.attachedCells(app)
+		aff.hostApps = append(aff.hostApps, app)
 	}
 }
 
@@ -326,10 +373,11 @@ func (m *Model) shows(app string) bool {
 // every cell's), and which shared lists it changes: endpoints, or domains
 // and routes (and the hosts of the apps).
 type affected struct {
-	m                 *Model
-	all               bool
-	cells             map[string]bool
-	endpoints, routes bool
+	m                          *Model
+	all                        bool
+	cells                      map[string]bool
+	endpoints, routes, domains bool
+	hostApps                   []string // apps whose routes changed
 }
 
 // app marks the cells where an app has instances.
@@ -426,38 +474,57 @@ func (m *Model) removePolicy(id int64, aff *affected) {
 }
 
 // refresh recomputes the shared lists: the endpoints, and the domains and
-// routes (with the apps' hosts), in the orders a snapshot keeps: instances
-// by app, index and GUID, domains by name, routes by domain name, host and
-// GUID. A list it is not asked to recompute stays the same slice.
-func (m *Model) refresh(endpoints, routes bool) {
-	var ins []Instance
+// routes, in the orders a snapshot keeps: instances by app, index and GUID,
+// domains by name, routes by domain name, host and GUID. A list it is not
+// asked to recompute stays the same slice. With routes, the hosts of
+// hostApps are recomputed, or with hostApps nil every app's (and the
+// routes' order: a domain's name may have changed).
+func (m *Model) refresh(endpoints, routes bool, hostApps []string) {
 	if endpoints {
+		var ins []Instance
 		for _, in := range m.instances {
 			if attached(*in) {
 				ins = append(ins, *in)
 			}
 		}
 		slices.SortFunc(ins, func(a, b Instance) int { return compareInstances(&a, &b) })
+		m.sharedOf.endpoints = computeShared(ins, nil, nil, m.app).endpoints
 	}
-	var domains []Domain
-	var rts []Route
-	if routes {
-		domains = slices.SortedFunc(maps.Values(m.domains), func(a, b Domain) int { return strings.Compare(a.Name, b.Name) })
-		rts = make([]Route, 0, len(m.routes))
-		for _, rt := range m.routes {
-			rts = append(rts, *rt)
+	if !routes {
+		return
+	}
+	if hostApps == nil {
+		domains := slices.SortedFunc(maps.Values(m.domains), func(a, b Domain) int { return strings.Compare(a.Name, b.Name) })
+		slices.SortFunc(m.routeOrder, compareRoutes)
+		rts := make([]Route, len(m.routeOrder))
+		for i, rt := range m.routeOrder {
+			rts[i] = *rt
 		}
-		slices.SortFunc(rts, func(a, b Route) int {
-			return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
-		})
-	}
-	x := computeShared(ins, domains, rts, m.app)
-	if endpoints {
-		m.sharedOf.endpoints = x.endpoints
-	}
-	if routes {
+		x := computeShared(nil, domains, rts, m.app)
 		m.sharedOf.domains, m.sharedOf.routes = x.domains, x.routes
 		m.hostsOf = RouteHosts(domains, rts)
+		return
+	}
+	list := make([]api.RouteEntry, 0, len(m.routeOrder))
+	for _, rt := range m.routeOrder {
+		if len(rt.AppGUIDs) > 0 {
+			list = append(list, api.RouteEntry{Host: rt.Host, Domain: rt.DomainName, AppGUIDs: rt.AppGUIDs})
+		}
+	}
+	m.sharedOf.routes = list
+	for _, app := range hostApps {
+		var hs []string
+		for _, rt := range m.routesOf[app] {
+			if m.domains[rt.DomainGUID].Internal {
+				hs = append(hs, rt.Host+"."+rt.DomainName)
+			}
+		}
+		if hs == nil {
+			delete(m.hostsOf, app)
+			continue
+		}
+		slices.Sort(hs)
+		m.hostsOf[app] = slices.Compact(hs)
 	}
 }
 
