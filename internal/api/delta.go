@@ -67,6 +67,9 @@ type stateField struct {
 	list  bool   // a slice: sent as an edit script
 	// comparable: a list's entries compare with ==; else by their JSON.
 	comparable bool
+	// equal: the field (not a list) compares with ==, and values equal so
+	// have the same JSON: Diff needs not encode them to see no change.
+	equal bool
 }
 
 var (
@@ -99,6 +102,8 @@ func cellStateFields() []stateField {
 		f := stateField{index: i, name: name, list: sf.Type.Kind() == reflect.Slice}
 		if f.list {
 			f.comparable = sf.Type.Elem().Comparable()
+		} else {
+			f.equal = sf.Type.Comparable()
 		}
 		out = append(out, f)
 	}
@@ -185,6 +190,9 @@ func (df *Differ) Diff(old, new *CellState) (CellDelta, error) {
 				d.Lists[f.name] = edits
 			}
 			continue
+		}
+		if f.equal && o.Equal(n) {
+			continue // most fields, most of the time (a change to the shared lists alone)
 		}
 		ob, err := json.Marshal(o.Interface())
 		if err != nil {

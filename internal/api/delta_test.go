@@ -327,3 +327,60 @@ func TestDifferSharedLists(t *testing.T) {
 		t.Error("the Differ kept no script")
 	}
 }
+
+// TestDifferMatchesDiff: over random walks of states whose long lists are
+// shared by several cells (each list now replaced, now kept), the deltas
+// of one Differ (a list's script diffed once and reused; equal fields
+// skipped unencoded) are exactly the deltas of the plain Diff.
+func TestDifferMatchesDiff(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 5))
+	var df Differ
+	long := func(n int) []Endpoint {
+		var eps []Endpoint
+		for i := range n {
+			eps = append(eps, Endpoint{IP: netip.AddrFrom4([4]byte{10, 255, byte(i / 250), byte(i % 250)}), Instance: fmt.Sprint(i)})
+		}
+		return eps
+	}
+	shared := long(100)
+	var cells [3]CellState
+	for i := range cells {
+		randomValue(r, reflect.ValueOf(&cells[i]).Elem(), 0)
+		cells[i].Endpoints = shared
+	}
+	for step := range 300 {
+		if r.IntN(2) == 0 { // the shared list changes
+			next := slices.Clone(shared)
+			i := r.IntN(len(next))
+			if r.IntN(2) == 0 && len(next) > minKept {
+				next = slices.Delete(next, i, i+1)
+			} else {
+				next = slices.Insert(next, i, Endpoint{IP: netip.AddrFrom4([4]byte{10, 254, byte(step), byte(i)}), Instance: "new"})
+			}
+			shared = next
+		}
+		for i := range cells {
+			next := cells[i]
+			next.Revision++
+			if r.IntN(3) == 0 {
+				mutate(r, &next)
+			}
+			next.Endpoints = shared
+			got, err := df.Diff(&cells[i], &next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := Diff(&cells[i], &next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if g, w := mustJSON(t, got), mustJSON(t, want); !bytes.Equal(g, w) {
+				t.Fatalf("step %d, cell %d: Differ.Diff = %s\nwant (Diff) %s", step, i, g, w)
+			}
+			cells[i] = next
+		}
+	}
+	if len(df.lists) == 0 {
+		t.Error("the Differ kept no script")
+	}
+}

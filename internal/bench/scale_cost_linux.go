@@ -3,13 +3,12 @@ package bench
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/launcher"
@@ -35,36 +34,30 @@ type costProbe struct {
 	gap  time.Duration // between changes: more than the feed's 50 ms coalescing
 }
 
-// cpuTicks is the CPU time (user + system) of process pid in clock ticks
-// of 10 ms (Linux's USER_HZ), from /proc/PID/stat.
-func cpuTicks(pid int) (int64, error) {
-	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
-	if err != nil {
-		return 0, err
+// cpuNanos is the CPU time (user + system) process pid has used, in
+// nanoseconds: its process CPU clock (clock_gettime on the clock id
+// clock_getcpuclockid would give, CPUCLOCK_SCHED of the whole thread
+// group), which the scheduler keeps to the nanosecond and which counts the
+// threads that have exited too. /proc/PID/stat's utime and stime, which
+// the bench read before, are in 10 ms ticks: a change costing the
+// controller a few milliseconds vanished in their rounding and in the idle
+// rate subtracted (a negative 1.4 ms per policy add, once).
+func cpuNanos(pid int) (int64, error) {
+	const cpuClockSched = 2 // CPUCLOCK_SCHED; no CPUCLOCK_PERTHREAD bit: the whole process
+	var ts unix.Timespec
+	if err := unix.ClockGettime(int32(^pid<<3|cpuClockSched), &ts); err != nil {
+		return 0, fmt.Errorf("CPU clock of process %d: %w", pid, err)
 	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0, fmt.Errorf("/proc/%d/stat: no command end", pid)
-	}
-	f := strings.Fields(s[i+1:]) // f[0] is field 3 (state): utime is field 14, stime 15
-	if len(f) < 13 {
-		return 0, fmt.Errorf("/proc/%d/stat: %d fields", pid, len(f))
-	}
-	u, err1 := strconv.ParseInt(f[11], 10, 64)
-	k, err2 := strconv.ParseInt(f[12], 10, 64)
-	return u + k, errors.Join(err1, err2)
+	return ts.Nano(), nil
 }
 
-const tickMS = 10.0 // USER_HZ = 100
-
-// cpu returns the controller's and the agents' CPU ticks.
+// cpu returns the controller's and the agents' CPU time, in nanoseconds.
 func (p *costProbe) cpu() (ctrl, agents int64, err error) {
-	if ctrl, err = cpuTicks(p.f.Controller.PID); err != nil {
+	if ctrl, err = cpuNanos(p.f.Controller.PID); err != nil {
 		return 0, 0, err
 	}
 	for _, c := range p.f.Cells {
-		t, err := cpuTicks(c.Agent.PID)
+		t, err := cpuNanos(c.Agent.PID)
 		if err != nil {
 			return 0, 0, err
 		}
@@ -176,8 +169,8 @@ func (p *costProbe) measure(ctx context.Context, n int, change func(k int) error
 	}
 	took := time.Since(t1).Seconds()
 	out := changeCost{changes: n,
-		ctrlCPU:  (float64(c2-c1) - ctrlIdle*took) * tickMS / float64(n),
-		agentCPU: (float64(a2-a1) - agentIdle*took) * tickMS / float64(n)}
+		ctrlCPU:  (float64(c2-c1) - ctrlIdle*took) / 1e6 / float64(n),
+		agentCPU: (float64(a2-a1) - agentIdle*took) / 1e6 / float64(n)}
 	var bytes int64
 	for i := range after {
 		s0, s1 := before[i].States, after[i].States

@@ -434,8 +434,13 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 	r.Notes = append(r.Notes, routes.note("route change cost"))
 	step("route changes: %d maps and unmaps, timed until every cell's DNS answers", p.dnsRounds)
 	query := dnsQuery("scale-dns.apps.internal")
+	// What the probe costs the cells, and how the cells' answers spread:
+	// queries sent, and when the first cell answered, per change.
+	var queries int
+	var firstTimes []float64
 	allAnswer := func(want int) (time.Duration, error) {
 		start := time.Now()
+		first := time.Duration(0)
 		pending := map[int]bool{}
 		for i := range conns {
 			pending[i] = true
@@ -452,6 +457,7 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 				if _, err := conns[i].Write(query); err != nil {
 					return 0, err
 				}
+				queries++
 			}
 			deadline := time.Now().Add(50 * time.Millisecond)
 			for i := range pending {
@@ -461,9 +467,13 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 				k, err := conns[i].Read(buf)
 				if err == nil && k >= 12 && int(buf[6])<<8|int(buf[7]) == want {
 					delete(pending, i)
+					if first == 0 {
+						first = time.Since(start)
+					}
 				}
 			}
 		}
+		firstTimes = append(firstTimes, ms(first))
 		return time.Since(start), nil
 	}
 	var dnsTimes []float64
@@ -485,6 +495,9 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		dnsTimes = append(dnsTimes, ms(d))
 	}
 	r.Samples["route-change-all-dns/trellis"] = dnsTimes
+	r.Samples["route-change-first-dns/trellis"] = firstTimes
+	r.Notes = append(r.Notes, fmt.Sprintf("route change → DNS, how the answers spread: the first cell answered at p50 %.1f / p99 %.1f ms, every cell at p50 %.1f / p99 %.1f ms; the probe sent %.0f DNS queries per change (%d cells)",
+		percentile(firstTimes, 50), percentile(firstTimes, 99), percentile(dnsTimes, 50), percentile(dnsTimes, 99), float64(queries)/float64(max(1, len(dnsTimes))), len(conns)))
 	r.Figures = append(r.Figures, newFigure("scale/route-change-dns-p99", "route change → every cell's DNS answers it, p99", "ms", percentile(dnsTimes, 99), 180000,
 		"Cloud Foundry's service-discovery staleness threshold (documented, not measured)", &goal{atMost: true, limit: 200}))
 
@@ -530,7 +543,7 @@ func Scale(ctx context.Context, o ScaleOptions) (rep *Report, err error) {
 		fmt.Sprintf("scale: a local foundation of %d cells (namespaces, real agent processes, controller on SQLite) loaded through the API with %d apps and %d policies among them, %d instances attached through the CNI plugin (run by libcni from each cell's namespace)", p.cells, p.apps, p.policies, p.instances),
 		fmt.Sprintf("api: %d rounds, each an app create and a policy create (between two new apps) on the foundation and then on a controller with no cell (in the bench's process, SQLite, loaded the same way); the ratio is the median of the rounds' ratios", p.apiRounds),
 		"policy add: each between two fresh apps running on two cells; the clock starts when the API call returns and stops when both cells' agents report a new applied revision and a TCP connect from the source container reaches the destination's listener (default deny rejects it before); cells woken = agents whose applied revision moved by then",
-		fmt.Sprintf("cost of a change: an idle window (%v) measures the controller's and the agents' CPU at rest; then the changes, %v apart (more than the feed's 50 ms coalescing: each is pushed alone), until every affected cell's agent applied a newer state and no revision moved for 500 ms; CPU = utime+stime from /proc/PID/stat (10 ms ticks) over that time less the idle rate, per change; bytes = the agents' count of state answer bytes read (deltas, plus 1-byte heartbeats), per change per cell of the foundation; the whole-state baseline = the JSON size of the states the woken cells hold after; the policy adds are the first between two sets of pairs of apps running on two cells, at %d and then %d policies stored, the route changes map and unmap one internal route", probe.idle, probe.gap, p.smallPolicies, p.policies),
+		fmt.Sprintf("cost of a change: an idle window (%v) measures the controller's and the agents' CPU at rest; then the changes, %v apart (more than the feed's 50 ms coalescing: each is pushed alone), until every affected cell's agent applied a newer state and no revision moved for 500 ms; CPU = the process's CPU clock (clock_gettime of its CPUCLOCK_SCHED clock: user + system, in nanoseconds, exited threads included; until 2026-12-07 the bench read /proc/PID/stat's 10 ms ticks, too coarse for a few ms per change) over that time less the idle rate, per change; bytes = the agents' count of state answer bytes read (deltas, plus 1-byte heartbeats), per change per cell of the foundation; the whole-state baseline = the JSON size of the states the woken cells hold after; the policy adds are the first between two sets of pairs of apps running on two cells, at %d and then %d policies stored, the route changes map and unmap one internal route", probe.idle, probe.gap, p.smallPolicies, p.policies),
 		"route change: map and unmap of an internal route to a running app; the clock starts when the API call returns and stops when a container on every cell has had the expected answer from its cell's DNS server (every cell not yet answering is asked at once, then each answer read within 50 ms, again until all answered)",
 		"agent start: the agent of the last cell stopped (SIGTERM) and started again on its kept identity, until its status says ready (its first state applied); RSS: VmRSS of the controller and agent processes after the measurements above")
 	return r, nil

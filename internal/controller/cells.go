@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/api"
@@ -198,8 +199,10 @@ func (s *Server) leaveCell(w http.ResponseWriter, r *http.Request) {
 // (default and at most 30) with the current state.
 func (s *Server) cellState(w http.ResponseWriter, r *http.Request) {
 	c := cellFrom(r.Context())
-	if err := s.store.TouchCell(r.Context(), c.GUID); err != nil {
-		s.log.Warn("touch cell", "cell", c.Name, "err", err)
+	if s.touches.due(c.GUID, time.Now()) {
+		if err := s.store.TouchCell(r.Context(), c.GUID); err != nil {
+			s.log.Warn("touch cell", "cell", c.Name, "err", err)
+		}
 	}
 	q := r.URL.Query()
 	after := int64(-1)
@@ -314,6 +317,32 @@ func (c *countingWriter) Write(p []byte) (int, error) {
 	n, err := c.w.Write(p)
 	c.n += int64(n)
 	return n, err
+}
+
+// touchEvery is the least time between two writes of a cell's last-seen
+// time: far below HealthyWithin, and a change that wakes 50 cells does not
+// cost 50 database writes when their polls come back.
+const touchEvery = 5 * time.Second
+
+// touchLimiter says when a cell's last-seen time is due to be written.
+type touchLimiter struct {
+	mu   sync.Mutex
+	last map[string]time.Time // cell → when its last-seen time was last written
+}
+
+// due reports whether cell's last-seen time should be written now, and if
+// so counts it written.
+func (l *touchLimiter) due(cell string, now time.Time) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Sub(l.last[cell]) < touchEvery {
+		return false
+	}
+	if l.last == nil || len(l.last) > 100000 {
+		l.last = map[string]time.Time{} // forget deleted cells now and then
+	}
+	l.last[cell] = now
+	return true
 }
 
 // stateHeartbeat is how often a held long poll of the cell state writes a

@@ -47,11 +47,10 @@ type cellFeed struct {
 	compiling sync.Mutex // one compile at a time; holders of mu never wait for it
 	// Held with compiling: the model of every cell's state, at the
 	// revision of the last compile (nil until the first, and after a
-	// failed one), and the encoder of the states, kept while the model's
-	// shared parts stay the same (encGen).
-	model  *policy.Model
-	enc    *stateEncoder
-	encGen uint64
+	// failed one), and the encoder of the states, which keeps the
+	// encodings of the shared lists.
+	model *policy.Model
+	enc   *stateEncoder
 	// alwaysRebuild (benchmarks only) compiles every cell from a snapshot
 	// on every change, as the feed did before it kept a model.
 	alwaysRebuild bool
@@ -84,11 +83,17 @@ type cellFeed struct {
 // feedEntry is one cell's compiled desired state.
 type feedEntry struct {
 	rev int64    // the cell's revision
-	sum [32]byte // hash of the state without its revision
-	// body is the state as JSON, in segments: the parts every cell shares
-	// (the foundation's tagged apps, endpoints and routes) are encoded
-	// once per compile and written to every cell's poll as they are.
-	body [][]byte
+	sum [32]byte // hash of the state without its revision: of ownSum and sums
+	// body is the state as JSON, in segments: the lists every cell shares
+	// (the foundation's endpoints, domains and routes), at sharedAt, are
+	// encoded once and written to every cell's poll as they are. ownSum is
+	// the hash of the other segments but the revision (body[0]), sums the
+	// shared lists' hashes: a change to the shared lists alone makes a new
+	// entry of the same own segments (stateEncoder.reshare).
+	body     [][]byte
+	ownSum   [32]byte
+	sums     [nShared][32]byte
+	sharedAt [nShared]int
 	// st is the state itself (read-only: it shares slices with the model
 	// and other states), and older the cell's states before it, newest
 	// first, at most stateHistory: the bases of the deltas the feed can
@@ -359,14 +364,11 @@ func (f *cellFeed) applyChanges(ctx context.Context, start time.Time) (done bool
 		f.log.Debug("changes the model does not apply: rebuilding it from a snapshot", "tables", ch.Other)
 		return false, nil
 	}
-	cells, err := f.model.Apply(compileDelta(&ch))
+	cells, shared, err := f.model.Apply(compileDelta(&ch))
 	if err != nil {
 		f.model = nil
 		f.log.Info("a change the model does not apply: rebuilding it from a snapshot", "err", err)
 		return false, nil
-	}
-	if gen := f.model.SharedGeneration(); gen != f.encGen || f.enc == nil {
-		f.enc, f.encGen = newStateEncoder(), gen
 	}
 	f.mu.Lock()
 	next := maps.Clone(f.cells)
@@ -388,6 +390,25 @@ func (f *cellFeed) applyChanges(ctx context.Context, start time.Time) (done bool
 			changes++
 		}
 	}
+	// The other cells' own parts are as they were: when the shared lists
+	// changed (a route, an instance attached elsewhere), each takes the
+	// new lists into its state and its encoding, O(1) per cell.
+	if shared {
+		own := make(map[string]bool, len(cells))
+		for _, guid := range cells {
+			own[guid] = true
+		}
+		for guid, e := range next {
+			if own[guid] || e.st == nil {
+				continue
+			}
+			st := *e.st
+			f.model.Reshare(&st)
+			if f.reshare(next, guid, &st, ch.Revision) {
+				changes++
+			}
+		}
+	}
 	f.publish(ch.Revision, next, changes, len(cells), start)
 	return true, nil
 }
@@ -404,7 +425,7 @@ func (f *cellFeed) rebuild(ctx context.Context, start time.Time) error {
 		return err
 	}
 	f.model = policy.NewModel(in)
-	f.enc, f.encGen = newStateEncoder(), f.model.SharedGeneration()
+	f.enc = newStateEncoder()
 	f.rebuilds.Inc()
 	next := map[string]*feedEntry{}
 	f.mu.Lock()
@@ -436,6 +457,24 @@ func (f *cellFeed) put(cells map[string]*feedEntry, guid string, st *api.CellSta
 		f.log.Error("encode a cell's state", "cell", guid, "err", err)
 		return false
 	}
+	return f.keep(cells, guid, st, e)
+}
+
+// reshare is put for a state that differs from the entry's in cells[guid]
+// at most by its shared lists (see policy.Model.Reshare): it reuses the
+// entry's encoding of the cell's own parts.
+func (f *cellFeed) reshare(cells map[string]*feedEntry, guid string, st *api.CellState, rev int64) bool {
+	e, err := f.enc.reshare(cells[guid], rev, st)
+	if err != nil { // a state is plain data: it always encodes
+		f.log.Error("encode a cell's state", "cell", guid, "err", err)
+		return false
+	}
+	return f.keep(cells, guid, st, e)
+}
+
+// keep makes e, the encoding of st, cells[guid], unless its content is
+// the entry's there; it reports whether it did.
+func (f *cellFeed) keep(cells map[string]*feedEntry, guid string, st *api.CellState, e *feedEntry) bool {
 	old := cells[guid]
 	if old != nil && old.sum == e.sum {
 		return false

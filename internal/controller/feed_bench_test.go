@@ -2,6 +2,8 @@ package controller
 
 import (
 	"context"
+	"encoding/hex"
+	"encoding/pem"
 	"fmt"
 	"io"
 	"log/slog"
@@ -9,12 +11,14 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/identity"
 	"github.com/trellis-c2c/trellis/internal/ipam"
 	"github.com/trellis-c2c/trellis/internal/policy"
@@ -62,7 +66,11 @@ func compileFromSnapshot(ctx context.Context, s *Server) error {
 	return nil
 }
 
-func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
+// scaleFeed loads st with Cloud Foundry's validated scale (50 cells,
+// 20,000 apps, nPolicies policies, 1,000 instances: 20 per cell, of the
+// first 1,000 apps) and returns a server whose feed compiled it, the apps
+// and the cells.
+func scaleFeed(b *testing.B, st *store.Store, nPolicies int) (*Server, []string, []store.Cell) {
 	ctx := context.Background()
 	const nCells, nApps, nInstances = 50, 20000, 1000
 	pool, _ := ipam.NewPool(ipam.DefaultOverlay, ipam.DefaultSubnetPrefix)
@@ -105,6 +113,13 @@ func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
 	if err := s.feed.compileAtLeast(ctx, 0); err != nil {
 		b.Fatal(err)
 	}
+	return s, apps, cells
+}
+
+func benchFeed(b *testing.B, st *store.Store, nPolicies int) {
+	ctx := context.Background()
+	const nInstances = 1000
+	s, apps, _ := scaleFeed(b, st, nPolicies)
 	port := 1000
 	for _, mode := range []string{"snapshot", "model"} {
 		b.Run(mode, func(b *testing.B) {
@@ -240,6 +255,154 @@ func benchAPIWatched(b *testing.B, st *store.Store, nCells int) {
 					}
 				}
 			})
+		}
+	}
+}
+
+// BenchmarkRouteChange measures what a route change costs the controller
+// at Cloud Foundry's validated scale (50 cells, 20,000 apps, 60,000
+// policies, 1,000 attached instances): an internal route mapped to and
+// unmapped from a running app, each change brought into the feed and
+// answered to every cell's poll as a delta from the state it had (what
+// the 50 agents' long polls cost it: every cell's DNS answers every
+// route, so every cell is woken). Per op: one change and its 50 answers.
+//
+//	go test -run '^$' -bench 'RouteChange/sqlite' -benchtime 40x ./internal/controller/
+func BenchmarkRouteChange(b *testing.B) {
+	for _, engine := range storetest.Engines {
+		b.Run(engine, func(b *testing.B) {
+			benchRouteChange(b, storetest.Open(b, engine))
+		})
+	}
+}
+
+func benchRouteChange(b *testing.B, st *store.Store) {
+	ctx := context.Background()
+	s, apps, cells := scaleFeed(b, st, 60000)
+	spaces, _ := st.Spaces(ctx, store.SpaceFilter{Names: []string{"default"}})
+	domains, err := st.Domains(ctx, store.DomainFilter{Names: []string{store.DefaultDomain}})
+	if err != nil || len(domains) == 0 {
+		b.Fatalf("domain %s: %v", store.DefaultDomain, err)
+	}
+	route, err := st.CreateRoute(ctx, spaces[0].GUID, domains[0].GUID, "bench")
+	if err != nil {
+		b.Fatal(err)
+	}
+	// What each cell's agent holds: the entry it was last answered with.
+	held := map[string]*feedEntry{}
+	update := func() {
+		rev, err := st.Revision(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		if err := s.feed.compileAtLeast(ctx, rev); err != nil {
+			b.Fatal(err)
+		}
+		s.feed.mu.Lock()
+		entries := s.feed.cells
+		s.feed.mu.Unlock()
+		for _, c := range cells {
+			e, old := entries[c.GUID], held[c.GUID]
+			if old != nil && old != e {
+				var n countWriter
+				delta, err := e.answer(&n, &s.feed.differ, old.rev, hex.EncodeToString(old.sum[:]), true)
+				if err != nil || !delta {
+					b.Fatalf("answer cell %s: delta %v, %v", c.Name, delta, err)
+				}
+			}
+			held[c.GUID] = e
+		}
+	}
+	update()
+	for i := 0; b.Loop(); i++ {
+		b.StopTimer() // the store's write is not the feed's
+		if i%2 == 0 {
+			_, err = st.AddRouteDestinations(ctx, route.GUID, []string{apps[1]})
+		} else {
+			err = st.RemoveRouteDestination(ctx, route.GUID, apps[1])
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+		update()
+	}
+}
+
+// countWriter counts what is written to it.
+type countWriter int64
+
+func (w *countWriter) Write(p []byte) (int, error) {
+	*w += countWriter(len(p))
+	return len(p), nil
+}
+
+// BenchmarkRouteChangePolled measures a route change as 50 cells' agents
+// see it: 50 api.CellClients long-poll the controller over mutual TLS
+// with deltas, as agents do; per op, one route change written to the
+// store and the time until every cell holds its revision (the
+// controller's whole path: the feed, the 50 answers, the 50 polls that
+// follow, each with its handler's own work). A small store: the cost
+// measured is the per-poll one.
+//
+//	go test -run '^$' -bench RouteChangePolled -benchtime 100x ./internal/controller/
+func BenchmarkRouteChangePolled(b *testing.B) {
+	const nCells = 50
+	e := newEnv(b, "sqlite")
+	ctx := b.Context()
+	space := e.defaultSpace()
+	app := e.createApp(space, "backend")
+	serverCA := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: e.srv.Certificate().Raw}))
+	held := make(chan int64, nCells)
+	var polls sync.WaitGroup
+	defer polls.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for i := range nCells {
+		_, c := e.joinCell(fmt.Sprintf("cell%d", i), fmt.Sprintf("198.51.100.%d", 10+i))
+		if i == 0 {
+			e.register(c, uuid.NewString(), app, 0, "10.255.1.2")
+		}
+		agent, err := api.NewCellClient([]string{e.srv.URL}, serverCA, c.Transport.(*http.Transport).TLSClientConfig.Certificates[0])
+		if err != nil {
+			b.Fatal(err)
+		}
+		polls.Go(func() {
+			var have *api.CellState
+			for ctx.Err() == nil {
+				st, err := agent.CellStateFrom(ctx, have, 30*time.Second)
+				if err != nil {
+					continue
+				}
+				if have == nil || st.Revision > have.Revision {
+					select {
+					case held <- st.Revision:
+					case <-ctx.Done():
+					}
+				}
+				have = &st
+			}
+		})
+	}
+	rt := e.createRoute(e.admin, space, "bench", "apps.internal")
+	for i := 0; b.Loop(); i++ {
+		var err error
+		if i%2 == 0 {
+			_, err = e.store.AddRouteDestinations(ctx, rt.GUID, []string{app})
+		} else {
+			err = e.store.RemoveRouteDestination(ctx, rt.GUID, app)
+		}
+		if err != nil {
+			b.Fatal(err)
+		}
+		rev, err := e.store.Revision(ctx)
+		if err != nil {
+			b.Fatal(err)
+		}
+		for n := 0; n < nCells; { // each cell's first revision at or after rev
+			if <-held >= rev {
+				n++
+			}
 		}
 	}
 }

@@ -10,7 +10,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/trellis-c2c/trellis/internal/api"
+	"github.com/trellis-c2c/trellis/internal/policy"
+	"github.com/trellis-c2c/trellis/internal/store"
 )
 
 // TestCellStateWakesOnlyTouchedCells: a change wakes the long poll of a
@@ -304,4 +308,93 @@ func mustMarshal(t *testing.T, v any) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// TestSharedChangeCompilesOnlyItsCells: a change to the lists every cell
+// shares — a route mapped to an app running on cell2, an instance attached
+// on cell1 — compiles only the cells whose own part it changes (cell2's
+// local apps list the route's host; cell1 runs the instance), and every
+// other cell gets the new lists in a state that is exactly the one a full
+// compile gives.
+func TestSharedChangeCompilesOnlyItsCells(t *testing.T) {
+	forEachEngine(t, func(t *testing.T, e *env) {
+		_, c1 := e.joinCell("cell1", "198.51.100.11")
+		_, c2 := e.joinCell("cell2", "198.51.100.12")
+		_, c3 := e.joinCell("cell3", "198.51.100.13")
+		clients := map[string]*http.Client{"cell1": c1, "cell2": c2, "cell3": c3}
+		space := e.defaultSpace()
+		frontend, backend := e.createApp(space, "frontend"), e.createApp(space, "backend")
+		e.register(c2, "5a3c8e1e-0000-4000-8000-000000000002", backend, 0, "10.255.2.2")
+		feed := e.srv.Config.Handler.(*Server).feed
+		states := func() map[string]api.CellState {
+			out := map[string]api.CellState{}
+			for name, c := range clients {
+				var st api.CellState
+				if code := cellGet(t, c, e.srv.URL+"/trellis/v1/cell/state", &st); code != 200 {
+					t.Fatalf("GET %s state = %d", name, code)
+				}
+				out[name] = st
+			}
+			return out
+		}
+		before := states()
+		for _, step := range []struct {
+			what     string
+			change   func()
+			compiled float64
+		}{
+			{"a route mapped to backend (cell2)", func() { e.mapRoute(backend, "be", "apps.internal") }, 1},
+			{"frontend attached on cell1", func() { e.register(c1, "5a3c8e1e-0000-4000-8000-000000000001", frontend, 0, "10.255.1.2") }, 1},
+		} {
+			n := testutil.ToFloat64(feed.cellsCompiled)
+			step.change()
+			after := states()
+			if got := testutil.ToFloat64(feed.cellsCompiled) - n; got != step.compiled {
+				t.Errorf("after %s the feed compiled %v cells; want %v", step.what, got, step.compiled)
+			}
+			rev, err := e.store.Revision(t.Context())
+			if err != nil {
+				t.Fatal(err)
+			}
+			snap, err := e.store.Snapshot(t.Context(), store.SnapshotFilter{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			in, err := e.srv.Config.Handler.(*Server).compileInput(t.Context(), snap)
+			if err != nil {
+				t.Fatal(err)
+			}
+			full := policy.Compile(in)
+			for name, st := range after {
+				if st.Revision <= before[name].Revision || st.Revision > rev {
+					t.Errorf("after %s %s has revision %d; want one above %d", step.what, name, st.Revision, before[name].Revision)
+				}
+				want := full[st.Cell.GUID]
+				want.Revision = st.Revision
+				if g, w := mustMarshal(t, st), mustMarshal(t, want); string(g) != string(w) {
+					t.Errorf("after %s %s holds\n%s\nwant (a full compile)\n%s", step.what, name, g, w)
+				}
+			}
+			before = after
+		}
+	})
+}
+
+// TestTouchLimiter: a cell's last-seen time is written on its first poll
+// and then at most once per touchEvery, each cell on its own.
+func TestTouchLimiter(t *testing.T) {
+	var l touchLimiter
+	t0 := time.Unix(1000, 0)
+	for _, c := range []struct {
+		cell string
+		at   time.Duration
+		want bool
+	}{
+		{"c1", 0, true}, {"c1", time.Second, false}, {"c2", time.Second, true},
+		{"c1", touchEvery - 1, false}, {"c1", touchEvery, true}, {"c2", touchEvery, false}, {"c1", touchEvery + time.Second, false},
+	} {
+		if got := l.due(c.cell, t0.Add(c.at)); got != c.want {
+			t.Errorf("due(%s, +%v) = %v, want %v", c.cell, c.at, got, c.want)
+		}
+	}
 }

@@ -29,6 +29,7 @@ import (
 // CA): several Servers may share one PostgreSQL store.
 type Server struct {
 	store   *store.Store
+	touches touchLimiter // the cells' last-seen writes
 	ca      *identity.CA
 	pool    ipam.Pool
 	id      InstanceIdentity

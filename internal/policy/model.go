@@ -37,9 +37,14 @@ var ErrUnknownChange = errors.New("change the model does not understand")
 
 // Model is every cell's desired state kept up to date change by change:
 // built once from a snapshot (NewModel), then brought forward by Apply,
-// which reports the cells whose state the change may have changed. Cell
-// returns exactly what Compile would from a snapshot at the model's
-// revision: both compile with compileCell, the model from indexes it keeps.
+// which reports the cells whose own part of the state the change may have
+// changed, and whether the lists every cell shares (endpoints, domains,
+// routes) changed. Cell returns exactly what Compile would from a snapshot
+// at the model's revision: both compile with compileCell, the model from
+// indexes it keeps. A change to the shared lists alone (an instance
+// attached elsewhere, a route mapped) reaches the other cells through
+// Reshare, which swaps the new lists into a cell's state: O(1) per cell,
+// not a compile of its whole state.
 // A Model is not safe for concurrent use.
 type Model struct {
 	hdr Snapshot // Revision, Overlay, Enforce, Encryption, InstanceCA
@@ -57,13 +62,19 @@ type Model struct {
 	fromApp   map[string][]policyRef // source app → policies, ordered by id
 	domains   map[string]Domain
 	routes    map[string]*Route
-	groups    []SecurityGroup // replaced whole: their changes rebuild the model
+	// routeOrder holds the routes in the order of the shared list (domain
+	// name, host, GUID), kept in order change by change; routesOf the
+	// routes of each app, by GUID: a route change costs what it changes,
+	// not a sort of every route.
+	routeOrder []*Route
+	routesOf   map[string]map[string]*Route
+	groups     []SecurityGroup // replaced whole: their changes rebuild the model
 
-	// Recomputed when dirty: what every cell shares.
-	sharedOf    sharedParts
-	hostsOf     map[string][]string
-	sharedDirty bool
-	sharedGen   uint64 // counts refreshes
+	// Recomputed when dirty: what every cell shares. Each list is
+	// replaced only when what it is made of changed, so that a list that
+	// did not change stays the same slice (its encoding and diffs reused).
+	sharedOf sharedParts
+	hostsOf  map[string][]string
 }
 
 type policyRef struct {
@@ -105,10 +116,12 @@ func NewModel(s *Snapshot) *Model {
 	for _, d := range s.Domains {
 		m.domains[d.GUID] = d
 	}
+	m.routesOf = map[string]map[string]*Route{}
 	for _, rt := range s.Routes {
 		m.routes[rt.GUID] = &rt
+		m.indexRoute(&rt)
 	}
-	m.refresh()
+	m.refresh(true, true, nil)
 	return m
 }
 
@@ -137,17 +150,20 @@ func (m *Model) SetHeader(overlay api.Overlay, enforce bool, ca api.InstanceCA) 
 	return changed
 }
 
-// Apply brings the model to d.Revision and returns the cells whose state
+// Apply brings the model to d.Revision and returns the cells whose own
+// part of the state (all but the shared lists: endpoints, domains, routes)
 // the change may have changed (those deleted included: Cell says
-// ErrUnknownCell for them). With ErrUnknownChange the model is unusable:
-// build a new one.
-func (m *Model) Apply(d *Delta) ([]string, error) {
+// ErrUnknownCell for them), and whether the shared lists changed. A cell
+// not in cells has the state it had but for the shared lists: when shared
+// is true, Reshare brings it to the model's revision. With
+// ErrUnknownChange the model is unusable: build a new one.
+func (m *Model) Apply(d *Delta) (cells []string, shared bool, err error) {
 	aff := affected{m: m, cells: map[string]bool{}}
 	for tbl := range d.Deleted {
 		switch tbl {
 		case "cells", "spaces", "apps", "instances", "tags", "policies", "domains", "routes":
 		default:
-			return nil, ErrUnknownChange
+			return nil, false, ErrUnknownChange
 		}
 	}
 	m.hdr.Revision = d.Revision
@@ -156,6 +172,7 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 		old := m.apps[a.GUID]
 		if old != nil && old.Name != a.Name && m.shows(a.GUID) {
 			aff.all = true // tagged apps and endpoints carry names
+			aff.endpoints = true
 		}
 		aff.app(a.GUID)
 		m.apps[a.GUID] = &a
@@ -163,6 +180,7 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 	for _, guid := range d.Deleted["apps"] {
 		if m.shows(guid) {
 			aff.all = true
+			aff.endpoints = true
 		}
 		aff.app(guid)
 		delete(m.apps, guid)
@@ -185,7 +203,7 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 		}
 		m.instOf[in.AppGUID] = append(m.instOf[in.AppGUID], &in)
 		if attached(in) {
-			aff.all = true // endpoints
+			aff.endpoints = true // no other cell's own part shows it
 		}
 	}
 	for _, guid := range d.Deleted["instances"] {
@@ -201,14 +219,14 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 	for _, k := range d.Deleted["tags"] {
 		tag, err := strconv.ParseUint(k, 10, 16)
 		if err != nil {
-			return nil, ErrUnknownChange
+			return nil, false, ErrUnknownChange
 		}
 		retagged = append(retagged, m.dropTag(uint16(tag)))
 	}
 	for _, k := range d.Deleted["policies"] {
 		id, err := strconv.ParseInt(k, 10, 64)
 		if err != nil {
-			return nil, ErrUnknownChange
+			return nil, false, ErrUnknownChange
 		}
 		m.removePolicy(id, &aff)
 	}
@@ -232,19 +250,29 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 	}
 	for _, dom := range d.Domains {
 		m.domains[dom.GUID] = dom
-		aff.all = true
+		aff.all = true // the hosts of every app in it
+		aff.domains = true
 	}
 	for _, guid := range d.Deleted["domains"] {
 		delete(m.domains, guid)
 		aff.all = true
+		aff.domains = true
 	}
+	// A route is in the shared list, and in the hosts of its apps: the
+	// cells where those (before and after) are attached list them in
+	// their local apps.
 	for _, rt := range d.Routes {
+		m.dropRoute(rt.GUID, &aff)
 		m.routes[rt.GUID] = &rt
-		aff.all = true
+		m.indexRoute(&rt)
+		aff.routes = true
+		for _, app := range rt.AppGUIDs {
+			aff.attachedCells(app)
+			aff.hostApps = append(aff.hostApps, app)
+		}
 	}
 	for _, guid := range d.Deleted["routes"] {
-		delete(m.routes, guid)
-		aff.all = true
+		m.dropRoute(guid, &aff)
 	}
 	if len(d.Cells) > 0 || len(d.Deleted["cells"]) > 0 {
 		aff.all = true // peers
@@ -262,15 +290,74 @@ func (m *Model) Apply(d *Delta) ([]string, error) {
 		m.cells = slices.SortedFunc(maps.Values(byGUID), func(a, b api.Cell) int { return strings.Compare(a.Name, b.Name) })
 	}
 	if aff.all {
-		m.sharedDirty = true
 		for _, c := range m.cells {
 			aff.cells[c.GUID] = true
 		}
 	}
-	if m.sharedDirty {
-		m.refresh()
+	shared = aff.endpoints || aff.routes || aff.domains
+	if shared {
+		if aff.domains {
+			aff.hostApps = nil // every app's hosts: the domains' internal flags, their names
+		}
+		m.refresh(aff.endpoints, aff.routes || aff.domains, aff.hostApps)
 	}
-	return slices.Sorted(maps.Keys(aff.cells)), nil
+	return slices.Sorted(maps.Keys(aff.cells)), shared, nil
+}
+
+// compareRoutes orders routes by domain name, host and GUID: the order of
+// the shared list.
+func compareRoutes(a, b *Route) int {
+	return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
+}
+
+// indexRoute adds a route to routeOrder and routesOf.
+func (m *Model) indexRoute(rt *Route) {
+	at, _ := slices.BinarySearchFunc(m.routeOrder, rt, compareRoutes)
+	m.routeOrder = slices.Insert(m.routeOrder, at, rt)
+	for _, app := range rt.AppGUIDs {
+		if m.routesOf[app] == nil {
+			m.routesOf[app] = map[string]*Route{}
+		}
+		m.routesOf[app][rt.GUID] = rt
+	}
+}
+
+// unindexRoute removes a route from routeOrder and routesOf.
+func (m *Model) unindexRoute(rt *Route) {
+	if at, ok := slices.BinarySearchFunc(m.routeOrder, rt, compareRoutes); ok {
+		m.routeOrder = slices.Delete(m.routeOrder, at, at+1)
+	}
+	for _, app := range rt.AppGUIDs {
+		delete(m.routesOf[app], rt.GUID)
+		if len(m.routesOf[app]) == 0 {
+			delete(m.routesOf, app)
+		}
+	}
+}
+
+// dropRoute removes a route, marking the cells where its apps are
+// attached.
+func (m *Model) dropRoute(guid string, aff *affected) {
+	old := m.routes[guid]
+	if old == nil {
+		return
+	}
+	delete(m.routes, guid)
+	m.unindexRoute(old)
+	aff.routes = true
+	for _, app := range old.AppGUIDs {
+		aff.attachedCells(app)
+		aff.hostApps = append(aff.hostApps, app)
+	}
+}
+
+// Reshare brings a state of a cell that Apply did not list to the model's
+// revision: the state the cell had, with the shared lists as they are
+// now. It is what Cell returns for that cell, at the cost of a few
+// assignments.
+func (m *Model) Reshare(st *api.CellState) {
+	st.Revision = m.hdr.Revision
+	st.Endpoints, st.Domains, st.Routes = m.sharedOf.endpoints, m.sharedOf.domains, m.sharedOf.routes
 }
 
 // shows reports whether an app's name is in every cell's state: it has a
@@ -282,11 +369,15 @@ func (m *Model) shows(app string) bool {
 	return slices.ContainsFunc(m.instOf[app], func(in *Instance) bool { return attached(*in) })
 }
 
-// affected collects the cells a delta may change.
+// affected collects the cells whose own parts a delta may change (all:
+// every cell's), and which shared lists it changes: endpoints, or domains
+// and routes (and the hosts of the apps).
 type affected struct {
-	m     *Model
-	all   bool
-	cells map[string]bool
+	m                          *Model
+	all                        bool
+	cells                      map[string]bool
+	endpoints, routes, domains bool
+	hostApps                   []string // apps whose routes changed
 }
 
 // app marks the cells where an app has instances.
@@ -338,7 +429,7 @@ func (m *Model) removeInstance(guid string, aff *affected) {
 		delete(m.instOf, old.AppGUID)
 	}
 	if attached(*old) {
-		aff.all = true // endpoints
+		aff.endpoints = true
 	}
 }
 
@@ -382,36 +473,60 @@ func (m *Model) removePolicy(id int64, aff *affected) {
 	aff.attachedCells(old.SourceApp)
 }
 
-// refresh recomputes what every cell shares, in the orders a snapshot
-// keeps: tags by tag, instances by app, index and GUID, domains by name,
-// routes by domain name, host and GUID.
-func (m *Model) refresh() {
-	var ins []Instance
-	for _, in := range m.instances {
-		if attached(*in) {
-			ins = append(ins, *in)
+// refresh recomputes the shared lists: the endpoints, and the domains and
+// routes, in the orders a snapshot keeps: instances by app, index and GUID,
+// domains by name, routes by domain name, host and GUID. A list it is not
+// asked to recompute stays the same slice. With routes, the hosts of
+// hostApps are recomputed, or with hostApps nil every app's (and the
+// routes' order: a domain's name may have changed).
+func (m *Model) refresh(endpoints, routes bool, hostApps []string) {
+	if endpoints {
+		var ins []Instance
+		for _, in := range m.instances {
+			if attached(*in) {
+				ins = append(ins, *in)
+			}
+		}
+		slices.SortFunc(ins, func(a, b Instance) int { return compareInstances(&a, &b) })
+		m.sharedOf.endpoints = computeShared(ins, nil, nil, m.app).endpoints
+	}
+	if !routes {
+		return
+	}
+	if hostApps == nil {
+		domains := slices.SortedFunc(maps.Values(m.domains), func(a, b Domain) int { return strings.Compare(a.Name, b.Name) })
+		slices.SortFunc(m.routeOrder, compareRoutes)
+		rts := make([]Route, len(m.routeOrder))
+		for i, rt := range m.routeOrder {
+			rts[i] = *rt
+		}
+		x := computeShared(nil, domains, rts, m.app)
+		m.sharedOf.domains, m.sharedOf.routes = x.domains, x.routes
+		m.hostsOf = RouteHosts(domains, rts)
+		return
+	}
+	list := make([]api.RouteEntry, 0, len(m.routeOrder))
+	for _, rt := range m.routeOrder {
+		if len(rt.AppGUIDs) > 0 {
+			list = append(list, api.RouteEntry{Host: rt.Host, Domain: rt.DomainName, AppGUIDs: rt.AppGUIDs})
 		}
 	}
-	slices.SortFunc(ins, func(a, b Instance) int { return compareInstances(&a, &b) })
-	domains := slices.SortedFunc(maps.Values(m.domains), func(a, b Domain) int { return strings.Compare(a.Name, b.Name) })
-	routes := make([]Route, 0, len(m.routes))
-	for _, rt := range m.routes {
-		routes = append(routes, *rt)
+	m.sharedOf.routes = list
+	for _, app := range hostApps {
+		var hs []string
+		for _, rt := range m.routesOf[app] {
+			if m.domains[rt.DomainGUID].Internal {
+				hs = append(hs, rt.Host+"."+rt.DomainName)
+			}
+		}
+		if hs == nil {
+			delete(m.hostsOf, app)
+			continue
+		}
+		slices.Sort(hs)
+		m.hostsOf[app] = slices.Compact(hs)
 	}
-	slices.SortFunc(routes, func(a, b Route) int {
-		return cmp.Or(strings.Compare(a.DomainName, b.DomainName), strings.Compare(a.Host, b.Host), strings.Compare(a.GUID, b.GUID))
-	})
-	m.sharedOf = computeShared(ins, domains, routes, m.app)
-	m.hostsOf = RouteHosts(domains, routes)
-	m.sharedDirty = false
-	m.sharedGen++
 }
-
-// SharedGeneration changes whenever the slices every cell's state shares
-// (tagged apps, endpoints, domains, routes) are replaced: while it does not,
-// states from Cell share the same slices, and an encoder may reuse its
-// encoding of them.
-func (m *Model) SharedGeneration() uint64 { return m.sharedGen }
 
 func (m *Model) header() *Snapshot               { return &m.hdr }
 func (m *Model) cellList() []api.Cell            { return m.cells }

@@ -61,6 +61,9 @@ func Open(ctx context.Context, url string) (*Store, error) {
 
 // open is Open migrating up to schema version target (0: the latest); tests
 // use it to make a database at an older version.
+// maxIdleConns is how many idle database connections a store keeps.
+const maxIdleConns = 64
+
 func open(ctx context.Context, url string, target int) (*Store, error) {
 	s := &Store{maxTag: MaxTag, tagQuarantine: TagQuarantine, changed: make(chan struct{}), flowsAdded: make(chan struct{})}
 	var err error
@@ -81,6 +84,16 @@ func open(ctx context.Context, url string, target int) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	// A change wakes the cells' long polls at once, and each poll that
+	// follows reads and writes the store (the cell's authentication, its
+	// last-seen time, the revision). database/sql keeps two idle
+	// connections by default: a wave of 50 polls opened dozens of new
+	// ones per change (a new SQLite connection applies its pragmas and
+	// parses the schema: most of the controller's CPU per change, in
+	// BenchmarkRouteChangePolled). Keep enough idle for such a wave; a
+	// quiet minute closes them.
+	s.db.SetMaxIdleConns(maxIdleConns)
+	s.db.SetConnMaxIdleTime(time.Minute)
 	// Several processes opening one new SQLite file at once can see
 	// SQLITE_BUSY where the busy timeout does not apply (switching the
 	// file to WAL): try again for a while.
