@@ -105,7 +105,7 @@ func newFoundation(tb testing.TB, s foundationShape) *foundation {
 func (f *foundation) apply(tb testing.TB, d policy.Delta, cell string) api.CellState {
 	tb.Helper()
 	d.Revision = f.model.Revision() + 1
-	if _, err := f.model.Apply(&d); err != nil {
+	if _, _, err := f.model.Apply(&d); err != nil {
 		tb.Fatal(err)
 	}
 	return f.state(tb, cell)
