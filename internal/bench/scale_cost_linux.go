@@ -4,12 +4,11 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/trellis-c2c/trellis/internal/agent"
 	"github.com/trellis-c2c/trellis/internal/api"
 	"github.com/trellis-c2c/trellis/internal/launcher"
 )
@@ -197,17 +196,14 @@ func (p *costProbe) measure(ctx context.Context, n int, change func(k int) error
 }
 
 // stateSize is the size of the JSON of the desired state cell i's agent
-// holds (from the copy it saves).
+// holds (from the copy it saves: its snapshot and the changes journaled
+// after it).
 func (p *costProbe) stateSize(i int) int {
-	b, err := os.ReadFile(filepath.Join(p.f.Cells[i].StateDir, "state.json"))
-	if err != nil {
+	st, ok := agent.SavedState(p.f.Cells[i].StateDir)
+	if !ok {
 		return 0
 	}
-	var st api.CellState
-	if json.Unmarshal(b, &st) != nil {
-		return 0
-	}
-	b, _ = json.Marshal(st)
+	b, _ := json.Marshal(st)
 	return len(b)
 }
 
