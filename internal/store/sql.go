@@ -59,11 +59,17 @@ func Open(ctx context.Context, url string) (*Store, error) {
 	return open(ctx, url, 0)
 }
 
+// Idle database connections a store keeps, so that the wave of long polls
+// a change wakes finds them open (see open). PostgreSQL keeps fewer: its
+// connections are cheap to open, and several controllers share the
+// server's max_connections (100 by default).
+const (
+	maxIdleConns         = 64
+	maxIdleConnsPostgres = 16
+)
+
 // open is Open migrating up to schema version target (0: the latest); tests
 // use it to make a database at an older version.
-// maxIdleConns is how many idle database connections a store keeps.
-const maxIdleConns = 64
-
 func open(ctx context.Context, url string, target int) (*Store, error) {
 	s := &Store{maxTag: MaxTag, tagQuarantine: TagQuarantine, changed: make(chan struct{}), flowsAdded: make(chan struct{})}
 	var err error
@@ -92,7 +98,11 @@ func open(ctx context.Context, url string, target int) (*Store, error) {
 	// parses the schema: most of the controller's CPU per change, in
 	// BenchmarkRouteChangePolled). Keep enough idle for such a wave; a
 	// quiet minute closes them.
-	s.db.SetMaxIdleConns(maxIdleConns)
+	if s.pg {
+		s.db.SetMaxIdleConns(maxIdleConnsPostgres)
+	} else {
+		s.db.SetMaxIdleConns(maxIdleConns)
+	}
 	s.db.SetConnMaxIdleTime(time.Minute)
 	// Several processes opening one new SQLite file at once can see
 	// SQLITE_BUSY where the busy timeout does not apply (switching the
