@@ -51,12 +51,7 @@ func (k *containerKernel) apply(o op) error {
 	case vethAdd:
 		// As nsKernel.apply makes it, keeping the link it returns: the
 		// host end's index is then known without asking again.
-		v := &netlink.Veth{
-			LinkAttrs:        netlink.LinkAttrs{Name: o.Name, MTU: o.MTU, HardwareAddr: o.MAC.hw()},
-			PeerName:         o.PeerName,
-			PeerHardwareAddr: o.PeerMAC.hw(),
-			PeerMTU:          uint32(o.MTU),
-		}
+		v := o.link()
 		ns, err := vnetns.GetFromPath(o.PeerNetNS)
 		if err != nil {
 			return fmt.Errorf("container netns %s: %w", o.PeerNetNS, err)

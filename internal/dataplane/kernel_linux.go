@@ -133,12 +133,7 @@ func (k nsKernel) apply(o op) error {
 			Learning:     v.Learning,
 		})
 	case vethAdd:
-		v := &netlink.Veth{
-			LinkAttrs:        netlink.LinkAttrs{Name: o.Name, MTU: o.MTU, HardwareAddr: o.MAC.hw()},
-			PeerName:         o.PeerName,
-			PeerHardwareAddr: o.PeerMAC.hw(),
-			PeerMTU:          uint32(o.MTU),
-		}
+		v := o.link()
 		if o.PeerNetNS != "" {
 			ns, err := vnetns.GetFromPath(o.PeerNetNS)
 			if err != nil {
@@ -259,4 +254,14 @@ func (k nsKernel) apply(o op) error {
 		})
 	}
 	panic("unreachable")
+}
+
+// link is the veth pair o makes, as netlink describes it.
+func (o vethAdd) link() *netlink.Veth {
+	return &netlink.Veth{
+		LinkAttrs:        netlink.LinkAttrs{Name: o.Name, MTU: o.MTU, HardwareAddr: o.MAC.hw()},
+		PeerName:         o.PeerName,
+		PeerHardwareAddr: o.PeerMAC.hw(),
+		PeerMTU:          uint32(o.MTU),
+	}
 }
