@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -26,6 +27,7 @@ import (
 // sequential client pinned to CPU 0) under variants of the rules, in
 // interleaved rounds, each round starting with the next variant:
 //
+//   - "none": no table on either cell;
 //   - "conntrack": the bench's conntrack alone;
 //   - "trellis": trellis's table, applied by the dataplane as the bench does;
 //   - every NAME.cell1.nft / NAME.cell2.nft pair in the directory, loaded
@@ -40,13 +42,16 @@ import (
 // ratios, with their range). On a loaded machine these move by tens of
 // percent from round to round: with ABLATION_PERF set it also records a
 // perf profile of CPU 0 during 1.8 s of connections per variant and round
-// (DIR/perf.NAME.ROUND), and testdata/ablation/share.sh sums the share of
+// (DIR/perf.NAME.ROUND; ABLATION_PERF_CPUS, as perf's -C, profiles other
+// CPUs too), and testdata/ablation/share.sh sums the share of
 // the client thread's samples (softirq work in its context included: this
 // kernel has no IRQ time accounting) spent in nftables and in conntrack,
 // which the load moves much less. ABLATION_ROUNDS (default 6) sets the
 // rounds, ABLATION_ONLY (comma-separated names) the file variants run, and
 // ABLATION_DUMP writes each cell's `nft list ruleset` under trellis's
-// table to DIR/dump.cellN and stops.
+// table to DIR/dump.cellN and stops. With ABLATION_TCP set it measures
+// iperf3's 1-stream throughput instead (3 s, the first left out; "none", no
+// table on either cell, is then the baseline), profiling all CPUs.
 func TestAblation(t *testing.T) {
 	dir := os.Getenv("TRELLIS_ABLATION")
 	if dir == "" {
@@ -125,6 +130,7 @@ func TestAblation(t *testing.T) {
 		filtered bool
 	}
 	variants := []variant{
+		{"none", clear, false},
 		{"conntrack", func() error {
 			if err := clear(); err != nil {
 				return err
@@ -157,8 +163,19 @@ func TestAblation(t *testing.T) {
 		}, !strings.HasPrefix(name, "nf")})
 	}
 
+	tcp := os.Getenv("ABLATION_TCP") != ""
+	if tcp {
+		r.iperf3, err = exec.LookPath("iperf3")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.iperf3Server(server); err != nil {
+			t.Fatal(err)
+		}
+	}
 	to := netip.AddrPortFrom(server.ip, connPort)
 	p2s, p10s := map[string][]float64{}, map[string][]float64{}
+	gbits := map[string][]float64{}
 	for n := range rounds {
 		for i := range variants {
 			v := variants[(n+i)%len(variants)]
@@ -171,8 +188,30 @@ func TestAblation(t *testing.T) {
 			if _, err := r.connRate(client, to, 50*time.Millisecond); err != nil { // warm up
 				t.Fatalf("%s: %v", v.name, err)
 			}
+			if tcp {
+				var cmd *exec.Cmd
+				if os.Getenv("ABLATION_PERF") != "" {
+					cmd = exec.Command("perf", "record", "-q", "-a", "-F", "1999",
+						"-o", filepath.Join(dir, fmt.Sprintf("perf.%s.%d", v.name, n)), "--", "sleep", "2")
+					if err := cmd.Start(); err != nil {
+						t.Fatal(err)
+					}
+				}
+				g, err := r.iperf3Client(client, server, 1, overlayParams{seconds: 3, omit: 1})
+				if cmd != nil {
+					if werr := cmd.Wait(); err == nil && werr != nil {
+						err = fmt.Errorf("perf record: %w", werr)
+					}
+				}
+				if err != nil {
+					t.Fatalf("%s: %v", v.name, err)
+				}
+				gbits[v.name] = append(gbits[v.name], g)
+				continue
+			}
 			if os.Getenv("ABLATION_PERF") != "" {
-				cmd := exec.Command("perf", "record", "-q", "-C", "0", "-F", "3997",
+				cpus := cmp.Or(os.Getenv("ABLATION_PERF_CPUS"), "0")
+				cmd := exec.Command("perf", "record", "-q", "-C", cpus, "-F", "3997",
 					"-o", filepath.Join(dir, fmt.Sprintf("perf.%s.%d", v.name, n)), "--", "sleep", "2")
 				if err := cmd.Start(); err != nil {
 					t.Fatal(err)
@@ -193,6 +232,18 @@ func TestAblation(t *testing.T) {
 			p2s[v.name] = append(p2s[v.name], p2)
 			p10s[v.name] = append(p10s[v.name], p10)
 		}
+	}
+	if tcp {
+		for _, v := range variants {
+			var rn, rc []float64
+			for i := range gbits[v.name] {
+				rn = append(rn, gbits[v.name][i]/gbits["none"][i])
+				rc = append(rc, gbits[v.name][i]/gbits["conntrack"][i])
+			}
+			t.Logf("%-16s TCP 1 stream %6.2f Gbit/s, %.3f× no tables' (%.3f to %.3f), %.3f× conntrack alone's (%.3f to %.3f)", v.name,
+				median(gbits[v.name]), median(rn), slices.Min(rn), slices.Max(rn), median(rc), slices.Min(rc), slices.Max(rc))
+		}
+		return
 	}
 	for _, v := range variants {
 		var r2, r10 []float64
