@@ -49,7 +49,8 @@ import (
 // which the load moves much less. ABLATION_ROUNDS (default 6) sets the
 // rounds, ABLATION_ONLY (comma-separated names) the file variants run, and
 // ABLATION_DUMP writes each cell's `nft list ruleset` under trellis's
-// table to DIR/dump.cellN and stops. With ABLATION_TCP set it measures
+// table to DIR/dump.cellN and stops. DIR/setup.sh, if there is one, runs
+// once the cells are built, with their namespaces' paths as arguments. With ABLATION_TCP set it measures
 // iperf3's 1-stream throughput instead (3 s, the first left out; "none", no
 // table on either cell, is then the baseline), profiling all CPUs.
 func TestAblation(t *testing.T) {
@@ -107,6 +108,11 @@ func TestAblation(t *testing.T) {
 		}
 		_, err := dp2.Set(r.ctx, dataplane.Desired{Policy: &serverPolicy})
 		return err
+	}
+	if setup := filepath.Join(dir, "setup.sh"); fileExists(setup) {
+		if out, err := exec.Command("bash", setup, cell1, cell2).CombinedOutput(); err != nil {
+			t.Fatalf("%s: %v: %s", setup, err, out)
+		}
 	}
 	if os.Getenv("ABLATION_DUMP") != "" {
 		if err := trellis(); err != nil {
@@ -255,6 +261,11 @@ func TestAblation(t *testing.T) {
 			median(p2s[v.name]), median(r2), slices.Min(r2), slices.Max(r2),
 			median(p10s[v.name]), median(r10), slices.Min(r10), slices.Max(r10))
 	}
+}
+
+func fileExists(path string) bool {
+	_, err := os.Stat(path)
+	return err == nil
 }
 
 // connTimes is connRateTimed's loop, returning the 2nd and 10th

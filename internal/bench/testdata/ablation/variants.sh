@@ -128,3 +128,30 @@ opt() { cat <<E
 E
 }
 NAME=opt; out opt
+# grp: no interface names per packet: host veths in device group 7 and the
+# VTEP in group 8 (setup.sh sets them: not what trellis does today), the
+# anti-spoofing key on the interface index
+grp() { cat <<E
+	set local_idx { type iface_index . ipv4_addr . ether_addr; elements = { "s-01025500${1}002" . 10.255.$1.2 . ee:ee:0a:ff:0$1:02 } }
+	chain prerouting { type filter hook prerouting priority raw; policy accept;
+		meta iifgroup 7 goto from_instance
+		udp dport 4789 meta iifgroup != 8 notrack
+	}
+	chain output { type filter hook output priority raw; policy accept;
+		udp dport 4789 notrack
+	}
+	chain from_instance {
+		meta nfproto ipv4 tcp flags & (syn|ack) != syn iif . ip saddr . ether saddr @local_idx accept
+		meta nfproto ipv4 iif . ip saddr . ether saddr @local_idx meta mark set ip saddr map @src_tag accept
+		counter name "spoofed" drop
+	}
+	chain forward { type filter hook forward priority filter; policy accept;
+		meta oifgroup != 7 accept
+		tcp flags & (syn|ack) == syn meta nfproto ipv4 goto to_instance
+		ct state established,related accept
+		meta nfproto ipv4 goto to_instance
+		drop
+	}
+E
+}
+NAME=grp; out grp
