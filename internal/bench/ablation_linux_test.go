@@ -43,16 +43,17 @@ import (
 // percent from round to round: with ABLATION_PERF set it also records a
 // perf profile of CPU 0 during 1.8 s of connections per variant and round
 // (DIR/perf.NAME.ROUND; ABLATION_PERF_CPUS, as perf's -C, profiles other
-// CPUs too), and testdata/ablation/share.sh sums the share of
-// the client thread's samples (softirq work in its context included: this
-// kernel has no IRQ time accounting) spent in nftables and in conntrack,
-// which the load moves much less. ABLATION_ROUNDS (default 6) sets the
-// rounds, ABLATION_ONLY (comma-separated names) the file variants run, and
-// ABLATION_DUMP writes each cell's `nft list ruleset` under trellis's
-// table to DIR/dump.cellN and stops. DIR/setup.sh, if there is one, runs
-// once the cells are built, with their namespaces' paths as arguments. With ABLATION_TCP set it measures
-// iperf3's 1-stream throughput instead (3 s, the first left out; "none", no
-// table on either cell, is then the baseline), profiling all CPUs.
+// CPUs too), and testdata/ablation/share.sh sums the shares of the client
+// thread's samples (softirq work in its context included: this kernel has
+// no IRQ time accounting) spent in nftables, in copying interface names
+// for it and in conntrack, which the load moves much less. ABLATION_ROUNDS
+// (default 6) sets the rounds, ABLATION_ONLY (comma-separated names) the
+// file variants run, and ABLATION_DUMP writes each cell's `nft list
+// ruleset` under trellis's table to DIR/dump.cellN and stops. DIR/setup.sh,
+// if there is one, runs once the cells are built, with their namespaces'
+// paths as arguments. With ABLATION_TCP set it measures iperf3's 1-stream
+// throughput instead (3 s, the first left out; "none", no table on either
+// cell, is then the baseline), profiling all CPUs.
 func TestAblation(t *testing.T) {
 	dir := os.Getenv("TRELLIS_ABLATION")
 	if dir == "" {
