@@ -20,8 +20,8 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// TestAblation is an experiment harness, not a test: it runs only with
-// TRELLIS_ABLATION set to a directory, under the bench lock, as root with
+// BenchmarkAblation is an experiment harness: it runs only with -bench
+// Ablation -benchtime 1x and TRELLIS_ABLATION set to a directory, under the bench lock, as root with
 // nft, nsenter and (for profiles) perf installed. It builds the policy
 // bench's two cells once and measures new connections (the bench's
 // sequential client pinned to CPU 0) under variants of the rules, in
@@ -54,7 +54,8 @@ import (
 // paths as arguments. With ABLATION_TCP set it measures iperf3's 1-stream
 // throughput instead (3 s, the first left out; "none", no table on either
 // cell, is then the baseline), profiling all CPUs.
-func TestAblation(t *testing.T) {
+func BenchmarkAblation(b *testing.B) {
+	t := b
 	dir := os.Getenv("TRELLIS_ABLATION")
 	if dir == "" {
 		t.Skip("an experiment harness: set TRELLIS_ABLATION to a directory of variants")

@@ -66,7 +66,7 @@ func checkJSONRoundTrip(t *testing.T, rep *Report) {
 
 // logWriter passes progress lines to t.Log and calls onLine for each.
 type logWriter struct {
-	t      *testing.T
+	t      testing.TB
 	mu     sync.Mutex
 	onLine func(string)
 }

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Sourced by variants.sh: hdr writes what every variant of TestAblation
+# Sourced by variants.sh: hdr writes what every variant of BenchmarkAblation
 # shares (trellis's sets, counters and policy chains, with the bench's
 # client 10.255.1.2, tag 1000, and server 10.255.2.2, tag 1, allowed on
 # tcp 5201 and 5202); out FUNC writes $OUT/$NAME.cell1.nft and .cell2.nft,

@@ -1,5 +1,5 @@
 #!/bin/bash
-# share.sh perf.data...: the shares of the test binary's samples (TestAblation's
+# share.sh perf.data...: the shares of the test binary's samples (BenchmarkAblation's
 # client thread, its softirq work included) in nftables (with the hooks' entry),
 # in copying interface names (sized_strscpy and strnlen: nft's meta iifname and
 # oifname) and in conntrack; COMM (perf's --comm list) defaults to the test

@@ -1,6 +1,6 @@
 #!/bin/bash
-# OUT=DIR bash variants.sh writes TestAblation's variants into DIR, then:
-#   TRELLIS_ABLATION=DIR [ABLATION_PERF=1] flock /tmp/trellis-bench.lock go test -run TestAblation -v ./internal/bench/
+# OUT=DIR bash variants.sh writes BenchmarkAblation's variants into DIR, then:
+#   TRELLIS_ABLATION=DIR [ABLATION_PERF=1] flock /tmp/trellis-bench.lock go test -run - -bench Ablation -benchtime 1x -v ./internal/bench/
 # (or a test binary built with go test -c), and with ABLATION_PERF,
 #   bash share.sh DIR/perf.*
 . "$(dirname "$0")/gen.sh"
