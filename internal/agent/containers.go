@@ -192,11 +192,12 @@ type socketServer struct {
 // when the address is allocated, so that it runs while the plugin wires the
 // container instead of after: the policy table with the new address (its
 // packets marked with its app's tag, its veth's spoofing checked), and at
-// once the registration with the controller and then the instance's
-// certificate (the controller certifies registered instances only). The
-// commit waits for it. None of it lets the container send: a packet from
-// a container's veth passes only once its address is in the policy table,
-// and the table is in place before the commit returns.
+// once the registration with the controller, which carries the request
+// for the instance's certificate (one round trip: the controller signs
+// once it registered). The commit waits for it. None of it lets the
+// container send: a packet from a container's veth passes only once its
+// address is in the policy table, and the table is in place before the
+// commit returns.
 type preparation struct {
 	done  chan struct{} // closed when every step finished
 	start time.Time
@@ -232,32 +233,28 @@ func (s *socketServer) runPreparation(rec record, p *preparation) {
 		s.refreshPolicy(ctx)
 		p.policy = time.Since(p.start)
 	})
-	registered := make(chan struct{})
-	go func() {
-		defer close(registered)
-		p.err = s.registry.RegisterInstance(ctx, rec.Identity.InstanceGUID, api.InstanceRegistration{
-			AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID})
-		p.register = time.Since(p.start)
-		if p.err != nil {
-			// As when the commit registered: a failed registration is not
-			// undone (the controller said no, or was not reached).
-			cs := s.containers
-			cs.mu.Lock()
-			if r, ok := cs.records[rec.ContainerID]; ok && !r.Committed {
-				r.Registering = false
-			}
-			cs.mu.Unlock()
-		}
-	}()
 	// The certificate's key and request need no controller: they are made
-	// while the registration is under way (on a busy machine as long as a
-	// millisecond or two, every ADD's commit waited for them).
-	s.certs.prepare(ctx, rec, func() bool {
-		<-registered
-		return p.err == nil
-	})
-	<-registered
-	if p.err == nil {
+	// first (an ECDSA key: tens of microseconds), so that the registration
+	// carries the request and the controller answers with the certificate.
+	key := s.certs.newKey(rec)
+	reg := api.InstanceRegistration{AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID}
+	if key != nil {
+		reg.CSR = string(key.csrPEM)
+	}
+	var ans api.Registered
+	ans, p.err = s.registry.RegisterInstanceCSR(ctx, rec.Identity.InstanceGUID, reg)
+	p.register = time.Since(p.start)
+	if p.err != nil {
+		// As when the commit registered: a failed registration is not
+		// undone (the controller said no, or was not reached).
+		cs := s.containers
+		cs.mu.Lock()
+		if r, ok := cs.records[rec.ContainerID]; ok && !r.Committed {
+			r.Registering = false
+		}
+		cs.mu.Unlock()
+	} else if key != nil {
+		s.certs.prepare(ctx, rec, key, ans)
 		p.certificate = time.Since(p.start)
 	}
 	policy.Wait()
@@ -283,17 +280,24 @@ func (s *socketServer) refreshPolicy(ctx context.Context) {
 // registry is the controller's record of which instance holds which
 // address on the cell.
 type registry interface {
-	RegisterInstance(ctx context.Context, guid string, reg api.InstanceRegistration) error
+	// RegisterInstanceCSR registers an instance and, if reg has a CSR,
+	// asks for its certificate in the same call.
+	RegisterInstanceCSR(ctx context.Context, guid string, reg api.InstanceRegistration) (api.Registered, error)
 	DeregisterInstance(ctx context.Context, guid string) error
 }
 
 // instanceCerts serves each attached instance its identity certificate.
 type instanceCerts interface {
-	// prepare issues rec's certificate and writes its files before the
-	// container is wired; attach then serves it. The controller certifies
-	// registered instances only: prepare asks for the certificate after
-	// registered, which waits for the registration, reports it succeeded.
-	prepare(ctx context.Context, rec record, registered func() bool)
+	// newKey makes the key and request of rec's first certificate, which
+	// its registration carries; nil if there is none to make (the
+	// instance is served already: a repeated ADD; or the key failed,
+	// and attach tries again).
+	newKey(rec record) *pendingKey
+	// prepare takes the certificate the registration answered for key,
+	// or asks for it if the controller did not sign at registration, and
+	// writes its files before the container is wired; attach then
+	// serves it.
+	prepare(ctx context.Context, rec record, key *pendingKey, ans api.Registered)
 	attach(ctx context.Context, rec record)
 	detach(guid string)
 }

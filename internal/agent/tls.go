@@ -227,14 +227,18 @@ func (id *identities) attach(ctx context.Context, rec record) {
 	id.ensure(ctx, rec, st)
 }
 
-// prepare issues rec's first certificate and writes its key and
-// certificate files while the container is still being wired; attach then
-// serves it. The controller certifies registered instances only, so the
-// request goes out once registered reports the registration succeeded;
-// the key and the request are made before, while it is under way. On
-// failure attach tries again. An instance already served (a repeated ADD)
-// is left to attach.
-func (id *identities) prepare(ctx context.Context, rec record, registered func() bool) {
+// pendingKey is the key and request of an instance's first certificate,
+// made before its registration, with the CA generation known then.
+type pendingKey struct {
+	keyPEM, csrPEM []byte
+	caGen          int64
+}
+
+// newKey makes the key and request of rec's first certificate, for its
+// registration to carry: nil if the instance is served already (a
+// repeated ADD is left to attach) or the key could not be made (attach
+// tries again).
+func (id *identities) newKey(rec record) *pendingKey {
 	guid := rec.Identity.InstanceGUID
 	st, _ := id.state()
 	id.updateCA(st.InstanceCA)
@@ -243,26 +247,45 @@ func (id *identities) prepare(ctx context.Context, rec record, registered func()
 	caGen := id.caGen
 	id.mu.Unlock()
 	if served {
-		return
+		return nil
 	}
 	keyPEM, csrPEM, err := identity.NewInstanceKeyAndCSR(id.alg, guid)
-	if !registered() {
+	if err != nil {
+		id.log.Error("instance credentials", "instance", guid, "err", err)
+		return nil
+	}
+	return &pendingKey{keyPEM: keyPEM, csrPEM: csrPEM, caGen: caGen}
+}
+
+// prepare takes rec's first certificate from the answer to its
+// registration, which carried key's request, and writes its key and
+// certificate files while the container is still being wired; attach then
+// serves it. A controller that did not sign at registration (older: no
+// certificate and no refusal) is asked with POST .../certificate; one
+// that refused is not asked again here. On failure attach tries again.
+func (id *identities) prepare(ctx context.Context, rec record, key *pendingKey, ans api.Registered) {
+	guid := rec.Identity.InstanceGUID
+	if ans.Certificate == nil && ans.Refused != "" {
+		id.log.Warn("issue instance certificate: will try again when it is attached", "instance", guid, "err", "refused at registration: "+ans.Refused)
 		return
 	}
-	if err == nil {
-		err = os.MkdirAll(id.credentialsDir(guid), 0o755)
-	}
-	if err != nil {
+	if err := os.MkdirAll(id.credentialsDir(guid), 0o755); err != nil {
 		id.log.Error("instance credentials", "instance", guid, "err", err)
 		return
 	}
-	cert, err := id.certifyKey(ctx, guid, keyPEM, csrPEM)
+	var cert *tls.Certificate
+	var err error
+	if ans.Certificate != nil {
+		cert, err = id.store(guid, key.keyPEM, *ans.Certificate)
+	} else {
+		cert, err = id.certifyKey(ctx, guid, key.keyPEM, key.csrPEM)
+	}
 	if err != nil {
 		id.log.Warn("issue instance certificate: will try again when it is attached", "instance", guid, "err", err)
 		return
 	}
 	id.mu.Lock()
-	id.prepared[guid] = preparedCert{cert, caGen}
+	id.prepared[guid] = preparedCert{cert, key.caGen}
 	id.mu.Unlock()
 	id.renewals.WithLabelValues("issued").Inc()
 	id.log.Info("instance certificate issued", "instance", guid, "serial", cert.Leaf.SerialNumber.Text(16),
@@ -425,6 +448,12 @@ func (id *identities) certifyKey(ctx context.Context, guid string, keyPEM, csrPE
 	if err != nil {
 		return nil, fmt.Errorf("request certificate: %w", err)
 	}
+	return id.store(guid, keyPEM, resp)
+}
+
+// store checks the certificate the controller signed for keyPEM and writes
+// both files.
+func (id *identities) store(guid string, keyPEM []byte, resp api.InstanceCertificate) (*tls.Certificate, error) {
 	cert, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("certificate from the controller: %w", err)

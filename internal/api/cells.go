@@ -164,7 +164,19 @@ type InstanceRegistration struct {
 	Index       int    `json:"index"`
 	IP          string `json:"ip"`
 	ContainerID string `json:"container_id"`
+	// CSR (PEM), if set, asks for the instance's identity certificate in
+	// the same call, as POST .../certificate would: the controller then
+	// answers 201 with an InstanceCertificate instead of 204. A container
+	// start waits for its certificate, and this saves it a round trip.
+	CSR string `json:"csr,omitempty"`
 }
+
+// CertificateRefusedHeader is set on the 204 that answers a registration
+// whose CSR the controller did not sign: the registration stands (the
+// container is attached whether or not it has a certificate), the value
+// says why the certificate was refused. A 204 without it is from a
+// controller that does not sign at registration: ask POST .../certificate.
+const CertificateRefusedHeader = "Trellis-Certificate-Refused"
 
 // Instance is an app instance as the platform API lists it.
 type Instance struct {

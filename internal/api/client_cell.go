@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -197,6 +198,58 @@ func (c *Client) RegisterInstance(ctx context.Context, instanceGUID string, reg 
 		return err
 	}
 	return c.do(ctx, http.MethodPut, p, nil, reg, nil)
+}
+
+// Registered is what the controller answered a registration that carried a
+// CSR.
+type Registered struct {
+	// Certificate is signed for the CSR; nil if none came: see Refused.
+	Certificate *InstanceCertificate
+	// Refused, if Certificate is nil, is why the controller did not sign
+	// the CSR. Empty: the controller signs at registration no CSR (it is
+	// older), and the caller asks InstanceCertificate.
+	Refused string
+}
+
+// RegisterInstanceCSR registers an instance as RegisterInstance does and,
+// in the same call, asks for the certificate of reg.CSR. A controller
+// that does not know the field (it refuses unknown fields) is asked again
+// without it, and the answer has neither certificate nor refusal: the
+// registration stands, the caller asks InstanceCertificate.
+func (c *Client) RegisterInstanceCSR(ctx context.Context, instanceGUID string, reg InstanceRegistration) (Registered, error) {
+	p, err := itemPath("trellis/v1/cell/instances", instanceGUID)
+	if err != nil {
+		return Registered{}, err
+	}
+	body, err := json.Marshal(reg)
+	if err != nil {
+		return Registered{}, fmt.Errorf("PUT %s: encode request: %w", p, err)
+	}
+	resp, err := c.send(ctx, http.MethodPut, p, "", body, true, true)
+	if err != nil {
+		return Registered{}, err
+	}
+	defer resp.Body.Close()
+	switch {
+	case resp.StatusCode == http.StatusBadRequest && reg.CSR != "":
+		err := decodeError(resp)
+		var he *HTTPError
+		if errors.As(err, &he) && strings.Contains(he.Message, `unknown field "csr"`) {
+			reg.CSR = ""
+			return Registered{}, c.RegisterInstance(ctx, instanceGUID, reg)
+		}
+		return Registered{}, err
+	case resp.StatusCode < 200 || resp.StatusCode > 299:
+		return Registered{}, decodeError(resp) // a 4xx: send returns no 5xx
+	case resp.StatusCode == http.StatusCreated:
+		var out InstanceCertificate
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
+			return Registered{}, fmt.Errorf("PUT %s: decode answer: %w", resp.Request.URL.Path, err)
+		}
+		return Registered{Certificate: &out}, nil
+	}
+	_, _ = io.Copy(io.Discard, io.LimitReader(resp.Body, maxErrorBody))
+	return Registered{Refused: resp.Header.Get(CertificateRefusedHeader)}, nil
 }
 
 // DeregisterInstance tells the controller that an instance left the cell.

@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -309,5 +310,97 @@ func TestCellStateSilentPoll(t *testing.T) {
 	st, err := c.CellState(ctx, 7, 30*time.Second)
 	if err != nil || st.Revision != 8 {
 		t.Fatalf("CellState with heartbeats for %v: %+v %v, want revision 8", 2*StateSilence, st, err)
+	}
+}
+
+// TestRegisterInstanceCSR checks the answers a registration that carries a
+// CSR may get: the certificate (201); a refusal of the CSR, the
+// registration standing (204 with the header); nothing (204: a controller
+// that does not sign at registration); and a controller that refuses the
+// unknown field, asked again without it.
+func TestRegisterInstanceCSR(t *testing.T) {
+	ctx := context.Background()
+	reg := InstanceRegistration{AppGUID: "a1", Index: 2, IP: "10.255.1.9", ContainerID: "c1", CSR: "CSR"}
+	const withCSR = `{"app_guid":"a1","index":2,"ip":"10.255.1.9","container_id":"c1","csr":"CSR"}`
+	const withoutCSR = `{"app_guid":"a1","index":2,"ip":"10.255.1.9","container_id":"c1"}`
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	for _, tt := range []struct {
+		name   string
+		serve  func(w http.ResponseWriter, body string)
+		want   Registered
+		bodies []string // the registrations the controller got
+	}{
+		{
+			name: "certificate",
+			serve: func(w http.ResponseWriter, _ string) {
+				w.Header().Set("Content-Type", "application/json")
+				w.WriteHeader(201)
+				io.WriteString(w, `{"certificate":"LEAF","not_before":"2030-01-02T03:04:05Z","not_after":"2030-01-03T03:04:05Z","ca":{"generation":1}}`)
+			},
+			want:   Registered{Certificate: &InstanceCertificate{Certificate: "LEAF", NotBefore: at, NotAfter: at.Add(24 * time.Hour), CA: InstanceCA{Generation: 1}}},
+			bodies: []string{withCSR},
+		},
+		{
+			name: "refused",
+			serve: func(w http.ResponseWriter, _ string) {
+				w.Header().Set(CertificateRefusedHeader, "400 key too weak")
+				w.WriteHeader(204)
+			},
+			want:   Registered{Refused: "400 key too weak"},
+			bodies: []string{withCSR},
+		},
+		{
+			name:   "not signed at registration",
+			serve:  func(w http.ResponseWriter, _ string) { w.WriteHeader(204) },
+			want:   Registered{},
+			bodies: []string{withCSR},
+		},
+		{
+			name: "unknown field",
+			serve: func(w http.ResponseWriter, body string) {
+				if strings.Contains(body, "csr") {
+					w.Header().Set("Content-Type", "application/json")
+					w.WriteHeader(400)
+					io.WriteString(w, `{"errors":[{"detail":"Request invalid due to parse error: json: unknown field \"csr\"","title":"CF-MessageParseError","code":1001}]}`)
+					return
+				}
+				w.WriteHeader(204)
+			},
+			want:   Registered{},
+			bodies: []string{withCSR, withoutCSR},
+		},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			var mu sync.Mutex
+			var bodies []string
+			srv, caPEM, cert := newCellServer(t, http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+				if r.Method != "PUT" || r.URL.Path != "/trellis/v1/cell/instances/i1" {
+					http.NotFound(w, r)
+					return
+				}
+				b, _ := io.ReadAll(r.Body)
+				mu.Lock()
+				bodies = append(bodies, string(b))
+				mu.Unlock()
+				tt.serve(w, string(b))
+			}))
+			c, err := NewCellClient([]string{srv.URL}, caPEM, cert)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.CloseIdleConnections()
+			got, err := c.RegisterInstanceCSR(ctx, "i1", reg)
+			if err != nil {
+				t.Fatalf("RegisterInstanceCSR: %v", err)
+			}
+			if diff := cmp.Diff(tt.want, got); diff != "" {
+				t.Errorf("answer (-want +got):\n%s", diff)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			if diff := cmp.Diff(tt.bodies, bodies); diff != "" {
+				t.Errorf("registrations sent (-want +got):\n%s", diff)
+			}
+		})
 	}
 }

@@ -517,7 +517,44 @@ func (s *Server) registerInstance(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	s.log.Info("instance attached", "cell", c.Name, "instance", guid, "app", req.AppGUID, "index", req.Index, "ip", ip)
-	w.WriteHeader(http.StatusNoContent)
+	if req.CSR == "" {
+		w.WriteHeader(http.StatusNoContent)
+		return
+	}
+	// The CSR is signed as POST .../certificate would sign it, now that
+	// the instance is registered. The registration stands whatever comes
+	// of it (the container is attached, with or without a certificate,
+	// and its cell asks again), so a refusal is no error status, which
+	// would say the registration failed: it is a 204 whose header says
+	// why, and the refusal is logged and counted as any other.
+	cert, rf, err := s.certifyInstance(r.Context(), c, guid, req.CSR)
+	switch {
+	case err != nil:
+		s.log.Error("sign instance certificate at registration", "cell", c.Name, "instance", guid, "err", err)
+		w.Header().Set(api.CertificateRefusedHeader, "sign instance certificate failed")
+		w.WriteHeader(http.StatusNoContent)
+	case rf != nil:
+		s.noteRefusal(c, guid, *rf)
+		w.Header().Set(api.CertificateRefusedHeader, headerValue(fmt.Sprintf("%d %s", rf.status, rf.msg)))
+		w.WriteHeader(http.StatusNoContent)
+	default:
+		writeJSON(w, http.StatusCreated, cert)
+	}
+}
+
+// headerValue makes s fit in an HTTP header: printable ASCII only (HTTP/2
+// drops a header with anything else), at most 1000 bytes.
+func headerValue(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c < 0x20 || c > 0x7e {
+			b[i] = '?'
+		}
+	}
+	if len(b) > 1000 {
+		b = append(b[:997], "..."...)
+	}
+	return string(b)
 }
 
 // instanceAddr parses the overlay address a cell registers for an

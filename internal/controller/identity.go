@@ -169,12 +169,25 @@ func newCertMetrics(reg prometheus.Registerer) *certMetrics {
 	return m
 }
 
+// certRefusal is why a certificate request is refused: the status of the
+// answer, the reason the metric counts and the message.
+type certRefusal struct {
+	status      int
+	reason, msg string
+}
+
+// noteRefusal logs a refused certificate request with the cell's name and
+// counts it.
+func (s *Server) noteRefusal(c store.Cell, instance string, rf certRefusal) {
+	s.log.Warn("refused an instance certificate", "cell", c.Name, "instance", instance, "reason", rf.reason, "err", rf.msg)
+	s.certs.refused.WithLabelValues(rf.reason).Inc()
+}
+
 // refuseCertificate answers a refused certificate request, logs it with
 // the cell's name and counts it.
-func (s *Server) refuseCertificate(w http.ResponseWriter, c store.Cell, instance string, status int, reason, msg string) {
-	s.log.Warn("refused an instance certificate", "cell", c.Name, "instance", instance, "reason", reason, "err", msg)
-	s.certs.refused.WithLabelValues(reason).Inc()
-	writeNetError(w, status, msg)
+func (s *Server) refuseCertificate(w http.ResponseWriter, c store.Cell, instance string, rf certRefusal) {
+	s.noteRefusal(c, instance, rf)
+	writeNetError(w, rf.status, rf.msg)
 }
 
 // signInstanceCertificate answers POST /trellis/v1/cell/instances/{guid}/certificate:
@@ -185,84 +198,88 @@ func (s *Server) signInstanceCertificate(w http.ResponseWriter, r *http.Request)
 	guid := r.PathValue("guid")
 	var req api.InstanceCertificateRequest
 	if !readV3(w, r, &req) {
-		s.log.Warn("refused an instance certificate", "cell", c.Name, "instance", guid, "reason", refusedBadRequest)
-		s.certs.refused.WithLabelValues(refusedBadRequest).Inc()
+		s.noteRefusal(c, guid, certRefusal{reason: refusedBadRequest, msg: "unreadable request"})
 		return
 	}
+	out, rf, err := s.certifyInstance(ctx, c, guid, req.CSR)
+	switch {
+	case err != nil:
+		s.internalError(w, "sign instance certificate", err)
+	case rf != nil:
+		s.refuseCertificate(w, c, guid, *rf)
+	default:
+		writeJSON(w, http.StatusCreated, out)
+	}
+}
+
+// certifyInstance signs csrPEM for instance guid, registered on cell c, as
+// the instance is registered now: its app, space, org, overlay address and
+// internal routes go in the certificate. A request the controller refuses
+// is answered with a refusal, which the caller logs and counts
+// (noteRefusal); err is a failure of the controller itself. Both
+// POST .../certificate and a registration that carries a CSR call it.
+func (s *Server) certifyInstance(ctx context.Context, c store.Cell, guid, csrPEM string) (api.InstanceCertificate, *certRefusal, error) {
+	var none api.InstanceCertificate
 	ins, err := s.store.Instances(ctx, store.InstanceFilter{GUIDs: []string{guid}})
 	if err != nil {
-		s.internalError(w, "sign instance certificate", err)
-		return
+		return none, nil, err
 	}
 	if len(ins) == 0 {
-		s.refuseCertificate(w, c, guid, http.StatusNotFound, refusedUnknownInstance,
-			fmt.Sprintf("instance %s is not registered: a cell gets certificates only for instances registered on it (PUT /trellis/v1/cell/instances/%s)", guid, guid))
-		return
+		return none, &certRefusal{http.StatusNotFound, refusedUnknownInstance,
+			fmt.Sprintf("instance %s is not registered: a cell gets certificates only for instances registered on it (PUT /trellis/v1/cell/instances/%s)", guid, guid)}, nil
 	}
 	in := ins[0]
 	switch {
 	case validateInstanceGUID(in.GUID) != nil:
 		// Registered before GUIDs were checked: it must not become a
 		// DNS name of a certificate (it could be another app's route).
-		s.refuseCertificate(w, c, guid, http.StatusUnprocessableEntity, refusedInvalidIdentity,
-			fmt.Sprintf("cannot certify instance %s: %v", guid, validateInstanceGUID(in.GUID)))
-		return
+		return none, &certRefusal{http.StatusUnprocessableEntity, refusedInvalidIdentity,
+			fmt.Sprintf("cannot certify instance %s: %v", guid, validateInstanceGUID(in.GUID))}, nil
 	case in.CellGUID != c.GUID:
-		s.refuseCertificate(w, c, guid, http.StatusForbidden, refusedForeign,
-			fmt.Sprintf("instance %s is not on cell %s: a cell gets certificates only for its own instances", guid, c.Name))
-		return
+		return none, &certRefusal{http.StatusForbidden, refusedForeign,
+			fmt.Sprintf("instance %s is not on cell %s: a cell gets certificates only for its own instances", guid, c.Name)}, nil
 	case in.State != store.InstanceRunning || !in.IP.IsValid():
-		s.refuseCertificate(w, c, guid, http.StatusConflict, refusedNotAttached,
-			fmt.Sprintf("instance %s has no overlay address on cell %s yet: register its attachment first (PUT /trellis/v1/cell/instances/%s)", guid, c.Name, guid))
-		return
+		return none, &certRefusal{http.StatusConflict, refusedNotAttached,
+			fmt.Sprintf("instance %s has no overlay address on cell %s yet: register its attachment first (PUT /trellis/v1/cell/instances/%s)", guid, c.Name, guid)}, nil
 	}
 	apps, err := s.store.Apps(ctx, store.AppFilter{GUIDs: []string{in.AppGUID}})
 	if err != nil {
-		s.internalError(w, "sign instance certificate", err)
-		return
+		return none, nil, err
 	}
 	if len(apps) == 0 { // deleted meanwhile, with its instances
-		s.refuseCertificate(w, c, guid, http.StatusNotFound, refusedUnknownInstance, fmt.Sprintf("instance %s is not registered: its app was deleted", guid))
-		return
+		return none, &certRefusal{http.StatusNotFound, refusedUnknownInstance, fmt.Sprintf("instance %s is not registered: its app was deleted", guid)}, nil
 	}
 	app := apps[0]
 	spaces, err := s.store.Spaces(ctx, store.SpaceFilter{GUIDs: []string{app.SpaceGUID}})
 	if err != nil || len(spaces) == 0 {
-		s.internalError(w, "sign instance certificate", errors.Join(err, fmt.Errorf("space %s of app %s: %w", app.SpaceGUID, app.GUID, store.ErrNotFound)))
-		return
+		return none, nil, errors.Join(err, fmt.Errorf("space %s of app %s: %w", app.SpaceGUID, app.GUID, store.ErrNotFound))
 	}
 	hosts, err := s.internalHosts(ctx, app.GUID)
 	if err != nil {
-		s.internalError(w, "sign instance certificate", err)
-		return
+		return none, nil, err
 	}
 	ca, gen, err := s.instanceCA(ctx)
 	if err != nil {
-		s.internalError(w, "sign instance certificate", err)
-		return
+		return none, nil, err
 	}
-	chain, leaf, err := ca.SignInstance([]byte(req.CSR), identity.Instance{
+	chain, leaf, err := ca.SignInstance([]byte(csrPEM), identity.Instance{
 		GUID: in.GUID, AppGUID: app.GUID, SpaceGUID: app.SpaceGUID, OrgGUID: spaces[0].OrgGUID, IP: in.IP, Hosts: hosts,
 	}, s.id.TrustDomain, s.id.Validity, time.Now())
 	switch {
 	case errors.Is(err, identity.ErrMalformedCSR):
-		s.refuseCertificate(w, c, guid, http.StatusBadRequest, refusedMalformedCSR, err.Error())
-		return
+		return none, &certRefusal{http.StatusBadRequest, refusedMalformedCSR, err.Error()}, nil
 	case errors.Is(err, identity.ErrWeakKey):
-		s.refuseCertificate(w, c, guid, http.StatusBadRequest, refusedWeakKey, err.Error())
-		return
+		return none, &certRefusal{http.StatusBadRequest, refusedWeakKey, err.Error()}, nil
 	case errors.Is(err, identity.ErrUnsupportedKey):
-		s.refuseCertificate(w, c, guid, http.StatusBadRequest, refusedUnsupportedKey, err.Error())
-		return
+		return none, &certRefusal{http.StatusBadRequest, refusedUnsupportedKey, err.Error()}, nil
 	case err != nil:
-		s.refuseCertificate(w, c, guid, http.StatusUnprocessableEntity, refusedInvalidIdentity, fmt.Sprintf("cannot certify instance %s: %v", guid, err))
-		return
+		return none, &certRefusal{http.StatusUnprocessableEntity, refusedInvalidIdentity, fmt.Sprintf("cannot certify instance %s: %v", guid, err)}, nil
 	}
 	s.certs.signed.Inc()
 	s.console.certified(guid, leaf.NotAfter)
 	s.log.Info("signed an instance certificate", "cell", c.Name, "instance", guid, "app", app.Name, "serial", leaf.SerialNumber.Text(16),
 		"not_after", leaf.NotAfter, "ca_generation", gen)
-	writeJSON(w, http.StatusCreated, api.InstanceCertificate{Certificate: string(chain), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, CA: s.instanceCAJSON(ca, gen)})
+	return api.InstanceCertificate{Certificate: string(chain), NotBefore: leaf.NotBefore, NotAfter: leaf.NotAfter, CA: s.instanceCAJSON(ca, gen)}, nil, nil
 }
 
 // internalError answers 500 in the networking API's shape and logs err.
