@@ -2,8 +2,10 @@ package bench
 
 import (
 	"bytes"
+	"fmt"
 	"math"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -89,5 +91,58 @@ func TestThreadsWork(t *testing.T) {
 	}
 	if cpu, switches := threadsWork(0); cpu != 0 || switches != 0 {
 		t.Errorf("threadsWork(0) = %v, %d; want nothing", cpu, switches)
+	}
+}
+
+// TestTLSLatencyRounds runs only the latency rounds of the TLS bench with
+// the trellis binary named by TRELLIS_BENCH_TLS_EXE (skipped without it),
+// TRELLIS_BENCH_TLS_ROUNDS rounds per placement (default 6), and logs each
+// round's ratio of the latency 61443 added over the latency haproxy's TLS
+// added, p50 and p99, in both placements: for comparing builds of the
+// terminator run after run (old, new, new, old, ...).
+func TestTLSLatencyRounds(t *testing.T) {
+	exe := os.Getenv("TRELLIS_BENCH_TLS_EXE")
+	if exe == "" {
+		t.Skip("TRELLIS_BENCH_TLS_EXE names no trellis binary")
+	}
+	dataplanetest.RequireRoot(t)
+	requireTool(t, "haproxy", ErrNoHAProxy)
+	rounds := 6
+	if v := os.Getenv("TRELLIS_BENCH_TLS_ROUNDS"); v != "" {
+		var err error
+		if rounds, err = strconv.Atoi(v); err != nil || rounds < 1 {
+			t.Fatalf("TRELLIS_BENCH_TLS_ROUNDS=%q: want a positive number", v)
+		}
+	}
+	rep, err := TLS(t.Context(), TLSOptions{Exe: exe, LatencyOnly: true, LatencyRounds: rounds, Progress: &logWriter{t: t}})
+	if err != nil {
+		t.Fatalf("TLS = %v", err)
+	}
+	logTable(t, rep)
+	wantFigures(t, rep, "tls/added-latency-p50-vs-haproxy", "tls/added-latency-p99-vs-haproxy",
+		"tls/added-latency-one-cpu-p50-vs-haproxy", "tls/added-latency-one-cpu-p99-vs-haproxy")
+	// The samples are pooled round after round, each round the same count.
+	per := int(tlsLatencyRate * tlsParamsFor(false).latency.Seconds())
+	for _, place := range []string{"tls-latency/", "tls-latency-one-cpu/"} {
+		for _, p := range []float64{50, 99} {
+			var line strings.Builder
+			for i := 0; ; i++ {
+				round := func(k string) []float64 {
+					xs := rep.Samples[place+k]
+					if len(xs) < (i+1)*per {
+						return nil
+					}
+					return xs[i*per : (i+1)*per]
+				}
+				ours, ha, plain := round(pathOurs), round(pathHAProxy), round(pathPlain)
+				if ours == nil || ha == nil || plain == nil {
+					break
+				}
+				x := percentile(ours, p) - percentile(plain, p)
+				b := percentile(ha, p) - percentile(plain, p)
+				fmt.Fprintf(&line, " %.3f/%.3f=%.2f", x, b, x/b)
+			}
+			t.Logf("ROUNDS %s p%.0f (ms added by 61443/haproxy=ratio):%s", place, p, line.String())
+		}
 	}
 }
