@@ -49,6 +49,10 @@ type Dataplane struct {
 	// setVXLANGuard): the VXLAN port it guards, -1 for none.
 	guardSet  bool
 	guardPort int
+	// nft is the nftables connection Set applies the policy and egress
+	// tables through, kept open between calls (nil: none open; see
+	// tablesConn).
+	nft *nftConn
 }
 
 // New returns the dataplane of the cell whose network namespace is at

@@ -9,6 +9,8 @@ import (
 
 // The kernel side of a Dataplane needs Linux.
 
+type nftConn struct{}
+
 func (d *Dataplane) setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op, error) {
 	return nil, errors.ErrUnsupported
 }

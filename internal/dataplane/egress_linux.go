@@ -33,12 +33,16 @@ var (
 
 // applyEgress replaces the egress table with plan's in one netlink batch,
 // which the kernel applies atomically.
-func (d *Dataplane) applyEgress(p *egressPlan) error {
-	c, done, err := openPolicyConn(d.ns)
+func (d *Dataplane) applyEgress(p *egressPlan) (err error) {
+	c, err := d.tablesConn()
 	if err != nil {
 		return err
 	}
-	defer done()
+	defer func() {
+		if err != nil {
+			d.dropTablesConn()
+		}
+	}()
 	c.AddTable(egressTable) // makes the delete valid when there is none
 	c.DelTable(egressTable)
 	t := c.AddTable(egressTable)

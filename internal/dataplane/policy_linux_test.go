@@ -1078,3 +1078,41 @@ func isEmptySlice(v any) bool {
 	}
 	return false
 }
+
+// TestSetKeepsItsConnection checks that Set applies a change through the
+// nftables connection it kept from the previous call (closing one after a
+// commit waits for the kernel's deferred destruction, see tablesConn), and
+// that the teardown lets it go.
+func TestSetKeepsItsConnection(t *testing.T) {
+	dataplanetest.RequireRoot(t)
+	ns := dataplanetest.Namespace(t, "keepconn")
+	d := New(ns, nil)
+	p := Policy{Enforce: true, Locals: []Local{{IP: netip.MustParseAddr("10.255.1.2"), Tag: 1}}}
+	if _, err := d.Set(context.Background(), Desired{Policy: &p}); err != nil {
+		t.Fatal(err)
+	}
+	first := d.nft
+	if first == nil {
+		t.Fatal("Set kept no connection")
+	}
+	p.Locals = append(p.Locals, Local{IP: netip.MustParseAddr("10.255.1.3"), Tag: 2})
+	if ch, err := d.Set(context.Background(), Desired{Policy: &p}); err != nil || !ch.Policy {
+		t.Fatalf("Set with a new local = %v, %v; want changed", ch.Policy, err)
+	}
+	if d.nft != first || d.updates != 1 {
+		t.Errorf("the second Set used connection %p (first %p), %d set updates; want the same connection and 1 update", d.nft, first, d.updates)
+	}
+	want, err := compilePolicy(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := policyInKernel(t, ns); !got.matches(want) {
+		t.Errorf("the kernel does not hold the policy after the second Set: fingerprint %q, want %q", got.fingerprint, want.fingerprint())
+	}
+	if err := d.TeardownPolicy(); err != nil {
+		t.Fatal(err)
+	}
+	if d.nft != nil {
+		t.Error("TeardownPolicy kept the connection")
+	}
+}
