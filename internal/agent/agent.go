@@ -254,6 +254,7 @@ func (a *Agent) run(parent context.Context) error {
 		// shutting down would wait for it).
 		a.controller.CloseIdleConnections()
 		a.saved.close()
+		a.enforcer.dp.Close()
 	}()
 	a.applyFirst(ctx)
 	sock := a.socketPath()

@@ -72,6 +72,19 @@ func New(nsPath string, log *slog.Logger) *Dataplane {
 // NetNS returns the path of the cell's network namespace.
 func (d *Dataplane) NetNS() string { return d.ns }
 
+// Close releases what the Dataplane keeps open between calls (its
+// nftables connection). The kernel's tables, links and routes stay: an
+// agent that stops leaves its cell's network as it was, for the next one
+// to take over. The Dataplane can be used again after Close.
+func (d *Dataplane) Close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if c := d.nft; c != nil {
+		d.nft = nil
+		c.CloseLasting()
+	}
+}
+
 // Desired is the state Set makes the cell's kernel hold. A part left nil
 // is left as it is. Later parts of a cell's dataplane (egress, encryption)
 // are more fields.

@@ -11,6 +11,8 @@ import (
 
 type nftConn struct{}
 
+func (c *nftConn) CloseLasting() error { return nil }
+
 func (d *Dataplane) setOverlay(ctx context.Context, c Cell, peers []Peer) ([]op, error) {
 	return nil, errors.ErrUnsupported
 }
