@@ -57,6 +57,7 @@ type instance struct {
 	Spec    executor.Spec       `json:"spec"`
 
 	proc      *executor.Process
+	watched   *executor.Process // the process watchExit waits for
 	restarts  int
 	nextStart time.Time
 }
@@ -173,11 +174,22 @@ func (in *instances) poke() {
 	}
 }
 
+// instancesRecheck is the longest the executor sleeps with nothing due: a
+// safety net. What it acts on wakes it: a change of the desired state
+// (poke), an instance's exit (watchExit), a restart's backoff ending (the
+// timer). It used to look every second, for nothing most of the time: on a
+// one-CPU cell the agent's only P, which the TLS proxy's requests wait for.
+const instancesRecheck = 30 * time.Second
+
 func (in *instances) loop(ctx context.Context) {
-	t := time.NewTicker(time.Second)
+	t := time.NewTimer(instancesRecheck)
 	defer t.Stop()
 	for {
-		in.reconcile(ctx)
+		wait := instancesRecheck
+		if next := in.reconcile(ctx); !next.IsZero() {
+			wait = min(max(time.Until(next), 0), instancesRecheck)
+		}
+		t.Reset(wait)
 		select {
 		case <-ctx.Done():
 			return
@@ -188,11 +200,12 @@ func (in *instances) loop(ctx context.Context) {
 }
 
 // reconcile starts what is desired and not running, restarts what exited
-// (with backoff), and stops what is no longer desired.
-func (in *instances) reconcile(ctx context.Context) {
+// (with backoff), and stops what is no longer desired. It returns when a
+// restart held back by its backoff is next due (zero: none is).
+func (in *instances) reconcile(ctx context.Context) (next time.Time) {
 	st, ready := in.state()
 	if !ready {
-		return
+		return time.Time{} // the state's arrival pokes
 	}
 	want := map[string]api.DesiredInstance{}
 	for _, d := range st.Instances {
@@ -226,6 +239,24 @@ func (in *instances) reconcile(ctx context.Context) {
 				in.start(ctx, inst)
 			}
 		}
+		if inst.proc != nil && !exited(inst.proc) {
+			if inst.watched != inst.proc {
+				inst.watched = inst.proc
+				go in.watchExit(ctx, inst.proc)
+			}
+		} else if next.IsZero() || inst.nextStart.Before(next) {
+			next = inst.nextStart
+		}
+	}
+	return next
+}
+
+// watchExit pokes the loop when p exits, for its restart.
+func (in *instances) watchExit(ctx context.Context, p *executor.Process) {
+	select {
+	case <-ctx.Done():
+	case <-p.Done():
+		in.poke()
 	}
 }
 

@@ -14,17 +14,22 @@ import (
 	"github.com/trellis-c2c/trellis/internal/cni"
 	"github.com/trellis-c2c/trellis/internal/controller"
 	"github.com/trellis-c2c/trellis/internal/dataplane/dataplanetest"
+	"github.com/trellis-c2c/trellis/internal/executor"
 	"github.com/trellis-c2c/trellis/internal/store"
 )
 
 // TestMain makes the test binary the CNI plugin when libcni runs it with
 // CNI_COMMAND set (the tests install it as trellis-cni), a controller when
 // a test starts it with envTestController set (a process of its own, which
-// the test may kill -9), and fails the run when a namespace of this process
+// the test may kill -9), an instance's init when the executor starts one
+// (executor.InitCommand), and fails the run when a namespace of this process
 // is left in /run/netns.
 func TestMain(m *testing.M) {
 	if os.Getenv("CNI_COMMAND") != "" {
 		os.Exit(cni.Main())
+	}
+	if len(os.Args) > 1 && os.Args[1] == executor.InitCommand {
+		os.Exit(executor.InitMain(os.Args[2:]))
 	}
 	if cfg := os.Getenv(envTestController); cfg != "" {
 		os.Exit(runTestController(cfg))

@@ -88,6 +88,14 @@ func stepsOf(keys []string, steps map[string][]float64) string {
 // benchLog passes the bench's progress lines to b.Log.
 type benchLog struct{ b *testing.B }
 
+// tbLog passes progress lines to the log of a test or benchmark.
+type tbLog struct{ t testing.TB }
+
+func (w tbLog) Write(p []byte) (int, error) {
+	w.t.Log(strings.TrimRight(string(p), "\n"))
+	return len(p), nil
+}
+
 func (w benchLog) Write(p []byte) (int, error) {
 	w.b.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil

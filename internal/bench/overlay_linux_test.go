@@ -18,7 +18,7 @@ import (
 
 // requireTool skips the test when the command name is not installed; with
 // CI=true it fails instead, saying missing (the error with the install hint).
-func requireTool(t *testing.T, name string, missing error) {
+func requireTool(t testing.TB, name string, missing error) {
 	t.Helper()
 	if _, err := exec.LookPath(name); err == nil {
 		return
@@ -30,7 +30,7 @@ func requireTool(t *testing.T, name string, missing error) {
 }
 
 // logTable logs rep as the table the bench command prints.
-func logTable(t *testing.T, rep *Report) {
+func logTable(t testing.TB, rep *Report) {
 	t.Helper()
 	var table bytes.Buffer
 	rep.WriteTable(&table)
@@ -38,7 +38,7 @@ func logTable(t *testing.T, rep *Report) {
 }
 
 // wantFigures fails t for each of ids that rep has no figure of.
-func wantFigures(t *testing.T, rep *Report, ids ...string) {
+func wantFigures(t testing.TB, rep *Report, ids ...string) {
 	t.Helper()
 	have := map[string]bool{}
 	for _, f := range rep.Figures {

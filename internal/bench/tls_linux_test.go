@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"fmt"
 	"math"
 	"os"
@@ -94,29 +95,46 @@ func TestThreadsWork(t *testing.T) {
 	}
 }
 
-// TestTLSLatencyRounds runs only the latency rounds of the TLS bench with
-// the trellis binary named by TRELLIS_BENCH_TLS_EXE (skipped without it),
+// BenchmarkTLSLatencyRounds runs only the latency rounds of the TLS bench
+// with the trellis binary named by TRELLIS_BENCH_TLS_EXE,
 // TRELLIS_BENCH_TLS_ROUNDS rounds per placement (default 6), and logs each
 // round's ratio of the latency 61443 added over the latency haproxy's TLS
 // added, p50 and p99, in both placements: for comparing builds of the
-// terminator run after run (old, new, new, old, ...).
-func TestTLSLatencyRounds(t *testing.T) {
+// terminator run after run (old, new, new, old, ...):
+//
+//	TRELLIS_BENCH_TLS_EXE=/tmp/a/trellis go test -run - -bench TLSLatencyRounds -benchtime 1x -v ./internal/bench/
+//
+// It is a benchmark, not a test, so that it runs only when asked for
+// (-bench); without the variable it is skipped (the bench runs a trellis
+// binary, not this test binary). Each iteration is a full set of rounds.
+func BenchmarkTLSLatencyRounds(b *testing.B) {
 	exe := os.Getenv("TRELLIS_BENCH_TLS_EXE")
 	if exe == "" {
-		t.Skip("TRELLIS_BENCH_TLS_EXE names no trellis binary")
+		b.Skip("TRELLIS_BENCH_TLS_EXE is not set: it names the trellis binary whose TLS terminator to measure")
 	}
-	dataplanetest.RequireRoot(t)
-	requireTool(t, "haproxy", ErrNoHAProxy)
+	dataplanetest.RequireRoot(b)
+	requireTool(b, "haproxy", ErrNoHAProxy)
 	rounds := 6
 	if v := os.Getenv("TRELLIS_BENCH_TLS_ROUNDS"); v != "" {
 		var err error
 		if rounds, err = strconv.Atoi(v); err != nil || rounds < 1 {
-			t.Fatalf("TRELLIS_BENCH_TLS_ROUNDS=%q: want a positive number", v)
+			b.Fatalf("TRELLIS_BENCH_TLS_ROUNDS=%q: want a positive number", v)
 		}
 	}
-	rep, err := TLS(t.Context(), TLSOptions{Exe: exe, LatencyOnly: true, LatencyRounds: rounds, Progress: &logWriter{t: t}})
+	for range b.N {
+		logLatencyRounds(b, exe, rounds)
+	}
+}
+
+// logLatencyRounds runs rounds latency rounds per placement with exe and
+// logs each round's ratios (see BenchmarkTLSLatencyRounds).
+func logLatencyRounds(t testing.TB, exe string, rounds int) {
+	rep, err := TLS(context.Background(), TLSOptions{Exe: exe, LatencyOnly: true, LatencyRounds: rounds, Progress: tbLog{t}})
 	if err != nil {
 		t.Fatalf("TLS = %v", err)
+	}
+	if left := Leftovers(rep.Prefix); len(left) > 0 {
+		t.Errorf("namespaces left behind: %v", left)
 	}
 	logTable(t, rep)
 	wantFigures(t, rep, "tls/added-latency-p50-vs-haproxy", "tls/added-latency-p99-vs-haproxy",
