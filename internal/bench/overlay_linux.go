@@ -1183,7 +1183,7 @@ func (s *setupResult) notes() []string {
 			parts = append(parts, fmt.Sprintf("%s %.2f / %.2f", k, percentile(s.steps[k], 50), percentile(s.steps[k], 99)))
 		}
 		notes = append(notes, fmt.Sprintf("the agent's steps of the %d sequential CNI ADDs, from its msg=attached log lines, p50 / p99 ms: %s. "+
-			"register, policy and certificate are counted from the allocation (they run while the plugin wires the container; the certificate after the registration), "+
+			"register, policy and certificate are counted from the allocation (they run while the plugin wires the container; the certificate comes with the registration's answer, which carries its request), "+
 			"wait is the commit's wait for them, serve the TLS port's listener, took the whole commit, since_allocated from the allocation to the commit's answer.",
 			len(s.steps[s.stepKeys[0]]), strings.Join(parts, ", ")))
 		parts = nil
