@@ -2,6 +2,7 @@ package bench
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -16,8 +17,6 @@ import (
 	"time"
 
 	"github.com/trellis-c2c/trellis/internal/dataplane"
-	"github.com/trellis-c2c/trellis/internal/netns"
-	"golang.org/x/sys/unix"
 )
 
 // BenchmarkAblation is an experiment harness: it runs only with -bench
@@ -225,7 +224,7 @@ func BenchmarkAblation(b *testing.B) {
 					t.Fatal(err)
 				}
 				time.Sleep(100 * time.Millisecond)
-				_, _, err := connTimes(client, to, 1800*time.Millisecond)
+				_, _, err := connPercentiles(b.Context(), client, to, 1800*time.Millisecond)
 				if werr := cmd.Wait(); err == nil && werr != nil {
 					err = fmt.Errorf("perf record: %w", werr)
 				}
@@ -233,7 +232,7 @@ func BenchmarkAblation(b *testing.B) {
 					t.Fatalf("%s: %v", v.name, err)
 				}
 			}
-			p2, p10, err := connTimes(client, to, 200*time.Millisecond)
+			p2, p10, err := connPercentiles(b.Context(), client, to, 200*time.Millisecond)
 			if err != nil {
 				t.Fatalf("%s: %v", v.name, err)
 			}
@@ -270,30 +269,10 @@ func fileExists(path string) bool {
 	return err == nil
 }
 
-// connTimes is connRateTimed's loop, returning the 2nd and 10th
-// percentiles of the connections' times in µs.
-func connTimes(from endpoint, to netip.AddrPort, d time.Duration) (p2, p10 float64, err error) {
-	var times []float64
-	sa := &unix.SockaddrInet4{Addr: to.Addr().As4(), Port: int(to.Port())}
-	err = netns.Do(from.ns, func() error {
-		var old, one unix.CPUSet
-		if err := unix.SchedGetaffinity(0, &old); err != nil {
-			return err
-		}
-		one.Set(0)
-		if err := unix.SchedSetaffinity(0, &one); err != nil {
-			return err
-		}
-		defer unix.SchedSetaffinity(0, &old)
-		for start := time.Now(); time.Since(start) < d; {
-			t0 := time.Now()
-			if err := connectReset(sa); err != nil {
-				return fmt.Errorf("connection %d to %s: %w", len(times)+1, to, err)
-			}
-			times = append(times, float64(time.Since(t0).Nanoseconds())/1e3)
-		}
-		return nil
-	})
+// connPercentiles returns the 2nd and 10th percentiles of the times of
+// the connections connTimes opens for d, in µs.
+func connPercentiles(ctx context.Context, from endpoint, to netip.AddrPort, d time.Duration) (p2, p10 float64, err error) {
+	times, _, err := connTimes(ctx, from, to, d)
 	if err != nil {
 		return 0, 0, err
 	}

@@ -384,9 +384,18 @@ func (r *run) connRate(from endpoint, to netip.AddrPort, d time.Duration) (float
 // load, the rate follows their load; the fastest connections still take
 // the kernel's own time, so their times compare filterings more steadily.
 func (r *run) connRateTimed(from endpoint, to netip.AddrPort, d time.Duration) (rate, p10 float64, err error) {
-	var n int
-	var took time.Duration
-	var times []float64
+	times, took, err := connTimes(r.ctx, from, to, d)
+	if err != nil {
+		return 0, 0, err
+	}
+	return float64(len(times)) / took.Seconds(), percentile(times, 10), nil
+}
+
+// connTimes opens and resets connections from from to to, one after
+// another for d, on one thread pinned to CPU 0 (so that it measures the
+// kernel's work per connection, not the Go runtime's wakeups). It returns
+// each connection's time in µs and how long the loop ran.
+func connTimes(ctx context.Context, from endpoint, to netip.AddrPort, d time.Duration) (times []float64, took time.Duration, err error) {
 	sa := &unix.SockaddrInet4{Addr: to.Addr().As4(), Port: int(to.Port())}
 	err = netns.Do(from.ns, func() error {
 		var old, one unix.CPUSet
@@ -400,22 +409,18 @@ func (r *run) connRateTimed(from endpoint, to netip.AddrPort, d time.Duration) (
 		defer unix.SchedSetaffinity(0, &old)
 		start := time.Now()
 		for took = 0; took < d; took = time.Since(start) {
-			if err := r.ctx.Err(); err != nil {
+			if err := ctx.Err(); err != nil {
 				return err
 			}
 			t0 := time.Now()
 			if err := connectReset(sa); err != nil {
-				return fmt.Errorf("connection %d to %s: %w", n+1, to, err)
+				return fmt.Errorf("connection %d to %s: %w", len(times)+1, to, err)
 			}
 			times = append(times, float64(time.Since(t0).Nanoseconds())/1e3)
-			n++
 		}
 		return nil
 	})
-	if err != nil {
-		return 0, 0, err
-	}
-	return float64(n) / took.Seconds(), percentile(times, 10), nil
+	return times, took, err
 }
 
 // connectReset connects a blocking TCP socket to sa and closes it with a
