@@ -175,6 +175,11 @@ func TestWireGuardEncryption(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// Enforcement and the policy reach each cell as two states: a cell
+	// between them refuses front -> back. Wait for both to settle, so
+	// that an allowed talk below is not one that only passed a cell still
+	// not enforcing (CI saw the request after it refused).
+	settled(t, []*running{a1, a2})
 	u1, u2 := w.cell(1).IP, w.cell(2).IP
 	outer := t
 	var refusedOff error
