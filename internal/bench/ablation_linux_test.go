@@ -50,9 +50,11 @@ import (
 // file variants run, and ABLATION_DUMP writes each cell's `nft list
 // ruleset` under trellis's table to DIR/dump.cellN and stops. DIR/setup.sh,
 // if there is one, runs once the cells are built, with their namespaces'
-// paths as arguments. With ABLATION_TCP set it measures iperf3's 1-stream
-// throughput instead (3 s, the first left out; "none", no table on either
-// cell, is then the baseline), profiling all CPUs.
+// paths as arguments. With ABLATION_TCP set it measures iperf3's
+// throughput instead, with ABLATION_TCP streams if it is a number and 1
+// otherwise (3 s, the first left out, client and server pinned as the
+// benches pin them; "none", no table on either cell, is then the
+// baseline), profiling all CPUs.
 func BenchmarkAblation(b *testing.B) {
 	t := b
 	dir := os.Getenv("TRELLIS_ABLATION")
@@ -171,6 +173,8 @@ func BenchmarkAblation(b *testing.B) {
 	}
 
 	tcp := os.Getenv("ABLATION_TCP") != ""
+	streams, _ := strconv.Atoi(os.Getenv("ABLATION_TCP"))
+	streams = max(streams, 1)
 	if tcp {
 		r.iperf3, err = exec.LookPath("iperf3")
 		if err != nil {
@@ -204,7 +208,7 @@ func BenchmarkAblation(b *testing.B) {
 						t.Fatal(err)
 					}
 				}
-				g, err := r.iperf3Client(client, server, 1, overlayParams{seconds: 3, omit: 1})
+				g, err := r.iperf3Client(client, server, streams, overlayParams{seconds: 3, omit: 1})
 				if cmd != nil {
 					if werr := cmd.Wait(); err == nil && werr != nil {
 						err = fmt.Errorf("perf record: %w", werr)
@@ -247,7 +251,7 @@ func BenchmarkAblation(b *testing.B) {
 				rn = append(rn, gbits[v.name][i]/gbits["none"][i])
 				rc = append(rc, gbits[v.name][i]/gbits["conntrack"][i])
 			}
-			t.Logf("%-16s TCP 1 stream %6.2f Gbit/s, %.3f× no tables' (%.3f to %.3f), %.3f× conntrack alone's (%.3f to %.3f)", v.name,
+			t.Logf("%-16s TCP %d stream(s) %6.2f Gbit/s, %.3f× no tables' (%.3f to %.3f), %.3f× conntrack alone's (%.3f to %.3f)", v.name, streams,
 				median(gbits[v.name]), median(rn), slices.Min(rn), slices.Max(rn), median(rc), slices.Min(rc), slices.Max(rc))
 		}
 		return

@@ -664,8 +664,20 @@ func listening(path string, port int) (bool, error) {
 	return found, err
 }
 
+// iperf3Affinity pins iperf3's client to CPU 0 and its server to CPU 1 (-A;
+// the client tells the server its CPU for the test). Left to the scheduler,
+// the two land on one CPU in some runs and on two in others, and the rate
+// of one run moves by up to ±30% on a quiet 2-CPU machine (BenchmarkAblation
+// with ABLATION_TCP, 8 rounds, 2026-12-07: conntrack alone against no table
+// 0.74 to 1.13 unpinned, 0.76 to 0.90 pinned). Pinned, the sender's CPU also
+// runs the whole path in softirq (veth, both cells' forwarding, VXLAN and
+// the underlay: every hop hands the packet on within the CPU), so the rate
+// follows the path's cost per packet, which is what the figures compare.
+const iperf3Affinity = "0,1"
+
 // iperf3Client runs one iperf3 test from one endpoint to another and
-// returns the receiver's rate in Gbit/s.
+// returns the receiver's rate in Gbit/s. On a machine of 2 CPUs or more,
+// the client runs on CPU 0 and the server on CPU 1 (iperf3Affinity).
 func (r *run) iperf3Client(from, to endpoint, streams int, p overlayParams) (float64, error) {
 	args := []string{
 		"-c", to.ip.String(), "-p", strconv.Itoa(iperf3Port),
@@ -674,6 +686,9 @@ func (r *run) iperf3Client(from, to endpoint, streams int, p overlayParams) (flo
 	}
 	if p.omit > 0 {
 		args = append(args, "-O", strconv.Itoa(p.omit))
+	}
+	if runtime.NumCPU() >= 2 {
+		args = append(args, "-A", iperf3Affinity)
 	}
 	cmd := exec.CommandContext(r.ctx, r.iperf3, args...)
 	var stdout, stderr bytes.Buffer
@@ -813,7 +828,7 @@ func (t *tputResult) notes(p overlayParams) []string {
 		how = fmt.Sprintf("one run of %d s", p.seconds)
 	}
 	return []string{
-		"throughput: iperf3 TCP, receiver's rate, " + how + ". trellis: container on cell1 to container on cell2 " +
+		"throughput: iperf3 TCP, receiver's rate, client pinned to CPU 0 and server to CPU 1, " + how + ". trellis: container on cell1 to container on cell2 " +
 			fmt.Sprintf("(veth, cell forwarding, VXLAN-GBP VTEP, underlay bridge, and back) with policies on: the client's cell marks it with its app's tag, "+
 				"the server's cell denies by default and holds %d allows among %d app tags, one of them iperf3's; ", numPolicies, numApps) +
 			"without trellis: the same path built with netlink alone, no nftables (two cell namespaces on the underlay forwarding between a container's veth, MTU 1450, " +

@@ -230,7 +230,7 @@ func (r *run) egressThroughput(rep *Report, attach attachFunc, cell benchCell, c
 	}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("egress figures: the client container on cell1 to an outside host (%s on the loopback of a namespace on the underlay, "+
 		"routed from cell1, with no route back to the overlay, so every answer needs cell1's masquerade), after the cross-cell figures with no policy table; "+
-		"throughput: iperf3 TCP, 1 stream, %s; new connections: as the cross-cell ones, median of %d rounds of %v. Interleaved within each run or round: "+
+		"throughput: iperf3 TCP, 1 stream, client pinned to CPU 0 and server to CPU 1, %s; new connections: as the cross-cell ones, median of %d rounds of %v. Interleaved within each run or round: "+
 		"the baseline, a table of the bench's own that masquerades what leaves the overlay (conntrack + NAT, no filtering); "+
 		"trellis's egress table (dataplane Set, as the agent programs it: default deny, masquerade, set lookups) with the 1 rule the client needs "+
 		"(tcp %d-%d to %s) and with 1,000 rules (999 of other instances to other destinations, then that one). "+

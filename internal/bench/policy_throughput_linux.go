@@ -274,7 +274,7 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 		how = fmt.Sprintf("one run of %d s", p.seconds)
 	}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("cross-cell policy figures: client container on cell1 (tag %d), server container on cell2, "+
-		"the overlay bench's topology; throughput: iperf3 TCP, 1 stream, receiver's rate, %s; new connections: sequential blocking connect + close, one client thread pinned to CPU 0 "+
+		"the overlay bench's topology; throughput: iperf3 TCP, 1 stream, receiver's rate, client pinned to CPU 0 and server to CPU 1, %s; new connections: sequential blocking connect + close, one client thread pinned to CPU 0 "+
 		"(SO_LINGER 0, so no TIME_WAIT) from the client to a server that accepts and closes, median of %d rounds of %v, measured after the throughput runs; the time of a new connection: the 10th percentile of each round's connections (connect and close), which a load from elsewhere moves much less than the rate; CPU per new connection: the machine's busy time (/proc/stat, all CPUs: client, server and both cells' kernels run here) over the connections of the round. "+
 		"After a warm-up, filterings interleaved within each run or round, each starting with the next filtering: no policy table on either cell; trellis with default deny and the 2 allows the client needs "+
 		"(tcp %d and %d); trellis with %d allows among %d app tags including those 2 (set lookups); "+

@@ -4,8 +4,38 @@
 # (or a test binary built with go test -c), and with ABLATION_PERF,
 #   bash share.sh DIR/perf.*
 . "$(dirname "$0")/gen.sh"
-# same: the trellis ruleset, written by nft
+# same: the trellis ruleset, written by nft (AddContainer and the overlay put
+# the devices in their groups)
 same() { cat <<E
+	chain prerouting { type filter hook prerouting priority raw; policy accept;
+		meta iifgroup 0x74720001 goto from_instance
+		meta iifgroup 0x74720002 accept
+		iifname "s-*" goto from_instance
+		udp dport 4789 notrack
+	}
+	chain output { type filter hook output priority raw; policy accept;
+		udp dport 4789 notrack
+	}
+	chain from_instance {
+		meta nfproto ipv4 tcp flags & (syn|ack) != syn iifname . ip saddr . ether saddr @local_ids accept
+		meta nfproto ipv4 iifname . ip saddr . ether saddr @local_ids meta mark set ip saddr map @src_tag accept
+		meta nfproto ipv4 iifname . ip saddr . ether saddr @local_ids accept
+		counter name "spoofed" drop
+	}
+	chain forward { type filter hook forward priority filter; policy accept;
+		meta oifgroup 0x74720002 accept
+		meta oifgroup != 0x74720001 oifname != "s-*" accept
+		tcp flags & (syn|ack) == syn meta nfproto ipv4 goto to_instance
+		ct state established,related accept
+		meta nfproto ipv4 goto to_instance
+		drop
+	}
+E
+}
+NAME=same; out same
+# names: trellis's ruleset before device groups (2026-12-07), dispatching on
+# interface names
+names() { cat <<E
 	chain prerouting { type filter hook prerouting priority raw; policy accept;
 		iifname "s-*" goto from_instance
 		udp dport 4789 iifname != "trellis-vtep*" notrack
@@ -28,7 +58,7 @@ same() { cat <<E
 	}
 E
 }
-NAME=same; out same
+NAME=names; out names
 # nospoof: no anti-spoofing lookup; SYNs marked by src_tag
 nospoof() { cat <<E
 	chain prerouting { type filter hook prerouting priority raw; policy accept;
