@@ -82,7 +82,9 @@ func planContainer(c Container) []op {
 	self := netip.PrefixFrom(c.IP, 32)
 	gw := netip.PrefixFrom(HostGateway, 32)
 	return []op{
-		vethAdd{Name: host, MAC: hostMAC(c.IP), PeerName: ifName, PeerMAC: containerMAC(c.IP), PeerNetNS: c.NetNS, MTU: c.MTU},
+		// The host end is in HostVethGroup from its first moment, so the
+		// policy table's dispatch sees it as a host veth at once.
+		vethAdd{Name: host, MAC: hostMAC(c.IP), PeerName: ifName, PeerMAC: containerMAC(c.IP), PeerNetNS: c.NetNS, MTU: c.MTU, Group: HostVethGroup},
 
 		// IPv6 off before the link is up, so it never gets an address.
 		inContainer{sysctlSet{confKey("ipv6", ifName, "disable_ipv6"), "1"}},

@@ -24,7 +24,7 @@ func TestHostVethName(t *testing.T) {
 func TestPlanContainerGolden(t *testing.T) {
 	c := Container{NetNS: "/run/netns/app1", IfName: "eth0", IP: addr("10.255.1.2"), MTU: 1450}
 	want := `
-ip link add s-010255001002 address aa:aa:0a:ff:01:02 mtu 1450 type veth peer name eth0 address ee:ee:0a:ff:01:02 mtu 1450 netns /run/netns/app1
+ip link add s-010255001002 address aa:aa:0a:ff:01:02 mtu 1450 group 0x74720001 type veth peer name eth0 address ee:ee:0a:ff:01:02 mtu 1450 netns /run/netns/app1
 container: sysctl -w net.ipv6.conf.eth0.disable_ipv6=1
 container: ip link set eth0 arp off
 container: ip addr add 10.255.1.2/32 peer 169.254.0.1/32 dev eth0

@@ -124,7 +124,7 @@ func (k nsKernel) apply(o op) error {
 		}
 		v := o.VTEP
 		return k.h.LinkAdd(&netlink.Vxlan{
-			LinkAttrs:    netlink.LinkAttrs{Name: o.Name, MTU: v.MTU, HardwareAddr: v.MAC.hw()},
+			LinkAttrs:    netlink.LinkAttrs{Name: o.Name, MTU: v.MTU, HardwareAddr: v.MAC.hw(), Group: VTEPGroup},
 			VxlanId:      v.VNI,
 			VtepDevIndex: dev.Attrs().Index,
 			SrcAddr:      v.Local.AsSlice(),
@@ -259,7 +259,7 @@ func (k nsKernel) apply(o op) error {
 // link is the veth pair o makes, as netlink describes it.
 func (o vethAdd) link() *netlink.Veth {
 	return &netlink.Veth{
-		LinkAttrs:        netlink.LinkAttrs{Name: o.Name, MTU: o.MTU, HardwareAddr: o.MAC.hw()},
+		LinkAttrs:        netlink.LinkAttrs{Name: o.Name, MTU: o.MTU, HardwareAddr: o.MAC.hw(), Group: o.Group},
 		PeerName:         o.PeerName,
 		PeerHardwareAddr: o.PeerMAC.hw(),
 		PeerMTU:          uint32(o.MTU),

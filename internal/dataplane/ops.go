@@ -59,6 +59,8 @@ type (
 		PeerMAC   mac
 		PeerNetNS string
 		MTU       int
+		// Group is the host end's device group (0: the kernel's default).
+		Group uint32
 	}
 
 	linkDel    struct{ Name string }
@@ -129,8 +131,8 @@ func (o sysctlSet) String() string { return fmt.Sprintf("sysctl -w %s=%s", o.Key
 
 func (o vtepAdd) String() string {
 	v := o.VTEP
-	s := fmt.Sprintf("ip link add %s address %s mtu %d type vxlan id %d local %s dev %s dstport %d",
-		o.Name, v.MAC, v.MTU, v.VNI, v.Local, v.Dev, v.Port)
+	s := fmt.Sprintf("ip link add %s address %s mtu %d group %#x type vxlan id %d local %s dev %s dstport %d",
+		o.Name, v.MAC, v.MTU, VTEPGroup, v.VNI, v.Local, v.Dev, v.Port)
 	if v.GBP {
 		s += " gbp"
 	}
@@ -141,8 +143,11 @@ func (o vtepAdd) String() string {
 }
 
 func (o vethAdd) String() string {
-	s := fmt.Sprintf("ip link add %s address %s mtu %d type veth peer name %s address %s mtu %d",
-		o.Name, o.MAC, o.MTU, o.PeerName, o.PeerMAC, o.MTU)
+	s := fmt.Sprintf("ip link add %s address %s mtu %d", o.Name, o.MAC, o.MTU)
+	if o.Group != 0 {
+		s += fmt.Sprintf(" group %#x", o.Group)
+	}
+	s += fmt.Sprintf(" type veth peer name %s address %s mtu %d", o.PeerName, o.PeerMAC, o.MTU)
 	if o.PeerNetNS != "" {
 		s += " netns " + o.PeerNetNS
 	}

@@ -81,7 +81,7 @@ func TestPlanOverlayGolden(t *testing.T) {
 			want: want,
 			golden: `
 sysctl -w net.ipv4.ip_forward=1
-ip link add trellis-vtep address ee:ee:0a:ff:01:00 mtu 1450 type vxlan id 1 local 198.51.100.11 dev eth0 dstport 4789 gbp nolearning
+ip link add trellis-vtep address ee:ee:0a:ff:01:00 mtu 1450 group 0x74720002 type vxlan id 1 local 198.51.100.11 dev eth0 dstport 4789 gbp nolearning
 ip addr add 10.255.1.0/16 dev trellis-vtep scope link
 ip link set trellis-vtep up
 bridge fdb add ee:ee:0a:ff:02:00 dev trellis-vtep dst 198.51.100.12 self permanent
@@ -180,7 +180,7 @@ ip route replace 10.255.3.0/24 via 10.255.3.0 dev trellis-vtep src 10.255.1.0 on
 			want: mustWant(t, testCell, peer2),
 			golden: `
 ip link del trellis-vtep
-ip link add trellis-vtep address ee:ee:0a:ff:01:00 mtu 1450 type vxlan id 1 local 198.51.100.11 dev eth0 dstport 4789 gbp nolearning
+ip link add trellis-vtep address ee:ee:0a:ff:01:00 mtu 1450 group 0x74720002 type vxlan id 1 local 198.51.100.11 dev eth0 dstport 4789 gbp nolearning
 ip addr add 10.255.1.0/16 dev trellis-vtep scope link
 ip link set trellis-vtep up
 bridge fdb add ee:ee:0a:ff:02:00 dev trellis-vtep dst 198.51.100.12 self permanent
@@ -202,7 +202,7 @@ ip route replace 10.255.2.0/24 via 10.255.2.0 dev trellis-vtep src 10.255.1.0 on
 			}(),
 			golden: `
 ip link del trellis-vtep
-ip link add trellis-vtep address ee:ee:0a:ff:04:00 mtu 8950 type vxlan id 42 local 198.51.100.11 dev eth0 dstport 8472 gbp nolearning
+ip link add trellis-vtep address ee:ee:0a:ff:04:00 mtu 8950 group 0x74720002 type vxlan id 42 local 198.51.100.11 dev eth0 dstport 8472 gbp nolearning
 ip addr add 10.255.4.0/16 dev trellis-vtep scope link
 ip link set trellis-vtep up
 bridge fdb add ee:ee:0a:ff:02:00 dev trellis-vtep dst 198.51.100.12 self permanent

@@ -39,6 +39,15 @@ const (
 	// traffic from and to such a device is policed even when the instance
 	// is not (yet) among Policy.Locals.
 	hostVethPrefix = "s-"
+	// HostVethGroup is the device group of every host-side container veth
+	// and VTEPGroup the VTEP's. The policy table's hooks tell the packets of
+	// instances from the rest by these: a group is one 4-byte load per
+	// packet, where matching the name prefix copies the 16-byte name. A
+	// device named like a host veth outside the group is still checked as
+	// one (fail closed), only at the old cost; Set puts such devices in
+	// their group whenever it replaces the table.
+	HostVethGroup = 0x74720001
+	VTEPGroup     = 0x74720002
 	// ctMarkPoliced is set in the conntrack mark, next to the tag bits,
 	// of every connection accepted to a local instance. It tells those
 	// connections apart from others (say, from the cell itself) when flows
@@ -740,6 +749,13 @@ type (
 		Prefix string
 		Not    bool
 	}
+	// devGroup matches the input (In) or output device's group, or with
+	// Not any other group.
+	devGroup struct {
+		In    bool
+		Group uint32
+		Not   bool
+	}
 	// nfprotoIPv4 matches IPv4 packets.
 	nfprotoIPv4 struct{}
 	// inLocalIDs matches when input device, source address and source
@@ -803,6 +819,16 @@ func (t ifPrefix) String() string {
 		op = "!= "
 	}
 	return fmt.Sprintf("%s %s%q", dir, op, t.Prefix+"*")
+}
+func (t devGroup) String() string {
+	dir, op := "oifgroup", ""
+	if t.In {
+		dir = "iifgroup"
+	}
+	if t.Not {
+		op = "!= "
+	}
+	return fmt.Sprintf("meta %s %s0x%08x", dir, op, t.Group)
 }
 func (nfprotoIPv4) String() string { return "meta nfproto ipv4" }
 func (inLocalIDs) String() string {
@@ -907,12 +933,21 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		// Every packet the cell forwards or receives walks these chains,
 		// so they are ordered for the fewest expressions per packet (each
 		// costs, and on a connection's few packets the sum shows in the
-		// connection rate): a decapsulated packet fails the VXLAN rule on
-		// its protocol, and a packet forwarded away from the instances
-		// (to the VTEP or the underlay) is accepted by its first rule.
+		// connection rate). They dispatch on device groups (HostVethGroup,
+		// VTEPGroup), one 4-byte load each, and only what is in neither
+		// group pays for the name: a packet from an instance goes to its
+		// checks on the first rule, a decapsulated one leaves the chain on
+		// the second, and a packet forwarded to the VTEP is accepted by
+		// the forward chain's first rule. A device named like a host veth
+		// but outside the group (made by something other than
+		// AddContainer, or before groups were used, until Set regroups it)
+		// is still checked and policed, at the cost of the name: the
+		// groups only make the checks cheaper, never skip them.
 		{name: chainPrerouting, hook: "prerouting", prio: -300, rules: []rule{
+			{devGroup{In: true, Group: HostVethGroup}, verdict{"goto", chainFromInstance}},
+			{devGroup{In: true, Group: VTEPGroup}, verdict{Kind: "accept"}},
 			{ifPrefix{In: true, Prefix: hostVethPrefix}, verdict{"goto", chainFromInstance}},
-			{udpDport{vxlanPort}, ifPrefix{In: true, Prefix: VTEPName, Not: true}, notrack{}},
+			{udpDport{vxlanPort}, notrack{}},
 		}},
 		{name: chainOutput, hook: "output", prio: -300, rules: []rule{
 			{udpDport{vxlanPort}, notrack{}},
@@ -929,7 +964,8 @@ func policyChains(enforce bool, denyLog, allowLog uint16, rate int, vxlanPort ui
 		// address now another app's) is "ignored" by conntrack and would
 		// otherwise pass as part of the old, allowed connection.
 		{name: chainForward, hook: "forward", prio: 0, rules: []rule{
-			{ifPrefix{Prefix: hostVethPrefix, Not: true}, verdict{Kind: "accept"}},
+			{devGroup{Group: VTEPGroup}, verdict{Kind: "accept"}},
+			{devGroup{Group: HostVethGroup, Not: true}, ifPrefix{Prefix: hostVethPrefix, Not: true}, verdict{Kind: "accept"}},
 			{tcpSynOnly{}, nfprotoIPv4{}, verdict{"goto", chainToInstance}},
 			{ctState{ctEstablished | ctRelated}, verdict{Kind: "accept"}},
 			{nfprotoIPv4{}, verdict{"goto", chainToInstance}},

@@ -213,6 +213,7 @@ func (d *Dataplane) applyPolicy(ctx context.Context, p Policy, verify bool) (pla
 			return nil, false, err
 		}
 		d.replaces++
+		d.groupDevices()
 		err = replacePolicyTable(c, plan)
 	}
 	if err == nil {
@@ -225,6 +226,52 @@ func (d *Dataplane) applyPolicy(ctx context.Context, p Policy, verify bool) (pla
 	}
 	d.trusted = plan
 	return plan, true, nil
+}
+
+// groupDevices puts every host veth (by its name prefix) in HostVethGroup
+// and the VTEP in VTEPGroup where they are not yet: devices made before
+// groups were used, or by something other than AddContainer and the
+// overlay. The table polices such devices anyway, by name and at a higher
+// cost per packet, so a failure here is logged and the table is written
+// all the same.
+func (d *Dataplane) groupDevices() {
+	path := d.ns
+	if path == selfNetNS {
+		path = ""
+	}
+	k, err := openRoute(path)
+	if err != nil {
+		d.log.Warn("device groups not checked", "err", err)
+		return
+	}
+	defer k.close()
+	links, err := k.h.LinkList()
+	if err != nil {
+		d.log.Warn("device groups not checked", "err", err)
+		return
+	}
+	for _, l := range links {
+		a := l.Attrs()
+		var want uint32
+		switch {
+		case strings.HasPrefix(a.Name, hostVethPrefix):
+			want = HostVethGroup
+		case strings.HasPrefix(a.Name, VTEPName):
+			want = VTEPGroup
+		default:
+			continue
+		}
+		if a.Group == want {
+			continue
+		}
+		if err := k.h.LinkSetGroup(l, int(want)); err != nil {
+			if !errors.Is(err, unix.ENODEV) { // not gone meanwhile
+				d.log.Warn("device group not set", "dev", a.Name, "group", want, "err", err)
+			}
+			continue
+		}
+		d.log.Debug("device group set", "dev", a.Name, "group", want)
+	}
 }
 
 // makeConntrackStrict turns off conntrack's pick-up of TCP connections in
@@ -588,6 +635,17 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 			out = append(out,
 				&expr.Meta{Key: key, Register: reg1},
 				&expr.Cmp{Op: op, Register: reg1, Data: []byte(t.Prefix)})
+		case devGroup:
+			key, op := expr.MetaKeyOIFGROUP, expr.CmpOpEq
+			if t.In {
+				key = expr.MetaKeyIIFGROUP
+			}
+			if t.Not {
+				op = expr.CmpOpNeq
+			}
+			out = append(out,
+				&expr.Meta{Key: key, Register: reg1},
+				&expr.Cmp{Op: op, Register: reg1, Data: native32(t.Group)})
 		case nfprotoIPv4:
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},

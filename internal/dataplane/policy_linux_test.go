@@ -86,6 +86,42 @@ type grant struct {
 	lo, hi          uint16
 }
 
+// sendSpoofed sends "spoofed by A" from from's namespace with the source
+// address as, to UDP 8080 of to.
+func sendSpoofed(t *testing.T, from Container, as, to netip.Addr) {
+	t.Helper()
+	h := dataplanetest.Handle(t, from.NetNS)
+	eth0, err := h.LinkByName("eth0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	spoof := &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(as, 32))}
+	if err := h.AddrAdd(eth0, spoof); err != nil {
+		t.Fatal(err)
+	}
+	defer h.AddrDel(eth0, spoof)
+	var conn *net.UDPConn
+	inNS(t, from.NetNS, func() (err error) {
+		conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(as, 0)))
+		return err
+	})
+	defer conn.Close()
+	if _, err := conn.WriteToUDPAddrPort([]byte("spoofed by A"), netip.AddrPortFrom(to, 8080)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// linkGroup returns the device group of the link name in the namespace at
+// path.
+func linkGroup(t *testing.T, path, name string) uint32 {
+	t.Helper()
+	l, err := dataplanetest.Handle(t, path).LinkByName(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return l.Attrs().Group
+}
+
 // policy is cell i's Policy for grants, with the instances' tags from
 // tags (appTags where missing).
 func (l *policyLab) policy(i int, grants []grant, tags map[string]uint16) Policy {
@@ -419,26 +455,8 @@ func TestPolicyEnforcement(t *testing.T) {
 	t.Run("spoofed source address", func(t *testing.T) {
 		// A takes B's address and sends to C, which allows B on udp/8080.
 		a, b, c := l.ctr["A"], l.ctr["B"], l.ctr["C"]
-		h := dataplanetest.Handle(t, a.NetNS)
-		eth0, err := h.LinkByName("eth0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		spoof := &netlink.Addr{IPNet: ipnet(netip.PrefixFrom(b.IP, 32))}
-		if err := h.AddrAdd(eth0, spoof); err != nil {
-			t.Fatal(err)
-		}
-		defer h.AddrDel(eth0, spoof)
 		before := pollCounters(t, cell1, func(Counters) bool { return true })
-		var conn *net.UDPConn
-		inNS(t, a.NetNS, func() (err error) {
-			conn, err = net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.IP, 0)))
-			return err
-		})
-		defer conn.Close()
-		if _, err := conn.WriteToUDPAddrPort([]byte("spoofed by A"), netip.AddrPortFrom(c.IP, 8080)); err != nil {
-			t.Fatal(err)
-		}
+		sendSpoofed(t, a, b.IP, c.IP)
 		after := pollCounters(t, cell1, func(cs Counters) bool { return cs.Spoofed > before.Spoofed })
 		if after.Spoofed != before.Spoofed+1 {
 			t.Errorf("spoofed counter went from %d to %d, want one more", before.Spoofed, after.Spoofed)
@@ -447,6 +465,56 @@ func TestPolicyEnforcement(t *testing.T) {
 		if got, err := l.probe(t, "B", "C", "udp/8080"); got != ok {
 			t.Errorf("B -> C udp/8080 (the real B): %s %v, want allowed", got, err)
 		}
+	})
+
+	t.Run("host veths outside their group", func(t *testing.T) {
+		// The table dispatches on device groups; a host veth outside its
+		// group (made before groups, or by something else) must still be
+		// checked and policed, by its name, and Set puts it back in the
+		// group when it replaces the table.
+		a, c := l.ctr["A"], l.ctr["C"]
+		veths := []struct {
+			cell nsCell
+			name string
+		}{{cell1, HostVethName(a.IP)}, {l.cells[1], HostVethName(c.IP)}}
+		for _, v := range veths {
+			if got := linkGroup(t, v.cell.NetNS, v.name); got != HostVethGroup {
+				t.Fatalf("%s made by AddContainer is in device group %#x, want %#x", v.name, got, HostVethGroup)
+			}
+			if got := linkGroup(t, v.cell.NetNS, VTEPName); got != VTEPGroup {
+				t.Fatalf("%s is in device group %#x, want %#x", VTEPName, got, VTEPGroup)
+			}
+			h := dataplanetest.Handle(t, v.cell.NetNS)
+			link, err := h.LinkByName(v.name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if err := h.LinkSetGroup(link, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// A's packets (out of an ungrouped veth) are still checked for
+		// spoofing and marked with A's tag; C's (into one) still policed.
+		l.checkMatrix(t, phaseAllows)
+		before := pollCounters(t, cell1, func(Counters) bool { return true })
+		sendSpoofed(t, a, l.ctr["B"].IP, c.IP)
+		if after := pollCounters(t, cell1, func(cs Counters) bool { return cs.Spoofed > before.Spoofed }); after.Spoofed == before.Spoofed {
+			t.Errorf("spoofed counter stayed at %d after a spoofed packet from a veth outside its group", after.Spoofed)
+		}
+		assertNotDelivered(t, l.udp["C"], "spoofed by A")
+		// Replacing the tables regroups the veths.
+		for _, cell := range l.cells {
+			if err := cell.dp.TeardownPolicy(); err != nil {
+				t.Fatal(err)
+			}
+		}
+		l.apply(t, grantsAll, nil)
+		for _, v := range veths {
+			if got := linkGroup(t, v.cell.NetNS, v.name); got != HostVethGroup {
+				t.Errorf("%s after the table was replaced: device group %#x, want %#x", v.name, got, HostVethGroup)
+			}
+		}
+		l.checkMatrix(t, phaseAllows)
 	})
 
 	t.Run("spoofed MAC", func(t *testing.T) {
