@@ -810,25 +810,24 @@ const (
 	ctNew         = 8
 )
 
-func (t ifPrefix) String() string {
-	dir, op := "oifname", ""
-	if t.In {
-		dir = "iifname"
+// ifWords starts an interface match in nft syntax: "iif"+what (in) or
+// "oif"+what, a space, and "!= " for not.
+func ifWords(in, not bool, what string) string {
+	dir, op := "oif"+what, ""
+	if in {
+		dir = "iif" + what
 	}
-	if t.Not {
+	if not {
 		op = "!= "
 	}
-	return fmt.Sprintf("%s %s%q", dir, op, t.Prefix+"*")
+	return dir + " " + op
+}
+
+func (t ifPrefix) String() string {
+	return fmt.Sprintf("%s%q", ifWords(t.In, t.Not, "name"), t.Prefix+"*")
 }
 func (t devGroup) String() string {
-	dir, op := "oifgroup", ""
-	if t.In {
-		dir = "iifgroup"
-	}
-	if t.Not {
-		op = "!= "
-	}
-	return fmt.Sprintf("meta %s %s0x%08x", dir, op, t.Group)
+	return fmt.Sprintf("meta %s0x%08x", ifWords(t.In, t.Not, "group"), t.Group)
 }
 func (nfprotoIPv4) String() string { return "meta nfproto ipv4" }
 func (inLocalIDs) String() string {

@@ -615,6 +615,20 @@ const (
 
 func native32(v uint32) []byte { return binaryutil.NativeEndian.PutUint32(v) }
 
+// ifCmp loads an attribute of the input device (in: inKey) or the output
+// device (outKey) and compares it with data: equal, or unequal with not.
+// A name compares as a prefix: data holds no terminating NUL.
+func ifCmp(in, not bool, inKey, outKey expr.MetaKey, data []byte) []expr.Any {
+	key, op := outKey, expr.CmpOpEq
+	if in {
+		key = inKey
+	}
+	if not {
+		op = expr.CmpOpNeq
+	}
+	return []expr.Any{&expr.Meta{Key: key, Register: reg1}, &expr.Cmp{Op: op, Register: reg1, Data: data}}
+}
+
 // ruleExprs turns a rule into expressions; lookups refer to sets.
 func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 	var out []expr.Any
@@ -625,27 +639,9 @@ func ruleExprs(r rule, sets map[string]*nftables.Set) ([]expr.Any, error) {
 	for _, t := range r {
 		switch t := t.(type) {
 		case ifPrefix:
-			key, op := expr.MetaKeyOIFNAME, expr.CmpOpEq
-			if t.In {
-				key = expr.MetaKeyIIFNAME
-			}
-			if t.Not {
-				op = expr.CmpOpNeq
-			}
-			out = append(out,
-				&expr.Meta{Key: key, Register: reg1},
-				&expr.Cmp{Op: op, Register: reg1, Data: []byte(t.Prefix)})
+			out = append(out, ifCmp(t.In, t.Not, expr.MetaKeyIIFNAME, expr.MetaKeyOIFNAME, []byte(t.Prefix))...)
 		case devGroup:
-			key, op := expr.MetaKeyOIFGROUP, expr.CmpOpEq
-			if t.In {
-				key = expr.MetaKeyIIFGROUP
-			}
-			if t.Not {
-				op = expr.CmpOpNeq
-			}
-			out = append(out,
-				&expr.Meta{Key: key, Register: reg1},
-				&expr.Cmp{Op: op, Register: reg1, Data: native32(t.Group)})
+			out = append(out, ifCmp(t.In, t.Not, expr.MetaKeyIIFGROUP, expr.MetaKeyOIFGROUP, native32(t.Group))...)
 		case nfprotoIPv4:
 			out = append(out,
 				&expr.Meta{Key: expr.MetaKeyNFPROTO, Register: reg1},
