@@ -665,14 +665,11 @@ func listening(path string, port int) (bool, error) {
 }
 
 // iperf3Affinity pins iperf3's client to CPU 0 and its server to CPU 1 (-A;
-// the client tells the server its CPU for the test). Left to the scheduler,
-// the two land on one CPU in some runs and on two in others, and the rate
-// of one run moves by up to ±30% on a quiet 2-CPU machine (BenchmarkAblation
-// with ABLATION_TCP, 8 rounds, 2026-12-07: conntrack alone against no table
-// 0.74 to 1.13 unpinned, 0.76 to 0.90 pinned). Pinned, the sender's CPU also
-// runs the whole path in softirq (veth, both cells' forwarding, VXLAN and
-// the underlay: every hop hands the packet on within the CPU), so the rate
-// follows the path's cost per packet, which is what the figures compare.
+// the client tells the server its CPU for the test). Unpinned, one run's
+// ratio to its baseline moved by up to ±30% on a quiet 2-CPU machine
+// (BenchmarkAblation with ABLATION_TCP, 8 rounds, 2026-12-07: conntrack
+// alone against no table, 0.74 to 1.13 by round unpinned, 0.76 to 0.90
+// pinned).
 const iperf3Affinity = "0,1"
 
 // iperf3Client runs one iperf3 test from one endpoint to another and
