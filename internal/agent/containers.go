@@ -236,6 +236,7 @@ func (s *socketServer) runPreparation(rec record, p *preparation) {
 	// The certificate's key and request need no controller: they are made
 	// first (an ECDSA key: tens of microseconds), so that the registration
 	// carries the request and the controller answers with the certificate.
+	// The key's file is written while the registration is on its way.
 	key := s.certs.newKey(rec)
 	reg := api.InstanceRegistration{AppGUID: rec.Identity.AppGUID, Index: rec.Identity.Index, IP: rec.IP.String(), ContainerID: rec.ContainerID}
 	if key != nil {
@@ -253,6 +254,9 @@ func (s *socketServer) runPreparation(rec record, p *preparation) {
 			r.Registering = false
 		}
 		cs.mu.Unlock()
+		if key != nil {
+			s.certs.discard(rec, key)
+		}
 	} else if key != nil {
 		s.certs.prepare(ctx, rec, key, ans)
 		p.certificate = time.Since(p.start)
@@ -289,10 +293,12 @@ type registry interface {
 // instanceCerts serves each attached instance its identity certificate.
 type instanceCerts interface {
 	// newKey makes the key and request of rec's first certificate, which
-	// its registration carries; nil if there is none to make (the
-	// instance is served already: a repeated ADD; or the key failed,
-	// and attach tries again).
+	// its registration carries, and starts writing the key's file; nil if
+	// there is none to make (the instance is served already: a repeated
+	// ADD; or the key failed, and attach tries again).
 	newKey(rec record) *pendingKey
+	// discard removes what newKey wrote, when the registration failed.
+	discard(rec record, key *pendingKey)
 	// prepare takes the certificate the registration answered for key,
 	// or asks for it if the controller did not sign at registration, and
 	// writes its files before the container is wired; attach then

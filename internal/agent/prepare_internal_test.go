@@ -6,8 +6,10 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"io/fs"
 	"log/slog"
 	"net/netip"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -132,6 +134,11 @@ func TestPreparationCertificate(t *testing.T) {
 			if !tt.issued {
 				if prepared || ferr == nil {
 					t.Errorf("prepared %v, files %v: want neither", prepared, ferr)
+				}
+				// The key written while the registration was on its
+				// way is gone with its directory.
+				if _, err := os.Stat(dir); !errors.Is(err, fs.ErrNotExist) {
+					t.Errorf("the instance's credentials directory after no certificate: %v, want none", err)
 				}
 				return
 			}

@@ -228,10 +228,26 @@ func (id *identities) attach(ctx context.Context, rec record) {
 }
 
 // pendingKey is the key and request of an instance's first certificate,
-// made before its registration, with the CA generation known then.
+// made before its registration, with the CA generation known then. Its key
+// file is written while the registration is on its way (staged), so that
+// only the certificate is left to write when the answer comes.
 type pendingKey struct {
 	keyPEM, csrPEM []byte
 	caGen          int64
+
+	staged   chan struct{} // closed when the staging below is done
+	gen      string        // the generation directory holding the key
+	stageErr error
+}
+
+// wait returns the generation the key was staged in, "" if its staging
+// failed (the key is then written with the certificate).
+func (k *pendingKey) wait() string {
+	<-k.staged
+	if k.stageErr != nil {
+		return ""
+	}
+	return k.gen
 }
 
 // newKey makes the key and request of rec's first certificate, for its
@@ -254,7 +270,32 @@ func (id *identities) newKey(rec record) *pendingKey {
 		id.log.Error("instance credentials", "instance", guid, "err", err)
 		return nil
 	}
-	return &pendingKey{keyPEM: keyPEM, csrPEM: csrPEM, caGen: caGen}
+	k := &pendingKey{keyPEM: keyPEM, csrPEM: csrPEM, caGen: caGen, staged: make(chan struct{})}
+	go func() {
+		defer close(k.staged)
+		k.gen, k.stageErr = id.stage(guid, keyPEM)
+	}()
+	return k
+}
+
+// discard removes what key's staging wrote, for a registration that
+// failed or a certificate that was refused: nothing of the instance's
+// credentials is left where no certificate was written (attach starts
+// again).
+func (id *identities) discard(rec record, key *pendingKey) {
+	gen := key.wait()
+	if gen == "" {
+		return
+	}
+	dir := id.credentialsDir(rec.Identity.InstanceGUID)
+	if _, err := os.Readlink(filepath.Join(dir, dataLink)); err == nil {
+		// A certificate of an earlier generation is in place.
+		os.RemoveAll(filepath.Join(dir, gen))
+		return
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		id.log.Warn("delete instance credentials", "instance", rec.Identity.InstanceGUID, "err", err)
+	}
 }
 
 // prepare takes rec's first certificate from the answer to its
@@ -266,21 +307,20 @@ func (id *identities) newKey(rec record) *pendingKey {
 func (id *identities) prepare(ctx context.Context, rec record, key *pendingKey, ans api.Registered) {
 	guid := rec.Identity.InstanceGUID
 	if ans.Certificate == nil && ans.Refused != "" {
+		id.discard(rec, key)
 		id.log.Warn("issue instance certificate: will try again when it is attached", "instance", guid, "err", "refused at registration: "+ans.Refused)
 		return
 	}
-	if err := os.MkdirAll(id.credentialsDir(guid), 0o755); err != nil {
-		id.log.Error("instance credentials", "instance", guid, "err", err)
-		return
-	}
+	gen := key.wait()
 	var cert *tls.Certificate
 	var err error
 	if ans.Certificate != nil {
-		cert, err = id.store(guid, key.keyPEM, *ans.Certificate)
+		cert, err = id.store(guid, key.keyPEM, gen, *ans.Certificate)
 	} else {
-		cert, err = id.certifyKey(ctx, guid, key.keyPEM, key.csrPEM)
+		cert, err = id.certifyKey(ctx, guid, key.keyPEM, key.csrPEM, gen)
 	}
 	if err != nil {
+		id.discard(rec, key)
 		id.log.Warn("issue instance certificate: will try again when it is attached", "instance", guid, "err", err)
 		return
 	}
@@ -436,24 +476,25 @@ func (id *identities) issue(ctx context.Context, guid string) (*tls.Certificate,
 	if err != nil {
 		return nil, err
 	}
-	return id.certifyKey(ctx, guid, keyPEM, csrPEM)
+	return id.certifyKey(ctx, guid, keyPEM, csrPEM, "")
 }
 
 // certifyKey has the controller sign csrPEM, made with keyPEM, and
-// writes both files.
-func (id *identities) certifyKey(ctx context.Context, guid string, keyPEM, csrPEM []byte) (*tls.Certificate, error) {
+// writes both files (the key's already, if staged in generation gen).
+func (id *identities) certifyKey(ctx context.Context, guid string, keyPEM, csrPEM []byte, gen string) (*tls.Certificate, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	resp, err := id.certify(ctx, guid, csrPEM)
 	if err != nil {
 		return nil, fmt.Errorf("request certificate: %w", err)
 	}
-	return id.store(guid, keyPEM, resp)
+	return id.store(guid, keyPEM, gen, resp)
 }
 
 // store checks the certificate the controller signed for keyPEM and writes
-// both files.
-func (id *identities) store(guid string, keyPEM []byte, resp api.InstanceCertificate) (*tls.Certificate, error) {
+// both files: the certificate into generation gen, where the key was
+// staged, or, with gen "", both into a new one.
+func (id *identities) store(guid string, keyPEM []byte, gen string, resp api.InstanceCertificate) (*tls.Certificate, error) {
 	cert, err := tls.X509KeyPair([]byte(resp.Certificate), keyPEM)
 	if err != nil {
 		return nil, fmt.Errorf("certificate from the controller: %w", err)
@@ -461,54 +502,78 @@ func (id *identities) store(guid string, keyPEM []byte, resp api.InstanceCertifi
 	if now := time.Now(); now.After(cert.Leaf.NotAfter) {
 		return nil, fmt.Errorf("certificate from the controller expired at %s", cert.Leaf.NotAfter)
 	}
-	if err := id.write(guid, []byte(resp.Certificate), keyPEM); err != nil {
+	if gen == "" {
+		var err error
+		if gen, err = id.stage(guid, keyPEM); err != nil {
+			return nil, err
+		}
+	}
+	if err := id.finish(guid, gen, []byte(resp.Certificate)); err != nil {
 		return nil, err
 	}
 	return &cert, nil
 }
 
-// write replaces the instance's key and certificate at once: both go into a
-// new directory, and one rename of the dataLink symlink switches to it.
-func (id *identities) write(guid string, certPEM, keyPEM []byte) error {
+// The instance's key and certificate are replaced at once: both go into a
+// new generation directory, and one rename of the dataLink symlink switches
+// to it (the files the instance reads are symlinks through dataLink). stage
+// makes the generation and writes the key; finish writes the certificate
+// and switches.
+
+// stage makes a new generation directory of the instance's credentials
+// with its key, and the symlinks to both files if there are none yet
+// (they dangle until finish makes dataLink). It returns the generation.
+func (id *identities) stage(guid string, keyPEM []byte) (string, error) {
 	dir := id.credentialsDir(guid)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
+		return "", err
 	}
 	gen := "..v" + strconv.FormatInt(time.Now().UnixNano(), 36)
 	if err := os.Mkdir(filepath.Join(dir, gen), 0o755); err != nil {
-		return err
+		return "", err
 	}
 	// The key is the instance's alone: its own user owns it (mode 0400),
 	// as the executor runs the instance (root reads it for the proxy).
 	key := filepath.Join(dir, gen, keyFile)
 	if err := os.WriteFile(key, keyPEM, 0o400); err != nil {
-		return err
+		return "", err
 	}
 	if uid := executor.UserID(guid); os.Geteuid() == 0 {
 		if err := os.Chown(key, uid, uid); err != nil {
-			return fmt.Errorf("give the key of instance %s to its user: %w", guid, err)
+			return "", fmt.Errorf("give the key of instance %s to its user: %w", guid, err)
 		}
 	}
+	for _, f := range []string{certFile, keyFile} {
+		if _, err := os.Lstat(filepath.Join(dir, f)); err != nil {
+			if err := os.Symlink(filepath.Join(dataLink, f), filepath.Join(dir, f)); err != nil {
+				return "", err
+			}
+		}
+	}
+	return gen, nil
+}
+
+// finish writes the certificate into generation gen, which stage made,
+// and switches dataLink to it; the generation it replaces is deleted.
+func (id *identities) finish(guid, gen string, certPEM []byte) error {
+	dir := id.credentialsDir(guid)
 	if err := os.WriteFile(filepath.Join(dir, gen, certFile), certPEM, 0o644); err != nil {
 		return err
+	}
+	old, err := os.Readlink(filepath.Join(dir, dataLink))
+	if err != nil {
+		// The first: making the link is as atomic as renaming one.
+		return os.Symlink(gen, filepath.Join(dir, dataLink))
 	}
 	tmp := filepath.Join(dir, "..data_tmp")
 	os.Remove(tmp)
 	if err := os.Symlink(gen, tmp); err != nil {
 		return err
 	}
-	old, _ := os.Readlink(filepath.Join(dir, dataLink))
 	if err := os.Rename(tmp, filepath.Join(dir, dataLink)); err != nil {
 		return err
 	}
-	for _, f := range []string{certFile, keyFile} {
-		if _, err := os.Lstat(filepath.Join(dir, f)); err != nil {
-			if err := os.Symlink(filepath.Join(dataLink, f), filepath.Join(dir, f)); err != nil {
-				return err
-			}
-		}
-	}
-	if old != "" && old != gen && strings.HasPrefix(old, "..v") {
+	if old != gen && strings.HasPrefix(old, "..v") {
 		os.RemoveAll(filepath.Join(dir, old))
 	}
 	return nil

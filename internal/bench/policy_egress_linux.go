@@ -183,7 +183,7 @@ func (r *run) egressThroughput(rep *Report, attach attachFunc, cell benchCell, c
 	if _, err := r.connRate(client, netip.AddrPortFrom(outside.ip, connPort), 200*time.Millisecond); err != nil {
 		return fmt.Errorf("egress warm-up: %w", err)
 	}
-	var tput, conns [numEgressModes][]float64
+	var tput, conns, cpuPer [numEgressModes][]float64
 	for n := 1; n <= p.runs; n++ {
 		if err := each(n-1, func(m egressMode) error {
 			g, err := r.iperf3Client(client, outside, 1, p)
@@ -199,9 +199,13 @@ func (r *run) egressThroughput(rep *Report, attach attachFunc, cell benchCell, c
 	}
 	for n := range connRounds {
 		if err := each(n, func(m egressMode) error {
-			c, err := r.connRate(client, netip.AddrPortFrom(outside.ip, connPort), connFor)
+			c, _, cpu, err := r.connRound(client, netip.AddrPortFrom(outside.ip, connPort), connFor)
+			if err != nil {
+				return err
+			}
 			conns[m] = append(conns[m], c)
-			return err
+			cpuPer[m] = append(cpuPer[m], cpu)
+			return nil
 		}); err != nil {
 			return err
 		}
@@ -211,6 +215,7 @@ func (r *run) egressThroughput(rep *Report, attach attachFunc, cell benchCell, c
 			median(conns[m]), len(conns[m]), slices.Min(conns[m]), slices.Max(conns[m]))
 		rep.Samples["egress-tcp-1/"+egressKeys[m]] = tput[m]
 		rep.Samples["egress-conn-rate/"+egressKeys[m]] = conns[m]
+		rep.Samples["egress-conn-cpu/"+egressKeys[m]] = cpuPer[m]
 	}
 	if err := errors.Join(delLinear(cell.NetNS), cell.dp.TeardownEgress()); err != nil {
 		return err
@@ -222,7 +227,9 @@ func (r *run) egressThroughput(rep *Report, attach attachFunc, cell benchCell, c
 			newPairedFigure("policy/egress-tcp-1-"+egressKeys[m], "egress TCP to the outside host, 1 stream, "+egressNames[m], "Gbit/s",
 				tput[m], tput[egressNAT], base, g),
 			newPairedFigure("policy/egress-conn-rate-"+egressKeys[m], "egress new connections to the outside host, "+egressNames[m], "conn/s",
-				conns[m], conns[egressNAT], base, g))
+				conns[m], conns[egressNAT], base, g),
+			newPairedFigure("policy/egress-conn-cpu-"+egressKeys[m], "CPU per egress new connection (whole machine), "+egressNames[m], "µs",
+				cpuPer[m], cpuPer[egressNAT], base, nil))
 	}
 	how := fmt.Sprintf("median of %d runs of %d s (first %d s left out)", p.runs, p.seconds, p.omit)
 	if p.runs == 1 {
@@ -230,7 +237,7 @@ func (r *run) egressThroughput(rep *Report, attach attachFunc, cell benchCell, c
 	}
 	rep.Notes = append(rep.Notes, fmt.Sprintf("egress figures: the client container on cell1 to an outside host (%s on the loopback of a namespace on the underlay, "+
 		"routed from cell1, with no route back to the overlay, so every answer needs cell1's masquerade), after the cross-cell figures with no policy table; "+
-		"throughput: iperf3 TCP, 1 stream, client pinned to CPU 0 and server to CPU 1, %s; new connections: as the cross-cell ones, median of %d rounds of %v. Interleaved within each run or round: "+
+		"throughput: iperf3 TCP, 1 stream, client pinned to CPU 0 and server to CPU 1, %s; new connections and the CPU per new connection: as the cross-cell ones, median of %d rounds of %v. Interleaved within each run or round: "+
 		"the baseline, a table of the bench's own that masquerades what leaves the overlay (conntrack + NAT, no filtering); "+
 		"trellis's egress table (dataplane Set, as the agent programs it: default deny, masquerade, set lookups) with the 1 rule the client needs "+
 		"(tcp %d-%d to %s) and with 1,000 rules (999 of other instances to other destinations, then that one). "+

@@ -189,28 +189,16 @@ func policyThroughput(ctx context.Context, rep *Report, quick bool, progress io.
 			return err
 		}
 	}
-	// The machine's CPU time per connection (client, server, both cells'
-	// kernels: they all run here) follows the rules' cost much more
-	// steadily than the rate of one sequential client, which waits on
-	// every wakeup of a VM.
 	var cpuPer, connP10 [numFilterings][]float64
 	for n := range connRounds {
 		err := each(n, func(f filtering) error {
-			busy0, err := busyTime()
-			if err != nil {
-				return err
-			}
-			c, p10, err := r.connRateTimed(client, netip.AddrPortFrom(server.ip, connPort), connFor)
-			if err != nil {
-				return err
-			}
-			connP10[f] = append(connP10[f], p10)
-			busy1, err := busyTime()
+			c, p10, cpu, err := r.connRound(client, netip.AddrPortFrom(server.ip, connPort), connFor)
 			if err != nil {
 				return err
 			}
 			conns[f] = append(conns[f], c)
-			cpuPer[f] = append(cpuPer[f], float64((busy1-busy0).Microseconds())/(c*connFor.Seconds()))
+			connP10[f] = append(connP10[f], p10)
+			cpuPer[f] = append(cpuPer[f], cpu)
 			return nil
 		})
 		if err != nil {
@@ -389,6 +377,27 @@ func (r *run) connRateTimed(from endpoint, to netip.AddrPort, d time.Duration) (
 		return 0, 0, err
 	}
 	return float64(len(times)) / took.Seconds(), percentile(times, 10), nil
+}
+
+// connRound is one round of connRateTimed that also returns the machine's
+// CPU time per connection in µs (busyTime over the round's connections:
+// client, server and every cell's kernel run here), which follows the
+// rules' cost much more steadily than the rate of one sequential client,
+// which waits on every wakeup of a VM.
+func (r *run) connRound(from endpoint, to netip.AddrPort, d time.Duration) (rate, p10, cpuPer float64, err error) {
+	busy0, err := busyTime()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	rate, p10, err = r.connRateTimed(from, to, d)
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	busy1, err := busyTime()
+	if err != nil {
+		return 0, 0, 0, err
+	}
+	return rate, p10, float64((busy1 - busy0).Microseconds()) / (rate * d.Seconds()), nil
 }
 
 // connTimes opens and resets connections from from to to, one after

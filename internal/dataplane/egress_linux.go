@@ -135,12 +135,18 @@ func (d *Dataplane) applyEgress(p *egressPlan) (err error) {
 	}
 	add(acceptChain, markEgress, []expr.Any{accept})
 	toAccept := []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainEgressLog}}
-	check := c.AddChain(&nftables.Chain{Name: chainEgressCheck, Table: t})
-	add(check, []expr.Any{
+	// Established and related packets pass first, in each base chain:
+	// every packet of a connection but its first leaves after one load of
+	// its conntrack state, whoever sent it (the chains accept the rest of
+	// what is not an instance's anyway), so egress_check sees only the
+	// packets that open a connection. A connection whose entry a
+	// revocation cut is no longer established: its next packet is checked.
+	established := []expr.Any{
 		&expr.Ct{Key: expr.CtKeySTATE, Register: reg1},
 		&expr.Bitwise{SourceRegister: reg1, DestRegister: reg1, Len: 4, Mask: native32(ctEstablished | ctRelated), Xor: native32(0)},
 		&expr.Cmp{Op: expr.CmpOpNeq, Register: reg1, Data: native32(0)},
-		accept})
+		accept}
+	check := c.AddChain(&nftables.Chain{Name: chainEgressCheck, Table: t})
 	add(check, []expr.Any{
 		&expr.Payload{DestRegister: reg32(0), Base: expr.PayloadBaseNetworkHeader, Offset: 12, Len: 4},
 		&expr.Meta{Key: expr.MetaKeyL4PROTO, Register: reg32(1)},
@@ -172,9 +178,11 @@ func (d *Dataplane) applyEgress(p *egressPlan) (err error) {
 	policy := nftables.ChainPolicyAccept
 	fwd := c.AddChain(&nftables.Chain{Name: "forward", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookForward, Priority: nftables.ChainPriorityRef(10), Policy: &policy})
+	add(fwd, established)
 	add(fwd, fromInstance, inOverlay(16, expr.CmpOpNeq), []expr.Any{&expr.Verdict{Kind: expr.VerdictGoto, Chain: chainEgressCheck}})
 	in := c.AddChain(&nftables.Chain{Name: "input", Table: t, Type: nftables.ChainTypeFilter,
 		Hooknum: nftables.ChainHookInput, Priority: nftables.ChainPriorityRef(10), Policy: &policy})
+	add(in, established)
 	add(in, fromInstance, []expr.Any{
 		&expr.Payload{DestRegister: reg1, Base: expr.PayloadBaseNetworkHeader, Offset: 16, Len: 4},
 		&expr.Lookup{SourceRegister: reg1, SetName: setEgressGuarded, SetID: sets[setEgressGuarded].ID},

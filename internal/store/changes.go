@@ -80,7 +80,7 @@ func (s *Store) changesSince(ctx context.Context, rev int64) (Changes, error) {
 		return Changes{}, err
 	}
 	defer tx.Rollback() // read-only
-	r := runner{q: tx, pg: s.pg}
+	r := s.tx(tx)
 	c := Changes{From: rev}
 	var from int64
 	if err := r.queryRow(ctx, "SELECT value, changes_from FROM revision WHERE id = 1").Scan(&c.Revision, &from); err != nil {

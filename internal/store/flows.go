@@ -45,7 +45,7 @@ func (s *Store) AddFlows(ctx context.Context, fs []Flow) error {
 		return err
 	}
 	defer tx.Rollback()
-	r := runner{q: tx, pg: s.pg}
+	r := s.tx(tx)
 	st, err := r.prepare(ctx, `INSERT INTO flows (at, cell_guid, verdict, protocol, src_ip, src_port, dst_ip, dst_port, src_app, src_instance, dst_app, dst_instance, reason)
 		VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`)
 	if err != nil {

@@ -61,7 +61,7 @@ func (s *Store) snapshot(ctx context.Context, f SnapshotFilter) (Snapshot, error
 		return Snapshot{}, err
 	}
 	defer tx.Rollback() // read-only: nothing to commit
-	r := runner{q: tx, pg: s.pg}
+	r := s.tx(tx)
 	var snap Snapshot
 	if err := r.queryRow(ctx, "SELECT value FROM revision WHERE id = 1").Scan(&snap.Revision); err != nil {
 		return Snapshot{}, fmt.Errorf("read revision: %w", err)

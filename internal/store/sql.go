@@ -24,6 +24,8 @@ import (
 type Store struct {
 	db *sql.DB
 	pg bool // PostgreSQL; SQLite otherwise
+	// stmts keeps SQLite's queries prepared; nil on PostgreSQL.
+	stmts *stmtCache
 
 	// maxTag bounds tag allocation; MaxTag except in tests of exhaustion.
 	maxTag int
@@ -118,6 +120,9 @@ func open(ctx context.Context, url string, target int) (*Store, error) {
 		s.db.Close()
 		return nil, fmt.Errorf("open store: %w", err)
 	}
+	if !s.pg {
+		s.stmts = newStmtCache(s.db)
+	}
 	if s.pg {
 		var lctx context.Context
 		lctx, s.stopListen = context.WithCancel(context.Background())
@@ -154,6 +159,9 @@ func (s *Store) Close() error {
 	if s.stopListen != nil {
 		s.stopListen()
 	}
+	if s.stmts != nil {
+		s.stmts.close()
+	}
 	return s.db.Close()
 }
 
@@ -181,7 +189,7 @@ func (s *Store) write(ctx context.Context, fn func(r runner) (changed bool, err 
 		return err
 	}
 	defer tx.Rollback() // no-op after Commit
-	r := runner{q: tx, pg: s.pg}
+	r := s.tx(tx)
 	var rev int64
 	if err := r.queryRow(ctx, "UPDATE revision SET value = value + 1 WHERE id = 1 RETURNING value").Scan(&rev); err != nil {
 		return fmt.Errorf("bump revision: %w", err)
@@ -254,7 +262,10 @@ func (s *Store) begin(ctx context.Context) (*sql.Tx, error) {
 }
 
 // r is a runner on the database outside any transaction, for reads.
-func (s *Store) r() runner { return runner{q: s.db, pg: s.pg} }
+func (s *Store) r() runner { return runner{q: s.db, pg: s.pg, stmts: s.stmts} }
+
+// tx is a runner in transaction tx.
+func (s *Store) tx(tx *sql.Tx) runner { return runner{q: tx, pg: s.pg, stmts: s.stmts, tx: tx} }
 
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
@@ -269,17 +280,43 @@ type querier interface {
 type runner struct {
 	q  querier
 	pg bool
+	// stmts, on SQLite, keeps the queries prepared (nil: run them as
+	// they are); tx is the transaction q is, if it is one.
+	stmts *stmtCache
+	tx    *sql.Tx
+}
+
+// prepared returns query's cached statement, in the runner's transaction
+// if it has one; nil where there is none (PostgreSQL, a full cache).
+func (r runner) prepared(ctx context.Context, query string) *sql.Stmt {
+	if r.stmts == nil {
+		return nil
+	}
+	st := r.stmts.get(ctx, query)
+	if st != nil && r.tx != nil {
+		st = r.tx.StmtContext(ctx, st)
+	}
+	return st
 }
 
 func (r runner) exec(ctx context.Context, query string, args ...any) (sql.Result, error) {
+	if st := r.prepared(ctx, query); st != nil {
+		return st.ExecContext(ctx, args...)
+	}
 	return r.q.ExecContext(ctx, r.rebind(query), args...)
 }
 
 func (r runner) query(ctx context.Context, query string, args ...any) (*sql.Rows, error) {
+	if st := r.prepared(ctx, query); st != nil {
+		return st.QueryContext(ctx, args...)
+	}
 	return r.q.QueryContext(ctx, r.rebind(query), args...)
 }
 
 func (r runner) queryRow(ctx context.Context, query string, args ...any) *sql.Row {
+	if st := r.prepared(ctx, query); st != nil {
+		return st.QueryRowContext(ctx, args...)
+	}
 	return r.q.QueryRowContext(ctx, r.rebind(query), args...)
 }
 

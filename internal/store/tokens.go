@@ -93,7 +93,7 @@ func (s *Store) tokenTx(ctx context.Context, fn func(r runner) error) error {
 		return err
 	}
 	defer tx.Rollback() // no-op after Commit
-	if err := fn(runner{q: tx, pg: s.pg}); err != nil {
+	if err := fn(s.tx(tx)); err != nil {
 		return err
 	}
 	return tx.Commit()
