@@ -15,8 +15,8 @@ func TestPolicyQuick(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Policy = %v", err)
 	}
-	if len(rep.Figures) != 34 {
-		t.Errorf("figures = %d, want 34", len(rep.Figures))
+	if len(rep.Figures) != 36 {
+		t.Errorf("figures = %d, want 36", len(rep.Figures))
 	}
 	for _, f := range rep.Figures {
 		if f.Value <= 0 {
@@ -25,6 +25,7 @@ func TestPolicyQuick(t *testing.T) {
 	}
 	wantFigures(t, rep, "policy/xcell-conn-rate-deny-10k", "dns/instance-registered-p99", "policy/xcell-conn-cpu-deny-1-vs-none", "policy/xcell-conn-cpu-deny-1-vs-conntrack", "policy/xcell-conn-rate-deny-10k-vs-conntrack", "policy/xcell-tcp-1-deny-10k-vs-conntrack", "policy/xcell-conn-time-p10-deny-1-vs-conntrack", "policy/xcell-conn-time-p10-deny-10k-vs-conntrack",
 		"policy/egress-tcp-1-asg-1", "policy/egress-tcp-1-asg-1k", "policy/egress-conn-rate-asg-1", "policy/egress-conn-rate-asg-1k",
+		"policy/egress-conn-cpu-asg-1", "policy/egress-conn-cpu-asg-1k",
 		"policy/egress-bind-p50", "policy/egress-bind-p99")
 	for _, id := range []string{"policy/egress-tcp-1-asg-1k", "policy/egress-conn-rate-asg-1k"} {
 		for _, f := range rep.Figures {
