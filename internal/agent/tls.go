@@ -199,7 +199,11 @@ func (id *identities) reconcile(ctx context.Context) (next time.Time) {
 	id.mu.Lock()
 	var gone []string
 	for guid := range id.creds {
-		if _, ok := live[guid]; !ok {
+		// live is older than creds: a commit since the list may have
+		// attached guid, and its files must stay. attached looks again,
+		// under id.mu, which a commit's attach takes after marking its
+		// record committed.
+		if _, ok := live[guid]; !ok && !id.attached(guid) {
 			gone = append(gone, guid)
 		}
 	}

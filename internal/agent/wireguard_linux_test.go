@@ -207,6 +207,14 @@ func TestWireGuardEncryption(t *testing.T) {
 	}
 	waitEngines(t, wireguard.KindUserspace, a1, a2)
 	poll(t, 20*time.Second, "front -> back through WireGuard", func() (bool, error) { return request(a, b, echoPort, "hello") == nil, nil })
+	// The switch reaches each cell in turn: until both send through
+	// WireGuard, the other's packets may still leave as VXLAN (a CI run
+	// caught one such frame after the request above had passed).
+	wgOnly := fmt.Sprintf("udp/%d", wireguard.DefaultPort)
+	poll(t, 20*time.Second, "both cells sending through WireGuard only", func() (bool, error) {
+		k := cellToCell(underlayTraffic(t, w, func() { request(a, b, echoPort, "converged?") }), u1, u2)
+		return k[wgOnly] > 0 && len(k) == 1, nil
+	})
 
 	t.Run("UnderlayCarriesOnlyWireGuard", func(t *testing.T) {
 		frames := underlayTraffic(t, w, func() {
