@@ -122,8 +122,7 @@ func open(ctx context.Context, url string, target int) (*Store, error) {
 	}
 	if !s.pg {
 		s.stmts = newStmtCache(s.db)
-	}
-	if s.pg {
+	} else {
 		var lctx context.Context
 		lctx, s.stopListen = context.WithCancel(context.Background())
 		go s.listen(lctx, url)
@@ -265,7 +264,9 @@ func (s *Store) begin(ctx context.Context) (*sql.Tx, error) {
 func (s *Store) r() runner { return runner{q: s.db, pg: s.pg, stmts: s.stmts} }
 
 // tx is a runner in transaction tx.
-func (s *Store) tx(tx *sql.Tx) runner { return runner{q: tx, pg: s.pg, stmts: s.stmts, tx: tx} }
+func (s *Store) tx(tx *sql.Tx) runner {
+	return runner{q: tx, pg: s.pg, stmts: s.stmts, tx: tx, txStmts: map[string]*sql.Stmt{}}
+}
 
 // querier is what *sql.DB and *sql.Tx have in common.
 type querier interface {
@@ -281,9 +282,13 @@ type runner struct {
 	q  querier
 	pg bool
 	// stmts, on SQLite, keeps the queries prepared (nil: run them as
-	// they are); tx is the transaction q is, if it is one.
-	stmts *stmtCache
-	tx    *sql.Tx
+	// they are); tx is the transaction q is, if it is one, and txStmts
+	// the cached statements made for it, so that a query run many times
+	// in one transaction makes one (the store uses a transaction from one
+	// goroutine).
+	stmts   *stmtCache
+	tx      *sql.Tx
+	txStmts map[string]*sql.Stmt
 }
 
 // prepared returns query's cached statement, in the runner's transaction
@@ -292,9 +297,13 @@ func (r runner) prepared(ctx context.Context, query string) *sql.Stmt {
 	if r.stmts == nil {
 		return nil
 	}
+	if st, ok := r.txStmts[query]; ok {
+		return st
+	}
 	st := r.stmts.get(ctx, query)
 	if st != nil && r.tx != nil {
 		st = r.tx.StmtContext(ctx, st)
+		r.txStmts[query] = st
 	}
 	return st
 }
